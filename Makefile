@@ -1,0 +1,64 @@
+# mobile-model: the two commands are `make mobile-model` and `make test`.
+# Both bootstrap everything they need (venv, pip packages, Debian packages when root).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEPS_HASH := $(shell cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.deps-$(DEPS_HASH)
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+RECIPE ?= default
+PYTEST_ARGS ?=
+
+.PHONY: mobile-model test unit device-test arm-runtime system-deps bench fuzz clean help
+
+help:
+	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
+	@echo "make test           the full test suite (what CI runs)"
+	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
+	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
+	@echo "make clean          remove build/ (the venv and the ARM runtime cache stay)"
+
+# (Re)install only when the dependency declaration changes.
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.deps-* && touch $@
+
+# Debian packages: qemu-user (emulated ARM), debootstrap (ARM userland),
+# dataset-fashion-mnist (real data). Installed only when root and missing.
+system-deps:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=""; \
+	  for p in qemu-user debootstrap dataset-fashion-mnist gcc libglib2.0-dev; do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
+	else echo "not root: skipping Debian packages (need qemu-user debootstrap dataset-fashion-mnist)"; fi
+
+arm-runtime: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+
+mobile-model: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+	$(VENV)/bin/mobile-model build $(RECIPE)
+
+# The whole suite: unit, integration (real training/conversion on tiny models)
+# and device tests (real ARM runtime under qemu). Exit code 5 (no tests) fails.
+test: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+	$(PY) -m pytest tests device_tests -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -m "not integration and not device" -q
+
+device-test: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+	MOBILE_MODEL_RECIPE=$(RECIPE) $(PY) -m pytest device_tests -q
+
+clean:
+	rm -rf build

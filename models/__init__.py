@@ -1,0 +1,65 @@
+"""Model families: one module per family, shared blocks in ``models.blocks``.
+
+Importing this package does not import TensorFlow: ``FAMILIES`` maps each name to a
+builder that imports its module on first call, so CLI help and recipe validation
+stay fast.
+"""
+
+import importlib
+
+from pipeline.registry import Registry
+
+
+class _LazyBuilder:
+    """Calls ``models.<module>.<function>``, importing the module on first use."""
+
+    def __init__(self, module, function):
+        self.module = module
+        self.function = function
+
+    def resolve(self):
+        """Returns the real build function (imports TensorFlow)."""
+        return getattr(importlib.import_module(f"models.{self.module}"), self.function)
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<builder models.{self.module}.{self.function}>"
+
+
+FAMILIES = Registry("model family")
+FAMILIES.register("mobilenet_v1", _LazyBuilder("mobilenet_v1", "build"))
+FAMILIES.register("mobilenet_v2", _LazyBuilder("mobilenet_v2", "build"))
+FAMILIES.register("mobilenet_v3_small", _LazyBuilder("mobilenet_v3", "build_small"))
+FAMILIES.register("mobilenet_v3_large", _LazyBuilder("mobilenet_v3", "build_large"))
+
+
+def build_model(family, alpha, input_shape, classes, **kwargs):
+    """Builds a model of a registered family.
+
+    Args:
+        family: a name in ``FAMILIES`` (e.g. "mobilenet_v2").
+        alpha: width multiplier (> 0).
+        input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
+        classes: number of classes (>= 2).
+        **kwargs: passed to the family's build: ``first_stride``, ``dropout``,
+            ``bn_momentum``.
+
+    Returns:
+        A ``tf_keras.Model`` mapping [0, 1] floats to class probabilities.
+
+    Raises:
+        ConfigError: unknown family (the message lists the valid ones) or an
+            argument out of range.
+    """
+    return FAMILIES.get(family)(alpha, input_shape, classes, **kwargs)
+
+
+def __getattr__(name):
+    # CUSTOM_OBJECTS holds Keras classes: resolved on first access (imports TF).
+    if name == "CUSTOM_OBJECTS":
+        from models.blocks import CUSTOM_OBJECTS
+
+        return CUSTOM_OBJECTS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

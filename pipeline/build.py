@@ -1,0 +1,211 @@
+"""The build: recipe -> trained, optimized, converted, evaluated (and device-checked) models.
+
+``build(recipe)`` wires the stages together through the manifest, so every stage
+is cached by its config and input hashes: a repeated build with nothing changed
+runs no stage, and an interrupted build resumes at the first unfinished stage.
+
+Artifact tree under ``build/<recipe>/``::
+
+    manifest.json  recipe.yaml  summary.json
+    keras/float.h5  keras/pruned.h5  keras/qat.h5  keras/float_test_pred.npy
+    tflite/<variant>.tflite
+    devices/<device>/<variant>.json
+"""
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import yaml
+
+from pipeline.budgets import BudgetCheck, check_budgets, format_budget_table
+from pipeline.config import Recipe
+from pipeline.store import Manifest, atomic_write_json, atomic_write_text, build_lock
+from pipeline.variants import VARIANTS
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: where, the metrics, and the budget verdicts."""
+
+    root: Path
+    metrics: Dict[str, Any]
+    budgets: List[BudgetCheck] = field(default_factory=list)
+    stages_run: List[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def budgets_ok(self) -> bool:
+        return all(c.ok for c in self.budgets)
+
+
+def data_fingerprint(splits) -> str:
+    """sha256 over every split array and the labels: the data's identity for caching."""
+    h = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        arr = np.ascontiguousarray(getattr(splits, name))
+        h.update(f"{name}{arr.dtype}{arr.shape}".encode())
+        h.update(arr.tobytes())
+    h.update("\n".join(splits.labels).encode())
+    return h.hexdigest()
+
+
+def default_build_dir(recipe: Recipe) -> Path:
+    return Path("build") / recipe.build_name
+
+
+def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
+          run_devices: bool = True) -> BuildResult:
+    """Runs every stage of ``recipe`` that is not already up to date.
+
+    Args:
+        recipe: a validated recipe (``Recipe.smoke()`` for the tiny form).
+        out: the build directory (default ``build/<recipe name>``).
+        run_devices: run the emulated-device checks of the recipe's targets.
+
+    Returns:
+        BuildResult; budgets are checked but not raised on (the CLI decides the exit code).
+
+    Raises:
+        MobileModelError subclasses for bad data, failed conversion validation, etc.
+    """
+    from pipeline.data import load_dataset
+
+    root = Path(out) if out else default_build_dir(recipe)
+    t0 = time.perf_counter()
+    with build_lock(root):
+        manifest = Manifest(root)
+        atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
+        splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+        fp = data_fingerprint(splits)
+        log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
+            f"{splits.num_classes} classes")
+        manifest.set("recipe", recipe.to_dict())
+        manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
+                              "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
+                                         "test": len(splits.x_test)},
+                              "report": splits.report})
+        ran: List[str] = []
+
+        def stage(name, config, inputs, outputs, fn):
+            res = manifest.run_stage(name, config, inputs, outputs, fn, extra_key=fp, log=log)
+            if not res.cached:
+                ran.append(name)
+            return res.metrics
+
+        keras_dir, tfl_dir = root / "keras", root / "tflite"
+        float_h5, preds = keras_dir / "float.h5", keras_dir / "float_test_pred.npy"
+        model_cfg = {"seed": recipe.seed, "model": recipe.to_dict()["model"], "train": recipe.to_dict()["train"]}
+        train_m = stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
+                        lambda: _train(recipe, splits, float_h5, preds, log))
+        sources = _optimize(recipe, splits, stage, float_h5, keras_dir, log)
+
+        float_classes = np.load(preds)
+        variants: Dict[str, Dict[str, Any]] = {}
+        for name in recipe.convert.variants:
+            variant = VARIANTS.get(name)
+            src = sources[variant.source]
+            tfl = tfl_dir / f"{name}.tflite"
+            conv_cfg = {"variant": name, "convert": recipe.to_dict()["convert"], "seed": recipe.seed}
+            conv_m = stage(f"convert/{name}", conv_cfg, {"keras": src}, {"tflite": tfl},
+                           lambda: _convert(recipe, name, src, splits, tfl, log))
+            eval_m = stage(f"evaluate/{name}", {"variant": name}, {"tflite": tfl, "float_pred": preds}, {},
+                           lambda: _evaluate(tfl, splits, float_classes))
+            variants[name] = {**eval_m, "validation": conv_m, "macs": train_m["macs"], "path": str(tfl)}
+
+        metrics: Dict[str, Any] = {
+            "recipe": recipe.build_name,
+            "float_top1": train_m["test_top1"],
+            "params": train_m["params"],
+            "macs": train_m["macs"],
+            "deploy_variant": recipe.deploy_variant,
+            "variants": variants,
+            "devices": {},
+            "labels": list(splits.labels),
+        }
+        if run_devices and recipe.devices.targets:
+            from pipeline.device_matrix import run_device_matrix
+
+            metrics["devices"] = run_device_matrix(recipe, root, variants, splits, stage, log)
+
+        checks = check_budgets(recipe.budgets, metrics, recipe.devices.targets)
+        metrics["budgets"] = [c.to_dict() for c in checks]
+        wall = time.perf_counter() - t0
+        metrics["stages_run"] = ran
+        atomic_write_json(root / "summary.json", metrics)
+        manifest.set("summary", {"stages_run": ran, "wall_s": round(wall, 2),
+                                 "budgets_ok": all(c.ok for c in checks)})
+        _report(recipe, root, metrics, log)
+        return BuildResult(root, metrics, checks, ran, wall)
+
+
+def _train(recipe, splits, float_h5, preds, log):
+    from pipeline.stages.train import train_float
+
+    return train_float(recipe, splits, float_h5, preds, log)
+
+
+def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path, log: Log) -> Dict[str, Path]:
+    """Runs prune and QAT as the recipe asks; returns the Keras model behind each source name."""
+    sources = {"float": float_h5}
+    cfg = recipe.to_dict()
+    if recipe.prune.enabled:
+        from pipeline.stages.optimize import prune_model
+
+        pruned = keras_dir / "pruned.h5"
+        stage("prune", {"prune": cfg["prune"], "batch": recipe.train.batch_size}, {"keras": float_h5},
+              {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
+        sources["float"] = pruned
+    if recipe.qat.enabled:
+        from pipeline.stages.optimize import qat_model
+
+        qat = keras_dir / "qat.h5"
+        src = sources["float"]
+        stage("qat", {"qat": cfg["qat"], "preserve_sparsity": recipe.prune.enabled,
+                      "batch": recipe.train.batch_size}, {"keras": src},
+              {"model": qat}, lambda: qat_model(recipe, splits, src, qat, log))
+        sources["qat"] = qat
+    return sources
+
+
+def _convert(recipe, name, src, splits, tfl, log):
+    from pipeline.stages.convert import convert_variant
+
+    return convert_variant(recipe, name, src, splits, tfl, log)
+
+
+def _evaluate(tfl, splits, float_classes):
+    from pipeline.stages.evaluate import evaluate_tflite
+
+    return evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes)
+
+
+def _report(recipe: Recipe, root: Path, metrics: Dict[str, Any], log: Log) -> None:
+    try:
+        from pipeline.report import write_report
+    except ImportError:
+        return
+    write_report(recipe, root, metrics, log)
+
+
+def summary_table(metrics: Dict[str, Any]) -> str:
+    """Markdown table of every variant: size, gzip size, top-1, agreement, zeros."""
+    lines = [f"float Keras top-1: {metrics['float_top1']:.2f}%   params {metrics['params']:,}   "
+             f"MACs {metrics['macs']:,}",
+             "",
+             "| variant | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, v in metrics["variants"].items():
+        lines.append(f"| {name} | {v['size_bytes'] / 1024:.1f} | {v['gzip_bytes'] / 1024:.1f} | "
+                     f"{v['top1']:.2f} | {v['agreement_with_float']:.2f} | {v['zeros_prunable']:.1%} |")
+    return "\n".join(lines)
+
+
+def budget_summary(checks: List[BudgetCheck]) -> str:
+    return format_budget_table(checks) if checks else "(no budgets in this recipe)"

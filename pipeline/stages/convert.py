@@ -1,0 +1,98 @@
+"""Conversion to TFLite, one variant at a time, always validated against Keras.
+
+Each variant is a row of :data:`pipeline.variants.VARIANTS`; a model that fails
+validation is never written.
+"""
+
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from pipeline.config import Recipe
+from pipeline.errors import ConversionMismatchError
+from pipeline.store import atomic_write_bytes
+from pipeline.tflite_file import float_compute_ops, parse_tflite
+from pipeline.tflite_host import run_tflite
+from pipeline.variants import VARIANTS, Variant
+
+
+def convert_keras(model, variant: Variant, calibration: Optional[np.ndarray], int8_io: bool) -> bytes:
+    """Runs the TFLite converter on a Keras model for ``variant``; returns the flatbuffer."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if variant.optimize:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant.float16:
+        conv.target_spec.supported_types = [tf.float16]
+    if variant.full_integer:
+        if calibration is None:
+            raise ValueError("full-integer conversion needs calibration data")
+
+        def representative():
+            for i in range(len(calibration)):
+                yield [calibration[i:i + 1].astype(np.float32)]
+
+        # TF 2.21 needs a representative set even for QAT models once INT8 builtins are required.
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def validate_conversion(tflite: bytes, keras_probs: np.ndarray, x: np.ndarray, variant: Variant,
+                        name: str) -> Dict:
+    """Compares TFLite outputs with Keras on a fixed batch.
+
+    Raises:
+        ConversionMismatchError: beyond the variant's tolerance, or a full-integer
+            model that still computes in float.
+    """
+    model = parse_tflite(tflite, name)
+    tfl_probs = run_tflite(tflite, x)
+    max_abs = float(np.max(np.abs(tfl_probs - keras_probs)))
+    agreement = float(np.mean(np.argmax(tfl_probs, 1) == np.argmax(keras_probs, 1)))
+    if variant.max_abs_diff is not None and max_abs > variant.max_abs_diff:
+        raise ConversionMismatchError(
+            f"{name}: TFLite output differs from Keras by {max_abs:.3g} (tolerance {variant.max_abs_diff:g}) "
+            f"on {len(x)} validation images")
+    if variant.min_agreement is not None and agreement < variant.min_agreement:
+        raise ConversionMismatchError(
+            f"{name}: TFLite top-1 agrees with Keras on {agreement:.1%} of {len(x)} validation images "
+            f"(minimum {variant.min_agreement:.0%})")
+    float_ops = float_compute_ops(model) if variant.full_integer else []
+    if float_ops:
+        raise ConversionMismatchError(
+            f"{name}: full-integer model still computes in float: {', '.join(sorted(set(float_ops)))}")
+    return {"validation_max_abs_diff": max_abs, "validation_agreement": agreement,
+            "validation_samples": int(len(x))}
+
+
+def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits, out: Path,
+                    log: Callable[[str], None] = print) -> Dict:
+    """Converts the Keras model at ``source_path`` to ``variant_name``, validates, writes ``out``.
+
+    Returns:
+        metrics: validation figures and the converted size.
+    """
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.training import setup_tensorflow
+
+    variant = VARIANTS.get(variant_name)
+    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+    model = load_keras(source_path, quantized=variant.source != "float")
+    c = recipe.convert
+    calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None
+    log(f"[convert/{variant_name}] converting {source_path.name}")
+    tflite = convert_keras(model, variant, calib, c.int8_io)
+    x_val = splits.x_test[: c.validation_samples]
+    keras_probs = model.predict(x_val, batch_size=64, verbose=0)
+    metrics = validate_conversion(tflite, keras_probs, x_val, variant, f"{variant_name} ({out.name})")
+    atomic_write_bytes(out, tflite)
+    metrics["size_bytes"] = len(tflite)
+    log(f"[convert/{variant_name}] {len(tflite) / 1024:.1f} KiB, agreement {metrics['validation_agreement']:.1%}, "
+        f"max |diff| {metrics['validation_max_abs_diff']:.2g}")
+    return metrics

@@ -1,0 +1,68 @@
+"""Host evaluation of a TFLite variant with the LiteRT interpreter."""
+
+import gzip
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from pipeline.tflite_file import PRUNABLE_OPS, WEIGHT_OPS, read_tflite, weight_kernels, zero_fraction
+from pipeline.tflite_host import run_tflite
+
+
+def gzip_size(data: bytes) -> int:
+    """Compressed size at gzip level 9 with a fixed mtime (reproducible)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def unique_values_per_kernel(model, ops=WEIGHT_OPS) -> Dict[str, int]:
+    """Most distinct values in any output channel of each kernel of ``ops``.
+
+    Per channel because int8 kernels are quantized per output channel: a clustered
+    kernel with N centroids has at most N values per channel, not per kernel.
+    """
+    out = {}
+    for op, name, arr in weight_kernels(model):
+        if op not in ops:
+            continue
+        if op == "DEPTHWISE_CONV_2D":  # [1, h, w, out]: channel is the last axis
+            chans = arr.reshape(-1, arr.shape[-1]).T
+        else:  # CONV_2D [out, h, w, in], FULLY_CONNECTED [out, in]
+            chans = arr.reshape(arr.shape[0], -1)
+        out[name] = int(max(len(np.unique(c)) for c in chans))
+    return out
+
+
+def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray) -> Dict:
+    """Measures one TFLite model on the host.
+
+    Args:
+        path: the ``.tflite`` file.
+        x, y: the test split.
+        float_top1_classes: the float Keras model's predicted classes on ``x``.
+
+    Returns:
+        top1 (percent), agreement with float (percent), size and gzip size (bytes),
+        zero fraction of prunable and of all kernels, input/output dtypes, ops with versions.
+    """
+    model = read_tflite(path)
+    data = Path(path).read_bytes()
+    probs = run_tflite(data, x)
+    pred = np.argmax(probs, axis=1)
+    inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
+    uniq = unique_values_per_kernel(model, PRUNABLE_OPS)  # depthwise is never clustered
+    return {
+        "top1": float(np.mean(pred == y) * 100.0),
+        "agreement_with_float": float(np.mean(pred == float_top1_classes) * 100.0),
+        "size_bytes": len(data),
+        "gzip_bytes": gzip_size(data),
+        "zeros_prunable": zero_fraction(model, PRUNABLE_OPS),
+        "zeros_all_kernels": zero_fraction(model, WEIGHT_OPS),
+        "max_unique_per_kernel": max(uniq.values()) if uniq else 0,
+        "input": {"dtype": inp.dtype, "shape": list(inp.shape),
+                  "scale": list(inp.quantization.scale), "zero_point": list(inp.quantization.zero_point)},
+        "output": {"dtype": out.dtype, "shape": list(out.shape),
+                   "scale": list(out.quantization.scale), "zero_point": list(out.quantization.zero_point)},
+        "ops": [f"{name}:v{ver}" for name, ver in model.op_versions()],
+        "samples": int(len(x)),
+    }

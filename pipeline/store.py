@@ -1,0 +1,224 @@
+"""Artifacts on disk: atomic writes, hashes, the build manifest and stage caching.
+
+Every artifact is written to a temporary file in the same directory and renamed
+into place, so a killed build never leaves a half-written file under a final
+name. The manifest (``manifest.json``) holds one record per stage: its config,
+input and output sha256, library versions, wall time and metrics. A stage whose
+cache key (config + input hashes + code version) matches its record, and whose
+outputs still hash as recorded, is not run again.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+
+from pipeline.config import config_hash
+from pipeline.errors import MobileModelError
+
+# Bumped when a stage's code changes what it produces, so old caches are not reused.
+STAGE_CODE_VERSION = "1"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yields a temporary path next to ``path``; renames it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    ``suffix`` keeps an extension some writers insist on (Keras wants ``.h5``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "tolist"):  # numpy scalars and arrays
+        return o.tolist()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of the libraries that shape artifacts (read from installed metadata)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+class BuildLockedError(MobileModelError):
+    """Another build holds the lock on this build directory."""
+
+
+@dataclass
+class StageResult:
+    metrics: Dict[str, Any]
+    cached: bool
+    wall_s: float
+
+
+class Manifest:
+    """The record of a build directory: one entry per stage, saved atomically."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.path = self.root / "manifest.json"
+        self.data: Dict[str, Any] = {"stages": {}}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                # A manifest is only ever replaced atomically, so this is outside damage:
+                # start over rather than trust any cached stage.
+                self.data = {"stages": {}}
+            self.data.setdefault("stages", {})
+
+    @property
+    def stages(self) -> Dict[str, Any]:
+        return self.data["stages"]
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.save()
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, self.data)
+
+    def rel(self, p: Path) -> str:
+        p = Path(p)
+        try:
+            return str(p.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+    def cached(self, stage: str, key: str, outputs: Mapping[str, Path]) -> Optional[Dict[str, Any]]:
+        """The stage's record if its key matches and every output hashes as recorded."""
+        rec = self.stages.get(stage)
+        if not rec or rec.get("key") != key:
+            return None
+        recorded = rec.get("outputs", {})
+        for name, p in outputs.items():
+            entry = recorded.get(name)
+            if entry is None or not Path(p).exists() or sha256_file(Path(p)) != entry["sha256"]:
+                return None
+        return rec
+
+    def run_stage(
+        self,
+        stage: str,
+        config: Any,
+        inputs: Mapping[str, Path],
+        outputs: Mapping[str, Path],
+        fn: Callable[[], Dict[str, Any]],
+        extra_key: Any = None,
+        log: Callable[[str], None] = print,
+    ) -> StageResult:
+        """Runs ``fn`` unless the stage is cached; records it in the manifest.
+
+        Args:
+            stage: unique stage name within the build (e.g. ``convert/int8-ptq``).
+            config: plain data (dict) that determines the stage's outputs.
+            inputs: named input artifact paths; their sha256 enter the cache key.
+            outputs: named output paths ``fn`` must write (atomically).
+            fn: does the work; returns a metrics dict (JSON-serialisable).
+            extra_key: other things that determine the outputs (e.g. a data fingerprint).
+
+        Returns:
+            StageResult with the metrics, whether it was cached, and wall time.
+        """
+        input_hashes = {n: sha256_file(Path(p)) for n, p in inputs.items()}
+        key = config_hash({"config": config, "inputs": input_hashes, "extra": extra_key,
+                           "code": STAGE_CODE_VERSION})
+        rec = self.cached(stage, key, outputs)
+        if rec is not None:
+            log(f"[{stage}] up to date (cached)")
+            return StageResult(rec.get("metrics", {}), True, rec.get("wall_s", 0.0))
+        t0 = time.perf_counter()
+        metrics = fn()
+        wall = time.perf_counter() - t0
+        missing = [n for n, p in outputs.items() if not Path(p).exists()]
+        if missing:
+            raise RuntimeError(f"stage {stage} did not write its outputs: {missing}")
+        self.stages[stage] = {
+            "key": key,
+            "config": config,
+            "inputs": {n: {"path": self.rel(p), "sha256": input_hashes[n]} for n, p in inputs.items()},
+            "outputs": {n: {"path": self.rel(p), "sha256": sha256_file(Path(p))} for n, p in outputs.items()},
+            "versions": library_versions(),
+            "wall_s": round(wall, 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "metrics": metrics,
+        }
+        self.save()
+        return StageResult(metrics, False, wall)
+
+
+@contextlib.contextmanager
+def build_lock(root: Path) -> Iterator[None]:
+    """Holds an exclusive lock on a build directory for the duration of a build.
+
+    Raises:
+        BuildLockedError: another process is building into ``root``.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BuildLockedError(f"another build is running in {root} (lock held on {root / '.lock'})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
