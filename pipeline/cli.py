@@ -8,6 +8,7 @@ so ``--help`` is instant.
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -15,7 +16,9 @@ import click
 from pipeline.errors import MobileModelError
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"(tf_keras|tensorflow)\.")
 
 
 class _Group(click.Group):

@@ -177,6 +177,13 @@ _FREE_ROTATION = {"disc", "ring", "square", "frame", "triangle", "dot-grid"}
 _BASE_ANGLE = {"plus": 0.0, "cross": np.pi / 4, "h-stripes": 0.0, "v-stripes": np.pi / 2}
 _MAX_JITTER = np.deg2rad(20.0)  # leaves a 5 degree gap between plus and cross
 _CHUNK = 512  # images rendered at once: bounds memory at large input sizes
+# Style of an ordinary image and of a deliberately hard one (small, faint, noisy,
+# off-centre, often occluded): the hard ones keep accuracy below 100%.
+_NORMAL = dict(r=(0.24, 0.42), contrast=(0.35, 0.8), noise=(0.0, 0.08), grad=(0.0, 0.2),
+               blotch=(0.0, 0.08), bg=(0.0, 0.45), bright=0.85, pos=0.35, occlude=0.1, distract=0.3)
+_HARD = dict(r=(0.12, 0.2), contrast=(0.12, 0.3), noise=(0.15, 0.3), grad=(0.0, 0.35),
+             blotch=(0.0, 0.2), bg=(0.0, 1.0), bright=0.5, pos=1.0, occlude=0.5, distract=0.6)
+_HARD_FRACTION = 0.12
 
 
 def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
@@ -194,26 +201,36 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
     s = float(min(h, w))
     u = rng.uniform
     # All per-image parameters are drawn up front, so chunking changes nothing.
+    hard = rng.random(n) < _HARD_FRACTION
+
+    def style(key, size=None):  # uniform in the image's style range, or a probability
+        lo_n, hi_n = _NORMAL[key] if isinstance(_NORMAL[key], tuple) else (_NORMAL[key],) * 2
+        lo_h, hi_h = _HARD[key] if isinstance(_HARD[key], tuple) else (_HARD[key],) * 2
+        shape = (n,) if size is None else (n, size)
+        lo = np.where(hard, lo_h, lo_n).reshape((n,) + (1,) * (len(shape) - 1))
+        hi = np.where(hard, hi_h, hi_n).reshape(lo.shape)
+        return lo + (hi - lo) * rng.random(shape)
+
     p = {
-        "r": u(0.13, 0.36, n) * s,                    # shape radius, pixels
+        "r": style("r") * s,                          # shape radius, pixels
         "aspect": np.exp(u(-0.2, 0.2, n)),
         "t": u(0.12, 0.28, n),                        # stroke half-thickness, shape units
         "k": rng.integers(2, 4, n),                   # bars / dots per row
         "jitter": u(-_MAX_JITTER, _MAX_JITTER, n),
         "spin": u(0, 2 * np.pi, n),
-        "bg": u(0.0, 1.0, n),
-        "contrast": u(0.18, 0.7, n),
-        "polarity": rng.random(n) < 0.5,
-        "grad_amp": u(0.0, 0.35, n),
+        "bg": style("bg"),
+        "contrast": style("contrast"),
+        "polarity": rng.random(n) < style("bright"),
+        "grad_amp": style("grad"),
         "grad_dir": u(0, 2 * np.pi, n),
-        "blotch_amp": u(0.0, 0.2, n),
-        "noise": u(0.02, 0.2, n),
-        "occlude": rng.random(n) < 0.3,
+        "blotch_amp": style("blotch"),
+        "noise": style("noise"),
+        "occlude": rng.random(n) < style("occlude"),
         "occ_off": u(-0.9, 0.9, (n, 2)),
         "occ_half": u(0.25, 0.55, (n, 2)),
         "tint_bg": u(-0.3, 0.3, (n, c)) if c == 3 else np.zeros((n, 1)),
         "tint_fg": u(-0.3, 0.3, (n, c)) if c == 3 else np.zeros((n, 1)),
-        "d_on": rng.random((n, 3)) < 0.5,
+        "d_on": rng.random((n, 3)) < style("distract", 3),
         "d_line": rng.random((n, 3)) < 0.5,
         "d_pos": u(0, 1, (n, 3, 2)) * [w, h],
         "d_size": u(0.03, 0.08, (n, 3)) * s,          # dot radius, or line half-length / 3
@@ -221,8 +238,9 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
         "d_level": u(0.0, 1.0, (n, 3)),
     }
     margin = 0.6 * p["r"]
-    p["cx"] = u(0, 1, n) * (w - 2 * margin) + margin
-    p["cy"] = u(0, 1, n) * (h - 2 * margin) + margin
+    pos = style("pos")
+    p["cx"] = w / 2 + u(-0.5, 0.5, n) * pos * (w - 2 * margin)
+    p["cy"] = h / 2 + u(-0.5, 0.5, n) * pos * (h - 2 * margin)
     names = np.array(SHAPES_LABELS)[y]
     free = np.isin(names, list(_FREE_ROTATION))
     base = np.array([_BASE_ANGLE.get(k, 0.0) for k in names])
@@ -414,7 +432,7 @@ def load_fashion_mnist(cfg: DataConfig, input_shape: Tuple[int, int, int], seed:
         "files": {k: str(raw[k + "_path"]) for k in FASHION_MNIST_FILES},
         "available": {k: len(v) for k, v in pools.items()},
         "fit": cfg.fit,
-        "converted": _channel_note(1, input_shape[2]),
+        "converted": _channel_note(1, input_shape[2], sum(len(v[1]) for v in parts.values())),
     }
     return _assemble("fashion-mnist", parts, FASHION_MNIST_LABELS, input_shape, report)
 
@@ -499,7 +517,7 @@ def load_digits(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
         "source": "sklearn.datasets.load_digits",
         "available": {k: len(v) for k, v in pools.items()},
         "fit": cfg.fit,
-        "converted": _channel_note(1, input_shape[2]),
+        "converted": _channel_note(1, input_shape[2], sum(len(v[1]) for v in parts.values())),
     }
     labels = tuple(str(int(v)) for v in bunch.target_names)
     return _assemble("digits", parts, labels, input_shape, report)
@@ -551,9 +569,8 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
         if i in wanted:
             modes[mode] += 1
             notes.update(conv)
-            if arr.shape[2] == 3 and c == 1:
-                arr = _to_grey(arr)
-            images[i] = _fit(arr[None], (h, w, arr.shape[2]), cfg.fit)[0]
+            notes.update(_channel_note(arr.shape[2], c))
+            images[i] = _fit(arr[None], input_shape, cfg.fit)[0]
     if bad:
         raise DataError(_listing(f"{len(bad)} unreadable image file{'s' if len(bad) > 1 else ''} "
                                  f"in {root}", bad))
@@ -561,19 +578,14 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
     for name in SPLITS:
         idx = taken[name]
         x = np.stack([images[int(i)] for i in idx]) if len(idx) else np.zeros((0, h, w, c), np.float32)
-        if x.shape[3] != c:
-            x = np.repeat(x, c, axis=3)
         parts[name] = (x, y_all[idx])
-    src_channels = 3 if any(m not in ("L", "1", "I;16", "I", "LA") for m in modes) else 1
-    converted = dict(notes)
-    converted.update(_channel_note(src_channels, c))
     report = {
         "source": str(root),
         "available": {k: len(v) for k, v in pools.items()},
         "available_per_class": {lab: len(v) for lab, v in files.items()},
         "fit": cfg.fit,
         "source_modes": dict(sorted(modes.items())),
-        "converted": converted,
+        "converted": dict(sorted(notes.items())),
         "alpha_background": ALPHA_BACKGROUND,
         "skipped": skipped,
     }
@@ -651,12 +663,12 @@ def _decode_image(path: Path) -> Tuple[np.ndarray, str, List[str]]:
             im.load()
             mode = im.mode
             conv: List[str] = []
-            rotated = ImageOps.exif_transpose(im)
-            if rotated is not im:
-                if rotated.size != im.size or rotated.tobytes() != im.tobytes():
-                    conv.append("exif orientation applied")
-                im = rotated
+            if im.getexif().get(0x0112, 1) not in (1, None):  # EXIF Orientation
+                im = ImageOps.exif_transpose(im)
+                conv.append("EXIF orientation applied")
             return _image_to_array(im, conv), mode, conv
+    except PermissionError:
+        raise _BadImage("cannot read (permission denied)") from None
     except UnidentifiedImageError:
         raise _BadImage("not a readable image (unknown format)") from None
     except _PIL_ERRORS as exc:
@@ -837,11 +849,12 @@ def _to_grey(x: np.ndarray) -> np.ndarray:
     return (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
-def _channel_note(src: int, dst: int) -> dict:
+def _channel_note(src: int, dst: int, n: int = 1) -> Dict[str, int]:
+    """{conversion: number of images} for a channel-count change, else {}."""
     if src == 1 and dst == 3:
-        return {"grey to RGB": "channel repeated"}
+        return {"grey to RGB (channel repeated)": n}
     if src == 3 and dst == 1:
-        return {"RGB to grey": "ITU-R 601 luma"}
+        return {"RGB to grey (ITU-R 601 luma)": n}
     return {}
 
 

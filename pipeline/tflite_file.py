@@ -161,11 +161,11 @@ class _Table:
         p = self._field(i)
         return p + self.r.u32(p) if p else 0
 
-    def table(self, i: int) -> Optional[_Table]:
+    def table(self, i: int) -> Optional["_Table"]:
         p = self._ref(i)
         return self.r.table(p) if p else None
 
-    def tables(self, i: int) -> List[_Table]:
+    def tables(self, i: int) -> List["_Table"]:
         p = self._ref(i)
         if not p:
             return []

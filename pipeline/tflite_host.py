@@ -10,6 +10,8 @@ from typing import Union
 
 import numpy as np
 
+from pipeline.native import captured_stderr
+
 ModelSource = Union[bytes, str, Path]
 
 
@@ -24,9 +26,10 @@ def make_interpreter(model: ModelSource, delegates: bool = True, threads: int = 
     kwargs = {"num_threads": threads}
     if not delegates:
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if isinstance(model, (bytes, bytearray)):
-        return Interpreter(model_content=bytes(model), **kwargs)
-    return Interpreter(model_path=str(model), **kwargs)
+    with captured_stderr():  # "Created TensorFlow Lite XNNPACK delegate" on every creation
+        if isinstance(model, (bytes, bytearray)):
+            return Interpreter(model_content=bytes(model), **kwargs)
+        return Interpreter(model_path=str(model), **kwargs)
 
 
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:

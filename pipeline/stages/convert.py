@@ -11,6 +11,7 @@ import numpy as np
 
 from pipeline.config import Recipe
 from pipeline.errors import ConversionMismatchError
+from pipeline.native import captured_stderr
 from pipeline.store import atomic_write_bytes
 from pipeline.tflite_file import float_compute_ops, parse_tflite
 from pipeline.tflite_host import run_tflite
@@ -87,7 +88,8 @@ def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits
     c = recipe.convert
     calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None
     log(f"[convert/{variant_name}] converting {source_path.name}")
-    tflite = convert_keras(model, variant, calib, c.int8_io)
+    with captured_stderr():  # the converter's C++ chatter
+        tflite = convert_keras(model, variant, calib, c.int8_io)
     x_val = splits.x_test[: c.validation_samples]
     keras_probs = model.predict(x_val, batch_size=64, verbose=0)
     metrics = validate_conversion(tflite, keras_probs, x_val, variant, f"{variant_name} ({out.name})")

@@ -1,0 +1,49 @@
+"""Budgets: measurement against build metrics, verdicts, table."""
+
+from pipeline.budgets import check_budgets, format_budget_table
+
+METRICS = {
+    "float_top1": 90.0,
+    "deploy_variant": "int8-qat",
+    "variants": {
+        "float32": {"top1": 90.0, "size_bytes": 10240, "gzip_bytes": 9000, "zeros_prunable": 0.0},
+        "int8-qat": {"top1": 89.5, "size_bytes": 2048, "gzip_bytes": 1024, "zeros_prunable": 0.5,
+                     "max_unique_per_kernel": 16},
+        "int8-ptq": {"top1": 87.0, "size_bytes": 3072, "gzip_bytes": 2048, "zeros_prunable": 0.0},
+    },
+    "devices": {"pixel4": {"int8-qat": {"instructions_per_inference": 2_500_000, "latency_ms": 3.0}}},
+}
+
+
+def test_each_kind_measures_and_decides():
+    budgets = {
+        "max_top1_drop": {"int8-qat": 1.0, "int8-ptq": 2.0},
+        "max_size_kb": {"int8-qat": 1},
+        "max_size_ratio": {"*": 0.25},
+        "min_sparsity": {"int8-qat": 0.45},
+        "max_unique_values": {"int8-qat": 16},
+        "max_minstructions": {"pixel4": 3},
+        "max_latency_ms": {"*": 2.0},
+    }
+    checks = {(c.budget, c.subject): c for c in check_budgets(budgets, METRICS, ["pixel4"])}
+    assert checks[("max_top1_drop", "int8-qat")].measured == 0.5 and checks[("max_top1_drop", "int8-qat")].ok
+    assert checks[("max_top1_drop", "int8-ptq")].measured == 3.0 and not checks[("max_top1_drop", "int8-ptq")].ok
+    assert checks[("max_size_kb", "int8-qat")].measured == 2.0 and not checks[("max_size_kb", "int8-qat")].ok
+    assert ("max_size_ratio", "float32") not in checks  # a ratio to itself is meaningless
+    assert checks[("max_size_ratio", "int8-qat")].measured == 0.2 and checks[("max_size_ratio", "int8-qat")].ok
+    assert not checks[("max_size_ratio", "int8-ptq")].ok
+    assert checks[("min_sparsity", "int8-qat")].ok
+    assert checks[("max_unique_values", "int8-qat")].ok
+    assert checks[("max_minstructions", "pixel4")].measured == 2.5 and checks[("max_minstructions", "pixel4")].ok
+    assert not checks[("max_latency_ms", "pixel4")].ok
+
+
+def test_unmeasured_budget_is_missed():
+    (c,) = check_budgets({"max_latency_ms": {"rpi4": 10}}, METRICS, ["rpi4"])
+    assert c.measured is None and not c.ok
+    assert "| max_latency_ms | rpi4 | <= 10 ms | not measured | MISSED |" in format_budget_table([c])
+
+
+def test_table_marks_missed():
+    checks = check_budgets({"max_size_kb": {"int8-qat": 1}}, METRICS)
+    assert "| max_size_kb | int8-qat | <= 1 KiB | 2 KiB | MISSED |" in format_budget_table(checks)

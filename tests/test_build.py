@@ -1,0 +1,114 @@
+"""End-to-end smoke build: real training, pruning, PQAT, conversion and host evaluation."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.config import VARIANTS
+from pipeline.tflite_file import float_compute_ops, read_tflite
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_variant_built_and_evaluated(smoke_build):
+    m = smoke_build.metrics
+    assert list(m["variants"]) == list(VARIANTS)
+    for name, v in m["variants"].items():
+        assert 0.0 <= v["top1"] <= 100.0
+        assert v["size_bytes"] > 1000 and v["gzip_bytes"] < v["size_bytes"]
+        assert v["validation"]["validation_samples"] == 16
+    assert m["macs"] > 0 and m["params"] > 0
+
+
+def test_manifest_records_every_stage(smoke_build):
+    manifest = json.loads((smoke_build.root / "manifest.json").read_text())
+    stages = manifest["stages"]
+    expected = {"train", "prune", "qat"} | {f"convert/{v}" for v in VARIANTS} | {f"evaluate/{v}" for v in VARIANTS}
+    assert expected <= set(stages)
+    for name, rec in stages.items():
+        assert rec["versions"]["tensorflow"].startswith("2.21"), name
+        for out in rec["outputs"].values():
+            assert len(out["sha256"]) == 64
+    assert manifest["data"]["fingerprint"] and manifest["recipe"]["name"] == "default"
+
+
+def test_full_integer_variants_compute_in_int8(smoke_tflite):
+    for name in ("int8-ptq", "int8-qat"):
+        model = read_tflite(smoke_tflite[name])
+        assert float_compute_ops(model) == [], name
+        ops = {op for op, _ in model.op_versions()}
+        assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+
+
+def test_int8_files_are_small(smoke_build):
+    v = smoke_build.metrics["variants"]
+    for name in ("int8-ptq", "int8-qat"):
+        assert v[name]["size_bytes"] <= 0.35 * v["float32"]["size_bytes"], name
+
+
+def test_pqat_keeps_sparsity_into_int8_file(smoke_build):
+    # The default recipe prunes to 50% and uses prune-preserving QAT.
+    assert smoke_build.metrics["variants"]["int8-qat"]["zeros_prunable"] >= 0.45
+
+
+def test_parser_op_list_matches_runtime(smoke_tflite):
+    from pipeline.tflite_host import model_ops
+
+    for path in smoke_tflite.values():
+        ours = sorted(op.opcode for op in read_tflite(path).operators)
+        assert ours == sorted(model_ops(path.read_bytes()))
+
+
+def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
+    from pipeline.build import build
+    from pipeline.config import load_recipe
+
+    again = build(load_recipe("default", smoke=True), out=smoke_build.root, log=lambda s: None,
+                  run_devices=False)
+    assert again.stages_run == []
+    assert again.metrics["variants"] == smoke_build.metrics["variants"]
+
+
+def test_impossible_budget_fails_with_table_and_keeps_artifacts(smoke_build, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(smoke_build.root, out)
+    recipe = yaml.safe_load((smoke_build.root / "recipe.yaml").read_text())
+    recipe.update(smoke_form=False, budgets={"max_size_kb": {"int8-qat": 1}, "max_top1_drop": {"*": 100}})
+    rfile = tmp_path / "r.yaml"
+    rfile.write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(main, ["build", str(rfile), "--out", str(out), "-q", "--no-devices"])
+    assert res.exit_code == 1, res.output
+    assert "| max_size_kb | int8-qat | <= 1 KiB |" in res.output and "MISSED" in res.output
+    assert "error: budget missed: max_size_kb[int8-qat]" in res.output
+    assert (out / "tflite" / "int8-qat.tflite").exists() and (out / "summary.json").exists()
+
+
+def test_evaluate_command_matches_build(smoke_build, smoke_tflite):
+    res = CliRunner().invoke(main, ["evaluate", str(smoke_tflite["int8-qat"]), "--recipe", "default",
+                                    "--smoke", "--json"])
+    assert res.exit_code == 0, res.output
+    top1 = json.loads(res.output)["top1"]
+    assert top1 == pytest.approx(smoke_build.metrics["variants"]["int8-qat"]["top1"])
+
+
+def test_inspect_shows_ops_and_quantization(smoke_tflite):
+    res = CliRunner().invoke(main, ["inspect", str(smoke_tflite["int8-ptq"]), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert any(k.startswith("CONV_2D:v") for k in d["ops"])
+    assert d["inputs"][0]["shape"] == [1, 32, 32, 1] and d["outputs"][0]["shape"][-1] == 10
+    assert d["tensor_dtypes"]["int8"] > 10
+    text = CliRunner().invoke(main, ["inspect", str(smoke_tflite["int8-ptq"])]).output
+    assert "DEPTHWISE_CONV_2D:v" in text and "input  " in text
+
+
+def test_zero_fraction_counts_real_zeros(smoke_tflite):
+    from pipeline.tflite_file import weight_kernels
+
+    kernels = [a for op, _, a in weight_kernels(read_tflite(smoke_tflite["float32"])) if op == "CONV_2D"]
+    assert kernels and all(a.dtype == np.float32 for a in kernels)

@@ -1,0 +1,80 @@
+"""The command line: instant help, one-line errors with exit codes, no tracebacks."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from tests.conftest import REPO
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_help_is_instant_and_lists_commands():
+    t0 = time.perf_counter()
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("build", "models", "datasets", "inspect", "evaluate"):
+        assert cmd in r.stdout
+    # The CLI must not import TensorFlow for --help (that alone takes seconds).
+    r2 = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli; "
+                         "print('tensorflow' in sys.modules)"], cwd=REPO, capture_output=True, text=True)
+    assert r2.stdout.strip() == "False"
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a TFLite model (0 bytes; too short for a flatbuffer)"),
+    (b"hello, this is a text file\n", "not a TFLite model (file identifier b'o, t', expected b'TFL3')"),
+    (b"\x10\x00\x00\x00TFL3" + b"\x00" * 4, "truncated or corrupt model"),
+])
+def test_inspect_rejects_non_models(tmp_path, content, message):
+    p = tmp_path / "m.tflite"
+    p.write_bytes(content)
+    res = CliRunner().invoke(main, ["inspect", str(p)])
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+
+
+def test_inspect_missing_file(tmp_path):
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "nope.tflite")])
+    assert res.exit_code == 2 and "error: model file not found:" in res.output
+
+
+def test_unknown_recipe_key_is_one_line_error(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\nmodle: {}\n")
+    r = run_cli("build", str(p))
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: recipe: unknown key 'modle'; valid keys: name, seed, data, model, train, "
+                                "prune, qat, convert, devices, budgets, deploy_variant, smoke_form")
+
+
+def test_missing_data_directory_is_one_line_error(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"name: x\ndata: {{dataset: folder, path: {tmp_path / 'nothing'}}}\n")
+    r = run_cli("build", str(p), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"error: data directory not found: {tmp_path / 'nothing'}"
+
+
+def test_models_command_lists_families():
+    res = CliRunner().invoke(main, ["models", "--alpha", "0.35", "--input-size", "32", "--classes", "10"])
+    assert res.exit_code == 0, res.output
+    for fam in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"):
+        assert fam in res.output
+
+
+def test_datasets_command_lists_registry():
+    from pipeline.data import DATASETS
+
+    res = CliRunner().invoke(main, ["datasets"])
+    assert res.exit_code == 0
+    for name in DATASETS.names():
+        assert name in res.output

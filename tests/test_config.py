@@ -1,0 +1,78 @@
+"""Recipes: strict loading, round trip, smoke form, error messages."""
+
+import pytest
+import yaml
+
+from pipeline.config import Recipe, load_recipe
+from pipeline.errors import ConfigError
+
+EMBEDDED = ["default", "fashion-mnist"]
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_embedded_recipes_load_and_round_trip(name):
+    r = load_recipe(name)
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert r.fingerprint() == Recipe.from_dict(yaml.safe_load(yaml.safe_dump(r.to_dict()))).fingerprint()
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_smoke_form_is_tiny(name):
+    s = load_recipe(name, smoke=True)
+    assert s.smoke_form and s.build_name == f"{s.name}-smoke"
+    assert s.model.input_size == 32 and s.train.epochs == 1
+    assert s.data.train_samples <= 256 and s.data.test_samples <= 128
+
+
+def test_recipes_start_with_the_command_that_runs_them():
+    from pathlib import Path
+
+    for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"):
+        assert p.read_text().startswith("# mobile-model build"), p
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nepochs: 3\n", "recipe: unknown key 'epochs'; valid keys: name, seed, data, model"),
+    ("model: {famly: mobilenet_v2}\n", "recipe.model: unknown key 'famly'; valid keys: family, alpha"),
+    ("model: {family: resnet50}\n", "recipe.model.family: expected one of mobilenet_v1, mobilenet_v2, "
+                                    "mobilenet_v3_small, mobilenet_v3_large; got 'resnet50'"),
+    ("model: {input_size: 16}\n", "recipe.model.input_size: expected an integer >= 32, got 16"),
+    ("model: {channels: 2}\n", "recipe.model.channels: expected one of 1, 3; got 2"),
+    ("train: {epochs: 0}\n", "recipe.train.epochs: expected a positive integer, got 0"),
+    ("train: {epochs: three}\n", "recipe.train.epochs: expected an integer, got 'three'"),
+    ("train: {strategy: tpu}\n", "recipe.train.strategy: expected one of default, mirrored, multi-worker"),
+    ("data: {dataset: imagenet}\n", "recipe.data.dataset: expected one of shapes, fashion-mnist, digits, folder"),
+    ("data: {dataset: folder}\n", "recipe.data.path: the 'folder' data set needs a path"),
+    ("convert: {variants: [int4]}\n", "recipe.convert.variants: expected one of float32, float16"),
+    ("prune: {target_sparsity: 1.5}\n", "recipe.prune.target_sparsity: expected 0 < value < 1, got 1.5"),
+    ("prune: {m_by_n: [4, 2]}\n", "recipe.prune.m_by_n: expected [M, N] with 0 < M < N"),
+    ("budgets: {max_speed: {int8-qat: 1}}\n", "recipe.budgets: unknown budget 'max_speed'; valid: max_top1_drop"),
+    ("budgets: {max_size_kb: {int4: 1}}\n", "recipe.budgets.max_size_kb: 'int4' is not a variant this recipe builds"),
+    ("budgets: {max_size_kb: {int8-qat: big}}\n", "recipe.budgets.max_size_kb.int8-qat: expected a number, got 'big'"),
+    ("deploy_variant: int3\n", "recipe.deploy_variant: expected one of float32"),
+    ("qat: {enabled: false}\n", "recipe.convert.variants: 'int8-qat' needs qat.enabled: true"),
+    ("- a\n- b\n", "recipe: expected a mapping, got list"),
+    ("model: [\n", "not valid YAML"),
+    ("", "file is empty"),
+])
+def test_bad_recipes_name_the_problem(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(_write(tmp_path, text))
+    assert message in str(e.value)
+
+
+def test_missing_recipe_lists_embedded(tmp_path):
+    with pytest.raises(ConfigError, match=r"recipe file not found: .*nope.yaml \(embedded recipes: default, "):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_configs_are_frozen():
+    r = load_recipe("default")
+    with pytest.raises(Exception):
+        r.model.alpha = 1.0  # type: ignore[misc]
