@@ -101,11 +101,13 @@ def _build(spec, name, alpha, input_shape, classes, first_stride, dropout,
     return keras.Model(inputs, classifier(x, classes, dropout), name=name)
 
 
-_DOC = """Builds MobileNetV3-{size}.
+def build_large(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *,
+                first_stride=2, dropout=0.0, bn_momentum=BN_MOMENTUM):
+    """Builds MobileNetV3-Large.
 
     Args:
         alpha: width multiplier; channels are ``alpha`` times the paper's, rounded
-            by ``make_divisible``. The {head_fc}-unit layer after the pool is only
+            by ``make_divisible``. The 1280-unit layer after the pool is only
             widened (alpha > 1), never narrowed.
         input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
             Inputs are floats in [0, 1]; the model does no rescaling.
@@ -120,19 +122,13 @@ _DOC = """Builds MobileNetV3-{size}.
     Raises:
         ConfigError: an argument is out of range.
     """
-
-
-def build_large(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *,
-                first_stride=2, dropout=0.0, bn_momentum=BN_MOMENTUM):
     return _build(LARGE, "mobilenet_v3_large", alpha, input_shape, classes,
                   first_stride, dropout, bn_momentum)
 
 
 def build_small(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *,
                 first_stride=2, dropout=0.0, bn_momentum=BN_MOMENTUM):
+    """Builds MobileNetV3-Small; arguments as for ``build_large`` (the layer after
+    the pool has 1024 units)."""
     return _build(SMALL, "mobilenet_v3_small", alpha, input_shape, classes,
                   first_stride, dropout, bn_momentum)
-
-
-build_large.__doc__ = _DOC.format(size="Large", head_fc=LARGE.head_fc)
-build_small.__doc__ = _DOC.format(size="Small", head_fc=SMALL.head_fc)

@@ -44,6 +44,24 @@ class BuildResult:
         return all(c.ok for c in self.budgets)
 
 
+class StageRunner:
+    """Runs named stages of one build through its manifest, keyed also by the data."""
+
+    def __init__(self, manifest: Manifest, data_fp: str, log: Log):
+        self.manifest, self.data_fp, self.log = manifest, data_fp, log
+        self.ran: List[str] = []
+
+    def __call__(self, name: str, config: Any, inputs: Dict[str, Path], outputs: Dict[str, Path],
+                 fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        res = self.manifest.run_stage(name, config, inputs, outputs, fn, extra_key=self.data_fp, log=self.log)
+        if not res.cached:
+            self.ran.append(name)
+        return res.metrics
+
+    def is_cached(self, name: str, config: Any, inputs: Dict[str, Path], outputs: Dict[str, Path]) -> bool:
+        return self.manifest.is_cached(name, config, inputs, outputs, extra_key=self.data_fp)
+
+
 def data_fingerprint(splits) -> str:
     """sha256 over every split array and the labels: the data's identity for caching."""
     h = hashlib.sha256()
@@ -91,13 +109,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
                               "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
                                          "test": len(splits.x_test)},
                               "report": splits.report})
-        ran: List[str] = []
-
-        def stage(name, config, inputs, outputs, fn):
-            res = manifest.run_stage(name, config, inputs, outputs, fn, extra_key=fp, log=log)
-            if not res.cached:
-                ran.append(name)
-            return res.metrics
+        stage = StageRunner(manifest, fp, log)
+        ran = stage.ran
 
         keras_dir, tfl_dir = root / "keras", root / "tflite"
         float_h5, preds = keras_dir / "float.h5", keras_dir / "float_test_pred.npy"

@@ -228,8 +228,8 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
         "occlude": rng.random(n) < style("occlude"),
         "occ_off": u(-0.9, 0.9, (n, 2)),
         "occ_half": u(0.25, 0.55, (n, 2)),
-        "tint_bg": u(-0.3, 0.3, (n, c)) if c == 3 else np.zeros((n, 1)),
-        "tint_fg": u(-0.3, 0.3, (n, c)) if c == 3 else np.zeros((n, 1)),
+        "tint_bg": _hue_tint(u(-0.3, 0.3, (n, c))) if c == 3 else np.zeros((n, 1)),
+        "tint_fg": _hue_tint(u(-0.3, 0.3, (n, c))) if c == 3 else np.zeros((n, 1)),
         "d_on": rng.random((n, 3)) < style("distract", 3),
         "d_line": rng.random((n, 3)) < 0.5,
         "d_pos": u(0, 1, (n, 3, 2)) * [w, h],
@@ -255,6 +255,11 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
         noise = rng.standard_normal((sl.stop - lo, h, w, c), dtype=np.float32)
         out[sl] = _render_chunk(y[sl], {k: v[sl] for k, v in p.items()}, blotch_grid[sl], noise, h, w, c)
     return out
+
+
+def _hue_tint(t: np.ndarray) -> np.ndarray:
+    """Random RGB offsets with zero luma: colour that leaves the grey image unchanged."""
+    return t - (t @ np.array([0.299, 0.587, 0.114]))[:, None]
 
 
 def _render_chunk(y, p, blotch_grid, noise, h, w, c) -> np.ndarray:

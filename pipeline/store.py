@@ -142,6 +142,18 @@ class Manifest:
         except ValueError:
             return str(p)
 
+    @staticmethod
+    def stage_key(config: Any, input_hashes: Mapping[str, str], extra_key: Any = None) -> str:
+        """The cache key of a stage: its config, its inputs' sha256 and the code version."""
+        return config_hash({"config": config, "inputs": dict(input_hashes), "extra": extra_key,
+                            "code": STAGE_CODE_VERSION})
+
+    def is_cached(self, stage: str, config: Any, inputs: Mapping[str, Path], outputs: Mapping[str, Path],
+                  extra_key: Any = None) -> bool:
+        """Whether :meth:`run_stage` with these arguments would skip the work."""
+        key = self.stage_key(config, {n: sha256_file(Path(p)) for n, p in inputs.items()}, extra_key)
+        return self.cached(stage, key, outputs) is not None
+
     def cached(self, stage: str, key: str, outputs: Mapping[str, Path]) -> Optional[Dict[str, Any]]:
         """The stage's record if its key matches and every output hashes as recorded."""
         rec = self.stages.get(stage)
@@ -178,8 +190,7 @@ class Manifest:
             StageResult with the metrics, whether it was cached, and wall time.
         """
         input_hashes = {n: sha256_file(Path(p)) for n, p in inputs.items()}
-        key = config_hash({"config": config, "inputs": input_hashes, "extra": extra_key,
-                           "code": STAGE_CODE_VERSION})
+        key = self.stage_key(config, input_hashes, extra_key)
         rec = self.cached(stage, key, outputs)
         if rec is not None:
             log(f"[{stage}] up to date (cached)")

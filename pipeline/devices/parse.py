@@ -89,8 +89,8 @@ def parse_insn_counts(text: str, expect_regions: Optional[int] = None) -> InsnCo
     """
     lines = text.splitlines()
     if not lines or lines[0] != COUNTS_HEADER:
-        got = lines[0] if lines else "an empty file"
-        raise DeviceOutputError(f"instruction counts: expected header {COUNTS_HEADER!r}, got {got!r}")
+        got = repr(lines[0]) if lines else "an empty file"
+        raise DeviceOutputError(f"instruction counts: expected header {COUNTS_HEADER!r}, got {got}")
     regions: List[ClassCounts] = []
     end = None
     for n, line in enumerate(lines[1:], start=2):

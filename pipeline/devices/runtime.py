@@ -107,8 +107,8 @@ class ArmRuntime:
                 f"no sysroot for qemu cpu {qemu_cpu!r}; built for: {', '.join(CORES)}")
         return self.root / "sysroots" / qemu_cpu
 
-    def command(self, qemu_cpu: str, argv: Sequence[str],
-                counts_path: Optional[Path] = None) -> List[str]:
+    def command(self, qemu_cpu: str, argv: Sequence[str], counts_path: Optional[Path] = None,
+                sysroot: Optional[Path] = None) -> List[str]:
         """The qemu command line running the guest's python3 with ``argv``.
 
         Args:
@@ -116,8 +116,12 @@ class ArmRuntime:
             argv: arguments of the guest python (script and its arguments).
             counts_path: where the instruction-count plugin writes; None runs
                 without the plugin.
+            sysroot: a path (e.g. a symlink) to use instead of ``self.sysroot()``.
+                The guest sees this path in argv[0] and sys.path, and its length
+                shifts the guest's memory layout: instruction counts repeat
+                exactly only for the same path (length).
         """
-        sysroot = self.sysroot(qemu_cpu)
+        sysroot = self.sysroot(qemu_cpu) if sysroot is None else sysroot
         cmd = [self.qemu, "-seed", str(QEMU_SEED), "-cpu", qemu_cpu, "-L", str(sysroot)]
         if counts_path is not None:
             cmd += ["-plugin", f"{self.plugin},out={counts_path}"]

@@ -1,0 +1,304 @@
+"""Checking a TFLite model on an emulated device: the one entry point of this package.
+
+:func:`run_device_check` runs the model on the device's real ARM runtime under
+qemu-aarch64 and returns a :class:`DeviceResult`: whether the runtime loads the
+model (and if not, which op and version it lacks), accuracy, agreement with the
+host's outputs, deterministic instructions per inference split by class, emulated
+wall time, and an estimate of peak memory against the device's RAM.
+"""
+
+import hashlib
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from pipeline.devices.parse import (DeviceOutputError, inference_counts, parse_guest_result,
+                                    parse_insn_counts)
+from pipeline.devices.profiles import DeviceProfile, get_device
+from pipeline.devices.runner import DeviceRun, run_on_device
+from pipeline.devices.runtime import ArmRuntime
+from pipeline.devices.targets import RUNTIMES
+from pipeline.errors import ConfigError, ModelFileError, RuntimeIncompatibleError
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Device outputs vs the host runtime's on the same inputs.
+
+    Attributes:
+        host_reference: which host kernels produced the reference: "xnnpack"
+            (ai-edge-litert's default) or "builtin" (its TFLite kernels without
+            delegates: what a device runtime without XNNPACK for int8 runs), or
+            "given" when the caller passed the host outputs.
+        dtype: the model output dtype ("int8", "uint8", "float32", ...).
+        samples: inputs compared.
+        exact_count: samples whose whole output is bit-identical to the host's.
+        exact_fraction: ``exact_count / samples``.
+        max_abs_diff: largest element difference (quantized units for integer outputs).
+        top1_agreement: fraction of samples with the same arg-max as the host.
+    """
+
+    host_reference: str
+    dtype: str
+    samples: int
+    exact_count: int
+    exact_fraction: float
+    max_abs_diff: float
+    top1_agreement: float
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of the model on the device, estimated (not measured).
+
+    ``weights_bytes`` is the sum of the file's constant buffers (the runtime maps
+    the file); ``activation_bytes`` the sum of the bytes of every non-constant
+    tensor as the device runtime allocated them (inputs, outputs, intermediates).
+    TFLite's arena reuses memory between tensors whose lifetimes do not overlap, so
+    the activation term is an upper bound on the arena; not included are XNNPACK's
+    packed copy of the weights (up to ~1x weights more), the runtime's code and the
+    rest of the application.
+    """
+
+    weights_bytes: int
+    activation_bytes: int
+    total_bytes: int
+    ram_bytes: int
+    fraction_of_ram: float
+    fits: bool
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    """The outcome of one model on one emulated device (JSON via :meth:`to_dict`).
+
+    Instruction counts are per inference with the markers' own cost subtracted;
+    ``instructions_by_class`` belongs to the median inference. They repeat exactly
+    run to run when ``counts_exact`` (one thread). Wall times are under emulation
+    (~100-350x slower than the device, and noisy): not latency.
+    """
+
+    device: str
+    qemu_cpu: str
+    runtime: str
+    runtime_version: str
+    model: str
+    model_sha256: str
+    threads: int
+    samples: int
+    loaded: bool
+    load_error: Optional[str] = None
+    load_error_op: Optional[str] = None
+    load_error_op_version: Optional[int] = None
+    top1: Optional[float] = None
+    agreement: Optional[Agreement] = None
+    instructions_median: Optional[int] = None
+    instructions_per_inference: Tuple[int, ...] = ()
+    instructions_by_class: Mapping[str, int] = field(default_factory=dict, hash=False)
+    warmup_instructions: Optional[int] = None
+    marker_overhead_instructions: Optional[int] = None
+    counts_exact: bool = False
+    wall_s_per_image: Optional[float] = None
+    process_wall_s: float = 0.0
+    memory: Optional[MemoryEstimate] = None
+    command: str = ""
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["instructions_per_inference"] = list(self.instructions_per_inference)
+        d["instructions_by_class"] = dict(self.instructions_by_class)
+        return d
+
+    def require_loaded(self) -> "DeviceResult":
+        """Returns self if the runtime loaded the model.
+
+        Raises:
+            RuntimeIncompatibleError: it did not; the message names the op/version.
+        """
+        if self.loaded:
+            return self
+        what = ""
+        if self.load_error_op:
+            version = f" version {self.load_error_op_version}" if self.load_error_op_version else ""
+            what = f": op {self.load_error_op}{version} is not supported"
+        first = (self.load_error or "").splitlines()[0] if self.load_error else ""
+        raise RuntimeIncompatibleError(
+            f"{Path(self.model).name} does not load on {self.device} "
+            f"({self.runtime} {self.runtime_version}){what} ({first})")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelFileError(f"{source}: device checks need one input and one output, the model "
+                             f"has {len(model.inputs)} inputs and {len(model.outputs)} outputs")
+    want = tuple(model.tensors[model.inputs[0]].shape[1:])
+    if x.ndim < 1 or tuple(x.shape[1:]) != want:
+        raise ConfigError(f"inputs have shape {list(x.shape[1:])} per sample; {source} "
+                          f"expects {list(want)}")
+    if len(x) == 0:
+        raise ConfigError("device check needs at least one input sample")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ConfigError(f"inputs must be float images in [0, 1], got dtype {x.dtype}")
+    if y is not None and len(y) != len(x):
+        raise ConfigError(f"labels y has {len(y)} entries for {len(x)} inputs")
+
+
+def is_quantized(model) -> bool:
+    """Whether the model computes in int8/uint8 (a non-constant integer tensor)."""
+    return any(t.dtype in ("int8", "uint8") and not (0 < t.buffer < len(model.buffers)
+                                                     and model.buffers[t.buffer])
+               for t in model.tensors)
+
+
+def host_reference(model, profile: DeviceProfile) -> str:
+    """The host kernels whose outputs the device's should equal: "xnnpack" or "builtin".
+
+    tflite-runtime 2.14 never applies XNNPACK to int8 models; its int8 outputs match
+    the host's builtin kernels bit for bit but XNNPACK's only to 1 LSB (measured).
+    """
+    if is_quantized(model) and not RUNTIMES[profile.runtime].xnnpack_int8:
+        return "builtin"
+    return "xnnpack"
+
+
+def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
+                     reference: str = "xnnpack") -> np.ndarray:
+    """Raw outputs of the host's ai-edge-litert, one input per invoke as on the device.
+
+    Args:
+        reference: "xnnpack" (default delegates) or "builtin" (none).
+    """
+    from pipeline.tflite_host import make_interpreter, quantize_input
+
+    if reference not in ("xnnpack", "builtin"):
+        raise ConfigError(f"host reference {reference!r}; valid: xnnpack, builtin")
+    interp = make_interpreter(Path(model_path), delegates=reference == "xnnpack", threads=1)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ys = []
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"], quantize_input(x[i:i + 1], inp))
+        interp.invoke()
+        ys.append(interp.get_tensor(out["index"])[0].copy())
+    return np.stack(ys)
+
+
+def compare_outputs(device: np.ndarray, host: np.ndarray, reference: str = "xnnpack") -> Agreement:
+    """Agreement of device and host outputs (same shape, same dtype)."""
+    if device.shape != host.shape:
+        raise ConfigError(f"host outputs have shape {list(host.shape)}, device outputs "
+                          f"{list(device.shape)}")
+    n = len(device)
+    d = device.reshape(n, -1)
+    h = host.astype(device.dtype, copy=False).reshape(n, -1)
+    exact = int(np.sum(np.all(d == h, axis=1)))
+    diff = np.abs(d.astype(np.float64) - h.astype(np.float64))
+    return Agreement(host_reference=reference, dtype=str(device.dtype), samples=n,
+                     exact_count=exact, exact_fraction=exact / n,
+                     max_abs_diff=float(diff.max()) if diff.size else 0.0,
+                     top1_agreement=float(np.mean(d.argmax(axis=1) == h.argmax(axis=1))))
+
+
+def estimate_memory(model, tensors, ram_mb: int) -> MemoryEstimate:
+    """See :class:`MemoryEstimate`; ``model`` from ``read_tflite``, ``tensors`` from the guest."""
+    constant_buffers = {t.buffer for t in model.tensors if 0 < t.buffer < len(model.buffers)
+                        and model.buffers[t.buffer]}
+    constant_tensors = {t.index for t in model.tensors if t.buffer in constant_buffers}
+    weights = sum(len(model.buffers[b]) for b in constant_buffers)
+    activations = sum(t.nbytes for t in tensors if t.index not in constant_tensors)
+    ram = ram_mb * 2**20
+    total = weights + activations
+    return MemoryEstimate(weights_bytes=weights, activation_bytes=activations, total_bytes=total,
+                          ram_bytes=ram, fraction_of_ram=total / ram, fits=total <= ram)
+
+
+def _failure(run: DeviceRun, profile: DeviceProfile, model: Path) -> str:
+    tail = " | ".join(run.stderr.strip().splitlines()[-4:]) or "no output"
+    return f"{profile.name}: the emulated run of {model.name} exited {run.returncode}: {tail}"
+
+
+def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile, str],
+                     x: np.ndarray, y: Optional[np.ndarray] = None,
+                     threads: Optional[int] = None, host_outputs: Optional[np.ndarray] = None,
+                     runtime: Optional[ArmRuntime] = None,
+                     timeout_s: Optional[float] = None) -> DeviceResult:
+    """Runs a model on an emulated device and checks it against the host.
+
+    Args:
+        model_path: the .tflite file (one input, one output).
+        profile: a device profile or its registry name.
+        x: float inputs in [0, 1], shape (N, *input_shape[1:]); integer models get
+            them quantized with the model's input scale/zero point (in the guest).
+        y: integer labels for top-1 accuracy, or None.
+        threads: interpreter threads (default: the profile's default_threads).
+        host_outputs: the host's raw outputs on ``x`` (reference "given"); when
+            None, computed with ai-edge-litert on the host with the kernels the
+            device runtime uses (see :func:`host_reference`).
+        runtime: a built ARM runtime (default: built/cached on first use).
+        timeout_s: limit for the emulated process (default scales with N).
+
+    Returns:
+        A DeviceResult; a model the device runtime cannot load is a result with
+        ``loaded=False`` (see :meth:`DeviceResult.require_loaded`), not an error.
+
+    Raises:
+        ModelFileError: missing or unreadable model, or not one input/one output.
+        ConfigError: inputs/labels/host outputs of the wrong shape or dtype.
+        DeviceUnavailableError: no runtime, a timeout, a crashed guest, or
+            malformed output (DeviceOutputError).
+    """
+    from pipeline.tflite_file import read_tflite
+
+    profile = get_device(profile) if isinstance(profile, str) else profile
+    model_path = Path(model_path).resolve()
+    model = read_tflite(model_path)
+    x = np.asarray(x)
+    y = None if y is None else np.asarray(y)
+    _validate_inputs(model, x, y, model_path.name)
+
+    run = run_on_device(model_path, profile, x, threads=threads, runtime=runtime,
+                        timeout_s=timeout_s)
+    if run.returncode != 0 or run.result_text is None:
+        raise DeviceOutputError(_failure(run, profile, model_path))
+    guest = parse_guest_result(run.result_text)
+    base = dict(device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=guest.runtime,
+                runtime_version=guest.runtime_version, model=str(model_path),
+                model_sha256=_sha256(model_path), threads=guest.threads, samples=len(x),
+                counts_exact=guest.threads == 1, process_wall_s=round(run.wall_s, 3),
+                command=run.command_line())
+    if not guest.loaded:
+        err = guest.load_error
+        return DeviceResult(loaded=False, load_error=err.message, load_error_op=err.op,
+                            load_error_op_version=err.version, **base)
+
+    if run.counts_text is None:
+        raise DeviceOutputError(f"{profile.name}: the plugin wrote no instruction counts")
+    counts = inference_counts(parse_insn_counts(run.counts_text), guest.samples)
+    if run.outputs is None or len(run.outputs) != len(x) or guest.samples != len(x):
+        raise DeviceOutputError(f"{profile.name}: guest returned outputs for "
+                                f"{0 if run.outputs is None else len(run.outputs)} of {len(x)} inputs")
+    outputs = run.outputs
+    reference = host_reference(model, profile)
+    host = (host_outputs_for(model_path, x, reference) if host_outputs is None
+            else np.asarray(host_outputs))
+    median = counts.median
+    return DeviceResult(
+        loaded=True,
+        top1=None if y is None else float(np.mean(
+            outputs.reshape(len(x), -1).argmax(axis=1) == y.reshape(-1))),
+        agreement=compare_outputs(outputs, host, reference if host_outputs is None else "given"),
+        instructions_median=median.total,
+        instructions_per_inference=counts.totals,
+        instructions_by_class=median.to_dict(),
+        warmup_instructions=counts.warmup.total,
+        marker_overhead_instructions=counts.marker_overhead.total,
+        wall_s_per_image=statistics.median(guest.wall_s),
+        memory=estimate_memory(model, guest.tensors, profile.ram_mb),
+        **base)

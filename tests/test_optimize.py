@@ -1,0 +1,346 @@
+"""Pruning and (prune-preserving) QAT stages on tiny models of every registered family.
+
+Each family runs the chain float -> prune (50%, 1 epoch) -> PQAT (1 epoch) -> full-int8
+TFLite once per module (``_chain``); the tests then check sparsity at every step:
+Keras kernels after pruning, the reloaded QAT ``.h5``, and the int8 flatbuffer.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from models import FAMILIES
+from pipeline.config import DataConfig, Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One row per registered family; test_every_family_has_a_case fails when one is missing.
+FAMILY_CASES = {
+    "mobilenet_v1": dict(alpha=0.25),
+    "mobilenet_v2": dict(alpha=0.25),
+    "mobilenet_v3_small": dict(alpha=0.25),
+    "mobilenet_v3_large": dict(alpha=0.25),
+}
+TARGET = 0.5
+# 50% per layer is exact up to rounding of tiny kernels; PQAT and the int8 file must keep it.
+KEPT = 0.45
+
+DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=32)
+
+
+def make_recipe(family, *, prune=True, m_by_n=None, strategy="default", logical_devices=0):
+    """The smallest recipe that exercises a stage: 32x32x1, batch 32, one epoch each."""
+    case = FAMILY_CASES.get(family)
+    if case is None:
+        pytest.fail(f"model family {family!r} has no case in FAMILY_CASES of tests/test_optimize.py")
+    base = Recipe(name="optimize-test", seed=0)
+    r = dataclasses.replace
+    return r(
+        base,
+        data=DATA,
+        model=r(base.model, family=family, alpha=case["alpha"], input_size=32, channels=1),
+        train=r(base.train, epochs=1, batch_size=32, strategy=strategy, logical_devices=logical_devices),
+        prune=r(base.prune, enabled=prune, target_sparsity=TARGET, m_by_n=m_by_n, epochs=1),
+        qat=r(base.qat, enabled=True, epochs=1),
+    ).validate()
+
+
+def _quiet(line):
+    pass
+
+
+# -- shared artifacts ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def splits():
+    from pipeline.data import load_dataset
+
+    return load_dataset(DATA, (32, 32, 1), seed=0)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("optimize")
+
+
+@pytest.fixture(scope="module")
+def float_model(workdir, splits):
+    """``float_model(family)`` -> path of an (untrained) float model, built once per family."""
+    from pipeline.stages.keras_io import save_keras
+    from pipeline.stages.train import build_float_model
+    from pipeline.training import setup_tensorflow
+
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            recipe = make_recipe(family)
+            setup_tensorflow(recipe.seed)
+            path = workdir / family / "float.h5"
+            save_keras(build_float_model(recipe, splits.num_classes), path)
+            cache[family] = path
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def chain(workdir, splits, float_model):
+    """``chain(family)`` -> prune -> PQAT -> int8 artifacts and metrics, run once per family."""
+    from pipeline.stages.convert import convert_keras
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.stages.optimize import prune_model, qat_model
+    from pipeline.tflite_file import parse_tflite
+    from pipeline.variants import VARIANTS
+
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            recipe = make_recipe(family)
+            d = workdir / family
+            src = float_model(family)
+            pruned, qat = d / "pruned.h5", d / "qat.h5"
+            prune_m = prune_model(recipe, splits, src, pruned, _quiet)
+            qat_m = qat_model(recipe, splits, pruned, qat, _quiet)
+            tflite = convert_keras(load_keras(qat, quantized=True), VARIANTS.get("int8-qat"),
+                                   splits.x_train[:32], int8_io=False)
+            cache[family] = SimpleNamespace(recipe=recipe, float=src, pruned=pruned, qat=qat,
+                                            prune=prune_m, qat_metrics=qat_m,
+                                            tflite=parse_tflite(tflite, f"{family} int8"))
+        return cache[family]
+
+    return get
+
+
+def _kernels(model):
+    """(name, kind, kernel) of every Conv2D/DepthwiseConv2D/Dense of a plain Keras model."""
+    import tf_keras as keras
+
+    out = []
+    for layer in model.layers:
+        if type(layer) is keras.layers.DepthwiseConv2D:
+            out.append((layer.name, "DepthwiseConv2D", layer.depthwise_kernel.numpy()))
+        elif type(layer) in (keras.layers.Conv2D, keras.layers.Dense):
+            out.append((layer.name, type(layer).__name__, layer.kernel.numpy()))
+    return out
+
+
+# -- unit ------------------------------------------------------------------------------
+
+
+def test_every_family_has_a_case():
+    missing = sorted(set(FAMILIES.names()) - set(FAMILY_CASES))
+    stale = sorted(set(FAMILY_CASES) - set(FAMILIES.names()))
+    assert not missing, f"registered families without a test case: {missing}"
+    assert not stale, f"test cases for unregistered families: {stale}"
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 94, 999, 12345])
+def test_pruning_steps_reach_the_target_before_the_end(total):
+    from pipeline.stages.optimize import pruning_steps
+
+    end, frequency = pruning_steps(total)
+    assert 1 <= end <= total          # tfmot's first step is 1: the target is reached in this run
+    assert end % frequency == 0       # the mask is updated at end_step itself
+    assert 1 <= frequency <= 100
+    assert end >= int(0.8 * total) - frequency
+
+
+def test_pruning_steps_examples():
+    from pipeline.stages.optimize import pruning_steps
+
+    assert pruning_steps(4) == (3, 1)
+    assert pruning_steps(94) == (70, 7)
+    assert pruning_steps(100_000) == (80_000, 100)
+
+
+def test_kernel_table_lists_depthwise_as_never_pruned():
+    import tf_keras as keras
+
+    from pipeline.stages.optimize import format_kernel_table, kernel_table, prunable_sparsity
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, name="d")(x)
+    model = keras.Model(inputs, outputs)
+    conv = model.get_layer("c")
+    k = conv.kernel.numpy()
+    k.reshape(-1)[: k.size // 2] = 0.0  # 18 of 36 zero
+    conv.kernel.assign(k)
+
+    rows = {r["layer"]: r for r in kernel_table(model, pruned=True)}
+    assert list(rows) == ["c", "dw", "d"]
+    assert rows["c"]["zeros"] == 0.5 and rows["c"]["pruned"] and rows["c"]["kind"] == "Conv2D"
+    assert rows["dw"]["kind"] == "DepthwiseConv2D" and not rows["dw"]["pruned"]
+    assert "never prunes DepthwiseConv2D" in rows["dw"]["note"]
+    assert rows["d"]["zeros"] == 0.0 and rows["d"]["params"] == 8
+    assert prunable_sparsity(list(rows.values())) == pytest.approx(18 / (36 + 8))
+    assert "never pruned" in format_kernel_table(list(rows.values()))
+    assert not any(r["pruned"] for r in kernel_table(model, pruned=False))
+
+
+# -- every family: prune -> PQAT -> int8 ---------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
+    from pipeline.stages.keras_io import load_keras
+
+    result = chain(family)
+    kernels = _kernels(load_keras(result.pruned))
+    rows = {r["layer"]: r for r in result.prune["layers"]}
+    assert set(rows) == {name for name, _, _ in kernels}, "the metrics table must list every kernel"
+    for name, kind, kernel in kernels:
+        zeros = float(np.mean(kernel == 0))
+        assert rows[name]["zeros"] == pytest.approx(zeros)
+        if kind == "DepthwiseConv2D":
+            assert zeros == 0.0, f"{name}: tfmot should leave depthwise kernels dense"
+            assert not rows[name]["pruned"] and rows[name]["note"]
+        else:
+            assert abs(zeros - TARGET) <= 0.02, f"{name} ({kind}, {kernel.shape}): {zeros:.1%} zeros"
+            assert rows[name]["pruned"]
+    assert result.prune["sparsity"] == pytest.approx(TARGET, abs=0.01)
+    assert result.prune["sparsity_all_kernels"] < result.prune["sparsity"]
+    assert 0.0 <= result.prune["test_top1"] <= 100.0
+    assert len(result.prune["history"]["loss"]) == 1
+    json.dumps(result.prune)  # metrics go into manifest.json
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_pqat_keeps_sparsity_and_reloads(family, chain):
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.stages.optimize import kernel_table, prunable_sparsity
+
+    result = chain(family)
+    m = result.qat_metrics
+    assert m["scheme"] == "pqat" and m["scheme_class"] == "Default8BitPrunePreserveQuantizeScheme"
+    assert m["sparsity"] >= KEPT and m["sparsity_in"] >= KEPT
+    assert m["reload_max_abs_diff"] <= 1e-5
+    reloaded = load_keras(result.qat, quantized=True)
+    assert any(type(layer).__name__.startswith("QuantizeWrapper") for layer in reloaded.layers)
+    assert prunable_sparsity(kernel_table(reloaded, pruned=True)) >= KEPT
+    json.dumps(m)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_pqat_int8_file_keeps_sparsity(family, chain):
+    from pipeline.tflite_file import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
+
+    model = chain(family).tflite
+    assert {op for op, _, _ in weight_kernels(model)} >= {"CONV_2D", "FULLY_CONNECTED"}
+    assert all(a.dtype == np.int8 for op, _, a in weight_kernels(model) if op in PRUNABLE_OPS)
+    assert zero_fraction(model) >= KEPT
+    assert zero_fraction(model, ("DEPTHWISE_CONV_2D",)) < 0.05
+    assert float_compute_ops(model) == []
+
+
+@pytest.mark.integration
+def test_prune_is_deterministic(chain, splits, workdir):
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.stages.optimize import prune_model
+
+    first = chain("mobilenet_v1")
+    again = workdir / "mobilenet_v1" / "pruned-again.h5"
+    metrics = prune_model(first.recipe, splits, first.float, again, _quiet)
+    assert metrics["history"] == first.prune["history"]
+    for a, b in zip(load_keras(first.pruned).get_weights(), load_keras(again).get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+# -- one family: 2:4, plain QAT --------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_prune_2_by_4(splits, workdir, float_model):
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.stages.optimize import prune_model
+
+    family = "mobilenet_v2"
+    recipe = make_recipe(family, m_by_n=(2, 4))
+    out = workdir / family / "pruned-2x4.h5"
+    metrics = prune_model(recipe, splits, float_model(family), out, _quiet)
+    assert metrics["m_by_n"] == [2, 4] and metrics["target_sparsity"] == 0.5
+    checked, dense = [], []
+    for name, kind, kernel in _kernels(load_keras(out)):
+        if kind == "DepthwiseConv2D":
+            continue
+        c_in = kernel.shape[-2]
+        if c_in < 4:
+            # tfmot pads a group to 4 with zeros: a 1-channel stem conv keeps its weights.
+            dense.append(name)
+            continue
+        # TFLite layout [out, (h, w,) in]: groups of 4 consecutive input channels.
+        groups = np.moveaxis(kernel, -1, 0).reshape(-1, c_in)
+        groups = groups[:, : c_in - c_in % 4].reshape(-1, 4)
+        zeros = np.sum(groups == 0, axis=1)
+        assert zeros.min() >= 2, f"{name} ({kernel.shape}): a group of 4 has {zeros.min()} zeros"
+        checked.append(name)
+    assert dense == ["stem_conv"]
+    assert len(checked) >= 10 and "logits" in checked
+
+
+@pytest.mark.integration
+def test_qat_default_scheme_from_float(splits, workdir, float_model):
+    from pipeline.stages.keras_io import load_keras
+    from pipeline.stages.optimize import qat_model
+
+    family = "mobilenet_v1"
+    recipe = make_recipe(family, prune=False)
+    out = workdir / family / "qat-default.h5"
+    m = qat_model(recipe, splits, float_model(family), out, _quiet)
+    assert m["scheme"] == "default" and m["scheme_class"] == "Default8BitQuantizeScheme"
+    assert m["sparsity"] < 0.01 and m["reload_max_abs_diff"] <= 1e-5
+    assert not any(r["pruned"] for r in m["layers"])
+    assert 0.0 <= m["val_top1"] <= 100.0 and len(m["history"]["loss"]) == 1
+    assert load_keras(out, quantized=True).predict(splits.x_val[:4], verbose=0).shape == (4, 10)
+
+
+# -- distribution ---------------------------------------------------------------------------
+
+_MIRRORED = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    from tests.test_optimize import DATA, make_recipe
+    from pipeline.training import setup_tensorflow
+
+    recipe = make_recipe("mobilenet_v1", strategy="mirrored", logical_devices=2)
+    # Split the CPU before anything makes TensorFlow create its devices.
+    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+    from pipeline.data import load_dataset
+    from pipeline.stages.keras_io import save_keras
+    from pipeline.stages.optimize import prune_model
+    from pipeline.stages.train import build_float_model
+
+    out = Path(sys.argv[1])
+    splits = load_dataset(DATA, recipe.model.input_shape, recipe.seed)
+    save_keras(build_float_model(recipe, splits.num_classes), out / "float.h5")
+    m = prune_model(recipe, splits, out / "float.h5", out / "pruned.h5", lambda line: None)
+    print("RESULT " + json.dumps({"replicas": m["replicas"], "sparsity": m["sparsity"]}))
+""")
+
+
+@pytest.mark.integration
+def test_prune_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["replicas"] == 2
+    assert result["sparsity"] == pytest.approx(TARGET, abs=0.01)
