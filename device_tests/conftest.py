@@ -1,90 +1,55 @@
-"""Fixtures of the device suite: built artifacts x device profiles.
+"""Fixtures of the device suite: a build's variants x its recipe's target devices.
 
-Artifacts are the ``.tflite`` files of finished builds, ``build/*/tflite/*.tflite``
-(``$MOBILE_MODEL_BUILD_DIR`` names one build directory instead). Devices are every
-registered profile, or the comma-separated ``$MOBILE_MODEL_DEVICES``.
+By default the suite builds the smoke form of ``$MOBILE_MODEL_RECIPE`` (default:
+``default``) with its device matrix (the shared ``smoke_build`` fixture when the
+recipe is the default). ``MOBILE_MODEL_BUILD_DIR`` points it at an existing build
+directory instead (``make device-test RECIPE=...`` builds first, then sets it).
 """
 
+import json
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict
 
-import numpy as np
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = 8  # random inputs per run: agreement and counts, not accuracy
+from pipeline.config import Recipe, load_recipe
 
 
-def artifact_paths() -> List[Path]:
+def suite_recipe() -> Recipe:
     build_dir = os.environ.get("MOBILE_MODEL_BUILD_DIR")
     if build_dir:
-        return sorted(Path(build_dir).glob("tflite/*.tflite"))
-    return sorted((REPO / "build").glob("*/tflite/*.tflite"))
+        import yaml
 
-
-def device_names() -> List[str]:
-    from pipeline.devices.profiles import DEVICES
-
-    wanted = os.environ.get("MOBILE_MODEL_DEVICES")
-    if not wanted:
-        return DEVICES.names()
-    names = [n.strip() for n in wanted.split(",") if n.strip()]
-    for n in names:
-        DEVICES.get(n)  # ConfigError listing the valid names
-    return names
-
-
-def artifact_id(path: Path) -> str:
-    return f"{path.parent.parent.name}/{path.stem}"
+        return Recipe.from_dict(yaml.safe_load((Path(build_dir) / "recipe.yaml").read_text()))
+    return load_recipe(os.environ.get("MOBILE_MODEL_RECIPE", "default"), smoke=True)
 
 
 def pytest_generate_tests(metafunc):
-    if "artifact" in metafunc.fixturenames:
-        paths = artifact_paths()
-        metafunc.parametrize("artifact", paths, ids=[artifact_id(p) for p in paths])
+    recipe = suite_recipe()
+    if not recipe.devices.targets:
+        raise pytest.UsageError(f"recipe {recipe.name} names no target devices (devices.targets)")
+    if "variant" in metafunc.fixturenames:
+        metafunc.parametrize("variant", list(recipe.convert.variants))
     if "device" in metafunc.fixturenames:
-        metafunc.parametrize("device", device_names())
-
-
-def pytest_collection_modifyitems(items):
-    if not artifact_paths():
-        skip = pytest.mark.skip(reason="no built artifacts under build/*/tflite: run "
-                                       "`make mobile-model` first or set MOBILE_MODEL_BUILD_DIR")
-        for item in items:
-            item.add_marker(skip)
+        metafunc.parametrize("device", list(recipe.devices.targets))
 
 
 @pytest.fixture(scope="session")
-def arm_runtime():
-    from pipeline.devices.runtime import ensure_runtime
-    from pipeline.errors import DeviceUnavailableError
+def device_build(request) -> Dict[str, Any]:
+    """The build under test: ``{"root": Path, "metrics": summary, "recipe": Recipe}``."""
+    build_dir = os.environ.get("MOBILE_MODEL_BUILD_DIR")
+    if build_dir:
+        root = Path(build_dir)
+        summary = root / "summary.json"
+        if not summary.exists():
+            raise pytest.UsageError(f"{summary} not found: build the recipe first")
+        return {"root": root, "metrics": json.loads(summary.read_text()), "recipe": suite_recipe()}
+    if os.environ.get("MOBILE_MODEL_RECIPE", "default") == "default":
+        result = request.getfixturevalue("smoke_build")
+    else:
+        from pipeline.build import build
 
-    try:
-        return ensure_runtime()
-    except DeviceUnavailableError as e:
-        pytest.skip(f"no ARM runtime here: {e}")
-
-
-@pytest.fixture(scope="session")
-def device_check(arm_runtime):
-    """Memoised run_device_check(artifact, device) on fixed random inputs."""
-    from pipeline.devices.check import run_device_check
-    from pipeline.devices.cli import random_inputs
-
-    cache: Dict[Tuple[Path, str], object] = {}
-
-    def get(path: Path, device: str, fresh: bool = False):
-        key = (path, device)
-        if fresh or key not in cache:
-            x = random_inputs(path, SAMPLES)
-            result = run_device_check(path, device, x, runtime=arm_runtime)
-            if fresh:
-                return result
-            cache[key] = result
-        return cache[key]
-
-    return get
+        out = request.getfixturevalue("tmp_path_factory").mktemp("device-build") / "b"
+        result = build(suite_recipe(), out=out, log=lambda s: None)
+    return {"root": result.root, "metrics": result.metrics, "recipe": suite_recipe()}

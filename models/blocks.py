@@ -48,7 +48,8 @@ class HardSigmoid(keras.layers.Layer):
     The inner relu6 is the ``activation`` attribute, Keras' ``relu`` called with
     ``max_value=6``: tfmot's QuantizeAwareActivation only accepts activations it
     knows by name ("relu"), so QAT can put a fake-quant right after it. Without
-    that, the converter keeps the "+3" and "x1/6" in float.
+    one, the "+3" has no trained range: the converter keeps it and the "x1/6" in
+    float unless a representative data set calibrates them.
     """
 
     def __init__(self, **kwargs):

@@ -2,7 +2,7 @@
 
 tfmot's default 8-bit registry knows Conv2D, DepthwiseConv2D, Dense, BatchNorm,
 ReLU, Add, pooling and Softmax, but not our hard-swish / hard-sigmoid layers nor
-Multiply (the SE block's scale) or Rescaling. This module gives each of those a
+Multiply (the SE block's scale). This module gives each of those a
 ``QuantizeConfig`` so that every family converts to an all-int8 TFLite file:
 
     annotated = quantize_annotate(model, "pqat")
@@ -10,7 +10,13 @@ Multiply (the SE block's scale) or Rescaling. This module gives each of those a
         qat = tfmot.quantization.keras.quantize_apply(annotated, get_scheme("pqat"))
 
 (``quantize_model`` does both.) QAT models save and load as ``.h5`` inside
-``quantize_scope()``; ``.keras`` fails on load.
+``quantize_scope()``; ``.keras`` fails on load. CQAT and PCQAT models do not
+reload from a full ``.h5`` (tfmot does not serialize their weight quantizer, so the
+weight count differs): rebuild with ``quantize_model`` and ``load_weights``.
+
+Rescaling is left unsupported (``quantize_annotate`` raises): the models take
+[0, 1] inputs and have none, and one right after the input converts with a float
+DEQUANTIZE/QUANTIZE pair that requantizes the input.
 """
 
 import tensorflow_model_optimization as tfmot
@@ -58,8 +64,8 @@ def _activation_quantizer():
 
 class OutputQuantizeConfig(_qkeras.QuantizeConfig):
     """Quantizes only the output of a weightless layer whose inputs are already
-    quantized: HardSwish (the converter fuses it into one int8 HARD_SWISH),
-    Multiply, Rescaling."""
+    quantized: HardSwish (the converter fuses it into one int8 HARD_SWISH) and
+    Multiply."""
 
     def get_weights_and_quantizers(self, layer):
         return []
@@ -84,7 +90,8 @@ class HardSigmoidQuantizeConfig(OutputQuantizeConfig):
     """Quantizes HardSigmoid's inner relu6 as well as its output.
 
     TFLite has no hard-sigmoid op: it becomes ADD(+3, fused relu6) then MUL(1/6).
-    With only the output quantized, the ADD has no range and stays float.
+    With only the output quantized, the ADD has no trained range: converted
+    without a representative data set, the ADD and MUL stay float (measured).
     """
 
     def get_activations_and_quantizers(self, layer):
@@ -99,7 +106,6 @@ _CONFIGS = {
     HardSwish: OutputQuantizeConfig,
     HardSigmoid: HardSigmoidQuantizeConfig,
     keras.layers.Multiply: OutputQuantizeConfig,
-    keras.layers.Rescaling: OutputQuantizeConfig,
 }
 
 

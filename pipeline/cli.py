@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.devices.cli import device, devices
 from pipeline.errors import MobileModelError
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -144,17 +145,8 @@ def evaluate(model, recipe, smoke, data, as_json):
                    f"({res['source']}), {res['size_bytes'] / 1024:.1f} KiB")
 
 
-def _add_optional_commands():
-    """Commands of subsystems that register themselves (devices, compare, ...)."""
-    try:
-        from pipeline.devices.cli import device, devices
-    except ImportError:
-        return
-    main.add_command(devices)
-    main.add_command(device)
-
-
-_add_optional_commands()
+main.add_command(devices)
+main.add_command(device)
 
 if __name__ == "__main__":
     main()

@@ -213,7 +213,7 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
 
     p = {
         "r": style("r") * s,                          # shape radius, pixels
-        "aspect": np.exp(u(-0.2, 0.2, n)),
+        "aspect": np.exp(u(-0.12, 0.12, n)),
         "t": u(0.12, 0.28, n),                        # stroke half-thickness, shape units
         "k": rng.integers(2, 4, n),                   # bars / dots per row
         "jitter": u(-_MAX_JITTER, _MAX_JITTER, n),
@@ -228,8 +228,8 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
         "occlude": rng.random(n) < style("occlude"),
         "occ_off": u(-0.9, 0.9, (n, 2)),
         "occ_half": u(0.25, 0.55, (n, 2)),
-        "tint_bg": _hue_tint(u(-0.3, 0.3, (n, c))) if c == 3 else np.zeros((n, 1)),
-        "tint_fg": _hue_tint(u(-0.3, 0.3, (n, c))) if c == 3 else np.zeros((n, 1)),
+        "tint_bg": _hue_tint(u(-0.15, 0.15, (n, c))) if c == 3 else np.zeros((n, 1)),
+        "tint_fg": _hue_tint(u(-0.15, 0.15, (n, c))) if c == 3 else np.zeros((n, 1)),
         "d_on": rng.random((n, 3)) < style("distract", 3),
         "d_line": rng.random((n, 3)) < 0.5,
         "d_pos": u(0, 1, (n, 3, 2)) * [w, h],

@@ -75,7 +75,8 @@ class MemoryEstimate:
 class DeviceResult:
     """The outcome of one model on one emulated device (JSON via :meth:`to_dict`).
 
-    Instruction counts are per inference with the markers' own cost subtracted;
+    ``top1`` is in percent (like the host evaluation); agreement fractions are in
+    [0, 1]. Instruction counts are per inference with the markers' own cost subtracted;
     ``instructions_by_class`` belongs to the median inference. They repeat exactly
     run to run when ``counts_exact`` (one thread). Wall times are under emulation
     (~100-350x slower than the device, and noisy): not latency.
@@ -190,7 +191,8 @@ def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
     return np.stack(ys)
 
 
-def compare_outputs(device: np.ndarray, host: np.ndarray, reference: str = "xnnpack") -> Agreement:
+def compare_outputs(device: np.ndarray, host: np.ndarray,
+                    reference: str = "xnnpack") -> Agreement:
     """Agreement of device and host outputs (same shape, same dtype)."""
     if device.shape != host.shape:
         raise ConfigError(f"host outputs have shape {list(host.shape)}, device outputs "
@@ -282,8 +284,9 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         raise DeviceOutputError(f"{profile.name}: the plugin wrote no instruction counts")
     counts = inference_counts(parse_insn_counts(run.counts_text), guest.samples)
     if run.outputs is None or len(run.outputs) != len(x) or guest.samples != len(x):
-        raise DeviceOutputError(f"{profile.name}: guest returned outputs for "
-                                f"{0 if run.outputs is None else len(run.outputs)} of {len(x)} inputs")
+        got = 0 if run.outputs is None else len(run.outputs)
+        raise DeviceOutputError(f"{profile.name}: guest returned outputs for {got} of "
+                                f"{len(x)} inputs")
     outputs = run.outputs
     reference = host_reference(model, profile)
     host = (host_outputs_for(model_path, x, reference) if host_outputs is None
@@ -291,7 +294,7 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
     median = counts.median
     return DeviceResult(
         loaded=True,
-        top1=None if y is None else float(np.mean(
+        top1=None if y is None else 100.0 * float(np.mean(
             outputs.reshape(len(x), -1).argmax(axis=1) == y.reshape(-1))),
         agreement=compare_outputs(outputs, host, reference if host_outputs is None else "given"),
         instructions_median=median.total,

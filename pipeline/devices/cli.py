@@ -67,6 +67,21 @@ def load_npz_inputs(path: Path, samples: Optional[int]):
     return x.astype(np.float32), y
 
 
+def recipe_inputs(model_path: Path, recipe_name: str, smoke: bool, samples: int):
+    """The first ``samples`` images and labels of a recipe's test split, at the model's input shape."""
+    from pipeline.config import load_recipe
+    from pipeline.data import load_dataset
+    from pipeline.tflite_file import read_tflite
+
+    recipe = load_recipe(recipe_name, smoke=smoke)
+    model = read_tflite(model_path)
+    shape = tuple(model.tensors[model.inputs[0]].shape[1:])
+    if len(shape) != 3:
+        raise ConfigError(f"{model_path.name}: expected an image input [N, H, W, C], got {list(shape)}")
+    splits = load_dataset(recipe.data, shape, recipe.seed)
+    return splits.x_test[:samples], splits.y_test[:samples]
+
+
 def random_inputs(model_path: Path, n: int):
     """``n`` random float inputs in [0, 1) of the model's input shape (seed 0)."""
     import numpy as np
@@ -89,10 +104,11 @@ def _format_result(r) -> str:
         lines.append(f"  NOT LOADABLE{op}: {first}")
         return "\n".join(lines)
     if r.top1 is not None:
-        lines.append(f"  top-1               {r.top1:.4f} on {r.samples} samples")
+        lines.append(f"  top-1               {r.top1:.2f}% on {r.samples} samples")
     a = r.agreement
-    lines.append(f"  vs host             {a.exact_count}/{a.samples} bit-exact, max |diff| "
-                 f"{a.max_abs_diff:g} ({a.dtype}), top-1 agreement {a.top1_agreement:.4f}")
+    lines.append(f"  vs host ({a.host_reference:8s}) {a.exact_count}/{a.samples} bit-exact, "
+                 f"max |diff| {a.max_abs_diff:g} ({a.dtype}), top-1 agreement "
+                 f"{a.top1_agreement:.4f}")
     lines.append(f"  instructions/image  {r.instructions_median:,} (median"
                  f"{'' if r.counts_exact else ', NOT repeatable: threads > 1'})")
     classes = ", ".join(f"{k} {v:,}" for k, v in r.instructions_by_class.items())
@@ -111,6 +127,9 @@ def _format_result(r) -> str:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help="An .npz with arrays x (float images in [0, 1]) and y (labels).")
+@click.option("--recipe", "recipe_name",
+              help="Use the test split of this recipe (YAML path or embedded name).")
+@click.option("--smoke", is_flag=True, help="With --recipe: its smoke form.")
 @click.option("--random", "random_n", type=click.IntRange(min=1),
               help="Run N random inputs instead of data (no accuracy).")
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
@@ -121,21 +140,25 @@ def _format_result(r) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def device_run(device_name: str, model: Path, data_path: Optional[Path],
-               random_n: Optional[int], samples: int, threads: Optional[int],
+               recipe_name: Optional[str], smoke: bool, random_n: Optional[int], samples: int, threads: Optional[int],
                as_json: bool, quiet: bool) -> None:
     """Run MODEL.tflite on an emulated device and check it against the host."""
     try:
-        if (data_path is None) == (random_n is None):
-            raise ConfigError("give exactly one of --data NPZ or --random N")
+        if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
+            raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
         from pipeline.devices.check import run_device_check
         from pipeline.devices.runtime import ensure_runtime
+        from pipeline.tflite_file import read_tflite
 
-        runtime = ensure_runtime(progress=None if quiet else
-                                 (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
+        read_tflite(model)  # a bad model or data file fails before any (slow) runtime build
         if data_path is not None:
             x, y = load_npz_inputs(data_path, samples)
+        elif recipe_name is not None:
+            x, y = recipe_inputs(model, recipe_name, smoke, samples)
         else:
             x, y = random_inputs(model, random_n), None
+        runtime = ensure_runtime(progress=None if quiet else
+                                 (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
         profile = DEVICES.get(device_name)
         if not quiet:
             click.echo(f"{profile.name}: running {len(x)} inputs through {model.name} on "

@@ -95,7 +95,8 @@ def parse_insn_counts(text: str, expect_regions: Optional[int] = None) -> InsnCo
     end = None
     for n, line in enumerate(lines[1:], start=2):
         if end is not None:
-            raise DeviceOutputError(f"instruction counts line {n}: text after the end line: {line!r}")
+            raise DeviceOutputError(
+                f"instruction counts line {n}: text after the end line: {line!r}")
         if line.startswith("error "):
             raise DeviceOutputError(f"instruction counts: plugin reported: {line[6:]}")
         m = _REGION.fullmatch(line)

@@ -11,7 +11,6 @@ holds the fitted cost-model parameters of the device (empty until calibrated).
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Dict, Mapping, Union
 
 import yaml
@@ -40,7 +39,9 @@ class DeviceProfile:
         runtime: guest runtime, "litert" or "tflite-runtime".
         runtime_version: its version; must be the one the ARM runtime installs.
         default_threads: interpreter threads of an emulated run.
-        latency: fitted cost-model parameters (name -> number), possibly empty.
+        latency: fitted cost-model parameters (name -> number), possibly empty. A
+            plain dict (so that profiles pickle and ``dataclasses.asdict`` works):
+            treat it as read-only.
     """
 
     name: str
@@ -56,7 +57,7 @@ class DeviceProfile:
     latency: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "latency", MappingProxyType(dict(self.latency)))
+        object.__setattr__(self, "latency", dict(self.latency))  # never the caller's dict
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "device profile") -> "DeviceProfile":

@@ -3,7 +3,7 @@
 Everything comes from Debian's and PyPI's packages and is built reproducibly into a
 cache directory outside the git tree::
 
-    ~/.cache/mobile-model/arm-runtime/<key>/      ($MOBILE_MODEL_CACHE replaces ~/.cache/mobile-model)
+    ~/.cache/mobile-model/arm-runtime/<key>/   ($MOBILE_MODEL_CACHE replaces ~/.cache/mobile-model)
         rootfs/                 arm64 bookworm (debootstrap --foreign, .debs unpacked, no 2nd stage)
         rootfs/opt/mm/<runtime> aarch64 wheels, one target dir per runtime (see targets.RUNTIMES)
         sysroots/<qemu_cpu>/    what qemu's -L points at: symlinks into rootfs/ plus this
@@ -441,8 +441,8 @@ def ensure_runtime(progress: Optional[Progress] = _stderr, force: bool = False) 
     if final.is_dir() and not force:
         ensure_host_tools(RUN_TOOLS, progress)
         return ArmRuntime(root=final, key=key, qemu=shutil.which("qemu-aarch64"))
-    ensure_host_tools(BUILD_TOOLS, progress)
     if os.geteuid() != 0:
+        ensure_host_tools(BUILD_TOOLS, progress)  # names the missing packages first
         raise DeviceUnavailableError(
             f"building the ARM runtime needs root (debootstrap); run "
             f"'sudo {sys.executable} -m pipeline.devices.runtime build' once, or point "
@@ -450,6 +450,10 @@ def ensure_runtime(progress: Optional[Progress] = _stderr, force: bool = False) 
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_host_tools(BUILD_TOOLS, progress)  # under the lock: one apt-get at a time
+        # Holding the lock, no other build is running: leftovers of killed builds go.
+        for stale in base.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if final.is_dir() and force:
             shutil.rmtree(final)
         if not final.is_dir():

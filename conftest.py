@@ -1,4 +1,9 @@
-"""Shared fixtures: one real smoke build of the default recipe, reused by every test that needs artifacts."""
+"""Fixtures shared by tests/ and device_tests/: one real smoke build of the default recipe.
+
+The build is real end to end (training, pruning, PQAT, five TFLite variants,
+host evaluation, and the device matrix on the real ARM runtime under qemu), run
+once per session and reused by every test that needs artifacts.
+"""
 
 import os
 from pathlib import Path
@@ -9,19 +14,18 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory):
-    """A real build of ``default --smoke`` (train, prune, PQAT, five variants, no devices)."""
+    """A real build of ``default --smoke``, device checks included."""
     from pipeline.build import build
     from pipeline.config import load_recipe
 
     out = tmp_path_factory.mktemp("smoke") / "default-smoke"
     recipe = load_recipe("default", smoke=True)
-    result = build(recipe, out=out, log=lambda s: None, run_devices=False)
-    return result
+    return build(recipe, out=out, log=lambda s: None, run_devices=True)
 
 
 @pytest.fixture(scope="session")

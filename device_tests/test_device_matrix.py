@@ -1,0 +1,102 @@
+"""Every built variant on every target device of the recipe, on the real ARM runtime.
+
+    make device-test RECIPE=recipes/fashion-mnist.yaml    # a full build's matrix
+    pytest device_tests                                    # the default recipe's smoke build
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.budgets import BUDGETS, check_budgets
+from pipeline.devices.profiles import DEVICES, get_device
+
+pytestmark = pytest.mark.device
+
+FLOAT_TOLERANCE = 1e-4  # float32 on ARM vs x86 measured ~1e-7; dynamic-range a little more
+TOP1_TOLERANCE = 2.0    # points: device top-1 may trail the host's on the same images by this much
+
+
+def _result(device_build, device, variant):
+    per_device = device_build["metrics"]["devices"]
+    assert device in per_device, f"no device results for {device}: was the device matrix run?"
+    assert variant in per_device[device], f"{variant} was not run on {device}"
+    return per_device[device][variant]
+
+
+def test_loads_unless_the_runtime_lacks_an_op(device_build, variant, device):
+    r = _result(device_build, device, variant)
+    if r["loaded"]:
+        return
+    # Only a legacy runtime may refuse a model, and it must say which op and version.
+    assert get_device(device).runtime != "litert", r["load_error"]
+    assert r["load_error_op"] and r["load_error_op_version"], r["load_error"]
+
+
+def test_device_accuracy_matches_host(device_build, variant, device):
+    from pipeline.data import load_dataset
+    from pipeline.tflite_host import run_tflite
+
+    r = _result(device_build, device, variant)
+    if not r["loaded"]:
+        pytest.skip(f"{variant} does not load on {device} ({r['load_error_op']}): checked by the load test")
+    recipe = device_build["recipe"]
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    n = r["samples"]
+    path = Path(device_build["metrics"]["variants"][variant]["path"])
+    host = np.argmax(run_tflite(path.read_bytes(), splits.x_test[:n]), 1)
+    host_top1 = float(np.mean(host == splits.y_test[:n]) * 100)
+    assert r["top1"] >= host_top1 - TOP1_TOLERANCE, (r["top1"], host_top1)
+
+
+def test_outputs_agree_with_host(device_build, variant, device):
+    r = _result(device_build, device, variant)
+    if not r["loaded"]:
+        pytest.skip(f"{variant} does not load on {device}: checked by the load test")
+    dtype = device_build["metrics"]["variants"][variant]["output"]["dtype"]
+    if dtype in ("int8", "uint8"):
+        assert r["exact_fraction"] == 1.0, r
+    elif variant == "float32":
+        assert r["max_abs_diff"] < FLOAT_TOLERANCE, r
+    else:  # float16 / dynamic: float outputs of quantized weights; same arg-max everywhere
+        assert r["top1_agreement"] == 1.0, r
+
+
+def test_cost_and_memory_within_budgets(device_build, variant, device):
+    r = _result(device_build, device, variant)
+    if not r["loaded"]:
+        pytest.skip("not loadable")
+    assert r["instructions_per_inference"] > 0
+    assert r["fits_ram"], r
+    recipe = device_build["recipe"]
+    device_budgets = {k: v for k, v in recipe.budgets.items() if BUDGETS[k].scope == "device"}
+    if variant == recipe.deploy_variant and device_budgets:
+        missed = [c for c in check_budgets(device_budgets, device_build["metrics"], [device])
+                  if c.subject == device and not c.ok]
+        assert not missed, missed
+
+
+def test_instruction_count_repeats_exactly(device_build, device):
+    from pipeline.devices.check import run_device_check
+
+    variant = device_build["recipe"].deploy_variant
+    r = _result(device_build, device, variant)
+    recipe = device_build["recipe"]
+    from pipeline.data import load_dataset
+
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    path = device_build["metrics"]["variants"][variant]["path"]
+    again = run_device_check(path, device, splits.x_test[: r["samples"]], splits.y_test[: r["samples"]])
+    assert again.instructions_median == r["instructions_per_inference"]
+
+
+def test_every_registered_device_runs_the_deploy_variant(device_build):
+    """Registry coverage: each profile, not only the recipe's targets, runs the model."""
+    from pipeline.devices.check import run_device_check
+
+    path = device_build["metrics"]["variants"][device_build["recipe"].deploy_variant]["path"]
+    x = np.random.default_rng(0).random((2, *device_build["recipe"].model.input_shape), dtype=np.float32)
+    for name in DEVICES.names():
+        r = run_device_check(path, name, x)
+        assert r.loaded and r.instructions_median > 0, (name, r.load_error)
