@@ -17,12 +17,9 @@ class _LazyBuilder:
         self.module = module
         self.function = function
 
-    def resolve(self):
-        """Returns the real build function (imports TensorFlow)."""
-        return getattr(importlib.import_module(f"models.{self.module}"), self.function)
-
     def __call__(self, *args, **kwargs):
-        return self.resolve()(*args, **kwargs)
+        module = importlib.import_module(f"models.{self.module}")
+        return getattr(module, self.function)(*args, **kwargs)
 
     def __repr__(self):
         return f"<builder models.{self.module}.{self.function}>"

@@ -25,9 +25,7 @@ This module imports numpy and Pillow only (scikit-learn lazily, for ``digits``):
 no TensorFlow, so the CLI and the tests stay light.
 """
 
-import dataclasses
 import gzip
-import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -160,11 +158,12 @@ def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
         n = getattr(defaults, f"{name}_samples") if n is None else n
         _check_count(name, n)
         # One stream per split: the test set does not change when train_samples does.
-        rng = np.random.default_rng([seed, i, 0x5A4E5])
+        rng = _rng(seed, "shapes", name)
         y = rng.permutation(np.arange(n) % len(SHAPES_LABELS)).astype(np.int64)
         parts[name] = (render_shapes(y, (h, w, c), rng), y)
     report = {
         "source": "generated",
+        "requested": {k: len(v[1]) for k, v in parts.items()},
         "available": {k: len(v[1]) for k, v in parts.items()},
         "fit": "rendered at the input size",
     }
@@ -178,12 +177,17 @@ _BASE_ANGLE = {"plus": 0.0, "cross": np.pi / 4, "h-stripes": 0.0, "v-stripes": n
 _MAX_JITTER = np.deg2rad(20.0)  # leaves a 5 degree gap between plus and cross
 _CHUNK = 512  # images rendered at once: bounds memory at large input sizes
 # Style of an ordinary image and of a deliberately hard one (small, faint, noisy,
-# off-centre, often occluded): the hard ones keep accuracy below 100%.
-_NORMAL = dict(r=(0.24, 0.42), contrast=(0.35, 0.8), noise=(0.0, 0.08), grad=(0.0, 0.2),
-               blotch=(0.0, 0.08), bg=(0.0, 0.45), bright=0.85, pos=0.35, occlude=0.1, distract=0.3)
+# off-centre, often occluded, either polarity). Measured with MobileNetV2-0.35
+# (first stride 1, BN momentum 0.9, Adam 3e-3 cosine, batch 64), 3000 32x32 train
+# images, 3 epochs: test accuracy ~84% grey, ~77-80% RGB. Every extra difficulty
+# in the ordinary style costs 5-10 points at that budget (off-centre alone -12);
+# the hard 4% stay ambiguous however long one trains.
+_NORMAL = dict(r=(0.32, 0.45), contrast=(0.6, 0.9), noise=(0.0, 0.03), grad=(0.0, 0.08),
+               blotch=(0.0, 0.03), bg=(0.0, 0.25), bright=0.97, pos=0.15, occlude=0.03,
+               distract=0.1)
 _HARD = dict(r=(0.12, 0.2), contrast=(0.12, 0.3), noise=(0.15, 0.3), grad=(0.0, 0.35),
              blotch=(0.0, 0.2), bg=(0.0, 1.0), bright=0.5, pos=1.0, occlude=0.5, distract=0.6)
-_HARD_FRACTION = 0.12
+_HARD_FRACTION = 0.04
 
 
 def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
@@ -228,8 +232,8 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
         "occlude": rng.random(n) < style("occlude"),
         "occ_off": u(-0.9, 0.9, (n, 2)),
         "occ_half": u(0.25, 0.55, (n, 2)),
-        "tint_bg": _hue_tint(u(-0.15, 0.15, (n, c))) if c == 3 else np.zeros((n, 1)),
-        "tint_fg": _hue_tint(u(-0.15, 0.15, (n, c))) if c == 3 else np.zeros((n, 1)),
+        "tint_bg": _hue_tint(u(-0.2, 0.2, (n, c))) if c == 3 else np.zeros((n, 1)),
+        "tint_fg": _hue_tint(u(-0.2, 0.2, (n, c))) if c == 3 else np.zeros((n, 1)),
         "d_on": rng.random((n, 3)) < style("distract", 3),
         "d_line": rng.random((n, 3)) < 0.5,
         "d_pos": u(0, 1, (n, 3, 2)) * [w, h],
@@ -245,9 +249,12 @@ def render_shapes(y: np.ndarray, input_shape: Tuple[int, int, int],
     free = np.isin(names, list(_FREE_ROTATION))
     base = np.array([_BASE_ANGLE.get(k, 0.0) for k in names])
     p["angle"] = np.where(free, p["spin"], base + p["jitter"])
-    # Foreground level: bg +- contrast, flipping polarity where it would leave [0, 1].
-    up = np.where(p["bg"] + p["contrast"] > 1, False, np.where(p["bg"] - p["contrast"] < 0, True, p["polarity"]))
-    p["fg"] = p["bg"] + np.where(up, p["contrast"], -p["contrast"])
+    # Foreground level: bg +- contrast. Where the drawn polarity has no room for the
+    # contrast, take the side with more room, and at most that room.
+    room_up, room_down = 1 - p["bg"], p["bg"]
+    fits = np.where(p["polarity"], room_up, room_down) >= p["contrast"]
+    up = np.where(fits, p["polarity"], room_up > room_down)
+    p["fg"] = p["bg"] + np.where(up, np.minimum(p["contrast"], room_up), -np.minimum(p["contrast"], room_down))
     blotch_grid = rng.standard_normal((n, 4, 4))
     out = np.empty((n, h, w, c), np.float32)
     for lo in range(0, n, _CHUNK):
@@ -388,6 +395,7 @@ def load_fashion_mnist(cfg: DataConfig, input_shape: Tuple[int, int, int], seed:
     ``dataset-fashion-mnist``). Test = the official t10k set; val = 10% of each
     training class. ``fit: pad`` centres the 28x28 images on a zero canvas.
     """
+    input_shape = _check_input_shape(input_shape)
     root = Path(cfg.path) if cfg.path else Path(FASHION_MNIST_DIR)
     hint = ("" if cfg.path else
             " (install it with: apt-get install dataset-fashion-mnist, or set data.path "
@@ -418,23 +426,24 @@ def load_fashion_mnist(cfg: DataConfig, input_shape: Tuple[int, int, int], seed:
         if y.size and y.max() >= len(FASHION_MNIST_LABELS):
             raise DataError(f"IDX file {yp}: label {int(y.max())} out of range "
                             f"0..{len(FASHION_MNIST_LABELS) - 1}")
-    rng = _rng(seed)
     y_train_all = raw["train_labels"].astype(np.int64)
     y_test_all = raw["test_labels"].astype(np.int64)
     pools = {}
-    pools["train"], pools["val"], _ = _partition(y_train_all, rng, FASHION_VAL_FRACTION, 0.0)
+    pools["train"], pools["val"], _ = _partition(y_train_all, _rng(seed, "partition"),
+                                                 FASHION_VAL_FRACTION, 0.0)
     pools["test"] = np.arange(len(y_test_all))
     source = {"train": (raw["train_images"], y_train_all), "val": (raw["train_images"], y_train_all),
               "test": (raw["test_images"], y_test_all)}
     parts = {}
     for name in SPLITS:
         x_all, y_all = source[name]
-        idx = _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), rng, name)
+        idx = _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), _rng(seed, name), name)
         x = x_all[idx].astype(np.float32)[..., None] / np.float32(255)
         parts[name] = (_fit(x, input_shape, cfg.fit), y_all[idx])
     report = {
         "source": str(root),
         "files": {k: str(raw[k + "_path"]) for k in FASHION_MNIST_FILES},
+        "requested": _requested(cfg),
         "available": {k: len(v) for k, v in pools.items()},
         "fit": cfg.fit,
         "converted": _channel_note(1, input_shape[2], sum(len(v[1]) for v in parts.values())),
@@ -507,19 +516,20 @@ def load_digits(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
 
     No official split: each class is cut 70/15/15 into train/val/test.
     """
+    input_shape = _check_input_shape(input_shape)
     from sklearn.datasets import load_digits as sk_load_digits  # lazy: ~1 s import
 
     bunch = sk_load_digits()
     x_all = (bunch.images.astype(np.float32) / np.float32(16))[..., None]
     y_all = bunch.target.astype(np.int64)
-    rng = _rng(seed)
-    pools = dict(zip(SPLITS, _partition(y_all, rng, VAL_FRACTION, TEST_FRACTION)))
+    pools = dict(zip(SPLITS, _partition(y_all, _rng(seed, "partition"), VAL_FRACTION, TEST_FRACTION)))
     parts = {}
     for name in SPLITS:
-        idx = _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), rng, name)
+        idx = _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), _rng(seed, name), name)
         parts[name] = (_fit(x_all[idx], input_shape, cfg.fit), y_all[idx])
     report = {
         "source": "sklearn.datasets.load_digits",
+        "requested": _requested(cfg),
         "available": {k: len(v) for k, v in pools.items()},
         "fit": cfg.fit,
         "converted": _channel_note(1, input_shape[2], sum(len(v[1]) for v in parts.values())),
@@ -543,6 +553,7 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
     the report. Empty class folders, zero-byte and corrupt images are errors
     that list the offending files.
     """
+    input_shape = _check_input_shape(input_shape)
     if not cfg.path:
         raise ConfigError("data.path: the 'folder' data set needs a path to a directory "
                           "with one sub-folder per class")
@@ -551,9 +562,8 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
     labels = tuple(files)
     y_all = np.concatenate([np.full(len(v), i, np.int64) for i, v in enumerate(files.values())])
     paths = [p for v in files.values() for p in v]
-    rng = _rng(seed)
-    pools = dict(zip(SPLITS, _partition(y_all, rng, VAL_FRACTION, TEST_FRACTION)))
-    taken = {name: _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), rng, name)
+    pools = dict(zip(SPLITS, _partition(y_all, _rng(seed, "partition"), VAL_FRACTION, TEST_FRACTION)))
+    taken = {name: _take(pools[name], y_all, getattr(cfg, f"{name}_samples"), _rng(seed, name), name)
              for name in SPLITS}
     wanted = {int(i) for idx in taken.values() for i in idx}
 
@@ -586,6 +596,7 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
         parts[name] = (x, y_all[idx])
     report = {
         "source": str(root),
+        "requested": _requested(cfg),
         "available": {k: len(v) for k, v in pools.items()},
         "available_per_class": {lab: len(v) for lab, v in files.items()},
         "fit": cfg.fit,
@@ -711,9 +722,11 @@ def _image_to_array(im: Image.Image, conv: List[str]) -> np.ndarray:
 # -- splitting -------------------------------------------------------------------
 
 
-def _rng(seed: int) -> np.random.Generator:
+def _rng(seed: int, *stream: str) -> np.random.Generator:
+    """An independent generator per (seed, stream): e.g. the test split's draw does
+    not change when train_samples does."""
     _check_seed(seed)
-    return np.random.default_rng([seed, 0xDA7A])
+    return np.random.default_rng([seed, *(zlib.crc32(s.encode()) for s in stream)])
 
 
 def _partition(y: np.ndarray, rng: np.random.Generator, val_frac: float,
@@ -752,6 +765,10 @@ def _take(pool: np.ndarray, y: np.ndarray, n: Optional[int], rng: np.random.Gene
     return rng.permutation(order if n is None else order[:n])
 
 
+def _requested(cfg: DataConfig) -> Dict[str, Optional[int]]:
+    return {split: getattr(cfg, f"{split}_samples") for split in SPLITS}
+
+
 def _check_count(split: str, n) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ConfigError(f"data.{split}_samples: expected a positive integer or null, got {n!r}")
@@ -778,9 +795,10 @@ def _assemble(name: str, parts, labels, input_shape, report: dict) -> Splits:
     for split in SPLITS:
         x, y = parts[split]
         if len(y) == 0:
-            raise DataError(f"data set {name!r}: the {split} split is empty "
-                            f"({report['available'][split]} available); "
-                            f"set data.{split}_samples to at least 1")
+            wanted = report["requested"][split]
+            raise DataError(f"data set {name!r}: the {split} split would be empty "
+                            f"({'all' if wanted is None else wanted} requested, "
+                            f"{report['available'][split]} available)")
     counts = {split: {lab: int(np.sum(parts[split][1] == i)) for i, lab in enumerate(labels)}
               for split in SPLITS}
     full = {"dataset": name, "labels": list(labels), "input_shape": list(input_shape),
@@ -829,6 +847,8 @@ def _fit(x: np.ndarray, input_shape, fit: str) -> np.ndarray:
     """
     h, w = int(input_shape[0]), int(input_shape[1])
     n, h0, w0, c = x.shape
+    if fit not in ("resize", "pad"):
+        raise ConfigError(f"data.fit: expected one of resize, pad; got {fit!r}")
     if fit == "resize":
         out = _resize(x, h, w)
     else:

@@ -1,0 +1,329 @@
+"""Regression gates: ``compare`` over tiny synthetic builds (no training, no devices)."""
+
+import copy
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.compare import (BASELINE_FORMAT, DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, UnusableInputError,
+                              compare_paths, format_junit, load_snapshot, validate_thresholds, write_baseline)
+from pipeline.report_cli import baseline as baseline_cmd, compare as compare_cmd
+
+VARIANTS = ("float32", "int8-qat")
+DEVICES = ("pixel4", "camera-a53")
+
+
+def device_rec(instr, loaded=True, latency=None, top1=90.0, memory=300_000, runtime="litert 2.3.0", op=None):
+    return {"loaded": loaded, "load_error": None if loaded else f"Didn't find op for builtin opcode '{op}'",
+            "load_error_op": None if loaded else op, "load_error_op_version": None if loaded else 12,
+            "top1": top1 if loaded else None, "instructions_per_inference": instr if loaded else None,
+            "instructions_by_class": {}, "exact_fraction": 1.0, "max_abs_diff": 0.0, "top1_agreement": 1.0,
+            "peak_memory_bytes": memory if loaded else None, "fits_ram": True, "latency_ms": latency,
+            "wall_s_per_image": 0.5, "samples": 100, "runtime": runtime}
+
+
+def make_summary(width=1.0):
+    """A summary of two variants on two devices; ``width`` scales sizes and instruction counts."""
+    variants = {}
+    for v, size, top1 in (("float32", 400_000, 91.0), ("int8-qat", 120_000, 90.5)):
+        variants[v] = {"top1": top1, "agreement_with_float": 99.0, "size_bytes": int(size * width),
+                       "gzip_bytes": int(size * 0.8 * width), "zeros_prunable": 0.5, "zeros_all_kernels": 0.45,
+                       "max_unique_per_kernel": 256, "input": {"dtype": "float32", "shape": [1, 32, 32, 1],
+                                                               "scale": [], "zero_point": []},
+                       "output": {"dtype": "float32", "shape": [1, 10], "scale": [], "zero_point": []},
+                       "ops": ["CONV_2D:v1"], "validation": {}, "macs": 1000, "path": f"tflite/{v}.tflite",
+                       "samples": 1000}
+    devices = {
+        "pixel4": {"float32": device_rec(int(4_000_000 * width), latency=1.5 * width),
+                   "int8-qat": device_rec(int(1_500_000 * width), latency=0.6 * width)},
+        "camera-a53": {"float32": device_rec(int(5_000_000 * width), runtime="tflite-runtime 2.14.0"),
+                       "int8-qat": device_rec(int(2_000_000 * width), runtime="tflite-runtime 2.14.0")},
+    }
+    return {"recipe": "default", "float_top1": 91.2, "params": 1000, "macs": 1000, "deploy_variant": "int8-qat",
+            "labels": [str(i) for i in range(10)], "variants": variants, "devices": devices, "budgets": [],
+            "stages_run": []}
+
+
+def write_build(root: Path, summary, recipe=None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.json").write_text(json.dumps(summary))
+    recipe = recipe or {"name": "default", "model": {"family": "mobilenet_v2", "alpha": 0.35},
+                        "convert": {"variants": list(VARIANTS)}, "devices": {"targets": list(DEVICES)}}
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return root
+
+
+def run(*args):
+    return CliRunner().invoke(compare_cmd, [str(a) for a in args])
+
+
+def test_two_identical_builds_compare_equal(tmp_path):
+    a = write_build(tmp_path / "a", make_summary())
+    b = write_build(tmp_path / "b", make_summary())
+    res = run(a, b, "--junit", tmp_path / "j.xml")
+    assert res.exit_code == 0, res.output
+    assert "PASS: no regression" in res.output
+    comp = compare_paths(a, b)
+    instr = [c for c in comp.checks if c.metric == "instructions_per_inference"]
+    assert len(instr) == len(DEVICES) * len(VARIANTS)
+    assert all(c.delta == 0 and c.status == "ok" for c in instr)
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0" and int(suite.get("tests")) == len(comp.checks)
+
+
+def test_wider_model_regresses_instructions_on_every_device(tmp_path):
+    a = write_build(tmp_path / "a", make_summary())
+    b = write_build(tmp_path / "b", make_summary(width=1.4),
+                    recipe={"name": "default", "model": {"family": "mobilenet_v2", "alpha": 0.5}})
+    junit = tmp_path / "out" / "junit.xml"
+    res = run(a, b, "--junit", junit, "--markdown", tmp_path / "table.md")
+    assert res.exit_code == 1
+    assert "FAIL:" in res.output and "**REGRESSED**" in res.output
+    assert "error: " in res.output and "regression(s) against" in res.output
+    assert "model.alpha 0.35 -> 0.5" in res.output
+    comp = compare_paths(a, b)
+    instr = [c for c in comp.checks if c.metric == "instructions_per_inference"]
+    assert {(c.where, c.variant) for c in instr if c.status == "regression"} == \
+        {(d, v) for d in DEVICES for v in VARIANTS}
+    root = ET.parse(junit).getroot()
+    failed = [tc for tc in root.iter("testcase") if tc.find("failure") is not None]
+    assert {tc.get("classname") for tc in failed if tc.get("name") == "instructions_per_inference"} == \
+        {f"mobile-model.compare.{d}.{v}" for d in DEVICES for v in VARIANTS}
+    assert root.find("testsuite").get("failures") == str(len(comp.regressions))
+    assert (tmp_path / "table.md").read_text() in res.output
+
+
+@pytest.mark.parametrize("factor, options, status", [
+    (1.0005, [], "ok"),                                      # 0.05% < default 0.1%
+    (1.002, [], "regression"),                               # 0.2% > 0.1%
+    (1.002, ["--max-instr-increase", "0.01"], "ok"),         # relative option
+    (1.002, ["--max-instr-increase-abs", "10000"], "ok"),    # absolute option (+8000 on 4M)
+    (0.99, [], "improved"),
+])
+def test_instruction_thresholds(tmp_path, factor, options, status):
+    cur = make_summary()
+    cur["devices"]["pixel4"]["float32"]["instructions_per_inference"] = int(4_000_000 * factor)
+    a = write_build(tmp_path / "a", make_summary())
+    b = write_build(tmp_path / "b", cur)
+    res = run(a, b, *options)
+    assert res.exit_code == (1 if status == "regression" else 0), res.output
+    opts = {THRESHOLDS_BY_OPTION[options[0]]: float(options[1])} if options else {}
+    check = next(c for c in compare_paths(a, b, opts).checks
+                 if (c.where, c.variant, c.metric) == ("pixel4", "float32", "instructions_per_inference"))
+    assert check.status == status
+
+
+THRESHOLDS_BY_OPTION = {t.option: name for name, t in THRESHOLDS.items()}
+
+
+@pytest.mark.parametrize("top1, status", [(90.6, "ok"), (89.9, "ok"), (89.4, "regression"), (92.0, "improved")])
+def test_top1_drop_is_in_points(tmp_path, top1, status):
+    cur = make_summary()
+    cur["variants"]["int8-qat"]["top1"] = top1  # baseline 90.5, default allowance 1.0 point
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur))
+    check = next(c for c in comp.checks if (c.where, c.variant, c.metric) == ("host", "int8-qat", "top1"))
+    assert check.status == status
+
+
+def test_size_uses_the_larger_of_relative_and_absolute(tmp_path):
+    cur = make_summary()
+    cur["variants"]["int8-qat"]["size_bytes"] += 1024  # +0.85%
+    a, b = write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur)
+    assert run(a, b).exit_code == 1
+    assert run(a, b, "--max-size-increase-bytes", "1024").exit_code == 0
+    assert run(a, b, "--max-size-increase", "0.01").exit_code == 0
+
+
+def test_a_variant_that_no_longer_loads_is_a_regression(tmp_path):
+    cur = make_summary()
+    cur["devices"]["camera-a53"]["int8-qat"] = device_rec(0, loaded=False, op="FULLY_CONNECTED",
+                                                          runtime="tflite-runtime 2.14.0")
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur))
+    [reg] = comp.regressions
+    assert (reg.where, reg.variant, reg.metric) == ("camera-a53", "int8-qat", "loads")
+    assert reg.message == "no longer loads on tflite-runtime 2.14.0: FULLY_CONNECTED v12"
+
+
+def test_missing_results_fail_and_new_ones_do_not(tmp_path):
+    cur = make_summary()
+    del cur["devices"]["camera-a53"]
+    cur["variants"]["float16"] = copy.deepcopy(cur["variants"]["float32"])
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur))
+    assert [(c.where, c.status) for c in comp.regressions] == [("camera-a53", "missing")]
+    assert any(c.variant == "float16" and c.status == "new" for c in comp.checks)
+    no_dev = make_summary()
+    no_dev["devices"] = {}
+    comp = compare_paths(write_build(tmp_path / "c", make_summary()), write_build(tmp_path / "d", no_dev))
+    assert len(comp.regressions) == len(DEVICES)
+    assert "--no-devices" in comp.regressions[0].message
+
+
+def test_latency_is_compared_only_when_both_have_it(tmp_path):
+    cur = make_summary()
+    cur["devices"]["pixel4"]["int8-qat"]["latency_ms"] = None
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur))
+    lat = {(c.where, c.variant): c.status for c in comp.checks if c.metric == "latency_ms"}
+    assert lat[("pixel4", "int8-qat")] == "skipped"
+    assert lat[("pixel4", "float32")] == "ok"
+    assert lat[("camera-a53", "float32")] == "skipped"  # neither side estimates it
+    assert comp.ok
+
+
+def test_every_metric_is_checked(tmp_path):
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", make_summary()))
+    seen = {(c.where == "host", c.metric) for c in comp.checks}
+    for m in METRICS:
+        assert (m.scope == "host", m.key) in seen, m
+
+
+def test_every_threshold_has_an_option():
+    res = CliRunner().invoke(compare_cmd, ["--help"])
+    assert res.exit_code == 0
+    for t in THRESHOLDS.values():
+        assert t.option in res.output
+    used = {m.rel for m in METRICS} | {m.abs_ for m in METRICS}
+    assert set(THRESHOLDS) == used - {None}
+
+
+# -- inputs ---------------------------------------------------------------------
+
+
+def write_manifest(root: Path, summary) -> Path:
+    """A manifest holding the same figures as ``summary`` in stage records."""
+    stages = {"train": {"metrics": {"test_top1": summary["float_top1"]}}}
+    for v, m in summary["variants"].items():
+        stages[f"convert/{v}"] = {"outputs": {"tflite": {"path": f"tflite/{v}.tflite", "sha256": v * 4}},
+                                  "versions": {"ai-edge-litert": "2.3.0"}}
+        stages[f"evaluate/{v}"] = {"metrics": m}
+    for d, per in summary["devices"].items():
+        for v, m in per.items():
+            stages[f"device/{d}/{v}"] = {"metrics": m}
+    recipe = {"name": "default", "deploy_variant": "int8-qat", "convert": {"variants": list(summary["variants"])},
+              "devices": {"targets": list(summary["devices"])}}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps({"recipe": recipe, "stages": stages}))
+    return root / "manifest.json"
+
+
+def test_manifest_summary_and_directory_read_the_same(tmp_path):
+    summary = make_summary()
+    build = write_build(tmp_path / "b", summary)
+    man = write_manifest(tmp_path / "m", summary)
+    for a, b in ((build, man), (build / "summary.json", man), (man, build)):
+        comp = compare_paths(a, b)
+        assert comp.ok and not comp.improvements
+        assert sum(c.status == "ok" for c in comp.checks) == len([c for c in comp.checks if c.status != "skipped"])
+    snap = load_snapshot(man)
+    assert snap.kind == "manifest" and snap.float_top1 == 91.2
+    assert snap.variants["int8-qat"]["sha256"] == "int8-qat" * 4
+    # a build directory with only a manifest (e.g. interrupted before summary.json) is read too
+    assert load_snapshot(tmp_path / "m").kind == "manifest"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nope", "BASELINE {p}/nope: no such file or directory"),
+    (lambda p: (p / "empty").mkdir() or p / "empty",
+     "BASELINE {p}/empty: not a build directory (no summary.json or manifest.json in it)"),
+    (lambda p: (p / "x.json").write_text("{oops") and p / "x.json",
+     "BASELINE {p}/x.json: not valid JSON (Expecting property name enclosed in double quotes at line 1)"),
+    (lambda p: (p / "x.json").write_text("[1, 2]") and p / "x.json",
+     "BASELINE {p}/x.json: expected a JSON object, got list"),
+    (lambda p: (p / "x.json").write_text('{"a": 1}') and p / "x.json",
+     "BASELINE {p}/x.json: not a mobile-model summary, manifest or baseline (expected a 'variants', 'stages' "
+     "or 'format' key; found a)"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"format": BASELINE_FORMAT, "version": 99})) and p / "x.json",
+     "BASELINE {p}/x.json: baseline version 99 is not supported (this mobile-model reads version 1); "
+     "write it again with `mobile-model baseline`"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"variants": {"int8": {"top1": "high"}}})) and p / "x.json",
+     "BASELINE {p}/x.json: variants.int8.top1: expected a number or null, got 'high'"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"stages": {}})) and p / "x.json",
+     "BASELINE {p}/x.json: the manifest records no evaluated variant (an unfinished build, or not a "
+     "mobile-model manifest)"),
+])
+def test_unusable_input_exits_2_with_one_line(tmp_path, make, message):
+    bad = make(tmp_path)
+    good = write_build(tmp_path / "good", make_summary())
+    res = run(bad, good)
+    assert res.exit_code == 2
+    assert res.output == f"error: {message.format(p=tmp_path)}\n"
+    assert "Traceback" not in res.output
+
+
+def test_unknown_threshold_lists_valid_ones():
+    with pytest.raises(UnusableInputError) as exc:
+        validate_thresholds({"max_instr": 0.1}, "recipe.regressions")
+    assert str(exc.value) == f"recipe.regressions: unknown threshold 'max_instr'; valid: {', '.join(THRESHOLDS)}"
+    with pytest.raises(UnusableInputError, match=r"max_top1_drop: expected a number >= 0 \(points\), got -1"):
+        validate_thresholds({"max_top1_drop": -1}, "x")
+
+
+def test_negative_option_is_exit_2(tmp_path):
+    a = write_build(tmp_path / "a", make_summary())
+    res = run(a, a, "--max-top1-drop", "-1")
+    assert res.exit_code == 2 and res.output.startswith("error: options.max_top1_drop: expected a number >= 0")
+
+
+# -- baselines and threshold precedence -------------------------------------------
+
+
+def test_baseline_round_trip_is_reproducible(tmp_path):
+    build = write_build(tmp_path / "b", make_summary())
+    out = tmp_path / "baselines" / "default.json"
+    res = CliRunner().invoke(baseline_cmd, [str(build), str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2 variant(s), 2 device(s), 4 device x variant result(s)" in res.output
+    first = out.read_text()
+    data = json.loads(first)
+    assert data["format"] == BASELINE_FORMAT and data["version"] == 1
+    assert data["recipe"]["model"]["alpha"] == 0.35
+    assert set(data["variants"]["int8-qat"]) == {"top1", "size_bytes", "gzip_bytes", "sha256"}
+    comp = compare_paths(out, build)
+    assert comp.ok and all(c.delta in (0, None) for c in comp.checks)
+    write_baseline(build, out)
+    assert out.read_text() == first
+
+
+def test_baseline_keeps_its_thresholds_and_they_apply(tmp_path):
+    build = write_build(tmp_path / "b", make_summary())
+    out = tmp_path / "default.json"
+    write_baseline(build, out)
+    data = json.loads(out.read_text())
+    data["thresholds"] = {"max_instr_increase": 0.05}
+    out.write_text(json.dumps(data))
+    write_baseline(build, out)  # accepting new figures keeps the reviewed thresholds
+    assert json.loads(out.read_text())["thresholds"] == {"max_instr_increase": 0.05}
+    cur = make_summary(width=1.03)
+    comp = compare_paths(out, write_build(tmp_path / "c", cur))
+    assert comp.thresholds["max_instr_increase"] == 0.05
+    assert not [c for c in comp.regressions if c.metric == "instructions_per_inference"]
+
+
+def test_threshold_precedence(tmp_path):
+    base = write_build(tmp_path / "a", make_summary())
+    recipe = {"name": "default", "regressions": {"max_instr_increase": 0.02, "max_top1_drop": 3.0}}
+    cur = write_build(tmp_path / "b", make_summary(), recipe=recipe)
+    th = compare_paths(base, cur).thresholds
+    assert th["max_instr_increase"] == 0.02 and th["max_top1_drop"] == 3.0
+    assert th["max_gzip_increase"] == DEFAULT_THRESHOLDS["max_gzip_increase"]
+    th = compare_paths(base, cur, {"max_instr_increase": 0.0, "max_top1_drop": None}).thresholds
+    assert th["max_instr_increase"] == 0.0 and th["max_top1_drop"] == 3.0
+
+
+def test_bad_recipe_regressions_are_unusable(tmp_path):
+    cur = write_build(tmp_path / "b", make_summary(), recipe={"name": "x", "regressions": {"max_speed": 1}})
+    res = run(write_build(tmp_path / "a", make_summary()), cur)
+    assert res.exit_code == 2 and "recipe.regressions: unknown threshold 'max_speed'" in res.output
+
+
+def test_junit_is_well_formed_with_odd_characters(tmp_path):
+    cur = make_summary()
+    cur["devices"]["pixel4"]["int8-qat"] = device_rec(0, loaded=False, op="A<&>B")
+    comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur))
+    root = ET.fromstring(format_junit(comp))
+    msgs = [f.get("message") for f in root.iter("failure")]
+    assert any("A<&>B" in m for m in msgs)
+    assert len(list(root.iter("testcase"))) == len(comp.checks)
