@@ -12,13 +12,14 @@ export PYTHONHASHSEED := 0
 RECIPE ?= default
 PYTEST_ARGS ?=
 
-.PHONY: mobile-model test unit device-test arm-runtime system-deps bench fuzz clean help
+.PHONY: mobile-model test unit device-test arm-runtime system-deps bench clean help
 
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
 	@echo "make test           the full test suite (what CI runs)"
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
+	@echo "make bench          speed/size ratios and device instruction counts of a build (RECIPE=...)"
 	@echo "make clean          remove build/ (the venv and the ARM runtime cache stay)"
 
 # (Re)install only when the dependency declaration changes.
@@ -56,9 +57,16 @@ test: $(STAMP) system-deps
 unit: $(STAMP)
 	$(PY) -m pytest tests -m "not integration and not device" -q
 
+# device_tests/ over a full build of RECIPE (built first; cached when up to date).
 device-test: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
-	MOBILE_MODEL_RECIPE=$(RECIPE) $(PY) -m pytest device_tests -q
+	$(VENV)/bin/mobile-model build $(RECIPE) -q; rc=$$?; [ $$rc -le 1 ] || exit $$rc
+	MOBILE_MODEL_BUILD_DIR=build/$$($(PY) -c "from pipeline.config import load_recipe; print(load_recipe('$(RECIPE)').build_name)") \
+	  $(PY) -m pytest device_tests -q
+
+bench: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+	$(PY) -m pipeline.bench $(RECIPE)
 
 clean:
 	rm -rf build

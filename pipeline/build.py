@@ -23,6 +23,7 @@ import yaml
 
 from pipeline.budgets import BudgetCheck, check_budgets, format_budget_table
 from pipeline.config import Recipe
+from pipeline.native import import_tensorflow
 from pipeline.store import Manifest, atomic_write_json, atomic_write_text, build_lock
 from pipeline.variants import VARIANTS
 
@@ -102,6 +103,7 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
         splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
         fp = data_fingerprint(splits)
+        import_tensorflow()
         log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
             f"{splits.num_classes} classes")
         manifest.set("recipe", recipe.to_dict())

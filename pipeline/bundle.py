@@ -183,6 +183,7 @@ def bundle_metadata(recipe, metrics: Mapping[str, Any], model_bytes: bytes) -> D
             "normalization": {"range": [0.0, 1.0], "formula": "x = pixel / 255",
                               "mean": [0.0] * channels, "std": [255.0] * channels},
             "quantization": quant_in if integer_in else None,
+            "quantized_inside": _boundary_quantization(model, model.inputs[0], "QUANTIZE", "input"),
             "how_to_feed": feed,
         },
         "output": {
@@ -191,6 +192,7 @@ def bundle_metadata(recipe, metrics: Mapping[str, Any], model_bytes: bytes) -> D
             "meaning": "class probabilities (softmax) in labels.txt order",
             "quantization": ({"scale": out.get("scale") or [], "zero_point": out.get("zero_point") or []}
                              if out["dtype"] not in ("float32", "float16") else None),
+            "quantized_inside": _boundary_quantization(model, model.outputs[0], "DEQUANTIZE", "output"),
         },
         "labels": list(metrics.get("labels") or []),
         "labels_file": "labels.txt",
@@ -206,6 +208,23 @@ def bundle_metadata(recipe, metrics: Mapping[str, Any], model_bytes: bytes) -> D
         "embedded_tflite_metadata_note": EMBEDDED_METADATA_NOTE,
         "smoke_build": bool(recipe.smoke_form),
     }
+
+
+def _boundary_quantization(model, tensor: int, opcode: str, side: str) -> Optional[Dict[str, Any]]:
+    """For a float-I/O integer model: the integer tensor behind the graph's float input
+    (the QUANTIZE op's output) or output (the DEQUANTIZE op's input); None otherwise."""
+    for op in model.operators:
+        if op.opcode != opcode:
+            continue
+        if side == "input" and tensor in op.inputs:
+            t = model.tensors[op.outputs[0]]
+        elif side == "output" and tensor in op.outputs:
+            t = model.tensors[op.inputs[0]]
+        else:
+            continue
+        return {"dtype": t.dtype, "scale": list(t.quantization.scale),
+                "zero_point": list(t.quantization.zero_point)}
+    return None
 
 
 def read_tflite_bytes(data: bytes, name: str):
@@ -231,8 +250,7 @@ def write_bundle(recipe, root: Path, metrics: Mapping[str, Any], log: Log = prin
     root = Path(root)
     variant = metrics["deploy_variant"]
     model_path = root / "tflite" / f"{variant}.tflite"
-    model = read_tflite(model_path)  # raises ModelFileError naming the path
-    del model
+    read_tflite(model_path)  # a missing or corrupt file raises ModelFileError naming the path
     model_bytes = model_path.read_bytes()
     meta = bundle_metadata(recipe, metrics, model_bytes)
     contents: Dict[str, bytes] = {
@@ -322,8 +340,12 @@ def model_card(recipe, metrics: Mapping[str, Any], meta: Mapping[str, Any]) -> s
     if inp["quantization"]:
         q = inp["quantization"]
         lines.append(f"- Quantization: scale {q['scale']}, zero point {q['zero_point']}: {inp['how_to_feed']}.")
+    elif inp["quantized_inside"]:
+        qi = inp["quantized_inside"]
+        lines.append(f"- Feed floats: the model quantizes its input itself (QUANTIZE op to {qi['dtype']}, "
+                     f"scale {qi['scale']}, zero point {qi['zero_point']}).")
     else:
-        lines.append("- The input is float; an integer model quantizes it inside (QUANTIZE op).")
+        lines.append(f"- Feed {inp['dtype']} values as they are.")
     out = meta["output"]
     lines += [f"- Output: shape {out['shape']}, {out['dtype']}: {out['meaning']}"
               + (f"; dequantize with scale {out['quantization']['scale']}, zero point "

@@ -90,25 +90,28 @@ THRESHOLDS: Dict[str, Threshold] = {t.name: t for t in (
 DEFAULT_THRESHOLDS: Dict[str, float] = {name: t.default for name, t in THRESHOLDS.items()}
 
 
-def validate_thresholds(values: Any, where: str) -> Dict[str, float]:
+def validate_thresholds(values: Any, where: str, error: type = UnusableInputError) -> Dict[str, float]:
     """Checks a thresholds mapping (from a recipe, a baseline or options).
+
+    Args:
+        where: how the mapping is named in messages (``recipe.regressions``).
+        error: the exception type to raise (``ConfigError`` when validating a recipe).
 
     Returns:
         The mapping with float values.
 
     Raises:
-        UnusableInputError: not a mapping, an unknown key (the message lists the valid
-            keys), or a value that is not a non-negative number.
+        UnusableInputError (or ``error``): not a mapping, an unknown key (the message
+            lists the valid keys), or a value that is not a non-negative number.
     """
     if not isinstance(values, Mapping):
-        raise UnusableInputError(f"{where}: expected a mapping of threshold name to number, got {values!r}")
+        raise error(f"{where}: expected a mapping of threshold name to number, got {values!r}")
     out = {}
     for key, value in values.items():
         if key not in THRESHOLDS:
-            raise UnusableInputError(f"{where}: unknown threshold {key!r}; valid: {', '.join(THRESHOLDS)}")
+            raise error(f"{where}: unknown threshold {key!r}; valid: {', '.join(THRESHOLDS)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or math.isnan(value):
-            raise UnusableInputError(f"{where}.{key}: expected a number >= 0 ({THRESHOLDS[key].unit}), "
-                                     f"got {value!r}")
+            raise error(f"{where}.{key}: expected a number >= 0 ({THRESHOLDS[key].unit}), got {value!r}")
         out[key] = float(value)
     return out
 
@@ -463,6 +466,7 @@ class Check:
     status: str
     message: str
     metric_def: Optional[Metric] = None
+    why: str = ""  # for a load check whose current side fails: the failing op
 
     @property
     def failed(self) -> bool:
@@ -613,7 +617,7 @@ def _load_check(dev: str, v: str, b: Dict[str, Any], c: Dict[str, Any]) -> Check
         status, msg = OK, f"does not load, as in the baseline ({why(c)})"
     else:
         status, msg = OK, "loads"
-    return Check(dev, v, "loads", "loads", bl, cl, None, status, msg)
+    return Check(dev, v, "loads", "loads", bl, cl, None, status, msg, why="" if c["loaded"] else why(c))
 
 
 def _union(a: Iterable[str], b: Iterable[str]) -> List[str]:
@@ -706,9 +710,10 @@ def _cell(check: Optional[Check]) -> str:
         if check.status in (NEW, MISSING):
             return check.status.upper() if check.status == MISSING else "new"
         yes = {1.0: "yes", 0.0: "no"}
+        now = yes[check.current] + (f" ({check.why})" if check.why else "")
         if check.baseline == check.current:
-            return yes[check.current] + MARK[check.status]
-        return f"{yes[check.baseline]} -> {yes[check.current]}{MARK[check.status]}"
+            return now + MARK[check.status]
+        return f"{yes[check.baseline]} -> {now}{MARK[check.status]}"
     m = check.metric_def
     if check.status == SKIPPED:
         return f"{_fmt(m, check.baseline)} -> {_fmt(m, check.current)}" if check.baseline != check.current \

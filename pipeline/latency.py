@@ -35,8 +35,10 @@ MODEL_VERSION = 1
 
 COST_KEYS = tuple(f"cost_{c}" for c in CLASSES)
 REQUIRED_KEYS = ("model_version",) + COST_KEYS + ("thread_parallel_fraction", "validated")
-# Figures of the fit kept next to the parameters, for reports (not used to estimate).
-INFO_KEYS = ("fit_points", "loo_median_abs_error_pct", "loo_worst_abs_error_pct")
+# Figures of the fit kept next to the parameters, for reports (not used to estimate):
+# published points of this device and of its core type in the fit, and the
+# leave-one-out error over the core type's points (absent when unvalidated).
+INFO_KEYS = ("device_points", "core_points", "loo_median_abs_error_pct", "loo_worst_abs_error_pct")
 PARAM_KEYS = REQUIRED_KEYS + INFO_KEYS
 
 

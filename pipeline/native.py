@@ -30,3 +30,11 @@ def captured_stderr() -> Iterator[None]:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_tensorflow():
+    """Imports TensorFlow with its C++ start-up lines (oneDNN, CUDA probing) captured."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    with captured_stderr():
+        import tensorflow as tf
+    return tf

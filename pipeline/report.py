@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.errors import DataError, MobileModelError
+from pipeline.errors import DataError
 from pipeline.store import atomic_write_bytes, atomic_write_text
 
 Log = Callable[[str], None]
@@ -680,9 +680,10 @@ def rewrite_report(build_dir: "str | Path", log: Log = print) -> List[Path]:
     Raises:
         MobileModelError: the directory is not a finished build, or its recipe is invalid.
     """
+    import yaml
+
     from pipeline.compare import UnusableInputError
     from pipeline.config import Recipe
-    import yaml
 
     root = Path(build_dir)
     if not (root / "summary.json").is_file():
@@ -698,5 +699,3 @@ def rewrite_report(build_dir: "str | Path", log: Log = print) -> List[Path]:
         raise UnusableInputError(f"{root}/summary.json: not a build summary (no 'variants'/'deploy_variant')")
     return write_report(recipe, root, metrics, log)
 
-
-__all__ = ["write_report", "rewrite_report", "render_html", "render_markdown", "MobileModelError"]

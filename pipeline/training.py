@@ -30,7 +30,9 @@ def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
             MirroredStrategy can be exercised on one machine.
     """
     global _configured
-    import tensorflow as tf
+    from pipeline.native import import_tensorflow
+
+    tf = import_tensorflow()
     import tf_keras as keras
 
     if not _configured:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from pipeline.compare import (BASELINE_FORMAT, DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, UnusableInputError,
                               compare_paths, format_junit, load_snapshot, validate_thresholds, write_baseline)
+from pipeline.errors import ConfigError
 from pipeline.report_cli import baseline as baseline_cmd, compare as compare_cmd
 
 VARIANTS = ("float32", "int8-qat")
@@ -259,6 +260,8 @@ def test_unknown_threshold_lists_valid_ones():
     assert str(exc.value) == f"recipe.regressions: unknown threshold 'max_instr'; valid: {', '.join(THRESHOLDS)}"
     with pytest.raises(UnusableInputError, match=r"max_top1_drop: expected a number >= 0 \(points\), got -1"):
         validate_thresholds({"max_top1_drop": -1}, "x")
+    with pytest.raises(ConfigError, match="recipe.regressions: expected a mapping"):
+        validate_thresholds([1], "recipe.regressions", error=ConfigError)
 
 
 def test_negative_option_is_exit_2(tmp_path):

@@ -346,6 +346,14 @@ def test_fashion_label_out_of_range(tmp_path):
     assert str(err.value) == f"IDX file {files['t10k_labels']}: label 10 out of range 0..9"
 
 
+def test_fashion_empty_official_test_set(tmp_path):
+    make_fashion_dir(tmp_path, n_test=0)
+    with pytest.raises(DataError) as err:
+        load_dataset(DataConfig(dataset="fashion-mnist", path=str(tmp_path), **SMALL), (32, 32, 1), 0)
+    assert str(err.value) == ("data set 'fashion-mnist': the test split would be empty "
+                              "(20 requested, 0 available)")
+
+
 def test_fashion_labels_file_with_image_dims(tmp_path):
     files = make_fashion_dir(tmp_path)
     write_idx(files["train_labels"], np.zeros((120, 2), np.uint8), compress=True)
@@ -454,7 +462,8 @@ def test_folder_empty_class(tmp_path):
     make_folder(tmp_path, {"cat": 5, "dog": 5})
     (tmp_path / "eel").mkdir()
     (tmp_path / "eel" / "notes.txt").write_text("no images here")  # only non-images: still empty
-    assert folder_error(tmp_path) == f"empty class folder in {tmp_path}: 'eel' (no .jpeg, .jpg or .png images)"
+    assert folder_error(tmp_path) == (
+        f"empty class folder in {tmp_path}: 'eel' (no .jpeg, .jpg or .png images)")
     (tmp_path / "ant").mkdir()
     assert folder_error(tmp_path) == (
         f"empty class folders in {tmp_path}: 'ant', 'eel' (no .jpeg, .jpg or .png images)")
@@ -477,7 +486,8 @@ def test_folder_corrupt_image(tmp_path):
 def test_folder_zero_byte_image(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "cat" / "empty.jpg").write_bytes(b"")
-    assert folder_error(tmp_path) == f"1 unreadable image file in {tmp_path}:\n  cat/empty.jpg: zero-byte file"
+    assert folder_error(tmp_path) == (
+        f"1 unreadable image file in {tmp_path}:\n  cat/empty.jpg: zero-byte file")
 
 
 def test_folder_truncated_png(tmp_path):
@@ -549,7 +559,8 @@ def test_folder_odd_file_names_and_mixed_sizes(tmp_path):
     for k, cls in enumerate(["crème brûlée", "日本 語", "a b"]):
         for j, name in enumerate(["x y.png", "ü-%20.PNG", "猫 #1.JpEg", "'quote'.jpg"]):
             fmt = "JPEG" if name.lower().endswith(("jpg", "jpeg")) else "PNG"
-            save(tmp_path / cls / name, Image.new("RGB", (8 + 13 * j, 40 - 7 * j), (60 * k + 10,) * 3), format=fmt)
+            img = Image.new("RGB", (8 + 13 * j, 40 - 7 * j), (60 * k + 10,) * 3)
+            save(tmp_path / cls / name, img, format=fmt)
     s = load_dataset(folder_cfg(tmp_path), (32, 32, 1), 0)
     assert s.labels == ("a b", "crème brûlée", "日本 語")
     assert sum(len(y) for y in (s.y_train, s.y_val, s.y_test)) == 12

@@ -1,0 +1,59 @@
+"""``make bench``: speed and size figures of a build, as ratios measured in one run.
+
+Prints, for the build of a recipe (built first if needed, cached otherwise):
+host LiteRT throughput of every variant relative to float32 (timed back to back
+in this process, so machine noise mostly cancels), file and gzip size ratios,
+and the deterministic instructions per inference on each emulated device.
+"""
+
+import sys
+import time
+
+import numpy as np
+
+
+def _throughput(path: str, x: np.ndarray, repeats: int = 3) -> float:
+    from pipeline.tflite_host import make_interpreter, quantize_input
+
+    interp = make_interpreter(path, threads=1)
+    inp = interp.get_input_details()[0]
+    interp.allocate_tensors()
+    batch = [quantize_input(x[i:i + 1], inp) for i in range(len(x))]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batch:
+            interp.set_tensor(inp["index"], b)
+            interp.invoke()
+        best = min(best, time.perf_counter() - t0)
+    return len(x) / best
+
+
+def main(argv=None) -> int:
+    from pipeline.build import build
+    from pipeline.config import load_recipe
+    from pipeline.data import load_dataset
+    from pipeline.device_matrix import device_table
+
+    args = argv if argv is not None else sys.argv[1:]
+    recipe = load_recipe(args[0] if args else "default", smoke="--smoke" in args)
+    result = build(recipe, log=lambda s: print(s, file=sys.stderr))
+    m = result.metrics
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    x = splits.x_test[:200]
+    base = m["variants"]["float32"]
+    ref = _throughput(base["path"], x)
+    print(f"## bench: {recipe.build_name} ({len(x)} images, host LiteRT, 1 thread)\n")
+    print("| variant | images/s vs float32 | size vs float32 | gzip vs float32 |")
+    print("|---|---:|---:|---:|")
+    for name, v in m["variants"].items():
+        speed = _throughput(v["path"], x) / ref
+        print(f"| {name} | {speed:.2f}x | {v['size_bytes'] / base['size_bytes']:.3f}x | "
+              f"{v['gzip_bytes'] / base['gzip_bytes']:.3f}x |")
+    if m.get("devices"):
+        print("\n" + device_table(m))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The build report (Markdown, self-contained HTML, plots) over a tiny synthetic build."""
+
+import base64
+import json
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.compare import compare_paths
+from pipeline.config import Recipe
+from pipeline.report import rewrite_report, short_tensor_name, write_report
+from pipeline.report_cli import report as report_cmd
+from tests.test_bundle import LABELS, fake_build
+
+PLOTS = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
+# matplotlib 3.10 still calls pyparsing names that pyparsing 3.3 deprecates: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")
+
+
+def quiet(msg):
+    pass
+
+
+@pytest.fixture
+def built(tmp_path):
+    recipe, metrics = fake_build(tmp_path)
+    write_report(recipe, tmp_path, metrics, quiet)
+    return tmp_path, recipe, metrics
+
+
+def test_report_files(built):
+    root, _, _ = built
+    for name in ("report.md", "report.html", "bundle/model.tflite", "bundle/SHA256SUMS"):
+        assert (root / name).is_file(), name
+    assert sorted(p.stem for p in (root / "plots").glob("*.png")) == sorted(PLOTS)
+    for p in (root / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_is_self_contained(built):
+    root, _, _ = built
+    html = (root / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["'](https?:|//|file:)""", html)
+    assert "<link" not in html and "<script" not in html
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(srcs) == len(PLOTS)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in srcs}
+    assert embedded == {(root / "plots" / f"{p}.png").read_bytes() for p in PLOTS}
+
+
+def test_markdown_sections(built):
+    root, _, _ = built
+    md = (root / "report.md").read_text()
+    for text in ("# mobile-model build report: tiny", "**PASS: all 1 budget(s) met**", "## Variants (host)",
+                 "## Budgets", "| max_top1_drop | int8-qat | <= 2 points | 2 points | ok |",
+                 "## Devices (emulated ARM)", "| camera-a53 | int8-qat | **no: FULLY_CONNECTED v12** |",
+                 "int8-qat on camera-a53 (tflite-runtime 2.14.0): Didn't find op for builtin opcode",
+                 "![accuracy vs cost per device](plots/accuracy_vs_cost.png)", "## Per-layer sparsity",
+                 "DepthwiseConv2D kernels are never pruned", "## Confusion matrix (int8-qat, test split)",
+                 "## Bundle", "oldest tested runtime that loads it: litert 2.3.0"):
+        assert text in md, text
+    assert "Load failures" in md and "second line" not in md
+
+
+def test_confusion_matrix_is_the_deploy_model_on_the_test_split(built):
+    from pipeline.data import load_dataset
+
+    root, recipe, _ = built
+    from tests.test_bundle import tiny_tflite
+
+    w = tiny_tflite(root / "check.tflite", seed=len("int8-qat"))  # the weights fake_build gave int8-qat
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    pred = np.argmax(splits.x_test.reshape(len(splits.x_test), -1) @ w.T, axis=1)
+    md = (root / "report.md").read_text()
+    section = md.split("## Confusion matrix", 1)[1].split("##", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| true")]
+    assert [r.split(" | ")[0][2:] for r in rows] == LABELS
+    counts = np.array([[int(c.strip("* ")) for c in r.split(" | ")[1:-1]] for r in rows])
+    expected = np.zeros((10, 10), int)
+    np.add.at(expected, (splits.y_test, pred), 1)
+    assert (counts == expected).all()
+    top1 = float(np.mean(pred == splits.y_test) * 100)
+    assert f"Top-1 {top1:.2f}% over {len(pred)} images" in section
+
+
+def test_sparsity_from_the_prune_stage(tmp_path):
+    recipe, metrics = fake_build(tmp_path)
+    layers = [{"layer": "stem_conv", "kind": "Conv2D", "shape": [3, 3, 1, 16], "params": 144, "zeros": 0.5,
+               "pruned": True, "note": ""},
+              {"layer": "block1_depthwise", "kind": "DepthwiseConv2D", "shape": [3, 3, 16, 1], "params": 144,
+               "zeros": 0.0, "pruned": False, "note": "tfmot never prunes DepthwiseConv2D"},
+              {"layer": "logits", "kind": "Dense", "shape": [16, 10], "params": 160, "zeros": 0.5, "pruned": True,
+               "note": ""}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"prune": {"wall_s": 3.0, "metrics": {
+        "layers": layers, "sparsity": 0.5, "sparsity_all_kernels": 0.34, "target_sparsity": 0.5}}}}))
+    write_report(recipe, tmp_path, metrics, quiet)
+    md = (tmp_path / "report.md").read_text()
+    assert "Zeros in Conv2D/Dense kernels after pruning: 50.0% (target 50%); 34.0% including depthwise" in md
+    assert "| block1_depthwise | DepthwiseConv2D | 3x3x16x1 | 144 | 0.0% | no (never pruned) |" in md
+    assert "3 kernels (prune stage (Keras model after strip_pruning))" in md
+
+
+def test_without_devices_or_data(tmp_path):
+    recipe, metrics = fake_build(tmp_path, devices=False)
+    recipe = Recipe.from_dict({**recipe.to_dict(), "data": {"dataset": "folder", "path": str(tmp_path / "gone")}})
+    write_report(recipe, tmp_path, metrics, quiet)
+    md = (tmp_path / "report.md").read_text()
+    assert "This build ran no emulated devices" in md
+    assert "No confusion matrix: the test split could not be loaded" in md
+    assert not (tmp_path / "plots" / "confusion.png").exists()
+    assert "accuracy vs size" in md
+
+
+def test_report_is_reproducible(built):
+    root, recipe, metrics = built
+    first = (root / "report.html").read_bytes()
+    write_report(recipe, root, metrics, quiet)
+    assert (root / "report.html").read_bytes() == first
+
+
+def test_report_command_rerenders_a_build(built):
+    root, recipe, _ = built
+    (root / "recipe.yaml").write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
+    (root / "report.html").unlink()
+    res = CliRunner().invoke(report_cmd, [str(root), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (root / "report.html").is_file()
+    assert str(root / "report.html") in res.output
+
+
+def test_report_command_on_a_non_build(tmp_path):
+    res = CliRunner().invoke(report_cmd, [str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.output == f"error: {tmp_path}: not a finished build (no summary.json)\n"
+    with pytest.raises(Exception, match="no summary.json"):
+        rewrite_report(tmp_path)
+
+
+@pytest.mark.parametrize("name, layer", [
+    ("mobilenet_v2/quant_stem_conv/Conv2D;mobilenet_v2/quant_stem_conv/LastValueQuant/FakeQuantWithMinMaxVars",
+     "stem_conv"),
+    ("mobilenet_v2/block1_depthwise_bn/FusedBatchNormV3;mobilenet_v2/block1_depthwise/depthwise",
+     "block1_depthwise"),
+    ("mobilenet_v2/logits/MatMul", "logits"),
+    ("kernel", "kernel"),
+])
+def test_short_tensor_name(name, layer):
+    assert short_tensor_name(name) == layer
+
+
+# -- the real thing: one smoke build of the default recipe (shared session fixture) --------
+
+
+@pytest.mark.integration
+def test_smoke_build_report_bundle_and_self_compare(smoke_build):
+    from pipeline.tflite_file import read_tflite
+
+    root = smoke_build.root
+    html = (root / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4
+    r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root / "bundle", capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((root / "bundle" / "metadata.json").read_text())
+    deploy = smoke_build.metrics["deploy_variant"]
+    ops = read_tflite(root / "tflite" / f"{deploy}.tflite").op_versions()
+    assert [(o["op"], o["version"]) for o in meta["ops"]] == ops
+    assert set(meta["devices"]) == set(smoke_build.metrics["devices"])
+    comp = compare_paths(root, root / "manifest.json")
+    assert comp.ok, [c.message for c in comp.regressions]
+    assert all(c.delta == 0 for c in comp.checks if c.metric == "instructions_per_inference")
