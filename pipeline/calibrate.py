@@ -237,7 +237,9 @@ def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = _noop,
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("key") == key:
-            return Measurement(**data["measurement"], cached=True)
+            m = data["measurement"]
+            m["instructions_by_class"] = {c: m["instructions_by_class"][c] for c in CLASSES}
+            return Measurement(**m, cached=True)
     model_path = build_tflite(spec, log)
     import numpy as np
 
@@ -438,7 +440,7 @@ def calibration_points(published: Sequence[PublishedPoint], log: Log = _noop,
         spec = ModelSpec(pub.model, variant=PUBLISHED_VARIANTS[pub.variant], **FULL_SIZE)
         m = measure(spec, profile, log, runtime)
         points.append(Point(pub.name, profile.qemu_cpu, m.instructions_by_class,
-                            profile.clock_ghz, pub.latency_ms))
+                            profile.clock_ghz, pub.latency_ms, pub.device, spec.variant))
     return points
 
 
@@ -461,8 +463,10 @@ def profile_params(costs: Mapping[str, Mapping[str, float]], parallel_fraction: 
         if core in costs:
             core_loo = [q for q in loo if q.point.core == core]
             summary = error_summary(core_loo)
-            info = {"device_points": sum(1 for p in points if p.name.endswith(f" {name}")),
+            info = {"device_points": sum(1 for p in points if p.device == name),
                     "core_points": len(core_loo),
+                    "core_int8_points": sum(1 for p in points
+                                            if p.core == core and p.variant == "int8"),
                     "loo_median_abs_error_pct": round(100 * summary["median_abs_error"], 2),
                     "loo_worst_abs_error_pct": round(100 * summary["worst_abs_error"], 2)}
             out[name] = LatencyParams(dict(costs[core]), parallel_fraction, True, info)
@@ -470,7 +474,7 @@ def profile_params(costs: Mapping[str, Mapping[str, float]], parallel_fraction: 
             a = ASSUMED_CORES[core]
             out[name] = LatencyParams({c: a.factor * v for c, v in costs[a.base_core].items()},
                                       parallel_fraction, False,
-                                      {"device_points": 0, "core_points": 0})
+                                      {"device_points": 0, "core_points": 0, "core_int8_points": 0})
         else:
             out[name] = None
     return out
@@ -496,7 +500,8 @@ def latency_block(params: Optional[LatencyParams], core: str) -> str:
         lines.append("# Written by `mobile-model calibrate` (docs/latency.md); do not edit by hand.")
     lines.append("latency:")
     for key, value in params.to_mapping().items():
-        v = int(value) if key in ("model_version", "validated", "device_points", "core_points") \
+        v = int(value) if key in ("model_version", "validated", "device_points", "core_points",
+                                  "core_int8_points") \
             else _round(value)
         lines.append(f"  {key}: {v}")
     return "\n".join(lines) + "\n"
@@ -554,6 +559,12 @@ def _ms(by_class, params: LatencyParams, clock: float) -> float:
     return predict_cycles(by_class, params.costs) / (clock * 1e6)
 
 
+def _variant_in_fit(params: LatencyParams, variant: str) -> bool:
+    """Whether published points of ``variant`` on the profile's core type were in the fit."""
+    int8 = params.info.get("core_int8_points", 0)
+    return int8 > 0 if variant == "int8" else params.info.get("core_points", 0) - int8 > 0
+
+
 def _matrix(params: Mapping[str, Optional[LatencyParams]], log: Log, runtime) -> List[Dict[str, Any]]:
     """Single-thread estimates of the full-size families, float32 and int8, on every profile."""
     rows = []
@@ -565,7 +576,8 @@ def _matrix(params: Mapping[str, Optional[LatencyParams]], log: Log, runtime) ->
                 spec = ModelSpec(family, variant=variant, **FULL_SIZE)
                 row = {"device": name, "family": family, "variant": variant,
                        "runtime": f"{profile.runtime} {profile.runtime_version}",
-                       "validated": None if p is None else p.validated}
+                       "validated": None if p is None else p.validated,
+                       "variant_in_fit": None if p is None else _variant_in_fit(p, variant)}
                 try:
                     m = measure(spec, profile, log, runtime)
                 except RuntimeIncompatibleError as e:  # a result for the report, not a failure
@@ -818,9 +830,12 @@ def report_markdown(data: Mapping[str, Any]) -> str:
                 for v in VARIANT_NAMES:
                     r = rows.get((f, v))
                     cells.append("-" if r is None else "not loadable" if not r["loaded"]
-                                 else "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}")
+                                 else "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+                                 + ("" if r.get("variant_in_fit") else " *"))
             val = {True: "yes", False: "NO (assumed)", None: "no parameters"}[first["validated"]]
             out.append(f"| {device} | {first['runtime']} | {val} | " + " | ".join(cells) + " |")
+        out += ["", "\\* no published point of this numeric format on this core type was in the "
+                "fit: the estimate extrapolates the fitted costs to another class mix (unvalidated)."]
     out += ["", "## Sensitivity: other cost structures, same points", "",
             "| model | costs per core | fit median | fit worst | LOO median | LOO worst (point) |",
             "|---|---:|---:|---:|---:|---|"]
@@ -875,6 +890,11 @@ def estimate_model(spec: ModelSpec, device: str, threads: int = 1, log: Log = _n
     single_ms = cycles / (profile.clock_ghz * 1e6)
     info = params.info
     return {
+        "device_points": int(info.get("device_points", 0)),
+        "core_points": int(info.get("core_points", 0)),
+        # Whether published points of this numeric format on this core type were in the
+        # fit: int8 kernels have another class mix than float ones (docs/latency.md).
+        "variant_in_fit": _variant_in_fit(params, spec.variant),
         "latency_ms": single_ms / s,
         "latency_ms_single_thread": single_ms,
         "instructions": m.instructions,
@@ -884,6 +904,7 @@ def estimate_model(spec: ModelSpec, device: str, threads: int = 1, log: Log = _n
         "device": profile.name, "qemu_cpu": profile.qemu_cpu, "clock_ghz": profile.clock_ghz,
         "runtime": f"{m.runtime} {m.runtime_version}",
         "validated": params.validated,
+        # Leave-one-out error over the published points of this profile's core type.
         "loo_median_abs_error_pct": info.get("loo_median_abs_error_pct"),
         "loo_worst_abs_error_pct": info.get("loo_worst_abs_error_pct"),
         "model": asdict(spec), "model_sha256": m.model_sha256,

@@ -36,9 +36,10 @@ MODEL_VERSION = 1
 COST_KEYS = tuple(f"cost_{c}" for c in CLASSES)
 REQUIRED_KEYS = ("model_version",) + COST_KEYS + ("thread_parallel_fraction", "validated")
 # Figures of the fit kept next to the parameters, for reports (not used to estimate):
-# published points of this device and of its core type in the fit, and the
-# leave-one-out error over the core type's points (absent when unvalidated).
-INFO_KEYS = ("device_points", "core_points", "loo_median_abs_error_pct", "loo_worst_abs_error_pct")
+# published points of this device, of its core type, and of its core type in int8,
+# and the leave-one-out error over the core type's points (absent when unvalidated).
+INFO_KEYS = ("device_points", "core_points", "core_int8_points", "loo_median_abs_error_pct",
+             "loo_worst_abs_error_pct")
 PARAM_KEYS = REQUIRED_KEYS + INFO_KEYS
 
 
@@ -191,6 +192,8 @@ class Point:
         by_class: instructions of one inference, per class.
         clock_ghz: the device's clock.
         measured_ms: the published single-thread latency.
+        device: the device measured (for reports).
+        variant: the numeric format measured, "float32" or "int8" (for reports).
     """
 
     name: str
@@ -198,6 +201,8 @@ class Point:
     by_class: Mapping[str, int]
     clock_ghz: float
     measured_ms: float
+    device: str = ""
+    variant: str = ""
 
     @property
     def measured_cycles(self) -> float:

@@ -103,9 +103,16 @@ def estimate(family: str, alpha: float, input_size: int, classes: int, variant: 
         if as_json:
             click.echo(json.dumps(r, indent=2))
             return
-        band = (f"leave-one-out error on this core: median {r['loo_median_abs_error_pct']:.1f}%, "
-                f"worst {r['loo_worst_abs_error_pct']:.1f}%" if r["validated"]
-                else "UNVALIDATED: this core's costs are assumed, not fitted (see the profile)")
+        if not r["validated"]:
+            band = "UNVALIDATED: this core's costs are assumed, not fitted (see the profile)"
+        else:
+            band = (f"leave-one-out error over {r['core_points']} published points of this core "
+                    f"type: median {r['loo_median_abs_error_pct']:.1f}%, worst "
+                    f"{r['loo_worst_abs_error_pct']:.1f}%")
+            if r["device_points"] == 0:
+                band += "; none of them on this device"
+            if not r["variant_in_fit"]:
+                band += f"; NO {spec.variant} point of this core type: the {spec.variant} estimate is unvalidated"
         click.echo(f"{r['device']} ({r['qemu_cpu']} at {r['clock_ghz']:g} GHz, {r['runtime']}, "
                    f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}): {spec.label}")
         click.echo(f"  latency_ms     {r['latency_ms']:.2f}  ({band})")
