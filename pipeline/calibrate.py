@@ -26,7 +26,6 @@ import hashlib
 import io
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -372,15 +371,17 @@ def load_published(path: Optional[Path] = None) -> List[PublishedPoint]:
             text, source = Path(path).read_text(), str(path)
         except OSError as e:
             raise ConfigError(f"published latencies {path}: cannot read: {e}") from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines or lines[0].lstrip("# ").split(",")[:6] != [
-            "model", "variant", "device", "threads", "latency_ms", "runtime"]:
-        # The shared file's header line is a comment: accept it there too.
-        header = "model,variant,device,threads,latency_ms,runtime,source"
-        commented = [ln.lstrip("# ") for ln in text.splitlines() if ln.lstrip("# ").startswith("model,")]
-        if not commented:
-            raise ConfigError(f"{source}: expected the header {header}")
-        lines = [header] + lines
+    header = "model,variant,device,threads,latency_ms,runtime,source"
+    lines = []
+    for ln in text.splitlines():
+        # The shared file writes its header as a comment ("# model,variant,...").
+        if ln.lstrip("# ").startswith("model,"):
+            ln = ln.lstrip("# ")
+        elif not ln.strip() or ln.lstrip().startswith("#"):
+            continue
+        lines.append(ln)
+    if not lines or not lines[0].startswith(header[:header.index(",source")]):
+        raise ConfigError(f"{source}: expected the header {header}, got {lines[0] if lines else 'nothing'!r}")
     out = []
     for i, row in enumerate(csv.DictReader(io.StringIO("\n".join(lines))), start=1):
         where = f"{source}, row {i}"
@@ -883,8 +884,8 @@ def estimate_model(spec: ModelSpec, device: str, threads: int = 1, log: Log = _n
     if params is None:
         raise ConfigError(f"device profile {profile.name} has no latency parameters; "
                           f"run `mobile-model calibrate` first")
-    effective = min(threads, profile.cores) if isinstance(threads, int) else threads
-    s = speedup(threads, params.parallel_fraction, profile.cores)
+    s = speedup(threads, params.parallel_fraction, profile.cores)  # validates threads
+    effective = min(threads, profile.cores)
     m = measure(spec, profile, log)
     cycles = predict_cycles(m.instructions_by_class, params.costs)
     single_ms = cycles / (profile.clock_ghz * 1e6)

@@ -15,6 +15,7 @@ import click
 
 from pipeline.devices.cli import device, devices
 from pipeline.errors import MobileModelError
+from pipeline.latency_cli import calibrate, estimate
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
@@ -147,6 +148,8 @@ def evaluate(model, recipe, smoke, data, as_json):
 
 main.add_command(devices)
 main.add_command(device)
+main.add_command(calibrate)
+main.add_command(estimate)
 
 if __name__ == "__main__":
     main()

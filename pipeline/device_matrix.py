@@ -32,6 +32,7 @@ def device_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
         "top1": result.get("top1"),
         "instructions_per_inference": result.get("instructions_median"),
         "instructions_by_class": result.get("instructions_by_class") or {},
+        "output_dtype": agreement.get("dtype"),
         "exact_fraction": agreement.get("exact_fraction"),
         "max_abs_diff": agreement.get("max_abs_diff"),
         "top1_agreement": agreement.get("top1_agreement"),
@@ -44,14 +45,12 @@ def device_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, threads: int, out: str) -> None:
-    """Worker: one model on one device; writes the full result JSON atomically."""
+def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) -> None:
+    """Worker: one model on one device, one interpreter thread (counts repeat exactly only
+    then); writes the full result JSON atomically."""
     from pipeline.devices.check import run_device_check
-    from pipeline.latency import attach_latency
 
-    result = run_device_check(model, device, x, y, threads=threads).to_dict()
-    attach_latency(result, device, threads)
-    atomic_write_json(Path(out), result)
+    atomic_write_json(Path(out), run_device_check(model, device, x, y, threads=1).to_dict())
 
 
 def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, Any]], splits,
@@ -74,10 +73,10 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
     data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
 
     def cfg(dev):
-        from dataclasses import asdict
-
-        return {"profile": asdict(profiles[dev]), "samples": n, "threads": d.threads, "runtime": rt_key,
-                "data": data_key}
+        # The fitted latency parameters are left out: re-calibrating re-estimates from
+        # the recorded counts instead of re-running every emulation.
+        profile = {k: v for k, v in profiles[dev].to_dict().items() if k != "latency"}
+        return {"profile": profile, "samples": n, "runtime": rt_key, "data": data_key}
 
     out_of = {(dev, v): root / "devices" / dev / f"{v}.json" for dev, v in pairs}
     pending = []
@@ -91,8 +90,7 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
             f"{n} images each")
         pool = cf.ProcessPoolExecutor(max_workers=d.workers, mp_context=multiprocessing.get_context("spawn"))
         for dev, v in pending:
-            futures[(dev, v)] = pool.submit(_run_one, variants[v]["path"], dev, x, y, d.threads,
-                                            str(out_of[(dev, v)]))
+            futures[(dev, v)] = pool.submit(_run_one, variants[v]["path"], dev, x, y, str(out_of[(dev, v)]))
     results: Dict[str, Dict[str, Any]] = {dev: {} for dev in d.targets}
     try:
         for dev, v in pairs:
@@ -101,15 +99,26 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
                 import json
 
                 m = device_metrics(json.loads(out_of[(dev, v)].read_text()))
-                log(f"[device/{dev}/{v}] " + _line(m))
+                log(f"[device/{dev}/{v}] " + _line({**m, **_latency(m, dev, d.threads)}))
                 return m
 
-            results[dev][v] = stage(f"device/{dev}/{v}", cfg(dev), {"tflite": Path(variants[v]["path"])},
-                                    {"result": out_of[(dev, v)]}, work)
+            m = stage(f"device/{dev}/{v}", cfg(dev), {"tflite": Path(variants[v]["path"])},
+                      {"result": out_of[(dev, v)]}, work)
+            # Latency is estimated from the counts with the profile's current parameters
+            # at the recipe's thread count (emulation itself always runs one thread).
+            results[dev][v] = {**m, **_latency(m, dev, d.threads)}
     finally:
         if futures:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _latency(m: Dict[str, Any], device: str, threads: int) -> Dict[str, Any]:
+    from pipeline.latency import attach_latency
+
+    r = {"loaded": m["loaded"], "instructions_by_class": m.get("instructions_by_class")}
+    attach_latency(r, device, threads)
+    return {"latency_ms": r.get("latency_ms"), "threads": threads}
 
 
 def _line(m: Dict[str, Any]) -> str:
@@ -120,8 +129,13 @@ def _line(m: Dict[str, Any]) -> str:
              f"{m['instructions_per_inference'] / 1e6:.2f} M instr/inference"
              if m["instructions_per_inference"] else "",
              f"~{m['latency_ms']:.2f} ms" if m.get("latency_ms") else "",
-             f"bit-exact {m['exact_fraction']:.0%}" if m.get("exact_fraction") is not None else ""]
+             f"bit-exact {m['exact_fraction']:.0%}" if _integer(m) else
+             f"max |diff| {m['max_abs_diff']:.2g}" if m.get("max_abs_diff") is not None else ""]
     return ", ".join(p for p in parts if p)
+
+
+def _integer(m: Dict[str, Any], output_dtype: str = "") -> bool:
+    return (output_dtype or m.get("output_dtype")) in ("int8", "uint8") and m.get("exact_fraction") is not None
 
 
 def device_table(metrics: Dict[str, Any]) -> str:
@@ -129,6 +143,9 @@ def device_table(metrics: Dict[str, Any]) -> str:
     lines = ["| device | variant | loads | top-1 % | M instr / inference | est. latency ms | "
              "bit-exact | max abs diff | memory MiB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    def out_dtype(v):
+        return metrics.get("variants", {}).get(v, {}).get("output", {}).get("dtype", "")
+
     for dev, per_variant in metrics.get("devices", {}).items():
         for v, m in per_variant.items():
             if not m["loaded"]:
@@ -141,6 +158,7 @@ def device_table(metrics: Dict[str, Any]) -> str:
             instr = m["instructions_per_inference"] / 1e6 if m["instructions_per_inference"] else None
             mem = m["peak_memory_bytes"] / 2 ** 20 if m["peak_memory_bytes"] else None
             lines.append(f"| {dev} | {v} | yes | {f(m['top1'], '.1f')} | {f(instr, '.3f')} | "
-                         f"{f(m.get('latency_ms'), '.2f')} | {f(m['exact_fraction'], '.0%')} | "
+                         f"{f(m.get('latency_ms'), '.2f')} | "
+                         f"{f(m['exact_fraction'], '.0%') if _integer(m, out_dtype(v)) else 'n/a (float)'} | "
                          f"{f(m['max_abs_diff'], '.2g')} | {f(mem, '.2f')} |")
     return "\n".join(lines)

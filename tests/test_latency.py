@@ -327,6 +327,14 @@ def test_load_published_rejects_bad_rows(tmp_path, row, message):
     assert message in str(e.value)
 
 
+def test_load_published_needs_the_header(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("mobilenet_v1,float32,pixel2,1,86,xnnpack-2020,x\n")
+    with pytest.raises(ConfigError, match="expected the header model,variant,device,threads,"
+                                          "latency_ms,runtime,source, got 'mobilenet_v1,"):
+        cal.load_published(path)
+
+
 def test_write_profile_latency_replaces_only_the_latency_block(tmp_path):
     path = tmp_path / "pixel2.yaml"
     original = (PROFILE_DIR / "pixel2.yaml").read_text()

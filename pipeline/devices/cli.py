@@ -95,7 +95,7 @@ def random_inputs(model_path: Path, n: int):
     return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
 
 
-def _format_result(r) -> str:
+def _format_result(r, latency_ms=None) -> str:
     lines = [f"{r.device} ({r.qemu_cpu}, {r.runtime} {r.runtime_version}, "
              f"{r.threads} thread{'s' if r.threads != 1 else ''}): {Path(r.model).name}"]
     if not r.loaded:
@@ -113,6 +113,8 @@ def _format_result(r) -> str:
                  f"{'' if r.counts_exact else ', NOT repeatable: threads > 1'})")
     classes = ", ".join(f"{k} {v:,}" for k, v in r.instructions_by_class.items())
     lines.append(f"    by class          {classes}")
+    est = f"{latency_ms:.2f} ms" if latency_ms is not None else "n/a (profile has no fitted cost model)"
+    lines.append(f"  estimated latency   {est} (cost model, docs/latency.md)")
     lines.append(f"  emulated wall       {r.wall_s_per_image:.3f} s/image (not latency)")
     m = r.memory
     lines.append(f"  memory (estimate)   {m.total_bytes / 2**20:.2f} MiB = weights "
@@ -165,7 +167,11 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
                        f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...",
                        err=True)
         result = run_device_check(model, profile, x, y, threads=threads, runtime=runtime)
-        click.echo(json.dumps(result.to_dict(), indent=2) if as_json else _format_result(result))
+        from pipeline.latency import attach_latency
+
+        data = result.to_dict()
+        attach_latency(data, profile.name, result.threads)
+        click.echo(json.dumps(data, indent=2) if as_json else _format_result(result, data["latency_ms"]))
         result.require_loaded()
     except MobileModelError as e:
         _fail(e)
