@@ -311,6 +311,7 @@ def test_qat_default_scheme_from_float(splits, workdir, float_model):
 
 # -- distribution ---------------------------------------------------------------------------
 
+# Prune then QAT in one process, as ``build`` runs them: each stage makes its own strategy.
 _MIRRORED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
@@ -322,24 +323,50 @@ _MIRRORED = textwrap.dedent("""
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     from pipeline.data import load_dataset
     from pipeline.stages.keras_io import save_keras
-    from pipeline.stages.optimize import prune_model
+    from pipeline.stages.optimize import prune_model, qat_model
     from pipeline.stages.train import build_float_model
 
     out = Path(sys.argv[1])
     splits = load_dataset(DATA, recipe.model.input_shape, recipe.seed)
     save_keras(build_float_model(recipe, splits.num_classes), out / "float.h5")
     m = prune_model(recipe, splits, out / "float.h5", out / "pruned.h5", lambda line: None)
-    print("RESULT " + json.dumps({"replicas": m["replicas"], "sparsity": m["sparsity"]}))
+    print("PRUNE " + json.dumps({"replicas": m["replicas"], "sparsity": m["sparsity"]}), flush=True)
+    try:
+        q = qat_model(recipe, splits, out / "pruned.h5", out / "qat.h5", lambda line: None)
+        print("QAT " + json.dumps({"replicas": q["replicas"], "sparsity": q["sparsity"]}), flush=True)
+    except Exception as exc:
+        print("QAT " + json.dumps({"error": f"{type(exc).__name__}: {str(exc)[:500]}"}), flush=True)
 """)
 
 
-@pytest.mark.integration
-def test_prune_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory):
+    """Runs ``_MIRRORED`` in a fresh interpreter; returns {"PRUNE": ..., "QAT": ...}."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
-    assert result["replicas"] == 2
-    assert result["sparsity"] == pytest.approx(TARGET, abs=0.01)
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, str(tmp_path_factory.mktemp("mirrored"))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    results = {}
+    for line in proc.stdout.splitlines():
+        key, _, payload = line.partition(" ")
+        if key in ("PRUNE", "QAT"):
+            results[key] = json.loads(payload)
+    assert proc.returncode == 0 and "PRUNE" in results, proc.stderr[-3000:]
+    return results
+
+
+@pytest.mark.integration
+def test_prune_under_mirrored_strategy_on_two_logical_cpus(mirrored):
+    assert mirrored["PRUNE"]["replicas"] == 2
+    assert mirrored["PRUNE"]["sparsity"] == pytest.approx(TARGET, abs=0.01)
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "pipeline.training.make_strategy builds a new MirroredStrategy per stage; the second one in "
+    "a process reuses collective instance keys of the first and the QAT all-reduce aborts with "
+    "'Shape mismatch in the collective instance 100' (tensorflow/tensorflow#62790). Fix: one "
+    "strategy per process (memoize make_strategy); then remove this marker."))
+def test_qat_after_prune_under_mirrored_strategy_in_one_process(mirrored):
+    assert "error" not in mirrored["QAT"], mirrored["QAT"].get("error")
+    assert mirrored["QAT"]["replicas"] == 2
+    assert mirrored["QAT"]["sparsity"] >= KEPT
