@@ -10,9 +10,12 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONHASHSEED := 0
 RECIPE ?= default
+RECIPE_NAME  = $(basename $(notdir $(RECIPE)))
+BASELINE    ?= baselines/$(RECIPE_NAME).json
+COMPARE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: mobile-model test unit device-test arm-runtime system-deps bench clean help
+.PHONY: mobile-model test unit device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
 
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
@@ -20,6 +23,8 @@ help:
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
 	@echo "make bench          speed/size ratios and device instruction counts of a build (RECIPE=...)"
+	@echo "make check-regressions build RECIPE and compare it with baselines/<recipe>.json (CI gate)"
+	@echo "make accept-baseline  write baselines/<recipe>.json from the last build (review, then commit)"
 	@echo "make clean          remove build/ (the venv and the ARM runtime cache stay)"
 
 # (Re)install only when the dependency declaration changes.
@@ -67,6 +72,21 @@ device-test: $(STAMP) system-deps
 bench: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
 	$(PY) -m pipeline.bench $(RECIPE)
+
+# Build RECIPE and gate it against its baseline: exit 1 on a regression or a missed
+# budget, 2 on unusable input (e.g. no baseline yet: see baselines/README.md).
+check-regressions: $(STAMP) system-deps
+	$(PY) -m pipeline.devices.runtime build
+	@$(VENV)/bin/mobile-model build $(RECIPE) -q --out build/$(RECIPE_NAME); build_rc=$$?; \
+	  if [ $$build_rc -gt 1 ]; then exit $$build_rc; fi; \
+	  $(VENV)/bin/mobile-model compare $(BASELINE) build/$(RECIPE_NAME) $(COMPARE_ARGS) \
+	    --junit build/$(RECIPE_NAME)/compare-junit.xml --markdown build/$(RECIPE_NAME)/compare.md; rc=$$?; \
+	  if [ $$rc = 0 ] && [ $$build_rc != 0 ]; then echo "error: the build missed a budget (see above)" >&2; rc=$$build_rc; fi; \
+	  exit $$rc
+
+# Accept the last build of RECIPE as its baseline; review `git diff baselines/`, then commit.
+accept-baseline: $(STAMP)
+	$(VENV)/bin/mobile-model baseline build/$(RECIPE_NAME) $(BASELINE)
 
 clean:
 	rm -rf build

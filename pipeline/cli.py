@@ -16,6 +16,7 @@ import click
 from pipeline.devices.cli import device, devices
 from pipeline.errors import MobileModelError
 from pipeline.latency_cli import calibrate, estimate
+from pipeline.report_cli import baseline, compare, report
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
@@ -150,6 +151,9 @@ main.add_command(devices)
 main.add_command(device)
 main.add_command(calibrate)
 main.add_command(estimate)
+main.add_command(compare)
+main.add_command(baseline)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

@@ -68,7 +68,10 @@ class Threshold:
 THRESHOLDS: Dict[str, Threshold] = {t.name: t for t in (
     # Test splits are small (a smoke build tests 128 images: one image = 0.78 points)
     # and a retrained model moves a little between machines: allow a point.
-    Threshold("max_top1_drop", 1.0, "points", "Largest allowed top-1 drop, host and device, in percentage points."),
+    Threshold("max_top1_drop", 1.0, "points", "Largest allowed host top-1 drop, in percentage points."),
+    # Devices run a subset of the test split (recipe devices.samples: 100 in the default
+    # recipe, so one image is one point): allow two images there.
+    Threshold("max_device_top1_drop", 2.0, "points", "Largest allowed top-1 drop on a device, in percentage points."),
     # A .tflite's size depends on the architecture and variant, not on trained values.
     Threshold("max_size_increase", 0.001, "fraction", "Largest allowed relative file-size increase."),
     Threshold("max_size_increase_bytes", 0.0, "bytes", "Largest allowed absolute file-size increase."),
@@ -148,7 +151,7 @@ METRICS: Tuple[Metric, ...] = (
            1 / 1024, ".1f", "KiB"),
     Metric("gzip_bytes", "gzip KiB", "host", True, "max_gzip_increase", "max_gzip_increase_bytes",
            1 / 1024, ".1f", "KiB"),
-    Metric("top1", "top-1 %", "device", False, None, "max_top1_drop", 1.0, ".2f", "%"),
+    Metric("top1", "top-1 %", "device", False, None, "max_device_top1_drop", 1.0, ".2f", "%"),
     Metric("instructions_per_inference", "M instr / inference", "device", True, "max_instr_increase",
            "max_instr_increase_abs", 1e-6, ".4f", "M"),
     Metric("latency_ms", "est. latency ms", "device", True, "max_latency_increase", "max_latency_increase_ms",

@@ -248,6 +248,7 @@ def plot_accuracy_vs_cost(metrics: Mapping[str, Any]) -> Plot:
         ax = fig.add_subplot(rows, cols, k + 1)
         loaded = {v: m for v, m in per.items() if m.get("loaded")}
         use_latency = bool(loaded) and all(m.get("latency_ms") for m in loaded.values())
+        points: List[Tuple[float, float, str]] = []
         for i, v in enumerate(variants):
             m = loaded.get(v)
             if m is None:
@@ -258,6 +259,8 @@ def plot_accuracy_vs_cost(metrics: Mapping[str, Any]) -> Plot:
                 y = metrics["variants"][v]["top1"]
             ax.scatter(x, y, s=110 if v == deploy else 45, color=_color(v, i), marker="*" if v == deploy else "o",
                        label=v, zorder=3, edgecolors="black" if v == deploy else "none", linewidths=0.6)
+            points.append((x, y, v))
+        _label_points(ax, points)
         failed = [f"{v} ({m.get('load_error_op') or 'error'}"
                   + (f" v{m['load_error_op_version']})" if m.get("load_error_op") else ")")
                   for v, m in per.items() if not m.get("loaded")]
@@ -284,6 +287,29 @@ def plot_accuracy_vs_cost(metrics: Mapping[str, Any]) -> Plot:
                 f"Top-1 on each emulated device against estimated latency where the device profile has a "
                 f"fitted cost model, else against guest instructions per inference (deterministic). "
                 f"Star: the deploy variant ({deploy}).")
+
+
+def _label_points(ax, points: List[Tuple[float, float, str]]) -> None:
+    """Names every point; points closer than 3% of the axis span share one label (variants
+    often coincide: float32/float16, int8-ptq/int8-qat), and neighbouring labels alternate
+    above and below so that they do not overlap."""
+    if not points:
+        return
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xspan, yspan = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: List[List[Tuple[float, float, str]]] = []
+    for p in sorted(points):
+        g = next((g for g in groups if abs(g[0][0] - p[0]) < 0.03 * xspan and abs(g[0][1] - p[1]) < 0.03 * yspan),
+                 None)
+        if g is None:
+            groups.append([p])
+        else:
+            g.append(p)
+    for k, g in enumerate(groups):
+        x, y = g[0][0], g[0][1]
+        ax.annotate(", ".join(p[2] for p in g), (x, y), textcoords="offset points",
+                    xytext=(0, 8 if k % 2 == 0 else -14), ha="center", fontsize=7, color="#333333")
+    ax.margins(x=0.18, y=0.2)
 
 
 def plot_sizes(metrics: Mapping[str, Any]) -> Plot:
@@ -583,9 +609,11 @@ def build_document(recipe, root: Path, metrics: Mapping[str, Any], manifest: Map
                     [[f"`{n}`", f"{info['size_bytes']:,}", f"`{info['sha256'][:16]}...`"]
                      for n, info in sorted(bundle["files"].items())], "lrl"))
     inp = meta["input"]
-    q = inp["quantization"]
+    q, qi = inp["quantization"], inp.get("quantized_inside")
     doc.ul([f"Input: {inp['shape']} {inp['dtype']} NHWC {inp['color']}, {inp['normalization']['formula']} "
-            f"(float in [0, 1])" + (f"; quantization scale {q['scale']}, zero point {q['zero_point']}" if q else ""),
+            f"(float in [0, 1])" + (f"; quantization scale {q['scale']}, zero point {q['zero_point']}" if q else "")
+            + (f"; quantized inside to {qi['dtype']} (scale {qi['scale']}, zero point {qi['zero_point']})"
+               if not q and qi else ""),
             f"Ops: {', '.join(o['op'] + ' v' + str(o['version']) for o in meta['ops'])}",
             f"Runtimes: {meta['runtimes']['note']}",
             f"TFLite metadata: not embedded ({meta['embedded_tflite_metadata_note']})"])

@@ -48,6 +48,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; artifacts are meant to be shared
     os.close(fd)
     tmp_path = Path(tmp)
     try:

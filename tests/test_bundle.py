@@ -135,6 +135,7 @@ def test_bundle_contents_and_checksums(tmp_path):
     assert sorted(line.split(": ")[0] for line in r.stdout.splitlines()) == sorted(set(FILES) - {"SHA256SUMS"})
     assert set(info["files"]) == set(FILES)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]  # no staging left behind
+    assert {oct(p.stat().st_mode & 0o777) for p in bundle.iterdir()} == {"0o644"}
 
 
 def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):

@@ -20,7 +20,8 @@ def test_help_is_instant_and_lists_commands():
     t0 = time.perf_counter()
     r = run_cli("--help")
     assert r.returncode == 0
-    for cmd in ("build", "models", "datasets", "inspect", "evaluate"):
+    for cmd in ("build", "models", "datasets", "inspect", "evaluate", "devices", "device", "calibrate",
+                "estimate", "compare", "baseline", "report"):
         assert cmd in r.stdout
     # The CLI must not import TensorFlow for --help (that alone takes seconds).
     r2 = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli; "

@@ -130,6 +130,21 @@ def test_top1_drop_is_in_points(tmp_path, top1, status):
     assert check.status == status
 
 
+@pytest.mark.parametrize("top1, options, status", [
+    (88.0, [], "ok"),                                   # baseline 90.0, default allowance 2 points
+    (87.0, [], "regression"),
+    (87.0, ["--max-device-top1-drop", "5"], "ok"),
+])
+def test_device_top1_has_its_own_allowance(tmp_path, top1, options, status):
+    cur = make_summary()
+    cur["devices"]["pixel4"]["int8-qat"]["top1"] = top1
+    a, b = write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur)
+    res = run(a, b, *options)
+    assert res.exit_code == (1 if status == "regression" else 0), res.output
+    if status == "regression":
+        assert "- pixel4 / int8-qat: top-1 %: 90.00 -> 87.00 % (-3.00 points; allowed drop <= 2 points)" in res.output
+
+
 def test_size_uses_the_larger_of_relative_and_absolute(tmp_path):
     cur = make_summary()
     cur["variants"]["int8-qat"]["size_bytes"] += 1024  # +0.85%
