@@ -46,12 +46,25 @@ def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
     keras.utils.set_random_seed(seed)
 
 
+_strategies: Dict[str, object] = {}
+
+
 def make_strategy(cfg: TrainConfig):
-    """The tf.distribute strategy named in the recipe.
+    """The tf.distribute strategy named in the recipe, one per process.
+
+    Reused across stages: a second MirroredStrategy in the same process reuses the
+    first one's collective instance keys and its all-reduce aborts ("Shape mismatch
+    in the collective instance", tensorflow/tensorflow#62790).
 
     Raises:
         ConfigError: ``multi-worker`` without TF_CONFIG in the environment.
     """
+    if cfg.strategy not in _strategies:
+        _strategies[cfg.strategy] = _new_strategy(cfg)
+    return _strategies[cfg.strategy]
+
+
+def _new_strategy(cfg: TrainConfig):
     import tensorflow as tf
 
     if cfg.strategy == "default":

@@ -85,6 +85,7 @@ def prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log = print) 
         ``history``, ``replicas``.
     """
     import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
 
     sparsity = tfmot.sparsity.keras
     p, t = recipe.prune, recipe.train
@@ -103,8 +104,6 @@ def prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log = print) 
             return sparsity.prune_low_magnitude(layer, pruning_schedule=schedule,
                                                 sparsity_m_by_n=m_by_n)
         return layer
-
-    import tf_keras as keras
 
     with strategy.scope():
         model = load_keras(src)
