@@ -3,12 +3,13 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args):
