@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
