@@ -40,7 +40,8 @@ def test_device_accuracy_matches_host(device_build, variant, device):
 
     r = _result(device_build, device, variant)
     if not r["loaded"]:
-        pytest.skip(f"{variant} does not load on {device} ({r['load_error_op']}): checked by the load test")
+        assert get_device(device).runtime != "litert" and r["top1"] is None, r
+        return
     recipe = device_build["recipe"]
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
     n = r["samples"]
@@ -58,8 +59,9 @@ def test_outputs_agree_with_host(device_build, variant, device):
     from pipeline.variants import VARIANTS
 
     r = _result(device_build, device, variant)
-    if not r["loaded"]:
-        pytest.skip(f"{variant} does not load on {device}: checked by the load test")
+    if not r["loaded"]:  # nothing ran, so nothing to compare; the load test names the op
+        assert r["exact_fraction"] is None and r["instructions_per_inference"] is None, r
+        return
     out = device_build["metrics"]["variants"][variant]["output"]
     if variant == "float32":
         assert r["max_abs_diff"] < FLOAT_TOLERANCE, r
@@ -74,7 +76,8 @@ def test_outputs_agree_with_host(device_build, variant, device):
 def test_cost_and_memory_within_budgets(device_build, variant, device):
     r = _result(device_build, device, variant)
     if not r["loaded"]:
-        pytest.skip("not loadable")
+        assert r["peak_memory_bytes"] is None, r
+        return
     assert r["instructions_per_inference"] > 0
     assert r["fits_ram"], r
     recipe = device_build["recipe"]
