@@ -220,7 +220,6 @@ class Recipe:
         r = dataclasses.replace
         return r(
             self,
-            name=self.name,
             data=r(self.data, train_samples=min(self.data.train_samples or 256, 256),
                    val_samples=64, test_samples=128),
             model=r(self.model, input_size=32),

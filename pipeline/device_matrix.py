@@ -8,6 +8,7 @@ is recorded in the manifest as it finishes.
 
 import concurrent.futures as cf
 import hashlib
+import json
 import multiprocessing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
@@ -38,7 +39,6 @@ def device_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
         "top1_agreement": agreement.get("top1_agreement"),
         "peak_memory_bytes": mem.get("total_bytes"),
         "fits_ram": mem.get("fits"),
-        "latency_ms": result.get("latency_ms"),
         "wall_s_per_image": result.get("wall_s_per_image"),
         "samples": result.get("samples"),
         "runtime": f"{result.get('runtime')} {result.get('runtime_version')}",
@@ -96,17 +96,15 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
         for dev, v in pairs:
             def work(dev=dev, v=v):
                 futures[(dev, v)].result()
-                import json
-
-                m = device_metrics(json.loads(out_of[(dev, v)].read_text()))
-                log(f"[device/{dev}/{v}] " + _line({**m, **_latency(m, dev, d.threads)}))
-                return m
+                return device_metrics(json.loads(out_of[(dev, v)].read_text()))
 
             m = stage(f"device/{dev}/{v}", cfg(dev), {"tflite": Path(variants[v]["path"])},
                       {"result": out_of[(dev, v)]}, work)
             # Latency is estimated from the counts with the profile's current parameters
             # at the recipe's thread count (emulation itself always runs one thread).
             results[dev][v] = {**m, **_latency(m, dev, d.threads)}
+            if (dev, v) in futures:
+                log(f"[device/{dev}/{v}] " + _line(results[dev][v]))
     finally:
         if futures:
             pool.shutdown(wait=True, cancel_futures=True)

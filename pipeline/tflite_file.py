@@ -271,8 +271,6 @@ def read_tflite(path: "str | Path") -> TFLiteModel:
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 PRUNABLE_OPS = ("CONV_2D", "FULLY_CONNECTED")  # tfmot never prunes depthwise kernels
-COMPUTE_OPS_INT_ONLY_EXEMPT = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "SHAPE", "STRIDED_SLICE",
-                               "PACK", "CONCATENATION", "SOFTMAX")
 
 
 def weight_kernels(model: TFLiteModel) -> List[Tuple[str, str, np.ndarray]]:

@@ -78,7 +78,7 @@ def run_tflite(model: ModelSource, x: np.ndarray, batch_size: int = 64, raw: boo
 
 
 def model_ops(model: ModelSource):
-    """(op name, index) of the model's ops as the runtime sees them, without delegates."""
+    """The model's op names as the runtime sees them, without delegates."""
     interp = make_interpreter(model, delegates=False)
     interp.allocate_tensors()
     return [d["op_name"] for d in interp._get_ops_details()]

@@ -6,7 +6,7 @@ share the optimizer schedule, the distribution strategy and the progress output.
 
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
 
@@ -130,9 +130,3 @@ def keras_top1(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> fl
     """Top-1 accuracy (percent) of a Keras model."""
     probs = model.predict(x, batch_size=batch_size, verbose=0)
     return float(np.mean(np.argmax(probs, axis=1) == y) * 100.0)
-
-
-def strategy_scope(strategy: Optional[object]):
-    import contextlib
-
-    return strategy.scope() if strategy is not None else contextlib.nullcontext()

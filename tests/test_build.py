@@ -114,7 +114,12 @@ def test_inspect_shows_ops_and_quantization(smoke_tflite):
 
 
 def test_zero_fraction_counts_real_zeros(smoke_tflite):
-    from pipeline.tflite_file import weight_kernels
+    from pipeline.tflite_file import PRUNABLE_OPS, weight_kernels, zero_fraction
 
-    kernels = [a for op, _, a in weight_kernels(read_tflite(smoke_tflite["float32"])) if op == "CONV_2D"]
+    model = read_tflite(smoke_tflite["float32"])
+    kernels = [a for op, _, a in weight_kernels(model) if op == "CONV_2D"]
     assert kernels and all(a.dtype == np.float32 for a in kernels)
+    prunable = [a for op, _, a in weight_kernels(model) if op in PRUNABLE_OPS]
+    by_hand = sum(int((a == 0).sum()) for a in prunable) / sum(a.size for a in prunable)
+    assert zero_fraction(model) == pytest.approx(by_hand)
+    assert 0.45 <= by_hand <= 0.55  # the default recipe prunes conv/dense kernels to 50%
