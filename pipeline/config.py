@@ -28,6 +28,8 @@ MODEL_FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilen
 DATASET_NAMES = ("shapes", "fashion-mnist", "digits", "folder")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 FIT_MODES = ("resize", "pad")
+# tfmot's CentroidInitialization names, lower-case.
+CLUSTER_INITS = ("kmeans_plus_plus", "linear", "random", "density_based")
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,57 @@ class QatConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Weight clustering (weight sharing): sparsity-preserving after prune, then strip."""
+
+    enabled: bool = False
+    clusters: int = 16
+    init: str = "kmeans_plus_plus"
+    per_channel: bool = False
+    epochs: int = 1
+    learning_rate: float = 1e-4
+
+    def validate(self, where: str) -> None:
+        _bool(where, "enabled", self.enabled)
+        if isinstance(self.clusters, bool) or not isinstance(self.clusters, int) or self.clusters < 2:
+            raise ConfigError(f"{where}.clusters: expected an integer >= 2, got {self.clusters!r}")
+        _choice(where, "init", self.init, CLUSTER_INITS)
+        _bool(where, "per_channel", self.per_channel)
+        _positive_int(where, "epochs", self.epochs)
+        _positive_number(where, "learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The space and schedule of ``mobile-model search`` (device-aware model search)."""
+
+    families: Tuple[str, ...] = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small")
+    alphas: Tuple[float, ...] = (0.25, 0.35, 0.5, 0.75, 1.0)
+    input_sizes: Tuple[int, ...] = (32, 48, 64)
+    trials: int = 20
+    proxy_epochs: int = 1
+    finalists: int = 2
+
+    def validate(self, where: str) -> None:
+        if not self.families:
+            raise ConfigError(f"{where}.families: expected at least one of {', '.join(MODEL_FAMILIES)}")
+        for fam in self.families:
+            _choice(where, "families", fam, MODEL_FAMILIES)
+        if not self.alphas:
+            raise ConfigError(f"{where}.alphas: expected at least one width multiplier")
+        for a in self.alphas:
+            _positive_number(where, "alphas", a)
+        if not self.input_sizes:
+            raise ConfigError(f"{where}.input_sizes: expected at least one input size")
+        for size in self.input_sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+                raise ConfigError(f"{where}.input_sizes: expected integers >= 32, got {size!r}")
+        _positive_int(where, "trials", self.trials)
+        _positive_int(where, "proxy_epochs", self.proxy_epochs)
+        _positive_int(where, "finalists", self.finalists)
+
+
+@dataclass(frozen=True)
 class ConvertConfig:
     """TFLite variants to produce and how integer models are fed."""
 
@@ -191,8 +244,10 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QatConfig = field(default_factory=QatConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     budgets: Dict[str, Any] = field(default_factory=dict)
     deploy_variant: str = "int8-qat"
     smoke_form: bool = False
@@ -203,7 +258,7 @@ class Recipe:
             raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {self.name!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"recipe.seed: expected an integer, got {self.seed!r}")
-        for f in ("data", "model", "train", "prune", "qat", "convert", "devices"):
+        for f in ("data", "model", "train", "prune", "qat", "cluster", "convert", "devices", "search"):
             getattr(self, f).validate(f"recipe.{f}")
         _choice("recipe", "deploy_variant", self.deploy_variant, self.convert.variants)
         if "int8-qat" in self.convert.variants and not self.qat.enabled:
