@@ -15,11 +15,12 @@ BASELINE    ?= baselines/$(RECIPE_NAME).json
 COMPARE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: mobile-model test unit device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
+.PHONY: mobile-model test unit fuzz device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
 
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
 	@echo "make test           the full test suite (what CI runs)"
+	@echo "make fuzz           longer fuzzing of model loading and recipe parsing (FUZZ_EXAMPLES=5000)"
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
 	@echo "make bench          speed/size ratios and device instruction counts of a build (RECIPE=...)"
@@ -61,6 +62,15 @@ test: $(STAMP) system-deps
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -m "not integration and not device" -q
+
+# Fuzzing (tests/test_fuzz.py) with a larger budget and random seeds than `make test`:
+# FUZZ_EXAMPLES scales every target (the reader gets 4x, the isolated loader 1/50).
+# Prints Hypothesis' statistics per target; a failure shows its minimized input, which
+# goes into tests/fuzz_regressions/ as a regression case.
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	MOBILE_MODEL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MOBILE_MODEL_FUZZ_RANDOM=1 \
+	  $(PY) -m pytest tests/test_fuzz.py -p no:cacheprovider -q --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # device_tests/ over a full build of RECIPE (built first; cached when up to date).
 device-test: $(STAMP) system-deps

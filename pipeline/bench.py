@@ -13,13 +13,11 @@ import numpy as np
 
 
 def _throughput(path: str, x: np.ndarray, repeats: int = 3) -> float:
-    from pipeline.native import captured_stderr
-    from pipeline.tflite_host import make_interpreter, quantize_input
+    from pipeline.tflite_host import allocate, make_interpreter, quantize_input
 
     interp = make_interpreter(path, threads=1)
     inp = interp.get_input_details()[0]
-    with captured_stderr():  # XNNPACK announces itself when applied
-        interp.allocate_tensors()
+    allocate(interp)
     batch = [quantize_input(x[i:i + 1], inp) for i in range(len(x))]
     best = float("inf")
     for _ in range(repeats):

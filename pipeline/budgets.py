@@ -12,8 +12,9 @@ names for device budgets), or ``"*"``. A missed budget does not stop the build
 early: every artifact is written, then the build exits non-zero naming it.
 """
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.errors import ConfigError
 
@@ -27,6 +28,7 @@ class BudgetKind:
             measured on the deploy variant).
         direction: ``max`` (measured must be <= limit) or ``min`` (>=).
         measure: (build metrics, subject) -> measured value, or None when not measured.
+        bounds: (lowest, highest) limit that makes sense, with what it means, or None.
     """
 
     name: str
@@ -35,6 +37,7 @@ class BudgetKind:
     unit: str
     description: str
     measure: Callable[[Mapping[str, Any], str], Optional[float]]
+    bounds: Optional[Tuple[float, float, str]] = None
 
 
 def _variant_metric(key: str, scale: float = 1.0):
@@ -71,10 +74,14 @@ BUDGETS: Dict[str, BudgetKind] = {b.name: b for b in (
     BudgetKind("max_gzip_kb", "variant", "max", "KiB", "gzip size", _variant_metric("gzip_bytes", 1 / 1024)),
     BudgetKind("max_size_ratio", "variant", "max", "x", "file size relative to float32", _size_ratio),
     BudgetKind("min_sparsity", "variant", "min", "fraction",
-               "zeros in prunable (conv/dense) kernels", _variant_metric("zeros_prunable")),
+               "zeros in prunable (conv/dense) kernels of the .tflite file", _variant_metric("zeros_prunable"),
+               bounds=(0.0, 1.0, "a fraction of the kernel values, e.g. 0.45 for 45% zeros")),
+    # Per output channel: int8 conv kernels are quantized per channel, so a kernel
+    # clustered to N centroids has at most N int8 values in each channel (not per kernel).
     BudgetKind("max_unique_values", "variant", "max", "values",
-               "distinct values per output channel of conv/dense kernels",
-               _variant_metric("max_unique_per_kernel")),
+               "most distinct values in any output channel of a conv/dense kernel of the .tflite file",
+               _variant_metric("max_unique_per_kernel"),
+               bounds=(1.0, float("inf"), "a count of distinct weight values, e.g. 16 after 16-cluster clustering")),
     BudgetKind("max_latency_ms", "device", "max", "ms", "estimated latency of the deploy variant",
                _device_metric("latency_ms")),
     BudgetKind("max_minstructions", "device", "max", "M instr",
@@ -123,6 +130,12 @@ def validate_budgets(budgets: Mapping[str, Any], variants: Sequence[str]) -> Non
         for subject, limit in subjects.items():
             if isinstance(limit, bool) or not isinstance(limit, (int, float)):
                 raise ConfigError(f"recipe.budgets.{key}.{subject}: expected a number, got {limit!r}")
+            if not math.isfinite(limit):
+                raise ConfigError(f"recipe.budgets.{key}.{subject}: expected a finite number, got {limit!r}")
+            bounds = BUDGETS[key].bounds
+            if bounds is not None and not bounds[0] <= limit <= bounds[1]:
+                raise ConfigError(f"recipe.budgets.{key}.{subject}: expected {bounds[2]} "
+                                  f"({bounds[0]:g} to {bounds[1]:g}), got {limit!r}")
             if BUDGETS[key].scope == "variant" and subject != "*" and subject not in variants:
                 raise ConfigError(f"recipe.budgets.{key}: {subject!r} is not a variant this recipe builds; "
                                   f"valid: {', '.join(variants)}, *")

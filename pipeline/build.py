@@ -8,11 +8,14 @@ Artifact tree under ``build/<recipe>/``::
 
     manifest.json  recipe.yaml  summary.json
     keras/float.h5  keras/pruned.h5  keras/qat.h5  keras/float_test_pred.npy
+    keras/cluster.h5  keras/cqat-weights.h5                  (int8-cqat)
+    keras/cluster-pruned.h5  keras/pcqat-weights.h5          (int8-pcqat)
     tflite/<variant>.tflite
     devices/<device>/<variant>.json
 """
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from pipeline.budgets import BudgetCheck, check_budgets, format_budget_table
 from pipeline.config import Recipe
 from pipeline.native import import_tensorflow
 from pipeline.store import Manifest, atomic_write_json, atomic_write_text, build_lock
-from pipeline.variants import VARIANTS
+from pipeline.variants import VARIANTS, chain_of
 
 Log = Callable[[str], None]
 
@@ -98,6 +101,10 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
     root = Path(out) if out else default_build_dir(recipe)
     t0 = time.perf_counter()
     with build_lock(root):
+        # Until this build finishes, the last finished one's figures are kept aside
+        # (summary.previous.json) so that nothing reads them as this build's.
+        if (root / "summary.json").exists():
+            os.replace(root / "summary.json", root / "summary.previous.json")
         manifest = Manifest(root)
         atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
@@ -107,6 +114,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
             f"{splits.num_classes} classes")
         manifest.set("recipe", recipe.to_dict())
+        from pipeline.store import reproducibility_record
+        manifest.set("reproduce", reproducibility_record(recipe.seed))
         manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
                               "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
                                          "test": len(splits.x_test)},
@@ -125,14 +134,17 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         variants: Dict[str, Dict[str, Any]] = {}
         for name in recipe.convert.variants:
             variant = VARIANTS.get(name)
-            src = sources[variant.source]
+            src = sources[variant.source]  # {"keras": model or weights[, "base": model]}
             tfl = tfl_dir / f"{name}.tflite"
             conv_cfg = {"variant": name, "convert": recipe.to_dict()["convert"], "seed": recipe.seed}
-            conv_m = stage(f"convert/{name}", conv_cfg, {"keras": src}, {"tflite": tfl},
+            conv_m = stage(f"convert/{name}", conv_cfg, src, {"tflite": tfl},
                            lambda: _convert(recipe, name, src, splits, tfl, log))
-            eval_m = stage(f"evaluate/{name}", {"variant": name}, {"tflite": tfl, "float_pred": preds}, {},
+            # "kernels": the figures include the per-kernel table (older cached records lack it).
+            eval_m = stage(f"evaluate/{name}", {"variant": name, "kernels": True},
+                           {"tflite": tfl, "float_pred": preds}, {},
                            lambda: _evaluate(tfl, splits, float_classes))
-            variants[name] = {**eval_m, "validation": conv_m, "macs": train_m["macs"], "path": str(tfl)}
+            variants[name] = {**eval_m, "validation": conv_m, "macs": train_m["macs"], "path": str(tfl),
+                              "chain": chain_of(variant.source, recipe.prune.enabled)}
 
         metrics: Dict[str, Any] = {
             "recipe": recipe.build_name,
@@ -166,33 +178,65 @@ def _train(recipe, splits, float_h5, preds, log):
     return train_float(recipe, splits, float_h5, preds, log)
 
 
-def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path, log: Log) -> Dict[str, Path]:
-    """Runs prune and QAT as the recipe asks; returns the Keras model behind each source name."""
-    sources = {"float": float_h5}
+def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
+              log: Log) -> Dict[str, Dict[str, Path]]:
+    """Runs the optimization stages the requested variants need.
+
+    Stages (each cached through the manifest, each run only when a variant's
+    source needs it): ``prune`` (float -> pruned, whenever ``prune.enabled``),
+    ``qat`` (PQAT of the pruned model, or plain QAT of the float one), ``cluster``
+    and ``cqat`` (float -> clustered -> CQAT), ``cluster-pruned`` and ``pcqat``
+    (pruned -> sparsity-preserving clustered -> PCQAT).
+
+    Returns:
+        For each source name (:data:`pipeline.variants.SOURCES`), the files the
+        converter reads: ``{"keras": model.h5}``, or for CQAT/PCQAT, whose models
+        only reload by rebuilding, ``{"keras": weights.h5, "base": clustered.h5}``.
+    """
+    needed = {VARIANTS.get(v).source for v in recipe.convert.variants}
     cfg = recipe.to_dict()
+    batch = recipe.train.batch_size
+    sources = {"float": {"keras": float_h5}}
+    pruned = None
     if recipe.prune.enabled:
         from pipeline.stages.optimize import prune_model
 
         pruned = keras_dir / "pruned.h5"
-        stage("prune", {"prune": cfg["prune"], "batch": recipe.train.batch_size}, {"keras": float_h5},
+        stage("prune", {"prune": cfg["prune"], "batch": batch}, {"keras": float_h5},
               {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
-        sources["float"] = pruned
-    if recipe.qat.enabled:
+        sources["float"] = {"keras": pruned}
+    if "qat" in needed:
         from pipeline.stages.optimize import qat_model
 
         qat = keras_dir / "qat.h5"
-        src = sources["float"]
+        src = sources["float"]["keras"]
         stage("qat", {"qat": cfg["qat"], "preserve_sparsity": recipe.prune.enabled,
-                      "batch": recipe.train.batch_size}, {"keras": src},
+                      "batch": batch}, {"keras": src},
               {"model": qat}, lambda: qat_model(recipe, splits, src, qat, log))
-        sources["qat"] = qat
+        sources["qat"] = {"keras": qat}
+    # Clustering chains: (source, stage names, model clustered, sparsity-preserving).
+    chains = (("cqat", "cluster", float_h5, False), ("pcqat", "cluster-pruned", pruned, True))
+    for scheme, cluster_stage, src, preserve in chains:
+        if scheme not in needed:
+            continue
+        from pipeline.stages.cluster import cluster_model, cluster_qat_model
+
+        clustered = keras_dir / f"{cluster_stage}.h5"
+        weights = keras_dir / f"{scheme}-weights.h5"
+        stage(cluster_stage, {"cluster": cfg["cluster"], "preserve_sparsity": preserve, "batch": batch},
+              {"keras": src}, {"model": clustered},
+              lambda: cluster_model(recipe, splits, src, clustered, preserve, log))
+        stage(scheme, {"qat": cfg["qat"], "scheme": scheme, "clusters": recipe.cluster.clusters,
+                       "batch": batch}, {"keras": clustered}, {"weights": weights},
+              lambda: cluster_qat_model(recipe, splits, clustered, weights, scheme, log))
+        sources[scheme] = {"keras": weights, "base": clustered}
     return sources
 
 
 def _convert(recipe, name, src, splits, tfl, log):
     from pipeline.stages.convert import convert_variant
 
-    return convert_variant(recipe, name, src, splits, tfl, log)
+    return convert_variant(recipe, name, src["keras"], splits, tfl, log, base=src.get("base"))
 
 
 def _evaluate(tfl, splits, float_classes):
@@ -210,15 +254,42 @@ def _report(recipe: Recipe, root: Path, metrics: Dict[str, Any], log: Log) -> No
 
 
 def summary_table(metrics: Dict[str, Any]) -> str:
-    """Markdown table of every variant: size, gzip size, top-1, agreement, zeros."""
+    """Markdown table of every variant: the chain it comes from, size, gzip size, top-1,
+    agreement, zeros and distinct values per output channel; then, when a clustered
+    variant was built, the per-kernel table of every full-integer variant."""
     lines = [f"float Keras top-1: {metrics['float_top1']:.2f}%   params {metrics['params']:,}   "
              f"MACs {metrics['macs']:,}",
              "",
-             "| variant | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| variant | from | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) | "
+             "distinct/channel (max) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, v in metrics["variants"].items():
-        lines.append(f"| {name} | {v['size_bytes'] / 1024:.1f} | {v['gzip_bytes'] / 1024:.1f} | "
-                     f"{v['top1']:.2f} | {v['agreement_with_float']:.2f} | {v['zeros_prunable']:.1%} |")
+        lines.append(f"| {name} | {v.get('chain', '')} | {v['size_bytes'] / 1024:.1f} | "
+                     f"{v['gzip_bytes'] / 1024:.1f} | {v['top1']:.2f} | {v['agreement_with_float']:.2f} | "
+                     f"{v['zeros_prunable']:.1%} | {v.get('max_unique_per_kernel', '')} |")
+    table = kernel_summary(metrics)
+    return "\n".join(lines) + (f"\n\n{table}" if table else "")
+
+
+def kernel_summary(metrics: Dict[str, Any]) -> str:
+    """Per-kernel zeros and distinct values per output channel of the full-integer
+    variants, as Markdown; empty unless a clustered variant (CQAT, PCQAT) was built."""
+    variants = {name: v for name, v in metrics["variants"].items()
+                if name in VARIANTS and VARIANTS.get(name).full_integer and v.get("kernels")}
+    if not any(VARIANTS.get(name).source in ("cqat", "pcqat") for name in variants):
+        return ""
+    by_layer = {name: {k["layer"]: k for k in v["kernels"]} for name, v in variants.items()}
+    head = " | ".join(f"{name} zeros / distinct" for name in variants)
+    lines = ["Per kernel (int8 files): zeros, and most distinct values in any output channel",
+             "",
+             f"| kernel | op | params | {head} |",
+             "|---|---|---:|" + "---:|" * len(variants)]
+    for row in next(iter(variants.values()))["kernels"]:
+        cells = []
+        for kernels in by_layer.values():
+            k = kernels.get(row["layer"])
+            cells.append(f"{k['zeros']:.0%} / {k['unique_per_channel']}" if k else "")
+        lines.append(f"| {row['layer']} | {row['op']} | {row['params']:,} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 

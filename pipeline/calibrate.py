@@ -100,10 +100,15 @@ class ModelSpec:
     Attributes:
         family: a name in ``models.FAMILIES``.
         alpha: width multiplier (> 0).
-        input_size: square input side (>= 32); inputs have 3 channels.
+        input_size: square input side (>= 32).
         classes: output classes (>= 2).
         variant: "float32" or "int8" (full integer, post-training quantization,
             float input and output like the build's ``int8-ptq`` variant).
+        channels: input channels, 1 (grey) or 3.
+        first_stride: stride of the stem convolution, 1 or 2 (the families' default).
+
+    ``channels`` and ``first_stride`` enter the label and the cache key only when
+    they differ from 3 and 2, so entries of the full-size reference models stay valid.
     """
 
     family: str
@@ -111,6 +116,8 @@ class ModelSpec:
     input_size: int = 224
     classes: int = 1000
     variant: str = "float32"
+    channels: int = 3
+    first_stride: int = 2
 
     def __post_init__(self):
         from models import FAMILIES
@@ -127,15 +134,37 @@ class ModelSpec:
             raise ConfigError(f"classes must be an integer >= 2, got {self.classes!r}")
         if self.variant not in VARIANT_NAMES:
             raise ConfigError(f"variant {self.variant!r} is unknown; valid: {', '.join(VARIANT_NAMES)}")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
+        if self.first_stride not in (1, 2) or isinstance(self.first_stride, bool):
+            raise ConfigError(f"first_stride must be 1 or 2, got {self.first_stride!r}")
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    def _extra(self) -> Dict[str, int]:
+        # Only what differs from the reference models' 3 channels and stride 2.
+        extra = {}
+        if self.channels != 3:
+            extra["channels"] = self.channels
+        if self.first_stride != 2:
+            extra["first_stride"] = self.first_stride
+        return extra
 
     @property
     def label(self) -> str:
+        extra = self._extra()
+        tail = (f"-{extra['channels']}ch" if "channels" in extra else "") + \
+               (f"-s{extra['first_stride']}" if "first_stride" in extra else "")
         return (f"{self.family}-{self.alpha:g}-{self.input_size}x{self.input_size}-"
-                f"{self.classes}c-{self.variant}")
+                f"{self.classes}c-{self.variant}{tail}")
 
     def key(self) -> Dict[str, Any]:
         """What the converted file depends on (its cache key, with library versions)."""
-        return {"spec": asdict(self), "seed": SEED, "calibration_images": CALIBRATION_IMAGES,
+        spec = {k: v for k, v in asdict(self).items() if k not in ("channels", "first_stride")}
+        spec.update(self._extra())
+        return {"spec": spec, "seed": SEED, "calibration_images": CALIBRATION_IMAGES,
                 "measure_version": MEASURE_VERSION, "sources": _sources_hash(),
                 "tensorflow": _dist_version("tensorflow"), "tf_keras": _dist_version("tf-keras")}
 
@@ -150,13 +179,14 @@ def _convert(spec: ModelSpec) -> bytes:
     from pipeline.variants import VARIANTS
 
     setup_tensorflow(SEED)
-    model = build_model(spec.family, spec.alpha, (spec.input_size, spec.input_size, 3), spec.classes)
+    model = build_model(spec.family, spec.alpha, spec.input_shape, spec.classes,
+                        first_stride=spec.first_stride)
     calibration = None
     variant = VARIANTS.get("float32")
     if spec.variant == "int8":
         variant = VARIANTS.get("int8-ptq")
         calibration = np.random.default_rng(SEED).random(
-            (CALIBRATION_IMAGES, spec.input_size, spec.input_size, 3), dtype=np.float32)
+            (CALIBRATION_IMAGES, *spec.input_shape), dtype=np.float32)
     with captured_stderr():  # the converter's C++ chatter
         tflite = convert_keras(model, variant, calibration, int8_io=False)
     if spec.variant == "float32":
@@ -165,8 +195,7 @@ def _convert(spec: ModelSpec) -> bytes:
         # check compares the device's int8 outputs with the host runtime's anyway.
         from pipeline.stages.convert import validate_conversion
 
-        x = np.random.default_rng(SEED + 1).random((1, spec.input_size, spec.input_size, 3),
-                                                   dtype=np.float32)
+        x = np.random.default_rng(SEED + 1).random((1, *spec.input_shape), dtype=np.float32)
         validate_conversion(tflite, model.predict(x, verbose=0), x, variant, spec.label)
     return tflite
 
@@ -246,8 +275,7 @@ def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = _noop,
     from pipeline.devices.runtime import ensure_runtime
 
     runtime = runtime or ensure_runtime(progress=log)
-    x = np.random.default_rng(SEED).random((1, spec.input_size, spec.input_size, 3),
-                                           dtype=np.float32)
+    x = np.random.default_rng(SEED).random((1, *spec.input_shape), dtype=np.float32)
     log(f"[latency] running {spec.label} on {profile.qemu_cpu} ({profile.runtime} "
         f"{profile.runtime_version}) under qemu")
     # One inference after the runner's warm-up: with one thread the counts repeat exactly,

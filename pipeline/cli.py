@@ -17,6 +17,7 @@ from pipeline.devices.cli import device, devices
 from pipeline.errors import MobileModelError
 from pipeline.latency_cli import calibrate, estimate
 from pipeline.report_cli import baseline, compare, report
+from pipeline.search_cli import search
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
@@ -154,6 +155,7 @@ main.add_command(estimate)
 main.add_command(compare)
 main.add_command(baseline)
 main.add_command(report)
+main.add_command(search)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.variants import DEFAULT_VARIANTS, SOURCES
 from pipeline.variants import VARIANTS as VARIANT_REGISTRY
 
 VARIANTS = tuple(VARIANT_REGISTRY.names())
@@ -145,7 +146,14 @@ class QatConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Weight clustering (weight sharing): sparsity-preserving after prune, then strip."""
+    """Weight clustering (weight sharing) of Conv2D/Dense kernels, then strip.
+
+    Used by the ``int8-cqat`` (cluster -> CQAT) and ``int8-pcqat`` (prune ->
+    sparsity-preserving cluster -> PCQAT) variants; ``enabled`` must be true for
+    them and is an error without them. ``clusters`` centroids per kernel (per output
+    channel of Conv2D kernels with ``per_channel``), initialised by ``init``
+    (tfmot's CentroidInitialization), fine-tuned ``epochs`` at ``learning_rate``.
+    """
 
     enabled: bool = False
     clusters: int = 16
@@ -166,13 +174,23 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The space and schedule of ``mobile-model search`` (device-aware model search)."""
+    """The space and schedule of ``mobile-model search`` (device-aware model search).
+
+    Attributes:
+        families, alphas, input_sizes: the space (every combination is a candidate).
+        trials: candidates the search looks at (each costs an emulated run, once per
+            architecture; only those within the budgets are trained).
+        proxy_epochs: float training epochs of the proxy schedule.
+        proxy_train_samples: training images of the proxy schedule (0: the recipe's).
+        finalists: best proxy candidates that get the full recipe.
+    """
 
     families: Tuple[str, ...] = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small")
     alphas: Tuple[float, ...] = (0.25, 0.35, 0.5, 0.75, 1.0)
     input_sizes: Tuple[int, ...] = (32, 48, 64)
     trials: int = 20
     proxy_epochs: int = 1
+    proxy_train_samples: int = 0
     finalists: int = 2
 
     def validate(self, where: str) -> None:
@@ -191,14 +209,22 @@ class SearchConfig:
                 raise ConfigError(f"{where}.input_sizes: expected integers >= 32, got {size!r}")
         _positive_int(where, "trials", self.trials)
         _positive_int(where, "proxy_epochs", self.proxy_epochs)
+        if isinstance(self.proxy_train_samples, bool) or not isinstance(self.proxy_train_samples, int) \
+                or self.proxy_train_samples < 0:
+            raise ConfigError(f"{where}.proxy_train_samples: expected an integer >= 0 (0: the recipe's), "
+                              f"got {self.proxy_train_samples!r}")
         _positive_int(where, "finalists", self.finalists)
+        for key in ("families", "alphas", "input_sizes"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{key}: duplicate entries in {list(values)}")
 
 
 @dataclass(frozen=True)
 class ConvertConfig:
     """TFLite variants to produce and how integer models are fed."""
 
-    variants: Tuple[str, ...] = VARIANTS
+    variants: Tuple[str, ...] = DEFAULT_VARIANTS
     int8_io: bool = False
     calibration_samples: int = 200
     validation_samples: int = 64
@@ -258,11 +284,19 @@ class Recipe:
             raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {self.name!r}")
         if not isinstance(self.seed, int):
             raise ConfigError(f"recipe.seed: expected an integer, got {self.seed!r}")
+        if not 0 <= self.seed < 2**32:  # what numpy and TensorFlow seeding accept
+            raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {self.seed!r}")
         for f in ("data", "model", "train", "prune", "qat", "cluster", "convert", "devices", "search"):
             getattr(self, f).validate(f"recipe.{f}")
         _choice("recipe", "deploy_variant", self.deploy_variant, self.convert.variants)
-        if "int8-qat" in self.convert.variants and not self.qat.enabled:
-            raise ConfigError("recipe.convert.variants: 'int8-qat' needs qat.enabled: true")
+        for v in self.convert.variants:
+            for section in SOURCES[VARIANT_REGISTRY.get(v).source].needs:
+                if not getattr(self, section).enabled:
+                    raise ConfigError(f"recipe.convert.variants: {v!r} needs {section}.enabled: true")
+        clustered = [name for name, v in VARIANT_REGISTRY.items() if "cluster" in SOURCES[v.source].needs]
+        if self.cluster.enabled and not set(clustered) & set(self.convert.variants):
+            raise ConfigError(f"recipe.cluster.enabled: true, but no variant uses clustering: add "
+                              f"{' or '.join(clustered)} to convert.variants")
         from pipeline.budgets import validate_budgets  # budgets know their own keys
 
         validate_budgets(self.budgets, self.convert.variants)
@@ -281,6 +315,7 @@ class Recipe:
             train=r(self.train, epochs=1, batch_size=32),
             prune=r(self.prune, epochs=1),
             qat=r(self.qat, epochs=1),
+            cluster=r(self.cluster, epochs=1),
             convert=r(self.convert, calibration_samples=32, validation_samples=16),
             devices=r(self.devices, samples=16),
             smoke_form=True,
@@ -323,6 +358,10 @@ def load_recipe(path: "str | Path", smoke: bool = False) -> Recipe:
         data = yaml.safe_load(p.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {p}: not valid YAML: nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe {p}: cannot read it ({exc.strerror})") from None
     if data is None:
         raise ConfigError(f"recipe {p}: file is empty")
     recipe = Recipe.from_dict(data)

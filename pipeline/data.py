@@ -26,6 +26,7 @@ no TensorFlow, so the CLI and the tests stay light.
 """
 
 import gzip
+import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -583,7 +584,7 @@ def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -
     modes: Counter = Counter()
     notes: Counter = Counter()
     for i, path in enumerate(paths):
-        rel = path.relative_to(root).as_posix()
+        rel = _shown(path.relative_to(root).as_posix())
         try:
             arr, mode, conv = _decode_image(path)
         except _BadImage as exc:
@@ -631,17 +632,22 @@ def _scan_folder(root: Path) -> Tuple[Dict[str, List[Path]], List[str]]:
     loose_images = 0
     for entry in sorted(root.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):
-            skipped.append(f"{entry.name}: hidden")
+            skipped.append(f"{_shown(entry.name)}: hidden")
         elif entry.is_dir():
             class_dirs.append(entry)
         else:
             loose_images += entry.suffix.lower() in IMAGE_SUFFIXES
-            skipped.append(f"{entry.name}: not in a class folder")
+            skipped.append(f"{_shown(entry.name)}: not in a class folder")
     if not class_dirs:
         extra = (f"; found {loose_images} image(s) directly in it: move them into "
                  "one sub-folder per class" if loose_images else "")
         raise DataError(f"no class folders in {root}: expected one sub-folder per class, "
                         f"each holding {_suffix_text()} images{extra}")
+    odd = [_shown(d.name) for d in class_dirs if _shown(d.name) != d.name]
+    if odd:
+        # Class names become labels.txt lines and JSON strings: they must be printable UTF-8.
+        raise DataError(_listing(f"class folder names in {root} that are not printable UTF-8 text "
+                                 "(rename them; they become the model's labels)", odd))
     if len(class_dirs) == 1:
         raise DataError(f"data directory {root} has only one class folder "
                         f"({class_dirs[0].name!r}); needs at least 2 classes")
@@ -649,7 +655,7 @@ def _scan_folder(root: Path) -> Tuple[Dict[str, List[Path]], List[str]]:
     for d in class_dirs:
         found = []
         for entry in sorted(d.iterdir(), key=lambda p: p.name):
-            rel = entry.relative_to(root).as_posix()
+            rel = _shown(entry.relative_to(root).as_posix())
             if entry.name.startswith("."):
                 skipped.append(f"{rel}: hidden")  # .DS_Store, macOS ._name.jpg forks
             elif entry.is_dir():
@@ -671,6 +677,13 @@ def _scan_folder(root: Path) -> Tuple[Dict[str, List[Path]], List[str]]:
     return files, skipped
 
 
+def _shown(name: str) -> str:
+    """A file name as printable text: bytes that are not UTF-8 appear as ``\\xff``,
+    control characters as ``\\t``, ``\\n``, ..."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def _suffix_text() -> str:
     return ", ".join(IMAGE_SUFFIXES[:-1]) + " or " + IMAGE_SUFFIXES[-1]
 
@@ -681,6 +694,8 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBo
 def _decode_image(path: Path) -> Tuple[np.ndarray, str, List[str]]:
     """One image file -> (float32 HxWx{1,3} in [0, 1], source mode, conversions)."""
     try:
+        if path.is_symlink() and not path.exists():
+            raise _BadImage(f"broken symbolic link (to {os.readlink(path)})")
         if path.stat().st_size == 0:
             raise _BadImage("zero-byte file")
         with Image.open(path) as im:

@@ -1,4 +1,9 @@
-"""Inspecting and evaluating a ``.tflite`` file given by a user."""
+"""Inspecting and evaluating a ``.tflite`` file given by a user.
+
+Such a file is untrusted: it is read by the bounds-checked parser and handed to
+LiteRT only in a child process (:mod:`pipeline.safe_load`), so a malformed or
+hostile file gives a clear :class:`ModelFileError` instead of a crash or a hang.
+"""
 
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -6,16 +11,25 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.tflite_file import read_tflite
+from pipeline.safe_load import check_model, load_check, run_untrusted
 
 
-def describe_model(path: Path) -> Dict[str, Any]:
+def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
     """Ops with versions, tensors, inputs/outputs with quantization, and size.
 
+    Args:
+        load: also have the host runtime (LiteRT) load the file and allocate its
+            tensors, in an isolated child process.
+
     Raises:
-        ModelFileError: missing, truncated or not a TFLite file.
+        ModelFileError: missing, truncated or not a TFLite file, or (with ``load``)
+            the runtime rejects it, crashes on it or times out.
     """
-    m = read_tflite(path)
+    m = check_model(path)
+    runtime = None
+    if load:
+        info = load_check(path)
+        runtime = {"loads": True, "ops": len(info["ops"])}
 
     def tensor(i):
         t = m.tensors[i]
@@ -40,10 +54,12 @@ def describe_model(path: Path) -> Dict[str, Any]:
         "tensor_dtypes": dtypes,
         "inputs": [tensor(i) for i in m.inputs],
         "outputs": [tensor(i) for i in m.outputs],
+        "host_runtime": runtime,
     }
 
 
 def format_description(d: Dict[str, Any]) -> str:
+    """The text form of :func:`describe_model`'s result."""
     lines = [f"{d['path']}: {d['size_bytes']:,} bytes, {d['operators']} operators, {d['subgraphs']} subgraph(s)"]
     for kind in ("inputs", "outputs"):
         for t in d[kind]:
@@ -53,6 +69,8 @@ def format_description(d: Dict[str, Any]) -> str:
     for op, n in sorted(d["ops"].items()):
         lines.append(f"    {op:<32}x{n}")
     lines.append("  tensor dtypes: " + ", ".join(f"{k} x{v}" for k, v in sorted(d["tensor_dtypes"].items())))
+    if d.get("host_runtime"):
+        lines.append(f"  host LiteRT: loads and allocates ({d['host_runtime']['ops']} ops, isolated process)")
     return "\n".join(lines)
 
 
@@ -66,11 +84,9 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
     """
     from pipeline.config import DataConfig, load_recipe
     from pipeline.data import load_dataset
-    from pipeline.tflite_host import run_tflite
-
     if (recipe is None) == (folder is None):
         raise ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER")
-    m = read_tflite(path)
+    m = check_model(path)
     shape = tuple(m.tensors[m.inputs[0]].shape[1:])
     if len(shape) != 3:
         raise DataError(f"{path}: expected an image input [N, H, W, C], the model's input is {list(shape)}")
@@ -89,6 +105,6 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
     if out_classes != len(splits.labels):
         raise DataError(f"{path}: the model has {out_classes} outputs but the data has "
                         f"{len(splits.labels)} classes")
-    probs = run_tflite(Path(path).read_bytes(), x)
+    probs = run_untrusted(path, x)
     return {"top1": float(np.mean(np.argmax(probs, 1) == y) * 100), "samples": int(len(x)),
             "source": source, "size_bytes": m.size}

@@ -10,10 +10,16 @@ outputs still hash as recorded, is not run again.
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import platform
+import re
+import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,17 +90,98 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
 
 
-def library_versions() -> Dict[str, str]:
+#: Libraries whose versions shape artifacts (stage records hold the first five).
+STAGE_LIBRARIES = ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy")
+BUILD_LIBRARIES = STAGE_LIBRARIES + ("absl-py", "flatbuffers", "Pillow", "PyYAML", "scikit-learn",
+                                     "mobile-model")
+#: Environment variables that change what a build computes or how TensorFlow runs.
+REPRODUCIBILITY_ENV = ("PYTHONHASHSEED", "TF_USE_LEGACY_KERAS", "TF_DETERMINISTIC_OPS",
+                       "TF_ENABLE_ONEDNN_OPTS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                       "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "TF_CONFIG", "MOBILE_MODEL_CACHE")
+
+
+def library_versions(dists=STAGE_LIBRARIES) -> Dict[str, str]:
     """Versions of the libraries that shape artifacts (read from installed metadata)."""
     from importlib import metadata
 
     out = {}
-    for dist in ("tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"):
+    for dist in dists:
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "absent"
     return out
+
+
+def code_fingerprint() -> str:
+    """sha256 over the source of the ``pipeline`` and ``models`` packages (sorted paths)."""
+    top = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for pkg in ("pipeline", "models"):
+        for p in sorted((top / pkg).rglob("*")):
+            if p.suffix in (".py", ".yaml", ".c", ".h") and "__pycache__" not in p.parts:
+                h.update(p.relative_to(top).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def reproducibility_record(seed: int) -> Dict[str, Any]:
+    """Everything besides the recipe and the data that a build's artifacts depend on.
+
+    The build stores it in the manifest under ``reproduce``: the seed and the
+    determinism settings the training stages apply, the environment variables that
+    matter, library versions, the code fingerprint, the ARM runtime key, the
+    interpreter and the platform.
+    """
+    from pipeline.devices.runtime import runtime_key
+
+    return {
+        "seed": seed,
+        "determinism": {"tf_op_determinism": True, "keras_set_random_seed": seed,
+                        "data_rng": "numpy default_rng([seed, crc32(stream)]) per split",
+                        "gzip_mtime": 0},
+        "env": {k: os.environ.get(k) for k in REPRODUCIBILITY_ENV},
+        "versions": library_versions(BUILD_LIBRARIES),
+        "code_sha256": code_fingerprint(),
+        "arm_runtime_key": runtime_key(),
+        "python": sys.version.split()[0],
+        "platform": {"system": platform.system(), "release": platform.release(),
+                     "machine": platform.machine(), "libc": "-".join(platform.libc_ver()),
+                     "cpu_count": os.cpu_count()},
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+def verify_recorded_models(root: Path) -> int:
+    """Checks that every ``tflite/*.tflite`` of a build is the file its manifest recorded.
+
+    Such files were produced by the pipeline and may be loaded in process; a file
+    changed or added after the build is not, and is refused.
+
+    Returns:
+        How many files were checked.
+
+    Raises:
+        ModelFileError: a .tflite with no record in ``manifest.json`` or whose
+            sha256 differs from the record.
+    """
+    from pipeline.errors import ModelFileError
+
+    root = Path(root)
+    recorded = {}
+    for rec in Manifest(root).stages.values():
+        for out in (rec.get("outputs") or {}).values() if isinstance(rec, dict) else ():
+            if isinstance(out, dict) and "path" in out:
+                recorded[out["path"]] = out.get("sha256")
+    files = sorted((root / "tflite").glob("*.tflite"))
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        if rel not in recorded:
+            raise ModelFileError(f"{p}: not recorded in {root / 'manifest.json'} (not produced by this build); "
+                                 "rebuild, or check it with `mobile-model inspect`")
+        if sha256_file(p) != recorded[rel]:
+            raise ModelFileError(f"{p}: sha256 differs from the one recorded in {root / 'manifest.json'} "
+                                 "(changed after the build); rebuild, or check it with `mobile-model inspect`")
+    return len(files)
 
 
 class BuildLockedError(MobileModelError):
@@ -216,9 +303,39 @@ class Manifest:
         return StageResult(metrics, False, wall)
 
 
+# The temporary names atomic_path creates: ".<name>.<8 random chars>.tmp[<suffix>]".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temps(root: Path) -> int:
+    """Deletes temporary files a killed writer left under ``root``; returns how many.
+
+    Only call with the build lock held: then no writer is active in ``root``.
+    """
+    n = 0
+    for p in Path(root).rglob(".*.tmp*"):
+        if p.is_file() and _TEMP_NAME.match(p.name):
+            p.unlink()
+            n += 1
+    return n
+
+
 @contextlib.contextmanager
 def build_lock(root: Path) -> Iterator[None]:
     """Holds an exclusive lock on a build directory for the duration of a build.
+
+    The lock is an ``flock`` on ``root/.lock``: the kernel drops it when the
+    holder dies, even by SIGKILL. On entry it removes temporary files of a killed
+    earlier build.
+
+    Inside the block (in the main thread) SIGINT and SIGTERM end the process at
+    once, with one line on stderr (what was kept, how to resume) and exit code
+    128 + the signal (130, 143). That is as safe as SIGKILL, which the atomic
+    artifacts and stage records are built for, and safer than a
+    KeyboardInterrupt raised at an arbitrary point inside TensorFlow (measured:
+    one raised while TensorFlow traced a function surfaced as a SystemError
+    traceback). Children in the build's process group receive a Ctrl-C
+    themselves; isolated model loaders die with the build (``safe_load``).
 
     Raises:
         BuildLockedError: another process is building into ``root``.
@@ -229,8 +346,40 @@ def build_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise BuildLockedError(f"another build is running in {root} (lock held on {root / '.lock'})") from None
+            raise BuildLockedError(f"another build is running in {root} (lock held on {root / '.lock'}); "
+                                   "wait for it to finish or build into another --out directory") from None
+        previous: Dict[int, Any] = {}
+        err_fd = -1
+        if threading.current_thread() is threading.main_thread():
+            # A copy of stderr: converters redirect fd 2 to a file while they run
+            # (pipeline.native.captured_stderr), and the message must reach the user.
+            err_fd = os.dup(2)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup: stays ignored
+                    previous[sig] = signal.signal(sig, functools.partial(_stop_now, root, err_fd))
         try:
+            remove_stale_temps(root)
             yield
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if err_fd >= 0:
+                os.close(err_fd)
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _stop_now(root: Path, err_fd: int, signum: int, frame) -> None:
+    """Signal handler inside a build: one line, then exit without unwinding."""
+    os.write(err_fd, f"error: {_interrupted_message(root, signal.Signals(signum).name)}\n".encode())
+    os._exit(128 + signum)
+
+
+def _interrupted_message(root: Path, what: str) -> str:
+    try:
+        done = sorted(Manifest(root).stages)
+    except OSError:
+        done = []
+    kept = f"{len(done)} completed stage(s) kept ({', '.join(done[:6])}{', ...' if len(done) > 6 else ''})" \
+        if done else "no stage had completed"
+    return (f"build interrupted ({what}); {kept} in {root}; no partial artifact is used: "
+            "run the same command again to resume")

@@ -83,7 +83,9 @@ class TFLiteModel:
         np_dtype = TENSOR_TYPES.get(_type_code(t.dtype), (None, None))[1]
         if not data or np_dtype is None:
             return None
-        count = int(np.prod(t.shape)) if t.shape else 1
+        if any(d < 0 for d in t.shape):
+            raise ModelFileError(f"tensor {t.name!r}: constant with a negative dimension in shape {list(t.shape)}")
+        count = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
         if count * np.dtype(np_dtype).itemsize != len(data):
             raise ModelFileError(f"tensor {t.name!r}: buffer holds {len(data)} bytes, "
                                  f"shape {list(t.shape)} of {t.dtype} needs {count * np.dtype(np_dtype).itemsize}")

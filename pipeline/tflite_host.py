@@ -32,6 +32,13 @@ def make_interpreter(model: ModelSource, delegates: bool = True, threads: int = 
         return Interpreter(model_path=str(model), **kwargs)
 
 
+def allocate(interp) -> None:
+    """``allocate_tensors`` with the runtime's "Created TensorFlow Lite XNNPACK delegate"
+    line captured: the delegate is applied, and announces itself, at allocation."""
+    with captured_stderr():
+        interp.allocate_tensors()
+
+
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
     """Float inputs -> the input tensor's dtype (quantized when integer)."""
     dtype = detail["dtype"]
@@ -68,7 +75,7 @@ def run_tflite(model: ModelSource, x: np.ndarray, batch_size: int = 64, raw: boo
         chunk = x[start:start + batch_size]
         if current != len(chunk):
             interp.resize_tensor_input(inp["index"], [len(chunk), *inp["shape"][1:]])
-            interp.allocate_tensors()
+            allocate(interp)
             current = len(chunk)
         interp.set_tensor(inp["index"], quantize_input(chunk, inp))
         interp.invoke()
@@ -80,5 +87,5 @@ def run_tflite(model: ModelSource, x: np.ndarray, batch_size: int = 64, raw: boo
 def model_ops(model: ModelSource):
     """The model's op names as the runtime sees them, without delegates."""
     interp = make_interpreter(model, delegates=False)
-    interp.allocate_tensors()
+    allocate(interp)
     return [d["op_name"] for d in interp._get_ops_details()]

@@ -1,11 +1,19 @@
 """The TFLite variants a build can produce: a plain registry of how each is made.
 
-Each row says which Keras model a variant converts, how the converter is set up,
-and how the result is validated on a fixed batch against Keras.
+Each row says which Keras model a variant converts (its *source*), how the
+converter is set up, and how the result is validated on a fixed batch against Keras.
+
+Sources (:data:`SOURCES`), each made by the build only when a requested variant needs it:
+
+    float   the trained float model; the pruned one when ``prune.enabled``
+    qat     QAT of ``float``: prune-preserving QAT (PQAT) when ``prune.enabled``,
+            plain 8-bit QAT otherwise. So with pruning on, ``int8-qat`` is prune -> PQAT.
+    cqat    the trained (never pruned) float model -> clustering -> cluster-preserving QAT
+    pcqat   the pruned model -> sparsity-preserving clustering -> PCQAT (keeps zeros and clusters)
 """
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 from pipeline.registry import Registry
 
@@ -15,7 +23,7 @@ class Variant:
     """How one TFLite variant is produced and checked.
 
     Attributes:
-        source: which Keras model it converts: ``float``, ``qat`` (or a later chain's model).
+        source: which Keras model it converts: a key of :data:`SOURCES`.
         optimize: apply ``Optimize.DEFAULT``.
         float16: restrict weights to float16.
         full_integer: int8 everywhere (representative data; int8 builtins only).
@@ -33,6 +41,34 @@ class Variant:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Source:
+    """A Keras model variants convert from.
+
+    Attributes:
+        needs: recipe sections whose ``enabled`` must be true to make it.
+        chain: what was done to the trained float model, for tables: without and
+            with ``prune.enabled`` (the ``float`` and ``qat`` sources start from the
+            pruned model then).
+    """
+
+    needs: Tuple[str, ...]
+    chain: Tuple[str, str]
+
+
+SOURCES: Dict[str, Source] = {
+    "float": Source((), ("float", "prune")),
+    "qat": Source(("qat",), ("QAT", "prune -> PQAT")),
+    "cqat": Source(("cluster", "qat"), ("cluster -> CQAT",) * 2),
+    "pcqat": Source(("prune", "cluster", "qat"), ("prune -> cluster -> PCQAT",) * 2),
+}
+
+
+def chain_of(source: str, pruned: bool) -> str:
+    """The chain behind ``source`` in words, e.g. "prune -> PQAT" or "cluster -> CQAT"."""
+    return SOURCES[source].chain[1 if pruned else 0]
+
+
 VARIANTS: Registry[Variant] = Registry("variant")
 for _v in (
     Variant("float32", "float", max_abs_diff=1e-4, description="float32, as trained"),
@@ -43,6 +79,18 @@ for _v in (
     Variant("int8-ptq", "float", optimize=True, full_integer=True, min_agreement=0.8,
             description="full integer, post-training quantization"),
     Variant("int8-qat", "qat", optimize=True, full_integer=True, min_agreement=0.8,
-            description="full integer, from the quantization-aware-trained model"),
+            description="full integer, from the quantization-aware-trained model "
+                        "(prune-preserving QAT of the pruned model when pruning is on)"),
+    Variant("int8-cqat", "cqat", optimize=True, full_integer=True, min_agreement=0.8,
+            description="full integer, weight clustering then cluster-preserving QAT"),
+    Variant("int8-pcqat", "pcqat", optimize=True, full_integer=True, min_agreement=0.8,
+            description="full integer, pruning, sparsity-preserving clustering, then "
+                        "sparsity- and cluster-preserving QAT"),
 ):
+    if _v.source not in SOURCES:
+        raise ValueError(f"variant {_v.name!r}: unknown source {_v.source!r}")
     VARIANTS.register(_v.name, _v)
+
+# What a recipe builds when it does not list its variants: the clustered chains
+# need their own stages and settings, so they are asked for by name.
+DEFAULT_VARIANTS = ("float32", "float16", "dynamic", "int8-ptq", "int8-qat")

@@ -1,6 +1,9 @@
 """Budgets: measurement against build metrics, verdicts, table."""
 
-from pipeline.budgets import check_budgets, format_budget_table
+import pytest
+
+from pipeline.budgets import check_budgets, format_budget_table, validate_budgets
+from pipeline.errors import ConfigError
 
 METRICS = {
     "float_top1": 90.0,
@@ -47,3 +50,12 @@ def test_unmeasured_budget_is_missed():
 def test_table_marks_missed():
     checks = check_budgets({"max_size_kb": {"int8-qat": 1}}, METRICS)
     assert "| max_size_kb | int8-qat | <= 1 KiB | 2 KiB | MISSED |" in format_budget_table(checks)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_non_finite_limits_are_rejected(text):
+    import yaml
+
+    limit = yaml.safe_load(text)
+    with pytest.raises(ConfigError, match=r"recipe.budgets.max_size_kb.int8-qat: expected a finite number"):
+        validate_budgets({"max_size_kb": {"int8-qat": limit}}, ["int8-qat"])

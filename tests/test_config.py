@@ -6,7 +6,7 @@ import yaml
 from pipeline.config import Recipe, load_recipe
 from pipeline.errors import ConfigError
 
-EMBEDDED = ["default", "fashion-mnist"]
+EMBEDDED = ["default", "fashion-mnist", "fashion-mnist-pcqat"]
 
 
 @pytest.mark.parametrize("name", EMBEDDED)

@@ -7,6 +7,7 @@ missing (``make test`` installs ``dataset-fashion-mnist`` when run as root).
 
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -497,6 +498,31 @@ def test_folder_truncated_png(tmp_path):
     p.write_bytes(p.read_bytes()[:400])
     message = folder_error(tmp_path)
     assert message.startswith(f"1 unreadable image file in {tmp_path}:\n  cat/cut.png: corrupt image (")
+
+
+def test_folder_broken_link_and_undecodable_name_are_listed_readably(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with open(os.fsencode(tmp_path / "dog") + b"/\xff\xfe.png", "wb") as f:
+        f.write(b"not an image")
+    assert folder_error(tmp_path) == (
+        f"2 unreadable image files in {tmp_path}:\n"
+        f"  cat/gone.png: broken symbolic link (to {tmp_path / 'nowhere.png'})\n"
+        "  dog/\\xff\\xfe.png: not a readable image (unknown format)")
+
+
+def test_folder_class_names_must_be_printable_utf8(tmp_path):
+    make_folder(tmp_path, {"cat": 3, "new\nline": 3})
+    os.mkdir(os.fsencode(tmp_path) + b"/caf\xe9")  # Latin-1, not UTF-8
+    assert folder_error(tmp_path) == (
+        f"class folder names in {tmp_path} that are not printable UTF-8 text (rename them; they "
+        "become the model's labels):\n  caf\\xe9\n  new\\nline")
+
+
+def test_folder_unicode_and_spaced_class_names_are_fine(tmp_path):
+    make_folder(tmp_path, {"chat noir": 3, "café": 3, "犬": 3})
+    s = load_dataset(folder_cfg(tmp_path), (32, 32, 3), 0)
+    assert s.labels == ("café", "chat noir", "犬")
 
 
 def test_folder_lists_ten_bad_files_then_counts_the_rest(tmp_path):

@@ -1,10 +1,15 @@
 """Atomic writes, manifest records, stage caching, the build lock."""
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pipeline.store import BuildLockedError, Manifest, atomic_path, atomic_write_bytes, build_lock
+from pipeline.store import (BuildLockedError, Manifest, atomic_path,
+                            atomic_write_bytes, build_lock, code_fingerprint, reproducibility_record)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -86,3 +91,60 @@ def test_build_lock_excludes_a_second_build(tmp_path):
                 pass
     with build_lock(tmp_path):  # released
         pass
+
+
+def test_build_lock_removes_temporary_files_of_a_killed_writer(tmp_path):
+    keras = tmp_path / "keras"
+    keras.mkdir()
+    stale = [keras / ".qat.h5.k3j_x9ab.tmp.h5", tmp_path / ".manifest.json.0a1b2c3d.tmp"]
+    for p in stale:
+        p.write_bytes(b"half-written")
+    kept = [keras / "qat.h5", tmp_path / ".lock", keras / ".notes.tmp"]
+    for p in kept:
+        p.write_bytes(b"x")
+    with build_lock(tmp_path):
+        assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept)
+
+
+# A process that takes the lock, records one stage, redirects fd 2 the way the
+# converters do, and is then sent a signal.
+_SIGNALLED = """
+import os, signal, sys, tempfile, time
+from pathlib import Path
+from pipeline.store import Manifest, atomic_write_bytes, build_lock
+root = Path(sys.argv[1])
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
+with build_lock(root):
+    out = root / "a.bin"
+    Manifest(root).run_stage("train", {}, {}, {"out": out}, lambda: atomic_write_bytes(out, b"1") or {},
+                             log=lambda s: None)
+    hidden = tempfile.TemporaryFile()
+    os.dup2(hidden.fileno(), 2)
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+    time.sleep(30)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_in_a_build_exits_at_once_with_one_line(tmp_path, sig, code):
+    before = signal.getsignal(signal.SIGINT)
+    r = subprocess.run([sys.executable, "-c", _SIGNALLED, str(tmp_path), sig], capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == code and r.stdout == ""
+    assert r.stderr == (f"error: build interrupted ({sig}); 1 completed stage(s) kept (train) in {tmp_path}; "
+                        "no partial artifact is used: run the same command again to resume\n")
+    with build_lock(tmp_path):  # the kernel released the lock
+        assert "train" in Manifest(tmp_path).stages
+    assert signal.getsignal(signal.SIGINT) is before  # restored in this process
+
+
+def test_reproducibility_record_names_what_a_build_depends_on(monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    rec = reproducibility_record(7)
+    assert rec["seed"] == 7 and rec["determinism"]["tf_op_determinism"] is True
+    assert rec["env"]["PYTHONHASHSEED"] == "0" and "TF_USE_LEGACY_KERAS" in rec["env"]
+    assert {"tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"} <= set(rec["versions"])
+    assert rec["code_sha256"] == code_fingerprint() and len(rec["arm_runtime_key"]) == 16
+    assert {"system", "machine", "libc"} <= set(rec["platform"]) and rec["python"].count(".") == 2

@@ -176,14 +176,12 @@ def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
     Args:
         reference: "xnnpack" (default delegates) or "builtin" (none).
     """
-    from pipeline.native import captured_stderr
-    from pipeline.tflite_host import make_interpreter, quantize_input
+    from pipeline.tflite_host import allocate, make_interpreter, quantize_input
 
     if reference not in ("xnnpack", "builtin"):
         raise ConfigError(f"host reference {reference!r}; valid: xnnpack, builtin")
     interp = make_interpreter(Path(model_path), delegates=reference == "xnnpack", threads=1)
-    with captured_stderr():  # XNNPACK announces itself when it is applied, here
-        interp.allocate_tensors()
+    allocate(interp)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     ys = []
     for i in range(len(x)):

@@ -5,6 +5,7 @@ Added to the main CLI group with ``main.add_command(devices)`` and
 command bodies so that ``--help`` stays instant.
 """
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -148,25 +149,34 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
     try:
         if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
-        from pipeline.devices.check import run_device_check
+        from pipeline.devices.check import _validate_inputs, host_reference, run_device_check
         from pipeline.devices.runtime import ensure_runtime
-        from pipeline.tflite_file import read_tflite
+        from pipeline.safe_load import check_model, host_outputs_untrusted
 
-        read_tflite(model)  # a bad model or data file fails before any (slow) runtime build
+        # An untrusted model: structure checked here, then loaded and run by the host
+        # runtime in an isolated child, before any (slow) runtime build or emulated run.
+        parsed = check_model(model)
         if data_path is not None:
             x, y = load_npz_inputs(data_path, samples)
         elif recipe_name is not None:
             x, y = recipe_inputs(model, recipe_name, smoke, samples)
         else:
             x, y = random_inputs(model, random_n), None
+        _validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
+        profile = DEVICES.get(device_name)
+        reference = host_reference(parsed, profile)
+        host = host_outputs_untrusted(model, x, reference)
         runtime = ensure_runtime(progress=None if quiet else
                                  (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
-        profile = DEVICES.get(device_name)
         if not quiet:
             click.echo(f"{profile.name}: running {len(x)} inputs through {model.name} on "
                        f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...",
                        err=True)
-        result = run_device_check(model, profile, x, y, threads=threads, runtime=runtime)
+        result = run_device_check(model, profile, x, y, threads=threads, runtime=runtime,
+                                  host_outputs=host)
+        if result.agreement is not None:
+            result = dataclasses.replace(result, agreement=dataclasses.replace(
+                result.agreement, host_reference=reference))
         from pipeline.latency import attach_latency
 
         data = result.to_dict()

@@ -78,8 +78,13 @@ def validate_conversion(tflite: bytes, keras_probs: np.ndarray, x: np.ndarray, v
 
 
 def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits, out: Path,
-                    log: Callable[[str], None] = print) -> Dict:
+                    log: Callable[[str], None] = print, base: Optional[Path] = None) -> Dict:
     """Converts the Keras model at ``source_path`` to ``variant_name``, validates, writes ``out``.
+
+    Args:
+        base: for the CQAT/PCQAT variants, ``source_path`` holds only weights and
+            ``base`` is the clustered model they were trained from (those models
+            reload only by rebuilding: :func:`pipeline.stages.cluster.load_cluster_qat`).
 
     Returns:
         metrics: validation figures and the converted size.
@@ -89,7 +94,12 @@ def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits
 
     variant = VARIANTS.get(variant_name)
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
-    model = load_keras(source_path, quantized=variant.source != "float")
+    if base is not None:
+        from pipeline.stages.cluster import load_cluster_qat
+
+        model = load_cluster_qat(base, source_path, variant.source)
+    else:
+        model = load_keras(source_path, quantized=variant.source != "float")
     c = recipe.convert
     calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None
     log(f"[convert/{variant_name}] converting {source_path.name}")

@@ -33,6 +33,36 @@ def unique_values_per_kernel(model, ops=WEIGHT_OPS) -> Dict[str, int]:
     return out
 
 
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer a TFLite kernel tensor came from, e.g. ``block3_pointwise_conv``.
+
+    The converter names kernels ``<model>/<layer>/<op>[;<fused name>...]``, with a
+    ``quant_`` prefix on layers of QAT models; a kernel with a BatchNorm folded into
+    it may list the BatchNorm first, so the name of the conv or matmul op wins.
+    Other names are returned unchanged.
+    """
+    names = [part.split("/") for part in tensor_name.split(";")]
+    names = [n for n in names if len(n) >= 3]
+    if not names:
+        return tensor_name
+    layer = next((n[1] for n in names if n[-1] in ("Conv2D", "depthwise", "MatMul")), names[0][1])
+    return layer[len("quant_"):] if layer.startswith("quant_") else layer
+
+
+def kernel_report(model) -> list:
+    """One row per conv/dense kernel of a TFLite model, in graph order.
+
+    Returns:
+        ``{"layer", "op", "params", "zeros", "unique_per_channel"}`` rows: ``zeros``
+        is the fraction of exactly-zero values, ``unique_per_channel`` the most
+        distinct values in any output channel (as :func:`unique_values_per_kernel`).
+    """
+    uniq = unique_values_per_kernel(model)
+    return [{"layer": layer_name(name), "op": op, "params": int(arr.size),
+             "zeros": float(np.count_nonzero(arr == 0) / arr.size), "unique_per_channel": uniq[name]}
+            for op, name, arr in weight_kernels(model)]
+
+
 def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray) -> Dict:
     """Measures one TFLite model on the host.
 
@@ -43,7 +73,9 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
 
     Returns:
         top1 (percent), agreement with float (percent), size and gzip size (bytes),
-        zero fraction of prunable and of all kernels, input/output dtypes, ops with versions.
+        zero fraction of prunable and of all kernels, most distinct values per output
+        channel of any conv/dense kernel, the per-kernel table (:func:`kernel_report`),
+        input/output dtypes, ops with versions.
     """
     model = read_tflite(path)
     data = Path(path).read_bytes()
@@ -59,6 +91,7 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
         "zeros_prunable": zero_fraction(model, PRUNABLE_OPS),
         "zeros_all_kernels": zero_fraction(model, WEIGHT_OPS),
         "max_unique_per_kernel": max(uniq.values()) if uniq else 0,
+        "kernels": kernel_report(model),
         "input": {"dtype": inp.dtype, "shape": list(inp.shape),
                   "scale": list(inp.quantization.scale), "zero_point": list(inp.quantization.zero_point)},
         "output": {"dtype": out.dtype, "shape": list(out.shape),
