@@ -318,9 +318,9 @@ def test_cluster_qat_reloads_only_by_rebuilding(chains, workdir):
         keras.models.load_model(str(full), compile=False)
 
 
-@pytest.mark.integration
-def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(chains, splits, workdir):
-    from pipeline.budgets import check_budgets, format_budget_table
+@pytest.fixture(scope="module")
+def evaluated(chains, splits, workdir):
+    """The evaluate stage's figures of each chain's int8 file."""
     from pipeline.stages.evaluate import evaluate_tflite
 
     variants = {}
@@ -328,6 +328,14 @@ def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(chains, splits, workdi
         path = workdir / f"{variant}.tflite"
         path.write_bytes(chains[source].data)
         variants[variant] = evaluate_tflite(path, splits.x_test, splits.y_test, splits.y_test)
+    return variants
+
+
+@pytest.mark.integration
+def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(evaluated):
+    from pipeline.budgets import check_budgets, format_budget_table
+
+    variants = evaluated
     pc = variants["int8-pcqat"]
     rows = {r["layer"]: r for r in pc["kernels"]}
     assert {"stem_conv", "dw", "pw_conv", "logits"} <= set(rows)
@@ -346,16 +354,10 @@ def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(chains, splits, workdi
 
 
 @pytest.mark.integration
-def test_summary_shows_distinct_values_per_kernel(chains, splits, workdir):
+def test_summary_shows_distinct_values_per_kernel(evaluated):
     from pipeline.build import summary_table
-    from pipeline.stages.evaluate import evaluate_tflite
 
-    variants = {}
-    for variant, source in CHAIN_CASES.items():
-        path = workdir / f"summary-{variant}.tflite"
-        path.write_bytes(chains[source].data)
-        variants[variant] = {**evaluate_tflite(path, splits.x_test, splits.y_test, splits.y_test),
-                             "chain": f"{source} chain"}
+    variants = {v: {**m, "chain": f"{CHAIN_CASES[v]} chain"} for v, m in evaluated.items()}
     text = summary_table({"float_top1": 50.0, "params": 1, "macs": 1, "variants": variants})
     pc = variants["int8-pcqat"]
     assert (f"| int8-pcqat | pcqat chain | {pc['size_bytes'] / 1024:.1f} | {pc['gzip_bytes'] / 1024:.1f} | "
