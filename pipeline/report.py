@@ -210,7 +210,7 @@ def _png(fig) -> bytes:
 
 
 VARIANT_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "dynamic": "#c44e52", "int8-ptq": "#8172b2",
-                  "int8-qat": "#dd8452"}
+                  "int8-qat": "#dd8452", "int8-cqat": "#937860", "int8-pcqat": "#da8bc3"}
 
 
 def _color(v: str, i: int) -> str:

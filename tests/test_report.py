@@ -171,3 +171,11 @@ def test_smoke_build_report_bundle_and_self_compare(smoke_build):
     comp = compare_paths(root, root / "manifest.json")
     assert comp.ok, [c.message for c in comp.regressions]
     assert all(c.delta == 0 for c in comp.checks if c.metric == "instructions_per_inference")
+
+
+def test_every_variant_has_its_own_colour():
+    from pipeline.report import VARIANT_COLORS
+    from pipeline.variants import VARIANTS
+
+    assert set(VARIANT_COLORS) == set(VARIANTS.names())
+    assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
