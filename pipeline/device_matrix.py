@@ -147,7 +147,9 @@ def device_table(metrics: Dict[str, Any]) -> str:
     for dev, per_variant in metrics.get("devices", {}).items():
         for v, m in per_variant.items():
             if not m["loaded"]:
-                op = f"{m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op") else "?"
+                first = ((m.get("load_error") or "?").splitlines() or ["?"])[0]
+                op = (f"{m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op")
+                      else first.split(":")[0][:60])
                 lines.append(f"| {dev} | {v} | no ({op}) | | | | | | |")
                 continue
 

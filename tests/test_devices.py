@@ -761,3 +761,38 @@ def test_dynamic_range_model_not_loadable_on_camera(arm_runtime, tiny_models):
     with pytest.raises(RuntimeIncompatibleError, match="op FULLY_CONNECTED version 12"):
         r.require_loaded()
     assert run_device_check(paths["dynamic"], "pixel4", x, runtime=arm_runtime).loaded
+
+
+def _fake_run(returncode, stderr):
+    from pipeline.devices.runner import DeviceRun
+
+    return DeviceRun(command=("qemu-aarch64", "guest_runner.py"), env=(("HOME", "/"),), returncode=returncode,
+                     stdout="", stderr=stderr, result_text=None, counts_text=None, outputs=None, wall_s=0.5)
+
+
+SEED_MODEL = Path(__file__).parent / "fuzz_regressions" / "seed_int8.tflite"
+
+
+def test_a_runtime_that_crashes_on_the_model_is_a_result_not_an_outage(monkeypatch):
+    """A guest that dies on SIGSEGV is the model's problem on that runtime: the build
+    records it like an unloadable model, ``device run`` names it; exit 3 is kept for
+    a runtime that is not there or output that makes no sense."""
+    from pipeline.device_matrix import device_metrics, device_table
+    from pipeline.devices import check
+
+    crash = "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n"
+    monkeypatch.setattr(check, "run_on_device", lambda *a, **k: _fake_run(-11, crash))
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    r = check.run_device_check(SEED_MODEL, "camera-a53", x, runtime=object())
+    assert not r.loaded and r.runtime == "tflite-runtime" and r.samples == 2
+    assert r.load_error == ("the runtime crashed on this model (SIGSEGV): "
+                            "qemu: uncaught target signal 11 (Segmentation fault) - core dumped")
+    with pytest.raises(RuntimeIncompatibleError, match=r"seed_int8.tflite does not load on camera-a53 "
+                                                      r"\(tflite-runtime 2.14.0\) \(the runtime crashed"):
+        r.require_loaded()
+    table = device_table({"devices": {"camera-a53": {"int8-qat": device_metrics(r.to_dict())}}})
+    assert "| camera-a53 | int8-qat | no (the runtime crashed on this model (SIGSEGV)) |" in table
+
+    monkeypatch.setattr(check, "run_on_device", lambda *a, **k: _fake_run(1, "Traceback ...\nOSError: boom\n"))
+    with pytest.raises(DeviceOutputError, match=r"camera-a53: the emulated run of seed_int8.tflite exited 1"):
+        check.run_device_check(SEED_MODEL, "camera-a53", x, runtime=object())

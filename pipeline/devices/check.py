@@ -8,6 +8,7 @@ wall time, and an estimate of peak memory against the device's RAM.
 """
 
 import hashlib
+import signal
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,6 +227,18 @@ def _failure(run: DeviceRun, profile: DeviceProfile, model: Path) -> str:
     return f"{profile.name}: the emulated run of {model.name} exited {run.returncode}: {tail}"
 
 
+#: Signals of a runtime that crashed on the model: qemu-user re-raises the guest's fatal
+#: signal on itself, so the emulated process ends with it.
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+
+
+def guest_crash(run: DeviceRun) -> Optional[str]:
+    """The name of the signal the guest runtime crashed with, or None."""
+    if run.returncode < 0 and -run.returncode in {int(s) for s in CRASH_SIGNALS}:
+        return signal.Signals(-run.returncode).name
+    return None
+
+
 def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile, str],
                      x: np.ndarray, y: Optional[np.ndarray] = None,
                      threads: Optional[int] = None, host_outputs: Optional[np.ndarray] = None,
@@ -247,14 +260,15 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         timeout_s: limit for the emulated process (default scales with N).
 
     Returns:
-        A DeviceResult; a model the device runtime cannot load is a result with
+        A DeviceResult; a model the device runtime cannot load, or crashes on
+        (SIGSEGV and the like, see :data:`CRASH_SIGNALS`), is a result with
         ``loaded=False`` (see :meth:`DeviceResult.require_loaded`), not an error.
 
     Raises:
         ModelFileError: missing or unreadable model, or not one input/one output.
         ConfigError: inputs/labels/host outputs of the wrong shape or dtype.
-        DeviceUnavailableError: no runtime, a timeout, a crashed guest, or
-            malformed output (DeviceOutputError).
+        DeviceUnavailableError: no runtime, a timeout, a guest that failed
+            without crashing, or malformed output (DeviceOutputError).
     """
     from pipeline.tflite_file import read_tflite
 
@@ -267,6 +281,16 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
 
     run = run_on_device(model_path, profile, x, threads=threads, runtime=runtime,
                         timeout_s=timeout_s)
+    crash = guest_crash(run)
+    if crash:
+        tail = " | ".join(run.stderr.strip().splitlines()[-2:]) or "no output"
+        return DeviceResult(
+            device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=profile.runtime,
+            runtime_version=profile.runtime_version, model=str(model_path),
+            model_sha256=_sha256(model_path), threads=threads or profile.default_threads,
+            samples=len(x), loaded=False,
+            load_error=f"the runtime crashed on this model ({crash}): {tail}",
+            process_wall_s=round(run.wall_s, 3), command=run.command_line())
     if run.returncode != 0 or run.result_text is None:
         raise DeviceOutputError(_failure(run, profile, model_path))
     guest = parse_guest_result(run.result_text)
