@@ -100,9 +100,7 @@ class TrainConfig:
         _positive_int(where, "batch_size", self.batch_size)
         _positive_number(where, "learning_rate", self.learning_rate)
         _choice(where, "strategy", self.strategy, STRATEGIES)
-        if not isinstance(self.logical_devices, int) or self.logical_devices < 0:
-            raise ConfigError(f"{where}.logical_devices: expected an integer >= 0, "
-                              f"got {self.logical_devices!r}")
+        _non_negative_int(where, "logical_devices", self.logical_devices)
 
 
 @dataclass(frozen=True)
@@ -194,10 +192,7 @@ class SearchConfig:
     finalists: int = 2
 
     def validate(self, where: str) -> None:
-        if not self.families:
-            raise ConfigError(f"{where}.families: expected at least one of {', '.join(MODEL_FAMILIES)}")
-        for fam in self.families:
-            _choice(where, "families", fam, MODEL_FAMILIES)
+        _choices(where, "families", self.families, MODEL_FAMILIES)
         if not self.alphas:
             raise ConfigError(f"{where}.alphas: expected at least one width multiplier")
         for a in self.alphas:
@@ -209,12 +204,9 @@ class SearchConfig:
                 raise ConfigError(f"{where}.input_sizes: expected integers >= 32, got {size!r}")
         _positive_int(where, "trials", self.trials)
         _positive_int(where, "proxy_epochs", self.proxy_epochs)
-        if isinstance(self.proxy_train_samples, bool) or not isinstance(self.proxy_train_samples, int) \
-                or self.proxy_train_samples < 0:
-            raise ConfigError(f"{where}.proxy_train_samples: expected an integer >= 0 (0: the recipe's), "
-                              f"got {self.proxy_train_samples!r}")
+        _non_negative_int(where, "proxy_train_samples", self.proxy_train_samples, " (0: the recipe's)")
         _positive_int(where, "finalists", self.finalists)
-        for key in ("families", "alphas", "input_sizes"):
+        for key in ("alphas", "input_sizes"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ConfigError(f"{where}.{key}: duplicate entries in {list(values)}")
@@ -230,12 +222,7 @@ class ConvertConfig:
     validation_samples: int = 64
 
     def validate(self, where: str) -> None:
-        if not self.variants:
-            raise ConfigError(f"{where}.variants: expected at least one of {', '.join(VARIANTS)}")
-        for v in self.variants:
-            _choice(where, "variants", v, VARIANTS)
-        if len(set(self.variants)) != len(self.variants):
-            raise ConfigError(f"{where}.variants: duplicate entries in {list(self.variants)}")
+        _choices(where, "variants", self.variants, VARIANTS)
         _bool(where, "int8_io", self.int8_io)
         _positive_int(where, "calibration_samples", self.calibration_samples)
         _positive_int(where, "validation_samples", self.validation_samples)
@@ -442,6 +429,21 @@ def _coerce(tp, value: Any, where: str) -> Any:
 def _choice(where: str, key: str, value: Any, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{where}.{key}: expected one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _choices(where: str, key: str, values, allowed) -> None:
+    """A non-empty list of distinct entries of ``allowed``."""
+    if not values:
+        raise ConfigError(f"{where}.{key}: expected at least one of {', '.join(map(str, allowed))}")
+    for v in values:
+        _choice(where, key, v, allowed)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}.{key}: duplicate entries in {list(values)}")
+
+
+def _non_negative_int(where: str, key: str, value: Any, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}.{key}: expected an integer >= 0{note}, got {value!r}")
 
 
 def _positive_int(where: str, key: str, value: Any) -> None:
