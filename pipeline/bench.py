@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     print("| variant | images/s vs float32 | size vs float32 | gzip vs float32 |")
     print("|---|---:|---:|---:|")
     for name, v in m["variants"].items():
-        speed = _throughput(v["path"], x) / ref
+        speed = 1.0 if name == "float32" else _throughput(v["path"], x) / ref
         print(f"| {name} | {speed:.2f}x | {v['size_bytes'] / base['size_bytes']:.3f}x | "
               f"{v['gzip_bytes'] / base['gzip_bytes']:.3f}x |")
     if m.get("devices"):

@@ -27,7 +27,8 @@ import yaml
 from pipeline.budgets import BudgetCheck, check_budgets, format_budget_table
 from pipeline.config import Recipe
 from pipeline.native import import_tensorflow
-from pipeline.store import Manifest, atomic_write_json, atomic_write_text, build_lock
+from pipeline.store import (Manifest, atomic_write_json, atomic_write_text, build_lock,
+                            reproducibility_record)
 from pipeline.variants import VARIANTS, chain_of
 
 Log = Callable[[str], None]
@@ -114,7 +115,6 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
             f"{splits.num_classes} classes")
         manifest.set("recipe", recipe.to_dict())
-        from pipeline.store import reproducibility_record
         manifest.set("reproduce", reproducibility_record(recipe.seed))
         manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
                               "counts": {"train": len(splits.x_train), "val": len(splits.x_val),

@@ -275,7 +275,6 @@ def _swap_in(root: Path, final: Path, contents: Mapping[str, bytes]) -> None:
     try:
         for name, data in contents.items():
             atomic_write_bytes(staging / name, data)
-            os.chmod(staging / name, 0o644)  # mkstemp makes 0600 files; the bundle is for others
         os.chmod(staging, 0o755)
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=".bundle.", suffix=".old", dir=root))

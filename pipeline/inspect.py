@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.safe_load import check_model, load_check, run_untrusted
+from pipeline.safe_load import load_check, run_untrusted
+from pipeline.tflite_file import read_tflite
 
 
 def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
@@ -25,10 +26,10 @@ def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
         ModelFileError: missing, truncated or not a TFLite file, or (with ``load``)
             the runtime rejects it, crashes on it or times out.
     """
-    m = check_model(path)
+    m = read_tflite(path)
     runtime = None
     if load:
-        info = load_check(path)
+        info = load_check(path, model=m)
         runtime = {"loads": True, "ops": len(info["ops"])}
 
     def tensor(i):
@@ -86,7 +87,7 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
     from pipeline.data import load_dataset
     if (recipe is None) == (folder is None):
         raise ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER")
-    m = check_model(path)
+    m = read_tflite(path)
     shape = tuple(m.tensors[m.inputs[0]].shape[1:])
     if len(shape) != 3:
         raise DataError(f"{path}: expected an image input [N, H, W, C], the model's input is {list(shape)}")
@@ -105,6 +106,6 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
     if out_classes != len(splits.labels):
         raise DataError(f"{path}: the model has {out_classes} outputs but the data has "
                         f"{len(splits.labels)} classes")
-    probs = run_untrusted(path, x)
+    probs = run_untrusted(path, x, model=m)
     return {"top1": float(np.mean(np.argmax(probs, 1) == y) * 100), "samples": int(len(x)),
             "source": source, "size_bytes": m.size}

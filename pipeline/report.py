@@ -712,6 +712,7 @@ def rewrite_report(build_dir: "str | Path", log: Log = print) -> List[Path]:
 
     from pipeline.compare import UnusableInputError
     from pipeline.config import Recipe
+    from pipeline.store import verify_recorded_models
 
     root = Path(build_dir)
     if not (root / "summary.json").is_file():
@@ -725,5 +726,9 @@ def rewrite_report(build_dir: "str | Path", log: Log = print) -> List[Path]:
         raise UnusableInputError(f"{root}: unreadable summary.json or recipe.yaml ({exc})") from None
     if not isinstance(metrics, dict) or "variants" not in metrics or "deploy_variant" not in metrics:
         raise UnusableInputError(f"{root}/summary.json: not a build summary (no 'variants'/'deploy_variant')")
+    if not (root / "manifest.json").is_file():
+        raise UnusableInputError(f"{root}: not a build (no manifest.json to check its models against)")
+    # The report runs the build's models in process: only the files its manifest records.
+    verify_recorded_models(root)
     return write_report(recipe, root, metrics, log)
 

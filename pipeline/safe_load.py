@@ -46,18 +46,19 @@ TASKS = ("load", "run", "host_outputs")
 STDERR_LINES = 4
 
 
-def check_model(path: Union[str, Path]) -> TFLiteModel:
-    """Structural check of an untrusted ``.tflite`` file, without any runtime.
-
-    Raises:
-        ModelFileError: missing file, wrong file identifier, or any offset or
-            index outside the file or its tables.
-    """
-    return read_tflite(path)
+def _check(path: Union[str, Path], model: Optional[TFLiteModel]) -> None:
+    """The structural check, unless the caller already parsed ``path`` into ``model``."""
+    if model is None:
+        read_tflite(path)
 
 
-def load_check(path: Union[str, Path], timeout_s: float = LOAD_TIMEOUT_S) -> Dict[str, Any]:
+def load_check(path: Union[str, Path], timeout_s: float = LOAD_TIMEOUT_S,
+               model: Optional[TFLiteModel] = None) -> Dict[str, Any]:
     """Checks ``path`` and has LiteRT load it and allocate its tensors in a child.
+
+    Args:
+        model: ``read_tflite(path)`` when the caller already has it (skips the
+            structural check it stands for); every function here takes it.
 
     Returns:
         ``{"inputs": [...], "outputs": [...], "ops": [...]}``: the runtime's view of
@@ -68,12 +69,12 @@ def load_check(path: Union[str, Path], timeout_s: float = LOAD_TIMEOUT_S) -> Dic
         ModelFileError: malformed file, or the runtime rejected it, crashed on it
             or did not finish within ``timeout_s``.
     """
-    check_model(path)
+    _check(path, model)
     return _in_child("load", Path(path), None, {}, timeout_s)["info"]
 
 
 def run_untrusted(path: Union[str, Path], x: np.ndarray, batch_size: int = 64,
-                  timeout_s: Optional[float] = None) -> np.ndarray:
+                  timeout_s: Optional[float] = None, model: Optional[TFLiteModel] = None) -> np.ndarray:
     """:func:`pipeline.tflite_host.run_tflite` of an untrusted model, in a child.
 
     The child first does what :func:`load_check` does, then runs ``x``.
@@ -88,19 +89,20 @@ def run_untrusted(path: Union[str, Path], x: np.ndarray, batch_size: int = 64,
     Raises:
         ModelFileError: as :func:`load_check`.
     """
-    check_model(path)
+    _check(path, model)
     t = LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x) if timeout_s is None else timeout_s
     return _in_child("run", Path(path), x, {"batch_size": int(batch_size)}, t)["y"]
 
 
 def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray, reference: str = "xnnpack",
-                           timeout_s: Optional[float] = None) -> np.ndarray:
+                           timeout_s: Optional[float] = None,
+                           model: Optional[TFLiteModel] = None) -> np.ndarray:
     """:func:`pipeline.devices.check.host_outputs_for` of an untrusted model, in a child.
 
     Raises:
         ModelFileError: as :func:`load_check`.
     """
-    check_model(path)
+    _check(path, model)
     t = LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x) if timeout_s is None else timeout_s
     return _in_child("host_outputs", Path(path), x, {"reference": reference}, t)["y"]
 
@@ -173,11 +175,11 @@ def _result(task: str, model: Path, rc: int, stderr: str, work: Path) -> Dict[st
     err_file = work / "error.json"
     if rc != 0 or err_file.exists():
         if err_file.exists():
-            what = json.loads(err_file.read_text())["error"]
-            raise ModelFileError(f"{model}: the TFLite runtime rejected this model: {what}")
-        if "MemoryError" in stderr or "std::bad_alloc" in stderr:
-            raise ModelFileError(f"{model}: the TFLite runtime ran out of memory on this model "
-                                 f"(cap {CHILD_ADDRESS_SPACE >> 30} GiB); the file may be malformed or hostile")
+            err = json.loads(err_file.read_text())
+            if err.get("kind") == "MemoryError":  # an allocation past the address-space cap
+                raise ModelFileError(f"{model}: the TFLite runtime ran out of memory on this model "
+                                     f"(cap {CHILD_ADDRESS_SPACE >> 30} GiB); the file may be malformed or hostile")
+            raise ModelFileError(f"{model}: the TFLite runtime rejected this model: {err['error']}")
         raise ModelFileError(f"{model}: the TFLite runtime failed on this model (exit code {rc})"
                              f"{_tail(stderr)}")
     out: Dict[str, Any] = {}
@@ -244,7 +246,8 @@ def _child_main(argv: Sequence[str]) -> int:
         _child_task(task, model, work)
     except (ValueError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        (work / "error.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {first}"}))
+        (work / "error.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {first}",
+                                                     "kind": type(exc).__name__}))
         return 1
     return 0
 

@@ -7,9 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.devices.profiles import DEVICES
-
-# Kept in step with pipeline.search.SEARCH_VARIANTS (that module is imported lazily).
-_VARIANTS = ("int8-qat", "int8-ptq", "float32")
+from pipeline.search import SEARCH_VARIANTS
 
 
 @click.command()
@@ -18,7 +16,7 @@ _VARIANTS = ("int8-qat", "int8-ptq", "float32")
 @click.option("--latency-ms", type=float, required=True, help="Estimated latency budget on the device.")
 @click.option("--memory-mb", type=float, help="Peak memory budget (MiB) on the device.")
 @click.option("--size-kb", type=float, help="File size budget (KiB) of the variant.")
-@click.option("--variant", default="int8-qat", show_default=True, type=click.Choice(_VARIANTS),
+@click.option("--variant", default="int8-qat", show_default=True, type=click.Choice(tuple(SEARCH_VARIANTS)),
               help="The deployed variant whose cost is budgeted.")
 @click.option("--trials", type=click.IntRange(min=1), help="Candidates to look at [recipe search.trials].")
 @click.option("--smoke", is_flag=True, help="Tiny form of the recipe (few samples, one epoch).")

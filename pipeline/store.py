@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -133,10 +134,11 @@ def reproducibility_record(seed: int) -> Dict[str, Any]:
     interpreter and the platform.
     """
     from pipeline.devices.runtime import runtime_key
+    from pipeline.training import OP_DETERMINISM
 
     return {
         "seed": seed,
-        "determinism": {"tf_op_determinism": True, "keras_set_random_seed": seed,
+        "determinism": {"tf_op_determinism": OP_DETERMINISM, "keras_set_random_seed": seed,
                         "data_rng": "numpy default_rng([seed, crc32(stream)]) per split",
                         "gzip_mtime": 0},
         "env": {k: os.environ.get(k) for k in REPRODUCIBILITY_ENV},
@@ -308,7 +310,8 @@ _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 def remove_stale_temps(root: Path) -> int:
-    """Deletes temporary files a killed writer left under ``root``; returns how many.
+    """Deletes temporary files a killed writer left under ``root``, and the staging
+    directories of a killed bundle swap (``.bundle.*.tmp`` / ``.old``); returns how many.
 
     Only call with the build lock held: then no writer is active in ``root``.
     """
@@ -316,6 +319,10 @@ def remove_stale_temps(root: Path) -> int:
     for p in Path(root).rglob(".*.tmp*"):
         if p.is_file() and _TEMP_NAME.match(p.name):
             p.unlink()
+            n += 1
+    for p in Path(root).glob(".bundle.*"):
+        if p.is_dir() and p.suffix in (".tmp", ".old"):
+            shutil.rmtree(p)
             n += 1
     return n
 

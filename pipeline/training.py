@@ -19,6 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _configured = False
 
 
+#: Training stages run TensorFlow with op determinism (the manifest records this).
+OP_DETERMINISM = True
+
+
 def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
     """Seeds every RNG, turns on op determinism, and optionally splits the CPU.
 
@@ -40,7 +44,8 @@ def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
             cpu = tf.config.list_physical_devices("CPU")[0]
             tf.config.set_logical_device_configuration(
                 cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(logical_devices)])
-        tf.config.experimental.enable_op_determinism()
+        if OP_DETERMINISM:
+            tf.config.experimental.enable_op_determinism()
         tf.get_logger().setLevel("ERROR")
         _configured = True
     keras.utils.set_random_seed(seed)

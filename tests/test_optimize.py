@@ -367,3 +367,15 @@ def test_qat_after_prune_under_mirrored_strategy_in_one_process(mirrored):
     assert not mirrored["QAT"].get("error"), mirrored["QAT"]["error"]
     assert mirrored["QAT"]["replicas"] == 2
     assert mirrored["QAT"]["sparsity"] >= KEPT
+
+
+@pytest.mark.integration
+def test_training_runs_with_the_op_determinism_the_manifest_records():
+    from tensorflow.python.framework import config as tf_config
+
+    from pipeline.store import reproducibility_record
+    from pipeline.training import setup_tensorflow
+
+    setup_tensorflow(0)
+    assert tf_config.is_op_determinism_enabled()
+    assert reproducibility_record(0)["determinism"]["tf_op_determinism"] is True

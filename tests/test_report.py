@@ -121,10 +121,23 @@ def test_report_is_reproducible(built):
     assert (root / "report.html").read_bytes() == first
 
 
+def _record_models(root):
+    """A manifest recording the fake build's .tflite files as a build's convert stages do."""
+    from pipeline.store import sha256_file
+
+    stages = {f"convert/{p.stem}": {"outputs": {"tflite": {"path": f"tflite/{p.name}", "sha256": sha256_file(p)}}}
+              for p in (root / "tflite").glob("*.tflite")}
+    (root / "manifest.json").write_text(json.dumps({"stages": stages}))
+
+
 def test_report_command_rerenders_a_build(built):
     root, recipe, _ = built
     (root / "recipe.yaml").write_text(json.dumps(recipe.to_dict()))  # YAML is a superset of JSON
     (root / "report.html").unlink()
+    res = CliRunner().invoke(report_cmd, [str(root), "-q"])
+    assert res.exit_code == 2
+    assert res.output == f"error: {root}: not a build (no manifest.json to check its models against)\n"
+    _record_models(root)
     res = CliRunner().invoke(report_cmd, [str(root), "-q"])
     assert res.exit_code == 0, res.output
     assert (root / "report.html").is_file()

@@ -102,9 +102,14 @@ def test_build_lock_removes_temporary_files_of_a_killed_writer(tmp_path):
     kept = [keras / "qat.h5", tmp_path / ".lock", keras / ".notes.tmp"]
     for p in kept:
         p.write_bytes(b"x")
+    staging = [tmp_path / ".bundle.ab12cd34.tmp", tmp_path / ".bundle.ef56gh78.old"]  # a killed bundle swap
+    for d in staging:
+        d.mkdir()
+        (d / "model.tflite").write_bytes(b"x")
+    (tmp_path / "bundle").mkdir()
     with build_lock(tmp_path):
-        assert not any(p.exists() for p in stale)
-    assert all(p.exists() for p in kept)
+        assert not any(p.exists() for p in stale + staging)
+    assert all(p.exists() for p in kept) and (tmp_path / "bundle").is_dir()
 
 
 # A process that takes the lock, records one stage, redirects fd 2 the way the

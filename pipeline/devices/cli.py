@@ -151,11 +151,12 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
         from pipeline.devices.check import _validate_inputs, host_reference, run_device_check
         from pipeline.devices.runtime import ensure_runtime
-        from pipeline.safe_load import check_model, host_outputs_untrusted
+        from pipeline.safe_load import host_outputs_untrusted
+        from pipeline.tflite_file import read_tflite
 
         # An untrusted model: structure checked here, then loaded and run by the host
         # runtime in an isolated child, before any (slow) runtime build or emulated run.
-        parsed = check_model(model)
+        parsed = read_tflite(model)
         if data_path is not None:
             x, y = load_npz_inputs(data_path, samples)
         elif recipe_name is not None:
@@ -165,7 +166,7 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
         _validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
         profile = DEVICES.get(device_name)
         reference = host_reference(parsed, profile)
-        host = host_outputs_untrusted(model, x, reference)
+        host = host_outputs_untrusted(model, x, reference, model=parsed)
         runtime = ensure_runtime(progress=None if quiet else
                                  (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
         if not quiet:

@@ -217,9 +217,10 @@ def cluster_qat_model(recipe: Recipe, splits, base: Path, out: Path, scheme: str
     with strategy.scope():
         model = load_keras(base)
         rows_in = unique_table(model, pruned=pruned)
-        # A kernel with at most ``clusters`` values is what cluster_model left clustered.
+        # A kernel with at most ``clusters`` values (per output channel of a Conv2D, which
+        # covers both per-kernel and per-channel clustering) is what cluster_model clustered.
         clustered = [r["layer"] for r in rows_in
-                     if r["kind"] in PRUNABLE_KINDS and r["unique"] <= recipe.cluster.clusters]
+                     if r["kind"] in PRUNABLE_KINDS and _clustered_unique(r, True) <= recipe.cluster.clusters]
         qat = quantize_model(model, scheme)
         compile_model(qat, q.learning_rate, steps)
     scheme_class = type(get_scheme(scheme)).__name__
@@ -323,14 +324,3 @@ def _clustered_unique(row: Dict, per_channel: bool) -> int:
 
 def _max_clustered_unique(rows: List[Dict], per_channel: bool) -> int:
     return max((_clustered_unique(r, per_channel) for r in rows if r["clustered"]), default=0)
-
-
-def format_unique_table(rows: List[Dict]) -> str:
-    """The per-layer table of :func:`unique_table` as Markdown."""
-    lines = ["| layer | kind | shape | params | zeros | clustered | distinct values | per channel (max) |",
-             "|---|---|---|---:|---:|---|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['layer']} | {r['kind']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
-                     f"{r['zeros']:.1%} | {'yes' if r['clustered'] else 'no'} | {r['unique']:,} | "
-                     f"{r['unique_per_channel']:,} |")
-    return "\n".join(lines)
