@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe, load_recipe
 
 
 def suite_recipe() -> Recipe:

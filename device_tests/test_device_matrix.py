@@ -1,6 +1,6 @@
 """Every built variant on every target device of the recipe, on the real ARM runtime.
 
-    make device-test RECIPE=recipes/fashion-mnist.yaml    # a full build's matrix
+    make device-test RECIPE=fashion-mnist    # a full build's matrix
     pytest device_tests                                    # the default recipe's smoke build
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.budgets import BUDGETS, check_budgets
+from pipeline.gate.budgets import BUDGETS, check_budgets
 from pipeline.devices.profiles import DEVICES, get_device
 
 pytestmark = pytest.mark.device
@@ -36,7 +36,7 @@ def test_loads_unless_the_runtime_lacks_an_op(device_build, variant, device):
 
 def test_device_accuracy_matches_host(device_build, variant, device):
     from pipeline.data import load_dataset
-    from pipeline.tflite_host import run_tflite
+    from pipeline.tflite.host import run_tflite
 
     r = _result(device_build, device, variant)
     if not r["loaded"]:
@@ -56,7 +56,7 @@ def test_outputs_agree_with_host(device_build, variant, device):
     output quantization step apart (measured: 99-100% of outputs bit-exact; the rest 1 LSB).
     The legacy tflite-runtime 2.14 int8 kernels differ more from today's host kernels
     (measured on the pruned default model: 27% bit-exact, same class on 99%)."""
-    from pipeline.variants import VARIANTS
+    from pipeline.export.variants import VARIANTS
 
     r = _result(device_build, device, variant)
     if not r["loaded"]:  # nothing ran, so nothing to compare; the load test names the op

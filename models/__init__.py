@@ -3,11 +3,13 @@
 Importing this package does not import TensorFlow: ``FAMILIES`` maps each name to a
 builder that imports its module on first call, so CLI help and recipe validation
 stay fast.
+
+This package is a leaf: it imports nothing from the pipeline that uses it. Bad
+arguments raise ``ValueError`` with a message naming the argument, the allowed
+values and what was received; the pipeline turns those into its own error types.
 """
 
 import importlib
-
-from pipeline.registry import Registry
 
 
 class _LazyBuilder:
@@ -25,11 +27,13 @@ class _LazyBuilder:
         return f"<builder models.{self.module}.{self.function}>"
 
 
-FAMILIES = Registry("model family")
-FAMILIES.register("mobilenet_v1", _LazyBuilder("mobilenet_v1", "build"))
-FAMILIES.register("mobilenet_v2", _LazyBuilder("mobilenet_v2", "build"))
-FAMILIES.register("mobilenet_v3_small", _LazyBuilder("mobilenet_v3", "build_small"))
-FAMILIES.register("mobilenet_v3_large", _LazyBuilder("mobilenet_v3", "build_large"))
+#: Family name -> builder ``(alpha, input_shape, classes, **kwargs) -> tf_keras.Model``.
+FAMILIES = {
+    "mobilenet_v1": _LazyBuilder("mobilenet_v1", "build"),
+    "mobilenet_v2": _LazyBuilder("mobilenet_v2", "build"),
+    "mobilenet_v3_small": _LazyBuilder("mobilenet_v3", "build_small"),
+    "mobilenet_v3_large": _LazyBuilder("mobilenet_v3", "build_large"),
+}
 
 
 def build_model(family, alpha, input_shape, classes, **kwargs):
@@ -47,10 +51,12 @@ def build_model(family, alpha, input_shape, classes, **kwargs):
         A ``tf_keras.Model`` mapping [0, 1] floats to class probabilities.
 
     Raises:
-        ConfigError: unknown family (the message lists the valid ones) or an
+        ValueError: unknown family (the message lists the valid ones) or an
             argument out of range.
     """
-    return FAMILIES.get(family)(alpha, input_shape, classes, **kwargs)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; valid: {', '.join(FAMILIES)}")
+    return FAMILIES[family](alpha, input_shape, classes, **kwargs)
 
 
 def __getattr__(name):

@@ -11,7 +11,6 @@ right only), which converts to a single TFLite op with no separate PAD.
 import tensorflow as tf
 import tf_keras as keras
 
-from pipeline.errors import ConfigError
 
 # Keras' default is 0.99 and tf_keras.applications uses 0.999: after a few short
 # epochs the moving statistics are still far off and evaluation sits at chance.
@@ -221,10 +220,10 @@ def validate_build_args(alpha, input_shape, classes, first_stride, dropout,
     """Checks the arguments every family's ``build`` takes.
 
     Raises:
-        ConfigError: naming the argument, the allowed values and what was received.
+        ValueError: naming the argument, the allowed values and what was received.
     """
     if not _is_number(alpha) or alpha <= 0:
-        raise ConfigError(f"alpha must be a number > 0; got {alpha!r}")
+        raise ValueError(f"alpha must be a number > 0; got {alpha!r}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if (
         shape is None
@@ -233,18 +232,18 @@ def validate_build_args(alpha, input_shape, classes, first_stride, dropout,
         or min(shape[:2]) < 32
         or shape[2] not in (1, 3)
     ):
-        raise ConfigError(
+        raise ValueError(
             "input_shape must be (height, width, channels) with height and width "
             f">= 32 and channels 1 or 3; got {input_shape!r}"
         )
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
-        raise ConfigError(f"classes must be an integer >= 2; got {classes!r}")
+        raise ValueError(f"classes must be an integer >= 2; got {classes!r}")
     if first_stride not in (1, 2) or isinstance(first_stride, bool):
-        raise ConfigError(f"first_stride must be 1 or 2; got {first_stride!r}")
+        raise ValueError(f"first_stride must be 1 or 2; got {first_stride!r}")
     if not _is_number(dropout) or not 0 <= dropout < 1:
-        raise ConfigError(f"dropout must be a number in [0, 1); got {dropout!r}")
+        raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
     if not _is_number(bn_momentum) or not 0 < bn_momentum < 1:
-        raise ConfigError(
+        raise ValueError(
             f"bn_momentum must be a number in (0, 1); got {bn_momentum!r}"
         )
 

@@ -93,7 +93,7 @@ def summary(family, alpha, input_size, classes):
         ``{"params": int, "macs": int}``.
 
     Raises:
-        ConfigError: unknown family or an argument out of range.
+        ValueError: unknown family or an argument out of range.
     """
     from models import build_model
 

@@ -51,7 +51,7 @@ def build(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *, first_stride=2,
         A ``keras.Model`` that outputs class probabilities (softmax).
 
     Raises:
-        ConfigError: an argument is out of range.
+        ValueError: an argument is out of range.
     """
     validate_build_args(alpha, input_shape, classes, first_stride, dropout,
                         bn_momentum)

@@ -120,7 +120,7 @@ def build_large(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *,
         A ``keras.Model`` that outputs class probabilities (softmax).
 
     Raises:
-        ConfigError: an argument is out of range.
+        ValueError: an argument is out of range.
     """
     return _build(LARGE, "mobilenet_v3_large", alpha, input_shape, classes,
                   first_stride, dropout, bn_momentum)

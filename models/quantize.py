@@ -23,36 +23,30 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from models.blocks import CUSTOM_OBJECTS, HardSigmoid, HardSwish
-from pipeline.errors import UnsupportedLayerError
-from pipeline.registry import Registry
 
 _qkeras = tfmot.quantization.keras
 
-SCHEMES = Registry("QAT scheme")
-SCHEMES.register("default", _qkeras.default_8bit.Default8BitQuantizeScheme)
-# Keeps the zeros of a pruned model.
-SCHEMES.register("pqat", tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme)
-# Keeps the clusters (the unique values) of a clustered model.
-SCHEMES.register(
-    "cqat",
-    lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
-        preserve_sparsity=False),
-)
-# Keeps both, for prune -> cluster(preserve_sparsity) -> QAT.
-SCHEMES.register(
-    "pcqat",
-    lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
-        preserve_sparsity=True),
-)
+#: QAT scheme name -> factory of a new tfmot ``QuantizeScheme``.
+SCHEMES = {
+    "default": _qkeras.default_8bit.Default8BitQuantizeScheme,
+    # Keeps the zeros of a pruned model.
+    "pqat": tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme,
+    # Keeps the clusters (the unique values) of a clustered model.
+    "cqat": lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=False),
+    # Keeps both, for prune -> cluster(preserve_sparsity) -> QAT.
+    "pcqat": lambda: tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True),
+}
 
 
 def get_scheme(name):
     """Returns a new tfmot ``QuantizeScheme`` for ``name`` (a key of ``SCHEMES``).
 
     Raises:
-        ConfigError: unknown name; the message lists the valid ones.
+        ValueError: unknown name; the message lists the valid ones.
     """
-    return SCHEMES.get(name)()
+    if name not in SCHEMES:
+        raise ValueError(f"unknown QAT scheme {name!r}; valid: {', '.join(SCHEMES)}")
+    return SCHEMES[name]()
 
 
 def _activation_quantizer():
@@ -126,8 +120,7 @@ def quantize_annotate(model, scheme="default"):
         inside ``quantize_scope()``.
 
     Raises:
-        ConfigError: unknown scheme.
-        UnsupportedLayerError: a layer neither we nor the scheme can quantize.
+        ValueError: unknown scheme, or a layer neither we nor the scheme can quantize.
     """
     registries = (
         _qkeras.default_8bit.Default8BitQuantizeScheme().get_quantize_registry(),
@@ -143,7 +136,7 @@ def quantize_annotate(model, scheme="default"):
         if not isinstance(layer, keras.layers.BatchNormalization) and not all(
             registry.supports(layer) for registry in registries
         ):
-            raise UnsupportedLayerError(
+            raise ValueError(
                 f"layer {layer.name!r} ({type(layer).__name__}) cannot be quantized "
                 f"with scheme {scheme!r}: neither tfmot nor models.quantize has a "
                 "QuantizeConfig for it"
@@ -165,7 +158,7 @@ def quantize_model(model, scheme="default"):
         A new model with fake-quant wrappers; ``model`` is unchanged.
 
     Raises:
-        ConfigError, UnsupportedLayerError: as for ``quantize_annotate``.
+        ValueError: as for ``quantize_annotate``.
     """
     annotated = quantize_annotate(model, scheme)
     with quantize_scope():

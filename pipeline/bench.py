@@ -13,7 +13,7 @@ import numpy as np
 
 
 def _throughput(path: str, x: np.ndarray, repeats: int = 3) -> float:
-    from pipeline.tflite_host import allocate, make_interpreter, quantize_input
+    from pipeline.tflite.host import allocate, make_interpreter, quantize_input
 
     interp = make_interpreter(path, threads=1)
     inp = interp.get_input_details()[0]
@@ -31,9 +31,9 @@ def _throughput(path: str, x: np.ndarray, repeats: int = 3) -> float:
 
 def main(argv=None) -> int:
     from pipeline.build import build
-    from pipeline.config import load_recipe
+    from pipeline.recipe.schema import load_recipe
     from pipeline.data import load_dataset
-    from pipeline.device_matrix import device_table
+    from pipeline.devices.matrix import device_table
 
     args = argv if argv is not None else sys.argv[1:]
     recipe = load_recipe(args[0] if args else "default", smoke="--smoke" in args)

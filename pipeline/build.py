@@ -24,12 +24,14 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import yaml
 
-from pipeline.budgets import BudgetCheck, check_budgets, format_budget_table
-from pipeline.config import Recipe
+from pipeline.gate.budgets import BudgetCheck, check_budgets, format_budget_table
+from pipeline.recipe.schema import Recipe
 from pipeline.native import import_tensorflow
-from pipeline.store import (Manifest, atomic_write_json, atomic_write_text, build_lock,
-                            reproducibility_record)
-from pipeline.variants import VARIANTS, chain_of
+from pipeline.store.manifest import Manifest
+from pipeline.store.atomic import atomic_write_json, atomic_write_text
+from pipeline.store.lock import build_lock
+from pipeline.store.reproduce import reproducibility_record
+from pipeline.export.variants import VARIANTS, chain_of
 
 Log = Callable[[str], None]
 
@@ -115,7 +117,7 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
             f"{splits.num_classes} classes")
         manifest.set("recipe", recipe.to_dict())
-        manifest.set("reproduce", reproducibility_record(recipe.seed))
+        manifest.set("reproduce", reproducibility(recipe.seed))
         manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
                               "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
                                          "test": len(splits.x_test)},
@@ -157,7 +159,7 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
             "labels": list(splits.labels),
         }
         if run_devices and recipe.devices.targets:
-            from pipeline.device_matrix import run_device_matrix
+            from pipeline.devices.matrix import run_device_matrix
 
             metrics["devices"] = run_device_matrix(recipe, root, variants, splits, stage, log)
 
@@ -172,8 +174,15 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         return BuildResult(root, metrics, checks, ran, wall)
 
 
+def reproducibility(seed: int) -> Dict[str, Any]:
+    from pipeline.devices.runtime import runtime_key
+    from pipeline.train.fit import OP_DETERMINISM
+
+    return reproducibility_record(seed, OP_DETERMINISM, runtime_key())
+
+
 def _train(recipe, splits, float_h5, preds, log):
-    from pipeline.stages.train import train_float
+    from pipeline.train.stage import train_float
 
     return train_float(recipe, splits, float_h5, preds, log)
 
@@ -189,7 +198,7 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
     (pruned -> sparsity-preserving clustered -> PCQAT).
 
     Returns:
-        For each source name (:data:`pipeline.variants.SOURCES`), the files the
+        For each source name (:data:`pipeline.export.variants.SOURCES`), the files the
         converter reads: ``{"keras": model.h5}``, or for CQAT/PCQAT, whose models
         only reload by rebuilding, ``{"keras": weights.h5, "base": clustered.h5}``.
     """
@@ -199,14 +208,14 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
     sources = {"float": {"keras": float_h5}}
     pruned = None
     if recipe.prune.enabled:
-        from pipeline.stages.optimize import prune_model
+        from pipeline.compress.optimize import prune_model
 
         pruned = keras_dir / "pruned.h5"
         stage("prune", {"prune": cfg["prune"], "batch": batch}, {"keras": float_h5},
               {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
         sources["float"] = {"keras": pruned}
     if "qat" in needed:
-        from pipeline.stages.optimize import qat_model
+        from pipeline.compress.optimize import qat_model
 
         qat = keras_dir / "qat.h5"
         src = sources["float"]["keras"]
@@ -219,7 +228,7 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
     for scheme, cluster_stage, src, preserve in chains:
         if scheme not in needed:
             continue
-        from pipeline.stages.cluster import cluster_model, cluster_qat_model
+        from pipeline.compress.cluster import cluster_model, cluster_qat_model
 
         clustered = keras_dir / f"{cluster_stage}.h5"
         weights = keras_dir / f"{scheme}-weights.h5"
@@ -234,20 +243,20 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
 
 
 def _convert(recipe, name, src, splits, tfl, log):
-    from pipeline.stages.convert import convert_variant
+    from pipeline.export.convert import convert_variant
 
     return convert_variant(recipe, name, src["keras"], splits, tfl, log, base=src.get("base"))
 
 
 def _evaluate(tfl, splits, float_classes):
-    from pipeline.stages.evaluate import evaluate_tflite
+    from pipeline.export.evaluate import evaluate_tflite
 
     return evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes)
 
 
 def _report(recipe: Recipe, root: Path, metrics: Dict[str, Any], log: Log) -> None:
     try:
-        from pipeline.report import write_report
+        from pipeline.publish.report import write_report
     except ImportError:
         return
     write_report(recipe, root, metrics, log)

@@ -46,3 +46,7 @@ class DeviceUnavailableError(MobileModelError):
 
 class RuntimeIncompatibleError(MobileModelError):
     """A model cannot be loaded by a device's runtime (missing op or op version)."""
+
+
+class BuildLockedError(MobileModelError):
+    """Another build holds the lock on this build directory."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.budgets import check_budgets, format_budget_table, validate_budgets
+from pipeline.gate.budgets import check_budgets, format_budget_table, validate_budgets
 from pipeline.errors import ConfigError
 
 METRICS = {

@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.config import VARIANTS
-from pipeline.tflite_file import float_compute_ops, read_tflite
+from pipeline.recipe.schema import VARIANTS
+from pipeline.tflite.reader import float_compute_ops, read_tflite
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,7 @@ def test_full_integer_variants_compute_in_int8(smoke_tflite):
 def test_int8_files_are_small(smoke_build):
     # The recipe's own budget (0.40x for the thin V2-0.35: per-channel scales and zero
     # points cost 24 bytes a channel), and well below float16's 0.5x.
-    from pipeline.config import load_recipe
+    from pipeline.recipe.schema import load_recipe
 
     limits = load_recipe("default").budgets["max_size_ratio"]
     v = smoke_build.metrics["variants"]
@@ -65,7 +65,7 @@ def test_pqat_keeps_sparsity_into_int8_file(smoke_build):
 
 
 def test_parser_op_list_matches_runtime(smoke_tflite):
-    from pipeline.tflite_host import model_ops
+    from pipeline.tflite.host import model_ops
 
     for path in smoke_tflite.values():
         ours = sorted(op.opcode for op in read_tflite(path).operators)
@@ -74,7 +74,7 @@ def test_parser_op_list_matches_runtime(smoke_tflite):
 
 def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
     from pipeline.build import build
-    from pipeline.config import load_recipe
+    from pipeline.recipe.schema import load_recipe
 
     again = build(load_recipe("default", smoke=True), out=smoke_build.root, log=lambda s: None)
     assert again.stages_run == []
@@ -116,7 +116,7 @@ def test_inspect_shows_ops_and_quantization(smoke_tflite):
 
 
 def test_zero_fraction_counts_real_zeros(smoke_tflite):
-    from pipeline.tflite_file import PRUNABLE_OPS, weight_kernels, zero_fraction
+    from pipeline.tflite.reader import PRUNABLE_OPS, weight_kernels, zero_fraction
 
     model = read_tflite(smoke_tflite["float32"])
     kernels = [a for op, _, a in weight_kernels(model) if op == "CONV_2D"]
@@ -130,7 +130,7 @@ def test_zero_fraction_counts_real_zeros(smoke_tflite):
 def test_a_failed_rebuild_keeps_the_last_summary_aside(tmp_path):
     """The last finished build's summary is never read as that of a rebuild that did not finish."""
     from pipeline.build import build
-    from pipeline.config import Recipe
+    from pipeline.recipe.schema import Recipe
     from pipeline.errors import DataError
 
     out = tmp_path / "b"

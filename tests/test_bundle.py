@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import FILES, MODEL_FILE, runtime_sort_key, runtime_support, write_bundle
-from pipeline.config import Recipe
+from pipeline.publish.bundle import FILES, MODEL_FILE, runtime_sort_key, runtime_support, write_bundle
+from pipeline.recipe.schema import Recipe
 from pipeline.errors import ModelFileError
 
 LABELS = ["disc", "ring", "square", "frame", "triangle", "plus", "cross", "h-stripes", "v-stripes", "dot-grid"]

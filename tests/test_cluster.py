@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, Recipe, load_recipe
+from pipeline.recipe.schema import DataConfig, Recipe, load_recipe
 from pipeline.errors import ConfigError
-from pipeline.variants import VARIANTS
+from pipeline.export.variants import VARIANTS
 
 CLUSTERS = 8
 DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=64)
@@ -84,8 +84,8 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def float_h5(workdir, splits):
     """The tiny model after one epoch of float training."""
-    from pipeline.stages.keras_io import save_keras
-    from pipeline.training import compile_model, setup_tensorflow
+    from pipeline.train.keras_io import save_keras
+    from pipeline.train.fit import compile_model, setup_tensorflow
 
     setup_tensorflow(0)
     model = _tiny_model(splits.num_classes)
@@ -98,10 +98,10 @@ def float_h5(workdir, splits):
 
 def _int8(model_or_path, splits, name, base=None, scheme=None):
     """Converts like the build's int8 variants; returns (bytes, parsed model)."""
-    from pipeline.stages.cluster import load_cluster_qat
-    from pipeline.stages.convert import convert_keras
-    from pipeline.stages.keras_io import load_keras
-    from pipeline.tflite_file import parse_tflite
+    from pipeline.compress.cluster import load_cluster_qat
+    from pipeline.export.convert import convert_keras
+    from pipeline.train.keras_io import load_keras
+    from pipeline.tflite.reader import parse_tflite
 
     model = load_cluster_qat(base, model_or_path, scheme) if base else load_keras(model_or_path)
     data = convert_keras(model, VARIANTS.get(name), splits.x_train[:32], int8_io=False)
@@ -111,8 +111,8 @@ def _int8(model_or_path, splits, name, base=None, scheme=None):
 @pytest.fixture(scope="module")
 def chains(workdir, splits, float_h5):
     """cluster -> CQAT and prune -> cluster -> PCQAT, each through int8, run once."""
-    from pipeline.stages.cluster import cluster_model, cluster_qat_model
-    from pipeline.stages.optimize import prune_model
+    from pipeline.compress.cluster import cluster_model, cluster_qat_model
+    from pipeline.compress.optimize import prune_model
 
     recipe = make_recipe()
     d = workdir
@@ -132,7 +132,7 @@ def chains(workdir, splits, float_h5):
 
 
 def _keras_kernels(path):
-    from pipeline.stages.keras_io import load_keras
+    from pipeline.train.keras_io import load_keras
 
     model = load_keras(path)
     out = {}
@@ -245,7 +245,7 @@ def test_clustering_leaves_at_most_n_values_per_kernel(chains):
 
 @pytest.mark.integration
 def test_per_channel_clustering_bounds_each_output_channel(splits, workdir, float_h5):
-    from pipeline.stages.cluster import cluster_model
+    from pipeline.compress.cluster import cluster_model
 
     recipe = make_recipe(clusters=4, per_channel=True, init="linear")
     out = workdir / "cluster-per-channel.h5"
@@ -276,8 +276,8 @@ def test_sparsity_preserving_clustering_keeps_zeros(chains):
 @pytest.mark.integration
 @pytest.mark.parametrize("variant", sorted(CHAIN_CASES))
 def test_chain_keeps_clusters_into_the_int8_file(variant, chains):
-    from pipeline.stages.evaluate import unique_values_per_kernel
-    from pipeline.tflite_file import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
+    from pipeline.export.evaluate import unique_values_per_kernel
+    from pipeline.tflite.reader import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
 
     result = chains[CHAIN_CASES[variant]]
     q = result.qat
@@ -301,9 +301,9 @@ def test_cluster_qat_reloads_only_by_rebuilding(chains, workdir):
     import tf_keras as keras
 
     from models.quantize import quantize_scope
-    from pipeline.stages.cluster import load_cluster_qat
+    from pipeline.compress.cluster import load_cluster_qat
 
-    from pipeline.stages.cluster import unique_table
+    from pipeline.compress.cluster import unique_table
 
     result = chains["cqat"]
     model = load_cluster_qat(result.clustered_h5, result.weights, "cqat")
@@ -321,7 +321,7 @@ def test_cluster_qat_reloads_only_by_rebuilding(chains, workdir):
 @pytest.fixture(scope="module")
 def evaluated(chains, splits, workdir):
     """The evaluate stage's figures of each chain's int8 file."""
-    from pipeline.stages.evaluate import evaluate_tflite
+    from pipeline.export.evaluate import evaluate_tflite
 
     variants = {}
     for variant, source in CHAIN_CASES.items():
@@ -333,7 +333,7 @@ def evaluated(chains, splits, workdir):
 
 @pytest.mark.integration
 def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(evaluated):
-    from pipeline.budgets import check_budgets, format_budget_table
+    from pipeline.gate.budgets import check_budgets, format_budget_table
 
     variants = evaluated
     pc = variants["int8-pcqat"]

@@ -9,10 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.compare import (BASELINE_FORMAT, DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, UnusableInputError,
+from pipeline.gate.compare import (BASELINE_FORMAT, DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, UnusableInputError,
                               compare_paths, format_junit, load_snapshot, validate_thresholds, write_baseline)
 from pipeline.errors import ConfigError
-from pipeline.report_cli import baseline as baseline_cmd, compare as compare_cmd
+from pipeline.cli.gate import baseline as baseline_cmd, compare as compare_cmd
 
 VARIANTS = ("float32", "int8-qat")
 DEVICES = ("pixel4", "camera-a53")

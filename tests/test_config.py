@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe, load_recipe
 from pipeline.errors import ConfigError
 
 EMBEDDED = ["default", "fashion-mnist", "fashion-mnist-pcqat"]
@@ -27,7 +27,7 @@ def test_smoke_form_is_tiny(name):
 def test_recipes_start_with_the_command_that_runs_them():
     from pathlib import Path
 
-    for p in (Path(__file__).parents[1] / "recipes").glob("*.yaml"):
+    for p in (Path(__file__).parents[1] / "pipeline" / "recipe" / "presets").glob("*.yaml"):
         assert p.read_text().startswith("# mobile-model build"), p
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline import data
-from pipeline.config import DataConfig
+from pipeline.recipe.schema import DataConfig
 from pipeline.data import (DATASETS, FASHION_MNIST_DIR, FASHION_MNIST_LABELS, SHAPES_LABELS,
                            Splits, describe_datasets, load_dataset, read_idx)
 from pipeline.errors import ConfigError, DataError

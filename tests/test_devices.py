@@ -492,7 +492,7 @@ def test_compare_outputs_int8():
 
 
 def _model(dtypes_buffers):
-    from pipeline.tflite_file import Quantization, Tensor, TFLiteModel
+    from pipeline.tflite.reader import Quantization, Tensor, TFLiteModel
 
     tensors = [Tensor(i, f"t{i}", (1, 2), dt, buf, Quantization())
                for i, (dt, buf) in enumerate(dtypes_buffers)]
@@ -526,7 +526,7 @@ def test_device_check_validates_inputs(x, y, message):
 
 
 def test_cli_device_run_rejects_non_tflite(tmp_path):
-    from pipeline.devices.cli import device
+    from pipeline.cli.devices import device
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"not a model at all")
@@ -543,7 +543,7 @@ def test_compare_outputs_shape_mismatch():
 
 
 def test_estimate_memory():
-    from pipeline.tflite_file import Quantization, Tensor, TFLiteModel
+    from pipeline.tflite.reader import Quantization, Tensor, TFLiteModel
 
     tensors = [Tensor(0, "in", (1, 4), "float32", 0, Quantization()),
                Tensor(1, "w", (4, 2), "float32", 1, Quantization()),
@@ -572,7 +572,7 @@ def test_device_result_json_and_require_loaded():
 # -- CLI ------------------------------------------------------------------------
 
 def test_cli_devices_table_and_json():
-    from pipeline.devices.cli import devices
+    from pipeline.cli.devices import devices
 
     out = CliRunner().invoke(devices, []).output.splitlines()
     assert out[0].split() == ["device", "qemu", "cpu", "part", "cores", "GHz", "RAM", "MB",
@@ -583,7 +583,7 @@ def test_cli_devices_table_and_json():
 
 
 def test_cli_device_run_needs_one_input_source(tmp_path):
-    from pipeline.devices.cli import device
+    from pipeline.cli.devices import device
 
     model = tmp_path / "m.tflite"
     model.write_bytes(b"x")
@@ -594,14 +594,14 @@ def test_cli_device_run_needs_one_input_source(tmp_path):
 
 
 def test_cli_device_run_unknown_device(tmp_path):
-    from pipeline.devices.cli import device
+    from pipeline.cli.devices import device
 
     res = CliRunner().invoke(device, ["run", "--device", "pixel9", "m.tflite", "--random", "1"])
     assert res.exit_code == 2 and "'pixel9' is not one of 'camera-a53'" in res.output
 
 
 def test_cli_npz_missing_arrays(tmp_path):
-    from pipeline.devices.cli import load_npz_inputs
+    from pipeline.cli.devices import load_npz_inputs
     from pipeline.errors import DataError
 
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 2)))
@@ -777,7 +777,7 @@ def test_a_runtime_that_crashes_on_the_model_is_a_result_not_an_outage(monkeypat
     """A guest that dies on SIGSEGV is the model's problem on that runtime: the build
     records it like an unloadable model, ``device run`` names it; exit 3 is kept for
     a runtime that is not there or output that makes no sense."""
-    from pipeline.device_matrix import device_metrics, device_table
+    from pipeline.devices.matrix import device_metrics, device_table
     from pipeline.devices import check
 
     crash = "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n"

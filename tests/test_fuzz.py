@@ -8,7 +8,7 @@ Targets:
 * the bounds-checked TFLite reader (:func:`parse_tflite`) and the analyses run on
   what it returns, over byte mutations of two tiny real models
   (``tests/fuzz_regressions/seed_*.tflite``);
-* the isolated loader (:func:`pipeline.safe_load.load_check`), which hands the
+* the isolated loader (:func:`pipeline.tflite.sandbox.load_check`), which hands the
   mutants the reader accepts to LiteRT in a child process (fewer examples: each
   spawns a process);
 * recipe parsing: mutated YAML text through :func:`load_recipe`, mutated plain
@@ -30,14 +30,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe, load_recipe
 from pipeline.errors import ConfigError, ModelFileError
-from pipeline.tflite_file import float_compute_ops, parse_tflite, weight_kernels, zero_fraction
+from pipeline.tflite.reader import float_compute_ops, parse_tflite, weight_kernels, zero_fraction
 
 HERE = Path(__file__).resolve().parent
 REGRESSIONS = HERE / "fuzz_regressions"
 SEEDS = {p.stem: p.read_bytes() for p in sorted(REGRESSIONS.glob("seed_*.tflite"))}
-RECIPE_TEXTS = {p.name: p.read_text() for p in sorted((HERE.parent / "pipeline" / "recipes").glob("*.yaml"))}
+RECIPE_TEXTS = {p.name: p.read_text() for p in sorted((HERE.parent / "pipeline" / "recipe" / "presets").glob("*.yaml"))}
 
 #: Examples per target: MOBILE_MODEL_FUZZ_EXAMPLES scales them (``make fuzz``).
 EXAMPLES = int(os.environ.get("MOBILE_MODEL_FUZZ_EXAMPLES", "200"))
@@ -117,7 +117,7 @@ def test_fuzz_reader_on_random_bytes_with_identifier(data):
 @_settings(LOADER_EXAMPLES)
 @given(seed=st.sampled_from(sorted(SEEDS)), mutations=st.lists(MUTATION, min_size=1, max_size=4))
 def test_fuzz_isolated_loader_gives_a_clear_error_or_loads(tmp_path_factory, seed, mutations):
-    from pipeline.safe_load import load_check
+    from pipeline.tflite.sandbox import load_check
 
     p = tmp_path_factory.mktemp("fuzz") / "m.tflite"
     p.write_bytes(mutate(SEEDS[seed], mutations))
@@ -247,7 +247,7 @@ def test_seed_models_are_valid():
 @pytest.mark.parametrize("path", REGRESSION_MODELS, ids=[p.name for p in REGRESSION_MODELS])
 def test_regression_model(path):
     check_reader(path.read_bytes())
-    from pipeline.safe_load import load_check
+    from pipeline.tflite.sandbox import load_check
 
     try:
         load_check(path, timeout_s=30)
@@ -275,7 +275,7 @@ def test_recipe_path_that_is_a_directory(tmp_path):
 def test_constant_with_negative_dimensions_is_a_model_error():
     # Two negative dimensions multiply to a size that matches the buffer; numpy's
     # reshape then raised ValueError (found in review of the reader).
-    from pipeline.tflite_file import Quantization, Tensor, TFLiteModel
+    from pipeline.tflite.reader import Quantization, Tensor, TFLiteModel
 
     t = [Tensor(0, "w", (-2, -2), "float32", 1, Quantization())]
     m = TFLiteModel(16, [], t, [], (0,), (0,), [b"", b"\0" * 16])

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calibrate as cal
+from pipeline.latency import calibrate as cal
 from pipeline.devices.profiles import DEVICES, PROFILE_DIR, get_device
 from pipeline.errors import ConfigError
-from pipeline.latency import (CLASSES, DEFAULT_TIES, PARAM_KEYS, LatencyParams, Point,
+from pipeline.latency.model import (CLASSES, DEFAULT_TIES, PARAM_KEYS, LatencyParams, Point,
                               attach_latency, error_summary, estimate_ms, features, fit_costs,
                               fit_parallel_fraction, leave_one_out, predict, predict_cycles,
                               speedup)
@@ -418,21 +418,21 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 # -- CLI -------------------------------------------------------------------------
 
 def test_cli_estimate_help_lists_families_and_devices():
-    from pipeline.latency_cli import estimate
+    from pipeline.cli.latency import estimate
 
     out = CliRunner().invoke(estimate, ["--help"]).output
     assert "mobilenet_v3_small" in out and "camera-a53" in out
 
 
 def test_cli_estimate_rejects_unknown_device():
-    from pipeline.latency_cli import estimate
+    from pipeline.cli.latency import estimate
 
     res = CliRunner().invoke(estimate, ["--model", "mobilenet_v2", "--device", "iphone"])
     assert res.exit_code == 2 and "'iphone' is not one of" in res.output
 
 
 def test_cli_estimate_rejects_bad_alpha():
-    from pipeline.latency_cli import estimate
+    from pipeline.cli.latency import estimate
 
     res = CliRunner().invoke(estimate, ["--model", "mobilenet_v2", "--device", "pixel4",
                                         "--alpha", "-1"])
@@ -444,7 +444,7 @@ def test_cli_estimate_rejects_bad_alpha():
 @pytest.mark.device
 def test_estimate_tiny_model_cold_then_cached(tmp_path, monkeypatch):
     """MobileNetV2-0.35 at 32x32 on pixel4: a real build, conversion and emulated run."""
-    from pipeline.latency_cli import estimate
+    from pipeline.cli.latency import estimate
 
     # A fresh latency cache (the ARM runtime cache stays where it is).
     monkeypatch.setattr(cal, "cache_root", lambda: tmp_path / "latency")

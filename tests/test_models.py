@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models import CUSTOM_OBJECTS, FAMILIES, build_model
+from pipeline.train import zoo
 from pipeline.errors import ConfigError, UnsupportedLayerError
 
 # Paper values at width 1.0, 224x224x3, 1000 classes: (params, MACs).
@@ -38,7 +39,7 @@ NAME = re.compile(
 
 
 def test_every_family_has_a_case():
-    assert sorted(FAMILIES.names()) == sorted(PAPER)
+    assert sorted(list(FAMILIES)) == sorted(PAPER)
 
 
 def test_import_does_not_load_tensorflow():
@@ -64,7 +65,7 @@ def test_make_divisible(v, kwargs, expected):
     assert make_divisible(v, **kwargs) == expected
 
 
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_tiny_build(family, channels):
     model = build_model(family, TINY_ALPHA, (32, 32, channels), TINY_CLASSES,
@@ -85,7 +86,7 @@ def test_tiny_build(family, channels):
     assert names[-2:] == ["logits", "probs"]
 
 
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("kwargs, message", [
     ({"alpha": 0}, "alpha must be a number > 0; got 0"),
     ({"input_shape": (16, 16, 3)},
@@ -104,20 +105,25 @@ def test_tiny_build(family, channels):
 ])
 def test_build_rejects_bad_arguments(family, kwargs, message):
     args = {"alpha": 1.0, "input_shape": (32, 32, 3), "classes": 10, **kwargs}
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError) as err:
         build_model(family, **args)
+    assert str(err.value) == message
+    with pytest.raises(ConfigError) as err:  # as the pipeline reports it
+        zoo.build_model(family, **args)
     assert str(err.value) == message
 
 
 def test_unknown_family():
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError):
         build_model("resnet50", 1.0, (32, 32, 3), 10)
+    with pytest.raises(ConfigError) as err:
+        zoo.build_model("resnet50", 1.0, (32, 32, 3), 10)
     assert str(err.value) == (
         "unknown model family 'resnet50'; valid: mobilenet_v1, mobilenet_v2, "
         "mobilenet_v3_small, mobilenet_v3_large")
 
 
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_size_matches_paper(family):
     from models.macs import summary
 
@@ -256,7 +262,7 @@ def qat_build():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_qat_converts_to_all_int8(family, qat_build):
     _, tflite = qat_build(family)
     ops = _ops(tflite)
@@ -326,7 +332,7 @@ def test_quantize_schemes_use_our_configs(scheme):
 def test_unknown_scheme():
     from models.quantize import quantize_annotate
 
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ValueError) as err:
         quantize_annotate(_custom_layers_model(), "int4")
     assert str(err.value) == "unknown QAT scheme 'int4'; valid: default, pqat, cqat, pcqat"
 
@@ -334,7 +340,7 @@ def test_unknown_scheme():
 def test_unsupported_layer_is_named():
     import tf_keras as keras
 
-    from models.quantize import quantize_annotate
+    from pipeline.train.zoo import quantize_annotate
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from models import FAMILIES
-from pipeline.config import DataConfig, Recipe
+from pipeline.recipe.schema import DataConfig, Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,9 +75,9 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def float_model(workdir, splits):
     """``float_model(family)`` -> path of an (untrained) float model, built once per family."""
-    from pipeline.stages.keras_io import save_keras
-    from pipeline.stages.train import build_float_model
-    from pipeline.training import setup_tensorflow
+    from pipeline.train.keras_io import save_keras
+    from pipeline.train.stage import build_float_model
+    from pipeline.train.fit import setup_tensorflow
 
     cache = {}
 
@@ -96,11 +96,11 @@ def float_model(workdir, splits):
 @pytest.fixture(scope="module")
 def chain(workdir, splits, float_model):
     """``chain(family)`` -> prune -> PQAT -> int8 artifacts and metrics, run once per family."""
-    from pipeline.stages.convert import convert_keras
-    from pipeline.stages.keras_io import load_keras
-    from pipeline.stages.optimize import prune_model, qat_model
-    from pipeline.tflite_file import parse_tflite
-    from pipeline.variants import VARIANTS
+    from pipeline.export.convert import convert_keras
+    from pipeline.train.keras_io import load_keras
+    from pipeline.compress.optimize import prune_model, qat_model
+    from pipeline.tflite.reader import parse_tflite
+    from pipeline.export.variants import VARIANTS
 
     cache = {}
 
@@ -139,15 +139,15 @@ def _kernels(model):
 
 
 def test_every_family_has_a_case():
-    missing = sorted(set(FAMILIES.names()) - set(FAMILY_CASES))
-    stale = sorted(set(FAMILY_CASES) - set(FAMILIES.names()))
+    missing = sorted(set(list(FAMILIES)) - set(FAMILY_CASES))
+    stale = sorted(set(FAMILY_CASES) - set(list(FAMILIES)))
     assert not missing, f"registered families without a test case: {missing}"
     assert not stale, f"test cases for unregistered families: {stale}"
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 94, 999, 12345])
 def test_pruning_steps_reach_the_target_before_the_end(total):
-    from pipeline.stages.optimize import pruning_steps
+    from pipeline.compress.optimize import pruning_steps
 
     end, frequency = pruning_steps(total)
     assert 1 <= end <= total          # tfmot's first step is 1: the target is reached in this run
@@ -157,7 +157,7 @@ def test_pruning_steps_reach_the_target_before_the_end(total):
 
 
 def test_pruning_steps_examples():
-    from pipeline.stages.optimize import pruning_steps
+    from pipeline.compress.optimize import pruning_steps
 
     assert pruning_steps(4) == (3, 1)
     assert pruning_steps(94) == (70, 7)
@@ -167,7 +167,7 @@ def test_pruning_steps_examples():
 def test_kernel_table_lists_depthwise_as_never_pruned():
     import tf_keras as keras
 
-    from pipeline.stages.optimize import format_kernel_table, kernel_table, prunable_sparsity
+    from pipeline.compress.optimize import format_kernel_table, kernel_table, prunable_sparsity
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="c")(inputs)
@@ -195,9 +195,9 @@ def test_kernel_table_lists_depthwise_as_never_pruned():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
-    from pipeline.stages.keras_io import load_keras
+    from pipeline.train.keras_io import load_keras
 
     result = chain(family)
     kernels = _kernels(load_keras(result.pruned))
@@ -220,9 +220,9 @@ def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_pqat_keeps_sparsity_and_reloads(family, chain):
-    from pipeline.stages.optimize import kernel_table, prunable_sparsity
+    from pipeline.compress.optimize import kernel_table, prunable_sparsity
 
     result = chain(family)
     m = result.qat_metrics
@@ -236,9 +236,9 @@ def test_pqat_keeps_sparsity_and_reloads(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_pqat_int8_file_keeps_sparsity(family, chain):
-    from pipeline.tflite_file import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
+    from pipeline.tflite.reader import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
 
     model = chain(family).tflite
     assert {op for op, _, _ in weight_kernels(model)} >= {"CONV_2D", "FULLY_CONNECTED"}
@@ -250,8 +250,8 @@ def test_pqat_int8_file_keeps_sparsity(family, chain):
 
 @pytest.mark.integration
 def test_prune_is_deterministic(chain, splits, workdir):
-    from pipeline.stages.keras_io import load_keras
-    from pipeline.stages.optimize import prune_model
+    from pipeline.train.keras_io import load_keras
+    from pipeline.compress.optimize import prune_model
 
     first = chain("mobilenet_v1")
     again = workdir / "mobilenet_v1" / "pruned-again.h5"
@@ -266,8 +266,8 @@ def test_prune_is_deterministic(chain, splits, workdir):
 
 @pytest.mark.integration
 def test_prune_2_by_4(splits, workdir, float_model):
-    from pipeline.stages.keras_io import load_keras
-    from pipeline.stages.optimize import prune_model
+    from pipeline.train.keras_io import load_keras
+    from pipeline.compress.optimize import prune_model
 
     family = "mobilenet_v1"
     recipe = make_recipe(family, m_by_n=(2, 4))
@@ -295,8 +295,8 @@ def test_prune_2_by_4(splits, workdir, float_model):
 
 @pytest.mark.integration
 def test_qat_default_scheme_from_float(splits, workdir, float_model):
-    from pipeline.stages.keras_io import load_keras
-    from pipeline.stages.optimize import qat_model
+    from pipeline.train.keras_io import load_keras
+    from pipeline.compress.optimize import qat_model
 
     family = "mobilenet_v1"
     recipe = make_recipe(family, prune=False)
@@ -316,15 +316,15 @@ _MIRRORED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from tests.test_optimize import DATA, make_recipe
-    from pipeline.training import setup_tensorflow
+    from pipeline.train.fit import setup_tensorflow
 
     recipe = make_recipe("mobilenet_v1", strategy="mirrored", logical_devices=2)
     # Split the CPU before anything makes TensorFlow create its devices.
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     from pipeline.data import load_dataset
-    from pipeline.stages.keras_io import save_keras
-    from pipeline.stages.optimize import prune_model, qat_model
-    from pipeline.stages.train import build_float_model
+    from pipeline.train.keras_io import save_keras
+    from pipeline.compress.optimize import prune_model, qat_model
+    from pipeline.train.stage import build_float_model
 
     out = Path(sys.argv[1])
     splits = load_dataset(DATA, recipe.model.input_shape, recipe.seed)
@@ -362,7 +362,7 @@ def test_prune_under_mirrored_strategy_on_two_logical_cpus(mirrored):
 
 @pytest.mark.integration
 def test_qat_after_prune_under_mirrored_strategy_in_one_process(mirrored):
-    # One strategy per process (pipeline.training.make_strategy): a second MirroredStrategy
+    # One strategy per process (pipeline.train.fit.make_strategy): a second MirroredStrategy
     # would abort QAT's all-reduce (tensorflow/tensorflow#62790).
     assert not mirrored["QAT"].get("error"), mirrored["QAT"]["error"]
     assert mirrored["QAT"]["replicas"] == 2
@@ -373,9 +373,9 @@ def test_qat_after_prune_under_mirrored_strategy_in_one_process(mirrored):
 def test_training_runs_with_the_op_determinism_the_manifest_records():
     from tensorflow.python.framework import config as tf_config
 
-    from pipeline.store import reproducibility_record
-    from pipeline.training import setup_tensorflow
+    from pipeline.build import reproducibility
+    from pipeline.train.fit import setup_tensorflow
 
     setup_tensorflow(0)
     assert tf_config.is_op_determinism_enabled()
-    assert reproducibility_record(0)["determinism"]["tf_op_determinism"] is True
+    assert reproducibility(0)["determinism"]["tf_op_determinism"] is True

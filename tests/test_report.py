@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.compare import compare_paths
-from pipeline.config import Recipe
-from pipeline.report import rewrite_report, short_tensor_name, write_report
-from pipeline.report_cli import report as report_cmd
+from pipeline.gate.compare import compare_paths
+from pipeline.recipe.schema import Recipe
+from pipeline.publish.report import rewrite_report, short_tensor_name, write_report
+from pipeline.cli.gate import report as report_cmd
 from tests.test_bundle import LABELS, fake_build
 
 PLOTS = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
@@ -123,7 +123,7 @@ def test_report_is_reproducible(built):
 
 def _record_models(root):
     """A manifest recording the fake build's .tflite files as a build's convert stages do."""
-    from pipeline.store import sha256_file
+    from pipeline.store.atomic import sha256_file
 
     stages = {f"convert/{p.stem}": {"outputs": {"tflite": {"path": f"tflite/{p.name}", "sha256": sha256_file(p)}}}
               for p in (root / "tflite").glob("*.tflite")}
@@ -169,7 +169,7 @@ def test_short_tensor_name(name, layer):
 
 @pytest.mark.integration
 def test_smoke_build_report_bundle_and_self_compare(smoke_build):
-    from pipeline.tflite_file import read_tflite
+    from pipeline.tflite.reader import read_tflite
 
     root = smoke_build.root
     html = (root / "report.html").read_text()
@@ -187,8 +187,8 @@ def test_smoke_build_report_bundle_and_self_compare(smoke_build):
 
 
 def test_every_variant_has_its_own_colour():
-    from pipeline.report import VARIANT_COLORS
-    from pipeline.variants import VARIANTS
+    from pipeline.publish.report import VARIANT_COLORS
+    from pipeline.export.variants import VARIANTS
 
     assert set(VARIANT_COLORS) == set(VARIANTS.names())
     assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline import safe_load
+from pipeline.tflite import sandbox as safe_load
 from pipeline.cli import main
 from pipeline.errors import ModelFileError
-from pipeline.safe_load import load_check, run_untrusted
+from pipeline.tflite.sandbox import load_check, run_untrusted
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -48,7 +48,7 @@ def test_isolated_load_reports_the_runtime_view():
 
 
 def test_isolated_run_matches_in_process_run():
-    from pipeline.tflite_host import run_tflite
+    from pipeline.tflite.host import run_tflite
 
     x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
     np.testing.assert_array_equal(run_untrusted(SEED_INT8, x), run_tflite(SEED_INT8, x))
@@ -291,7 +291,7 @@ def test_report_refuses_a_model_changed_after_the_build(interrupted_build, tmp_p
 def test_a_child_error_names_what_went_wrong(tmp_path, kind, error, message):
     """How the parent reads the child's error record (the child writes it on any Python error)."""
     from pipeline.errors import ModelFileError
-    from pipeline.safe_load import _result
+    from pipeline.tflite.sandbox import _result
 
     (tmp_path / "error.json").write_text(json.dumps({"error": error, "kind": kind}))
     with pytest.raises(ModelFileError) as err:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline import search as se
-from pipeline.config import load_recipe
+from pipeline.search import study as se
+from pipeline.recipe.schema import load_recipe
 from pipeline.errors import BudgetExceededError, ConfigError
 
 TINY = {
@@ -231,7 +231,7 @@ def test_cli_variant_the_recipe_does_not_build(tmp_path):
 @pytest.fixture(scope="module")
 def latency_cache(tmp_path_factory):
     """A fresh latency cache for this module (the ARM runtime cache stays where it is)."""
-    from pipeline import calibrate as cal
+    from pipeline.latency import calibrate as cal
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("latency-cache")
@@ -307,7 +307,7 @@ def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
 
 
 def test_model_spec_channels_and_stride_keep_reference_keys():
-    from pipeline.calibrate import ModelSpec
+    from pipeline.latency.calibrate import ModelSpec
 
     ref = ModelSpec("mobilenet_v2", 0.35, 32, 10, "int8")
     assert ref.label == "mobilenet_v2-0.35-32x32-10c-int8"

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import (BuildLockedError, Manifest, atomic_path,
-                            atomic_write_bytes, build_lock, code_fingerprint, reproducibility_record)
+from pipeline.errors import BuildLockedError
+from pipeline.store.manifest import Manifest
+from pipeline.store.atomic import atomic_path, atomic_write_bytes
+from pipeline.store.lock import build_lock
+from pipeline.store.reproduce import code_fingerprint, reproducibility_record
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -117,7 +120,9 @@ def test_build_lock_removes_temporary_files_of_a_killed_writer(tmp_path):
 _SIGNALLED = """
 import os, signal, sys, tempfile, time
 from pathlib import Path
-from pipeline.store import Manifest, atomic_write_bytes, build_lock
+from pipeline.store.manifest import Manifest
+from pipeline.store.atomic import atomic_write_bytes
+from pipeline.store.lock import build_lock
 root = Path(sys.argv[1])
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job starts with SIGINT ignored
 with build_lock(root):
@@ -147,7 +152,7 @@ def test_signal_in_a_build_exits_at_once_with_one_line(tmp_path, sig, code):
 
 def test_reproducibility_record_names_what_a_build_depends_on(monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", "0")
-    rec = reproducibility_record(7)
+    rec = reproducibility_record(7, True, "0123456789abcdef")
     assert rec["seed"] == 7 and rec["determinism"]["tf_op_determinism"] is True
     assert rec["env"]["PYTHONHASHSEED"] == "0" and "TF_USE_LEGACY_KERAS" in rec["env"]
     assert {"tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"} <= set(rec["versions"])

@@ -177,7 +177,7 @@ def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
     Args:
         reference: "xnnpack" (default delegates) or "builtin" (none).
     """
-    from pipeline.tflite_host import allocate, make_interpreter, quantize_input
+    from pipeline.tflite.host import allocate, make_interpreter, quantize_input
 
     if reference not in ("xnnpack", "builtin"):
         raise ConfigError(f"host reference {reference!r}; valid: xnnpack, builtin")
@@ -270,7 +270,7 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         DeviceUnavailableError: no runtime, a timeout, a guest that failed
             without crashing, or malformed output (DeviceOutputError).
     """
-    from pipeline.tflite_file import read_tflite
+    from pipeline.tflite.reader import read_tflite
 
     profile = get_device(profile) if isinstance(profile, str) else profile
     model_path = Path(model_path).resolve()

@@ -48,7 +48,7 @@ def io_detail(d):
 
 
 def quantize(x, detail, np):
-    """Float inputs -> the model's input dtype, as pipeline.tflite_host does on the host."""
+    """Float inputs -> the model's input dtype, as pipeline.tflite.host does on the host."""
     dtype = detail["dtype"]
     if np.issubdtype(dtype, np.integer):
         if np.issubdtype(x.dtype, np.integer):

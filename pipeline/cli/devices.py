@@ -1,0 +1,188 @@
+"""Click commands for emulated devices: ``devices`` and ``device run``.
+
+Added to the main CLI group with ``main.add_command(devices)`` and
+``main.add_command(device)``. Heavy imports (numpy, the runner) happen inside the
+command bodies so that ``--help`` stays instant.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from pipeline.devices.profiles import DEVICES
+from pipeline.errors import ConfigError, DataError, MobileModelError
+
+
+def _fail(error: MobileModelError) -> None:
+    """One clear line on stderr and our exit code (no traceback for user errors)."""
+    click.echo(f"error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+@click.command("devices")
+@click.option("--json", "as_json", is_flag=True, help="Print the profiles as JSON.")
+def devices(as_json: bool) -> None:
+    """List the emulated device profiles."""
+    profiles = [DEVICES.get(name) for name in DEVICES.names()]
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
+        return
+    rows = [("device", "qemu cpu", "part", "cores", "GHz", "RAM MB", "runtime", "threads")]
+    rows += [(p.name, p.qemu_cpu, p.cpu_part, str(p.cores), f"{p.clock_ghz:g}", str(p.ram_mb),
+              f"{p.runtime} {p.runtime_version}", str(p.default_threads)) for p in profiles]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+@click.group("device")
+def device() -> None:
+    """Run models on emulated ARM devices (qemu-aarch64 + the device's ARM runtime)."""
+
+
+def load_npz_inputs(path: Path, samples: Optional[int]):
+    """(x, y) from an .npz holding arrays ``x`` (float images in [0, 1]) and ``y``.
+
+    Raises:
+        DataError: unreadable file or missing arrays.
+    """
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            missing = [k for k in ("x", "y") if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; "
+                                f"found {', '.join(data.files) or 'none'} (expected x and y)")
+            x, y = data["x"], data["y"]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e})") from None
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} samples, y has {len(y)}")
+    if samples is not None:
+        x, y = x[:samples], y[:samples]
+    return x.astype(np.float32), y
+
+
+def recipe_inputs(model_path: Path, recipe_name: str, smoke: bool, samples: int):
+    """The first ``samples`` images and labels of a recipe's test split, at the model's input shape."""
+    from pipeline.recipe.schema import load_recipe
+    from pipeline.data import load_dataset
+    from pipeline.tflite.reader import read_tflite
+
+    recipe = load_recipe(recipe_name, smoke=smoke)
+    model = read_tflite(model_path)
+    shape = tuple(model.tensors[model.inputs[0]].shape[1:])
+    if len(shape) != 3:
+        raise ConfigError(f"{model_path.name}: expected an image input [N, H, W, C], got {list(shape)}")
+    splits = load_dataset(recipe.data, shape, recipe.seed)
+    return splits.x_test[:samples], splits.y_test[:samples]
+
+
+def random_inputs(model_path: Path, n: int):
+    """``n`` random float inputs in [0, 1) of the model's input shape (seed 0)."""
+    import numpy as np
+
+    from pipeline.tflite.reader import read_tflite
+
+    model = read_tflite(model_path)
+    if len(model.inputs) != 1:
+        raise ConfigError(f"{model_path.name} has {len(model.inputs)} inputs; expected one")
+    shape = model.tensors[model.inputs[0]].shape[1:]
+    return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
+
+
+def _format_result(r, latency_ms=None) -> str:
+    lines = [f"{r.device} ({r.qemu_cpu}, {r.runtime} {r.runtime_version}, "
+             f"{r.threads} thread{'s' if r.threads != 1 else ''}): {Path(r.model).name}"]
+    if not r.loaded:
+        op = f" [{r.load_error_op} v{r.load_error_op_version}]" if r.load_error_op else ""
+        first = r.load_error.splitlines()[0] if r.load_error else ""
+        lines.append(f"  NOT LOADABLE{op}: {first}")
+        return "\n".join(lines)
+    if r.top1 is not None:
+        lines.append(f"  top-1               {r.top1:.2f}% on {r.samples} samples")
+    a = r.agreement
+    lines.append(f"  vs host ({a.host_reference:8s}) {a.exact_count}/{a.samples} bit-exact, "
+                 f"max |diff| {a.max_abs_diff:g} ({a.dtype}), top-1 agreement "
+                 f"{a.top1_agreement:.4f}")
+    lines.append(f"  instructions/image  {r.instructions_median:,} (median"
+                 f"{'' if r.counts_exact else ', NOT repeatable: threads > 1'})")
+    classes = ", ".join(f"{k} {v:,}" for k, v in r.instructions_by_class.items())
+    lines.append(f"    by class          {classes}")
+    est = f"{latency_ms:.2f} ms" if latency_ms is not None else "n/a (profile has no fitted cost model)"
+    lines.append(f"  estimated latency   {est} (cost model, docs/latency.md)")
+    lines.append(f"  emulated wall       {r.wall_s_per_image:.3f} s/image (not latency)")
+    m = r.memory
+    lines.append(f"  memory (estimate)   {m.total_bytes / 2**20:.2f} MiB = weights "
+                 f"{m.weights_bytes / 2**20:.2f} + activations {m.activation_bytes / 2**20:.2f}; "
+                 f"{100 * m.fraction_of_ram:.2f}% of {m.ram_bytes // 2**20} MB RAM")
+    return "\n".join(lines)
+
+
+@device.command("run")
+@click.option("--device", "device_name", required=True, type=click.Choice(DEVICES.names()),
+              help="Device profile to emulate.")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="An .npz with arrays x (float images in [0, 1]) and y (labels).")
+@click.option("--recipe", "recipe_name",
+              help="Use the test split of this recipe (YAML path or embedded name).")
+@click.option("--smoke", is_flag=True, help="With --recipe: its smoke form.")
+@click.option("--random", "random_n", type=click.IntRange(min=1),
+              help="Run N random inputs instead of data (no accuracy).")
+@click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Use at most this many samples of --data.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Interpreter threads (default: the profile's; counts repeat exactly "
+                   "only with 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+def device_run(device_name: str, model: Path, data_path: Optional[Path],
+               recipe_name: Optional[str], smoke: bool, random_n: Optional[int], samples: int, threads: Optional[int],
+               as_json: bool, quiet: bool) -> None:
+    """Run MODEL.tflite on an emulated device and check it against the host."""
+    try:
+        if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
+            raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
+        from pipeline.devices.check import _validate_inputs, host_reference, run_device_check
+        from pipeline.devices.runtime import ensure_runtime
+        from pipeline.tflite.sandbox import host_outputs_untrusted
+        from pipeline.tflite.reader import read_tflite
+
+        # An untrusted model: structure checked here, then loaded and run by the host
+        # runtime in an isolated child, before any (slow) runtime build or emulated run.
+        parsed = read_tflite(model)
+        if data_path is not None:
+            x, y = load_npz_inputs(data_path, samples)
+        elif recipe_name is not None:
+            x, y = recipe_inputs(model, recipe_name, smoke, samples)
+        else:
+            x, y = random_inputs(model, random_n), None
+        _validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
+        profile = DEVICES.get(device_name)
+        reference = host_reference(parsed, profile)
+        host = host_outputs_untrusted(model, x, reference, model=parsed)
+        runtime = ensure_runtime(progress=None if quiet else
+                                 (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
+        if not quiet:
+            click.echo(f"{profile.name}: running {len(x)} inputs through {model.name} on "
+                       f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...",
+                       err=True)
+        result = run_device_check(model, profile, x, y, threads=threads, runtime=runtime,
+                                  host_outputs=host)
+        if result.agreement is not None:
+            result = dataclasses.replace(result, agreement=dataclasses.replace(
+                result.agreement, host_reference=reference))
+        from pipeline.latency.model import attach_latency
+
+        data = result.to_dict()
+        attach_latency(data, profile.name, result.threads)
+        click.echo(json.dumps(data, indent=2) if as_json else _format_result(result, data["latency_ms"]))
+        result.require_loaded()
+    except MobileModelError as e:
+        _fail(e)

@@ -1,0 +1,72 @@
+"""``mobile-model search``: the most accurate model within a device's budgets."""
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.devices.profiles import DEVICES
+from pipeline.search.study import SEARCH_VARIANTS
+
+
+@click.command()
+@click.argument("recipe")
+@click.option("--device", required=True, help=f"Target device: {', '.join(DEVICES.names())}.")
+@click.option("--latency-ms", type=float, required=True, help="Estimated latency budget on the device.")
+@click.option("--memory-mb", type=float, help="Peak memory budget (MiB) on the device.")
+@click.option("--size-kb", type=float, help="File size budget (KiB) of the variant.")
+@click.option("--variant", default="int8-qat", show_default=True, type=click.Choice(tuple(SEARCH_VARIANTS)),
+              help="The deployed variant whose cost is budgeted.")
+@click.option("--trials", type=click.IntRange(min=1), help="Candidates to look at [recipe search.trials].")
+@click.option("--smoke", is_flag=True, help="Tiny form of the recipe (few samples, one epoch).")
+@click.option("--out", type=click.Path(path_type=Path), help="Search directory [build/search/<recipe>-<device>].")
+@click.option("--no-final-build", is_flag=True, help="Write chosen.yaml but do not build it.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print the search result as JSON on stdout.")
+def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smoke, out, no_final_build,
+           quiet, as_json):
+    """Find the most accurate model of RECIPE's search space that meets the budgets on DEVICE.
+
+    Each candidate (family, width, input size) first gets its cost on the device from
+    one emulated run (cached per architecture); only candidates within every budget
+    are trained with the short proxy schedule, and the best few get the full recipe.
+    The chosen recipe is written as chosen.yaml and built. Rerunning the same command
+    continues the stored study.
+
+    Exit codes: 0 found and its build meets the budgets; 1 no candidate fits, or the
+    chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable.
+    """
+    from pipeline.recipe.schema import load_recipe
+    from pipeline.search.study import Budget, pareto_table, search as run_search
+
+    if device not in DEVICES.names():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"--device: unknown device {device!r}; valid: {', '.join(DEVICES.names())}")
+    budget = Budget(latency_ms, memory_mb, size_kb)
+    r = load_recipe(recipe, smoke=smoke)
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
+                     final_build=not no_final_build)
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2, default=str))
+    else:
+        click.echo(f"\n## search {r.build_name} on {device}: {res.root} ({res.wall_s:.1f} s, "
+                   f"{res.trials_run} trial(s) run, {res.trials_stored} stored)\n")
+        click.echo(pareto_table(res.rows, variant))
+        c = res.chosen
+        fin = c.get("finalist") or {}
+        click.echo(f"\nchosen: {c['candidate']}: est. {c['latency_ms']:.3f} ms, {c['memory_mb']:.2f} MiB, "
+                   f"{c['size_kb']:.1f} KiB; {variant} top-1 {fin.get('test_top1', float('nan')):.2f}% "
+                   f"(test) -> {res.chosen_recipe}")
+        if res.final:
+            from pipeline.gate.budgets import BudgetCheck, format_budget_table
+
+            click.echo(f"\n### budgets of the chosen build ({res.final['dir']})\n")
+            click.echo(format_budget_table([BudgetCheck(b["budget"], b["subject"], b["limit"], b["measured"],
+                                                        b["unit"]) for b in res.final["budgets"]]))
+    if res.final and not res.final["budgets_ok"]:
+        missed = [f"{b['budget']}[{b['subject']}]" for b in res.final["budgets"] if not b["ok"]]
+        click.echo(f"error: the chosen build missed: {', '.join(missed)} ({res.final['dir']})", err=True)
+        sys.exit(1)

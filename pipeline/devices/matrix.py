@@ -1,0 +1,164 @@
+"""The device matrix of a build: every variant x every target device, in worker processes.
+
+Each (device, variant) pair is its own cached stage (``device/<device>/<variant>``)
+writing ``devices/<device>/<variant>.json``. Pairs that are not cached run in a
+process pool (the emulated runs are independent and single-threaded), then each
+is recorded in the manifest as it finishes.
+"""
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+from pipeline.recipe.schema import Recipe
+from pipeline.store.atomic import atomic_write_json
+
+Log = Callable[[str], None]
+
+
+def device_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The flat figures budgets, reports and comparisons read from a device result."""
+    mem = result.get("memory") or {}
+    agreement = result.get("agreement") or {}
+    return {
+        "loaded": result["loaded"],
+        "load_error": result.get("load_error"),
+        "load_error_op": result.get("load_error_op"),
+        "load_error_op_version": result.get("load_error_op_version"),
+        "top1": result.get("top1"),
+        "instructions_per_inference": result.get("instructions_median"),
+        "instructions_by_class": result.get("instructions_by_class") or {},
+        "output_dtype": agreement.get("dtype"),
+        "exact_fraction": agreement.get("exact_fraction"),
+        "max_abs_diff": agreement.get("max_abs_diff"),
+        "top1_agreement": agreement.get("top1_agreement"),
+        "peak_memory_bytes": mem.get("total_bytes"),
+        "fits_ram": mem.get("fits"),
+        "wall_s_per_image": result.get("wall_s_per_image"),
+        "samples": result.get("samples"),
+        "runtime": f"{result.get('runtime')} {result.get('runtime_version')}",
+    }
+
+
+def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) -> None:
+    """Worker: one model on one device, one interpreter thread (counts repeat exactly only
+    then); writes the full result JSON atomically."""
+    from pipeline.devices.check import run_device_check
+
+    atomic_write_json(Path(out), run_device_check(model, device, x, y, threads=1).to_dict())
+
+
+def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, Any]], splits,
+                      stage, log: Log) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Runs every variant on every target device; returns ``{device: {variant: metrics}}``.
+
+    Args:
+        stage: the build's :class:`pipeline.build.StageRunner` (records and caches each pair).
+    """
+    from pipeline.devices.profiles import get_device
+    from pipeline.devices.runtime import ensure_runtime, runtime_key
+
+    d = recipe.devices
+    profiles = {name: get_device(name) for name in d.targets}  # unknown names fail before any work
+    ensure_runtime(progress=log)
+    n = min(d.samples, len(splits.x_test))
+    x, y = splits.x_test[:n], splits.y_test[:n]
+    pairs: List[Tuple[str, str]] = [(dev, v) for dev in d.targets for v in variants]
+    rt_key = runtime_key()
+    data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+
+    def cfg(dev):
+        # The fitted latency parameters are left out: re-calibrating re-estimates from
+        # the recorded counts instead of re-running every emulation.
+        profile = {k: v for k, v in profiles[dev].to_dict().items() if k != "latency"}
+        return {"profile": profile, "samples": n, "runtime": rt_key, "data": data_key}
+
+    out_of = {(dev, v): root / "devices" / dev / f"{v}.json" for dev, v in pairs}
+    pending = []
+    for dev, v in pairs:
+        key_inputs = {"tflite": Path(variants[v]["path"])}
+        if not stage.is_cached(f"device/{dev}/{v}", cfg(dev), key_inputs, {"result": out_of[(dev, v)]}):
+            pending.append((dev, v))
+    futures = {}
+    if pending:
+        log(f"[devices] {len(pending)} run(s) on emulated ARM ({d.workers} worker(s)), "
+            f"{n} images each")
+        pool = cf.ProcessPoolExecutor(max_workers=d.workers, mp_context=multiprocessing.get_context("spawn"))
+        for dev, v in pending:
+            futures[(dev, v)] = pool.submit(_run_one, variants[v]["path"], dev, x, y, str(out_of[(dev, v)]))
+    results: Dict[str, Dict[str, Any]] = {dev: {} for dev in d.targets}
+    try:
+        for dev, v in pairs:
+            def work(dev=dev, v=v):
+                futures[(dev, v)].result()
+                return device_metrics(json.loads(out_of[(dev, v)].read_text()))
+
+            m = stage(f"device/{dev}/{v}", cfg(dev), {"tflite": Path(variants[v]["path"])},
+                      {"result": out_of[(dev, v)]}, work)
+            # Latency is estimated from the counts with the profile's current parameters
+            # at the recipe's thread count (emulation itself always runs one thread).
+            results[dev][v] = {**m, **_latency(m, dev, d.threads)}
+            if (dev, v) in futures:
+                log(f"[device/{dev}/{v}] " + _line(results[dev][v]))
+    finally:
+        if futures:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+def _latency(m: Dict[str, Any], device: str, threads: int) -> Dict[str, Any]:
+    from pipeline.latency.model import attach_latency
+
+    r = {"loaded": m["loaded"], "instructions_by_class": m.get("instructions_by_class")}
+    attach_latency(r, device, threads)
+    return {"latency_ms": r.get("latency_ms"), "threads": threads}
+
+
+def _line(m: Dict[str, Any]) -> str:
+    if not m["loaded"]:
+        op = f" {m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op") else ""
+        return f"NOT LOADABLE{op}: {(m.get('load_error') or '').splitlines()[0][:120]}"
+    parts = [f"top-1 {m['top1']:.1f}%" if m["top1"] is not None else "",
+             f"{m['instructions_per_inference'] / 1e6:.2f} M instr/inference"
+             if m["instructions_per_inference"] else "",
+             f"~{m['latency_ms']:.2f} ms" if m.get("latency_ms") else "",
+             f"bit-exact {m['exact_fraction']:.0%}" if _integer(m) else
+             f"max |diff| {m['max_abs_diff']:.2g}" if m.get("max_abs_diff") is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def _integer(m: Dict[str, Any], output_dtype: str = "") -> bool:
+    return (output_dtype or m.get("output_dtype")) in ("int8", "uint8") and m.get("exact_fraction") is not None
+
+
+def device_table(metrics: Dict[str, Any]) -> str:
+    """Markdown table: one row per device x variant."""
+    lines = ["| device | variant | loads | top-1 % | M instr / inference | est. latency ms | "
+             "bit-exact | max abs diff | memory MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    def out_dtype(v):
+        return metrics.get("variants", {}).get(v, {}).get("output", {}).get("dtype", "")
+
+    for dev, per_variant in metrics.get("devices", {}).items():
+        for v, m in per_variant.items():
+            if not m["loaded"]:
+                first = ((m.get("load_error") or "?").splitlines() or ["?"])[0]
+                op = (f"{m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op")
+                      else first.split(":")[0][:60])
+                lines.append(f"| {dev} | {v} | no ({op}) | | | | | | |")
+                continue
+
+            def f(val, fmt):
+                return format(val, fmt) if val is not None else "-"
+            instr = m["instructions_per_inference"] / 1e6 if m["instructions_per_inference"] else None
+            mem = m["peak_memory_bytes"] / 2 ** 20 if m["peak_memory_bytes"] else None
+            lines.append(f"| {dev} | {v} | yes | {f(m['top1'], '.1f')} | {f(instr, '.3f')} | "
+                         f"{f(m.get('latency_ms'), '.2f')} | "
+                         f"{f(m['exact_fraction'], '.0%') if _integer(m, out_dtype(v)) else 'n/a (float)'} | "
+                         f"{f(m['max_abs_diff'], '.2g')} | {f(mem, '.2f')} |")
+    return "\n".join(lines)

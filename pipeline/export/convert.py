@@ -1,0 +1,115 @@
+"""Conversion to TFLite, one variant at a time, always validated against Keras.
+
+Each variant is a row of :data:`pipeline.export.variants.VARIANTS`; a model that fails
+validation is never written.
+"""
+
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from pipeline.recipe.schema import Recipe
+from pipeline.errors import ConversionMismatchError
+from pipeline.native import captured_stderr
+from pipeline.store.atomic import atomic_write_bytes
+from pipeline.tflite.reader import float_compute_ops, parse_tflite
+from pipeline.tflite.host import run_tflite
+from pipeline.export.variants import VARIANTS, Variant
+
+
+def convert_keras(model, variant: Variant, calibration: Optional[np.ndarray], int8_io: bool) -> bytes:
+    """Runs the TFLite converter on a Keras model for ``variant``; returns the flatbuffer."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    # from_keras_model round-trips through a SavedModel: ~60-150 s per small QAT model
+    # on 2 cores, against ~5 s for freezing the function directly (same op list).
+    conv.experimental_lower_to_saved_model = False
+    if variant.optimize:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant.float16:
+        conv.target_spec.supported_types = [tf.float16]
+    if variant.full_integer:
+        if calibration is None:
+            raise ValueError("full-integer conversion needs calibration data")
+
+        def representative():
+            for i in range(len(calibration)):
+                yield [calibration[i:i + 1].astype(np.float32)]
+
+        # TF 2.21 needs a representative set even for QAT models once INT8 builtins are required.
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def validate_conversion(tflite: bytes, keras_probs: np.ndarray, x: np.ndarray, variant: Variant,
+                        name: str) -> Dict:
+    """Compares TFLite outputs with Keras on a fixed batch.
+
+    Raises:
+        ConversionMismatchError: beyond the variant's tolerance, or a full-integer
+            model that still computes in float.
+    """
+    model = parse_tflite(tflite, name)
+    tfl_probs = run_tflite(tflite, x)
+    max_abs = float(np.max(np.abs(tfl_probs - keras_probs)))
+    agreement = float(np.mean(np.argmax(tfl_probs, 1) == np.argmax(keras_probs, 1)))
+    if variant.max_abs_diff is not None and max_abs > variant.max_abs_diff:
+        raise ConversionMismatchError(
+            f"{name}: TFLite output differs from Keras by {max_abs:.3g} (tolerance {variant.max_abs_diff:g}) "
+            f"on {len(x)} validation images")
+    if variant.min_agreement is not None and agreement < variant.min_agreement:
+        raise ConversionMismatchError(
+            f"{name}: TFLite top-1 agrees with Keras on {agreement:.1%} of {len(x)} validation images "
+            f"(minimum {variant.min_agreement:.0%})")
+    float_ops = float_compute_ops(model) if variant.full_integer else []
+    if float_ops:
+        raise ConversionMismatchError(
+            f"{name}: full-integer model still computes in float: {', '.join(sorted(set(float_ops)))}")
+    return {"validation_max_abs_diff": max_abs, "validation_agreement": agreement,
+            "validation_samples": int(len(x))}
+
+
+def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits, out: Path,
+                    log: Callable[[str], None] = print, base: Optional[Path] = None) -> Dict:
+    """Converts the Keras model at ``source_path`` to ``variant_name``, validates, writes ``out``.
+
+    Args:
+        base: for the CQAT/PCQAT variants, ``source_path`` holds only weights and
+            ``base`` is the clustered model they were trained from (those models
+            reload only by rebuilding: :func:`pipeline.compress.cluster.load_cluster_qat`).
+
+    Returns:
+        metrics: validation figures and the converted size.
+    """
+    from pipeline.train.keras_io import load_keras
+    from pipeline.train.fit import setup_tensorflow
+
+    variant = VARIANTS.get(variant_name)
+    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+    if base is not None:
+        from pipeline.compress.cluster import load_cluster_qat
+
+        model = load_cluster_qat(base, source_path, variant.source)
+    else:
+        model = load_keras(source_path, quantized=variant.source != "float")
+    c = recipe.convert
+    calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None
+    log(f"[convert/{variant_name}] converting {source_path.name}")
+    with captured_stderr():  # the converter's C++ chatter
+        tflite = convert_keras(model, variant, calib, c.int8_io)
+    x_val = splits.x_test[: c.validation_samples]
+    keras_probs = model.predict(x_val, batch_size=64, verbose=0)
+    metrics = validate_conversion(tflite, keras_probs, x_val, variant, f"{variant_name} ({out.name})")
+    atomic_write_bytes(out, tflite)
+    metrics["size_bytes"] = len(tflite)
+    log(f"[convert/{variant_name}] {len(tflite) / 1024:.1f} KiB, agreement {metrics['validation_agreement']:.1%}, "
+        f"max |diff| {metrics['validation_max_abs_diff']:.2g}")
+    return metrics

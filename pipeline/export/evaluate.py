@@ -1,0 +1,101 @@
+"""Host evaluation of a TFLite variant with the LiteRT interpreter."""
+
+import gzip
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+from pipeline.tflite.reader import PRUNABLE_OPS, WEIGHT_OPS, read_tflite, weight_kernels, zero_fraction
+from pipeline.tflite.host import run_tflite
+
+
+def gzip_size(data: bytes) -> int:
+    """Compressed size at gzip level 9 with a fixed mtime (reproducible)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def unique_values_per_kernel(model, ops=WEIGHT_OPS) -> Dict[str, int]:
+    """Most distinct values in any output channel of each kernel of ``ops``.
+
+    Per channel because int8 kernels are quantized per output channel: a clustered
+    kernel with N centroids has at most N values per channel, not per kernel.
+    """
+    out = {}
+    for op, name, arr in weight_kernels(model):
+        if op not in ops:
+            continue
+        if op == "DEPTHWISE_CONV_2D":  # [1, h, w, out]: channel is the last axis
+            chans = arr.reshape(-1, arr.shape[-1]).T
+        else:  # CONV_2D [out, h, w, in], FULLY_CONNECTED [out, in]
+            chans = arr.reshape(arr.shape[0], -1)
+        out[name] = int(max(len(np.unique(c)) for c in chans))
+    return out
+
+
+def layer_name(tensor_name: str) -> str:
+    """The Keras layer a TFLite kernel tensor came from, e.g. ``block3_pointwise_conv``.
+
+    The converter names kernels ``<model>/<layer>/<op>[;<fused name>...]``, with a
+    ``quant_`` prefix on layers of QAT models; a kernel with a BatchNorm folded into
+    it may list the BatchNorm first, so the name of the conv or matmul op wins.
+    Other names are returned unchanged.
+    """
+    names = [part.split("/") for part in tensor_name.split(";")]
+    names = [n for n in names if len(n) >= 3]
+    if not names:
+        return tensor_name
+    layer = next((n[1] for n in names if n[-1] in ("Conv2D", "depthwise", "MatMul")), names[0][1])
+    return layer[len("quant_"):] if layer.startswith("quant_") else layer
+
+
+def kernel_report(model) -> list:
+    """One row per conv/dense kernel of a TFLite model, in graph order.
+
+    Returns:
+        ``{"layer", "op", "params", "zeros", "unique_per_channel"}`` rows: ``zeros``
+        is the fraction of exactly-zero values, ``unique_per_channel`` the most
+        distinct values in any output channel (as :func:`unique_values_per_kernel`).
+    """
+    uniq = unique_values_per_kernel(model)
+    return [{"layer": layer_name(name), "op": op, "params": int(arr.size),
+             "zeros": float(np.count_nonzero(arr == 0) / arr.size), "unique_per_channel": uniq[name]}
+            for op, name, arr in weight_kernels(model)]
+
+
+def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray) -> Dict:
+    """Measures one TFLite model on the host.
+
+    Args:
+        path: the ``.tflite`` file.
+        x, y: the test split.
+        float_top1_classes: the float Keras model's predicted classes on ``x``.
+
+    Returns:
+        top1 (percent), agreement with float (percent), size and gzip size (bytes),
+        zero fraction of prunable and of all kernels, most distinct values per output
+        channel of any conv/dense kernel, the per-kernel table (:func:`kernel_report`),
+        input/output dtypes, ops with versions.
+    """
+    model = read_tflite(path)
+    data = Path(path).read_bytes()
+    probs = run_tflite(data, x)
+    pred = np.argmax(probs, axis=1)
+    inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
+    uniq = unique_values_per_kernel(model, PRUNABLE_OPS)  # depthwise is never clustered
+    return {
+        "top1": float(np.mean(pred == y) * 100.0),
+        "agreement_with_float": float(np.mean(pred == float_top1_classes) * 100.0),
+        "size_bytes": len(data),
+        "gzip_bytes": gzip_size(data),
+        "zeros_prunable": zero_fraction(model, PRUNABLE_OPS),
+        "zeros_all_kernels": zero_fraction(model, WEIGHT_OPS),
+        "max_unique_per_kernel": max(uniq.values()) if uniq else 0,
+        "kernels": kernel_report(model),
+        "input": {"dtype": inp.dtype, "shape": list(inp.shape),
+                  "scale": list(inp.quantization.scale), "zero_point": list(inp.quantization.zero_point)},
+        "output": {"dtype": out.dtype, "shape": list(out.shape),
+                   "scale": list(out.quantization.scale), "zero_point": list(out.quantization.zero_point)},
+        "ops": [f"{name}:v{ver}" for name, ver in model.op_versions()],
+        "samples": int(len(x)),
+    }

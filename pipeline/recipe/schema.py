@@ -1,0 +1,458 @@
+"""Recipes: frozen, validated configuration of one build.
+
+A recipe is YAML that loads into :class:`Recipe`, a tree of frozen dataclasses.
+Loading is strict: an unknown key is an error naming the key and the valid keys;
+a bad value is an error naming the key, what is allowed and what was received.
+``Recipe.to_dict()`` round-trips through ``Recipe.from_dict()``.
+
+Every recipe has a *smoke* form (:meth:`Recipe.smoke`): tiny input, few samples,
+one epoch, used by tests and ``build --smoke``.
+"""
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.train.zoo import family_names
+from pipeline.store.atomic import config_hash
+from pipeline.export.variants import DEFAULT_VARIANTS, SOURCES
+from pipeline.export.variants import VARIANTS as VARIANT_REGISTRY
+
+VARIANTS = tuple(VARIANT_REGISTRY.names())
+
+MODEL_FAMILIES = family_names()
+DATASET_NAMES = ("shapes", "fashion-mnist", "digits", "folder")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+FIT_MODES = ("resize", "pad")
+# tfmot's CentroidInitialization names, lower-case.
+CLUSTER_INITS = ("kmeans_plus_plus", "linear", "random", "density_based")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to use and how many samples of each split.
+
+    ``None`` for a sample count means "all available".
+    """
+
+    dataset: str = "shapes"
+    path: Optional[str] = None
+    train_samples: Optional[int] = 3000
+    val_samples: Optional[int] = 500
+    test_samples: Optional[int] = 1000
+    fit: str = "resize"
+
+    def validate(self, where: str) -> None:
+        _choice(where, "dataset", self.dataset, DATASET_NAMES)
+        _choice(where, "fit", self.fit, FIT_MODES)
+        for name in ("train_samples", "val_samples", "test_samples"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive_int(where, name, value)
+        if self.dataset == "folder" and not self.path:
+            raise ConfigError(f"{where}.path: the 'folder' data set needs a path to a directory "
+                              "with one sub-folder per class")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model family, width multiplier and input geometry."""
+
+    family: str = "mobilenet_v2"
+    alpha: float = 0.35
+    input_size: int = 32
+    channels: int = 1
+    first_stride: int = 1
+    dropout: float = 0.0
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    def validate(self, where: str) -> None:
+        _choice(where, "family", self.family, MODEL_FAMILIES)
+        _positive_number(where, "alpha", self.alpha)
+        if not isinstance(self.input_size, int) or self.input_size < 32:
+            raise ConfigError(f"{where}.input_size: expected an integer >= 32, got {self.input_size!r}")
+        _choice(where, "channels", self.channels, (1, 3))
+        _choice(where, "first_stride", self.first_stride, (1, 2))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{where}.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Float training: Adam with cosine decay."""
+
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    strategy: str = "default"
+    logical_devices: int = 0
+
+    def validate(self, where: str) -> None:
+        _positive_int(where, "epochs", self.epochs)
+        _positive_int(where, "batch_size", self.batch_size)
+        _positive_number(where, "learning_rate", self.learning_rate)
+        _choice(where, "strategy", self.strategy, STRATEGIES)
+        _non_negative_int(where, "logical_devices", self.logical_devices)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning (polynomial decay to ``target_sparsity``), then strip."""
+
+    enabled: bool = False
+    target_sparsity: float = 0.5
+    m_by_n: Optional[Tuple[int, int]] = None
+    epochs: int = 2
+    learning_rate: float = 1e-3
+
+    def validate(self, where: str) -> None:
+        _bool(where, "enabled", self.enabled)
+        if not 0.0 < self.target_sparsity < 1.0:
+            raise ConfigError(f"{where}.target_sparsity: expected 0 < value < 1, "
+                              f"got {self.target_sparsity!r}")
+        if self.m_by_n is not None and (
+            len(self.m_by_n) != 2 or not all(isinstance(v, int) and v > 0 for v in self.m_by_n)
+            or self.m_by_n[0] >= self.m_by_n[1]
+        ):
+            raise ConfigError(f"{where}.m_by_n: expected [M, N] with 0 < M < N (e.g. [2, 4]), "
+                              f"got {list(self.m_by_n)!r}")
+        _positive_int(where, "epochs", self.epochs)
+        _positive_number(where, "learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class QatConfig:
+    """Quantization-aware training; prune-preserving when the prune stage ran."""
+
+    enabled: bool = True
+    epochs: int = 1
+    learning_rate: float = 5e-4
+
+    def validate(self, where: str) -> None:
+        _bool(where, "enabled", self.enabled)
+        _positive_int(where, "epochs", self.epochs)
+        _positive_number(where, "learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Weight clustering (weight sharing) of Conv2D/Dense kernels, then strip.
+
+    Used by the ``int8-cqat`` (cluster -> CQAT) and ``int8-pcqat`` (prune ->
+    sparsity-preserving cluster -> PCQAT) variants; ``enabled`` must be true for
+    them and is an error without them. ``clusters`` centroids per kernel (per output
+    channel of Conv2D kernels with ``per_channel``), initialised by ``init``
+    (tfmot's CentroidInitialization), fine-tuned ``epochs`` at ``learning_rate``.
+    """
+
+    enabled: bool = False
+    clusters: int = 16
+    init: str = "kmeans_plus_plus"
+    per_channel: bool = False
+    epochs: int = 1
+    learning_rate: float = 1e-4
+
+    def validate(self, where: str) -> None:
+        _bool(where, "enabled", self.enabled)
+        if isinstance(self.clusters, bool) or not isinstance(self.clusters, int) or self.clusters < 2:
+            raise ConfigError(f"{where}.clusters: expected an integer >= 2, got {self.clusters!r}")
+        _choice(where, "init", self.init, CLUSTER_INITS)
+        _bool(where, "per_channel", self.per_channel)
+        _positive_int(where, "epochs", self.epochs)
+        _positive_number(where, "learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The space and schedule of ``mobile-model search`` (device-aware model search).
+
+    Attributes:
+        families, alphas, input_sizes: the space (every combination is a candidate).
+        trials: candidates the search looks at (each costs an emulated run, once per
+            architecture; only those within the budgets are trained).
+        proxy_epochs: float training epochs of the proxy schedule.
+        proxy_train_samples: training images of the proxy schedule (0: the recipe's).
+        finalists: best proxy candidates that get the full recipe.
+    """
+
+    families: Tuple[str, ...] = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small")
+    alphas: Tuple[float, ...] = (0.25, 0.35, 0.5, 0.75, 1.0)
+    input_sizes: Tuple[int, ...] = (32, 48, 64)
+    trials: int = 20
+    proxy_epochs: int = 1
+    proxy_train_samples: int = 0
+    finalists: int = 2
+
+    def validate(self, where: str) -> None:
+        _choices(where, "families", self.families, MODEL_FAMILIES)
+        if not self.alphas:
+            raise ConfigError(f"{where}.alphas: expected at least one width multiplier")
+        for a in self.alphas:
+            _positive_number(where, "alphas", a)
+        if not self.input_sizes:
+            raise ConfigError(f"{where}.input_sizes: expected at least one input size")
+        for size in self.input_sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 32:
+                raise ConfigError(f"{where}.input_sizes: expected integers >= 32, got {size!r}")
+        _positive_int(where, "trials", self.trials)
+        _positive_int(where, "proxy_epochs", self.proxy_epochs)
+        _non_negative_int(where, "proxy_train_samples", self.proxy_train_samples, " (0: the recipe's)")
+        _positive_int(where, "finalists", self.finalists)
+        for key in ("alphas", "input_sizes"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{key}: duplicate entries in {list(values)}")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """TFLite variants to produce and how integer models are fed."""
+
+    variants: Tuple[str, ...] = DEFAULT_VARIANTS
+    int8_io: bool = False
+    calibration_samples: int = 200
+    validation_samples: int = 64
+
+    def validate(self, where: str) -> None:
+        _choices(where, "variants", self.variants, VARIANTS)
+        _bool(where, "int8_io", self.int8_io)
+        _positive_int(where, "calibration_samples", self.calibration_samples)
+        _positive_int(where, "validation_samples", self.validation_samples)
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    """Emulated target devices and how many test images each runs."""
+
+    targets: Tuple[str, ...] = ()
+    samples: int = 100
+    threads: int = 1
+    workers: int = 2
+
+    def validate(self, where: str) -> None:
+        for t in self.targets:
+            if not isinstance(t, str):
+                raise ConfigError(f"{where}.targets: expected device names, got {t!r}")
+        _positive_int(where, "samples", self.samples)
+        _positive_int(where, "threads", self.threads)
+        _positive_int(where, "workers", self.workers)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One build: data, model, training, optimization, conversion, devices, budgets."""
+
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budgets: Dict[str, Any] = field(default_factory=dict)
+    deploy_variant: str = "int8-qat"
+    smoke_form: bool = False
+
+    def validate(self) -> "Recipe":
+        """Checks every field; returns self. Raises ConfigError naming the bad key."""
+        if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {self.name!r}")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"recipe.seed: expected an integer, got {self.seed!r}")
+        if not 0 <= self.seed < 2**32:  # what numpy and TensorFlow seeding accept
+            raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {self.seed!r}")
+        for f in ("data", "model", "train", "prune", "qat", "cluster", "convert", "devices", "search"):
+            getattr(self, f).validate(f"recipe.{f}")
+        _choice("recipe", "deploy_variant", self.deploy_variant, self.convert.variants)
+        for v in self.convert.variants:
+            for section in SOURCES[VARIANT_REGISTRY.get(v).source].needs:
+                if not getattr(self, section).enabled:
+                    raise ConfigError(f"recipe.convert.variants: {v!r} needs {section}.enabled: true")
+        clustered = [name for name, v in VARIANT_REGISTRY.items() if "cluster" in SOURCES[v.source].needs]
+        if self.cluster.enabled and not set(clustered) & set(self.convert.variants):
+            raise ConfigError(f"recipe.cluster.enabled: true, but no variant uses clustering: add "
+                              f"{' or '.join(clustered)} to convert.variants")
+        from pipeline.gate.budgets import validate_budgets  # budgets know their own keys
+
+        validate_budgets(self.budgets, self.convert.variants)
+        return self
+
+    # -- forms ---------------------------------------------------------------
+
+    def smoke(self) -> "Recipe":
+        """The tiny form of this recipe: 32x32 input, few samples, one epoch."""
+        r = dataclasses.replace
+        return r(
+            self,
+            data=r(self.data, train_samples=min(self.data.train_samples or 256, 256),
+                   val_samples=64, test_samples=128),
+            model=r(self.model, input_size=32),
+            train=r(self.train, epochs=1, batch_size=32),
+            prune=r(self.prune, epochs=1),
+            qat=r(self.qat, epochs=1),
+            cluster=r(self.cluster, epochs=1),
+            convert=r(self.convert, calibration_samples=32, validation_samples=16),
+            devices=r(self.devices, samples=16),
+            smoke_form=True,
+        ).validate()
+
+    @property
+    def build_name(self) -> str:
+        return f"{self.name}-smoke" if self.smoke_form else self.name
+
+    # -- (de)serialisation ---------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _to_plain(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of the whole recipe (stage caches use sub-config hashes)."""
+        return config_hash(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Recipe":
+        """Builds and validates a recipe from plain data. Raises ConfigError."""
+        return _from_plain(cls, data, "recipe").validate()
+
+
+def load_recipe(path: "str | Path", smoke: bool = False) -> Recipe:
+    """Loads a recipe YAML file (or an embedded recipe by name, e.g. ``default``).
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds invalid keys/values.
+    """
+    p = Path(path)
+    if not p.exists():
+        embedded = Path(__file__).parent / "presets" / f"{path}.yaml"
+        if embedded.exists() and "/" not in str(path):
+            p = embedded
+        else:
+            names = ", ".join(sorted(q.stem for q in (Path(__file__).parent / "presets").glob("*.yaml")))
+            raise ConfigError(f"recipe file not found: {path} (embedded recipes: {names})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {p}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"recipe {p}: not valid YAML: nested too deeply") from None
+    except OSError as exc:
+        raise ConfigError(f"recipe {p}: cannot read it ({exc.strerror})") from None
+    if data is None:
+        raise ConfigError(f"recipe {p}: file is empty")
+    recipe = Recipe.from_dict(data)
+    return recipe.smoke() if smoke else recipe
+
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _from_plain(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _from_plain(tp, value if value is not None else {}, where)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, value, where)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0]
+        return tuple(_coerce(inner, v, where) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(where: str, key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{where}.{key}: expected one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _choices(where: str, key: str, values, allowed) -> None:
+    """A non-empty list of distinct entries of ``allowed``."""
+    if not values:
+        raise ConfigError(f"{where}.{key}: expected at least one of {', '.join(map(str, allowed))}")
+    for v in values:
+        _choice(where, key, v, allowed)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}.{key}: duplicate entries in {list(values)}")
+
+
+def _non_negative_int(where: str, key: str, value: Any, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}.{key}: expected an integer >= 0{note}, got {value!r}")
+
+
+def _positive_int(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+
+
+def _positive_number(where: str, key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{where}.{key}: expected a positive number, got {value!r}")
+
+
+def _bool(where: str, key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")

@@ -1,0 +1,258 @@
+"""The typed figures of one build: written once by the build, read by everything after it.
+
+``summary.json`` in a build directory is a :class:`BuildSummary` as JSON. Budgets,
+the regression gate, the report, the bundle and the search read it through
+:func:`load_summary` (or take the object the build returned); none of them re-parses
+nested dicts or re-runs inference: evaluation saved its predictions
+(:attr:`VariantSummary.predictions`) beside the model.
+
+Every class round-trips: ``X.from_dict(x.to_dict()) == x``. ``from_dict`` rejects
+missing and unknown keys with the path of the offending field, so a summary written
+by another schema version is a clear error, not a ``KeyError`` deep in a report.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from pipeline.errors import DataError
+
+#: Bumped whenever a field is added, removed or changes meaning.
+SCHEMA_VERSION = 1
+SUMMARY_FILE = "summary.json"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TensorIO:
+    """An input or output tensor of a ``.tflite`` file: dtype, shape and quantization."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+    scale: Tuple[float, ...] = ()
+    zero_point: Tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class KernelRow:
+    """One conv/dense kernel of a ``.tflite`` file: zeros and distinct values per output channel."""
+
+    layer: str
+    op: str
+    params: int
+    zeros: float
+    unique_per_channel: int
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Conversion check of a variant against its Keras source on the validation images."""
+
+    validation_max_abs_diff: float
+    validation_agreement: float
+    validation_samples: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """Host figures of one TFLite variant (see :func:`pipeline.export.evaluate.evaluate_tflite`).
+
+    ``predictions`` is the path of the saved class predictions on the test split
+    (``.npy``, int64), in test order, for confusion matrices and per-class figures.
+    """
+
+    top1: float
+    agreement_with_float: float
+    size_bytes: int
+    gzip_bytes: int
+    zeros_prunable: float
+    zeros_all_kernels: float
+    max_unique_per_kernel: int
+    kernels: Tuple[KernelRow, ...]
+    input: TensorIO
+    output: TensorIO
+    ops: Tuple[str, ...]
+    samples: int
+    validation: Validation
+    macs: int
+    path: str
+    chain: str
+    predictions: str
+
+    @property
+    def integer_output(self) -> bool:
+        return self.output.dtype in ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    """What one variant did on one emulated device (see :mod:`pipeline.devices.matrix`)."""
+
+    loaded: bool
+    runtime: str
+    load_error: Optional[str] = None
+    load_error_op: Optional[str] = None
+    load_error_op_version: Optional[int] = None
+    top1: Optional[float] = None
+    instructions_per_inference: Optional[int] = None
+    instructions_by_class: Dict[str, int] = field(default_factory=dict)
+    output_dtype: Optional[str] = None
+    exact_fraction: Optional[float] = None
+    max_abs_diff: Optional[float] = None
+    top1_agreement: Optional[float] = None
+    peak_memory_bytes: Optional[int] = None
+    fits_ram: Optional[bool] = None
+    wall_s_per_image: Optional[float] = None
+    samples: Optional[int] = None
+    latency_ms: Optional[float] = None
+    threads: Optional[int] = None
+
+    @property
+    def integer_output(self) -> bool:
+        return self.output_dtype in ("int8", "uint8") and self.exact_fraction is not None
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """One budget verdict as recorded in the summary (:class:`pipeline.gate.budgets.BudgetCheck`)."""
+
+    budget: str
+    subject: str
+    limit: float
+    measured: Optional[float]
+    unit: str
+    direction: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """Every figure of one build."""
+
+    recipe: str
+    float_top1: float
+    params: int
+    macs: int
+    deploy_variant: str
+    labels: Tuple[str, ...]
+    variants: Dict[str, VariantSummary]
+    devices: Dict[str, Dict[str, DeviceSummary]] = field(default_factory=dict)
+    budgets: Tuple[BudgetResult, ...] = ()
+    stages_run: Tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def device(self, device: str, variant: Optional[str] = None) -> Optional[DeviceSummary]:
+        """The result of ``variant`` (default: the deploy variant) on ``device``, or None."""
+        return self.devices.get(device, {}).get(variant or self.deploy_variant)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "summary") -> "BuildSummary":
+        if isinstance(data, Mapping) and data.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not the "
+                            f"supported {SCHEMA_VERSION} (rebuild to refresh it)")
+        return from_plain(cls, data, where)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, tuples and dicts -> JSON-able dicts and lists."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def from_plain(cls: Type[T], data: Any, where: str) -> T:
+    """Builds dataclass ``cls`` from JSON-able ``data``; raises DataError naming the bad field."""
+    if not isinstance(data, Mapping):
+        raise DataError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise DataError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DataError(f"{where}: missing field {name!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        return from_plain(tp, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise DataError(f"{where}: expected a list, got {type(value).__name__}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Dict):
+        if not isinstance(value, Mapping):
+            raise DataError(f"{where}: expected an object, got {type(value).__name__}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise DataError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"{where}: expected a number, got {value!r}")
+        if tp is int and float(value) != int(value):
+            raise DataError(f"{where}: expected an integer, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise DataError(f"{where}: expected text, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported field type {tp!r}")
+
+
+def write_summary(summary: BuildSummary, root: Path) -> Path:
+    """Writes ``root/summary.json`` atomically; returns its path."""
+    from pipeline.store.atomic import atomic_write_json
+
+    path = Path(root) / SUMMARY_FILE
+    atomic_write_json(path, summary.to_dict())
+    return path
+
+
+def load_summary(root: Union[str, Path]) -> BuildSummary:
+    """Reads the :class:`BuildSummary` of the build in directory ``root``.
+
+    Raises:
+        DataError: no summary (the build did not finish), not JSON, or another schema.
+    """
+    path = Path(root) / SUMMARY_FILE
+    if not path.is_file():
+        raise DataError(f"{root}: no {SUMMARY_FILE} (not a finished build directory)")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON summary ({exc})") from None
+    return BuildSummary.from_dict(data, str(path))
+
+
+def device_rows(summary: BuildSummary) -> List[Tuple[str, str, DeviceSummary]]:
+    """``(device, variant, result)`` for every device run, in recipe order."""
+    return [(dev, v, r) for dev, per in summary.devices.items() for v, r in per.items()]

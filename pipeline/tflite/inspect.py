@@ -1,0 +1,111 @@
+"""Inspecting and evaluating a ``.tflite`` file given by a user.
+
+Such a file is untrusted: it is read by the bounds-checked parser and handed to
+LiteRT only in a child process (:mod:`pipeline.tflite.sandbox`), so a malformed or
+hostile file gives a clear :class:`ModelFileError` instead of a crash or a hang.
+"""
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from pipeline.errors import ConfigError, DataError
+from pipeline.tflite.sandbox import load_check, run_untrusted
+from pipeline.tflite.reader import read_tflite
+
+
+def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
+    """Ops with versions, tensors, inputs/outputs with quantization, and size.
+
+    Args:
+        load: also have the host runtime (LiteRT) load the file and allocate its
+            tensors, in an isolated child process.
+
+    Raises:
+        ModelFileError: missing, truncated or not a TFLite file, or (with ``load``)
+            the runtime rejects it, crashes on it or times out.
+    """
+    m = read_tflite(path)
+    runtime = None
+    if load:
+        info = load_check(path, model=m)
+        runtime = {"loads": True, "ops": len(info["ops"])}
+
+    def tensor(i):
+        t = m.tensors[i]
+        q = t.quantization
+        return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
+                "scale": [float(s) for s in q.scale[:4]], "zero_point": [int(z) for z in q.zero_point[:4]],
+                "per_channel": len(q.scale) > 1}
+
+    counts: Dict[str, int] = {}
+    for op in m.operators:
+        key = f"{op.opcode}:v{op.version}"
+        counts[key] = counts.get(key, 0) + 1
+    dtypes: Dict[str, int] = {}
+    for t in m.tensors:
+        dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+    return {
+        "path": str(path),
+        "size_bytes": m.size,
+        "subgraphs": m.num_subgraphs,
+        "operators": len(m.operators),
+        "ops": counts,
+        "tensor_dtypes": dtypes,
+        "inputs": [tensor(i) for i in m.inputs],
+        "outputs": [tensor(i) for i in m.outputs],
+        "host_runtime": runtime,
+    }
+
+
+def format_description(d: Dict[str, Any]) -> str:
+    """The text form of :func:`describe_model`'s result."""
+    lines = [f"{d['path']}: {d['size_bytes']:,} bytes, {d['operators']} operators, {d['subgraphs']} subgraph(s)"]
+    for kind in ("inputs", "outputs"):
+        for t in d[kind]:
+            q = f" scale {t['scale'][0]:.6g} zero_point {t['zero_point'][0]}" if t["scale"] else ""
+            lines.append(f"  {kind[:-1]:<7}{t['name']}: {t['dtype']} {t['shape']}{q}")
+    lines.append("  ops:")
+    for op, n in sorted(d["ops"].items()):
+        lines.append(f"    {op:<32}x{n}")
+    lines.append("  tensor dtypes: " + ", ".join(f"{k} x{v}" for k, v in sorted(d["tensor_dtypes"].items())))
+    if d.get("host_runtime"):
+        lines.append(f"  host LiteRT: loads and allocates ({d['host_runtime']['ops']} ops, isolated process)")
+    return "\n".join(lines)
+
+
+def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
+                  folder: Optional[Path] = None) -> Dict[str, Any]:
+    """Top-1 of a TFLite file on a recipe's test split or on a folder data set.
+
+    Raises:
+        ConfigError: neither or both of ``recipe`` and ``folder`` given.
+        ModelFileError / DataError: unusable model or data.
+    """
+    from pipeline.recipe.schema import DataConfig, load_recipe
+    from pipeline.data import load_dataset
+    if (recipe is None) == (folder is None):
+        raise ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER")
+    m = read_tflite(path)
+    shape = tuple(m.tensors[m.inputs[0]].shape[1:])
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected an image input [N, H, W, C], the model's input is {list(shape)}")
+    if recipe is not None:
+        r = load_recipe(recipe, smoke=smoke)
+        splits = load_dataset(r.data, shape, r.seed)
+        x, y, source = splits.x_test, splits.y_test, f"test split of {r.build_name}"
+    else:
+        cfg = DataConfig(dataset="folder", path=str(folder), train_samples=None, val_samples=None,
+                         test_samples=None)
+        splits = load_dataset(cfg, shape, 0)
+        x = np.concatenate([splits.x_train, splits.x_val, splits.x_test])
+        y = np.concatenate([splits.y_train, splits.y_val, splits.y_test])
+        source = f"all images of {folder}"
+    out_classes = m.tensors[m.outputs[0]].shape[-1]
+    if out_classes != len(splits.labels):
+        raise DataError(f"{path}: the model has {out_classes} outputs but the data has "
+                        f"{len(splits.labels)} classes")
+    probs = run_untrusted(path, x, model=m)
+    return {"top1": float(np.mean(np.argmax(probs, 1) == y) * 100), "samples": int(len(x)),
+            "source": source, "size_bytes": m.size}
