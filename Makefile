@@ -15,11 +15,12 @@ BASELINE    ?= baselines/$(RECIPE_NAME).json
 COMPARE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: mobile-model test unit fuzz device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
+.PHONY: mobile-model test lint unit fuzz device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
 
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
-	@echo "make test           the full test suite (what CI runs)"
+	@echo "make test           the full test suite (what CI runs), after make lint"
+	@echo "make lint           layering contracts (.importlinter), private imports, ruff (pyproject.toml)"
 	@echo "make fuzz           longer fuzzing of model loading and recipe parsing (FUZZ_EXAMPLES=5000)"
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
@@ -53,9 +54,17 @@ mobile-model: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
 	$(VENV)/bin/mobile-model build $(RECIPE)
 
+# Layering (.importlinter: models is a leaf, nothing imports pipeline.cli, ...), no
+# private name imported across modules (tests/test_layering.py) and ruff's checks
+# (pyproject.toml [tool.ruff]). Seconds; `make test` runs it first.
+lint: $(STAMP)
+	@$(VENV)/bin/lint-imports --no-cache || { echo "error: make lint: import layering broken (see above and .importlinter)" >&2; exit 1; }
+	@$(PY) -m pytest tests/test_layering.py -q -p no:cacheprovider || { echo "error: make lint: tests/test_layering.py failed: a private name imported across modules, or a module missing from .importlinter (see above)" >&2; exit 1; }
+	@$(VENV)/bin/ruff check --no-cache pipeline models tests device_tests conftest.py || { echo "error: make lint: ruff findings (see above; rules in pyproject.toml)" >&2; exit 1; }
+
 # The whole suite: unit, integration (real training/conversion on tiny models)
-# and device tests (real ARM runtime under qemu). Exit code 5 (no tests) fails.
-test: $(STAMP) system-deps
+# and device tests (real ARM runtime under qemu), after lint. Exit code 5 (no tests) fails.
+test: $(STAMP) lint system-deps
 	$(PY) -m pipeline.devices.runtime build
 	$(PY) -m pytest tests device_tests -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc

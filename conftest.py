@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipeline.native import tf_environment
+
+tf_environment()
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 REPO = Path(__file__).resolve().parent
@@ -31,4 +32,4 @@ def smoke_build(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_tflite(smoke_build):
     """Paths of the smoke build's .tflite files by variant."""
-    return {v: Path(m["path"]) for v, m in smoke_build.metrics["variants"].items()}
+    return {v: Path(m.path) for v, m in smoke_build.summary.variants.items()}

@@ -6,7 +6,6 @@ recipe is the default). ``MOBILE_MODEL_BUILD_DIR`` points it at an existing buil
 directory instead (``make device-test RECIPE=...`` builds first, then sets it).
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict
@@ -37,14 +36,15 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def device_build(request) -> Dict[str, Any]:
-    """The build under test: ``{"root": Path, "metrics": summary, "recipe": Recipe}``."""
+    """The build under test: ``{"root": Path, "summary": BuildSummary, "recipe": Recipe}``."""
+    from pipeline.summary import SUMMARY_FILE, load_summary
+
     build_dir = os.environ.get("MOBILE_MODEL_BUILD_DIR")
     if build_dir:
         root = Path(build_dir)
-        summary = root / "summary.json"
-        if not summary.exists():
-            raise pytest.UsageError(f"{summary} not found: build the recipe first")
-        return {"root": root, "metrics": json.loads(summary.read_text()), "recipe": suite_recipe()}
+        if not (root / SUMMARY_FILE).exists():
+            raise pytest.UsageError(f"{root / SUMMARY_FILE} not found: build the recipe first")
+        return {"root": root, "summary": load_summary(root), "recipe": suite_recipe()}
     if os.environ.get("MOBILE_MODEL_RECIPE", "default") == "default":
         result = request.getfixturevalue("smoke_build")
     else:
@@ -52,4 +52,4 @@ def device_build(request) -> Dict[str, Any]:
 
         out = request.getfixturevalue("tmp_path_factory").mktemp("device-build") / "b"
         result = build(suite_recipe(), out=out, log=lambda s: None)
-    return {"root": result.root, "metrics": result.metrics, "recipe": suite_recipe()}
+    return {"root": result.root, "summary": result.summary, "recipe": suite_recipe()}

@@ -4,13 +4,14 @@
     pytest device_tests                                    # the default recipe's smoke build
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline.gate.budgets import BUDGETS, check_budgets
+from pipeline.gate.budgets import check_budgets
+from pipeline.recipe.budgets import BUDGETS
 from pipeline.devices.profiles import DEVICES, get_device
+from pipeline.summary import DeviceSummary
 
 pytestmark = pytest.mark.device
 
@@ -18,8 +19,8 @@ FLOAT_TOLERANCE = 1e-4  # float32 on ARM vs x86 measured ~1e-7; dynamic-range a 
 TOP1_TOLERANCE = 2.0    # points: device top-1 may trail the host's on the same images by this much
 
 
-def _result(device_build, device, variant):
-    per_device = device_build["metrics"]["devices"]
+def _result(device_build, device, variant) -> DeviceSummary:
+    per_device = device_build["summary"].devices
     assert device in per_device, f"no device results for {device}: was the device matrix run?"
     assert variant in per_device[device], f"{variant} was not run on {device}"
     return per_device[device][variant]
@@ -27,28 +28,27 @@ def _result(device_build, device, variant):
 
 def test_loads_unless_the_runtime_lacks_an_op(device_build, variant, device):
     r = _result(device_build, device, variant)
-    if r["loaded"]:
+    if r.loaded:
         return
     # Only a legacy runtime may refuse a model, and it must say which op and version.
-    assert get_device(device).runtime != "litert", r["load_error"]
-    assert r["load_error_op"] and r["load_error_op_version"], r["load_error"]
+    assert get_device(device).runtime != "litert", r.load_error
+    assert r.load_error_op and r.load_error_op_version, r.load_error
 
 
 def test_device_accuracy_matches_host(device_build, variant, device):
     from pipeline.data import load_dataset
-    from pipeline.tflite.host import run_tflite
 
     r = _result(device_build, device, variant)
-    if not r["loaded"]:
-        assert get_device(device).runtime != "litert" and r["top1"] is None, r
+    if not r.loaded:
+        assert get_device(device).runtime != "litert" and r.top1 is None, r
         return
     recipe = device_build["recipe"]
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    n = r["samples"]
-    path = Path(device_build["metrics"]["variants"][variant]["path"])
-    host = np.argmax(run_tflite(path.read_bytes(), splits.x_test[:n]), 1)
+    n = r.samples
+    # The host's predictions as evaluation saved them (test order): the device ran the first n.
+    host = np.load(device_build["summary"].variants[variant].predictions)[:n]
     host_top1 = float(np.mean(host == splits.y_test[:n]) * 100)
-    assert r["top1"] >= host_top1 - TOP1_TOLERANCE, (r["top1"], host_top1)
+    assert r.top1 >= host_top1 - TOP1_TOLERANCE, (r.top1, host_top1)
 
 
 def test_outputs_agree_with_host(device_build, variant, device):
@@ -59,31 +59,31 @@ def test_outputs_agree_with_host(device_build, variant, device):
     from pipeline.export.variants import VARIANTS
 
     r = _result(device_build, device, variant)
-    if not r["loaded"]:  # nothing ran, so nothing to compare; the load test names the op
-        assert r["exact_fraction"] is None and r["instructions_per_inference"] is None, r
+    if not r.loaded:  # nothing ran, so nothing to compare; the load test names the op
+        assert r.exact_fraction is None and r.instructions_per_inference is None, r
         return
-    out = device_build["metrics"]["variants"][variant]["output"]
+    out = device_build["summary"].variants[variant].output
     if variant == "float32":
-        assert r["max_abs_diff"] < FLOAT_TOLERANCE, r
+        assert r.max_abs_diff < FLOAT_TOLERANCE, r
     elif VARIANTS.get(variant).full_integer and get_device(device).runtime == "litert":
-        step = out["scale"][0] if out["scale"] else 1 / 256  # float output: softmax step of the int8 tensor
-        assert r["max_abs_diff"] <= step + 1e-9, r
-        assert r["top1_agreement"] == 1.0, r
+        step = out.scale[0] if out.scale else 1 / 256  # float output: softmax step of the int8 tensor
+        assert r.max_abs_diff <= step + 1e-9, r
+        assert r.top1_agreement == 1.0, r
     else:
-        assert r["top1_agreement"] >= 0.95, r
+        assert r.top1_agreement >= 0.95, r
 
 
 def test_cost_and_memory_within_budgets(device_build, variant, device):
     r = _result(device_build, device, variant)
-    if not r["loaded"]:
-        assert r["peak_memory_bytes"] is None, r
+    if not r.loaded:
+        assert r.peak_memory_bytes is None, r
         return
-    assert r["instructions_per_inference"] > 0
-    assert r["fits_ram"], r
+    assert r.instructions_per_inference > 0
+    assert r.fits_ram, r
     recipe = device_build["recipe"]
     device_budgets = {k: v for k, v in recipe.budgets.items() if BUDGETS[k].scope == "device"}
     if variant == recipe.deploy_variant and device_budgets:
-        missed = [c for c in check_budgets(device_budgets, device_build["metrics"], [device])
+        missed = [c for c in check_budgets(device_budgets, device_build["summary"], [device])
                   if c.subject == device and not c.ok]
         assert not missed, missed
 
@@ -97,16 +97,16 @@ def test_instruction_count_repeats_exactly(device_build, device):
     from pipeline.data import load_dataset
 
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    path = device_build["metrics"]["variants"][variant]["path"]
-    again = run_device_check(path, device, splits.x_test[: r["samples"]], splits.y_test[: r["samples"]])
-    assert again.instructions_median == r["instructions_per_inference"]
+    path = device_build["summary"].variants[variant].path
+    again = run_device_check(path, device, splits.x_test[: r.samples], splits.y_test[: r.samples])
+    assert again.instructions_median == r.instructions_per_inference
 
 
 def test_every_registered_device_runs_the_deploy_variant(device_build):
     """Registry coverage: each profile, not only the recipe's targets, runs the model."""
     from pipeline.devices.check import run_device_check
 
-    path = device_build["metrics"]["variants"][device_build["recipe"].deploy_variant]["path"]
+    path = device_build["summary"].variants[device_build["recipe"].deploy_variant].path
     x = np.random.default_rng(0).random((2, *device_build["recipe"].model.input_shape), dtype=np.float32)
     for name in DEVICES.names():
         r = run_device_check(path, name, x)

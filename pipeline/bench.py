@@ -38,20 +38,20 @@ def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     recipe = load_recipe(args[0] if args else "default", smoke="--smoke" in args)
     result = build(recipe, log=lambda s: print(s, file=sys.stderr))
-    m = result.metrics
+    summary = result.summary
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
     x = splits.x_test[:200]
-    base = m["variants"]["float32"]
-    ref = _throughput(base["path"], x)
+    base = summary.variants["float32"]
+    ref = _throughput(base.path, x)
     print(f"## bench: {recipe.build_name} ({len(x)} images, host LiteRT, 1 thread)\n")
     print("| variant | images/s vs float32 | size vs float32 | gzip vs float32 |")
     print("|---|---:|---:|---:|")
-    for name, v in m["variants"].items():
-        speed = 1.0 if name == "float32" else _throughput(v["path"], x) / ref
-        print(f"| {name} | {speed:.2f}x | {v['size_bytes'] / base['size_bytes']:.3f}x | "
-              f"{v['gzip_bytes'] / base['gzip_bytes']:.3f}x |")
-    if m.get("devices"):
-        print("\n" + device_table(m))
+    for name, v in summary.variants.items():
+        speed = 1.0 if name == "float32" else _throughput(v.path, x) / ref
+        print(f"| {name} | {speed:.2f}x | {v.size_bytes / base.size_bytes:.3f}x | "
+              f"{v.gzip_bytes / base.gzip_bytes:.3f}x |")
+    if summary.devices:
+        print("\n" + device_table(summary))
     return 0
 
 

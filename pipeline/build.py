@@ -3,6 +3,9 @@
 ``build(recipe)`` wires the stages together through the manifest, so every stage
 is cached by its config and input hashes: a repeated build with nothing changed
 runs no stage, and an interrupted build resumes at the first unfinished stage.
+Its figures are one :class:`pipeline.summary.BuildSummary`, written once as
+``summary.json`` when every stage has run, then rendered into the report and the
+bundle.
 
 Artifact tree under ``build/<recipe>/``::
 
@@ -10,45 +13,54 @@ Artifact tree under ``build/<recipe>/``::
     keras/float.h5  keras/pruned.h5  keras/qat.h5  keras/float_test_pred.npy
     keras/cluster.h5  keras/cqat-weights.h5                  (int8-cqat)
     keras/cluster-pruned.h5  keras/pcqat-weights.h5          (int8-pcqat)
-    tflite/<variant>.tflite
+    tflite/<variant>.tflite  tflite/<variant>.pred.npy  tflite/test_labels.npy
     devices/<device>/<variant>.json
 """
 
+import dataclasses
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
-from pipeline.gate.budgets import BudgetCheck, check_budgets, format_budget_table
+from pipeline.gate.budgets import check_budgets, format_budget_table
 from pipeline.recipe.schema import Recipe
 from pipeline.native import import_tensorflow
 from pipeline.store.manifest import Manifest
-from pipeline.store.atomic import atomic_write_json, atomic_write_text
+from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
 from pipeline.export.variants import VARIANTS, chain_of
+from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, VariantSummary,
+                              write_summary)
 
 Log = Callable[[str], None]
 
 
 @dataclass
 class BuildResult:
-    """What a build produced: where, the metrics, and the budget verdicts."""
+    """What a build produced: where, its figures, and how long it took."""
 
     root: Path
-    metrics: Dict[str, Any]
-    budgets: List[BudgetCheck] = field(default_factory=list)
-    stages_run: List[str] = field(default_factory=list)
+    summary: BuildSummary
     wall_s: float = 0.0
 
     @property
+    def budgets(self) -> Tuple[BudgetResult, ...]:
+        return self.summary.budgets
+
+    @property
     def budgets_ok(self) -> bool:
-        return all(c.ok for c in self.budgets)
+        return self.summary.budgets_ok
+
+    @property
+    def stages_run(self) -> List[str]:
+        return list(self.summary.stages_run)
 
 
 class StageRunner:
@@ -99,92 +111,79 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
     Raises:
         MobileModelError subclasses for bad data, failed conversion validation, etc.
     """
-    from pipeline.data import load_dataset
-
     root = Path(out) if out else default_build_dir(recipe)
     t0 = time.perf_counter()
     with build_lock(root):
-        # Until this build finishes, the last finished one's figures are kept aside
-        # (summary.previous.json) so that nothing reads them as this build's.
-        if (root / "summary.json").exists():
-            os.replace(root / "summary.json", root / "summary.previous.json")
-        manifest = Manifest(root)
-        atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
-        splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-        fp = data_fingerprint(splits)
-        import_tensorflow()
-        log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
-            f"{splits.num_classes} classes")
-        manifest.set("recipe", recipe.to_dict())
-        manifest.set("reproduce", reproducibility(recipe.seed))
-        manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
-                              "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
-                                         "test": len(splits.x_test)},
-                              "report": splits.report})
-        stage = StageRunner(manifest, fp, log)
-        ran = stage.ran
-
-        keras_dir, tfl_dir = root / "keras", root / "tflite"
-        float_h5, preds = keras_dir / "float.h5", keras_dir / "float_test_pred.npy"
-        model_cfg = {"seed": recipe.seed, "model": recipe.to_dict()["model"], "train": recipe.to_dict()["train"]}
-        train_m = stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
-                        lambda: _train(recipe, splits, float_h5, preds, log))
-        sources = _optimize(recipe, splits, stage, float_h5, keras_dir, log)
-
-        float_classes = np.load(preds)
-        variants: Dict[str, Dict[str, Any]] = {}
-        for name in recipe.convert.variants:
-            variant = VARIANTS.get(name)
-            src = sources[variant.source]  # {"keras": model or weights[, "base": model]}
-            tfl = tfl_dir / f"{name}.tflite"
-            conv_cfg = {"variant": name, "convert": recipe.to_dict()["convert"], "seed": recipe.seed}
-            conv_m = stage(f"convert/{name}", conv_cfg, src, {"tflite": tfl},
-                           lambda: _convert(recipe, name, src, splits, tfl, log))
-            # "kernels": the figures include the per-kernel table (older cached records lack it).
-            eval_m = stage(f"evaluate/{name}", {"variant": name, "kernels": True},
-                           {"tflite": tfl, "float_pred": preds}, {},
-                           lambda: _evaluate(tfl, splits, float_classes))
-            variants[name] = {**eval_m, "validation": conv_m, "macs": train_m["macs"], "path": str(tfl),
-                              "chain": chain_of(variant.source, recipe.prune.enabled)}
-
-        metrics: Dict[str, Any] = {
-            "recipe": recipe.build_name,
-            "float_top1": train_m["test_top1"],
-            "params": train_m["params"],
-            "macs": train_m["macs"],
-            "deploy_variant": recipe.deploy_variant,
-            "variants": variants,
-            "devices": {},
-            "labels": list(splits.labels),
-        }
+        manifest, splits, fingerprint = _prepare(recipe, root, log)
+        stage = StageRunner(manifest, fingerprint, log)
+        train = _float(recipe, splits, stage, root, log)
+        sources = _optimize(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log)
+        variants = _variants(recipe, splits, stage, sources, train["macs"], root, log)
+        devices: Dict[str, Dict[str, DeviceSummary]] = {}
         if run_devices and recipe.devices.targets:
             from pipeline.devices.matrix import run_device_matrix
 
-            metrics["devices"] = run_device_matrix(recipe, root, variants, splits, stage, log)
-
-        checks = check_budgets(recipe.budgets, metrics, recipe.devices.targets)
-        metrics["budgets"] = [c.to_dict() for c in checks]
+            devices = run_device_matrix(recipe, root, variants, splits, stage, log)
+        summary = BuildSummary(
+            recipe=recipe.build_name, float_top1=float(train["test_top1"]), params=int(train["params"]),
+            macs=int(train["macs"]),
+            deploy_variant=recipe.deploy_variant, labels=tuple(splits.labels), variants=variants,
+            devices=devices, stages_run=tuple(stage.ran))
+        summary = _check_budgets(recipe, summary)
         wall = time.perf_counter() - t0
-        metrics["stages_run"] = ran
-        atomic_write_json(root / "summary.json", metrics)
-        manifest.set("summary", {"stages_run": ran, "wall_s": round(wall, 2),
-                                 "budgets_ok": all(c.ok for c in checks)})
-        _report(recipe, root, metrics, log)
-        return BuildResult(root, metrics, checks, ran, wall)
+        write_summary(summary, root)
+        manifest.set("summary", {"stages_run": list(summary.stages_run), "wall_s": round(wall, 2),
+                                 "budgets_ok": summary.budgets_ok})
+        _publish(recipe, root, summary, log)
+        return BuildResult(root, summary, wall)
+
+
+def _prepare(recipe: Recipe, root: Path, log: Log) -> Tuple[Manifest, Any, str]:
+    """Sets the last summary aside, records the recipe, loads and records the data.
+
+    Returns:
+        (the build's manifest, the data splits, the data's fingerprint).
+    """
+    from pipeline.data import load_dataset
+
+    # Until this build finishes, the last finished one's figures are kept aside
+    # (summary.previous.json) so that nothing reads them as this build's.
+    if (root / SUMMARY_FILE).exists():
+        os.replace(root / SUMMARY_FILE, root / "summary.previous.json")
+    manifest = Manifest(root)
+    atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    fp = data_fingerprint(splits)
+    import_tensorflow()
+    log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
+        f"{splits.num_classes} classes")
+    manifest.set("recipe", recipe.to_dict())
+    manifest.set("reproduce", reproducibility(recipe.seed))
+    manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
+                          "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
+                                     "test": len(splits.x_test)},
+                          "report": splits.report})
+    return manifest, splits, fp
 
 
 def reproducibility(seed: int) -> Dict[str, Any]:
+    """The manifest's ``reproduce`` record: seed, op determinism, libraries, ARM runtime."""
     from pipeline.devices.runtime import runtime_key
     from pipeline.train.fit import OP_DETERMINISM
 
     return reproducibility_record(seed, OP_DETERMINISM, runtime_key())
 
 
-def _train(recipe, splits, float_h5, preds, log):
+def _float(recipe: Recipe, splits, stage: StageRunner, root: Path, log: Log) -> Dict[str, Any]:
+    """The ``train`` stage: the float Keras model and its test predictions; returns its figures."""
     from pipeline.train.stage import train_float
 
-    return train_float(recipe, splits, float_h5, preds, log)
+    float_h5, preds = root / "keras" / "float.h5", root / "keras" / "float_test_pred.npy"
+    cfg = recipe.to_dict()
+    model_cfg = {"seed": recipe.seed, "model": cfg["model"], "train": cfg["train"]}
+    return stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
+                 lambda: train_float(recipe, splits, float_h5, preds, log))
 
 
 def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
@@ -208,14 +207,14 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
     sources = {"float": {"keras": float_h5}}
     pruned = None
     if recipe.prune.enabled:
-        from pipeline.compress.optimize import prune_model
+        from pipeline.compress.prune import prune_model
 
         pruned = keras_dir / "pruned.h5"
         stage("prune", {"prune": cfg["prune"], "batch": batch}, {"keras": float_h5},
               {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
         sources["float"] = {"keras": pruned}
     if "qat" in needed:
-        from pipeline.compress.optimize import qat_model
+        from pipeline.compress.qat import qat_model
 
         qat = keras_dir / "qat.h5"
         src = sources["float"]["keras"]
@@ -242,65 +241,96 @@ def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
     return sources
 
 
-def _convert(recipe, name, src, splits, tfl, log):
+def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dict[str, Path]], macs: int,
+              root: Path, log: Log) -> Dict[str, VariantSummary]:
+    """The ``convert/<variant>`` and ``evaluate/<variant>`` stages of every variant, in recipe order.
+
+    Evaluation saves each variant's test predictions (``tflite/<variant>.pred.npy``)
+    beside its ``.tflite`` file, and the test labels (``tflite/test_labels.npy``, the
+    same file for every variant), for later stages to read.
+    """
     from pipeline.export.convert import convert_variant
+    from pipeline.export.evaluate import evaluate_tflite, labels_path, predictions_path
 
-    return convert_variant(recipe, name, src["keras"], splits, tfl, log, base=src.get("base"))
+    float_pred = root / "keras" / "float_test_pred.npy"
+    float_classes = np.load(float_pred)
+    convert_cfg = recipe.to_dict()["convert"]
+    out = {}
+    for name in recipe.convert.variants:
+        variant = VARIANTS.get(name)
+        src = sources[variant.source]  # {"keras": model or weights[, "base": model]}
+        tfl = root / "tflite" / f"{name}.tflite"
+        pred = predictions_path(tfl)
+        validation = stage(f"convert/{name}", {"variant": name, "convert": convert_cfg, "seed": recipe.seed},
+                           src, {"tflite": tfl},
+                           lambda: convert_variant(recipe, name, src["keras"], splits, tfl, log, base=src.get("base")))
+        # "kernels": the figures include the per-kernel table (older cached records lack it).
+        evaluation = stage(f"evaluate/{name}", {"variant": name, "kernels": True},
+                           {"tflite": tfl, "float_pred": float_pred},
+                           {"predictions": pred, "labels": labels_path(pred)},
+                           lambda: evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes, pred))
+        # Paths are this build directory's, whatever directory a cached record was made in.
+        out[name] = VariantSummary.from_dict(
+            {**evaluation, "predictions": str(pred), "validation": validation, "macs": macs, "path": str(tfl),
+             "chain": chain_of(variant.source, recipe.prune.enabled)}, f"evaluate/{name}")
+    return out
 
 
-def _evaluate(tfl, splits, float_classes):
-    from pipeline.export.evaluate import evaluate_tflite
-
-    return evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes)
-
-
-def _report(recipe: Recipe, root: Path, metrics: Dict[str, Any], log: Log) -> None:
-    try:
-        from pipeline.publish.report import write_report
-    except ImportError:
-        return
-    write_report(recipe, root, metrics, log)
+def _check_budgets(recipe: Recipe, summary: BuildSummary) -> BuildSummary:
+    """``summary`` with the verdict of every budget of the recipe."""
+    checks = check_budgets(recipe.budgets, summary, recipe.devices.targets)
+    return dataclasses.replace(summary, budgets=tuple(c.to_result() for c in checks))
 
 
-def summary_table(metrics: Dict[str, Any]) -> str:
+def _publish(recipe: Recipe, root: Path, summary: BuildSummary, log: Log) -> None:
+    """The report (report.md, report.html, plots/), then the bundle rendered from ``summary``."""
+    from pipeline.publish.bundle import write_bundle
+    from pipeline.publish.report import write_report
+
+    write_report(recipe, root, summary, log)
+    write_bundle(recipe, root, summary, log)
+
+
+def summary_table(summary: BuildSummary) -> str:
     """Markdown table of every variant: the chain it comes from, size, gzip size, top-1,
     agreement, zeros and distinct values per output channel; then, when a clustered
     variant was built, the per-kernel table of every full-integer variant."""
-    lines = [f"float Keras top-1: {metrics['float_top1']:.2f}%   params {metrics['params']:,}   "
-             f"MACs {metrics['macs']:,}",
+    lines = [f"float Keras top-1: {summary.float_top1:.2f}%   params {summary.params:,}   "
+             f"MACs {summary.macs:,}",
              "",
              "| variant | from | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) | "
              "distinct/channel (max) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, v in metrics["variants"].items():
-        lines.append(f"| {name} | {v.get('chain', '')} | {v['size_bytes'] / 1024:.1f} | "
-                     f"{v['gzip_bytes'] / 1024:.1f} | {v['top1']:.2f} | {v['agreement_with_float']:.2f} | "
-                     f"{v['zeros_prunable']:.1%} | {v.get('max_unique_per_kernel', '')} |")
-    table = kernel_summary(metrics)
+    for name, v in summary.variants.items():
+        lines.append(f"| {name} | {v.chain} | {v.size_bytes / 1024:.1f} | "
+                     f"{v.gzip_bytes / 1024:.1f} | {v.top1:.2f} | {v.agreement_with_float:.2f} | "
+                     f"{v.zeros_prunable:.1%} | {v.max_unique_per_kernel} |")
+    table = kernel_summary(summary)
     return "\n".join(lines) + (f"\n\n{table}" if table else "")
 
 
-def kernel_summary(metrics: Dict[str, Any]) -> str:
+def kernel_summary(summary: BuildSummary) -> str:
     """Per-kernel zeros and distinct values per output channel of the full-integer
     variants, as Markdown; empty unless a clustered variant (CQAT, PCQAT) was built."""
-    variants = {name: v for name, v in metrics["variants"].items()
-                if name in VARIANTS and VARIANTS.get(name).full_integer and v.get("kernels")}
+    variants = {name: v for name, v in summary.variants.items()
+                if name in VARIANTS and VARIANTS.get(name).full_integer and v.kernels}
     if not any(VARIANTS.get(name).source in ("cqat", "pcqat") for name in variants):
         return ""
-    by_layer = {name: {k["layer"]: k for k in v["kernels"]} for name, v in variants.items()}
+    by_layer = {name: {k.layer: k for k in v.kernels} for name, v in variants.items()}
     head = " | ".join(f"{name} zeros / distinct" for name in variants)
     lines = ["Per kernel (int8 files): zeros, and most distinct values in any output channel",
              "",
              f"| kernel | op | params | {head} |",
              "|---|---|---:|" + "---:|" * len(variants)]
-    for row in next(iter(variants.values()))["kernels"]:
+    for row in next(iter(variants.values())).kernels:
         cells = []
         for kernels in by_layer.values():
-            k = kernels.get(row["layer"])
-            cells.append(f"{k['zeros']:.0%} / {k['unique_per_channel']}" if k else "")
-        lines.append(f"| {row['layer']} | {row['op']} | {row['params']:,} | {' | '.join(cells)} |")
+            k = kernels.get(row.layer)
+            cells.append(f"{k.zeros:.0%} / {k.unique_per_channel}" if k else "")
+        lines.append(f"| {row.layer} | {row.op} | {row.params:,} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-def budget_summary(checks: List[BudgetCheck]) -> str:
-    return format_budget_table(checks) if checks else "(no budgets in this recipe)"
+def budget_summary(budgets: Sequence[BudgetResult]) -> str:
+    """The budget table of a build, or a line saying its recipe sets none."""
+    return format_budget_table(budgets) if budgets else "(no budgets in this recipe)"

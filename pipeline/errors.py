@@ -32,6 +32,12 @@ class ConversionMismatchError(MobileModelError):
     """A converted model disagrees with its source beyond tolerance."""
 
 
+class UnusableInputError(MobileModelError):
+    """A compare or report input is missing, is not a build, or is not in a format we read."""
+
+    exit_code = 2
+
+
 class BudgetExceededError(MobileModelError):
     """One or more recipe budgets were missed; artifacts are still written."""
 
@@ -42,6 +48,10 @@ class DeviceUnavailableError(MobileModelError):
     """The emulated device cannot be run (no qemu, no ARM runtime, no root to build it)."""
 
     exit_code = 3
+
+
+class DeviceOutputError(DeviceUnavailableError):
+    """A device run's output is missing, truncated or malformed."""
 
 
 class RuntimeIncompatibleError(MobileModelError):

@@ -1,4 +1,8 @@
-"""Quieting the C++ logging of TensorFlow and LiteRT.
+"""TensorFlow's process environment, and quieting the C++ logging of TensorFlow and LiteRT.
+
+``tf_environment`` is the one place that sets the variables TensorFlow reads when
+it is first imported; every entry point (the CLI group, ``import_tensorflow``, the
+test configuration) calls it.
 
 The converter and interpreters print to file descriptor 2 directly (not through
 Python), so ``captured_stderr`` redirects the descriptor itself. What was printed
@@ -9,7 +13,27 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from typing import Iterator
+
+_environment_set = False
+
+
+def tf_environment() -> None:
+    """Sets TensorFlow's environment before its first import; later calls do nothing.
+
+    Variables already in the environment win (``setdefault``), so a user can still
+    turn TensorFlow's logging back on.
+    """
+    global _environment_set
+    if _environment_set:
+        return
+    # tfmot only works on Keras 2 (tf_keras), and TensorFlow picks its Keras at import.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(tf_keras|tensorflow)\.")
+    _environment_set = True
 
 
 @contextlib.contextmanager
@@ -34,7 +58,7 @@ def captured_stderr() -> Iterator[None]:
 
 def import_tensorflow():
     """Imports TensorFlow with its C++ start-up lines (oneDNN, CUDA probing) captured."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    tf_environment()
     with captured_stderr():
         import tensorflow as tf
     return tf

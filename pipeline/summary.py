@@ -15,7 +15,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from pipeline.errors import DataError
 
@@ -24,10 +24,29 @@ SCHEMA_VERSION = 1
 SUMMARY_FILE = "summary.json"
 
 T = TypeVar("T")
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """JSON round trip shared by every figure class: ``to_dict`` and a strict ``from_dict``."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data (tuples become lists)."""
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls: Type[R], data: Any, where: str = "") -> R:
+        """Builds the record from plain data.
+
+        Raises:
+            DataError: a missing or unknown field, or a value of the wrong type (the
+                message names the field by its path from ``where``).
+        """
+        return from_plain(cls, data, where or cls.__name__)
 
 
 @dataclass(frozen=True)
-class TensorIO:
+class TensorIO(Record):
     """An input or output tensor of a ``.tflite`` file: dtype, shape and quantization."""
 
     dtype: str
@@ -37,7 +56,7 @@ class TensorIO:
 
 
 @dataclass(frozen=True)
-class KernelRow:
+class KernelRow(Record):
     """One conv/dense kernel of a ``.tflite`` file: zeros and distinct values per output channel."""
 
     layer: str
@@ -48,7 +67,7 @@ class KernelRow:
 
 
 @dataclass(frozen=True)
-class Validation:
+class Validation(Record):
     """Conversion check of a variant against its Keras source on the validation images."""
 
     validation_max_abs_diff: float
@@ -58,7 +77,7 @@ class Validation:
 
 
 @dataclass(frozen=True)
-class VariantSummary:
+class VariantSummary(Record):
     """Host figures of one TFLite variant (see :func:`pipeline.export.evaluate.evaluate_tflite`).
 
     ``predictions`` is the path of the saved class predictions on the test split
@@ -85,11 +104,12 @@ class VariantSummary:
 
     @property
     def integer_output(self) -> bool:
+        """Whether the file's output tensor is integer (full-integer variants)."""
         return self.output.dtype in ("int8", "uint8")
 
 
 @dataclass(frozen=True)
-class DeviceSummary:
+class DeviceSummary(Record):
     """What one variant did on one emulated device (see :mod:`pipeline.devices.matrix`)."""
 
     loaded: bool
@@ -113,11 +133,12 @@ class DeviceSummary:
 
     @property
     def integer_output(self) -> bool:
+        """Whether the output is integer and compared bit for bit with the host's."""
         return self.output_dtype in ("int8", "uint8") and self.exact_fraction is not None
 
 
 @dataclass(frozen=True)
-class BudgetResult:
+class BudgetResult(Record):
     """One budget verdict as recorded in the summary (:class:`pipeline.gate.budgets.BudgetCheck`)."""
 
     budget: str
@@ -125,13 +146,28 @@ class BudgetResult:
     limit: float
     measured: Optional[float]
     unit: str
-    direction: str
     ok: bool
+
+    @property
+    def direction(self) -> str:
+        """``max`` or ``min``: every budget name says which (``max_size_kb``, ``min_top1``)."""
+        return "max" if self.budget.startswith("max") else "min"
 
 
 @dataclass(frozen=True)
-class BuildSummary:
-    """Every figure of one build."""
+class BuildSummary(Record):
+    """Every figure of one build.
+
+    Attributes:
+        recipe: the build's name (``default``, ``default-smoke``).
+        float_top1: test top-1 of the float Keras model, percent.
+        params, macs: of the float model.
+        labels: class names, in class-index order.
+        variants: every converted variant, in recipe order.
+        devices: ``{device: {variant: result}}``; empty when built without devices.
+        budgets: every budget verdict of the recipe.
+        stages_run: the stages this build ran (not cached), in order.
+    """
 
     recipe: str
     float_top1: float
@@ -149,11 +185,13 @@ class BuildSummary:
         """The result of ``variant`` (default: the deploy variant) on ``device``, or None."""
         return self.devices.get(device, {}).get(variant or self.deploy_variant)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return to_plain(self)
+    @property
+    def budgets_ok(self) -> bool:
+        return all(b.ok for b in self.budgets)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "summary") -> "BuildSummary":
+        """As :meth:`Record.from_dict`; a summary of another schema version is a DataError."""
         if isinstance(data, Mapping) and data.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not the "
                             f"supported {SCHEMA_VERSION} (rebuild to refresh it)")
@@ -238,21 +276,18 @@ def write_summary(summary: BuildSummary, root: Path) -> Path:
 
 
 def load_summary(root: Union[str, Path]) -> BuildSummary:
-    """Reads the :class:`BuildSummary` of the build in directory ``root``.
+    """Reads the :class:`BuildSummary` of the build in directory ``root`` (or of the
+    ``summary.json`` file ``root``).
 
     Raises:
         DataError: no summary (the build did not finish), not JSON, or another schema.
     """
-    path = Path(root) / SUMMARY_FILE
+    root = Path(root)
+    path = root if root.is_file() else root / SUMMARY_FILE
     if not path.is_file():
         raise DataError(f"{root}: no {SUMMARY_FILE} (not a finished build directory)")
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not a JSON summary ({exc})") from None
-    return BuildSummary.from_dict(data, str(path))
-
-
-def device_rows(summary: BuildSummary) -> List[Tuple[str, str, DeviceSummary]]:
-    """``(device, variant, result)`` for every device run, in recipe order."""
-    return [(dev, v, r) for dev, per in summary.devices.items() for v, r in per.items()]
+    return BuildSummary.from_dict(data, f"{path}: summary")

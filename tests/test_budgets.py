@@ -1,21 +1,32 @@
-"""Budgets: measurement against build metrics, verdicts, table."""
+"""Budgets: measurement against a build's summary, verdicts, table."""
 
 import pytest
 
-from pipeline.gate.budgets import check_budgets, format_budget_table, validate_budgets
+from pipeline.gate.budgets import check_budgets, format_budget_table
+from pipeline.recipe.budgets import validate_budgets
 from pipeline.errors import ConfigError
+from pipeline.summary import BuildSummary, DeviceSummary, TensorIO, Validation, VariantSummary
 
-METRICS = {
-    "float_top1": 90.0,
-    "deploy_variant": "int8-qat",
-    "variants": {
-        "float32": {"top1": 90.0, "size_bytes": 10240, "gzip_bytes": 9000, "zeros_prunable": 0.0},
-        "int8-qat": {"top1": 89.5, "size_bytes": 2048, "gzip_bytes": 1024, "zeros_prunable": 0.5,
-                     "max_unique_per_kernel": 16},
-        "int8-ptq": {"top1": 87.0, "size_bytes": 3072, "gzip_bytes": 2048, "zeros_prunable": 0.0},
+
+def variant(top1, size_bytes, gzip_bytes, zeros_prunable, max_unique_per_kernel=256):
+    return VariantSummary(
+        top1=top1, agreement_with_float=99.0, size_bytes=size_bytes, gzip_bytes=gzip_bytes,
+        zeros_prunable=zeros_prunable, zeros_all_kernels=zeros_prunable, max_unique_per_kernel=max_unique_per_kernel,
+        kernels=(), input=TensorIO("float32", (1, 32, 32, 1)), output=TensorIO("float32", (1, 10)), ops=(),
+        samples=100, validation=Validation(0.0, 1.0, 16, size_bytes), macs=1000, path="x.tflite", chain="float",
+        predictions="x.pred.npy")
+
+
+METRICS = BuildSummary(
+    recipe="t", float_top1=90.0, params=1000, macs=1000, deploy_variant="int8-qat", labels=(),
+    variants={
+        "float32": variant(90.0, 10240, 9000, 0.0),
+        "int8-qat": variant(89.5, 2048, 1024, 0.5, max_unique_per_kernel=16),
+        "int8-ptq": variant(87.0, 3072, 2048, 0.0),
     },
-    "devices": {"pixel4": {"int8-qat": {"instructions_per_inference": 2_500_000, "latency_ms": 3.0}}},
-}
+    devices={"pixel4": {"int8-qat": DeviceSummary(loaded=True, runtime="litert 2.3.0",
+                                                  instructions_per_inference=2_500_000, latency_ms=3.0)}},
+)
 
 
 def test_each_kind_measures_and_decides():
@@ -59,3 +70,10 @@ def test_non_finite_limits_are_rejected(text):
     limit = yaml.safe_load(text)
     with pytest.raises(ConfigError, match=r"recipe.budgets.max_size_kb.int8-qat: expected a finite number"):
         validate_budgets({"max_size_kb": {"int8-qat": limit}}, ["int8-qat"])
+
+
+def test_every_recipe_budget_has_a_measure():
+    from pipeline.gate.budgets import MEASURES
+    from pipeline.recipe.budgets import BUDGETS
+
+    assert list(MEASURES) == list(BUDGETS)

@@ -16,22 +16,50 @@ pytestmark = pytest.mark.integration
 
 
 def test_every_variant_built_and_evaluated(smoke_build):
-    m = smoke_build.metrics
+    m = smoke_build.summary
     # The default recipe builds every variant but the clustered ones (tests/test_cluster.py).
-    assert list(m["variants"]) == [v for v in VARIANTS if v not in ("int8-cqat", "int8-pcqat")]
-    for name, v in m["variants"].items():
-        assert 0.0 <= v["top1"] <= 100.0
-        assert v["size_bytes"] > 1000 and v["gzip_bytes"] < v["size_bytes"]
-        assert v["validation"]["validation_samples"] == 16
-    assert m["macs"] > 0 and m["params"] > 0
+    assert list(m.variants) == [v for v in VARIANTS if v not in ("int8-cqat", "int8-pcqat")]
+    for name, v in m.variants.items():
+        assert 0.0 <= v.top1 <= 100.0
+        assert v.size_bytes > 1000 and v.gzip_bytes < v.size_bytes
+        assert v.validation.validation_samples == 16
+    assert m.macs > 0 and m.params > 0
+
+
+def test_summary_is_written_once_and_reads_back_typed(smoke_build):
+    from pipeline.summary import SCHEMA_VERSION, load_summary
+
+    on_disk = load_summary(smoke_build.root)
+    assert on_disk == smoke_build.summary
+    data = json.loads((smoke_build.root / "summary.json").read_text())
+    assert data["schema_version"] == SCHEMA_VERSION
+    # The keys readers and docs knew stay; the typed summary only adds its version.
+    assert {"recipe", "float_top1", "params", "macs", "deploy_variant", "variants", "devices", "labels",
+            "budgets", "stages_run"} <= set(data)
+
+
+def test_evaluation_saves_predictions_that_give_its_top1(smoke_build):
+    """Later stages read the saved predictions instead of running the models again."""
+    from pipeline.data import load_dataset
+    from pipeline.recipe.schema import load_recipe
+
+    recipe = load_recipe("default", smoke=True)
+    y = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed).y_test
+    for name, v in smoke_build.summary.variants.items():
+        pred = np.load(v.predictions)
+        assert v.predictions == str(smoke_build.root / "tflite" / f"{name}.pred.npy")
+        assert pred.dtype == np.int64 and pred.shape == (v.samples,) == y.shape
+        assert float(np.mean(pred == y) * 100.0) == pytest.approx(v.top1)
 
 
 def test_manifest_records_every_stage(smoke_build):
     manifest = json.loads((smoke_build.root / "manifest.json").read_text())
     stages = manifest["stages"]
-    built = smoke_build.metrics["variants"]
+    built = smoke_build.summary.variants
     expected = {"train", "prune", "qat"} | {f"convert/{v}" for v in built} | {f"evaluate/{v}" for v in built}
     assert expected <= set(stages)
+    for v in built:
+        assert stages[f"evaluate/{v}"]["outputs"]["predictions"]["path"] == f"tflite/{v}.pred.npy"
     for name, rec in stages.items():
         assert rec["versions"]["tensorflow"].startswith("2.21"), name
         for out in rec["outputs"].values():
@@ -53,23 +81,25 @@ def test_int8_files_are_small(smoke_build):
     from pipeline.recipe.schema import load_recipe
 
     limits = load_recipe("default").budgets["max_size_ratio"]
-    v = smoke_build.metrics["variants"]
+    v = smoke_build.summary.variants
     for name in ("int8-ptq", "int8-qat"):
-        assert v[name]["size_bytes"] <= limits[name] * v["float32"]["size_bytes"], name
-        assert v[name]["size_bytes"] < v["float16"]["size_bytes"], name
+        assert v[name].size_bytes <= limits[name] * v["float32"].size_bytes, name
+        assert v[name].size_bytes < v["float16"].size_bytes, name
 
 
 def test_pqat_keeps_sparsity_into_int8_file(smoke_build):
     # The default recipe prunes to 50% and uses prune-preserving QAT.
-    assert smoke_build.metrics["variants"]["int8-qat"]["zeros_prunable"] >= 0.45
+    assert smoke_build.summary.variants["int8-qat"].zeros_prunable >= 0.45
 
 
 def test_parser_op_list_matches_runtime(smoke_tflite):
-    from pipeline.tflite.host import model_ops
+    from pipeline.tflite.host import allocate, make_interpreter
 
     for path in smoke_tflite.values():
         ours = sorted(op.opcode for op in read_tflite(path).operators)
-        assert ours == sorted(model_ops(path.read_bytes()))
+        interp = make_interpreter(path.read_bytes(), delegates=False)  # XNNPACK would hide the ops
+        allocate(interp)
+        assert ours == sorted(d["op_name"] for d in interp._get_ops_details())
 
 
 def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
@@ -78,8 +108,8 @@ def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
 
     again = build(load_recipe("default", smoke=True), out=smoke_build.root, log=lambda s: None)
     assert again.stages_run == []
-    assert again.metrics["devices"] == smoke_build.metrics["devices"]
-    assert again.metrics["variants"] == smoke_build.metrics["variants"]
+    assert again.summary.devices == smoke_build.summary.devices
+    assert again.summary.variants == smoke_build.summary.variants
 
 
 def test_impossible_budget_fails_with_table_and_keeps_artifacts(smoke_build, tmp_path):
@@ -101,7 +131,7 @@ def test_evaluate_command_matches_build(smoke_build, smoke_tflite):
                                     "--smoke", "--json"])
     assert res.exit_code == 0, res.output
     top1 = json.loads(res.output)["top1"]
-    assert top1 == pytest.approx(smoke_build.metrics["variants"]["int8-qat"]["top1"])
+    assert top1 == pytest.approx(smoke_build.summary.variants["int8-qat"].top1)
 
 
 def test_inspect_shows_ops_and_quantization(smoke_tflite):

@@ -1,5 +1,6 @@
-"""The deployable bundle over a tiny hand-made .tflite and synthetic build metrics."""
+"""The deployable bundle over a tiny hand-made .tflite and a synthetic build summary."""
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -7,10 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.errors import ModelFileError
+from pipeline.export.evaluate import labels_path, predictions_path
 from pipeline.publish.bundle import FILES, MODEL_FILE, runtime_sort_key, runtime_support, write_bundle
 from pipeline.recipe.schema import Recipe
-from pipeline.errors import ModelFileError
+from pipeline.summary import (BudgetResult, BuildSummary, DeviceSummary, TensorIO, Validation, VariantSummary,
+                              write_summary)
 
+TEST_SAMPLES = 50
 LABELS = ["disc", "ring", "square", "frame", "triangle", "plus", "cross", "h-stripes", "v-stripes", "dot-grid"]
 
 
@@ -78,54 +83,72 @@ def tiny_tflite(path: Path, size: int = 32, classes: int = 10, seed: int = 0) ->
     return w
 
 
-def device_rec(loaded=True, runtime="litert 2.3.0", instr=1_000_000, latency=None, op=None):
-    return {"loaded": loaded, "load_error": None if loaded else f"Didn't find op for builtin opcode '{op}' "
-                                                               "version '12'.\nsecond line",
-            "load_error_op": None if loaded else op, "load_error_op_version": None if loaded else 12,
-            "top1": 50.0 if loaded else None, "instructions_per_inference": instr if loaded else None,
-            "instructions_by_class": {}, "exact_fraction": 1.0 if loaded else None, "max_abs_diff": 0.0,
-            "top1_agreement": 1.0, "peak_memory_bytes": 200_000 if loaded else None, "fits_ram": True,
-            "latency_ms": latency, "wall_s_per_image": 0.4, "samples": 16, "runtime": runtime}
+def device_rec(loaded=True, runtime="litert 2.3.0", instr=1_000_000, latency=None, op=None) -> DeviceSummary:
+    return DeviceSummary(
+        loaded=loaded,
+        load_error=None if loaded else f"Didn't find op for builtin opcode '{op}' version '12'.\nsecond line",
+        load_error_op=None if loaded else op, load_error_op_version=None if loaded else 12,
+        top1=50.0 if loaded else None, instructions_per_inference=instr if loaded else None,
+        instructions_by_class={}, exact_fraction=1.0 if loaded else None, max_abs_diff=0.0, top1_agreement=1.0,
+        peak_memory_bytes=200_000 if loaded else None, fits_ram=True, latency_ms=latency, wall_s_per_image=0.4,
+        samples=16, runtime=runtime)
 
 
-def variant_rec(root: Path, v: str, size: int, dtype="float32", scale=(), zero=()):
-    return {"top1": 50.0, "agreement_with_float": 99.0, "size_bytes": size, "gzip_bytes": size // 2,
-            "zeros_prunable": 0.5, "zeros_all_kernels": 0.45, "max_unique_per_kernel": 200,
-            "input": {"dtype": dtype, "shape": [1, 32, 32, 1], "scale": list(scale), "zero_point": list(zero)},
-            "output": {"dtype": dtype, "shape": [1, 10], "scale": list(scale), "zero_point": list(zero)},
-            "ops": ["FULLY_CONNECTED:v1", "RESHAPE:v1", "SOFTMAX:v1"], "validation": {}, "macs": 10240,
-            "path": str(root / "tflite" / f"{v}.tflite"), "samples": 128}
+def variant_rec(root: Path, v: str, size: int, dtype="float32", scale=(), zero=()) -> VariantSummary:
+    tflite = root / "tflite" / f"{v}.tflite"
+    return VariantSummary(
+        top1=50.0, agreement_with_float=99.0, size_bytes=size, gzip_bytes=size // 2, zeros_prunable=0.5,
+        zeros_all_kernels=0.45, max_unique_per_kernel=200, kernels=(),
+        input=TensorIO(dtype, (1, 32, 32, 1), tuple(scale), tuple(zero)),
+        output=TensorIO(dtype, (1, 10), tuple(scale), tuple(zero)),
+        ops=("FULLY_CONNECTED:v1", "RESHAPE:v1", "SOFTMAX:v1"), samples=TEST_SAMPLES,
+        validation=Validation(0.0, 100.0, 20, size), macs=10240, path=str(tflite), chain=v,
+        predictions=str(predictions_path(tflite)))
+
+
+def save_predictions(root: Path, variants) -> np.ndarray:
+    """What evaluation saves: per variant its predicted classes on the test split, and the
+    test labels once; returns the labels. Each variant predicts differently (seeded)."""
+    truth = np.random.default_rng(0).integers(0, len(LABELS), TEST_SAMPLES)
+    for v in variants:
+        tflite = root / "tflite" / f"{v}.tflite"
+        pred = np.where(np.random.default_rng(len(v)).random(TEST_SAMPLES) < 0.6, truth,
+                        np.random.default_rng(len(v) + 1).integers(0, len(LABELS), TEST_SAMPLES))
+        np.save(predictions_path(tflite), pred.astype(np.int64))
+        np.save(labels_path(predictions_path(tflite)), truth.astype(np.int64))
+    return truth
 
 
 def fake_build(root: Path, devices=True, deploy="int8-qat"):
-    """A build directory: two tiny .tflite variants, summary metrics, recipe; returns (recipe, metrics)."""
+    """A build directory: two tiny .tflite variants with their saved predictions, the summary,
+    the recipe; returns (recipe, summary)."""
     for v in ("float32", "int8-qat"):
         tiny_tflite(root / "tflite" / f"{v}.tflite", seed=len(v))
+    save_predictions(root, ("float32", "int8-qat"))
     size = (root / "tflite" / "int8-qat.tflite").stat().st_size
     recipe = Recipe.from_dict({
-        "name": "tiny", "data": {"dataset": "shapes", "train_samples": 40, "val_samples": 20, "test_samples": 50},
+        "name": "tiny", "data": {"dataset": "shapes", "train_samples": 40, "val_samples": 20,
+                                 "test_samples": TEST_SAMPLES},
         "convert": {"variants": ["float32", "int8-qat"]}, "deploy_variant": deploy,
         "devices": {"targets": ["pixel4", "camera-a53"] if devices else []}})
-    metrics = {
-        "recipe": "tiny", "float_top1": 52.0, "params": 10250, "macs": 10240, "deploy_variant": deploy,
-        "labels": LABELS,
-        "variants": {"float32": variant_rec(root, "float32", size),
-                     "int8-qat": variant_rec(root, "int8-qat", size, "int8", [0.00392157], [-128])},
-        "devices": {"pixel4": {"float32": device_rec(instr=3_000_000), "int8-qat": device_rec(latency=0.42)},
-                    "camera-a53": {"float32": device_rec(runtime="tflite-runtime 2.14.0"),
-                                   "int8-qat": device_rec(False, "tflite-runtime 2.14.0", op="FULLY_CONNECTED")}}
+    summary = BuildSummary(
+        recipe="tiny", float_top1=52.0, params=10250, macs=10240, deploy_variant=deploy, labels=tuple(LABELS),
+        variants={"float32": variant_rec(root, "float32", size),
+                  "int8-qat": variant_rec(root, "int8-qat", size, "int8", [0.00392157], [-128])},
+        devices={"pixel4": {"float32": device_rec(instr=3_000_000), "int8-qat": device_rec(latency=0.42)},
+                 "camera-a53": {"float32": device_rec(runtime="tflite-runtime 2.14.0"),
+                                "int8-qat": device_rec(False, "tflite-runtime 2.14.0", op="FULLY_CONNECTED")}}
         if devices else {},
-        "budgets": [{"budget": "max_top1_drop", "subject": "int8-qat", "limit": 2.0, "measured": 2.0,
-                     "unit": "points", "ok": True}],
-        "stages_run": ["train"],
-    }
-    (root / "summary.json").write_text(json.dumps(metrics))
-    return recipe, metrics
+        budgets=(BudgetResult(budget="max_top1_drop", subject="int8-qat", limit=2.0, measured=2.0, unit="points",
+                              ok=True),),
+        stages_run=("train",))
+    write_summary(summary, root)
+    return recipe, summary
 
 
 def test_bundle_contents_and_checksums(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
-    info = write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+    recipe, summary = fake_build(tmp_path)
+    info = write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     bundle = tmp_path / "bundle"
     assert sorted(p.name for p in bundle.iterdir()) == sorted(FILES)
     assert (bundle / MODEL_FILE).read_bytes() == (tmp_path / "tflite" / "int8-qat.tflite").read_bytes()
@@ -133,14 +156,14 @@ def test_bundle_contents_and_checksums(tmp_path):
     r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert sorted(line.split(": ")[0] for line in r.stdout.splitlines()) == sorted(set(FILES) - {"SHA256SUMS"})
-    assert set(info["files"]) == set(FILES)
+    assert set(info.files) == set(FILES) and info.path == bundle
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]  # no staging left behind
     assert {oct(p.stat().st_mode & 0o777) for p in bundle.iterdir()} == {"0o644"}
 
 
 def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
-    write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+    recipe, summary = fake_build(tmp_path)
+    write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     meta = json.loads((tmp_path / "bundle" / "metadata.json").read_text())
     assert meta["variant"] == "int8-qat" and meta["model_file"] == MODEL_FILE
     assert meta["input"]["shape"] == [1, 32, 32, 1] and meta["input"]["dtype"] == "int8"
@@ -166,8 +189,8 @@ def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):
 
 
 def test_float_model_without_devices(tmp_path):
-    recipe, metrics = fake_build(tmp_path, devices=False, deploy="float32")
-    write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+    recipe, summary = fake_build(tmp_path, devices=False, deploy="float32")
+    write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     meta = json.loads((tmp_path / "bundle" / "metadata.json").read_text())
     assert meta["input"]["quantization"] is None and meta["output"]["quantization"] is None
     assert meta["runtimes"] == {"tested": [], "minimum": None,
@@ -176,23 +199,22 @@ def test_float_model_without_devices(tmp_path):
 
 
 def test_rewriting_replaces_the_whole_bundle(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
-    write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+    recipe, summary = fake_build(tmp_path)
+    write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     (tmp_path / "bundle" / "stale.txt").write_text("old")
-    metrics["deploy_variant"] = "float32"
-    write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+    write_bundle(recipe, tmp_path, dataclasses.replace(summary, deploy_variant="float32"), log=lambda m: None)
     assert not (tmp_path / "bundle" / "stale.txt").exists()
     assert (tmp_path / "bundle" / MODEL_FILE).read_bytes() == (tmp_path / "tflite" / "float32.tflite").read_bytes()
 
 
 def test_missing_or_corrupt_model_is_a_model_file_error(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
+    recipe, summary = fake_build(tmp_path)
     (tmp_path / "tflite" / "int8-qat.tflite").write_bytes(b"not a model at all")
     with pytest.raises(ModelFileError, match="not a TFLite model"):
-        write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+        write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     (tmp_path / "tflite" / "int8-qat.tflite").unlink()
     with pytest.raises(ModelFileError, match="model file not found"):
-        write_bundle(recipe, tmp_path, metrics, log=lambda m: None)
+        write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     assert not (tmp_path / "bundle").exists()
 
 

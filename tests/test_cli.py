@@ -1,14 +1,18 @@
 """The command line: instant help, one-line errors with exit codes, no tracebacks."""
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.cli.common import echo_json, fail, logger
+from pipeline.errors import BudgetExceededError, ConfigError, DeviceUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +27,7 @@ def test_help_is_instant_and_lists_commands():
     r = run_cli("--help")
     assert r.returncode == 0
     for cmd in ("build", "models", "datasets", "inspect", "evaluate", "devices", "device", "calibrate",
-                "estimate", "compare", "baseline", "report"):
+                "estimate", "compare", "baseline", "report", "search"):
         assert cmd in r.stdout
     # The CLI must not import TensorFlow for --help (that alone takes seconds).
     r2 = subprocess.run([sys.executable, "-c", "import sys, pipeline.cli; "
@@ -81,3 +85,56 @@ def test_datasets_command_lists_registry():
     assert res.exit_code == 0
     for name in DATASETS.names():
         assert name in res.output
+
+
+@pytest.mark.parametrize("error, code", [(ConfigError("bad recipe"), 2), (BudgetExceededError("bad recipe"), 1),
+                                         (DeviceUnavailableError("bad recipe"), 3)])
+def test_fail_prints_one_line_and_exits_with_the_error_code(error, code):
+    @click.command()
+    def cmd():
+        fail(error)
+
+    res = CliRunner(mix_stderr=False).invoke(cmd, [])
+    assert (res.exit_code, res.stderr, res.stdout) == (code, "error: bad recipe\n", "")
+
+
+def test_group_maps_errors_like_fail(tmp_path):
+    # A command that does not catch our errors itself (inspect) gets the group's mapping.
+    res = CliRunner(mix_stderr=False).invoke(main, ["inspect", str(tmp_path / "nope.tflite")])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.startswith("error: model file not found:") and res.stderr.count("\n") == 1
+
+
+def test_logger_and_echo_json():
+    @click.command()
+    @click.option("-q", "quiet", is_flag=True)
+    def cmd(quiet):
+        logger(quiet)("progress")
+        echo_json({"b": [1, 2], "a": Path("x")}, default=str)
+
+    loud = CliRunner(mix_stderr=False).invoke(cmd, [])
+    quiet = CliRunner(mix_stderr=False).invoke(cmd, ["-q"])
+    assert loud.stderr == "progress\n" and quiet.stderr == ""
+    assert loud.stdout == quiet.stdout == '{\n  "b": [\n    1,\n    2\n  ],\n  "a": "x"\n}\n'
+
+
+def test_cli_modules_share_one_error_mapper_and_logger():
+    for path in sorted((REPO / "pipeline" / "cli").glob("*.py")):
+        if path.name == "common.py":
+            continue
+        text = path.read_text()
+        assert "exit_code" not in text, f"{path.name}: map errors with pipeline.cli.common.fail"
+        assert "lambda m: None" not in text and "lambda msg: None" not in text, (
+            f"{path.name}: use pipeline.cli.common.logger")
+
+
+def test_tensorflow_environment_is_set_once_by_the_cli_and_the_user_wins():
+    code = ("import os, pipeline.cli; from pipeline.native import tf_environment; "
+            "os.environ['TF_USE_LEGACY_KERAS'] = 'changed'; tf_environment(); "
+            "print(os.environ['TF_USE_LEGACY_KERAS'], os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.stdout.split() == ["changed", "3"], r.stderr
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                       capture_output=True, text=True)
+    assert r.stdout.split() == ["changed", "0"], r.stderr

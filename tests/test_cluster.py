@@ -112,7 +112,7 @@ def _int8(model_or_path, splits, name, base=None, scheme=None):
 def chains(workdir, splits, float_h5):
     """cluster -> CQAT and prune -> cluster -> PCQAT, each through int8, run once."""
     from pipeline.compress.cluster import cluster_model, cluster_qat_model
-    from pipeline.compress.optimize import prune_model
+    from pipeline.compress.prune import prune_model
 
     recipe = make_recipe()
     d = workdir
@@ -224,6 +224,30 @@ def test_optimize_runs_only_the_stages_the_variants_need(tmp_path):
     assert names == ["prune", "cluster-pruned", "pcqat"]  # no QAT model nobody converts
 
 
+def test_cluster_qat_names_a_bad_scheme_before_training(tmp_path):
+    from pipeline.compress.cluster import cluster_qat_model
+
+    with pytest.raises(ConfigError, match="cluster-preserving QAT scheme: expected one of cqat, pcqat, got 'pqat'"):
+        cluster_qat_model(make_recipe(), None, tmp_path / "cluster.h5", tmp_path / "w.h5", "pqat", _quiet)
+
+
+@pytest.mark.integration
+def test_runner_refuses_a_file_that_does_not_reload_to_the_trained_model(splits, workdir, float_h5):
+    from pipeline.compress.qat import QuantizationAware
+    from pipeline.compress.runner import fine_tune
+    from pipeline.train.keras_io import load_keras
+
+    class ReloadsTheSource(QuantizationAware):
+        def reload(self, src, out):
+            return load_keras(src)  # the untrained float model: not what was trained
+
+    technique = ReloadsTheSource(scheme="default", epochs=1, learning_rate=1e-3)
+    out = workdir / "qat-bad-reload.h5"
+    with pytest.raises(RuntimeError, match=r"QAT model .*qat-bad-reload.h5 does not reload faithfully: "
+                                           r"outputs differ by .* on 32 validation images"):
+        fine_tune(make_recipe(), splits, float_h5, out, technique, _quiet)
+
+
 # -- clustering -------------------------------------------------------------------------
 
 
@@ -302,8 +326,7 @@ def test_cluster_qat_reloads_only_by_rebuilding(chains, workdir):
 
     from models.quantize import quantize_scope
     from pipeline.compress.cluster import load_cluster_qat
-
-    from pipeline.compress.cluster import unique_table
+    from pipeline.compress.kernels import unique_table
 
     result = chains["cqat"]
     model = load_cluster_qat(result.clustered_h5, result.weights, "cqat")
@@ -331,6 +354,19 @@ def evaluated(chains, splits, workdir):
     return variants
 
 
+def summary_of(variants):
+    """A build summary holding the evaluate stage's figures of ``variants`` (no conversion check run here)."""
+    from pipeline.summary import BuildSummary, VariantSummary
+
+    def typed(v, m):
+        validation = {"validation_max_abs_diff": 0.0, "validation_agreement": 1.0, "validation_samples": 0,
+                      "size_bytes": m["size_bytes"]}
+        return VariantSummary.from_dict({"chain": "", **m, "validation": validation, "macs": 1, "path": ""}, v)
+
+    return BuildSummary(recipe="t", float_top1=50.0, params=1, macs=1, deploy_variant="int8-pcqat", labels=(),
+                        variants={v: typed(v, m) for v, m in variants.items()})
+
+
 @pytest.mark.integration
 def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(evaluated):
     from pipeline.gate.budgets import check_budgets, format_budget_table
@@ -342,7 +378,7 @@ def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(evaluated):
     assert rows["pw_conv"]["unique_per_channel"] <= CLUSTERS and rows["pw_conv"]["zeros"] >= 0.45
     assert pc["max_unique_per_kernel"] == max(rows[n]["unique_per_channel"] for n in ("stem_conv", "pw_conv",
                                                                                      "logits"))
-    metrics = {"float_top1": 50.0, "variants": variants}
+    metrics = summary_of(variants)
     ok = check_budgets({"min_sparsity": {"int8-pcqat": 0.45}, "max_unique_values": {"int8-pcqat": CLUSTERS}},
                        metrics)
     assert [c.ok for c in ok] == [True, True]
@@ -358,7 +394,7 @@ def test_summary_shows_distinct_values_per_kernel(evaluated):
     from pipeline.build import summary_table
 
     variants = {v: {**m, "chain": f"{CHAIN_CASES[v]} chain"} for v, m in evaluated.items()}
-    text = summary_table({"float_top1": 50.0, "params": 1, "macs": 1, "variants": variants})
+    text = summary_table(summary_of(variants))
     pc = variants["int8-pcqat"]
     assert (f"| int8-pcqat | pcqat chain | {pc['size_bytes'] / 1024:.1f} | {pc['gzip_bytes'] / 1024:.1f} | "
             f"{pc['top1']:.2f} |") in text

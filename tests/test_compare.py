@@ -9,11 +9,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.gate.compare import (BASELINE_FORMAT, DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, UnusableInputError,
-                              compare_paths, format_junit, load_snapshot, validate_thresholds, write_baseline)
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UnusableInputError
+from pipeline.gate.baseline import write_baseline
+from pipeline.gate.compare import compare_paths
+from pipeline.gate.junit import format_junit
+from pipeline.gate.snapshot import BASELINE_FORMAT, load_snapshot
+from pipeline.gate.thresholds import DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, validate_thresholds
+from pipeline.summary import SCHEMA_VERSION, BuildSummary, write_summary
 from pipeline.cli.gate import baseline as baseline_cmd, compare as compare_cmd
 
+REPO = Path(__file__).resolve().parent.parent
 VARIANTS = ("float32", "int8-qat")
 DEVICES = ("pixel4", "camera-a53")
 
@@ -36,8 +41,11 @@ def make_summary(width=1.0):
                        "max_unique_per_kernel": 256, "input": {"dtype": "float32", "shape": [1, 32, 32, 1],
                                                                "scale": [], "zero_point": []},
                        "output": {"dtype": "float32", "shape": [1, 10], "scale": [], "zero_point": []},
-                       "ops": ["CONV_2D:v1"], "validation": {}, "macs": 1000, "path": f"tflite/{v}.tflite",
-                       "samples": 1000}
+                       "kernels": [], "ops": ["CONV_2D:v1"],
+                       "validation": {"validation_max_abs_diff": 0.0, "validation_agreement": 1.0,
+                                      "validation_samples": 16, "size_bytes": int(size * width)},
+                       "macs": 1000, "path": f"tflite/{v}.tflite", "chain": "float", "samples": 1000,
+                       "predictions": f"tflite/{v}.pred.npy"}
     devices = {
         "pixel4": {"float32": device_rec(int(4_000_000 * width), latency=1.5 * width),
                    "int8-qat": device_rec(int(1_500_000 * width), latency=0.6 * width)},
@@ -46,12 +54,18 @@ def make_summary(width=1.0):
     }
     return {"recipe": "default", "float_top1": 91.2, "params": 1000, "macs": 1000, "deploy_variant": "int8-qat",
             "labels": [str(i) for i in range(10)], "variants": variants, "devices": devices, "budgets": [],
-            "stages_run": []}
+            "stages_run": [], "schema_version": SCHEMA_VERSION}
+
+
+def summary_with_top1(top1):
+    summary = make_summary()
+    summary["variants"]["int8-qat"]["top1"] = top1
+    return summary
 
 
 def write_build(root: Path, summary, recipe=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "summary.json").write_text(json.dumps(summary))
+    write_summary(BuildSummary.from_dict(summary), root)  # as the build writes it
     recipe = recipe or {"name": "default", "model": {"family": "mobilenet_v2", "alpha": 0.35},
                         "convert": {"variants": list(VARIANTS)}, "devices": {"targets": list(DEVICES)}}
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -235,7 +249,7 @@ def test_manifest_summary_and_directory_read_the_same(tmp_path):
         assert sum(c.status == "ok" for c in comp.checks) == len([c for c in comp.checks if c.status != "skipped"])
     snap = load_snapshot(man)
     assert snap.kind == "manifest" and snap.float_top1 == 91.2
-    assert snap.variants["int8-qat"]["sha256"] == "int8-qat" * 4
+    assert snap.variants["int8-qat"].sha256 == "int8-qat" * 4
     # a build directory with only a manifest (e.g. interrupted before summary.json) is read too
     assert load_snapshot(tmp_path / "m").kind == "manifest"
 
@@ -254,8 +268,13 @@ def test_manifest_summary_and_directory_read_the_same(tmp_path):
     (lambda p: (p / "x.json").write_text(json.dumps({"format": BASELINE_FORMAT, "version": 99})) and p / "x.json",
      "BASELINE {p}/x.json: baseline version 99 is not supported (this mobile-model reads version 1); "
      "write it again with `mobile-model baseline`"),
-    (lambda p: (p / "x.json").write_text(json.dumps({"variants": {"int8": {"top1": "high"}}})) and p / "x.json",
-     "BASELINE {p}/x.json: variants.int8.top1: expected a number or null, got 'high'"),
+    (lambda p: (p / "x.json").write_text(json.dumps(summary_with_top1("high"))) and p / "x.json",
+     "BASELINE {p}/x.json: summary.variants.int8-qat.top1: expected a number, got 'high'"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"variants": {"int8": {"top1": 90.0}}})) and p / "x.json",
+     "BASELINE {p}/x.json: summary: schema_version None is not the supported 1 (rebuild to refresh it)"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"format": BASELINE_FORMAT, "version": 1, "variants": {
+        "int8": {"top1": "high"}}})) and p / "x.json",
+     "BASELINE {p}/x.json: variants.int8.top1: expected a number, got 'high'"),
     (lambda p: (p / "x.json").write_text(json.dumps({"stages": {}})) and p / "x.json",
      "BASELINE {p}/x.json: the manifest records no evaluated variant (an unfinished build, or not a "
      "mobile-model manifest)"),
@@ -271,12 +290,12 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, make, message):
 
 def test_unknown_threshold_lists_valid_ones():
     with pytest.raises(UnusableInputError) as exc:
-        validate_thresholds({"max_instr": 0.1}, "recipe.regressions")
-    assert str(exc.value) == f"recipe.regressions: unknown threshold 'max_instr'; valid: {', '.join(THRESHOLDS)}"
+        validate_thresholds({"max_instr": 0.1}, "baseline thresholds")
+    assert str(exc.value) == f"baseline thresholds: unknown threshold 'max_instr'; valid: {', '.join(THRESHOLDS)}"
     with pytest.raises(UnusableInputError, match=r"max_top1_drop: expected a number >= 0 \(points\), got -1"):
         validate_thresholds({"max_top1_drop": -1}, "x")
-    with pytest.raises(ConfigError, match="recipe.regressions: expected a mapping"):
-        validate_thresholds([1], "recipe.regressions", error=ConfigError)
+    with pytest.raises(ConfigError, match="baseline thresholds: expected a mapping"):
+        validate_thresholds([1], "baseline thresholds", error=ConfigError)
 
 
 def test_negative_option_is_exit_2(tmp_path):
@@ -321,9 +340,12 @@ def test_baseline_keeps_its_thresholds_and_they_apply(tmp_path):
 
 
 def test_threshold_precedence(tmp_path):
-    base = write_build(tmp_path / "a", make_summary())
-    recipe = {"name": "default", "regressions": {"max_instr_increase": 0.02, "max_top1_drop": 3.0}}
-    cur = write_build(tmp_path / "b", make_summary(), recipe=recipe)
+    cur = write_build(tmp_path / "b", make_summary())
+    base = tmp_path / "baseline.json"
+    write_baseline(cur, base)
+    data = json.loads(base.read_text())
+    data["thresholds"] = {"max_instr_increase": 0.02, "max_top1_drop": 3.0}
+    base.write_text(json.dumps(data))
     th = compare_paths(base, cur).thresholds
     assert th["max_instr_increase"] == 0.02 and th["max_top1_drop"] == 3.0
     assert th["max_gzip_increase"] == DEFAULT_THRESHOLDS["max_gzip_increase"]
@@ -331,10 +353,15 @@ def test_threshold_precedence(tmp_path):
     assert th["max_instr_increase"] == 0.0 and th["max_top1_drop"] == 3.0
 
 
-def test_bad_recipe_regressions_are_unusable(tmp_path):
-    cur = write_build(tmp_path / "b", make_summary(), recipe={"name": "x", "regressions": {"max_speed": 1}})
-    res = run(write_build(tmp_path / "a", make_summary()), cur)
-    assert res.exit_code == 2 and "recipe.regressions: unknown threshold 'max_speed'" in res.output
+def test_bad_baseline_thresholds_are_unusable(tmp_path):
+    cur = write_build(tmp_path / "b", make_summary())
+    base = tmp_path / "baseline.json"
+    write_baseline(cur, base)
+    data = json.loads(base.read_text())
+    data["thresholds"] = {"max_speed": 1}
+    base.write_text(json.dumps(data))
+    res = run(base, cur)
+    assert res.exit_code == 2 and "unknown threshold 'max_speed'" in res.output
 
 
 def test_junit_is_well_formed_with_odd_characters(tmp_path):
@@ -345,3 +372,14 @@ def test_junit_is_well_formed_with_odd_characters(tmp_path):
     msgs = [f.get("message") for f in root.iter("failure")]
     assert any("A<&>B" in m for m in msgs)
     assert len(list(root.iter("testcase"))) == len(comp.checks)
+
+
+def test_the_committed_baseline_loads_and_gates(tmp_path):
+    """``mobile-model compare baselines/default.json BUILD`` reads the committed file."""
+    committed = REPO / "baselines" / "default.json"
+    snap = load_snapshot(committed, "BASELINE")
+    assert snap.kind == "baseline" and snap.variants and snap.devices
+    assert all(isinstance(r.loaded, bool) for per in snap.devices.values() for r in per.values())
+    res = run(committed, committed)
+    assert res.exit_code == 0, res.output
+    assert "PASS: no regression" in res.output

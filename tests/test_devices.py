@@ -6,7 +6,6 @@ under qemu-aarch64 on pixel4, rpi4 and camera-a53 (about a minute when cached).
 """
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,13 +16,12 @@ from click.testing import CliRunner
 
 from pipeline.devices import runtime as rt
 from pipeline.devices.check import DeviceResult, compare_outputs, estimate_memory
-from pipeline.devices.parse import (CLASSES, ClassCounts, DeviceOutputError, TensorInfo,
-                                    inference_counts, parse_guest_result, parse_insn_counts,
-                                    parse_load_error)
+from pipeline.devices.parse import (CLASSES, ClassCounts, TensorInfo, inference_counts, parse_guest_result,
+                                    parse_insn_counts, parse_load_error)
 from pipeline.devices.profiles import (DEVICES, FIELDS, DeviceProfile, get_device, load_profile,
                                        load_profiles)
 from pipeline.devices.targets import CORES, RUNTIMES, cpuinfo_text
-from pipeline.errors import ConfigError, DeviceUnavailableError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, DeviceOutputError, DeviceUnavailableError, RuntimeIncompatibleError
 
 HEADER = "insn_count 1 classes=simd_mac,simd_other,ldst,branch,scalar"
 
@@ -264,7 +262,7 @@ def base_profile(**over):
 
 
 VALID_KEYS = ("name, description, qemu_cpu, cpu_part, cores, clock_ghz, ram_mb, runtime, "
-              "runtime_version, default_threads, latency")
+              "runtime_version, default_threads")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -284,7 +282,8 @@ VALID_KEYS = ("name, description, qemu_cpu, cpu_part, cores, clock_ghz, ram_mb, 
     (base_profile(cores=0), "cores must be an integer >= 1, got 0"),
     (base_profile(default_threads=True), "default_threads must be an integer >= 1, got True"),
     (base_profile(clock_ghz="fast"), "clock_ghz must be a number in (0, 10), got 'fast'"),
-    (base_profile(latency={"a": "b"}), "latency must be a mapping of names to numbers"),
+    # Fitted latency parameters are their own data (pipeline.latency.params), not a profile key.
+    (base_profile(latency={"cost_ldst": 1.0}), f"unknown key 'latency'; valid keys: {VALID_KEYS}"),
     (base_profile(description=""), "description must be a non-empty string, got ''"),
     ([1, 2], "expected a mapping of name, description"),
 ])
@@ -295,13 +294,13 @@ def test_profile_validation_messages(data, message):
     assert message in str(e.value)
 
 
-def test_profile_accepts_unquoted_hex_part_and_null_latency(tmp_path):
+def test_profile_accepts_unquoted_hex_part(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "pipeline" / "devices" / "profiles"
             / "pixel4.yaml").read_text()
-    text = text.replace('cpu_part: "0xd0b"', "cpu_part: 0xd0b").split("latency:")[0] + "latency:\n"
+    text = text.replace('cpu_part: "0xd0b"', "cpu_part: 0xd0b")
     (tmp_path / "pixel4.yaml").write_text(text)
     p = load_profile(tmp_path / "pixel4.yaml")
-    assert p.cpu_part == "0xd0b" and dict(p.latency) == {}
+    assert p.cpu_part == "0xd0b"
 
 
 def test_profile_name_must_match_file(tmp_path):
@@ -518,10 +517,10 @@ def test_host_reference_follows_device_kernels():
     (np.zeros((2, 2), np.float32), np.zeros(3), "labels y has 3 entries for 2 inputs"),
 ])
 def test_device_check_validates_inputs(x, y, message):
-    from pipeline.devices.check import _validate_inputs
+    from pipeline.devices.check import validate_inputs
 
     with pytest.raises(ConfigError) as e:
-        _validate_inputs(_model([("float32", 0), ("float32", 1), ("float32", 0)]), x, y, "m.tflite")
+        validate_inputs(_model([("float32", 0), ("float32", 1), ("float32", 0)]), x, y, "m.tflite")
     assert str(e.value) == message
 
 
@@ -626,8 +625,9 @@ def arm_runtime():
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """float32, int8 (int8 I/O) and dynamic-range .tflite files of tiny Keras models."""
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    import tensorflow as tf
+    from pipeline.native import import_tensorflow
+
+    tf = import_tensorflow()
     import tf_keras as keras
 
     out = tmp_path_factory.mktemp("device-models")
@@ -790,7 +790,11 @@ def test_a_runtime_that_crashes_on_the_model_is_a_result_not_an_outage(monkeypat
     with pytest.raises(RuntimeIncompatibleError, match=r"seed_int8.tflite does not load on camera-a53 "
                                                       r"\(tflite-runtime 2.14.0\) \(the runtime crashed"):
         r.require_loaded()
-    table = device_table({"devices": {"camera-a53": {"int8-qat": device_metrics(r.to_dict())}}})
+    from pipeline.summary import BuildSummary
+
+    summary = BuildSummary(recipe="t", float_top1=0.0, params=0, macs=0, deploy_variant="int8-qat", labels=(),
+                           variants={}, devices={"camera-a53": {"int8-qat": device_metrics(r.to_dict())}})
+    table = device_table(summary)
     assert "| camera-a53 | int8-qat | no (the runtime crashed on this model (SIGSEGV)) |" in table
 
     monkeypatch.setattr(check, "run_on_device", lambda *a, **k: _fake_run(1, "Traceback ...\nOSError: boom\n"))

@@ -1,4 +1,4 @@
-"""Tests of the latency model: cost model, fitting, thread scaling, profile data, CLI.
+"""Tests of the latency model: cost model, fitting, thread scaling, parameter data, CLI.
 
 Unit tests run anywhere (no TensorFlow, no qemu). The one ``device`` test builds a
 tiny MobileNetV2 and estimates it on an emulated core (~1 minute the first time);
@@ -14,15 +14,30 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.latency import calibrate as cal
+import yaml
+
 from pipeline.devices.profiles import DEVICES, PROFILE_DIR, get_device
 from pipeline.errors import ConfigError
+from pipeline.latency import calibration_report as report
+from pipeline.latency import fit as cal
+from pipeline.latency import params as lp
+from pipeline.latency import published as pub
+from pipeline.latency import reference as ref
+from pipeline.latency.calibrate import write_calibration
+from pipeline.latency.estimate import estimate_model
 from pipeline.latency.model import (CLASSES, DEFAULT_TIES, PARAM_KEYS, LatencyParams, Point,
-                              attach_latency, error_summary, estimate_ms, features, fit_costs,
-                              fit_parallel_fraction, leave_one_out, predict, predict_cycles,
-                              speedup)
+                                    attach_latency, error_summary, estimate_ms, features, fit_costs,
+                                    fit_parallel_fraction, leave_one_out, predict, predict_cycles,
+                                    speedup)
 
-SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "reference" / "published_latency.csv"
+DEFAULT = lp.load_params(lp.DEFAULT_PARAMS)
+
+
+@pytest.fixture(autouse=True)
+def _packaged_params(monkeypatch, tmp_path_factory):
+    """Every test reads the packaged parameters, whatever the user's cache holds."""
+    monkeypatch.delenv(lp.PARAMS_ENV, raising=False)
+    monkeypatch.setattr(lp, "user_params_path", lambda: tmp_path_factory.mktemp("cache") / "params.yaml")
 
 
 def _counts(rng, scale=1e8):
@@ -208,7 +223,7 @@ def test_error_summary_names_the_worst_point():
     assert s["median_abs_error"] == pytest.approx(0.0, abs=1e-12)
 
 
-# -- parameters in profiles -------------------------------------------------------
+# -- parameters data ---------------------------------------------------------------
 
 def test_params_round_trip():
     p = LatencyParams.from_mapping(_params(device_points=4, core_points=8))
@@ -240,8 +255,7 @@ def test_params_validation_messages(change, message):
 
 @pytest.mark.parametrize("name", DEVICES.names())
 def test_every_profile_has_valid_latency_parameters(name):
-    profile = get_device(name)
-    params = LatencyParams.from_mapping(profile.latency, name)
+    params = DEFAULT[name]
     assert params is not None, f"{name}: no latency parameters; run `mobile-model calibrate`"
     assert 0 < params.parallel_fraction <= 1
     # Costs of a few tenths to a few cycles per instruction: anything else is a broken fit.
@@ -250,22 +264,23 @@ def test_every_profile_has_valid_latency_parameters(name):
 
 
 def test_validated_exactly_where_published_points_exist():
-    published_cores = {get_device(p.device).qemu_cpu for p in cal.load_published()}
+    published_cores = {get_device(p.device).qemu_cpu for p in pub.load_published()}
+    text = lp.DEFAULT_PARAMS.read_text()
     for name in DEVICES.names():
         profile = get_device(name)
-        params = LatencyParams.from_mapping(profile.latency, name)
+        params = DEFAULT[name]
         assert params.validated == (profile.qemu_cpu in published_cores), name
         if not params.validated:
             assert profile.qemu_cpu in cal.ASSUMED_CORES
-            assert "ASSUMED, NOT FITTED" in (PROFILE_DIR / f"{name}.yaml").read_text()
+            # The comment right above the device's block says so.
+            block = text[:text.index(f"\n{name}:")].rsplit("\n\n", 1)[-1]
+            assert "ASSUMED, NOT FITTED" in block, name
 
 
 def test_profiles_of_one_core_share_costs():
     by_core = {}
     for name in DEVICES.names():
-        profile = get_device(name)
-        costs = LatencyParams.from_mapping(profile.latency, name).costs
-        by_core.setdefault(profile.qemu_cpu, []).append(dict(costs))
+        by_core.setdefault(get_device(name).qemu_cpu, []).append(dict(DEFAULT[name].costs))
     for core, all_costs in by_core.items():
         assert all(c == all_costs[0] for c in all_costs), core
 
@@ -276,9 +291,9 @@ def test_assumed_costs_follow_their_base_core():
         a = cal.ASSUMED_CORES.get(profile.qemu_cpu)
         if a is None:
             continue
-        base = next(get_device(n) for n in DEVICES.names() if get_device(n).qemu_cpu == a.base_core)
-        mine = LatencyParams.from_mapping(profile.latency).costs
-        theirs = LatencyParams.from_mapping(base.latency).costs
+        base = next(n for n in DEVICES.names() if get_device(n).qemu_cpu == a.base_core)
+        mine = DEFAULT[name].costs
+        theirs = DEFAULT[base].costs
         for c in CLASSES:
             assert mine[c] == pytest.approx(a.factor * theirs[c], rel=1e-5)
 
@@ -288,27 +303,33 @@ def test_attach_latency_adds_ms_for_loaded_results():
     r = {"loaded": True, "instructions_by_class": counts}
     attach_latency(r, "pixel2", 1)
     p = get_device("pixel2")
-    assert r["latency_ms"] == pytest.approx(estimate_ms(counts, p.latency, p.clock_ghz))
+    assert r["latency_ms"] == pytest.approx(estimate_ms(counts, DEFAULT["pixel2"].to_mapping(), p.clock_ghz))
     assert r["latency_validated"] is True
     r2 = {"loaded": False}
     attach_latency(r2, "pixel2", 1)
     assert r2["latency_ms"] is None
 
 
-# -- calibration data and profile writing ----------------------------------------
+# -- published data ----------------------------------------------------------------
 
-def test_embedded_published_table_matches_the_shared_reference():
-    if not SHARED_CSV.is_file():
-        pytest.skip(f"{SHARED_CSV} not present")
-    shared = cal.load_published(SHARED_CSV)
-    assert shared == cal.load_published()
-    assert len(shared) == 14
+def test_packaged_published_table_parses_with_registered_devices_and_models():
+    from pipeline.train.zoo import family_names
+
+    points = pub.load_published()
+    assert len(points) == 14 and len({p.name for p in points}) == 14
+    assert all(p.device in DEVICES.names() and p.model in family_names() for p in points)
+    assert {p.runtime for p in points} <= set(pub.PUBLISHED_RUNTIMES)
+    assert {p.model for p in points} == set(pub.PUBLISHED_ORDER)
+    assert all(p.threads == 1 and p.latency_ms > 0 and p.source for p in points)
 
 
 def test_published_multi_thread_pairs_have_single_thread_partners():
-    pairs = cal.thread_pairs(cal.load_published())
-    assert len(pairs) == len(cal.MULTI_THREAD_MS) == 12
+    multi = pub.load_multi_thread()
+    pairs = cal.thread_pairs(pub.load_published())
+    assert len(pairs) == len(multi) == 12
     assert all(t == get_device(label.split()[1]).cores for label, t, _, _ in pairs)
+    # Every multi-thread latency is faster than its single-thread partner.
+    assert all(many < one for _, _, one, many in pairs)
 
 
 @pytest.mark.parametrize("row, message", [
@@ -323,7 +344,7 @@ def test_load_published_rejects_bad_rows(tmp_path, row, message):
     path = tmp_path / "p.csv"
     path.write_text("model,variant,device,threads,latency_ms,runtime,source\n" + row + "\n")
     with pytest.raises(ConfigError) as e:
-        cal.load_published(path)
+        pub.load_published(path)
     assert message in str(e.value)
 
 
@@ -332,67 +353,155 @@ def test_load_published_needs_the_header(tmp_path):
     path.write_text("mobilenet_v1,float32,pixel2,1,86,xnnpack-2020,x\n")
     with pytest.raises(ConfigError, match="expected the header model,variant,device,threads,"
                                           "latency_ms,runtime,source, got 'mobilenet_v1,"):
-        cal.load_published(path)
+        pub.load_published(path)
 
 
-def test_write_profile_latency_replaces_only_the_latency_block(tmp_path):
-    path = tmp_path / "pixel2.yaml"
-    original = (PROFILE_DIR / "pixel2.yaml").read_text()
-    path.write_text(original)
-    params = LatencyParams.from_mapping(_params(device_points=6, core_points=10,
-                                                loo_median_abs_error_pct=5.0,
-                                                loo_worst_abs_error_pct=20.0))
-    block = cal.latency_block(params, "cortex-a72")
-    cal.write_profile_latency(path, block)
+def test_load_published_reads_a_commented_header(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("# a comment\n# model,variant,device,threads,latency_ms,runtime,source\n"
+                    "mobilenet_v1,float32,pixel2,1,86,xnnpack-2020,x\n")
+    assert [p.name for p in pub.load_published(path)] == ["mobilenet_v1 float32 pixel2"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("mobilenet_v1,iphone,40", "unknown device 'iphone'"),
+    ("resnet,pixel2,40", "unknown model family 'resnet'"),
+    ("mobilenet_v1,pixel2,0", "latency_ms must be > 0, got 0"),
+    ("mobilenet_v1,pixel2,fast", "latency_ms must be a number, got 'fast'"),
+])
+def test_load_multi_thread_rejects_bad_rows(tmp_path, row, message):
+    path = tmp_path / "m.csv"
+    path.write_text("model,device,latency_ms\n" + row + "\n")
+    with pytest.raises(ConfigError) as e:
+        pub.load_multi_thread(path)
+    assert message in str(e.value) and "row 1" in str(e.value)
+
+
+# -- where the parameters live -------------------------------------------------------
+
+def test_profiles_carry_no_latency_parameters():
+    from pipeline.devices.profiles import FIELDS
+
+    assert "latency" not in FIELDS
+    for path in sorted(PROFILE_DIR.glob("*.yaml")):
+        assert "latency" not in yaml.safe_load(path.read_text()), path.name
+
+
+def test_params_file_order_environment_then_user_cache_then_package(monkeypatch, tmp_path):
+    assert lp.params_file() == (lp.DEFAULT_PARAMS, "package")
+    user = tmp_path / "cache" / "params.yaml"
+    monkeypatch.setattr(lp, "user_params_path", lambda: user)
+    lp.write_params(user, DEFAULT)
+    assert lp.params_file() == (user, "user cache")
+    mine = tmp_path / "mine.yaml"
+    lp.write_params(mine, DEFAULT)
+    monkeypatch.setenv(lp.PARAMS_ENV, str(mine))
+    assert lp.params_file() == (mine.resolve(), "environment")
+    monkeypatch.setenv(lp.PARAMS_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=f"missing.yaml \\(from \\${lp.PARAMS_ENV}\\): no such file"):
+        lp.params_file()
+
+
+def test_user_params_path_is_in_the_latency_cache(monkeypatch, tmp_path):
+    monkeypatch.undo()  # the autouse fixture's stand-in
+    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path))
+    assert lp.user_params_path() == tmp_path.resolve() / "latency" / "params.yaml"
+
+
+def test_written_params_read_back_with_notes_and_devices_without_parameters(tmp_path):
+    params = dict(DEFAULT, pixel4=None)
+    path = lp.write_params(tmp_path / "p.yaml", params, cal.params_notes(params))
+    assert lp.load_params(path) == params
     text = path.read_text()
-    assert text.endswith(block)
-    head = original[:original.index("latency:")]
-    head = "\n".join(ln for ln in head.splitlines() if not cal._is_latency_comment(ln + "\n"))
-    assert text.startswith(head)
-    cal.write_profile_latency(path, block)  # idempotent: the old comments are replaced too
-    assert path.read_text() == text
-    unvalidated = cal.latency_block(LatencyParams.from_mapping(_params(validated=0)), "cortex-a53")
-    cal.write_profile_latency(path, unvalidated)
-    assert path.read_text().count("ASSUMED, NOT FITTED") == 1
-    assert "validated: 0" in path.read_text()
+    assert "pixel4: {}" in text
+    assert text.count("ASSUMED, NOT FITTED") == sum(1 for p in params.values() if p and not p.validated)
 
 
-def test_write_profile_latency_needs_latency_last(tmp_path):
-    path = tmp_path / "pixel2.yaml"
-    text = (PROFILE_DIR / "pixel2.yaml").read_text()
-    path.write_text(text + "extra: 1\n")
-    with pytest.raises(ConfigError, match="expected `latency:` as the last key"):
-        cal.write_profile_latency(path, "latency: {}\n")
+def test_estimates_use_the_chosen_params_file(monkeypatch, tmp_path):
+    counts = dict(zip(CLASSES, (10_000_000, 1_000_000, 5_000_000, 500_000, 1_000_000)))
+    before = {"loaded": True, "instructions_by_class": counts}
+    attach_latency(before, "pixel2", 1)
+    doubled = {n: (p and LatencyParams({c: 2 * v for c, v in p.costs.items()}, p.parallel_fraction,
+                                       p.validated, p.info)) for n, p in DEFAULT.items()}
+    monkeypatch.setenv(lp.PARAMS_ENV, str(lp.write_params(tmp_path / "p.yaml", doubled)))
+    after = {"loaded": True, "instructions_by_class": counts}
+    attach_latency(after, "pixel2", 1)
+    assert after["latency_ms"] == pytest.approx(2 * before["latency_ms"])
+    lp.write_params(tmp_path / "p.yaml", dict(DEFAULT, pixel2=None))  # rewritten: read again
+    none = {"loaded": True, "instructions_by_class": counts}
+    attach_latency(none, "pixel2", 1)
+    assert none["latency_ms"] is None and none["latency_validated"] is None
 
 
-def test_report_of_a_synthetic_calibration(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "expected a mapping of device names to parameters, got list"),
+    ("iphone: {}", "unknown device 'iphone'; valid: camera-a53"),
+    ("pixel2: 3", "pixel2: expected a mapping of parameters, got 3"),
+    ("pixel2: {bogus: 1}", "pixel2: unknown key 'bogus'"),
+])
+def test_load_params_rejects_bad_files(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        lp.load_params(path)
+    assert message in str(e.value) and str(e.value).startswith(f"latency parameters {path}")
+
+
+# -- calibration --------------------------------------------------------------------
+
+def _synthetic_calibration():
     a = _tied([1.2, 0.5])
     b = _tied([0.6, 1.5])
     pts = _synthetic(a, n=4, core="cortex-a72") + _synthetic(b, n=4, core="cortex-a76", seed=3)
     costs = fit_costs(pts)
-    c = cal.Calibration(points=pts, fit_all=predict(pts, costs), loo=leave_one_out(pts),
-                        costs=costs, parallel_fraction=0.87, thread_pairs=[("m d", 2, 10.0, 5.5)],
-                        params=cal.profile_params(costs, 0.87, pts, leave_one_out(pts)),
-                        matrix=[], sensitivity=[], published=cal.load_published())
-    md, js = cal.write_report(c, tmp_path)
+    return cal.Calibration(points=pts, fit_all=predict(pts, costs), loo=leave_one_out(pts),
+                           costs=costs, parallel_fraction=0.87, thread_pairs=[("m d", 2, 10.0, 5.5)],
+                           params=cal.profile_params(costs, 0.87, pts, leave_one_out(pts)),
+                           matrix=[], sensitivity=[], published=pub.load_published())
+
+
+def test_report_of_a_synthetic_calibration(tmp_path):
+    c = _synthetic_calibration()
+    md, js = report.write_report(c, tmp_path)
     data = json.loads(js.read_text())
     assert data["acceptance"]["met"] and len(data["points"]) == 8
     text = md.read_text()
     assert "| point | core | measured ms |" in text and "leave-one-out" in text
     # Assumed cores get base costs x factor and are unvalidated.
     n1 = c.params["graviton2"]
-    assert not n1.validated and n1.costs == pytest.approx(costs["cortex-a76"])
+    assert not n1.validated and n1.costs == pytest.approx(c.costs["cortex-a76"])
     a53 = c.params["camera-a53"]
-    assert a53.costs["simd_mac"] == pytest.approx(2.0 * costs["cortex-a72"]["simd_mac"])
+    assert a53.costs["simd_mac"] == pytest.approx(2.0 * c.costs["cortex-a72"]["simd_mac"])
+
+
+def test_calibration_writes_where_told_and_never_into_the_package(tmp_path):
+    package = {p: p.read_bytes() for p in (lp.DEFAULT_PARAMS, *PROFILE_DIR.glob("*.yaml"))}
+    c = _synthetic_calibration()
+    files = write_calibration(c, tmp_path / "out")
+    assert files.params == tmp_path / "out" / "params.yaml"
+    assert files.report.is_file() and files.json.is_file()
+    back = lp.load_params(files.params)  # rounded to 6 significant digits
+    for name, params in c.params.items():
+        assert back[name].costs == pytest.approx(params.costs, rel=1e-5), name
+        assert back[name].validated == params.validated, name
+    assert {p: p.read_bytes() for p in package} == package
+    no_params = write_calibration(c, tmp_path / "report-only", params=False)
+    assert no_params.params is None and not (tmp_path / "report-only" / "params.yaml").exists()
+
+
+def test_calibration_goes_to_the_user_cache_by_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path))
+    files = write_calibration(_synthetic_calibration())
+    assert files.params == tmp_path.resolve() / "latency" / "params.yaml"
 
 
 def test_order_check():
     rows = [{"device": "pixel2", "family": f, "variant": "float32", "loaded": True, "latency_ms": ms}
-            for f, ms in zip(cal.PUBLISHED_ORDER, (80, 50, 40, 12))]
-    assert cal.order_check(rows) == [{"device": "pixel2", "variant": "float32",
-                                      "order": list(cal.PUBLISHED_ORDER), "as_published": True}]
+            for f, ms in zip(pub.PUBLISHED_ORDER, (80, 50, 40, 12))]
+    assert report.order_check(rows) == [{"device": "pixel2", "variant": "float32",
+                                         "order": list(pub.PUBLISHED_ORDER), "as_published": True}]
     rows[1]["latency_ms"] = 90
-    assert cal.order_check(rows)[0]["as_published"] is False
+    assert report.order_check(rows)[0]["as_published"] is False
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -404,18 +513,26 @@ def test_order_check():
 ])
 def test_model_spec_validation(kwargs, message):
     with pytest.raises(ConfigError) as e:
-        cal.ModelSpec(**kwargs)
+        ref.ModelSpec(**kwargs)
     assert message in str(e.value)
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path))
-    assert cal.cache_root() == tmp_path.resolve() / "latency"
+    assert ref.cache_root() == tmp_path.resolve() / "latency"
     monkeypatch.delenv("MOBILE_MODEL_CACHE")
-    assert cal.cache_root() == Path.home().resolve() / ".cache" / "mobile-model" / "latency"
+    assert ref.cache_root() == Path.home().resolve() / ".cache" / "mobile-model" / "latency"
 
 
 # -- CLI -------------------------------------------------------------------------
+
+def test_cli_calibrate_help_offers_an_output_directory():
+    from pipeline.cli.latency import calibrate
+
+    out = CliRunner().invoke(calibrate, ["--help"]).output
+    assert "--out" in out and "--write-params" in out and "--write-profiles" in out
+    assert "--published" in out and "--matrix" in out
+
 
 def test_cli_estimate_help_lists_families_and_devices():
     from pipeline.cli.latency import estimate
@@ -447,16 +564,17 @@ def test_estimate_tiny_model_cold_then_cached(tmp_path, monkeypatch):
     from pipeline.cli.latency import estimate
 
     # A fresh latency cache (the ARM runtime cache stays where it is).
-    monkeypatch.setattr(cal, "cache_root", lambda: tmp_path / "latency")
-    spec = cal.ModelSpec("mobilenet_v2", 0.35, 32, 10, "int8")
+    monkeypatch.setattr(ref, "cache_root", lambda: tmp_path / "latency")
+    spec = ref.ModelSpec("mobilenet_v2", 0.35, 32, 10, "int8")
     t0 = time.monotonic()
-    cold = cal.estimate_model(spec, "pixel4", threads=1)
+    cold = estimate_model(spec, "pixel4", threads=1)
     cold_s = time.monotonic() - t0
     assert not cold["cached"]
     assert cold["instructions"] == sum(cold["instructions_by_class"].values()) > 0
-    p = get_device("pixel4")
+    p, params = get_device("pixel4"), DEFAULT["pixel4"].to_mapping()
     assert cold["latency_ms"] == pytest.approx(
-        estimate_ms(cold["instructions_by_class"], p.latency, p.clock_ghz))
+        estimate_ms(cold["instructions_by_class"], params, p.clock_ghz))
+    assert (cold["params_source"], cold["params_file"]) == ("package", str(lp.DEFAULT_PARAMS))
     assert 0.01 < cold["latency_ms"] < 50
     assert cold["validated"] is True
     assert cold_s < 120
@@ -470,5 +588,5 @@ def test_estimate_tiny_model_cold_then_cached(tmp_path, monkeypatch):
     warm = json.loads(res.output)
     assert warm["cached"] and warm["instructions"] == cold["instructions"]
     assert warm["threads_effective"] == 4
-    assert warm["latency_ms"] == pytest.approx(cold["latency_ms"] / speedup(4, p.latency["thread_parallel_fraction"]))
+    assert warm["latency_ms"] == pytest.approx(cold["latency_ms"] / speedup(4, params["thread_parallel_fraction"]))
     assert math.isclose(warm["latency_ms_single_thread"], cold["latency_ms"], rel_tol=1e-12)

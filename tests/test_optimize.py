@@ -98,7 +98,8 @@ def chain(workdir, splits, float_model):
     """``chain(family)`` -> prune -> PQAT -> int8 artifacts and metrics, run once per family."""
     from pipeline.export.convert import convert_keras
     from pipeline.train.keras_io import load_keras
-    from pipeline.compress.optimize import prune_model, qat_model
+    from pipeline.compress.prune import prune_model
+    from pipeline.compress.qat import qat_model
     from pipeline.tflite.reader import parse_tflite
     from pipeline.export.variants import VARIANTS
 
@@ -147,7 +148,7 @@ def test_every_family_has_a_case():
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 94, 999, 12345])
 def test_pruning_steps_reach_the_target_before_the_end(total):
-    from pipeline.compress.optimize import pruning_steps
+    from pipeline.compress.prune import pruning_steps
 
     end, frequency = pruning_steps(total)
     assert 1 <= end <= total          # tfmot's first step is 1: the target is reached in this run
@@ -157,7 +158,7 @@ def test_pruning_steps_reach_the_target_before_the_end(total):
 
 
 def test_pruning_steps_examples():
-    from pipeline.compress.optimize import pruning_steps
+    from pipeline.compress.prune import pruning_steps
 
     assert pruning_steps(4) == (3, 1)
     assert pruning_steps(94) == (70, 7)
@@ -167,7 +168,7 @@ def test_pruning_steps_examples():
 def test_kernel_table_lists_depthwise_as_never_pruned():
     import tf_keras as keras
 
-    from pipeline.compress.optimize import format_kernel_table, kernel_table, prunable_sparsity
+    from pipeline.compress.kernels import format_kernel_table, kernel_table, prunable_sparsity
 
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(4, 3, name="c")(inputs)
@@ -222,7 +223,7 @@ def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
 @pytest.mark.integration
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_pqat_keeps_sparsity_and_reloads(family, chain):
-    from pipeline.compress.optimize import kernel_table, prunable_sparsity
+    from pipeline.compress.kernels import kernel_table, prunable_sparsity
 
     result = chain(family)
     m = result.qat_metrics
@@ -251,7 +252,7 @@ def test_pqat_int8_file_keeps_sparsity(family, chain):
 @pytest.mark.integration
 def test_prune_is_deterministic(chain, splits, workdir):
     from pipeline.train.keras_io import load_keras
-    from pipeline.compress.optimize import prune_model
+    from pipeline.compress.prune import prune_model
 
     first = chain("mobilenet_v1")
     again = workdir / "mobilenet_v1" / "pruned-again.h5"
@@ -267,7 +268,7 @@ def test_prune_is_deterministic(chain, splits, workdir):
 @pytest.mark.integration
 def test_prune_2_by_4(splits, workdir, float_model):
     from pipeline.train.keras_io import load_keras
-    from pipeline.compress.optimize import prune_model
+    from pipeline.compress.prune import prune_model
 
     family = "mobilenet_v1"
     recipe = make_recipe(family, m_by_n=(2, 4))
@@ -296,7 +297,7 @@ def test_prune_2_by_4(splits, workdir, float_model):
 @pytest.mark.integration
 def test_qat_default_scheme_from_float(splits, workdir, float_model):
     from pipeline.train.keras_io import load_keras
-    from pipeline.compress.optimize import qat_model
+    from pipeline.compress.qat import qat_model
 
     family = "mobilenet_v1"
     recipe = make_recipe(family, prune=False)
@@ -323,7 +324,8 @@ _MIRRORED = textwrap.dedent("""
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     from pipeline.data import load_dataset
     from pipeline.train.keras_io import save_keras
-    from pipeline.compress.optimize import prune_model, qat_model
+    from pipeline.compress.prune import prune_model
+    from pipeline.compress.qat import qat_model
     from pipeline.train.stage import build_float_model
 
     out = Path(sys.argv[1])

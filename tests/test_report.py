@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.gate.compare import compare_paths
-from pipeline.recipe.schema import Recipe
-from pipeline.publish.report import rewrite_report, short_tensor_name, write_report
 from pipeline.cli.gate import report as report_cmd
+from pipeline.export.evaluate import labels_path, predictions_path
+from pipeline.gate.compare import compare_paths
+from pipeline.publish.bundle import write_bundle
+from pipeline.publish.records import short_tensor_name
+from pipeline.publish.report import rewrite_report, write_report
+from pipeline.recipe.schema import Recipe
 from tests.test_bundle import LABELS, fake_build
 
 PLOTS = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
@@ -26,9 +29,11 @@ def quiet(msg):
 
 @pytest.fixture
 def built(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
-    write_report(recipe, tmp_path, metrics, quiet)
-    return tmp_path, recipe, metrics
+    """A fake build published as the build publishes: the report, then the bundle."""
+    recipe, summary = fake_build(tmp_path)
+    write_report(recipe, tmp_path, summary, quiet)
+    write_bundle(recipe, tmp_path, summary, quiet)
+    return tmp_path, recipe, summary
 
 
 def test_report_files(built):
@@ -38,6 +43,39 @@ def test_report_files(built):
     assert sorted(p.stem for p in (root / "plots").glob("*.png")) == sorted(PLOTS)
     for p in (root / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_only_renders(tmp_path):
+    recipe, summary = fake_build(tmp_path)
+    written = write_report(recipe, tmp_path, summary, quiet)
+    assert not (tmp_path / "bundle").exists()
+    assert written == [tmp_path / "report.md", tmp_path / "report.html"] + [tmp_path / "plots" / f"{p}.png"
+                                                                             for p in PLOTS]
+
+
+def test_the_report_shows_the_bundle_the_build_writes(built):
+    root, _, _ = built
+    md = (root / "report.md").read_text()
+    for line in (root / "bundle" / "SHA256SUMS").read_text().splitlines():
+        sha, name = line.split("  ")
+        size = (root / "bundle" / name).stat().st_size
+        assert f"| `{name}` | {size:,} | `{sha[:16]}...` |" in md, name
+
+
+def test_publish_never_loads_data_or_runs_a_model():
+    """The report and the bundle read what the build saved (STYLE.md: downstream stages
+    never re-load the data set or re-run inference)."""
+    import ast
+    from pathlib import Path
+
+    import pipeline.publish
+
+    for path in Path(pipeline.publish.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("pipeline.data", "pipeline.tflite.host")), f"{path.name} imports {name}"
 
 
 def test_html_is_self_contained(built):
@@ -65,29 +103,30 @@ def test_markdown_sections(built):
     assert "Load failures" in md and "second line" not in md
 
 
-def test_confusion_matrix_is_the_deploy_model_on_the_test_split(built):
-    from pipeline.data import load_dataset
-
-    root, recipe, _ = built
-    from tests.test_bundle import tiny_tflite
-
-    w = tiny_tflite(root / "check.tflite", seed=len("int8-qat"))  # the weights fake_build gave int8-qat
-    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    pred = np.argmax(splits.x_test.reshape(len(splits.x_test), -1) @ w.T, axis=1)
-    md = (root / "report.md").read_text()
+def confusion_rows(md):
     section = md.split("## Confusion matrix", 1)[1].split("##", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| true")]
+    return section, rows
+
+
+def test_confusion_matrix_is_the_deploy_variant_on_the_test_split(built):
+    root, _, summary = built
+    tflite = root / "tflite" / "int8-qat.tflite"
+    pred, truth = np.load(predictions_path(tflite)), np.load(labels_path(predictions_path(tflite)))
+    assert (pred != np.load(predictions_path(root / "tflite" / "float32.tflite"))).any()
+    md = (root / "report.md").read_text()
+    section, rows = confusion_rows(md)
     assert [r.split(" | ")[0][2:] for r in rows] == LABELS
     counts = np.array([[int(c.strip("* ")) for c in r.split(" | ")[1:-1]] for r in rows])
     expected = np.zeros((10, 10), int)
-    np.add.at(expected, (splits.y_test, pred), 1)
+    np.add.at(expected, (truth, pred), 1)
     assert (counts == expected).all()
-    top1 = float(np.mean(pred == splits.y_test) * 100)
+    top1 = float(np.mean(pred == truth) * 100)
     assert f"Top-1 {top1:.2f}% over {len(pred)} images" in section
 
 
 def test_sparsity_from_the_prune_stage(tmp_path):
-    recipe, metrics = fake_build(tmp_path)
+    recipe, summary = fake_build(tmp_path)
     layers = [{"layer": "stem_conv", "kind": "Conv2D", "shape": [3, 3, 1, 16], "params": 144, "zeros": 0.5,
                "pruned": True, "note": ""},
               {"layer": "block1_depthwise", "kind": "DepthwiseConv2D", "shape": [3, 3, 16, 1], "params": 144,
@@ -96,28 +135,48 @@ def test_sparsity_from_the_prune_stage(tmp_path):
                "note": ""}]
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"prune": {"wall_s": 3.0, "metrics": {
         "layers": layers, "sparsity": 0.5, "sparsity_all_kernels": 0.34, "target_sparsity": 0.5}}}}))
-    write_report(recipe, tmp_path, metrics, quiet)
+    write_report(recipe, tmp_path, summary, quiet)
     md = (tmp_path / "report.md").read_text()
     assert "Zeros in Conv2D/Dense kernels after pruning: 50.0% (target 50%); 34.0% including depthwise" in md
     assert "| block1_depthwise | DepthwiseConv2D | 3x3x16x1 | 144 | 0.0% | no (never pruned) |" in md
     assert "3 kernels (prune stage (Keras model after strip_pruning))" in md
 
 
-def test_without_devices_or_data(tmp_path):
-    recipe, metrics = fake_build(tmp_path, devices=False)
+def test_without_devices_or_data_set(tmp_path):
+    """The data set may be gone: the report reads the predictions evaluation saved."""
+    recipe, summary = fake_build(tmp_path, devices=False)
     recipe = Recipe.from_dict({**recipe.to_dict(), "data": {"dataset": "folder", "path": str(tmp_path / "gone")}})
-    write_report(recipe, tmp_path, metrics, quiet)
+    write_report(recipe, tmp_path, summary, quiet)
     md = (tmp_path / "report.md").read_text()
     assert "This build ran no emulated devices" in md
-    assert "No confusion matrix: the test split could not be loaded" in md
-    assert not (tmp_path / "plots" / "confusion.png").exists()
     assert "accuracy vs size" in md
+    assert "## Confusion matrix (int8-qat, test split)" in md
+    assert (tmp_path / "plots" / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: predictions_path(t).unlink(), "no saved predictions ("),
+    (lambda t: labels_path(predictions_path(t)).unlink(), "no saved test labels ("),
+    (lambda t: predictions_path(t).write_bytes(b"garbage"), "unreadable saved predictions"),
+    (lambda t: np.save(predictions_path(t), np.zeros(3, np.int64)), "3 saved predictions for 50 test labels"),
+    (lambda t: np.save(predictions_path(t), np.full(50, 10, np.int64)),
+     "saved predictions or test labels outside the 10 classes"),
+])
+def test_without_usable_saved_predictions(tmp_path, damage, message):
+    recipe, summary = fake_build(tmp_path)
+    damage(tmp_path / "tflite" / "int8-qat.tflite")
+    write_report(recipe, tmp_path, summary, quiet)
+    md = (tmp_path / "report.md").read_text()
+    assert "No confusion matrix: the saved test predictions could not be read (" in md
+    assert message in md
+    assert "## Confusion matrix" not in md
+    assert not (tmp_path / "plots" / "confusion.png").exists()
 
 
 def test_report_is_reproducible(built):
-    root, recipe, metrics = built
+    root, recipe, summary = built
     first = (root / "report.html").read_bytes()
-    write_report(recipe, root, metrics, quiet)
+    write_report(recipe, root, summary, quiet)
     assert (root / "report.html").read_bytes() == first
 
 
@@ -138,10 +197,12 @@ def test_report_command_rerenders_a_build(built):
     assert res.exit_code == 2
     assert res.output == f"error: {root}: not a build (no manifest.json to check its models against)\n"
     _record_models(root)
+    (root / "bundle" / "MODEL_CARD.md").unlink()
     res = CliRunner().invoke(report_cmd, [str(root), "-q"])
     assert res.exit_code == 0, res.output
-    assert (root / "report.html").is_file()
+    assert (root / "report.html").is_file() and (root / "bundle" / "MODEL_CARD.md").is_file()
     assert str(root / "report.html") in res.output
+    assert res.output.splitlines()[-1] == str(root / "bundle")
 
 
 def test_report_command_on_a_non_build(tmp_path):
@@ -150,6 +211,17 @@ def test_report_command_on_a_non_build(tmp_path):
     assert res.output == f"error: {tmp_path}: not a finished build (no summary.json)\n"
     with pytest.raises(Exception, match="no summary.json"):
         rewrite_report(tmp_path)
+
+
+def test_report_command_on_a_summary_of_another_schema(built):
+    root, recipe, _ = built
+    (root / "recipe.yaml").write_text(json.dumps(recipe.to_dict()))
+    _record_models(root)
+    data = json.loads((root / "summary.json").read_text())
+    (root / "summary.json").write_text(json.dumps({**data, "schema_version": 0}))
+    res = CliRunner().invoke(report_cmd, [str(root), "-q"])
+    assert res.exit_code == 2
+    assert "schema_version 0 is not the supported" in res.output
 
 
 @pytest.mark.parametrize("name, layer", [
@@ -174,20 +246,25 @@ def test_smoke_build_report_bundle_and_self_compare(smoke_build):
     root = smoke_build.root
     html = (root / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
+    # The confusion matrix is the deploy variant's saved evaluation: its top-1 is the summary's.
+    summary = smoke_build.summary
+    section, rows = confusion_rows((root / "report.md").read_text())
+    assert f"Top-1 {summary.variants[summary.deploy_variant].top1:.2f}% over" in section
+    assert len(rows) == len(summary.labels)
     r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=root / "bundle", capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((root / "bundle" / "metadata.json").read_text())
-    deploy = smoke_build.metrics["deploy_variant"]
+    deploy = summary.deploy_variant
     ops = read_tflite(root / "tflite" / f"{deploy}.tflite").op_versions()
     assert [(o["op"], o["version"]) for o in meta["ops"]] == ops
-    assert set(meta["devices"]) == set(smoke_build.metrics["devices"])
+    assert set(meta["devices"]) == set(summary.devices)
     comp = compare_paths(root, root / "manifest.json")
     assert comp.ok, [c.message for c in comp.regressions]
     assert all(c.delta == 0 for c in comp.checks if c.metric == "instructions_per_inference")
 
 
 def test_every_variant_has_its_own_colour():
-    from pipeline.publish.report import VARIANT_COLORS
+    from pipeline.publish.plots import VARIANT_COLORS
     from pipeline.export.variants import VARIANTS
 
     assert set(VARIANT_COLORS) == set(VARIANTS.names())

@@ -286,14 +286,15 @@ def test_report_refuses_a_model_changed_after_the_build(interrupted_build, tmp_p
 @pytest.mark.parametrize("kind, error, message", [
     ("MemoryError", "MemoryError", "m.tflite: the TFLite runtime ran out of memory on this model (cap 16 GiB); "
                                    "the file may be malformed or hostile"),
-    ("ValueError", "ValueError: bad tensor", "m.tflite: the TFLite runtime rejected this model: ValueError: bad tensor"),
+    ("ValueError", "ValueError: bad tensor",
+     "m.tflite: the TFLite runtime rejected this model: ValueError: bad tensor"),
 ])
 def test_a_child_error_names_what_went_wrong(tmp_path, kind, error, message):
     """How the parent reads the child's error record (the child writes it on any Python error)."""
     from pipeline.errors import ModelFileError
-    from pipeline.tflite.sandbox import _result
+    from pipeline.tflite.sandbox import child_result
 
     (tmp_path / "error.json").write_text(json.dumps({"error": error, "kind": kind}))
     with pytest.raises(ModelFileError) as err:
-        _result("load", Path("m.tflite"), 1, "", tmp_path)
+        child_result("load", Path("m.tflite"), 1, "", tmp_path)
     assert str(err.value) == message

@@ -14,6 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from pipeline.search import cost as sc
+from pipeline.search import pareto as sp
+from pipeline.search import recipes as sr
+from pipeline.search import space as ss
 from pipeline.search import study as se
 from pipeline.recipe.schema import load_recipe
 from pipeline.errors import BudgetExceededError, ConfigError
@@ -58,7 +62,7 @@ def tiny(tmp_path):
     ([(3.0, 93.0), (1.0, 91.0), (2.0, 92.0)], [1, 2, 0]),
 ])
 def test_pareto_front(points, front):
-    assert se.pareto_front(points) == front
+    assert sp.pareto_front(points) == front
 
 
 def test_pareto_front_no_member_is_dominated():
@@ -66,7 +70,7 @@ def test_pareto_front_no_member_is_dominated():
 
     rng = random.Random(0)
     pts = [(rng.uniform(0.1, 5), rng.uniform(50, 99)) for _ in range(200)]
-    front = se.pareto_front(pts)
+    front = sp.pareto_front(pts)
     for i in front:
         assert not any(p[0] <= pts[i][0] and p[1] >= pts[i][1] and p != pts[i] for p in pts)
     rest = set(range(len(pts))) - set(front)
@@ -82,52 +86,58 @@ def _cost(latency=1.0, memory=1.0, size=100.0, loaded=True):
 
 
 def test_budget_misses_names_each_missed_limit():
-    b = se.Budget(2.0, memory_mb=1.5, size_kb=200)
+    b = ss.Budget(2.0, memory_mb=1.5, size_kb=200)
     assert b.misses(_cost()) == []
     assert b.misses(_cost(latency=2.5)) == ["latency 2.500 ms > 2 ms"]
     assert b.misses(_cost(latency=3, memory=2, size=300)) == [
         "latency 3.000 ms > 2 ms", "memory 2.000 MiB > 1.5 MiB", "size 300.0 KiB > 200 KiB"]
     assert b.misses(_cost(loaded=False)) == ["does not load on the device (HARD_SWISH)"]
     # No memory/size limit: only latency counts.
-    assert se.Budget(2.0).misses(_cost(memory=1e6, size=1e9)) == []
+    assert ss.Budget(2.0).misses(_cost(memory=1e6, size=1e9)) == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(latency_ms=0), "--latency-ms: expected a positive number, got 0"),
-    (dict(latency_ms=1, memory_mb=-1), "--memory-mb: expected a positive number, got -1"),
-    (dict(latency_ms=1, size_kb=math.nan), "--size-kb: expected a positive number, got nan"),
+    (dict(latency_ms=0), "latency budget (ms) must be a positive number, got 0"),
+    (dict(latency_ms=1, memory_mb=-1), "memory budget (MiB) must be a positive number, got -1"),
+    (dict(latency_ms=1, size_kb=math.nan), "size budget (KiB) must be a positive number, got nan"),
 ])
 def test_budget_validation(kwargs, message):
     with pytest.raises(ConfigError) as e:
-        se.Budget(**kwargs)
+        ss.Budget(**kwargs)
     assert message in str(e.value)
+    assert "--" not in str(e.value)  # the library speaks of budgets, not of flags
+
+
+def test_budget_text():
+    assert ss.Budget(2.0, memory_mb=1.5, size_kb=200).text() == "2 ms, 1.5 MiB, 200 KiB"
+    assert ss.Budget(0.5).text() == "0.5 ms"
 
 
 def test_space_is_every_combination(tiny):
-    names = [c.name for c in se.space(load_recipe("search-default"))]
+    names = [c.name for c in ss.space(load_recipe("search-default"))]
     assert len(names) == len(set(names)) == 3 * 4 * 2
-    assert [c.name for c in se.space(tiny)] == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
+    assert [c.name for c in ss.space(tiny)] == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
 
 
 def test_study_key_tracks_budget_and_space_not_trials(tiny):
     import dataclasses as dc
 
-    k = se.study_key(tiny, "pixel4", "int8-qat", se.Budget(1.0))
-    assert k == se.study_key(tiny, "pixel4", "int8-qat", se.Budget(1.0))
+    k = se.study_key(tiny, "pixel4", "int8-qat", ss.Budget(1.0))
+    assert k == se.study_key(tiny, "pixel4", "int8-qat", ss.Budget(1.0))
     more = dc.replace(tiny, search=dc.replace(tiny.search, trials=9, finalists=2))
-    assert se.study_key(more, "pixel4", "int8-qat", se.Budget(1.0)) == k
-    assert se.study_key(tiny, "pixel4", "int8-qat", se.Budget(2.0)) != k
-    assert se.study_key(tiny, "pixel4", "int8-qat", se.Budget(1.0, size_kb=500)) != k
-    assert se.study_key(tiny, "rpi4", "int8-qat", se.Budget(1.0)) != k
+    assert se.study_key(more, "pixel4", "int8-qat", ss.Budget(1.0)) == k
+    assert se.study_key(tiny, "pixel4", "int8-qat", ss.Budget(2.0)) != k
+    assert se.study_key(tiny, "pixel4", "int8-qat", ss.Budget(1.0, size_kb=500)) != k
+    assert se.study_key(tiny, "rpi4", "int8-qat", ss.Budget(1.0)) != k
     wider = dc.replace(tiny, search=dc.replace(tiny.search, alphas=(0.35, 0.5, 0.75)))
-    assert se.study_key(wider, "pixel4", "int8-qat", se.Budget(1.0)) != k
+    assert se.study_key(wider, "pixel4", "int8-qat", ss.Budget(1.0)) != k
 
 
 def test_chosen_recipe_round_trips_through_yaml(tiny, tmp_path):
-    cand = se.Candidate("mobilenet_v3_small", 0.75, 48)
-    r = se.chosen_recipe(tiny, cand, "camera-a53", "int8-qat", se.Budget(4.0, 1.0, 300))
+    cand = ss.Candidate("mobilenet_v3_small", 0.75, 48)
+    r = sr.chosen_recipe(tiny, cand, "camera-a53", "int8-qat", ss.Budget(4.0, 1.0, 300))
     p = tmp_path / "chosen.yaml"
-    p.write_text(se.recipe_yaml(r, "mobile-model build chosen.yaml\nsecond line"))
+    p.write_text(sr.recipe_yaml(r, "mobile-model build chosen.yaml\nsecond line"))
     assert p.read_text().startswith("# mobile-model build chosen.yaml\n# second line\n")
     back = load_recipe(p)
     assert back == r
@@ -141,19 +151,36 @@ def test_chosen_recipe_round_trips_through_yaml(tiny, tmp_path):
 
 def test_chosen_recipe_rejects_a_variant_the_recipe_does_not_build(tiny):
     with pytest.raises(ConfigError, match="'int8-ptq' is not a variant recipe tiny builds; valid: float32, int8-qat"):
-        se.chosen_recipe(tiny, se.Candidate("mobilenet_v2", 0.35, 32), "pixel4", "int8-ptq", se.Budget(1))
+        sr.chosen_recipe(tiny, ss.Candidate("mobilenet_v2", 0.35, 32), "pixel4", "int8-ptq", ss.Budget(1))
+
+
+def test_library_variant_errors_speak_of_the_domain(tiny, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        se.search(tiny, "pixel4", ss.Budget(1.0), variant="int8-ptq", out=tmp_path / "s")
+    assert str(e.value) == "variant 'int8-ptq' is not a variant recipe tiny builds; valid: float32, int8-qat"
+    with pytest.raises(ConfigError) as e:
+        sc.candidate_cost(tiny, ss.Candidate("mobilenet_v2", 0.35, 32), "pixel4", "float16", 10)
+    assert str(e.value) == "search variant 'float16' is unknown; valid: int8-qat, int8-ptq, float32"
+
+
+def test_search_command_repeats_the_budgets(tiny):
+    assert se.search_command(tiny, "pixel4", ss.Budget(2.0, 1.5, 300), "int8-qat") == (
+        "mobile-model search tiny --device pixel4 --latency-ms 2 --memory-mb 1.5 --size-kb 300 "
+        "--variant int8-qat")
+    assert se.search_command(tiny, "rpi4", ss.Budget(0.5), "float32") == (
+        "mobile-model search tiny --device rpi4 --latency-ms 0.5 --variant float32")
 
 
 def test_proxy_recipe_is_short_float_only():
     import dataclasses as dc
 
     r = load_recipe("search-default")
-    p = se.proxy_recipe(r, se.Candidate("mobilenet_v1", 0.5, 48))
+    p = sr.proxy_recipe(r, ss.Candidate("mobilenet_v1", 0.5, 48))
     assert (p.model.family, p.model.alpha, p.model.input_size) == ("mobilenet_v1", 0.5, 48)
     assert p.train.epochs == r.search.proxy_epochs == 2
     assert r.search.proxy_train_samples == 0 and p.data.train_samples == r.data.train_samples
     fewer = dc.replace(r, search=dc.replace(r.search, proxy_train_samples=500))
-    assert se.proxy_recipe(fewer, se.Candidate("mobilenet_v1", 0.5, 48)).data.train_samples == 500
+    assert sr.proxy_recipe(fewer, ss.Candidate("mobilenet_v1", 0.5, 48)).data.train_samples == 500
     assert p.data.val_samples == r.data.val_samples  # the proxy ranks on the full validation split
     assert not p.prune.enabled and not p.qat.enabled and not p.cluster.enabled
     assert p.convert.variants == ("float32",) and p.devices.targets == () and p.budgets == {}
@@ -231,11 +258,11 @@ def test_cli_variant_the_recipe_does_not_build(tmp_path):
 @pytest.fixture(scope="module")
 def latency_cache(tmp_path_factory):
     """A fresh latency cache for this module (the ARM runtime cache stays where it is)."""
-    from pipeline.latency import calibrate as cal
+    from pipeline.latency import reference
 
     mp = pytest.MonkeyPatch()
     root = tmp_path_factory.mktemp("latency-cache")
-    mp.setattr(cal, "cache_root", lambda: root)
+    mp.setattr(reference, "cache_root", lambda: root)
     yield root
     mp.undo()
 
@@ -244,9 +271,9 @@ def latency_cache(tmp_path_factory):
 @pytest.mark.device
 def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
     tiny = load_recipe(_write(tmp_path))
-    cands = se.space(tiny)
+    cands = ss.space(tiny)
     # Tier 1, cold then cached: the second call never emulates.
-    cold = [se.candidate_cost(tiny, c, "pixel4", "int8-qat", 10) for c in cands]
+    cold = [sc.candidate_cost(tiny, c, "pixel4", "int8-qat", 10) for c in cands]
     assert [c["cached"] for c in cold] == [False, False]
     small, big = cold
     assert 0 < small["latency_ms"] < big["latency_ms"]
@@ -256,12 +283,12 @@ def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
     def no_emulation(*a, **k):
         raise AssertionError("the cost tier ran an emulation for a cached architecture")
 
-    monkeypatch.setattr(se, "_measure_cost", no_emulation)
-    warm = se.candidate_cost(tiny, cands[0], "pixel4", "int8-qat", 10)
+    monkeypatch.setattr(sc, "measure_cost", no_emulation)
+    warm = sc.candidate_cost(tiny, cands[0], "pixel4", "int8-qat", 10)
     assert warm["cached"] and warm["latency_ms"] == small["latency_ms"]
 
     # Tier 2: a budget between the two: only the small one is trained.
-    budget = se.Budget((small["latency_ms"] + big["latency_ms"]) / 2)
+    budget = ss.Budget((small["latency_ms"] + big["latency_ms"]) / 2)
     out = tmp_path / "search"
     logs = []
     res = se.search(tiny, "pixel4", budget, out=out, log=logs.append)
@@ -300,14 +327,14 @@ def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
 
     # A budget nothing meets: a clear error naming the cheapest candidate (costs cached).
     with pytest.raises(BudgetExceededError) as e:
-        se.search(tiny, "pixel4", se.Budget(0.001), out=tmp_path / "none")
+        se.search(tiny, "pixel4", ss.Budget(0.001), out=tmp_path / "none")
     assert (f"no candidate fits 0.001 ms on pixel4: 2 looked at; the cheapest, mobilenet_v2-0.35-32, "
             f"needs {small['latency_ms']:.3f} ms") in str(e.value)
     assert not (tmp_path / "none" / "proxy").exists()
 
 
 def test_model_spec_channels_and_stride_keep_reference_keys():
-    from pipeline.latency.calibrate import ModelSpec
+    from pipeline.latency.reference import ModelSpec
 
     ref = ModelSpec("mobilenet_v2", 0.35, 32, 10, "int8")
     assert ref.label == "mobilenet_v2-0.35-32x32-10c-int8"
@@ -341,15 +368,15 @@ def test_trials_resume_and_changed_budget_is_its_own_study(tmp_path, tiny, monke
         return {"proxy_val_top1": 90.0}
 
     monkeypatch.setattr(se, "candidate_cost", fake_cost)
-    monkeypatch.setattr(se, "_proxy_accuracy", fake_proxy)
-    budget = se.Budget(1.0)
+    monkeypatch.setattr(se, "proxy_accuracy", fake_proxy)
+    budget = ss.Budget(1.0)
     # A search killed during a trial leaves it RUNNING in the storage.
     name = f"tiny-pixel4-int8-qat-{se.study_key(tiny, 'pixel4', 'int8-qat', budget)}"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     stale = optuna.create_study(study_name=name, storage=storage, direction="maximize").ask()
 
     logs = []
-    study, ran = se._run_trials(tiny, "pixel4", "int8-qat", budget, 10, tmp_path, logs.append)
+    study, ran = se.run_trials(tiny, "pixel4", "int8-qat", budget, 10, tmp_path, logs.append)
     assert study.trials[stale.number].state == TrialState.FAIL
     assert any(f"trial {stale.number} was interrupted" in m for m in logs)
     assert ran == 2 and sorted(costs) == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
@@ -359,11 +386,11 @@ def test_trials_resume_and_changed_budget_is_its_own_study(tmp_path, tiny, monke
     assert pruned[0].user_attrs["misses"] == ["latency 1.500 ms > 1 ms"]
 
     # The same command again: nothing to run.
-    study, ran = se._run_trials(tiny, "pixel4", "int8-qat", budget, 10, tmp_path, logs.append)
+    study, ran = se.run_trials(tiny, "pixel4", "int8-qat", budget, 10, tmp_path, logs.append)
     assert ran == 0 and len(costs) == 2 and len(trained) == 1
 
     # Another budget: its own study; the stored one is left as it was.
-    study2, ran = se._run_trials(tiny, "pixel4", "int8-qat", se.Budget(2.0), 10, tmp_path, logs.append)
+    study2, ran = se.run_trials(tiny, "pixel4", "int8-qat", ss.Budget(2.0), 10, tmp_path, logs.append)
     assert ran == 2 and study2.study_name != study.study_name
     assert sorted(trained) == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
     assert len(optuna.get_all_study_names(storage)) == 2

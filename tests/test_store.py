@@ -155,6 +155,7 @@ def test_reproducibility_record_names_what_a_build_depends_on(monkeypatch):
     rec = reproducibility_record(7, True, "0123456789abcdef")
     assert rec["seed"] == 7 and rec["determinism"]["tf_op_determinism"] is True
     assert rec["env"]["PYTHONHASHSEED"] == "0" and "TF_USE_LEGACY_KERAS" in rec["env"]
-    assert {"tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"} <= set(rec["versions"])
+    libraries = {"tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert", "numpy"}
+    assert libraries <= set(rec["versions"])
     assert rec["code_sha256"] == code_fingerprint() and len(rec["arm_runtime_key"]) == 16
     assert {"system", "machine", "libc"} <= set(rec["platform"]) and rec["python"].count(".") == 2

@@ -6,21 +6,14 @@ command bodies so that ``--help`` stays instant.
 """
 
 import dataclasses
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from pipeline.cli.common import echo_json, fail
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError, DataError, MobileModelError
-
-
-def _fail(error: MobileModelError) -> None:
-    """One clear line on stderr and our exit code (no traceback for user errors)."""
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
 
 
 @click.command("devices")
@@ -29,7 +22,7 @@ def devices(as_json: bool) -> None:
     """List the emulated device profiles."""
     profiles = [DEVICES.get(name) for name in DEVICES.names()]
     if as_json:
-        click.echo(json.dumps([p.to_dict() for p in profiles], indent=2))
+        echo_json([p.to_dict() for p in profiles])
         return
     rows = [("device", "qemu cpu", "part", "cores", "GHz", "RAM MB", "runtime", "threads")]
     rows += [(p.name, p.qemu_cpu, p.cpu_part, str(p.cores), f"{p.clock_ghz:g}", str(p.ram_mb),
@@ -70,8 +63,8 @@ def load_npz_inputs(path: Path, samples: Optional[int]):
 
 def recipe_inputs(model_path: Path, recipe_name: str, smoke: bool, samples: int):
     """The first ``samples`` images and labels of a recipe's test split, at the model's input shape."""
-    from pipeline.recipe.schema import load_recipe
     from pipeline.data import load_dataset
+    from pipeline.recipe.schema import load_recipe
     from pipeline.tflite.reader import read_tflite
 
     recipe = load_recipe(recipe_name, smoke=smoke)
@@ -149,10 +142,10 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
     try:
         if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
-        from pipeline.devices.check import _validate_inputs, host_reference, run_device_check
+        from pipeline.devices.check import host_reference, run_device_check, validate_inputs
         from pipeline.devices.runtime import ensure_runtime
-        from pipeline.tflite.sandbox import host_outputs_untrusted
         from pipeline.tflite.reader import read_tflite
+        from pipeline.tflite.sandbox import host_outputs_untrusted
 
         # An untrusted model: structure checked here, then loaded and run by the host
         # runtime in an isolated child, before any (slow) runtime build or emulated run.
@@ -163,7 +156,7 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
             x, y = recipe_inputs(model, recipe_name, smoke, samples)
         else:
             x, y = random_inputs(model, random_n), None
-        _validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
+        validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
         profile = DEVICES.get(device_name)
         reference = host_reference(parsed, profile)
         host = host_outputs_untrusted(model, x, reference, model=parsed)
@@ -182,7 +175,10 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
 
         data = result.to_dict()
         attach_latency(data, profile.name, result.threads)
-        click.echo(json.dumps(data, indent=2) if as_json else _format_result(result, data["latency_ms"]))
+        if as_json:
+            echo_json(data)
+        else:
+            click.echo(_format_result(result, data["latency_ms"]))
         result.require_loaded()
     except MobileModelError as e:
-        _fail(e)
+        fail(e)

@@ -11,17 +11,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.gate.compare import THRESHOLDS
+from pipeline.cli.common import fail, logger
+from pipeline.gate.thresholds import THRESHOLDS
 from pipeline.errors import MobileModelError
 
 
-def _fail(error: MobileModelError) -> None:
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
-
-
 def _threshold_options(fn):
-    """One ``--max-...`` option per row of :data:`pipeline.gate.compare.THRESHOLDS`."""
+    """One ``--max-...`` option per row of :data:`pipeline.gate.thresholds.THRESHOLDS`."""
     for t in reversed(list(THRESHOLDS.values())):
         fn = click.option(t.option, t.name, type=float, default=None,
                           help=f"{t.help} [{t.unit}; default {t.default:g}]")(fn)
@@ -50,13 +46,14 @@ def compare(baseline, current, junit, markdown, as_json, **thresholds):
 
     Exit codes: 0 no regression; 1 one or more regressions; 2 unusable input.
     """
-    from pipeline.gate.compare import compare_paths, format_markdown, write_junit
+    from pipeline.gate.compare import compare_paths
+    from pipeline.gate.junit import format_markdown, write_junit
     from pipeline.store.atomic import atomic_write_text
 
     try:
         comp = compare_paths(baseline, current, thresholds)
     except MobileModelError as exc:
-        _fail(exc)
+        fail(exc)
     text = format_markdown(comp)
     if junit:
         write_junit(comp, junit)
@@ -81,12 +78,12 @@ def baseline(build, out):
     keeps the thresholds of an existing OUT. Review the diff and commit it to
     accept the new figures (see baselines/README.md).
     """
-    from pipeline.gate.compare import write_baseline
+    from pipeline.gate.baseline import write_baseline
 
     try:
         snap = write_baseline(build, out)
     except MobileModelError as exc:
-        _fail(exc)
+        fail(exc)
     pairs = sum(len(per) for per in snap.devices.values())
     click.echo(f"wrote {out}: {snap.name}, {len(snap.variants)} variant(s), {len(snap.devices)} device(s), "
                f"{pairs} device x variant result(s)")
@@ -105,10 +102,10 @@ def report(build, quiet):
     """
     from pipeline.publish.report import rewrite_report
 
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    log = logger(quiet)
     try:
         paths = rewrite_report(build, log)
     except MobileModelError as exc:
-        _fail(exc)
+        fail(exc)
     for p in paths:
         click.echo(str(p))

@@ -2,28 +2,18 @@
 
 Added to the main CLI group with ``main.add_command(calibrate)`` and
 ``main.add_command(estimate)``. TensorFlow and the emulator are imported inside the
-command bodies (through ``pipeline.latency.calibrate``'s lazy imports), so ``--help`` is instant.
+command bodies (through the latency package's lazy imports), so ``--help`` is instant.
 """
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import MobileModelError
-
-
-def _fail(error: MobileModelError) -> None:
-    """One clear line on stderr and our exit code (no traceback for user errors)."""
-    click.echo(f"error: {error}", err=True)
-    sys.exit(error.exit_code)
-
-
-def _log(quiet: bool):
-    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
 
 def _families():
@@ -34,37 +24,42 @@ def _families():
 
 @click.command("calibrate")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("build/calibration"), show_default=True,
-              help="Where to write report.md and calibration.json.")
+              help="Where to write params.yaml, report.md and calibration.json [default: the "
+                   "user cache, ~/.cache/mobile-model/latency ($MOBILE_MODEL_CACHE/latency), "
+                   "where estimates read the parameters from].")
 @click.option("--published", type=click.Path(dir_okay=False, path_type=Path),
-              help="A CSV of published latencies (default: the embedded copy of "
-                   "reference/published_latency.csv).")
-@click.option("--write-profiles/--no-write-profiles", default=True, show_default=True,
-              help="Write the fitted parameters into the device profiles' `latency:`.")
+              help="A CSV of published latencies (default: the package's "
+                   "pipeline/latency/data/published_latency.csv).")
+@click.option("--write-params/--no-write-params", "--write-profiles/--no-write-profiles",
+              "write_params", default=True, show_default=True,
+              help="Write the fitted parameters (params.yaml) next to the report.")
 @click.option("--matrix/--no-matrix", default=True, show_default=True,
               help="Also estimate every full-size family x variant on every profile "
                    "(order check, int8 speed-ups; ~20 more emulated runs the first time).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def calibrate(out: Path, published: Optional[Path], write_profiles: bool, matrix: bool,
+def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool, matrix: bool,
               as_json: bool, quiet: bool) -> None:
     """Fit the per-device latency model on published real-device latencies.
 
     Builds the published architectures (width 1.0, 224x224, 1000 classes, random
     weights; int8 by post-training quantization), runs each once on the emulated
     core of its device (cached), fits cycles per instruction class per core, and
-    reports each point's error fitted on all points and under leave-one-out.
+    reports each point's error fitted on all points and under leave-one-out. The
+    installed package is never written to: the parameters go to --out (by default the
+    user cache, which estimates then use; elsewhere, point $MOBILE_MODEL_LATENCY_PARAMS
+    at the written params.yaml).
     """
     try:
-        from pipeline.latency import calibrate as cal_mod
+        from pipeline.latency.calibrate import calibrate as run_calibration, write_calibration
+        from pipeline.latency.calibration_report import report_data
+        from pipeline.latency.published import load_published
 
-        log = _log(quiet)
-        points = cal_mod.load_published(published)
-        cal = cal_mod.calibrate(points, log=log, matrix=matrix)
-        md, js = cal_mod.write_report(cal, out)
-        if write_profiles:
-            cal_mod.write_profiles(cal, log=log)
-        data = cal_mod.report_data(cal)
+        log = logger(quiet)
+        points = load_published(published)
+        cal = run_calibration(points, log=log, matrix=matrix)
+        files = write_calibration(cal, out, params=write_params, log=log)
+        data = report_data(cal)
         if as_json:
             click.echo(json.dumps(data, indent=2, default=str))
         else:
@@ -72,9 +67,11 @@ def calibrate(out: Path, published: Optional[Path], write_profiles: bool, matrix
             click.echo(f"leave-one-out median |error| {100 * acc['loo_median_abs_error']:.1f}%, worst "
                        f"{100 * acc['loo_worst_abs_error']:.1f}% ({data['leave_one_out']['worst_point']}) "
                        f"over {len(data['points'])} points: {'met' if acc['met'] else 'NOT met'}")
-            click.echo(f"report: {md}\njson:   {js}")
+            click.echo(f"report: {files.report}\njson:   {files.json}")
+            if files.params:
+                click.echo(f"params: {files.params}")
     except MobileModelError as e:
-        _fail(e)
+        fail(e)
 
 
 @click.command("estimate")
@@ -96,15 +93,16 @@ def estimate(family: str, alpha: float, input_size: int, classes: int, variant: 
              device_name: str, threads: int, as_json: bool, quiet: bool) -> None:
     """Estimated latency of a model on a device (random weights; emulated run cached)."""
     try:
-        from pipeline.latency.calibrate import ModelSpec, estimate_model
+        from pipeline.latency.estimate import estimate_model
+        from pipeline.latency.reference import ModelSpec
 
         spec = ModelSpec(family, alpha, input_size, classes, variant)
-        r = estimate_model(spec, device_name, threads, log=_log(quiet))
+        r = estimate_model(spec, device_name, threads, log=logger(quiet))
         if as_json:
             click.echo(json.dumps(r, indent=2))
             return
         if not r["validated"]:
-            band = "UNVALIDATED: this core's costs are assumed, not fitted (see the profile)"
+            band = "UNVALIDATED: this core's costs are assumed, not fitted (see the parameters file)"
         else:
             band = (f"leave-one-out error over {r['core_points']} published points of this core "
                     f"type: median {r['loo_median_abs_error_pct']:.1f}%, worst "
@@ -121,6 +119,7 @@ def estimate(family: str, alpha: float, input_size: int, classes: int, variant: 
                        f"{r['thread_speedup']:.2f}x on {r['threads_effective']} big core(s)")
         click.echo(f"  instructions   {r['instructions']:,} per inference")
         click.echo("  by class       " + ", ".join(f"{k} {v:,}" for k, v in r["instructions_by_class"].items()))
+        click.echo(f"  parameters     {r['params_file']} ({r['params_source']})")
         click.echo(f"  ({'cached run' if r['cached'] else 'emulated now'}, {r['wall_s']:.1f} s)")
     except MobileModelError as e:
-        _fail(e)
+        fail(e)

@@ -1,13 +1,15 @@
 """``mobile-model search``: the most accurate model within a device's budgets."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import click
 
+from pipeline.cli.common import logger
 from pipeline.devices.profiles import DEVICES
-from pipeline.search.study import SEARCH_VARIANTS
+from pipeline.search.space import SEARCH_VARIANTS
 
 
 @click.command()
@@ -37,16 +39,23 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     Exit codes: 0 found and its build meets the budgets; 1 no candidate fits, or the
     chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable.
     """
+    from pipeline.errors import ConfigError
     from pipeline.recipe.schema import load_recipe
-    from pipeline.search.study import Budget, pareto_table, search as run_search
+    from pipeline.search.pareto import pareto_table
+    from pipeline.search.space import Budget
+    from pipeline.search.study import search as run_search
 
     if device not in DEVICES.names():
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"--device: unknown device {device!r}; valid: {', '.join(DEVICES.names())}")
+    for flag, value in (("--latency-ms", latency_ms), ("--memory-mb", memory_mb), ("--size-kb", size_kb)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag}: expected a positive number, got {value!r}")
     budget = Budget(latency_ms, memory_mb, size_kb)
     r = load_recipe(recipe, smoke=smoke)
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    if variant not in r.convert.variants:
+        raise ConfigError(f"--variant {variant!r} is not a variant recipe {r.name} builds; valid: "
+                          f"{', '.join(v for v in r.convert.variants if v in SEARCH_VARIANTS)}")
+    log = logger(quiet)
     res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
                      final_build=not no_final_build)
     if as_json:

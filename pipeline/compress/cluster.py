@@ -1,10 +1,10 @@
 """Weight sharing: weight clustering and cluster-preserving QAT (CQAT, PCQAT).
 
-Two stages, each reading a Keras model written by an earlier stage and writing a
-new one; neither changes its input. The wrap/unwrap order is fixed:
+Two techniques, each run by :func:`pipeline.compress.runner.fine_tune` in its fixed order:
 
     cluster:  load float (or pruned) -> ClusterWeights -> fit -> strip_clustering -> save (.h5)
     cqat:     load clustered -> quantize_model(cqat | pcqat) -> fit -> save_weights (.h5)
+              -> rebuild (load_cluster_qat) and check
 
 The chains they make, one TFLite variant each (see :mod:`pipeline.export.variants`):
 
@@ -43,20 +43,19 @@ tfmot facts these stages rely on (tfmot 0.8.1, tf-keras 2.21):
   from the clustered ``.h5`` with the same scheme and loads them.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
+from pipeline.compress.kernels import PRUNABLE_KINDS, kernel_table, layer_kind, prunable_sparsity, \
+    unique_table
+from pipeline.compress.runner import Facts, Log, Technique, fine_tune
+from pipeline.errors import ConfigError
 from pipeline.recipe.schema import Recipe
-from pipeline.train.keras_io import load_keras, save_keras
-from pipeline.compress.optimize import (PRUNABLE_KINDS, _inner, _kernel, _kind, kernel_table,
-                                      prunable_sparsity)
 from pipeline.store.atomic import atomic_path
-from pipeline.train.fit import (compile_model, fit, keras_top1, make_strategy, setup_tensorflow,
-                               steps_for)
-
-Log = Callable[[str], None]
+from pipeline.train.keras_io import load_keras
 
 # QAT schemes of the two chains (names in models.quantize.SCHEMES).
 CLUSTER_QAT_SCHEMES = ("cqat", "pcqat")
@@ -67,6 +66,167 @@ def _centroid_init(name: str):
 
     # Recipe names are tfmot's CentroidInitialization members, lower-case.
     return getattr(tfmot.clustering.keras.CentroidInitialization, name.upper())
+
+
+@dataclass(frozen=True)
+class WeightClustering(Technique):
+    """Clusters Conv2D/Dense kernels to ``clusters`` centroids, then strips.
+
+    Centroids initialised by ``init``, per output channel of a Conv2D when
+    ``per_channel``; ``preserve_sparsity`` keeps the zeros of a pruned model (one
+    centroid is zero and pruned weights stay on it).
+    """
+
+    clusters: int
+    init: str
+    per_channel: bool
+    preserve_sparsity: bool
+    epochs: int
+    learning_rate: float
+    label: str = "cluster"
+
+    def wrap(self, model, steps: int):
+        import tensorflow_model_optimization as tfmot
+        import tf_keras as keras
+        from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
+
+        init = _centroid_init(self.init)
+        clustered: List[str] = []
+
+        def wrap_layer(layer):
+            # Only Conv2D/Dense, as for pruning: our custom activations are not in
+            # tfmot's clustering registry, and depthwise kernels are left alone.
+            kind = layer_kind(layer)
+            if kind not in PRUNABLE_KINDS:
+                return layer
+            if _values_per_cluster_group(layer.kernel.shape, kind, self.per_channel) <= self.clusters:
+                return layer  # no more weights than centroids: nothing to share
+            # The wrapper itself, not cluster_weights(): for per-channel clustering,
+            # cluster_weights counts a Conv2D's channels as the size of its last
+            # trainable weight, the kernel itself when the conv has no bias (ours never
+            # do: BatchNorm follows), and then leaves every such conv unclustered.
+            clustered.append(layer.name)
+            return ClusterWeights(layer, self.clusters, init, preserve_sparsity=self.preserve_sparsity,
+                                  cluster_per_channel=self.per_channel)
+
+        sparsity_in = prunable_sparsity(kernel_table(model, pruned=self.preserve_sparsity))
+        with tfmot.clustering.keras.cluster_scope():
+            wrapped = keras.models.clone_model(model, clone_function=wrap_layer)
+        return wrapped, {"sparsity_in": sparsity_in, "clustered": clustered}
+
+    def describe(self, steps: int, facts: Facts) -> str:
+        return (f"{self.clusters} clusters ({self.init}{', per channel' if self.per_channel else ''}"
+                f"{', sparsity-preserving' if self.preserve_sparsity else ''}) on "
+                f"{len(facts['clustered'])} kernels, {steps} steps")
+
+    def strip(self, model):
+        import tensorflow_model_optimization as tfmot
+
+        return tfmot.clustering.keras.strip_clustering(model)
+
+    def measure(self, saved, facts: Facts) -> Dict:
+        layers = unique_table(saved, pruned=self.preserve_sparsity, clustered=facts["clustered"])
+        max_unique = _max_clustered_unique(layers, self.per_channel)
+        if max_unique > self.clusters:
+            bad = [r["layer"] for r in layers
+                   if r["clustered"] and _clustered_unique(r, self.per_channel) > self.clusters]
+            raise RuntimeError(f"clustering left more than {self.clusters} distinct values in {', '.join(bad)}")
+        sparsity, sparsity_in = prunable_sparsity(layers), facts["sparsity_in"]
+        if self.preserve_sparsity and sparsity < sparsity_in - 1e-6:
+            raise RuntimeError(f"sparsity-preserving clustering lost zeros: {sparsity_in:.1%} -> {sparsity:.1%} "
+                               "of Conv2D/Dense kernel values")
+        return {
+            "layers": layers,
+            "clusters": int(self.clusters),
+            "init": self.init,
+            "per_channel": bool(self.per_channel),
+            "preserve_sparsity": bool(self.preserve_sparsity),
+            "max_unique": int(max_unique),
+            "sparsity": sparsity,
+            "sparsity_in": sparsity_in,
+        }
+
+    def summary(self, metrics: Dict) -> str:
+        return (f"at most {metrics['max_unique']} distinct values per clustered kernel"
+                f"{' channel' if self.per_channel else ''}; sparsity {metrics['sparsity']:.1%} "
+                f"(in: {metrics['sparsity_in']:.1%})")
+
+
+@dataclass(frozen=True)
+class ClusterPreservingQAT(Technique):
+    """Cluster-preserving QAT with ``scheme`` (``cqat``, or ``pcqat`` that keeps zeros too).
+
+    Saves the weights only and checks that :func:`load_cluster_qat` rebuilds the
+    trained model from them.
+
+    Raises:
+        ConfigError: ``scheme`` is not one of ``cqat``, ``pcqat`` (on construction).
+    """
+
+    scheme: str
+    clusters: int
+    epochs: int
+    learning_rate: float
+
+    def __post_init__(self):
+        if self.scheme not in CLUSTER_QAT_SCHEMES:
+            raise ConfigError(f"cluster-preserving QAT scheme: expected one of {', '.join(CLUSTER_QAT_SCHEMES)}, "
+                              f"got {self.scheme!r}")
+
+    @property
+    def label(self) -> str:
+        return self.scheme
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the clustered source was pruned first (PCQAT)."""
+        return self.scheme == "pcqat"
+
+    def scheme_class(self) -> str:
+        """The tfmot scheme class the QAT scheme uses."""
+        from models.quantize import get_scheme
+
+        return type(get_scheme(self.scheme)).__name__
+
+    def wrap(self, model, steps: int):
+        from pipeline.train.zoo import quantize_model
+
+        rows_in = unique_table(model, pruned=self.pruned)
+        # A kernel with at most ``clusters`` values (per output channel of a Conv2D, which
+        # covers both per-kernel and per-channel clustering) is what cluster_model clustered.
+        clustered = [r["layer"] for r in rows_in
+                     if r["kind"] in PRUNABLE_KINDS and _clustered_unique(r, True) <= self.clusters]
+        return quantize_model(model, self.scheme), {"rows_in": rows_in, "clustered": clustered}
+
+    def describe(self, steps: int, facts: Facts) -> str:
+        return f"{self.scheme_class()}, {steps} steps"
+
+    def save(self, model, out: Path) -> None:
+        # HDF5 by topology; a name ending in ".weights.h5" would select Keras 3's format on load.
+        with atomic_path(Path(out), suffix=".h5") as tmp:
+            model.save_weights(str(tmp), save_format="h5")
+
+    def reload(self, src: Path, out: Path):
+        return load_cluster_qat(src, out, self.scheme)
+
+    def reload_failure(self, src: Path, out: Path) -> str:
+        return f"{self.scheme} weights {out} do not reload faithfully onto {src}"
+
+    def measure(self, saved, facts: Facts) -> Dict:
+        layers = unique_table(saved, pruned=self.pruned, clustered=facts["clustered"])
+        return {
+            "scheme": self.scheme,
+            "scheme_class": self.scheme_class(),
+            "layers": layers,
+            # Per output channel for Conv2D: CQAT trains each channel's centroids apart.
+            "max_unique": int(_max_clustered_unique(layers, per_channel=True)),
+            "sparsity": prunable_sparsity(layers),
+            "sparsity_in": prunable_sparsity(facts["rows_in"]),
+        }
+
+    def summary(self, metrics: Dict) -> str:
+        return (f"at most {metrics['max_unique']} distinct values per output channel of a clustered kernel; "
+                f"sparsity {metrics['sparsity']:.1%} (in: {metrics['sparsity_in']:.1%})")
 
 
 def cluster_model(recipe: Recipe, splits, src: Path, out: Path, preserve_sparsity: bool,
@@ -91,86 +251,23 @@ def cluster_model(recipe: Recipe, splits, src: Path, out: Path, preserve_sparsit
 
     Returns:
         metrics: ``layers`` (one row per Conv2D/DepthwiseConv2D/Dense kernel as in
-        :func:`pipeline.compress.optimize.kernel_table`, plus ``clustered``,
-        ``unique`` (distinct values in the kernel) and ``unique_per_channel`` (most
-        in any output channel)), ``clusters``, ``init``, ``per_channel``,
-        ``preserve_sparsity``, ``max_unique`` (over clustered kernels, per kernel or
-        per channel as clustered), ``sparsity``/``sparsity_in`` (zeros in
-        prunable kernels of ``out`` and ``src``), ``val_top1``/``test_top1``,
+        :func:`pipeline.compress.kernels.unique_table`: the rows of ``kernel_table``
+        plus ``clustered``, ``unique`` (distinct values in the kernel) and
+        ``unique_per_channel`` (most in any output channel)), ``clusters``, ``init``,
+        ``per_channel``, ``preserve_sparsity``, ``max_unique`` (over clustered
+        kernels, per kernel or per channel as clustered), ``sparsity``/``sparsity_in``
+        (zeros in prunable kernels of ``out`` and ``src``), ``val_top1``/``test_top1``,
         ``history``, ``replicas``.
 
     Raises:
         RuntimeError: a clustered kernel holds more distinct values than clusters,
             or sparsity-preserving clustering lost zeros.
     """
-    import tensorflow_model_optimization as tfmot
-    import tf_keras as keras
-    from tensorflow_model_optimization.python.core.clustering.keras.cluster_wrapper import ClusterWeights
-
-    c, t = recipe.cluster, recipe.train
-    setup_tensorflow(recipe.seed, t.logical_devices)
-    strategy = make_strategy(t)
-    steps = steps_for(splits, c.epochs, t.batch_size)
-    init = _centroid_init(c.init)
-    clustered: List[str] = []
-
-    def wrap(layer):
-        # Only Conv2D/Dense, as for pruning: our custom activations are not in
-        # tfmot's clustering registry, and depthwise kernels are left alone.
-        kind = _kind(layer)
-        if kind not in PRUNABLE_KINDS:
-            return layer
-        if _values_per_cluster_group(layer.kernel.shape, kind, c.per_channel) <= c.clusters:
-            return layer  # no more weights than centroids: nothing to share
-        # The wrapper itself, not cluster_weights(): for per-channel clustering,
-        # cluster_weights counts a Conv2D's channels as the size of its last
-        # trainable weight, the kernel itself when the conv has no bias (ours never
-        # do: BatchNorm follows), and then leaves every such conv unclustered.
-        clustered.append(layer.name)
-        return ClusterWeights(layer, c.clusters, init, preserve_sparsity=preserve_sparsity,
-                              cluster_per_channel=c.per_channel)
-
-    with strategy.scope():
-        model = load_keras(src)
-        sparsity_in = prunable_sparsity(kernel_table(model, pruned=preserve_sparsity))
-        with tfmot.clustering.keras.cluster_scope():
-            wrapped = keras.models.clone_model(model, clone_function=wrap)
-        compile_model(wrapped, c.learning_rate, steps)
-    log(f"[cluster] {c.clusters} clusters ({c.init}{', per channel' if c.per_channel else ''}"
-        f"{', sparsity-preserving' if preserve_sparsity else ''}) on {len(clustered)} kernels, "
-        f"{steps} steps, {strategy.num_replicas_in_sync} replica(s)")
-    history = fit(wrapped, splits, epochs=c.epochs, batch_size=t.batch_size, label="cluster", log=log)
-    with strategy.scope():
-        stripped = tfmot.clustering.keras.strip_clustering(wrapped)
-    save_keras(stripped, out)
-
-    layers = unique_table(stripped, pruned=preserve_sparsity, clustered=clustered)
-    max_unique = _max_clustered_unique(layers, c.per_channel)
-    if max_unique > c.clusters:
-        bad = [r["layer"] for r in layers if r["clustered"] and _clustered_unique(r, c.per_channel) > c.clusters]
-        raise RuntimeError(f"clustering left more than {c.clusters} distinct values in {', '.join(bad)}")
-    sparsity = prunable_sparsity(layers)
-    if preserve_sparsity and sparsity < sparsity_in - 1e-6:
-        raise RuntimeError(f"sparsity-preserving clustering lost zeros: {sparsity_in:.1%} -> {sparsity:.1%} "
-                           "of Conv2D/Dense kernel values")
-    metrics = {
-        "layers": layers,
-        "clusters": int(c.clusters),
-        "init": c.init,
-        "per_channel": bool(c.per_channel),
-        "preserve_sparsity": bool(preserve_sparsity),
-        "max_unique": int(max_unique),
-        "sparsity": sparsity,
-        "sparsity_in": sparsity_in,
-        "val_top1": keras_top1(stripped, splits.x_val, splits.y_val),
-        "test_top1": keras_top1(stripped, splits.x_test, splits.y_test),
-        "history": history,
-        "replicas": int(strategy.num_replicas_in_sync),
-    }
-    log(f"[cluster] at most {max_unique} distinct values per clustered kernel"
-        f"{' channel' if c.per_channel else ''}; sparsity {sparsity:.1%} (in: {sparsity_in:.1%}); "
-        f"val top-1 {metrics['val_top1']:.2f}%, test top-1 {metrics['test_top1']:.2f}%")
-    return metrics
+    c = recipe.cluster
+    technique = WeightClustering(clusters=c.clusters, init=c.init, per_channel=c.per_channel,
+                                 preserve_sparsity=preserve_sparsity, epochs=c.epochs,
+                                 learning_rate=c.learning_rate)
+    return fine_tune(recipe, splits, src, out, technique, log)
 
 
 def cluster_qat_model(recipe: Recipe, splits, base: Path, out: Path, scheme: str,
@@ -192,72 +289,21 @@ def cluster_qat_model(recipe: Recipe, splits, base: Path, out: Path, scheme: str
         log: progress output.
 
     Returns:
-        metrics: ``scheme``, ``scheme_class``, ``layers`` (as :func:`unique_table`,
-        of the trained kernels), ``max_unique`` (most distinct values in an output
-        channel of a Conv2D, or in a Dense kernel, clustered in ``base``),
-        ``sparsity``/``sparsity_in``, ``val_top1``/``test_top1``,
-        ``reload_max_abs_diff``, ``history``, ``replicas``.
+        metrics: ``scheme``, ``scheme_class``, ``layers`` (as
+        :func:`pipeline.compress.kernels.unique_table`, of the trained kernels),
+        ``max_unique`` (most distinct values in an output channel of a Conv2D, or in
+        a Dense kernel, clustered in ``base``), ``sparsity``/``sparsity_in``,
+        ``val_top1``/``test_top1``, ``reload_max_abs_diff``, ``history``, ``replicas``.
 
     Raises:
         ConfigError: ``scheme`` is not one of ``cqat``, ``pcqat``.
         UnsupportedLayerError: a layer cannot be quantized (from models.quantize).
         RuntimeError: the saved weights do not reload to the trained model's outputs.
     """
-    from models.quantize import get_scheme
-    from pipeline.train.zoo import quantize_model
-    from pipeline.errors import ConfigError
-
-    if scheme not in CLUSTER_QAT_SCHEMES:
-        raise ConfigError(f"cluster-preserving QAT scheme: expected one of {', '.join(CLUSTER_QAT_SCHEMES)}, "
-                          f"got {scheme!r}")
-    q, t = recipe.qat, recipe.train
-    pruned = scheme == "pcqat"
-    setup_tensorflow(recipe.seed, t.logical_devices)
-    strategy = make_strategy(t)
-    steps = steps_for(splits, q.epochs, t.batch_size)
-    with strategy.scope():
-        model = load_keras(base)
-        rows_in = unique_table(model, pruned=pruned)
-        # A kernel with at most ``clusters`` values (per output channel of a Conv2D, which
-        # covers both per-kernel and per-channel clustering) is what cluster_model clustered.
-        clustered = [r["layer"] for r in rows_in
-                     if r["kind"] in PRUNABLE_KINDS and _clustered_unique(r, True) <= recipe.cluster.clusters]
-        qat = quantize_model(model, scheme)
-        compile_model(qat, q.learning_rate, steps)
-    scheme_class = type(get_scheme(scheme)).__name__
-    log(f"[{scheme}] {scheme_class}, {steps} steps, {strategy.num_replicas_in_sync} replica(s)")
-    history = fit(qat, splits, epochs=q.epochs, batch_size=t.batch_size, label=scheme, log=log)
-    # HDF5 by topology; a name ending in ".weights.h5" would select Keras 3's format on load.
-    with atomic_path(Path(out), suffix=".h5") as tmp:
-        qat.save_weights(str(tmp), save_format="h5")
-
-    probe = splits.x_val[:32]
-    reloaded = load_cluster_qat(base, out, scheme)
-    diff = float(np.max(np.abs(reloaded(probe, training=False).numpy() - qat(probe, training=False).numpy())))
-    if not diff <= 1e-5:
-        raise RuntimeError(f"{scheme} weights {out} do not reload faithfully onto {base}: outputs differ "
-                           f"by {diff:.3g} on {len(probe)} validation images")
-
-    layers = unique_table(reloaded, pruned=pruned, clustered=clustered)
-    metrics = {
-        "scheme": scheme,
-        "scheme_class": scheme_class,
-        "layers": layers,
-        # Per output channel for Conv2D: CQAT trains each channel's centroids apart.
-        "max_unique": int(_max_clustered_unique(layers, per_channel=True)),
-        "sparsity": prunable_sparsity(layers),
-        "sparsity_in": prunable_sparsity(rows_in),
-        "val_top1": keras_top1(qat, splits.x_val, splits.y_val),
-        "test_top1": keras_top1(qat, splits.x_test, splits.y_test),
-        "reload_max_abs_diff": diff,
-        "history": history,
-        "replicas": int(strategy.num_replicas_in_sync),
-    }
-    log(f"[{scheme}] at most {metrics['max_unique']} distinct values per output channel of a clustered kernel; "
-        f"sparsity "
-        f"{metrics['sparsity']:.1%} (in: {metrics['sparsity_in']:.1%}); val top-1 {metrics['val_top1']:.2f}%, "
-        f"test top-1 {metrics['test_top1']:.2f}%")
-    return metrics
+    q = recipe.qat
+    technique = ClusterPreservingQAT(scheme=scheme, clusters=recipe.cluster.clusters,
+                                     epochs=q.epochs, learning_rate=q.learning_rate)
+    return fine_tune(recipe, splits, base, out, technique, log)
 
 
 def load_cluster_qat(base: Path, weights: Path, scheme: str):
@@ -278,37 +324,7 @@ def load_cluster_qat(base: Path, weights: Path, scheme: str):
     return model
 
 
-# -- distinct values per kernel ------------------------------------------------------
-
-
-def unique_table(model, pruned: bool, clustered: Optional[List[str]] = None) -> List[Dict]:
-    """:func:`pipeline.compress.optimize.kernel_table` with distinct-value counts.
-
-    Args:
-        model: a Keras model (float, clustered, or QAT).
-        pruned: whether the pruning stage ran on it.
-        clustered: names of the layers whose kernels were clustered (None: none).
-
-    Returns:
-        Rows of ``kernel_table`` plus ``clustered`` (bool), ``unique`` (distinct
-        values in the kernel) and ``unique_per_channel`` (most distinct values in
-        any output channel, the kernel's last axis in Keras).
-    """
-    kernels = {}
-    for layer in model.layers:
-        inner = _inner(layer)
-        kind = _kind(inner)
-        if kind:
-            kernels[inner.name] = _kernel(layer, inner, kind)
-    rows = kernel_table(model, pruned=pruned)
-    names = set(clustered or ())
-    for row in rows:
-        kernel = kernels[row["layer"]]
-        channels = kernel.reshape(-1, kernel.shape[-1]).T
-        row["clustered"] = row["layer"] in names
-        row["unique"] = int(len(np.unique(kernel)))
-        row["unique_per_channel"] = int(max(len(np.unique(ch)) for ch in channels))
-    return rows
+# -- distinct values per clustered kernel ---------------------------------------------
 
 
 def _values_per_cluster_group(shape, kind: str, per_channel: bool) -> int:

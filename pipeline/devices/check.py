@@ -7,7 +7,6 @@ host's outputs, deterministic instructions per inference split by class, emulate
 wall time, and an estimate of peak memory against the device's RAM.
 """
 
-import hashlib
 import signal
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -16,13 +15,14 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from pipeline.devices.parse import (DeviceOutputError, inference_counts, parse_guest_result,
-                                    parse_insn_counts)
+from pipeline.devices.parse import inference_counts, parse_guest_result, parse_insn_counts
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.devices.runner import DeviceRun, run_on_device
 from pipeline.devices.runtime import ArmRuntime
 from pipeline.devices.targets import RUNTIMES
-from pipeline.errors import ConfigError, ModelFileError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, DeviceOutputError, ModelFileError, RuntimeIncompatibleError
+from pipeline.store.atomic import sha256_file
+from pipeline.tflite.host import host_outputs_for, is_quantized
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,13 @@ class DeviceResult:
             f"({self.runtime} {self.runtime_version}){what} ({first})")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str) -> None:
+    """Checks device-check inputs against the model (one input/output, shape, dtype, labels).
 
-
-def _validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str) -> None:
+    Raises:
+        ModelFileError: the model has more than one input or output.
+        ConfigError: inputs of the wrong shape or dtype, none at all, or labels of another length.
+    """
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ModelFileError(f"{source}: device checks need one input and one output, the model "
                              f"has {len(model.inputs)} inputs and {len(model.outputs)} outputs")
@@ -152,13 +154,6 @@ def _validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str)
         raise ConfigError(f"labels y has {len(y)} entries for {len(x)} inputs")
 
 
-def is_quantized(model) -> bool:
-    """Whether the model computes in int8/uint8 (a non-constant integer tensor)."""
-    return any(t.dtype in ("int8", "uint8") and not (0 < t.buffer < len(model.buffers)
-                                                     and model.buffers[t.buffer])
-               for t in model.tensors)
-
-
 def host_reference(model, profile: DeviceProfile) -> str:
     """The host kernels whose outputs the device's should equal: "xnnpack" or "builtin".
 
@@ -168,28 +163,6 @@ def host_reference(model, profile: DeviceProfile) -> str:
     if is_quantized(model) and not RUNTIMES[profile.runtime].xnnpack_int8:
         return "builtin"
     return "xnnpack"
-
-
-def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
-                     reference: str = "xnnpack") -> np.ndarray:
-    """Raw outputs of the host's ai-edge-litert, one input per invoke as on the device.
-
-    Args:
-        reference: "xnnpack" (default delegates) or "builtin" (none).
-    """
-    from pipeline.tflite.host import allocate, make_interpreter, quantize_input
-
-    if reference not in ("xnnpack", "builtin"):
-        raise ConfigError(f"host reference {reference!r}; valid: xnnpack, builtin")
-    interp = make_interpreter(Path(model_path), delegates=reference == "xnnpack", threads=1)
-    allocate(interp)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    ys = []
-    for i in range(len(x)):
-        interp.set_tensor(inp["index"], quantize_input(x[i:i + 1], inp))
-        interp.invoke()
-        ys.append(interp.get_tensor(out["index"])[0].copy())
-    return np.stack(ys)
 
 
 def compare_outputs(device: np.ndarray, host: np.ndarray,
@@ -277,33 +250,43 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
     model = read_tflite(model_path)
     x = np.asarray(x)
     y = None if y is None else np.asarray(y)
-    _validate_inputs(model, x, y, model_path.name)
+    validate_inputs(model, x, y, model_path.name)
 
     run = run_on_device(model_path, profile, x, threads=threads, runtime=runtime,
                         timeout_s=timeout_s)
     crash = guest_crash(run)
     if crash:
-        tail = " | ".join(run.stderr.strip().splitlines()[-2:]) or "no output"
-        return DeviceResult(
-            device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=profile.runtime,
-            runtime_version=profile.runtime_version, model=str(model_path),
-            model_sha256=_sha256(model_path), threads=threads or profile.default_threads,
-            samples=len(x), loaded=False,
-            load_error=f"the runtime crashed on this model ({crash}): {tail}",
-            process_wall_s=round(run.wall_s, 3), command=run.command_line())
+        return _crashed(run, crash, profile, model_path, threads or profile.default_threads, len(x))
     if run.returncode != 0 or run.result_text is None:
         raise DeviceOutputError(_failure(run, profile, model_path))
     guest = parse_guest_result(run.result_text)
     base = dict(device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=guest.runtime,
                 runtime_version=guest.runtime_version, model=str(model_path),
-                model_sha256=_sha256(model_path), threads=guest.threads, samples=len(x),
+                model_sha256=sha256_file(model_path), threads=guest.threads, samples=len(x),
                 counts_exact=guest.threads == 1, process_wall_s=round(run.wall_s, 3),
                 command=run.command_line())
     if not guest.loaded:
         err = guest.load_error
         return DeviceResult(loaded=False, load_error=err.message, load_error_op=err.op,
                             load_error_op_version=err.version, **base)
+    return _measured(run, guest, model, model_path, profile, x, y, host_outputs, base)
 
+
+def _crashed(run: DeviceRun, crash: str, profile: DeviceProfile, model_path: Path, threads: int,
+             samples: int) -> DeviceResult:
+    """The result of a runtime that crashed on the model: does not load."""
+    tail = " | ".join(run.stderr.strip().splitlines()[-2:]) or "no output"
+    return DeviceResult(
+        device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=profile.runtime,
+        runtime_version=profile.runtime_version, model=str(model_path),
+        model_sha256=sha256_file(model_path), threads=threads, samples=samples, loaded=False,
+        load_error=f"the runtime crashed on this model ({crash}): {tail}",
+        process_wall_s=round(run.wall_s, 3), command=run.command_line())
+
+
+def _measured(run: DeviceRun, guest, model, model_path: Path, profile: DeviceProfile, x: np.ndarray,
+              y: Optional[np.ndarray], host_outputs: Optional[np.ndarray], base: Dict[str, Any]) -> DeviceResult:
+    """The result of a run that loaded: counts, outputs against the host, top-1, memory."""
     if run.counts_text is None:
         raise DeviceOutputError(f"{profile.name}: the plugin wrote no instruction counts")
     counts = inference_counts(parse_insn_counts(run.counts_text), guest.samples)

@@ -7,6 +7,7 @@ is recorded in the manifest as it finishes.
 """
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -17,32 +18,52 @@ import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
+from pipeline.summary import BuildSummary, DeviceSummary, VariantSummary
 
 Log = Callable[[str], None]
 
 
-def device_metrics(result: Dict[str, Any]) -> Dict[str, Any]:
-    """The flat figures budgets, reports and comparisons read from a device result."""
+def device_metrics(result: Dict[str, Any]) -> DeviceSummary:
+    """The figures budgets, reports and comparisons read from a device result.
+
+    Args:
+        result: a :class:`pipeline.devices.check.DeviceResult` as its ``to_dict()``
+            (what a worker wrote to ``devices/<device>/<variant>.json``).
+
+    Returns:
+        The result without latency (the matrix adds it from the profile's current
+        cost model).
+    """
     mem = result.get("memory") or {}
     agreement = result.get("agreement") or {}
-    return {
-        "loaded": result["loaded"],
-        "load_error": result.get("load_error"),
-        "load_error_op": result.get("load_error_op"),
-        "load_error_op_version": result.get("load_error_op_version"),
-        "top1": result.get("top1"),
-        "instructions_per_inference": result.get("instructions_median"),
-        "instructions_by_class": result.get("instructions_by_class") or {},
-        "output_dtype": agreement.get("dtype"),
-        "exact_fraction": agreement.get("exact_fraction"),
-        "max_abs_diff": agreement.get("max_abs_diff"),
-        "top1_agreement": agreement.get("top1_agreement"),
-        "peak_memory_bytes": mem.get("total_bytes"),
-        "fits_ram": mem.get("fits"),
-        "wall_s_per_image": result.get("wall_s_per_image"),
-        "samples": result.get("samples"),
-        "runtime": f"{result.get('runtime')} {result.get('runtime_version')}",
-    }
+    return DeviceSummary(
+        loaded=result["loaded"],
+        runtime=f"{result.get('runtime')} {result.get('runtime_version')}",
+        load_error=result.get("load_error"),
+        load_error_op=result.get("load_error_op"),
+        load_error_op_version=result.get("load_error_op_version"),
+        top1=result.get("top1"),
+        instructions_per_inference=result.get("instructions_median"),
+        instructions_by_class=result.get("instructions_by_class") or {},
+        output_dtype=agreement.get("dtype"),
+        exact_fraction=agreement.get("exact_fraction"),
+        max_abs_diff=agreement.get("max_abs_diff"),
+        top1_agreement=agreement.get("top1_agreement"),
+        peak_memory_bytes=mem.get("total_bytes"),
+        fits_ram=mem.get("fits"),
+        wall_s_per_image=result.get("wall_s_per_image"),
+        samples=result.get("samples"),
+    )
+
+
+# Latency is not part of a device stage's record: it is estimated afresh from the
+# recorded counts each build, so re-calibrating a profile re-runs no emulation.
+_NOT_RECORDED = ("latency_ms", "threads")
+
+
+def stage_record(summary: DeviceSummary) -> Dict[str, Any]:
+    """What the manifest records for a device stage: the result without its latency."""
+    return {k: v for k, v in summary.to_dict().items() if k not in _NOT_RECORDED}
 
 
 def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) -> None:
@@ -53,11 +74,12 @@ def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) ->
     atomic_write_json(Path(out), run_device_check(model, device, x, y, threads=1).to_dict())
 
 
-def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, Any]], splits,
-                      stage, log: Log) -> Dict[str, Dict[str, Dict[str, Any]]]:
-    """Runs every variant on every target device; returns ``{device: {variant: metrics}}``.
+def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], splits,
+                      stage, log: Log) -> Dict[str, Dict[str, DeviceSummary]]:
+    """Runs every variant on every target device; returns ``{device: {variant: result}}``.
 
     Args:
+        variants: the build's evaluated variants (their ``.tflite`` paths are run).
         stage: the build's :class:`pipeline.build.StageRunner` (records and caches each pair).
     """
     from pipeline.devices.profiles import get_device
@@ -73,36 +95,32 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
     data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
 
     def cfg(dev):
-        # The fitted latency parameters are left out: re-calibrating re-estimates from
-        # the recorded counts instead of re-running every emulation.
-        profile = {k: v for k, v in profiles[dev].to_dict().items() if k != "latency"}
-        return {"profile": profile, "samples": n, "runtime": rt_key, "data": data_key}
+        # Profiles hold no fitted latency parameters (pipeline.latency.params): re-calibrating
+        # re-estimates from the recorded counts instead of re-running every emulation.
+        return {"profile": profiles[dev].to_dict(), "samples": n, "runtime": rt_key, "data": data_key}
 
     out_of = {(dev, v): root / "devices" / dev / f"{v}.json" for dev, v in pairs}
-    pending = []
-    for dev, v in pairs:
-        key_inputs = {"tflite": Path(variants[v]["path"])}
-        if not stage.is_cached(f"device/{dev}/{v}", cfg(dev), key_inputs, {"result": out_of[(dev, v)]}):
-            pending.append((dev, v))
+    inputs_of = {v: {"tflite": Path(s.path)} for v, s in variants.items()}
+    pending = [(dev, v) for dev, v in pairs
+               if not stage.is_cached(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]})]
     futures = {}
     if pending:
         log(f"[devices] {len(pending)} run(s) on emulated ARM ({d.workers} worker(s)), "
             f"{n} images each")
         pool = cf.ProcessPoolExecutor(max_workers=d.workers, mp_context=multiprocessing.get_context("spawn"))
         for dev, v in pending:
-            futures[(dev, v)] = pool.submit(_run_one, variants[v]["path"], dev, x, y, str(out_of[(dev, v)]))
-    results: Dict[str, Dict[str, Any]] = {dev: {} for dev in d.targets}
+            futures[(dev, v)] = pool.submit(_run_one, variants[v].path, dev, x, y, str(out_of[(dev, v)]))
+    results: Dict[str, Dict[str, DeviceSummary]] = {dev: {} for dev in d.targets}
     try:
         for dev, v in pairs:
             def work(dev=dev, v=v):
                 futures[(dev, v)].result()
-                return device_metrics(json.loads(out_of[(dev, v)].read_text()))
+                return stage_record(device_metrics(json.loads(out_of[(dev, v)].read_text())))
 
-            m = stage(f"device/{dev}/{v}", cfg(dev), {"tflite": Path(variants[v]["path"])},
-                      {"result": out_of[(dev, v)]}, work)
+            m = stage(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]}, work)
             # Latency is estimated from the counts with the profile's current parameters
             # at the recipe's thread count (emulation itself always runs one thread).
-            results[dev][v] = {**m, **_latency(m, dev, d.threads)}
+            results[dev][v] = _with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"), dev, d.threads)
             if (dev, v) in futures:
                 log(f"[device/{dev}/{v}] " + _line(results[dev][v]))
     finally:
@@ -111,54 +129,47 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, Dict[str, 
     return results
 
 
-def _latency(m: Dict[str, Any], device: str, threads: int) -> Dict[str, Any]:
+def _with_latency(m: DeviceSummary, device: str, threads: int) -> DeviceSummary:
     from pipeline.latency.model import attach_latency
 
-    r = {"loaded": m["loaded"], "instructions_by_class": m.get("instructions_by_class")}
+    r = {"loaded": m.loaded, "instructions_by_class": m.instructions_by_class}
     attach_latency(r, device, threads)
-    return {"latency_ms": r.get("latency_ms"), "threads": threads}
+    return dataclasses.replace(m, latency_ms=r.get("latency_ms"), threads=threads)
 
 
-def _line(m: Dict[str, Any]) -> str:
-    if not m["loaded"]:
-        op = f" {m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op") else ""
-        return f"NOT LOADABLE{op}: {(m.get('load_error') or '').splitlines()[0][:120]}"
-    parts = [f"top-1 {m['top1']:.1f}%" if m["top1"] is not None else "",
-             f"{m['instructions_per_inference'] / 1e6:.2f} M instr/inference"
-             if m["instructions_per_inference"] else "",
-             f"~{m['latency_ms']:.2f} ms" if m.get("latency_ms") else "",
-             f"bit-exact {m['exact_fraction']:.0%}" if _integer(m) else
-             f"max |diff| {m['max_abs_diff']:.2g}" if m.get("max_abs_diff") is not None else ""]
+def _line(m: DeviceSummary) -> str:
+    if not m.loaded:
+        op = f" {m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else ""
+        return f"NOT LOADABLE{op}: {(m.load_error or '').splitlines()[0][:120]}"
+    parts = [f"top-1 {m.top1:.1f}%" if m.top1 is not None else "",
+             f"{m.instructions_per_inference / 1e6:.2f} M instr/inference"
+             if m.instructions_per_inference else "",
+             f"~{m.latency_ms:.2f} ms" if m.latency_ms else "",
+             f"bit-exact {m.exact_fraction:.0%}" if m.integer_output else
+             f"max |diff| {m.max_abs_diff:.2g}" if m.max_abs_diff is not None else ""]
     return ", ".join(p for p in parts if p)
 
 
-def _integer(m: Dict[str, Any], output_dtype: str = "") -> bool:
-    return (output_dtype or m.get("output_dtype")) in ("int8", "uint8") and m.get("exact_fraction") is not None
-
-
-def device_table(metrics: Dict[str, Any]) -> str:
-    """Markdown table: one row per device x variant."""
+def device_table(summary: BuildSummary) -> str:
+    """Markdown table: one row per device x variant of ``summary``."""
     lines = ["| device | variant | loads | top-1 % | M instr / inference | est. latency ms | "
              "bit-exact | max abs diff | memory MiB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    def out_dtype(v):
-        return metrics.get("variants", {}).get(v, {}).get("output", {}).get("dtype", "")
 
-    for dev, per_variant in metrics.get("devices", {}).items():
+    def f(val, fmt):
+        return format(val, fmt) if val is not None else "-"
+
+    for dev, per_variant in summary.devices.items():
         for v, m in per_variant.items():
-            if not m["loaded"]:
-                first = ((m.get("load_error") or "?").splitlines() or ["?"])[0]
-                op = (f"{m['load_error_op']} v{m['load_error_op_version']}" if m.get("load_error_op")
-                      else first.split(":")[0][:60])
+            if not m.loaded:
+                first = ((m.load_error or "?").splitlines() or ["?"])[0]
+                op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else first.split(":")[0][:60]
                 lines.append(f"| {dev} | {v} | no ({op}) | | | | | | |")
                 continue
-
-            def f(val, fmt):
-                return format(val, fmt) if val is not None else "-"
-            instr = m["instructions_per_inference"] / 1e6 if m["instructions_per_inference"] else None
-            mem = m["peak_memory_bytes"] / 2 ** 20 if m["peak_memory_bytes"] else None
-            lines.append(f"| {dev} | {v} | yes | {f(m['top1'], '.1f')} | {f(instr, '.3f')} | "
-                         f"{f(m.get('latency_ms'), '.2f')} | "
-                         f"{f(m['exact_fraction'], '.0%') if _integer(m, out_dtype(v)) else 'n/a (float)'} | "
-                         f"{f(m['max_abs_diff'], '.2g')} | {f(mem, '.2f')} |")
+            instr = m.instructions_per_inference / 1e6 if m.instructions_per_inference else None
+            mem = m.peak_memory_bytes / 2 ** 20 if m.peak_memory_bytes else None
+            # The device's output dtype is the model's (outputs are compared like for like).
+            exact = f(m.exact_fraction, ".0%") if m.integer_output else "n/a (float)"
+            lines.append(f"| {dev} | {v} | yes | {f(m.top1, '.1f')} | {f(instr, '.3f')} | "
+                         f"{f(m.latency_ms, '.2f')} | {exact} | {f(m.max_abs_diff, '.2g')} | {f(mem, '.2f')} |")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from pipeline.errors import DeviceUnavailableError
+from pipeline.errors import DeviceOutputError
 
 CLASSES = ("simd_mac", "simd_other", "ldst", "branch", "scalar")
 COUNTS_HEADER = "insn_count 1 classes=" + ",".join(CLASSES)
@@ -33,10 +33,6 @@ MARKER_REGION, WARMUP_REGION, FIRST_INFERENCE_REGION = 0, 1, 2
 _REGION = re.compile(
     r"region index=(\d+) total=(\d+) " + " ".join(rf"{c}=(\d+)" for c in CLASSES))
 _END = re.compile(r"end regions=(\d+) total=(\d+)")
-
-
-class DeviceOutputError(DeviceUnavailableError):
-    """A device run's output is missing, truncated or malformed."""
 
 
 @dataclass(frozen=True)

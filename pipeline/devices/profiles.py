@@ -2,16 +2,17 @@
 
 A profile is data, not code: which qemu CPU model emulates the device's big core,
 what the guest's /proc/cpuinfo says, how many big cores and what clock and RAM the
-real device has, and which runtime (and version) its firmware ships. ``latency``
-holds the fitted cost-model parameters of the device (empty until calibrated).
+real device has, and which runtime (and version) its firmware ships. The fitted
+latency cost-model parameters are not here: they are data of their own
+(:mod:`pipeline.latency.params`), written by a calibration.
 
     >>> get_device("pixel4").qemu_cpu
     'cortex-a76'
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Union
 
 import yaml
 
@@ -39,9 +40,6 @@ class DeviceProfile:
         runtime: guest runtime, "litert" or "tflite-runtime".
         runtime_version: its version; must be the one the ARM runtime installs.
         default_threads: interpreter threads of an emulated run.
-        latency: fitted cost-model parameters (name -> number), possibly empty. A
-            plain dict (so that profiles pickle and ``dataclasses.asdict`` works):
-            treat it as read-only.
     """
 
     name: str
@@ -54,10 +52,6 @@ class DeviceProfile:
     runtime: str
     runtime_version: str
     default_threads: int
-    latency: Mapping[str, float] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "latency", dict(self.latency))  # never the caller's dict
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "device profile") -> "DeviceProfile":
@@ -71,7 +65,7 @@ class DeviceProfile:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON/YAML-serialisable form; ``from_dict(to_dict())`` round-trips."""
-        return {k: (dict(v) if k == "latency" else v) for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
 
 
 FIELDS = tuple(DeviceProfile.__dataclass_fields__)
@@ -142,14 +136,6 @@ def _validate(data: Any, source: str) -> DeviceProfile:
     if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not 0 < clock < 10:
         raise _fail(source, f"clock_ghz must be a number in (0, 10), got {clock!r}")
 
-    latency = data["latency"]
-    if latency is None:
-        latency = {}
-    if not isinstance(latency, dict) or not all(
-            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-            for k, v in latency.items()):
-        raise _fail(source, f"latency must be a mapping of names to numbers, got {latency!r}")
-
     return DeviceProfile(
         name=_str(data, "name", source),
         description=_str(data, "description", source),
@@ -161,7 +147,6 @@ def _validate(data: Any, source: str) -> DeviceProfile:
         runtime=runtime,
         runtime_version=str(version),
         default_threads=_int(data, "default_threads", source),
-        latency={k: float(v) for k, v in latency.items()},
     )
 
 

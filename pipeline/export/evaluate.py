@@ -2,7 +2,7 @@
 
 import gzip
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -63,24 +63,50 @@ def kernel_report(model) -> list:
             for op, name, arr in weight_kernels(model)]
 
 
-def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray) -> Dict:
-    """Measures one TFLite model on the host.
+def predictions_path(tflite: Path) -> Path:
+    """Where :func:`evaluate_tflite` saves the predictions of ``tflite``: ``<variant>.pred.npy`` beside it."""
+    tflite = Path(tflite)
+    return tflite.with_name(f"{tflite.stem}.pred.npy")
+
+
+def labels_path(predictions: Path) -> Path:
+    """Where :func:`evaluate_tflite` saves the test labels (int64 ``.npy``, in test order):
+    ``test_labels.npy`` beside the predictions, the same file for every variant."""
+    return Path(predictions).with_name("test_labels.npy")
+
+
+def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray,
+                    predictions: Optional[Path] = None) -> Dict:
+    """Measures one TFLite model on the host and saves its predicted classes and the labels.
 
     Args:
         path: the ``.tflite`` file.
         x, y: the test split.
         float_top1_classes: the float Keras model's predicted classes on ``x``.
+        predictions: where to save the predicted classes on ``x`` (int64 ``.npy``, in
+            the order of ``x``); default :func:`predictions_path` of ``path``. Later
+            stages (confusion matrices, per-class figures) read them instead of
+            running the model again. The labels ``y`` go to :func:`labels_path` of it.
 
     Returns:
         top1 (percent), agreement with float (percent), size and gzip size (bytes),
         zero fraction of prunable and of all kernels, most distinct values per output
         channel of any conv/dense kernel, the per-kernel table (:func:`kernel_report`),
-        input/output dtypes, ops with versions.
+        input/output dtypes, ops with versions, the number of samples and the path of
+        the saved predictions: the fields of
+        :class:`pipeline.summary.VariantSummary` that evaluation measures.
     """
+    from pipeline.store.atomic import atomic_path
+
     model = read_tflite(path)
     data = Path(path).read_bytes()
     probs = run_tflite(data, x)
-    pred = np.argmax(probs, axis=1)
+    pred = np.argmax(probs, axis=1).astype(np.int64)
+    predictions = Path(predictions) if predictions is not None else predictions_path(path)
+    with atomic_path(predictions, suffix=".npy") as tmp:
+        np.save(tmp, pred)
+    with atomic_path(labels_path(predictions), suffix=".npy") as tmp:  # for confusion matrices
+        np.save(tmp, np.asarray(y, dtype=np.int64))
     inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
     uniq = unique_values_per_kernel(model, PRUNABLE_OPS)  # depthwise is never clustered
     return {
@@ -98,4 +124,5 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
                    "scale": list(out.quantization.scale), "zero_point": list(out.quantization.zero_point)},
         "ops": [f"{name}:v{ver}" for name, ver in model.op_versions()],
         "samples": int(len(x)),
+        "predictions": str(predictions),
     }

@@ -12,13 +12,14 @@ on a profile's core and milliseconds at its clock::
 type, fitted by ``mobile-model calibrate`` on published single-thread latencies
 (non-negative least squares on relative error, :func:`fit_costs`); ``p`` (the
 parallel fraction) is fitted on published multi-thread / single-thread pairs. The
-parameters are data in each profile's ``latency:`` mapping (:data:`PARAM_KEYS`), not
-constants in code. A profile without them gets no estimate (``latency_ms`` stays
-None) rather than a made-up one. See docs/latency.md for the assumptions and the
-measured error.
+parameters are data, one mapping per device profile (:data:`PARAM_KEYS`) in a
+parameters file (:mod:`pipeline.latency.params`), not constants in code. A device
+without them gets no estimate (``latency_ms`` stays None) rather than a made-up one.
+See docs/latency.md for the assumptions and the measured error.
 
-This module is pure (numpy/scipy, no TensorFlow, no qemu): the measuring and the
-calibration procedure live in :mod:`pipeline.latency.calibrate`.
+This module is pure (numpy/scipy, no TensorFlow, no qemu): measuring lives in
+:mod:`pipeline.latency.reference`, the calibration procedure in
+:mod:`pipeline.latency.fit`.
 """
 
 import math
@@ -29,8 +30,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from pipeline.devices.parse import CLASSES
 from pipeline.errors import ConfigError
 
-# Version of the cost model's formula and parameter names; a profile fitted for
-# another version is rejected rather than misread.
+# Version of the cost model's formula and parameter names; parameters fitted for
+# another version are rejected rather than misread.
 MODEL_VERSION = 1
 
 COST_KEYS = tuple(f"cost_{c}" for c in CLASSES)
@@ -45,7 +46,7 @@ PARAM_KEYS = REQUIRED_KEYS + INFO_KEYS
 
 @dataclass(frozen=True)
 class LatencyParams:
-    """The cost-model parameters of one profile.
+    """The cost-model parameters of one device profile.
 
     Attributes:
         costs: cycles per executed instruction, one entry per class of ``CLASSES``.
@@ -63,7 +64,7 @@ class LatencyParams:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "latency parameters"
                      ) -> Optional["LatencyParams"]:
-        """Validates a profile's ``latency:`` mapping; None when it is empty.
+        """Validates one device's parameters mapping; None when it is empty.
 
         Raises:
             ConfigError: an unknown or missing key (the message lists the valid
@@ -95,7 +96,7 @@ class LatencyParams:
         if not 0 <= p <= 1:
             raise ConfigError(f"{source}: thread_parallel_fraction must be in [0, 1], got {p:g}")
         if values["validated"] not in (0.0, 1.0):
-            # The profile loader takes numbers only, so the flag is 1 (validated) or 0.
+            # Parameters files hold numbers only, so the flag is 1 (validated) or 0.
             raise ConfigError(f"{source}: validated must be 1 (fitted on published points) "
                               f"or 0 (assumed), got {values['validated']:g}")
         return cls(costs={c: values[f"cost_{c}"] for c in CLASSES}, parallel_fraction=p,
@@ -103,7 +104,7 @@ class LatencyParams:
                    info={k: values[k] for k in INFO_KEYS if k in values})
 
     def to_mapping(self) -> Dict[str, float]:
-        """The profile's ``latency:`` mapping (numbers only, as the loader requires)."""
+        """The parameters as a mapping of numbers (what a parameters file holds)."""
         d: Dict[str, float] = {"model_version": MODEL_VERSION}
         d.update({f"cost_{c}": float(self.costs[c]) for c in CLASSES})
         d["thread_parallel_fraction"] = float(self.parallel_fraction)
@@ -145,7 +146,7 @@ def estimate_ms(by_class: Mapping[str, int], params: Mapping[str, Any], clock_gh
 
     Args:
         by_class: instructions of one single-threaded inference, per class.
-        params: a profile's ``latency:`` mapping (see :class:`LatencyParams`).
+        params: a device's parameters mapping (see :class:`LatencyParams`).
         clock_ghz: the device's big-core clock.
         threads: interpreter threads on the device.
         cores: the device's big cores (threads beyond them add nothing).
@@ -165,17 +166,19 @@ def attach_latency(result: Dict[str, Any], device: str, threads: int) -> None:
 
     The counts should come from a single-threaded run (``counts_exact``): the runs
     of a multi-threaded interpreter also count its workers' spin-waits, so their
-    estimate is an overestimate; ``threads`` then scales by the model instead.
+    estimate is an overestimate; ``threads`` then scales by the model instead. The
+    parameters come from :func:`pipeline.latency.params.params_file`.
     """
     from pipeline.devices.profiles import get_device
+    from pipeline.latency.params import device_params
 
     profile = get_device(device)
-    params = LatencyParams.from_mapping(profile.latency, f"device profile {profile.name}")
+    params, _, _ = device_params(profile.name)
     if not result.get("loaded") or params is None:
         result["latency_ms"] = None
         result["latency_validated"] = None
         return
-    result["latency_ms"] = estimate_ms(result.get("instructions_by_class") or {}, profile.latency,
+    result["latency_ms"] = estimate_ms(result.get("instructions_by_class") or {}, params.to_mapping(),
                                        profile.clock_ghz, threads, profile.cores)
     result["latency_validated"] = params.validated
 

@@ -10,8 +10,6 @@ one epoch, used by tests and ``build --smoke``.
 """
 
 import dataclasses
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -286,7 +284,7 @@ class Recipe:
         if self.cluster.enabled and not set(clustered) & set(self.convert.variants):
             raise ConfigError(f"recipe.cluster.enabled: true, but no variant uses clustering: add "
                               f"{' or '.join(clustered)} to convert.variants")
-        from pipeline.gate.budgets import validate_budgets  # budgets know their own keys
+        from pipeline.recipe.budgets import validate_budgets
 
         validate_budgets(self.budgets, self.convert.variants)
         return self

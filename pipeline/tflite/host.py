@@ -84,8 +84,28 @@ def run_tflite(model: ModelSource, x: np.ndarray, batch_size: int = 64, raw: boo
     return np.concatenate(results, axis=0)
 
 
-def model_ops(model: ModelSource):
-    """The model's op names as the runtime sees them, without delegates."""
-    interp = make_interpreter(model, delegates=False)
+def is_quantized(model) -> bool:
+    """Whether the model computes in int8/uint8 (a non-constant integer tensor)."""
+    return any(t.dtype in ("int8", "uint8") and not (0 < t.buffer < len(model.buffers)
+                                                     and model.buffers[t.buffer])
+               for t in model.tensors)
+
+
+def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
+                     reference: str = "xnnpack") -> np.ndarray:
+    """Raw outputs of the host's ai-edge-litert, one input per invoke as on the device.
+
+    Args:
+        reference: "xnnpack" (default delegates) or "builtin" (none).
+    """
+    if reference not in ("xnnpack", "builtin"):
+        raise ValueError(f"host reference {reference!r}; valid: xnnpack, builtin")
+    interp = make_interpreter(Path(model_path), delegates=reference == "xnnpack", threads=1)
     allocate(interp)
-    return [d["op_name"] for d in interp._get_ops_details()]
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ys = []
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"], quantize_input(x[i:i + 1], inp))
+        interp.invoke()
+        ys.append(interp.get_tensor(out["index"])[0].copy())
+    return np.stack(ys)

@@ -119,10 +119,21 @@ class _Reader:
             raise ModelFileError(f"truncated or corrupt model: {what} at byte {pos} lies outside the "
                                  f"{self.n}-byte file")
 
-    def u8(self, pos): self._need(pos, 1, "byte"); return self.buf[pos]
-    def u16(self, pos): self._need(pos, 2, "u16"); return struct.unpack_from("<H", self.buf, pos)[0]
-    def i32(self, pos): self._need(pos, 4, "i32"); return struct.unpack_from("<i", self.buf, pos)[0]
-    def u32(self, pos): self._need(pos, 4, "u32"); return struct.unpack_from("<I", self.buf, pos)[0]
+    def _unpack(self, fmt: str, pos: int, what: str):
+        self._need(pos, struct.calcsize(fmt), what)
+        return struct.unpack_from(fmt, self.buf, pos)[0]
+
+    def u8(self, pos):
+        return self._unpack("<B", pos, "byte")
+
+    def u16(self, pos):
+        return self._unpack("<H", pos, "u16")
+
+    def i32(self, pos):
+        return self._unpack("<i", pos, "i32")
+
+    def u32(self, pos):
+        return self._unpack("<I", pos, "u32")
 
     def table(self, pos: int) -> "_Table":
         vt = pos - self.i32(pos)

@@ -97,7 +97,7 @@ def run_untrusted(path: Union[str, Path], x: np.ndarray, batch_size: int = 64,
 def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray, reference: str = "xnnpack",
                            timeout_s: Optional[float] = None,
                            model: Optional[TFLiteModel] = None) -> np.ndarray:
-    """:func:`pipeline.devices.check.host_outputs_for` of an untrusted model, in a child.
+    """:func:`pipeline.tflite.host.host_outputs_for` of an untrusted model, in a child.
 
     Raises:
         ModelFileError: as :func:`load_check`.
@@ -148,7 +148,7 @@ def _in_child(task: str, model: Path, x: Optional[np.ndarray], options: Dict[str
         except BaseException:  # e.g. Ctrl-C: never leave the child running
             _kill_group(proc)
             raise
-        return _result(task, model, proc.returncode, err.decode(errors="replace"), work)
+        return child_result(task, model, proc.returncode, err.decode(errors="replace"), work)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -163,7 +163,7 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def _result(task: str, model: Path, rc: int, stderr: str, work: Path) -> Dict[str, Any]:
+def child_result(task: str, model: Path, rc: int, stderr: str, work: Path) -> Dict[str, Any]:
     """The child's result, or the ModelFileError that explains its failure."""
     if rc < 0:
         try:
@@ -207,7 +207,7 @@ def _describe(interp) -> Dict[str, Any]:
 
 
 def _child_task(task: str, model: Path, work: Path) -> None:
-    from pipeline.tflite.host import make_interpreter, run_tflite
+    from pipeline.tflite.host import host_outputs_for, make_interpreter, run_tflite
 
     options = json.loads((work / "options.json").read_text())
     # Every task first prepares the model with the builtin kernels (no delegate):
@@ -224,8 +224,6 @@ def _child_task(task: str, model: Path, work: Path) -> None:
     if task == "run":
         y = run_tflite(model, np.asarray(x), batch_size=options["batch_size"])
     else:
-        from pipeline.devices.check import host_outputs_for
-
         y = host_outputs_for(model, np.asarray(x), options["reference"])
     np.save(work / "y.npy", y)
 

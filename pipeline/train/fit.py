@@ -12,9 +12,9 @@ import numpy as np
 
 from pipeline.recipe.schema import TrainConfig
 from pipeline.errors import ConfigError
+from pipeline.native import tf_environment
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tfmot only works on Keras 2 (tf_keras)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf_environment()  # before any TensorFlow import: tfmot only works on Keras 2 (tf_keras)
 
 _configured = False
 

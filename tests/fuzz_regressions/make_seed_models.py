@@ -1,6 +1,6 @@
 """Writes the two tiny seed models of the fuzz tests (run once; the outputs are committed).
 
-    TF_USE_LEGACY_KERAS=1 .venv/bin/python tests/fuzz_regressions/make_seed_models.py
+    .venv/bin/python tests/fuzz_regressions/make_seed_models.py
 
 A conv -> depthwise -> pool -> dense network on 8x8x1 inputs, converted to float32
 and to full int8: about 2-4 KB each, with every table the pipeline reads (opcodes,
@@ -8,13 +8,13 @@ buffers, tensors with quantization, operators), so byte mutations reach all of
 the parser's paths quickly.
 """
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from pipeline.native import import_tensorflow
+
+tf = import_tensorflow()  # sets TensorFlow's environment first: tf_keras needs it
 import tf_keras as keras  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,50 @@
+"""``mobile-model build``: one recipe through every stage, then its tables and budgets.
+
+Added to the main CLI group with ``main.add_command(build)``. The pipeline is
+imported inside the command body so that ``--help`` stays instant.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import logger
+
+
+@click.command()
+@click.argument("recipe")
+@click.option("--smoke", is_flag=True, help="Tiny form of the recipe (32x32, few samples, one epoch).")
+@click.option("--out", type=click.Path(path_type=Path), help="Build directory [build/<recipe name>].")
+@click.option("--no-devices", is_flag=True, help="Skip the emulated-device checks.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
+def build(recipe, smoke, out, no_devices, quiet, as_json):
+    """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
+
+    Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
+    still written); 2 bad recipe, data or model; 3 device runtime unavailable.
+    """
+    from pipeline.build import budget_summary, build as run_build, summary_table
+    from pipeline.recipe.schema import load_recipe
+
+    r = load_recipe(recipe, smoke=smoke)
+    result = run_build(r, out=out, log=logger(quiet), run_devices=not no_devices)
+    summary = result.summary
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        click.echo(f"\n## {r.build_name}: {result.root}  ({result.wall_s:.1f} s, "
+                   f"{len(summary.stages_run)} stage(s) run)\n")
+        click.echo(summary_table(summary))
+        if summary.devices:
+            from pipeline.devices.matrix import device_table
+
+            click.echo("\n" + device_table(summary))
+        click.echo("\n### budgets\n")
+        click.echo(budget_summary(summary.budgets))
+    if not summary.budgets_ok:
+        missed = [f"{b.budget}[{b.subject}]" for b in summary.budgets if not b.ok]
+        click.echo(f"error: budget missed: {', '.join(missed)} (artifacts kept in {result.root})", err=True)
+        sys.exit(1)

@@ -1,0 +1,74 @@
+"""Click commands that describe things without building: ``models``, ``datasets``, ``inspect``, ``evaluate``.
+
+Added to the main CLI group with ``main.add_command(...)``. Heavy imports happen
+inside the command bodies so that ``--help`` stays instant.
+"""
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import echo_json
+
+
+@click.command()
+@click.option("--alpha", default=1.0, show_default=True, help="Width multiplier.")
+@click.option("--input-size", default=224, show_default=True)
+@click.option("--classes", default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def models(alpha, input_size, classes, as_json):
+    """List the model families with their parameters and multiply-accumulates."""
+    from pipeline.train.zoo import family_names, model_summary
+
+    rows = []
+    for name in family_names():
+        s = model_summary(name, alpha, input_size, classes)
+        rows.append({"family": name, "params": s["params"], "macs": s["macs"]})
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"width {alpha}, {input_size}x{input_size}x3, {classes} classes\n")
+    click.echo(f"{'family':<22}{'params':>14}{'MACs':>16}")
+    for r in rows:
+        click.echo(f"{r['family']:<22}{r['params']:>14,}{r['macs']:>16,}")
+
+
+@click.command()
+def datasets():
+    """List the registered data sets."""
+    from pipeline.data import describe_datasets
+
+    for name, text in describe_datasets():
+        click.echo(f"{name:<16}{text}")
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(model, as_json):
+    """Show a .tflite model: ops with versions, tensors, inputs/outputs, size."""
+    from pipeline.tflite.inspect import describe_model, format_description
+
+    desc = describe_model(model)
+    if as_json:
+        echo_json(desc)
+    else:
+        click.echo(format_description(desc))
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--recipe", help="Evaluate on this recipe's test split.")
+@click.option("--smoke", is_flag=True, help="Use the recipe's smoke form.")
+@click.option("--data", type=click.Path(path_type=Path), help="A folder data set (one sub-folder per class).")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(model, recipe, smoke, data, as_json):
+    """Top-1 of MODEL.tflite on the host (LiteRT) over a recipe's test split or a folder."""
+    from pipeline.tflite.inspect import evaluate_file
+
+    res = evaluate_file(model, recipe=recipe, smoke=smoke, folder=data)
+    if as_json:
+        echo_json(res)
+    else:
+        click.echo(f"{model}: top-1 {res['top1']:.2f}% on {res['samples']} images "
+                   f"({res['source']}), {res['size_bytes'] / 1024:.1f} KiB")

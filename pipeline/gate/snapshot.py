@@ -1,0 +1,295 @@
+"""What the regression gate reads from one side of a comparison: a :class:`Snapshot`.
+
+A snapshot comes from one of three inputs, each read by its own function:
+
+* a build directory or its ``summary.json``: the :class:`pipeline.summary.BuildSummary`
+  the build wrote, read through :func:`pipeline.summary.load_summary` (typed; the
+  ``.tflite`` hashes and library versions come from the manifest beside it);
+* a build's ``manifest.json`` (or a build directory holding only a manifest): the
+  figures recorded by its ``evaluate/*`` and ``device/*/*`` stages. Kept because an
+  interrupted build has no summary yet and still deserves a comparison, and because
+  comparing a build's summary with its own manifest checks that the two agree;
+* a committed baseline file (``format: mobile-model-baseline``, ``version: 1``),
+  written by :func:`pipeline.gate.baseline.write_baseline`: the trimmed figures of
+  an accepted build, with no time stamp.
+
+Every malformed input is an :class:`~pipeline.errors.UnusableInputError` naming the
+input's role (``BASELINE``, ``CURRENT``), its path and the offending field.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+import yaml
+
+from pipeline.errors import DataError, UnusableInputError
+from pipeline.gate.thresholds import validate_thresholds
+from pipeline.store.atomic import sha256_file
+from pipeline.summary import SUMMARY_FILE, BuildSummary, DeviceSummary, Record, load_summary
+
+BASELINE_FORMAT = "mobile-model-baseline"
+BASELINE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class HostFigures(Record):
+    """The compared host figures of one variant, and its ``.tflite`` sha256 when known."""
+
+    top1: Optional[float] = None
+    size_bytes: Optional[int] = None
+    gzip_bytes: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DeviceFigures(Record):
+    """The compared figures of one variant on one device (a trimmed :class:`DeviceSummary`)."""
+
+    loaded: bool
+    load_error_op: Optional[str] = None
+    load_error_op_version: Optional[int] = None
+    top1: Optional[float] = None
+    instructions_per_inference: Optional[int] = None
+    latency_ms: Optional[float] = None
+    peak_memory_bytes: Optional[int] = None
+    runtime: Optional[str] = None
+
+    @classmethod
+    def of(cls, result: DeviceSummary) -> "DeviceFigures":
+        """The compared subset of a device result."""
+        return cls(**{f.name: getattr(result, f.name) for f in dataclasses.fields(cls)})
+
+
+HOST_FIELDS = tuple(f.name for f in dataclasses.fields(HostFigures) if f.name != "sha256")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a comparison reads from one side, whatever the input format was.
+
+    ``variants`` maps variant -> host figures; ``devices`` maps device -> variant ->
+    device figures, both in the recipe's order when the recipe is known.
+    """
+
+    source: str
+    kind: str
+    name: str
+    variants: Dict[str, HostFigures]
+    devices: Dict[str, Dict[str, DeviceFigures]]
+    recipe: Optional[Dict[str, Any]] = None
+    deploy_variant: Optional[str] = None
+    float_top1: Optional[float] = None
+    thresholds: Dict[str, float] = field(default_factory=dict)
+    versions: Dict[str, str] = field(default_factory=dict)
+
+
+def load_snapshot(path: "str | Path", role: str = "input") -> Snapshot:
+    """Reads a build directory, ``summary.json``, ``manifest.json`` or baseline file.
+
+    Args:
+        role: how the input is named in messages (``BASELINE``, ``CURRENT``).
+
+    Raises:
+        UnusableInputError: the path is missing, is not a build, or the file is not
+            one of the formats above (the message says which and what was expected).
+    """
+    p = Path(path)
+    try:
+        return _in_recipe_order(_load(p, role))
+    except DataError as exc:  # a typed reader's message: "<path>: <field>: what was wrong"
+        raise UnusableInputError(f"{role} {exc}") from None
+
+
+def _load(p: Path, role: str) -> Snapshot:
+    if not p.exists():
+        raise UnusableInputError(f"{role} {p}: no such file or directory")
+    if p.is_dir():
+        if (p / SUMMARY_FILE).is_file():
+            return _from_summary(load_summary(p), str(p), p, role)
+        if (p / MANIFEST_FILE).is_file():
+            return _from_manifest(_read_json(p / MANIFEST_FILE, role), str(p), p, role)
+        raise UnusableInputError(f"{role} {p}: not a build directory (no {SUMMARY_FILE} or {MANIFEST_FILE} in it)")
+    data = _read_json(p, role)
+    if not isinstance(data, dict):
+        raise UnusableInputError(f"{role} {p}: expected a JSON object, got {type(data).__name__}")
+    if "format" in data:
+        return _from_baseline(data, str(p), role)
+    if "stages" in data:
+        return _from_manifest(data, str(p), p.parent, role)
+    if "variants" in data:
+        return _from_summary(BuildSummary.from_dict(data, f"{p}: summary"), str(p), p.parent, role)
+    raise UnusableInputError(f"{role} {p}: not a mobile-model summary, manifest or baseline "
+                             f"(expected a 'variants', 'stages' or 'format' key; found "
+                             f"{', '.join(sorted(map(str, data))[:8]) or 'none'})")
+
+
+def _read_json(p: Path, role: str) -> Any:
+    try:
+        return json.loads(p.read_text())
+    except UnicodeDecodeError:
+        raise UnusableInputError(f"{role} {p}: not a JSON file (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise UnusableInputError(f"{role} {p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _number(value: Any, where: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnusableInputError(f"{where}: expected a number or null, got {value!r}")
+    return float(value)
+
+
+def _mapping(value: Any, where: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UnusableInputError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _recipe_from(root: Path) -> Optional[Dict[str, Any]]:
+    p = root / "recipe.yaml"
+    if not p.is_file():
+        return None
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError:
+        return None  # the recipe only adds notes and thresholds; the figures stand without it
+    return data if isinstance(data, dict) else None
+
+
+# -- a build's summary ------------------------------------------------------------
+
+
+def _from_summary(summary: BuildSummary, source: str, root: Path, role: str) -> Snapshot:
+    hashes, versions = _manifest_hashes(root)
+    variants = {}
+    for v, rec in summary.variants.items():
+        sha = hashes.get(v)
+        if sha is None and Path(rec.path).is_file():
+            sha = sha256_file(Path(rec.path))
+        variants[v] = HostFigures(rec.top1, rec.size_bytes, rec.gzip_bytes, sha)
+    devices = {dev: {v: DeviceFigures.of(r) for v, r in per.items()} for dev, per in summary.devices.items()}
+    recipe = _recipe_from(root)
+    return Snapshot(source, "build", summary.recipe, variants, devices, recipe, summary.deploy_variant,
+                    summary.float_top1, {}, versions)
+
+
+def _manifest_hashes(root: Path) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """(variant -> .tflite sha256, library versions) from a build's manifest, if readable."""
+    p = root / MANIFEST_FILE
+    if not p.is_file():
+        return {}, {}
+    try:
+        stages = json.loads(p.read_text()).get("stages", {})
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        return {}, {}
+    return _stage_hashes(stages), _stage_versions(stages)
+
+
+# -- a build's manifest -------------------------------------------------------------
+
+
+def _stage_hashes(stages: Mapping[str, Any]) -> Dict[str, str]:
+    out = {}
+    for name, rec in stages.items():
+        if name.startswith("convert/") and isinstance(rec, dict):
+            sha = rec.get("outputs", {}).get("tflite", {}).get("sha256")
+            if sha:
+                out[name.split("/", 1)[1]] = sha
+    return out
+
+
+def _stage_versions(stages: Mapping[str, Any]) -> Dict[str, str]:
+    for rec in stages.values():
+        if isinstance(rec, dict) and isinstance(rec.get("versions"), dict):
+            return dict(rec["versions"])
+    return {}
+
+
+def _from_manifest(data: Dict[str, Any], source: str, root: Path, role: str) -> Snapshot:
+    """The figures of the ``evaluate/<variant>`` and ``device/<device>/<variant>`` stage records."""
+    where = f"{role} {source}"
+    stages = _mapping(data.get("stages"), f"{where}: stages")
+    variants: Dict[str, HostFigures] = {}
+    devices: Dict[str, Dict[str, DeviceFigures]] = {}
+    hashes = _stage_hashes(stages)
+    for name, rec in stages.items():
+        metrics = _mapping(_mapping(rec, f"{where}: stages.{name}").get("metrics"), f"{where}: stages.{name}.metrics")
+        if name.startswith("evaluate/"):
+            v = name.split("/", 1)[1]
+            host = {k: metrics.get(k) for k in HOST_FIELDS}
+            variants[v] = HostFigures.from_dict({**host, "sha256": hashes.get(v)}, f"{source}: stages.{name}.metrics")
+        elif name.startswith("device/") and name.count("/") == 2:
+            _, dev, v = name.split("/")
+            result = DeviceSummary.from_dict(metrics, f"{source}: stages.{name}.metrics")
+            devices.setdefault(dev, {})[v] = DeviceFigures.of(result)
+    if not variants:
+        raise UnusableInputError(f"{where}: the manifest records no evaluated variant "
+                                 "(an unfinished build, or not a mobile-model manifest)")
+    recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else _recipe_from(root)
+    # Keep only what the recipe builds: a manifest also holds records of variants or
+    # devices an earlier recipe of the same directory had.
+    if recipe:
+        keep_v = set(_mapping(recipe.get("convert"), "recipe.convert").get("variants") or variants)
+        keep_d = set(_mapping(recipe.get("devices"), "recipe.devices").get("targets") or devices)
+        variants = {v: r for v, r in variants.items() if v in keep_v}
+        devices = {d: {v: r for v, r in per.items() if v in keep_v} for d, per in devices.items() if d in keep_d}
+    train = _mapping(stages.get("train"), f"{where}: stages.train").get("metrics") or {}
+    float_top1 = _number(train.get("test_top1"), f"{where}: stages.train.metrics.test_top1")
+    name = (recipe or {}).get("name") or "?"
+    if (recipe or {}).get("smoke_form"):
+        name += "-smoke"
+    return Snapshot(source, "manifest", name, variants, devices, recipe, (recipe or {}).get("deploy_variant"),
+                    float_top1, {}, _stage_versions(stages))
+
+
+# -- a committed baseline -----------------------------------------------------------
+
+
+def _from_baseline(data: Dict[str, Any], source: str, role: str) -> Snapshot:
+    where = f"{role} {source}"
+    if data.get("format") != BASELINE_FORMAT:
+        raise UnusableInputError(f"{where}: unknown format {data.get('format')!r} (expected {BASELINE_FORMAT!r})")
+    if data.get("version") != BASELINE_VERSION:
+        raise UnusableInputError(f"{where}: baseline version {data.get('version')!r} is not supported "
+                                 f"(this mobile-model reads version {BASELINE_VERSION}); write it again with "
+                                 "`mobile-model baseline`")
+    variants = {v: HostFigures.from_dict(rec, f"{source}: variants.{v}")
+                for v, rec in _mapping(data.get("variants"), f"{where}: variants").items()}
+    if not variants:
+        raise UnusableInputError(f"{where}: the baseline holds no variant")
+    devices = {dev: {v: DeviceFigures.from_dict(rec, f"{source}: devices.{dev}.{v}")
+                     for v, rec in _mapping(per, f"{where}: devices.{dev}").items()}
+               for dev, per in _mapping(data.get("devices"), f"{where}: devices").items()}
+    recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else None
+    float_top1 = _number(data.get("float_top1"), f"{where}: float_top1")
+    return Snapshot(source, "baseline", str(data.get("name") or "?"), variants, devices, recipe,
+                    data.get("deploy_variant"), float_top1,
+                    validate_thresholds(data.get("thresholds") or {}, f"{where}: thresholds"),
+                    dict(_mapping(data.get("versions"), f"{where}: versions")))
+
+
+# -- order ----------------------------------------------------------------------------
+
+
+def _in_recipe_order(snap: Snapshot) -> Snapshot:
+    """Variants and devices in the recipe's order when it is known (summary.json sorts keys)."""
+    recipe = snap.recipe or {}
+    convert, devices = recipe.get("convert"), recipe.get("devices")
+    variants = (convert.get("variants") if isinstance(convert, dict) else None) or []
+    targets = (devices.get("targets") if isinstance(devices, dict) else None) or []
+    return dataclasses.replace(
+        snap, variants=_ordered(snap.variants, variants),
+        devices={d: _ordered(per, variants) for d, per in _ordered(snap.devices, targets).items()})
+
+
+def _ordered(mapping: Mapping[str, Any], order: Iterable[str]) -> Dict[str, Any]:
+    order = [k for k in order if isinstance(k, str)]
+    keys = [k for k in order if k in mapping] + [k for k in mapping if k not in order]
+    return {k: mapping[k] for k in keys}

@@ -1,0 +1,319 @@
+"""Reference models: built with random weights, run once on an emulated core, cached.
+
+:func:`build_tflite` builds a model of a registered family with random weights (fixed
+seed) and converts it to float32 or int8 (post-training quantization with random
+calibration images). :func:`run_reference` runs that file for one inference on a
+profile's emulated core (one thread: the counts repeat exactly). Both the
+calibration (:func:`measure`, instruction counts) and the search's cost tier
+(memory, size, load errors too) keep what a run found on disk, through
+:func:`cached_entry`, so a repeated ``estimate`` costs no TensorFlow and no qemu::
+
+    $MOBILE_MODEL_CACHE/latency/   (default ~/.cache/mobile-model/latency/)
+        models/<key>.tflite        converted reference models
+        runs/<key>.json            one emulated run: counts by class, runtime, model hash
+        search/<key>.json          one emulated run as the search's cost tier keeps it
+"""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+from pipeline.devices.profiles import DeviceProfile
+from pipeline.errors import ConfigError
+from pipeline.latency.model import CLASSES
+from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
+
+Log = Callable[[str], None]
+
+# Bump when building, converting or running reference models changes what a cached
+# entry holds (so stale entries are not reused).
+MEASURE_VERSION = 1
+SEED = 0
+VARIANT_NAMES = ("float32", "int8")
+# Random images given to the int8 converter as calibration data. Weights are random
+# too: the kernels XNNPACK / TFLite pick, and so the instructions, depend on shapes
+# and types, not on values.
+CALIBRATION_IMAGES = 8
+
+
+def noop(msg: str) -> None:
+    """A log that drops every message."""
+
+
+def cache_root() -> Path:
+    """``$MOBILE_MODEL_CACHE/latency`` (default ``~/.cache/mobile-model/latency``)."""
+    base = os.environ.get("MOBILE_MODEL_CACHE")
+    base_path = Path(base) if base else Path.home() / ".cache" / "mobile-model"
+    return base_path.expanduser().resolve() / "latency"
+
+
+def key_hash(obj: Any) -> str:
+    """A short hash of a JSON-serialisable cache key (part of a cache file name)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+# Source files that shape a reference model's .tflite: a change to any of them makes
+# cached models and runs stale.
+_MODEL_SOURCES = ("models", "pipeline/export/convert.py", "pipeline/export/variants.py")
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for entry in _MODEL_SOURCES:
+        path = _REPO / entry
+        for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to estimate: family, width, input size, classes and numeric format.
+
+    Attributes:
+        family: a name in ``models.FAMILIES``.
+        alpha: width multiplier (> 0).
+        input_size: square input side (>= 32).
+        classes: output classes (>= 2).
+        variant: "float32" or "int8" (full integer, post-training quantization,
+            float input and output like the build's ``int8-ptq`` variant).
+        channels: input channels, 1 (grey) or 3.
+        first_stride: stride of the stem convolution, 1 or 2 (the families' default).
+
+    ``channels`` and ``first_stride`` enter the label and the cache key only when
+    they differ from 3 and 2, so entries of the full-size reference models stay valid.
+    """
+
+    family: str
+    alpha: float = 1.0
+    input_size: int = 224
+    classes: int = 1000
+    variant: str = "float32"
+    channels: int = 3
+    first_stride: int = 2
+
+    def __post_init__(self):
+        from pipeline.train.zoo import family_names
+
+        if self.family not in family_names():
+            raise ConfigError(f"unknown model family {self.family!r}; valid: {', '.join(family_names())}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not 0 < self.alpha <= 4:
+            raise ConfigError(f"alpha must be a number in (0, 4], got {self.alpha!r}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) \
+                or not 32 <= self.input_size <= 1024:
+            raise ConfigError(f"input size must be an integer in [32, 1024], got {self.input_size!r}")
+        if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 2:
+            raise ConfigError(f"classes must be an integer >= 2, got {self.classes!r}")
+        if self.variant not in VARIANT_NAMES:
+            raise ConfigError(f"variant {self.variant!r} is unknown; valid: {', '.join(VARIANT_NAMES)}")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
+        if self.first_stride not in (1, 2) or isinstance(self.first_stride, bool):
+            raise ConfigError(f"first_stride must be 1 or 2, got {self.first_stride!r}")
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        return (self.input_size, self.input_size, self.channels)
+
+    def _extra(self) -> Dict[str, int]:
+        # Only what differs from the reference models' 3 channels and stride 2.
+        extra = {}
+        if self.channels != 3:
+            extra["channels"] = self.channels
+        if self.first_stride != 2:
+            extra["first_stride"] = self.first_stride
+        return extra
+
+    @property
+    def label(self) -> str:
+        extra = self._extra()
+        tail = (f"-{extra['channels']}ch" if "channels" in extra else "") + \
+               (f"-s{extra['first_stride']}" if "first_stride" in extra else "")
+        return (f"{self.family}-{self.alpha:g}-{self.input_size}x{self.input_size}-"
+                f"{self.classes}c-{self.variant}{tail}")
+
+    def key(self) -> Dict[str, Any]:
+        """What the converted file depends on (its cache key, with library versions)."""
+        spec = {k: v for k, v in asdict(self).items() if k not in ("channels", "first_stride")}
+        spec.update(self._extra())
+        return {"spec": spec, "seed": SEED, "calibration_images": CALIBRATION_IMAGES,
+                "measure_version": MEASURE_VERSION, "sources": _sources_hash(),
+                "tensorflow": _dist_version("tensorflow"), "tf_keras": _dist_version("tf-keras")}
+
+
+def _convert(spec: ModelSpec) -> bytes:
+    import numpy as np
+
+    from pipeline.export.convert import convert_keras
+    from pipeline.export.variants import VARIANTS
+    from pipeline.native import captured_stderr
+    from pipeline.train.fit import setup_tensorflow
+    from pipeline.train.zoo import build_model
+
+    setup_tensorflow(SEED)
+    model = build_model(spec.family, spec.alpha, spec.input_shape, spec.classes,
+                        first_stride=spec.first_stride)
+    calibration = None
+    variant = VARIANTS.get("float32")
+    if spec.variant == "int8":
+        variant = VARIANTS.get("int8-ptq")
+        calibration = np.random.default_rng(SEED).random(
+            (CALIBRATION_IMAGES, *spec.input_shape), dtype=np.float32)
+    with captured_stderr():  # the converter's C++ chatter
+        tflite = convert_keras(model, variant, calibration, int8_io=False)
+    if spec.variant == "float32":
+        # The float file must compute what Keras does (cheap, one image); int8 files of
+        # random-weight models have no meaningful accuracy to check, and the device
+        # check compares the device's int8 outputs with the host runtime's anyway.
+        from pipeline.export.convert import validate_conversion
+
+        x = np.random.default_rng(SEED + 1).random((1, *spec.input_shape), dtype=np.float32)
+        validate_conversion(tflite, model.predict(x, verbose=0), x, variant, spec.label)
+    return tflite
+
+
+def build_tflite(spec: ModelSpec, log: Log = noop) -> Path:
+    """The converted .tflite of ``spec`` (random weights, seed ``SEED``), cached.
+
+    Raises:
+        ConfigError: an invalid spec (see :class:`ModelSpec`).
+        ConversionMismatchError: the float32 file disagrees with Keras.
+    """
+    path = cache_root() / "models" / f"{spec.label}-{key_hash(spec.key())}.tflite"
+    if path.is_file():
+        return path
+    log(f"[latency] building and converting {spec.label}")
+    t0 = time.monotonic()
+    atomic_write_bytes(path, _convert(spec))
+    log(f"[latency] {spec.label}: {path.stat().st_size / 2**20:.1f} MiB in {time.monotonic() - t0:.0f} s")
+    return path
+
+
+def run_key(spec: ModelSpec, profile: DeviceProfile) -> Dict[str, Any]:
+    """What one emulated run of ``spec`` depends on: the model, the core and the runtime."""
+    from pipeline.devices.runtime import runtime_key
+
+    return {"model": spec.key(), "qemu_cpu": profile.qemu_cpu, "runtime": profile.runtime,
+            "runtime_version": profile.runtime_version, "runtime_key": runtime_key()}
+
+
+def cached_entry(kind: str, spec: ModelSpec, profile: DeviceProfile, key: Dict[str, Any],
+                 field: str, compute: Callable[[], Dict[str, Any]]) -> Tuple[Dict[str, Any], bool]:
+    """The entry ``field`` of ``cache_root()/kind`` for ``key``, computed and kept if absent.
+
+    An entry is reused only when its stored key equals ``key`` (a hash collision or a
+    stale file is recomputed).
+
+    Returns:
+        (the entry, whether it came from the cache).
+    """
+    name = f"{spec.label}-{profile.qemu_cpu}-{profile.runtime}-{key_hash(key)}.json"
+    path = cache_root() / kind / name
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data[field], True
+    entry = compute()
+    atomic_write_json(path, {"key": key, field: entry})
+    return entry, False
+
+
+def run_reference(spec: ModelSpec, profile: DeviceProfile, log: Log = noop, runtime=None):
+    """One inference of ``spec``'s random-weight file on ``profile``'s emulated core.
+
+    One thread whatever the profile says (the counts then repeat exactly), one
+    inference after the runner's warm-up (more would only cost time, ~1e8-1e9 guest
+    instructions each). Not cached: see :func:`measure` and :func:`cached_entry`.
+
+    Returns:
+        (the device check's result, which may say the model does not load; the file).
+
+    Raises:
+        DeviceUnavailableError: no ARM runtime, a crash or a timeout.
+    """
+    import numpy as np
+
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.runtime import ensure_runtime
+
+    path = build_tflite(spec, log)
+    runtime = runtime or ensure_runtime(progress=log)
+    x = np.random.default_rng(SEED).random((1, *spec.input_shape), dtype=np.float32)
+    result = run_device_check(path, replace(profile, default_threads=1), x, threads=1, runtime=runtime)
+    return result, path
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Instructions of one inference of a reference model on one emulated core.
+
+    ``instructions_by_class`` has every class of ``latency.CLASSES``; the counts are
+    exact (one interpreter thread) and repeat run to run.
+    """
+
+    spec: Dict[str, Any]
+    qemu_cpu: str
+    runtime: str
+    runtime_version: str
+    runtime_key: str
+    model_sha256: str
+    instructions: int
+    instructions_by_class: Dict[str, int]
+    process_wall_s: float
+    cached: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+
+def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = noop,
+            runtime=None) -> Measurement:
+    """Per-class instructions of one inference of ``spec`` on ``profile``'s core, cached.
+
+    Only the profile's core (``qemu_cpu``) and runtime matter: profiles that share
+    them share the entry. The run is single-threaded whatever the profile says.
+
+    Raises:
+        RuntimeIncompatibleError: the profile's runtime cannot load the model.
+        DeviceUnavailableError: no ARM runtime, a crash or a timeout.
+    """
+    key = run_key(spec, profile)
+
+    def run() -> Dict[str, Any]:
+        build_tflite(spec, log)  # before the message: converting is its own step
+        log(f"[latency] running {spec.label} on {profile.qemu_cpu} ({profile.runtime} "
+            f"{profile.runtime_version}) under qemu")
+        result, _ = run_reference(spec, profile, log, runtime)
+        result = result.require_loaded()
+        if not result.counts_exact:
+            raise ConfigError(f"{spec.label}: counts of a multi-threaded run are not repeatable")
+        m = Measurement(spec=asdict(spec), qemu_cpu=profile.qemu_cpu, runtime=result.runtime,
+                        runtime_version=result.runtime_version, runtime_key=key["runtime_key"],
+                        model_sha256=result.model_sha256, instructions=int(result.instructions_median),
+                        instructions_by_class={c: int(result.instructions_by_class[c]) for c in CLASSES},
+                        process_wall_s=result.process_wall_s)
+        log(f"[latency] {spec.label} on {profile.qemu_cpu}: {m.instructions / 1e6:.1f} M instructions "
+            f"({result.process_wall_s:.0f} s emulated)")
+        return m.to_dict()
+
+    data, cached = cached_entry("runs", spec, profile, key, "measurement", run)
+    data = dict(data, instructions_by_class={c: data["instructions_by_class"][c] for c in CLASSES})
+    return Measurement(**data, cached=cached)

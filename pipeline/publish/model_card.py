@@ -1,0 +1,151 @@
+"""``MODEL_CARD.md``: the bundle's model for people (what, how well, how to feed it, limits).
+
+It is written from the bundle's ``metadata.json`` contents (:func:`pipeline.publish.bundle.bundle_metadata`)
+and the recipe, so the card and the metadata never disagree.
+"""
+
+from typing import Any, List, Mapping, Optional
+
+# The model's file name inside bundle/, and why it carries no embedded TFLite metadata
+# (shown in the metadata and the model card).
+MODEL_FILE = "model.tflite"
+EMBEDDED_METADATA_NOTE = (
+    "Labels and normalization are not embedded as TFLite metadata: the maintained writer "
+    "(mediapipe metadata_writers) requires absl-py~=2.3, which conflicts with the absl-py 1.4.0 "
+    "pin of tensorflow-model-optimization 0.8.1, and tflite-support 0.4.4 (2023) is unmaintained. "
+    "labels.txt and metadata.json carry the same information.")
+
+
+def _fmt(value: Optional[float], fmt: str, scale: float = 1.0, none: str = "-") -> str:
+    return none if value is None else format(value * scale, fmt)
+
+
+def model_card(recipe, meta: Mapping[str, Any]) -> str:
+    """``MODEL_CARD.md``: the model for people (what, how well, how to feed it, limits).
+
+    Args:
+        recipe: the build's recipe.
+        meta: the bundle's ``metadata.json`` contents.
+    """
+    lines = _intro(recipe, meta) + _training(recipe, meta) + _how_to_feed(meta) + _runtimes(meta)
+    lines += ["## Limitations",
+              "",
+              f"- Accuracy is measured on the recipe's `{recipe.data.dataset}` test split only; "
+              "images unlike the training data (other cameras, lighting, classes) will do worse.",
+              "- " + EMBEDDED_METADATA_NOTE,
+              "",
+              "## Files",
+              "",
+              "Verify with `sha256sum -c SHA256SUMS` in this directory.",
+              ""]
+    return "\n".join(lines)
+
+
+def _intro(r, meta: Mapping[str, Any]) -> List[str]:
+    variant, inp = meta["variant"], meta["input"]
+    lines = [
+        f"# Model card: {meta['name']} ({variant})",
+        "",
+        f"`{MODEL_FILE}` is the **{variant}** variant ({meta['variant_description']}) of a "
+        f"{r.model.family} (width {r.model.alpha:g}) image classifier built by mobile-model from the "
+        f"recipe `{meta['name']}`: {len(meta['labels'])} classes, input {'x'.join(map(str, inp['shape'][1:]))} "
+        f"{inp['color']}, {meta['architecture']['params']:,} parameters, "
+        f"{meta['architecture']['macs']:,} multiply-accumulates per image, "
+        f"{meta['size_bytes'] / 1024:.1f} KiB ({meta['gzip_bytes'] / 1024:.1f} KiB gzipped).",
+        "",
+    ]
+    if meta["smoke_build"]:
+        lines += ["> **Smoke build**: tiny data and one epoch, for tests only. Do not deploy.", ""]
+    return lines
+
+
+def _training(r, meta: Mapping[str, Any]) -> List[str]:
+    acc = meta["accuracy"]
+    return [
+        "## Training data",
+        "",
+        f"Data set `{r.data.dataset}` (train {_count(r.data.train_samples)}, validation "
+        f"{_count(r.data.val_samples)}, test {_count(r.data.test_samples)} images requested; seed {r.seed}). "
+        f"Training: {r.train.epochs} epoch(s)"
+        + (f", magnitude pruning to {r.prune.target_sparsity:.0%} of Conv2D/Dense weights" if r.prune.enabled else "")
+        + (", quantization-aware training" if r.qat.enabled else "") + ".",
+        "",
+        "## Accuracy (test split, host runtime)",
+        "",
+        "| model | top-1 % |",
+        "|---|---:|",
+        f"| float Keras | {_fmt(acc['float_top1'], '.2f')} |",
+        f"| {meta['variant']} (this file) | {_fmt(acc['top1'], '.2f')} |",
+        "",
+        f"Agreement with the float model: {_fmt(acc['agreement_with_float'], '.2f')}% of "
+        f"{acc['test_samples']} test images.",
+        "",
+    ]
+
+
+def _how_to_feed(meta: Mapping[str, Any]) -> List[str]:
+    inp, out = meta["input"], meta["output"]
+    lines = [
+        "## How to feed it",
+        "",
+        f"- Input tensor: shape {inp['shape']}, {inp['dtype']}, NHWC, {inp['color']}, "
+        f"image fitted by `{inp['fit']}` to {inp['shape'][1]}x{inp['shape'][2]}.",
+        f"- Normalization: {inp['normalization']['formula']} (float in [0, 1]; mean 0, std 255 in "
+        "TFLite metadata terms).",
+    ]
+    if inp["quantization"]:
+        q = inp["quantization"]
+        lines.append(f"- Quantization: scale {q['scale']}, zero point {q['zero_point']}: {inp['how_to_feed']}.")
+    elif inp["quantized_inside"]:
+        qi = inp["quantized_inside"]
+        lines.append(f"- Feed floats: the model quantizes its input itself (QUANTIZE op to {qi['dtype']}, "
+                     f"scale {qi['scale']}, zero point {qi['zero_point']}).")
+    else:
+        lines.append(f"- Feed {inp['dtype']} values as they are.")
+    lines += [f"- Output: shape {out['shape']}, {out['dtype']}: {out['meaning']}"
+              + (f"; dequantize with scale {out['quantization']['scale']}, zero point "
+                 f"{out['quantization']['zero_point']}" if out["quantization"] else "") + ".",
+              "- Labels: `labels.txt`, one per line, line *i* is output index *i*.",
+              "",
+              "```python",
+              "import numpy as np",
+              "from ai_edge_litert.interpreter import Interpreter",
+              f"interp = Interpreter(model_path=\"{MODEL_FILE}\")",
+              "interp.allocate_tensors()",
+              "inp, out = interp.get_input_details()[0], interp.get_output_details()[0]",
+              "x = image.astype(np.float32)[None] / 255.0          # (1, H, W, C) in [0, 1]"]
+    if inp["quantization"]:
+        lines.append("s, z = inp['quantization']; x = np.clip(np.round(x / s + z), -128, 127).astype(np.int8)")
+    return lines + ["interp.set_tensor(inp['index'], x); interp.invoke()",
+                    "label = open('labels.txt').read().split('\\n')[int(np.argmax(interp.get_tensor(out['index'])))]",
+                    "```",
+                    ""]
+
+
+def _runtimes(meta: Mapping[str, Any]) -> List[str]:
+    lines = ["## Runtimes and devices",
+             "",
+             "Ops: " + ", ".join(f"{o['op']} v{o['version']}" for o in meta["ops"]) + ".",
+             "",
+             f"Runtime compatibility (emulated devices): {meta['runtimes']['note']}.",
+             ""]
+    devs = meta["devices"]
+    if not devs:
+        return lines + ["No emulated-device results in this build.", ""]
+    lines += ["| device | runtime | loads | top-1 % | M instr / inference | est. latency ms | memory MiB |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for name, d in devs.items():
+        loads = "yes" if d["loads"] else f"no ({d['load_error_op']} v{d['load_error_op_version']})"
+        lines.append(f"| {name}: {d['description'] or ''} | {d['runtime']} | {loads} | "
+                     f"{_fmt(d['top1'], '.1f')} | {_fmt(d['instructions_per_inference'], '.3f', 1e-6)} | "
+                     f"{_fmt(d['estimated_latency_ms'], '.2f')} | "
+                     f"{_fmt(d['peak_memory_bytes'], '.2f', 1 / 2 ** 20)} |")
+    return lines + ["",
+                    "Device figures come from the real ARM runtime under qemu-aarch64: top-1 on "
+                    f"{next(iter(devs.values()))['samples']} test images, instructions counted per inference "
+                    "(deterministic). Latency is an estimate from a cost model, blank where the device "
+                    "profile has no fitted parameters; it was not measured on the device.", ""]
+
+
+def _count(n: Optional[int]) -> str:
+    return "all" if n is None else f"{n:,}"

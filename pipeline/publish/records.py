@@ -1,0 +1,205 @@
+"""What the report reads besides the summary: the manifest, the saved predictions, the kernels.
+
+Everything here reads files the build wrote; nothing loads the data set or runs a
+model. :func:`read_build_record` parses ``manifest.json`` once into a typed
+:class:`BuildRecord`, so the report sections read attributes, not nested dicts.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.errors import DataError
+from pipeline.summary import BuildSummary
+
+DEPTHWISE_NOTE = "DepthwiseConv2D kernels are never pruned (tfmot has no prunable weights for them)"
+
+# TFLite kernel ops and the Keras layer kinds the report names them by.
+KERNEL_KINDS = {"CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense"}
+
+
+@dataclass(frozen=True)
+class SparsityRow:
+    """One kernel of the per-layer sparsity table."""
+
+    layer: str
+    kind: str
+    shape: Tuple[int, ...]
+    params: int
+    zeros: float
+    pruned: bool
+
+
+@dataclass(frozen=True)
+class PruneFigures:
+    """The prune stage's figures as its manifest record holds them."""
+
+    sparsity: float
+    sparsity_all_kernels: float
+    target_sparsity: Optional[float]
+    layers: Tuple[SparsityRow, ...]
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    """One stage record of the manifest: wall time and when it finished."""
+
+    name: str
+    wall_s: float
+    finished_at: str
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What the report takes from ``manifest.json``."""
+
+    counts: Mapping[str, int]
+    prune: Optional[PruneFigures]
+    stages: Tuple[StageTiming, ...]
+    versions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """Counts [true, predicted] of the deploy variant on the test split, and its top-1 (percent)."""
+
+    counts: np.ndarray
+    top1: float
+
+
+def _sparsity_row(rec: Mapping[str, Any]) -> SparsityRow:
+    return SparsityRow(rec["layer"], rec["kind"], tuple(rec["shape"]), int(rec["params"]), float(rec["zeros"]),
+                       bool(rec["pruned"]))
+
+
+def _prune_figures(stages: Mapping[str, Any]) -> Optional[PruneFigures]:
+    rec = stages.get("prune")
+    metrics = rec.get("metrics") if isinstance(rec, dict) else None
+    if not metrics:
+        return None
+    return PruneFigures(sparsity=metrics.get("sparsity", 0),
+                        sparsity_all_kernels=metrics.get("sparsity_all_kernels", 0),
+                        target_sparsity=metrics.get("target_sparsity"),
+                        layers=tuple(_sparsity_row(r) for r in metrics.get("layers") or ()))
+
+
+def read_build_record(root: Path) -> BuildRecord:
+    """Parses ``root/manifest.json``; a missing or unreadable manifest reads as an empty one."""
+    path = Path(root) / "manifest.json"
+    data: Any = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:  # shown as a report without stage figures, as without a manifest
+            data = {}
+    if not isinstance(data, dict):
+        data = {}
+    stages = {name: rec for name, rec in (data.get("stages") or {}).items() if isinstance(rec, dict)}
+    versions = next((rec["versions"] for rec in stages.values() if rec.get("versions")), {})
+    return BuildRecord(
+        counts=(data.get("data") or {}).get("counts") or {},
+        prune=_prune_figures(stages),
+        stages=tuple(StageTiming(name, rec.get("wall_s", 0), rec.get("finished_at", ""))
+                     for name, rec in stages.items()),
+        versions=versions)
+
+
+def short_tensor_name(name: str) -> str:
+    """The layer name inside a converter tensor name.
+
+    ``"m/quant_block1_project_conv/Conv2D;m/.../FakeQuant..."`` -> ``"block1_project_conv"``: the
+    converter joins the names of fused ops with ";"; the kernel's own op ends in
+    Conv2D, depthwise or MatMul, and QAT layers carry a ``quant_`` prefix.
+    """
+    parts = name.split(";")
+    main = next((p for p in parts if p.rsplit("/", 1)[-1] in ("Conv2D", "depthwise", "MatMul")), parts[0])
+    pieces = main.split("/")
+    layer = pieces[-2] if len(pieces) >= 2 else pieces[0]
+    return layer[len("quant_"):] if layer.startswith("quant_") else layer
+
+
+def sparsity_rows(root: Path, record: BuildRecord, variant: str) -> Tuple[List[SparsityRow], str]:
+    """Per-layer kernel rows and where they come from: the prune stage's table when the
+    build pruned, else the kernels of ``variant``'s .tflite."""
+    if record.prune is not None and record.prune.layers:
+        return list(record.prune.layers), "prune stage (Keras model after strip_pruning)"
+    from pipeline.tflite.reader import read_tflite, weight_kernels
+
+    rows = [SparsityRow(short_tensor_name(name), KERNEL_KINDS[op], tuple(arr.shape), int(arr.size),
+                        float(np.count_nonzero(arr == 0) / arr.size), False)
+            for op, name, arr in weight_kernels(read_tflite(Path(root) / "tflite" / f"{variant}.tflite"))]
+    return rows, f"{variant}.tflite kernels (the build did not prune)"
+
+
+def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, classes: int) -> Confusion:
+    """Counts of (true, predicted) class pairs over the test split.
+
+    Raises:
+        DataError: the two arrays differ in length or hold a class outside ``range(classes)``.
+    """
+    predicted, truth = np.asarray(predicted).astype(np.int64), np.asarray(truth).astype(np.int64)
+    if predicted.ndim != 1 or predicted.shape != truth.shape:
+        raise DataError(f"{len(predicted)} saved predictions for {len(truth)} test labels")
+    if len(truth) and (min(predicted.min(), truth.min()) < 0 or max(predicted.max(), truth.max()) >= classes):
+        raise DataError(f"saved predictions or test labels outside the {classes} classes")
+    cm = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(cm, (truth, predicted), 1)
+    top1 = float(np.mean(predicted == truth) * 100.0) if len(truth) else 0.0
+    return Confusion(cm, top1)
+
+
+def _ordered(mapping: Mapping[str, Any], order: Sequence[str]) -> Dict[str, Any]:
+    keys = [k for k in order if k in mapping] + [k for k in mapping if k not in order]
+    return {k: mapping[k] for k in keys}
+
+
+def in_recipe_order(recipe, summary: BuildSummary) -> BuildSummary:
+    """``summary`` with variants and devices in the recipe's order (summary.json sorts its keys)."""
+    variants = list(recipe.convert.variants)
+    devices = {dev: _ordered(per, variants) for dev, per in _ordered(summary.devices, recipe.devices.targets).items()}
+    return dataclasses.replace(summary, variants=_ordered(summary.variants, variants), devices=devices)
+
+
+def device_profile(name: str):
+    """The registered profile of device ``name``, or None for a device of an older build
+    that is no longer registered."""
+    from pipeline.devices.profiles import get_device
+    from pipeline.errors import ConfigError
+
+    try:
+        return get_device(name)
+    except ConfigError:
+        return None
+
+
+def _load_classes(path: Path, what: str) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"no saved {what} ({path})") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable saved {what} ({exc})") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise DataError(f"{path}: saved {what} are not one class index per test image ({arr.dtype}, {arr.shape})")
+    return arr
+
+
+def saved_confusion(root: Path, summary: BuildSummary) -> Confusion:
+    """The deploy variant's confusion matrix from what evaluation saved beside its ``.tflite``:
+    the predicted classes (:attr:`VariantSummary.predictions`) and the test labels.
+
+    Raises:
+        DataError: a file is missing or unreadable, or the two do not match.
+    """
+    from pipeline.export.evaluate import labels_path
+
+    # The summary records the path as the build saw it (maybe relative to its working
+    # directory); the file lives in the build's tflite/, which may have moved since.
+    predictions = Path(root) / "tflite" / Path(summary.variants[summary.deploy_variant].predictions).name
+    predicted = _load_classes(predictions, "predictions")
+    truth = _load_classes(labels_path(predictions), "test labels")
+    return confusion_matrix(predicted, truth, len(summary.labels))

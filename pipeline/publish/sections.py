@@ -1,0 +1,213 @@
+"""The sections of the build report, as :class:`pipeline.publish.document.Doc` blocks.
+
+Each ``_section`` function appends one ``##`` section; :func:`build_document`
+calls them in reading order. They only format figures gathered beforehand
+(:class:`ReportInputs`): the summary, the manifest's record, the bundle's files,
+the confusion matrix of the saved predictions.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Mapping, Optional, Tuple
+
+from pipeline.publish.bundle import Bundle
+from pipeline.publish.document import Cell, Doc, Plot, Table
+from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, Confusion, SparsityRow, device_profile)
+from pipeline.summary import BuildSummary, DeviceSummary
+
+PLOT_ORDER = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report shows, read before rendering."""
+
+    recipe: object
+    root: Path
+    summary: BuildSummary
+    record: BuildRecord
+    bundle: Bundle
+    sparsity: Tuple[List[SparsityRow], str]  # rows, where they come from
+    confusion: Optional[Confusion]
+    confusion_error: Optional[str]  # why there is no confusion matrix
+
+
+def _f(value: Optional[float], fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, fmt)
+
+
+def build_document(inputs: ReportInputs, plots: Mapping[str, Plot]) -> Doc:
+    """The whole report: verdict, variants, budgets, devices, plots, sparsity, confusion, bundle, stages."""
+    doc = Doc()
+    _overview(doc, inputs)
+    _variants(doc, inputs.summary)
+    _budgets(doc, inputs.summary)
+    _devices(doc, inputs.summary)
+    doc.h(2, "Plots")
+    for key in PLOT_ORDER:
+        if key in plots:
+            doc.plot(plots[key])
+    if inputs.confusion_error:
+        doc.p(f"No confusion matrix: {inputs.confusion_error}")
+    _sparsity(doc, inputs)
+    if inputs.confusion is not None:
+        _confusion(doc, inputs.summary, inputs.confusion)
+    _bundle(doc, inputs.summary.deploy_variant, inputs.bundle)
+    _stages(doc, inputs.summary, inputs.record)
+    return doc
+
+
+def _overview(doc: Doc, inputs: ReportInputs) -> None:
+    r, s, counts = inputs.recipe, inputs.summary, inputs.record.counts
+    doc.h(1, f"mobile-model build report: {s.recipe}")
+    doc.p(f"{r.model.family} width {r.model.alpha:g}, input {'x'.join(map(str, r.model.input_shape))}, "
+          f"{s.params:,} parameters, {s.macs:,} MACs. Data `{r.data.dataset}`: "
+          f"train {counts.get('train', '?')}, val {counts.get('val', '?')}, test {counts.get('test', '?')} images, "
+          f"{len(s.labels)} classes. Deploy variant: **{s.deploy_variant}**. Build directory `{inputs.root}`.")
+    if r.smoke_form:
+        doc.p("*Smoke build: tiny data and one epoch, for tests; the figures say nothing about model quality.*")
+    missed = [b for b in s.budgets if not b.ok]
+    not_loading = [(d, v) for d, per in s.devices.items() for v, m in per.items() if not m.loaded]
+    if missed:
+        doc.p(f"**FAIL: {len(missed)} of {len(s.budgets)} budget(s) missed**: "
+              + ", ".join(f"{b.budget}[{b.subject}]" for b in missed) + ".")
+    else:
+        doc.p(f"**PASS: all {len(s.budgets)} budget(s) met**." if s.budgets else "**PASS: the recipe sets no budget**.")
+    if not_loading:
+        doc.p(f"{len(not_loading)} device x variant pair(s) do not load: "
+              + ", ".join(f"{v} on {d}" for d, v in not_loading) + " (see Devices).")
+
+
+def _variants(doc: Doc, s: BuildSummary) -> None:
+    from pipeline.export.variants import VARIANTS
+
+    doc.h(2, "Variants (host)")
+    base = s.variants["float32"].size_bytes if "float32" in s.variants else None
+    rows = []
+    for v, m in s.variants.items():
+        rows.append([f"**{v}**" if v == s.deploy_variant else v,
+                     (VARIANTS.get(v).description if v in VARIANTS.names() else "", "wrap"),
+                     f"{m.size_bytes / 1024:,.1f}", f"{m.gzip_bytes / 1024:,.1f}",
+                     f"{m.size_bytes / base:.2f}" if base else "-",
+                     f"{m.top1:.2f}", _f(m.top1 - s.float_top1, "+.2f"), f"{m.agreement_with_float:.1f}",
+                     f"{m.zeros_prunable:.1%}", f"{m.input.dtype} / {m.output.dtype}", str(len(m.ops))])
+    doc.table(Table(["variant", "what", "size KiB", "gzip KiB", "x float32", "top-1 %", "vs float",
+                     "agree %", "zeros (prunable)", "in / out", "ops"], rows, "llrrrrrrrlr"))
+    doc.p(f"Float Keras top-1: {_f(s.float_top1, '.2f')}% on the test split "
+          f"({next(iter(s.variants.values())).samples} images).")
+
+
+def _budgets(doc: Doc, s: BuildSummary) -> None:
+    doc.h(2, "Budgets")
+    if not s.budgets:
+        doc.p("The recipe sets no budget.")
+        return
+    rows = []
+    for b in s.budgets:
+        op = "<=" if b.direction == "max" else ">="
+        rows.append([b.budget, b.subject, f"{op} {b.limit:g} {b.unit}",
+                     "not measured" if b.measured is None else f"{b.measured:.4g} {b.unit}",
+                     ("ok", "ok") if b.ok else ("MISSED", "bad")])
+    doc.table(Table(["budget", "subject", "limit", "measured", "result"], rows, "llrrl"))
+
+
+def _device_row(dev: str, v: str, m: DeviceSummary, deploy: str) -> List[Cell]:
+    if not m.loaded:
+        op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else "error"
+        return [dev, v, (f"no: {op}", "bad"), "", "", "", "", "", "", ""]
+    fits = m.fits_ram
+    return [dev, f"**{v}**" if v == deploy else v, ("yes", "ok"), _f(m.top1, ".1f"),
+            _f(m.instructions_per_inference, ",.3f", 1e-6), _f(m.latency_ms, ".2f"), _f(m.exact_fraction, ".0%"),
+            _f(m.max_abs_diff, ".2g"), _f(m.peak_memory_bytes, ".2f", 1 / 2 ** 20),
+            "-" if fits is None else ("yes", "ok") if fits else ("no", "bad")]
+
+
+def _devices(doc: Doc, s: BuildSummary) -> None:
+    doc.h(2, "Devices (emulated ARM)")
+    if not s.devices:
+        doc.p("This build ran no emulated devices (`--no-devices`, or no `devices.targets` in the recipe).")
+        return
+    profs = []
+    for dev in s.devices:
+        p = device_profile(dev)
+        profs.append(f"**{dev}**: {p.description}; emulated core `{p.qemu_cpu}`, runtime "
+                     f"{p.runtime} {p.runtime_version}" if p else f"**{dev}**: (profile no longer registered)")
+    doc.ul(profs)
+    rows = [_device_row(dev, v, m, s.deploy_variant) for dev, per in s.devices.items() for v, m in per.items()]
+    failures = [f"{v} on {dev} ({m.runtime}): {((m.load_error or '').strip().splitlines() or [''])[0]}"
+                for dev, per in s.devices.items() for v, m in per.items() if not m.loaded]
+    doc.table(Table(["device", "variant", "loads", "top-1 %", "M instr / inference", "est. latency ms",
+                     "bit-exact vs host", "max abs diff", "memory MiB", "fits RAM"], rows, "lllrrrrrrl"))
+    if failures:
+        doc.p("Load failures (first line of the runtime's error):")
+        doc.ul(failures)
+    samples = {m.samples for per in s.devices.values() for m in per.values() if m.samples}
+    doc.p(f"Each pair ran on the device's real ARM runtime under qemu-aarch64 over "
+          f"{'/'.join(map(str, sorted(samples))) or '?'} test images. Instructions per inference are "
+          "deterministic (the basis of the CI gate); estimated latency needs fitted cost-model parameters for the "
+          "device and is blank without them; wall time under emulation is not latency.")
+
+
+def _sparsity(doc: Doc, inputs: ReportInputs) -> None:
+    layers, source = inputs.sparsity
+    prune, deploy = inputs.record.prune, inputs.summary.deploy_variant
+    doc.h(2, "Per-layer sparsity")
+    if prune is not None:
+        doc.p(f"Zeros in Conv2D/Dense kernels after pruning: {prune.sparsity:.1%} "
+              f"(target {prune.target_sparsity or 0:.0%}); {prune.sparsity_all_kernels:.1%} "
+              f"including depthwise. {DEPTHWISE_NOTE}. In the deploy file ({deploy}): "
+              f"{inputs.summary.variants[deploy].zeros_prunable:.1%} of prunable kernels are zero.")
+    else:
+        doc.p(f"The recipe does not prune; the table reads the kernels of {source}. {DEPTHWISE_NOTE}.")
+    rows = [[row.layer, row.kind, "x".join(map(str, row.shape)), f"{row.params:,}", f"{row.zeros:.1%}",
+             "yes" if row.pruned else (("no (never pruned)", "muted") if row.kind == "DepthwiseConv2D" else "no")]
+            for row in layers]
+    doc.details(f"{len(layers)} kernels ({source})",
+                Table(["layer", "kind", "shape", "params", "zeros", "pruned"], rows, "llrrrl"))
+
+
+def _confusion(doc: Doc, s: BuildSummary, confusion: Confusion) -> None:
+    cm = confusion.counts
+    labels = list(s.labels) or [str(i) for i in range(len(cm))]
+    doc.h(2, f"Confusion matrix ({s.deploy_variant}, test split)")
+    rows = []
+    for i, lab in enumerate(labels):
+        total = int(cm[i].sum())
+        recall = cm[i, i] / total if total else 0.0
+        rows.append([lab] + [(str(int(c)), "good") if j == i and c else str(int(c)) if c else ("0", "muted")
+                             for j, c in enumerate(cm[i])] + [f"{recall:.0%}"])
+    doc.table(Table(["true \\ predicted"] + labels + ["recall"], rows))
+    doc.p(f"Top-1 {confusion.top1:.2f}% over {int(cm.sum())} images "
+          f"(host LiteRT run of `tflite/{s.deploy_variant}.tflite`).")
+
+
+def _bundle(doc: Doc, deploy: str, bundle: Bundle) -> None:
+    meta = bundle.metadata
+    doc.h(2, "Bundle")
+    doc.p(f"`bundle/` holds the deploy variant **{deploy}** as `model.tflite`, ready to flash; "
+          "check it with `cd bundle && sha256sum -c SHA256SUMS`.")
+    doc.table(Table(["file", "bytes", "sha256"],
+                    [[f"`{n}`", f"{info['size_bytes']:,}", f"`{info['sha256'][:16]}...`"]
+                     for n, info in sorted(bundle.files.items())], "lrl"))
+    inp = meta["input"]
+    q, qi = inp["quantization"], inp["quantized_inside"]
+    doc.ul([f"Input: {inp['shape']} {inp['dtype']} NHWC {inp['color']}, {inp['normalization']['formula']} "
+            f"(float in [0, 1])" + (f"; quantization scale {q['scale']}, zero point {q['zero_point']}" if q else "")
+            + (f"; quantized inside to {qi['dtype']} (scale {qi['scale']}, zero point {qi['zero_point']})"
+               if not q and qi else ""),
+            f"Ops: {', '.join(o['op'] + ' v' + str(o['version']) for o in meta['ops'])}",
+            f"Runtimes: {meta['runtimes']['note']}",
+            f"TFLite metadata: not embedded ({meta['embedded_tflite_metadata_note']})"])
+
+
+def _stages(doc: Doc, s: BuildSummary, record: BuildRecord) -> None:
+    ran = set(s.stages_run)
+    rows = [[st.name, f"{st.wall_s:.1f}", "ran" if st.name in ran else ("cached", "muted"), st.finished_at]
+            for st in record.stages]
+    doc.h(2, "Stages")
+    if rows:
+        doc.details(f"{len(rows)} stages, {len(ran)} run in this build, "
+                    f"{sum(st.wall_s for st in record.stages):.0f} s recorded",
+                    Table(["stage", "wall s", "this build", "finished"], rows, "lrll"))
+    if record.versions:
+        doc.p("Libraries: " + ", ".join(f"{k} {v}" for k, v in record.versions.items()) + ".")

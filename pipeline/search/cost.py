@@ -1,0 +1,84 @@
+"""Tier 1 of the search: a candidate's cost on the device, from one emulated run.
+
+The candidate is built with random weights, converted like the chosen variant and
+run once on the device's emulated core (:mod:`pipeline.latency.reference`).
+Instructions by class give the estimated latency (the device's cost model), the
+guest's tensors give the memory estimate, the file gives the size. int8
+instruction counts depend on the architecture, not on the weights, so one entry
+per architecture and core serves every search (kept in the latency cache,
+``search/``).
+"""
+
+from typing import Any, Callable, Dict
+
+from pipeline.devices.profiles import DeviceProfile, get_device
+from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
+from pipeline.recipe.schema import Recipe
+from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
+
+Log = Callable[[str], None]
+
+# Bump when what a cost entry holds changes.
+COST_VERSION = 1
+
+
+def candidate_spec(recipe: Recipe, cand: Candidate, classes: int, variant: str) -> ModelSpec:
+    """The reference model standing for ``cand``'s ``variant``: the recipe's channels and stem stride."""
+    return ModelSpec(cand.family, cand.alpha, cand.input_size, classes, SEARCH_VARIANTS[variant],
+                     channels=recipe.model.channels, first_stride=recipe.model.first_stride)
+
+
+def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Dict[str, Any]:
+    """One emulated run of ``spec``'s random-weight file: counts, memory, size (not cached)."""
+    build_tflite(spec, log)  # before the message: converting is its own step
+    log(f"[search] emulating {spec.label} on {profile.qemu_cpu} ({profile.runtime})")
+    res, path = run_reference(spec, profile, log)
+    out = {"loaded": res.loaded, "load_error": res.load_error, "load_error_op": res.load_error_op,
+           "size_bytes": path.stat().st_size, "model_sha256": res.model_sha256,
+           "process_wall_s": res.process_wall_s}
+    if res.loaded:
+        out.update(instructions=int(res.instructions_median),
+                   instructions_by_class={k: int(v) for k, v in res.instructions_by_class.items()},
+                   peak_memory_bytes=int(res.memory.total_bytes))
+    return out
+
+
+def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, classes: int,
+                   log: Log = noop) -> Dict[str, Any]:
+    """The cost of ``cand`` on ``device``: latency, memory and size of its ``variant``.
+
+    The emulated run is cached per architecture, core and runtime (``cached`` in the
+    result says whether this call ran one); the latency is recomputed from the
+    cached counts with the device's current parameters
+    (:func:`pipeline.latency.params.params_file`) at ``recipe.devices.threads``.
+
+    Args:
+        recipe: gives input channels, stem stride and threads.
+        variant: a key of :data:`SEARCH_VARIANTS`.
+        classes: output classes of the data set.
+
+    Returns:
+        ``{"loaded", "latency_ms", "memory_mb", "size_kb", "instructions", "cached", ...}``;
+        a model the device's runtime cannot load has ``loaded`` False and no figures.
+
+    Raises:
+        ConfigError: unknown device or variant, or a bad candidate.
+        DeviceUnavailableError: the emulated run failed.
+    """
+    from pipeline.latency.model import estimate_ms
+    from pipeline.latency.params import device_mapping
+
+    check_variant(variant)
+    profile = get_device(device)
+    spec = candidate_spec(recipe, cand, classes, variant)
+    key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+    # measure_cost is looked up at call time, so tests can stand in for the emulator.
+    raw, cached = cached_entry("search", spec, profile, key, "cost", lambda: measure_cost(spec, profile, log))
+    cost = {"candidate": cand.name, "device": profile.name, "variant": variant, **raw,
+            "cached": cached, "latency_ms": None, "memory_mb": None,
+            "size_kb": raw["size_bytes"] / 1024}
+    if raw["loaded"]:
+        cost["latency_ms"] = estimate_ms(raw["instructions_by_class"], device_mapping(profile.name),
+                                         profile.clock_ghz, recipe.devices.threads, profile.cores)
+        cost["memory_mb"] = raw["peak_memory_bytes"] / 2**20
+    return cost

@@ -1,0 +1,96 @@
+"""Tier 2 of the search: accuracy, by training.
+
+Only candidates within every budget are trained, with the proxy schedule (float
+training, ``proxy_epochs``, ``proxy_train_samples``); their float top-1 on the
+validation split ranks them. The best ``finalists`` get the full recipe; their
+deploy variant's top-1 on the validation split picks the choice.
+"""
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+from pipeline.recipe.schema import Recipe
+from pipeline.search.recipes import chosen_recipe, proxy_recipe
+from pipeline.search.space import Budget, Candidate
+
+Log = Callable[[str], None]
+
+
+def _indent(log: Log) -> Log:
+    return lambda m: log(f"  {m}")
+
+
+def proxy_accuracy(recipe: Recipe, cand: Candidate, root: Path, log: Log) -> Dict[str, Any]:
+    """Builds ``cand``'s proxy recipe under ``root/proxy/`` (float only, no devices).
+
+    Returns:
+        the proxy's validation and test top-1, parameters, MACs, directory and wall time.
+    """
+    from pipeline.build import build
+
+    out = root / "proxy" / cand.name
+    res = build(proxy_recipe(recipe, cand), out=out, log=_indent(log), run_devices=False)
+    s = res.summary
+    # The validation top-1 is a figure of the train stage only (the summary holds test figures).
+    train = json.loads((out / "manifest.json").read_text())["stages"]["train"]["metrics"]
+    return {"proxy_val_top1": float(train["val_top1"]), "proxy_test_top1": float(s.float_top1),
+            "params": int(s.params), "macs": int(s.macs), "proxy_dir": str(out),
+            "proxy_wall_s": round(res.wall_s, 1)}
+
+
+def val_top1(path: Path, recipe: Recipe) -> float:
+    """Top-1 (percent) of the .tflite at ``path`` on ``recipe``'s validation split."""
+    import numpy as np
+
+    from pipeline.data import load_dataset
+    from pipeline.native import captured_stderr
+    from pipeline.tflite.host import run_tflite
+
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    with captured_stderr():  # the runtime's "Created TensorFlow Lite XNNPACK delegate" line
+        probs = run_tflite(Path(path).read_bytes(), splits.x_val)
+    return float(np.mean(np.argmax(probs, axis=1) == splits.y_val) * 100.0)
+
+
+def finalists(recipe: Recipe, rows: Sequence[Dict[str, Any]], device: str, variant: str, budget: Budget,
+              root: Path, log: Log) -> List[Dict[str, Any]]:
+    """Builds the full recipe of the best proxies (``recipe.search.finalists``), without devices."""
+    from pipeline.build import build
+
+    trained = sorted((r for r in rows if r.get("proxy_val_top1") is not None),
+                     key=lambda r: (-r["proxy_val_top1"], r["latency_ms"]))
+    out = []
+    for r in trained[:recipe.search.finalists]:
+        cand = Candidate(r["family"], r["alpha"], r["input_size"])
+        full = chosen_recipe(recipe, cand, device, variant, budget)
+        where = root / "finalists" / cand.name
+        log(f"[search] finalist {cand.name}: full recipe -> {where}")
+        res = build(full, out=where, log=_indent(log), run_devices=False)
+        v = res.summary.variants[variant]
+        out.append({"candidate": cand.name, "dir": str(where), "val_top1": val_top1(Path(v.path), full),
+                    "test_top1": v.top1, "float_test_top1": res.summary.float_top1,
+                    "size_kb": v.size_bytes / 1024, "latency_ms": r["latency_ms"]})
+        log(f"[search] finalist {cand.name}: {variant} val top-1 {out[-1]['val_top1']:.1f}%, "
+            f"test top-1 {v.top1:.1f}%")
+    return out
+
+
+def final_build(recipe: Recipe, root: Path, device: str, variant: str, log: Log) -> Dict[str, Any]:
+    """Builds the chosen recipe completely (device checks, report, bundle) in ``root``.
+
+    Returns:
+        the build's budget verdicts and the deployed variant's figures on the device.
+    """
+    from pipeline.build import build
+
+    res = build(recipe, out=root, log=_indent(log), run_devices=True)
+    s = res.summary
+    dev = s.device(device, variant)
+    return {"dir": str(res.root), "budgets_ok": res.budgets_ok,
+            "budgets": [b.to_dict() for b in res.budgets],
+            "top1": s.variants[variant].top1,
+            "device_top1": dev.top1 if dev else None, "latency_ms": dev.latency_ms if dev else None,
+            "memory_mb": ((dev.peak_memory_bytes if dev else None) or 0) / 2**20,
+            "size_kb": s.variants[variant].size_bytes / 1024,
+            "instructions": dev.instructions_per_inference if dev else None}

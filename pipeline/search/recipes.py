@@ -1,0 +1,49 @@
+"""The recipes a search builds: a candidate's short proxy recipe and its full chosen recipe."""
+
+import dataclasses
+
+import yaml
+
+from pipeline.recipe.schema import Recipe
+from pipeline.search.space import Budget, Candidate, check_variant
+
+
+def proxy_recipe(recipe: Recipe, cand: Candidate) -> Recipe:
+    """The proxy schedule of ``cand``: float training only, short, no devices or budgets."""
+    r = dataclasses.replace
+    s = recipe.search
+    data = recipe.data if not s.proxy_train_samples else r(recipe.data, train_samples=s.proxy_train_samples)
+    return r(recipe, name=f"{recipe.name}-proxy", data=data,
+             model=r(recipe.model, family=cand.family, alpha=cand.alpha, input_size=cand.input_size),
+             train=r(recipe.train, epochs=s.proxy_epochs),
+             prune=r(recipe.prune, enabled=False), cluster=r(recipe.cluster, enabled=False),
+             qat=r(recipe.qat, enabled=False),
+             convert=r(recipe.convert, variants=("float32",)),
+             devices=r(recipe.devices, targets=()), budgets={}, deploy_variant="float32").validate()
+
+
+def chosen_recipe(recipe: Recipe, cand: Candidate, device: str, variant: str, budget: Budget) -> Recipe:
+    """The full recipe of ``cand`` on ``device``: its model, the device as the only
+    target, ``variant`` deployed and the budgets as recipe budgets (checked by the build).
+
+    Raises:
+        ConfigError: ``variant`` is not one the recipe builds.
+    """
+    r = dataclasses.replace
+    check_variant(variant, recipe)
+    budgets = {k: dict(v) for k, v in recipe.budgets.items()}
+    budgets.setdefault("max_latency_ms", {})[device] = budget.latency_ms
+    if budget.memory_mb is not None:
+        budgets.setdefault("max_memory_mb", {})[device] = budget.memory_mb
+    if budget.size_kb is not None:
+        budgets.setdefault("max_size_kb", {})[variant] = budget.size_kb
+    return r(recipe, name=f"{recipe.name}-{device}",
+             model=r(recipe.model, family=cand.family, alpha=cand.alpha, input_size=cand.input_size),
+             devices=r(recipe.devices, targets=(device,)), budgets=budgets,
+             deploy_variant=variant).validate()
+
+
+def recipe_yaml(recipe: Recipe, header: str = "") -> str:
+    """A recipe as YAML, loadable with ``load_recipe``; ``header`` becomes leading comments."""
+    lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return lines + yaml.safe_dump(recipe.to_dict(), sort_keys=False)

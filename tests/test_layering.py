@@ -1,0 +1,129 @@
+"""Layering checks that import-linter does not make: private names and contract coverage.
+
+* No module imports a private name (leading underscore, not a dunder) of another
+  module of ``pipeline`` or ``models``: a helper that is genuinely shared is made
+  public, or moved.
+* The contracts of ``.importlinter`` name every top-level module of ``pipeline``,
+  so a new package is covered from its first commit.
+
+Pure ``ast`` and ``configparser``: nothing of ``pipeline`` is imported, so this runs
+in a fraction of a second (``make lint`` runs it before the suite).
+"""
+
+import ast
+import configparser
+from pathlib import Path
+from typing import List
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+OUR_PACKAGES = ("pipeline", "models")
+SCANNED = ("pipeline", "models", "tests", "device_tests", "conftest.py")
+
+
+def module_name(path: Path, root: Path = REPO) -> str:
+    """Dotted module name of ``path`` relative to ``root`` (``pipeline/a/__init__.py`` -> ``pipeline.a``)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _imported_module(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module a ``from ... import`` statement reads from."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    # In a package's __init__, "." is the package itself; in a module, its parent.
+    drop = node.level - 1 if is_package else node.level
+    base = base[:len(base) - drop] if drop else base
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def private_imports(source: str, module: str, is_package: bool = False) -> List[str]:
+    """``"line: from X import _y"`` for each private name of another of our modules imported by ``source``.
+
+    Args:
+        source: Python source text.
+        module: the dotted name of the module ``source`` is (the module itself may
+            name its own private names).
+        is_package: ``source`` is a package's ``__init__``.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        target = _imported_module(node, module, is_package)
+        if target.split(".")[0] not in OUR_PACKAGES or target == module:
+            continue
+        for alias in node.names:
+            if _is_private(alias.name):
+                found.append(f"{node.lineno}: from {target} import {alias.name}")
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    violations = []
+    for entry in SCANNED:
+        root = REPO / entry
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for path in files:
+            found = private_imports(path.read_text(), module_name(path), path.name == "__init__.py")
+            violations += [f"{path.relative_to(REPO)}:{v}" for v in found]
+    assert not violations, ("private names imported across modules (make them public or move the code):\n"
+                            + "\n".join(violations))
+
+
+@pytest.mark.parametrize("source, module, is_package, expected", [
+    ("from pipeline.x import _y, z", "tests.test_t", False, ["1: from pipeline.x import _y"]),
+    ("import os\nfrom models.blocks import _conv as c", "pipeline.train.zoo", False,
+     ["2: from models.blocks import _conv"]),
+    ("def f():\n    from pipeline.a.b import _lazy", "pipeline.c", False, ["2: from pipeline.a.b import _lazy"]),
+    ("from .b import _y", "pipeline.a.c", False, ["1: from pipeline.a.b import _y"]),
+    ("from . import _z", "pipeline.a.b", False, ["1: from pipeline.a import _z"]),
+    ("from . import _z", "pipeline.a", True, []),  # a package's own private submodule
+    ("from .. import _z", "pipeline.a.c", False, ["1: from pipeline import _z"]),
+    ("from pipeline import __version__", "tests.test_t", False, []),
+    ("from pipeline.a import _own", "pipeline.a", True, []),
+    ("from os import _exit\nfrom click import _compat", "pipeline.a", False, []),
+    ("from pipeline.a import public", "tests.test_t", False, []),
+])
+def test_private_import_checker(source, module, is_package, expected):
+    assert private_imports(source, module, is_package) == expected
+
+
+def test_module_name():
+    assert module_name(REPO / "pipeline" / "data" / "__init__.py") == "pipeline.data"
+    assert module_name(REPO / "pipeline" / "data" / "splits.py") == "pipeline.data.splits"
+    assert module_name(REPO / "conftest.py") == "conftest"
+
+
+def _contracts() -> dict:
+    cfg = configparser.ConfigParser()
+    assert cfg.read(REPO / ".importlinter"), "missing .importlinter"
+    return {cfg[s]["name"]: cfg[s] for s in cfg.sections() if s.startswith("importlinter:contract:")}
+
+
+def _modules(section, key: str) -> set:
+    return set(section[key].split())
+
+
+def test_layering_contracts_name_every_top_level_module():
+    pipeline = REPO / "pipeline"
+    top = {f"pipeline.{p.stem}" for p in pipeline.glob("*.py") if p.name != "__init__.py"}
+    top |= {f"pipeline.{p.parent.name}" for p in pipeline.glob("*/__init__.py")}
+    assert {"pipeline.cli", "pipeline.store", "pipeline.errors"} <= top
+    contracts = _contracts()
+    cli = contracts["nothing imports pipeline.cli"]
+    assert _modules(cli, "forbidden_modules") == {"pipeline.cli"}
+    assert _modules(cli, "source_modules") == top - {"pipeline.cli"} | {"models"}
+    store = contracts["pipeline.store imports no other pipeline package than pipeline.errors"]
+    assert _modules(store, "source_modules") == {"pipeline.store"}
+    assert _modules(store, "forbidden_modules") == top - {"pipeline.store", "pipeline.errors"} | {"models"}
+    leaf = contracts["models imports nothing from pipeline"]
+    assert (_modules(leaf, "source_modules"), _modules(leaf, "forbidden_modules")) == ({"models"}, {"pipeline"})
