@@ -85,7 +85,7 @@ fuzz: $(STAMP)
 device-test: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
 	$(VENV)/bin/mobile-model build $(RECIPE) -q; rc=$$?; [ $$rc -le 1 ] || exit $$rc
-	MOBILE_MODEL_BUILD_DIR=build/$$($(PY) -c "from pipeline.recipe.schema import load_recipe; print(load_recipe('$(RECIPE)').build_name)") \
+	MOBILE_MODEL_BUILD_DIR=build/$$($(PY) -c "from pipeline.recipe.load import load_recipe; print(load_recipe('$(RECIPE)').build_name)") \
 	  $(PY) -m pytest device_tests -q
 
 bench: $(STAMP) system-deps

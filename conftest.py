@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent
 def smoke_build(tmp_path_factory):
     """A real build of ``default --smoke``, device checks included."""
     from pipeline.build import build
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
 
     out = tmp_path_factory.mktemp("smoke") / "default-smoke"
     recipe = load_recipe("default", smoke=True)

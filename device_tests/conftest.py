@@ -12,7 +12,8 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline.recipe.schema import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe
+from pipeline.recipe.load import load_recipe
 
 
 def suite_recipe() -> Recipe:

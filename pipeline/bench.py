@@ -31,7 +31,7 @@ def _throughput(path: str, x: np.ndarray, repeats: int = 3) -> float:
 
 def main(argv=None) -> int:
     from pipeline.build import build
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
     from pipeline.data import load_dataset
     from pipeline.devices.matrix import device_table
 

@@ -41,7 +41,7 @@ def test_summary_is_written_once_and_reads_back_typed(smoke_build):
 def test_evaluation_saves_predictions_that_give_its_top1(smoke_build):
     """Later stages read the saved predictions instead of running the models again."""
     from pipeline.data import load_dataset
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
 
     recipe = load_recipe("default", smoke=True)
     y = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed).y_test
@@ -78,7 +78,7 @@ def test_full_integer_variants_compute_in_int8(smoke_tflite):
 def test_int8_files_are_small(smoke_build):
     # The recipe's own budget (0.40x for the thin V2-0.35: per-channel scales and zero
     # points cost 24 bytes a channel), and well below float16's 0.5x.
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
 
     limits = load_recipe("default").budgets["max_size_ratio"]
     v = smoke_build.summary.variants
@@ -104,7 +104,7 @@ def test_parser_op_list_matches_runtime(smoke_tflite):
 
 def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
     from pipeline.build import build
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
 
     again = build(load_recipe("default", smoke=True), out=smoke_build.root, log=lambda s: None)
     assert again.stages_run == []

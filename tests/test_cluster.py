@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from pipeline.recipe.schema import DataConfig, Recipe, load_recipe
+from pipeline.recipe.schema import DataConfig, Recipe
+from pipeline.recipe.load import load_recipe
 from pipeline.errors import ConfigError
 from pipeline.export.variants import VARIANTS
 

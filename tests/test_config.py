@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from pipeline.recipe.schema import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe
+from pipeline.recipe.load import load_recipe
 from pipeline.errors import ConfigError
 
 EMBEDDED = ["default", "fashion-mnist", "fashion-mnist-pcqat"]

@@ -30,7 +30,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.recipe.schema import Recipe, load_recipe
+from pipeline.recipe.schema import Recipe
+from pipeline.recipe.load import load_recipe
 from pipeline.errors import ConfigError, ModelFileError
 from pipeline.tflite.reader import float_compute_ops, parse_tflite, weight_kernels, zero_fraction
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.tflite import sandbox as safe_load
+from pipeline.tflite import sandbox
 from pipeline.cli import main
 from pipeline.errors import ModelFileError
 from pipeline.tflite.sandbox import load_check, run_untrusted
@@ -82,7 +82,7 @@ def test_a_model_that_runs_too_long_is_stopped_at_the_timeout():
 
 def test_a_crash_of_the_runtime_is_a_clear_error(monkeypatch):
     # The child is replaced by one that dies the way a memory-safety bug kills it.
-    monkeypatch.setattr(safe_load, "_child_command", lambda task, model, work: [
+    monkeypatch.setattr(sandbox, "_child_command", lambda task, model, work: [
         sys.executable, "-c", "import os, signal, sys; sys.stderr.write('reading tensor 3\\n'); "
                               "os.kill(os.getpid(), signal.SIGSEGV)"])
     with pytest.raises(ModelFileError) as e:

@@ -19,7 +19,7 @@ from pipeline.search import pareto as sp
 from pipeline.search import recipes as sr
 from pipeline.search import space as ss
 from pipeline.search import study as se
-from pipeline.recipe.schema import load_recipe
+from pipeline.recipe.load import load_recipe
 from pipeline.errors import BudgetExceededError, ConfigError
 
 TINY = {

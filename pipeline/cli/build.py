@@ -27,7 +27,7 @@ def build(recipe, smoke, out, no_devices, quiet, as_json):
     still written); 2 bad recipe, data or model; 3 device runtime unavailable.
     """
     from pipeline.build import budget_summary, build as run_build, summary_table
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
 
     r = load_recipe(recipe, smoke=smoke)
     result = run_build(r, out=out, log=logger(quiet), run_devices=not no_devices)

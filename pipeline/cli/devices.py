@@ -64,7 +64,7 @@ def load_npz_inputs(path: Path, samples: Optional[int]):
 def recipe_inputs(model_path: Path, recipe_name: str, smoke: bool, samples: int):
     """The first ``samples`` images and labels of a recipe's test split, at the model's input shape."""
     from pipeline.data import load_dataset
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
     from pipeline.tflite.reader import read_tflite
 
     recipe = load_recipe(recipe_name, smoke=smoke)

@@ -40,7 +40,7 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable.
     """
     from pipeline.errors import ConfigError
-    from pipeline.recipe.schema import load_recipe
+    from pipeline.recipe.load import load_recipe
     from pipeline.search.pareto import pareto_table
     from pipeline.search.space import Budget
     from pipeline.search.study import search as run_search

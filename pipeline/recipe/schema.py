@@ -12,20 +12,17 @@ one epoch, used by tests and ``build --smoke``.
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import yaml
-
+import models
 from pipeline.errors import ConfigError
-from pipeline.train.zoo import family_names
-from pipeline.store.atomic import config_hash
 from pipeline.export.variants import DEFAULT_VARIANTS, SOURCES
 from pipeline.export.variants import VARIANTS as VARIANT_REGISTRY
+from pipeline.store.atomic import config_hash
 
 VARIANTS = tuple(VARIANT_REGISTRY.names())
 
-MODEL_FAMILIES = family_names()
+MODEL_FAMILIES = tuple(models.FAMILIES)
 DATASET_NAMES = ("shapes", "fashion-mnist", "digits", "folder")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 FIT_MODES = ("resize", "pad")
@@ -325,35 +322,6 @@ class Recipe:
     def from_dict(cls, data: Any) -> "Recipe":
         """Builds and validates a recipe from plain data. Raises ConfigError."""
         return _from_plain(cls, data, "recipe").validate()
-
-
-def load_recipe(path: "str | Path", smoke: bool = False) -> Recipe:
-    """Loads a recipe YAML file (or an embedded recipe by name, e.g. ``default``).
-
-    Raises:
-        ConfigError: the file is missing, is not YAML, or holds invalid keys/values.
-    """
-    p = Path(path)
-    if not p.exists():
-        embedded = Path(__file__).parent / "presets" / f"{path}.yaml"
-        if embedded.exists() and "/" not in str(path):
-            p = embedded
-        else:
-            names = ", ".join(sorted(q.stem for q in (Path(__file__).parent / "presets").glob("*.yaml")))
-            raise ConfigError(f"recipe file not found: {path} (embedded recipes: {names})")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"recipe {p}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise ConfigError(f"recipe {p}: not valid YAML: nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(f"recipe {p}: cannot read it ({exc.strerror})") from None
-    if data is None:
-        raise ConfigError(f"recipe {p}: file is empty")
-    recipe = Recipe.from_dict(data)
-    return recipe.smoke() if smoke else recipe
-
 
 
 # -- helpers -------------------------------------------------------------------

@@ -51,7 +51,7 @@ def build_lock(root: Path) -> Iterator[None]:
     KeyboardInterrupt raised at an arbitrary point inside TensorFlow (measured:
     one raised while TensorFlow traced a function surfaced as a SystemError
     traceback). Children in the build's process group receive a Ctrl-C
-    themselves; isolated model loaders die with the build (``safe_load``).
+    themselves; isolated model loaders die with the build (:mod:`pipeline.tflite.sandbox`).
 
     Raises:
         BuildLockedError: another process is building into ``root``.

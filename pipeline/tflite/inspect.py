@@ -83,7 +83,8 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
         ConfigError: neither or both of ``recipe`` and ``folder`` given.
         ModelFileError / DataError: unusable model or data.
     """
-    from pipeline.recipe.schema import DataConfig, load_recipe
+    from pipeline.recipe.schema import DataConfig
+    from pipeline.recipe.load import load_recipe
     from pipeline.data import load_dataset
     if (recipe is None) == (folder is None):
         raise ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER")
