@@ -117,7 +117,7 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         manifest, splits, fingerprint = _prepare(recipe, root, log)
         stage = StageRunner(manifest, fingerprint, log)
         train = _float(recipe, splits, stage, root, log)
-        sources = _optimize(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log)
+        sources = compress_stages(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log)
         variants = _variants(recipe, splits, stage, sources, train["macs"], root, log)
         devices: Dict[str, Dict[str, DeviceSummary]] = {}
         if run_devices and recipe.devices.targets:
@@ -186,8 +186,8 @@ def _float(recipe: Recipe, splits, stage: StageRunner, root: Path, log: Log) -> 
                  lambda: train_float(recipe, splits, float_h5, preds, log))
 
 
-def _optimize(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
-              log: Log) -> Dict[str, Dict[str, Path]]:
+def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
+                    log: Log) -> Dict[str, Dict[str, Path]]:
     """Runs the optimization stages the requested variants need.
 
     Stages (each cached through the manifest, each run only when a variant's

@@ -195,7 +195,7 @@ def test_pcqat_recipe_loads_with_its_budgets():
 
 
 def test_optimize_runs_only_the_stages_the_variants_need(tmp_path):
-    from pipeline.build import _optimize
+    from pipeline.build import compress_stages
 
     calls = []
 
@@ -209,7 +209,7 @@ def test_optimize_runs_only_the_stages_the_variants_need(tmp_path):
         base = make_recipe()
         recipe = r(base, prune=r(base.prune, **prune), convert=r(base.convert, variants=variants),
                    deploy_variant=variants[-1]).validate()
-        sources = _optimize(recipe, None, stage, tmp_path / "float.h5", tmp_path, _quiet)
+        sources = compress_stages(recipe, None, stage, tmp_path / "float.h5", tmp_path, _quiet)
         return [c[0] for c in calls], {k: {n: p.name for n, p in v.items()} for k, v in sources.items()}
 
     names, sources = run(("float32", "int8-cqat"), enabled=False)
