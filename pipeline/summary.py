@@ -191,11 +191,27 @@ class BuildSummary(Record):
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "summary") -> "BuildSummary":
-        """As :meth:`Record.from_dict`; a summary of another schema version is a DataError."""
+        """As :meth:`Record.from_dict`; a summary of another schema version is a DataError.
+
+        A summary with no ``schema_version`` at all was written before summaries had
+        one; it holds the same figures without the saved predictions, and is read as
+        version 1 with empty ``predictions`` paths (no confusion matrix for it).
+        """
+        if isinstance(data, Mapping) and "schema_version" not in data:
+            data = _unversioned(data)
         if isinstance(data, Mapping) and data.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not the "
                             f"supported {SCHEMA_VERSION} (rebuild to refresh it)")
         return from_plain(cls, data, where)
+
+
+def _unversioned(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """A summary from before schema versions, as version 1 (predictions were not saved then)."""
+    variants = data.get("variants")
+    if isinstance(variants, Mapping):
+        variants = {name: ({"predictions": "", **v} if isinstance(v, Mapping) else v)
+                    for name, v in variants.items()}
+    return {**data, "variants": variants, "schema_version": SCHEMA_VERSION}
 
 
 def to_plain(obj: Any) -> Any:

@@ -15,7 +15,7 @@ from pipeline.gate.compare import compare_paths
 from pipeline.gate.junit import format_junit
 from pipeline.gate.snapshot import BASELINE_FORMAT, load_snapshot
 from pipeline.gate.thresholds import DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, validate_thresholds
-from pipeline.summary import SCHEMA_VERSION, BuildSummary, write_summary
+from pipeline.summary import SCHEMA_VERSION, BuildSummary, load_summary, write_summary
 from pipeline.cli.gate import baseline as baseline_cmd, compare as compare_cmd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -271,7 +271,9 @@ def test_manifest_summary_and_directory_read_the_same(tmp_path):
     (lambda p: (p / "x.json").write_text(json.dumps(summary_with_top1("high"))) and p / "x.json",
      "BASELINE {p}/x.json: summary.variants.int8-qat.top1: expected a number, got 'high'"),
     (lambda p: (p / "x.json").write_text(json.dumps({"variants": {"int8": {"top1": 90.0}}})) and p / "x.json",
-     "BASELINE {p}/x.json: summary: schema_version None is not the supported 1 (rebuild to refresh it)"),
+     "BASELINE {p}/x.json: summary: missing field 'recipe'"),
+    (lambda p: (p / "x.json").write_text(json.dumps({"variants": {}, "schema_version": 2})) and p / "x.json",
+     "BASELINE {p}/x.json: summary: schema_version 2 is not the supported 1 (rebuild to refresh it)"),
     (lambda p: (p / "x.json").write_text(json.dumps({"format": BASELINE_FORMAT, "version": 1, "variants": {
         "int8": {"top1": "high"}}})) and p / "x.json",
      "BASELINE {p}/x.json: variants.int8.top1: expected a number, got 'high'"),
@@ -383,3 +385,18 @@ def test_the_committed_baseline_loads_and_gates(tmp_path):
     res = run(committed, committed)
     assert res.exit_code == 0, res.output
     assert "PASS: no regression" in res.output
+
+
+def test_a_summary_from_before_schema_versions_still_compares(tmp_path):
+    """summary.json written before it had a schema version: same figures, no saved predictions."""
+    build = write_build(tmp_path / "new", make_summary())
+    old = tmp_path / "old"
+    old.mkdir()
+    data = json.loads((build / "summary.json").read_text())
+    del data["schema_version"]
+    for v in data["variants"].values():
+        del v["predictions"]
+    (old / "summary.json").write_text(json.dumps(data))
+    comp = compare_paths(old, build)
+    assert comp.ok and all(c.delta in (0, None) for c in comp.checks)
+    assert load_summary(old).variants["int8-qat"].predictions == ""
