@@ -11,13 +11,13 @@ missing and unknown keys with the path of the offending field, so a summary writ
 by another schema version is a clear error, not a ``KeyError`` deep in a report.
 """
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from pipeline.errors import DataError
+from pipeline.plain import from_plain, to_plain
 
 #: Bumped whenever a field is added, removed or changes meaning.
 SCHEMA_VERSION = 1
@@ -42,7 +42,7 @@ class Record:
             DataError: a missing or unknown field, or a value of the wrong type (the
                 message names the field by its path from ``where``).
         """
-        return from_plain(cls, data, where or cls.__name__)
+        return from_plain(cls, data, where or cls.__name__, DataError)
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ class BuildSummary(Record):
         if isinstance(data, Mapping) and data.get("schema_version") != SCHEMA_VERSION:
             raise DataError(f"{where}: schema_version {data.get('schema_version')!r} is not the "
                             f"supported {SCHEMA_VERSION} (rebuild to refresh it)")
-        return from_plain(cls, data, where)
+        return from_plain(cls, data, where, DataError)
 
 
 def _unversioned(data: Mapping[str, Any]) -> Dict[str, Any]:
@@ -212,74 +212,6 @@ def _unversioned(data: Mapping[str, Any]) -> Dict[str, Any]:
         variants = {name: ({"predictions": "", **v} if isinstance(v, Mapping) else v)
                     for name, v in variants.items()}
     return {**data, "variants": variants, "schema_version": SCHEMA_VERSION}
-
-
-def to_plain(obj: Any) -> Any:
-    """Dataclasses, tuples and dicts -> JSON-able dicts and lists."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def from_plain(cls: Type[T], data: Any, where: str) -> T:
-    """Builds dataclass ``cls`` from JSON-able ``data``; raises DataError naming the bad field."""
-    if not isinstance(data, Mapping):
-        raise DataError(f"{where}: expected an object, got {type(data).__name__}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise DataError(f"{where}: unknown field(s) {', '.join(unknown)}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise DataError(f"{where}: missing field {name!r}")
-            continue
-        kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Union:  # Optional[X]
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where)
-    if dataclasses.is_dataclass(tp):
-        return from_plain(tp, value, where)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise DataError(f"{where}: expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (dict, Dict):
-        if not isinstance(value, Mapping):
-            raise DataError(f"{where}: expected an object, got {type(value).__name__}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise DataError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DataError(f"{where}: expected a number, got {value!r}")
-        if tp is int and float(value) != int(value):
-            raise DataError(f"{where}: expected an integer, got {value!r}")
-        return tp(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise DataError(f"{where}: expected text, got {value!r}")
-        return value
-    raise TypeError(f"{where}: unsupported field type {tp!r}")
 
 
 def write_summary(summary: BuildSummary, root: Path) -> Path:

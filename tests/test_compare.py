@@ -271,7 +271,7 @@ def test_manifest_summary_and_directory_read_the_same(tmp_path):
     (lambda p: (p / "x.json").write_text(json.dumps(summary_with_top1("high"))) and p / "x.json",
      "BASELINE {p}/x.json: summary.variants.int8-qat.top1: expected a number, got 'high'"),
     (lambda p: (p / "x.json").write_text(json.dumps({"variants": {"int8": {"top1": 90.0}}})) and p / "x.json",
-     "BASELINE {p}/x.json: summary: missing field 'recipe'"),
+     "BASELINE {p}/x.json: summary: missing key 'recipe'"),
     (lambda p: (p / "x.json").write_text(json.dumps({"variants": {}, "schema_version": 2})) and p / "x.json",
      "BASELINE {p}/x.json: summary: schema_version 2 is not the supported 1 (rebuild to refresh it)"),
     (lambda p: (p / "x.json").write_text(json.dumps({"format": BASELINE_FORMAT, "version": 1, "variants": {

@@ -15,7 +15,7 @@ from pipeline.errors import UnusableInputError
 from pipeline.gate.snapshot import BASELINE_FORMAT, BASELINE_VERSION, Snapshot, load_snapshot
 from pipeline.gate.thresholds import validate_thresholds
 from pipeline.store.atomic import atomic_write_json
-from pipeline.summary import to_plain
+from pipeline.plain import to_plain
 
 
 def baseline_dict(snap: Snapshot, thresholds: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:

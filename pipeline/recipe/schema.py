@@ -10,14 +10,14 @@ one epoch, used by tests and ``build --smoke``.
 """
 
 import dataclasses
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import models
 from pipeline.errors import ConfigError
 from pipeline.export.variants import DEFAULT_VARIANTS, SOURCES
 from pipeline.export.variants import VARIANTS as VARIANT_REGISTRY
+from pipeline.plain import from_plain, to_plain
 from pipeline.store.atomic import config_hash
 
 VARIANTS = tuple(VARIANT_REGISTRY.names())
@@ -312,7 +312,7 @@ class Recipe:
     # -- (de)serialisation ---------------------------------------------------
 
     def to_dict(self) -> Dict[str, Any]:
-        return _to_plain(self)
+        return to_plain(self)
 
     def fingerprint(self) -> str:
         """A short hash of the whole recipe (stage caches use sub-config hashes)."""
@@ -321,72 +321,10 @@ class Recipe:
     @classmethod
     def from_dict(cls, data: Any) -> "Recipe":
         """Builds and validates a recipe from plain data. Raises ConfigError."""
-        return _from_plain(cls, data, "recipe").validate()
+        return from_plain(cls, data, "recipe", ConfigError).validate()
 
 
 # -- helpers -------------------------------------------------------------------
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _from_plain(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(valid)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def _coerce(tp, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _from_plain(tp, value if value is not None else {}, where)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _coerce(inner, value, where)
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        inner = args[0]
-        return tuple(_coerce(inner, v, where) for v in value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
 
 
 def _choice(where: str, key: str, value: Any, allowed) -> None:
