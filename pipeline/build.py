@@ -125,7 +125,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
 
             devices = run_device_matrix(recipe, root, variants, splits, stage, log)
         summary = BuildSummary(
-            recipe=recipe.build_name, float_top1=float(train["test_top1"]), params=int(train["params"]),
+            recipe=recipe.build_name, float_top1=float(train["test_top1"]),
+            float_val_top1=float(train["val_top1"]), params=int(train["params"]),
             macs=int(train["macs"]),
             deploy_variant=recipe.deploy_variant, labels=tuple(splits.labels), variants=variants,
             devices=devices, stages_run=tuple(stage.ran))
@@ -264,11 +265,13 @@ def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dic
         validation = stage(f"convert/{name}", {"variant": name, "convert": convert_cfg, "seed": recipe.seed},
                            src, {"tflite": tfl},
                            lambda: convert_variant(recipe, name, src["keras"], splits, tfl, log, base=src.get("base")))
-        # "kernels": the figures include the per-kernel table (older cached records lack it).
-        evaluation = stage(f"evaluate/{name}", {"variant": name, "kernels": True},
+        # "kernels", "val": the figures include the per-kernel table and the validation
+        # top-1 (older cached records lack them).
+        evaluation = stage(f"evaluate/{name}", {"variant": name, "kernels": True, "val": True},
                            {"tflite": tfl, "float_pred": float_pred},
                            {"predictions": pred, "labels": labels_path(pred)},
-                           lambda: evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes, pred))
+                           lambda: evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes, pred,
+                                                   splits.x_val, splits.y_val))
         # Paths are this build directory's, whatever directory a cached record was made in.
         out[name] = VariantSummary.from_dict(
             {**evaluation, "predictions": str(pred), "validation": validation, "macs": macs, "path": str(tfl),

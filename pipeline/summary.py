@@ -82,6 +82,9 @@ class VariantSummary(Record):
 
     ``predictions`` is the path of the saved class predictions on the test split
     (``.npy``, int64), in test order, for confusion matrices and per-class figures.
+    ``val_top1`` is the top-1 on the validation split, for choices that must not
+    look at the test split (the search's finalists); None in summaries written
+    before it was measured.
     """
 
     top1: float
@@ -101,6 +104,7 @@ class VariantSummary(Record):
     path: str
     chain: str
     predictions: str
+    val_top1: Optional[float] = None
 
     @property
     def integer_output(self) -> bool:
@@ -161,6 +165,7 @@ class BuildSummary(Record):
     Attributes:
         recipe: the build's name (``default``, ``default-smoke``).
         float_top1: test top-1 of the float Keras model, percent.
+        float_val_top1: its validation top-1 (None in summaries from before it was recorded).
         params, macs: of the float model.
         labels: class names, in class-index order.
         variants: every converted variant, in recipe order.
@@ -177,6 +182,7 @@ class BuildSummary(Record):
     labels: Tuple[str, ...]
     variants: Dict[str, VariantSummary]
     devices: Dict[str, Dict[str, DeviceSummary]] = field(default_factory=dict)
+    float_val_top1: Optional[float] = None
     budgets: Tuple[BudgetResult, ...] = ()
     stages_run: Tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION

@@ -21,8 +21,10 @@ def test_every_variant_built_and_evaluated(smoke_build):
     assert list(m.variants) == [v for v in VARIANTS if v not in ("int8-cqat", "int8-pcqat")]
     for name, v in m.variants.items():
         assert 0.0 <= v.top1 <= 100.0
+        assert v.val_top1 is not None and 0.0 <= v.val_top1 <= 100.0  # what search's finalists compare
         assert v.size_bytes > 1000 and v.gzip_bytes < v.size_bytes
         assert v.validation.validation_samples == 16
+    assert m.float_val_top1 is not None and 0.0 <= m.float_val_top1 <= 100.0
     assert m.macs > 0 and m.params > 0
 
 

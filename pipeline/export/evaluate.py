@@ -76,7 +76,8 @@ def labels_path(predictions: Path) -> Path:
 
 
 def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray,
-                    predictions: Optional[Path] = None) -> Dict:
+                    predictions: Optional[Path] = None, x_val: Optional[np.ndarray] = None,
+                    y_val: Optional[np.ndarray] = None) -> Dict:
     """Measures one TFLite model on the host and saves its predicted classes and the labels.
 
     Args:
@@ -87,6 +88,7 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
             the order of ``x``); default :func:`predictions_path` of ``path``. Later
             stages (confusion matrices, per-class figures) read them instead of
             running the model again. The labels ``y`` go to :func:`labels_path` of it.
+        x_val, y_val: the validation split; when given, its top-1 is ``val_top1``.
 
     Returns:
         top1 (percent), agreement with float (percent), size and gzip size (bytes),
@@ -109,7 +111,9 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
         np.save(tmp, np.asarray(y, dtype=np.int64))
     inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
     uniq = unique_values_per_kernel(model, PRUNABLE_OPS)  # depthwise is never clustered
+    figures = {"val_top1": _top1(data, x_val, y_val)} if x_val is not None else {}
     return {
+        **figures,
         "top1": float(np.mean(pred == y) * 100.0),
         "agreement_with_float": float(np.mean(pred == float_top1_classes) * 100.0),
         "size_bytes": len(data),
@@ -126,3 +130,7 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes
         "samples": int(len(x)),
         "predictions": str(predictions),
     }
+
+
+def _top1(model: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(run_tflite(model, x), axis=1) == y) * 100.0)

@@ -6,7 +6,6 @@ validation split ranks them. The best ``finalists`` get the full recipe; their
 deploy variant's top-1 on the validation split picks the choice.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence
 
@@ -32,25 +31,9 @@ def proxy_accuracy(recipe: Recipe, cand: Candidate, root: Path, log: Log) -> Dic
     out = root / "proxy" / cand.name
     res = build(proxy_recipe(recipe, cand), out=out, log=_indent(log), run_devices=False)
     s = res.summary
-    # The validation top-1 is a figure of the train stage only (the summary holds test figures).
-    train = json.loads((out / "manifest.json").read_text())["stages"]["train"]["metrics"]
-    return {"proxy_val_top1": float(train["val_top1"]), "proxy_test_top1": float(s.float_top1),
+    return {"proxy_val_top1": float(s.float_val_top1), "proxy_test_top1": float(s.float_top1),
             "params": int(s.params), "macs": int(s.macs), "proxy_dir": str(out),
             "proxy_wall_s": round(res.wall_s, 1)}
-
-
-def val_top1(path: Path, recipe: Recipe) -> float:
-    """Top-1 (percent) of the .tflite at ``path`` on ``recipe``'s validation split."""
-    import numpy as np
-
-    from pipeline.data import load_dataset
-    from pipeline.native import captured_stderr
-    from pipeline.tflite.host import run_tflite
-
-    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    with captured_stderr():  # the runtime's "Created TensorFlow Lite XNNPACK delegate" line
-        probs = run_tflite(Path(path).read_bytes(), splits.x_val)
-    return float(np.mean(np.argmax(probs, axis=1) == splits.y_val) * 100.0)
 
 
 def finalists(recipe: Recipe, rows: Sequence[Dict[str, Any]], device: str, variant: str, budget: Budget,
@@ -68,7 +51,7 @@ def finalists(recipe: Recipe, rows: Sequence[Dict[str, Any]], device: str, varia
         log(f"[search] finalist {cand.name}: full recipe -> {where}")
         res = build(full, out=where, log=_indent(log), run_devices=False)
         v = res.summary.variants[variant]
-        out.append({"candidate": cand.name, "dir": str(where), "val_top1": val_top1(Path(v.path), full),
+        out.append({"candidate": cand.name, "dir": str(where), "val_top1": v.val_top1,
                     "test_top1": v.top1, "float_test_top1": res.summary.float_top1,
                     "size_kb": v.size_bytes / 1024, "latency_ms": r["latency_ms"]})
         log(f"[search] finalist {cand.name}: {variant} val top-1 {out[-1]['val_top1']:.1f}%, "
