@@ -138,3 +138,15 @@ def test_tensorflow_environment_is_set_once_by_the_cli_and_the_user_wins():
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
                        capture_output=True, text=True)
     assert r.stdout.split() == ["changed", "0"], r.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--recipe", "default", "--data", "imgs"]])
+def test_evaluate_needs_exactly_one_source(tmp_path, args):
+    """The CLI names its flags; the library speaks of the domain."""
+    from pipeline.tflite.inspect import evaluate_file
+
+    res = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.tflite"), *args])
+    assert res.exit_code == 2
+    assert res.output == "error: evaluate: give exactly one of --recipe RECIPE or --data FOLDER\n"
+    with pytest.raises(ConfigError, match="^evaluation needs exactly one source of test images: a recipe or a folder$"):
+        evaluate_file(tmp_path / "m.tflite")

@@ -220,7 +220,7 @@ def test_second_build_of_the_same_directory_is_refused(interrupted_build):
     second = interrupted_build["second"]
     assert second.returncode == 2
     assert "error: another build is running in" in second.stderr
-    assert "wait for it to finish or build into another --out directory" in second.stderr
+    assert "wait for it to finish or build into another directory" in second.stderr
     assert "Traceback" not in second.stderr
 
 

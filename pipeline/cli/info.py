@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import echo_json
+from pipeline.cli.common import echo_json, fail
+from pipeline.errors import ConfigError
 
 
 @click.command()
@@ -66,6 +67,8 @@ def evaluate(model, recipe, smoke, data, as_json):
     """Top-1 of MODEL.tflite on the host (LiteRT) over a recipe's test split or a folder."""
     from pipeline.tflite.inspect import evaluate_file
 
+    if (recipe is None) == (data is None):
+        fail(ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER"))
     res = evaluate_file(model, recipe=recipe, smoke=smoke, folder=data)
     if as_json:
         echo_json(res)

@@ -63,7 +63,7 @@ def build_lock(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BuildLockedError(f"another build is running in {root} (lock held on {root / '.lock'}); "
-                                   "wait for it to finish or build into another --out directory") from None
+                                   "wait for it to finish or build into another directory") from None
         previous: Dict[int, Any] = {}
         err_fd = -1
         if threading.current_thread() is threading.main_thread():

@@ -87,7 +87,7 @@ def evaluate_file(path: Path, recipe: Optional[str] = None, smoke: bool = False,
     from pipeline.recipe.load import load_recipe
     from pipeline.data import load_dataset
     if (recipe is None) == (folder is None):
-        raise ConfigError("evaluate: give exactly one of --recipe RECIPE or --data FOLDER")
+        raise ConfigError("evaluation needs exactly one source of test images: a recipe or a folder")
     m = read_tflite(path)
     shape = tuple(m.tensors[m.inputs[0]].shape[1:])
     if len(shape) != 3:
