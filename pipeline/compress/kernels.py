@@ -126,13 +126,3 @@ def zeros_fraction(rows: List[Dict], kinds) -> float:
 def prunable_sparsity(rows: List[Dict]) -> float:
     """Fraction of zeros over all Conv2D/Dense kernel values of a :func:`kernel_table`."""
     return zeros_fraction(rows, PRUNABLE_KINDS)
-
-
-def format_kernel_table(rows: List[Dict]) -> str:
-    """The per-layer table as Markdown (for logs and reports)."""
-    lines = ["| layer | kind | shape | params | zeros | pruned |", "|---|---|---|---:|---:|---|"]
-    for r in rows:
-        pruned = "yes" if r["pruned"] else ("no (never pruned by tfmot)" if r["note"] else "no")
-        lines.append(f"| {r['layer']} | {r['kind']} | {'x'.join(map(str, r['shape']))} | "
-                     f"{r['params']:,} | {r['zeros']:.1%} | {pruned} |")
-    return "\n".join(lines)
