@@ -169,11 +169,17 @@ def _prepare(recipe: Recipe, root: Path, log: Log) -> Tuple[Manifest, Any, str]:
 
 
 def reproducibility(seed: int) -> Dict[str, Any]:
-    """The manifest's ``reproduce`` record: seed, op determinism, libraries, ARM runtime."""
+    """The manifest's ``reproduce`` record: seed, op determinism, libraries, ARM runtime,
+    and the latency parameters file the device figures are estimated with."""
     from pipeline.devices.runtime import runtime_key
+    from pipeline.latency.params import params_file
+    from pipeline.store.atomic import sha256_file
     from pipeline.train.fit import OP_DETERMINISM
 
-    return reproducibility_record(seed, OP_DETERMINISM, runtime_key())
+    params, source = params_file()
+    record = reproducibility_record(seed, OP_DETERMINISM, runtime_key())
+    record["latency_params"] = {"source": source, "path": str(params), "sha256": sha256_file(params)}
+    return record
 
 
 def _float(recipe: Recipe, splits, stage: StageRunner, root: Path, log: Log) -> Dict[str, Any]:

@@ -379,4 +379,10 @@ def test_training_runs_with_the_op_determinism_the_manifest_records():
 
     setup_tensorflow(0)
     assert tf_config.is_op_determinism_enabled()
-    assert reproducibility(0)["determinism"]["tf_op_determinism"] is True
+    record = reproducibility(0)
+    assert record["determinism"]["tf_op_determinism"] is True
+    from pipeline.latency.params import params_file
+
+    path, source = params_file()
+    assert record["latency_params"]["path"] == str(path) and record["latency_params"]["source"] == source
+    assert len(record["latency_params"]["sha256"]) == 64
