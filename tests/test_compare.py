@@ -341,13 +341,19 @@ def test_baseline_keeps_its_thresholds_and_they_apply(tmp_path):
     assert not [c for c in comp.regressions if c.metric == "instructions_per_inference"]
 
 
+def baseline_with_thresholds(build: Path, out: Path, thresholds) -> Path:
+    """A baseline of ``build`` whose file sets ``thresholds``."""
+    write_baseline(build, out)
+    data = json.loads(out.read_text())
+    data["thresholds"] = thresholds
+    out.write_text(json.dumps(data))
+    return out
+
+
 def test_threshold_precedence(tmp_path):
     cur = write_build(tmp_path / "b", make_summary())
-    base = tmp_path / "baseline.json"
-    write_baseline(cur, base)
-    data = json.loads(base.read_text())
-    data["thresholds"] = {"max_instr_increase": 0.02, "max_top1_drop": 3.0}
-    base.write_text(json.dumps(data))
+    base = baseline_with_thresholds(cur, tmp_path / "baseline.json", {"max_instr_increase": 0.02,
+                                                                      "max_top1_drop": 3.0})
     th = compare_paths(base, cur).thresholds
     assert th["max_instr_increase"] == 0.02 and th["max_top1_drop"] == 3.0
     assert th["max_gzip_increase"] == DEFAULT_THRESHOLDS["max_gzip_increase"]
@@ -357,11 +363,7 @@ def test_threshold_precedence(tmp_path):
 
 def test_bad_baseline_thresholds_are_unusable(tmp_path):
     cur = write_build(tmp_path / "b", make_summary())
-    base = tmp_path / "baseline.json"
-    write_baseline(cur, base)
-    data = json.loads(base.read_text())
-    data["thresholds"] = {"max_speed": 1}
-    base.write_text(json.dumps(data))
+    base = baseline_with_thresholds(cur, tmp_path / "baseline.json", {"max_speed": 1})
     res = run(base, cur)
     assert res.exit_code == 2 and "unknown threshold 'max_speed'" in res.output
 
