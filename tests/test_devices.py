@@ -248,7 +248,7 @@ def test_profile_round_trips_pickles_and_is_frozen():
 
     p = get_device("rpi4")
     assert DeviceProfile.from_dict(p.to_dict()) == p
-    assert dataclasses.asdict(p) == p.to_dict()
+    assert dataclasses.asdict(p) == dict(p.to_dict(), sources=p.sources)  # a list in plain form
     assert pickle.loads(pickle.dumps(p)) == p
     json.dumps(p.to_dict())
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -262,7 +262,8 @@ def base_profile(**over):
 
 
 VALID_KEYS = ("name, description, qemu_cpu, cpu_part, cores, clock_ghz, ram_mb, runtime, "
-              "runtime_version, default_threads")
+              "runtime_version, default_threads, core, sched_model, sched_model_reason, clock_1t_ghz, "
+              "cache_kb, dram_gbps, sources")
 
 
 @pytest.mark.parametrize("data, message", [
@@ -281,6 +282,10 @@ VALID_KEYS = ("name, description, qemu_cpu, cpu_part, cores, clock_ghz, ram_mb, 
      "runtime_version '2.4.0': the ARM runtime installs litert 2.3.0 only"),
     (base_profile(cores=0), "cores must be an integer >= 1, got 0"),
     (base_profile(default_threads=True), "default_threads must be an integer >= 1, got True"),
+    (base_profile(sched_model="cortex-a78"), "sched_model 'cortex-a78' is not an LLVM 19 AArch64 -mcpu"),
+    (base_profile(sources=[]), "sources must be a non-empty list of citations, got []"),
+    (base_profile(dram_gbps=0), "dram_gbps must be a number in (0, 10000), got 0"),
+    (base_profile(clock_1t_ghz="fast"), "clock_1t_ghz must be a number in (0, 10), got 'fast'"),
     (base_profile(clock_ghz="fast"), "clock_ghz must be a number in (0, 10), got 'fast'"),
     # Fitted latency parameters are their own data (pipeline.latency.params), not a profile key.
     (base_profile(latency={"cost_ldst": 1.0}), f"unknown key 'latency'; valid keys: {VALID_KEYS}"),

@@ -12,7 +12,7 @@ latency cost-model parameters are not here: they are data of their own
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Tuple, Union
 
 import yaml
 
@@ -21,6 +21,20 @@ from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+
+# LLVM 19 AArch64 -mcpu names and the scheduling model each uses (as measured with
+# llvm-mca-19: every cortex-a57..a78 name shares the Cortex-A57 model; docs/latency.md).
+SCHED_MODELS = {
+    "cortex-a53": "Cortex-A53 (in-order, dual-issue)",
+    "cortex-a55": "Cortex-A55 (in-order, dual-issue)",
+    "cortex-a57": "Cortex-A57 (out-of-order, 3-wide)",
+    "cortex-a72": "Cortex-A57 (out-of-order, 3-wide)",
+    "cortex-a73": "Cortex-A57 (out-of-order, 3-wide)",
+    "cortex-a75": "Cortex-A57 (out-of-order, 3-wide)",
+    "cortex-a76": "Cortex-A57 (out-of-order, 3-wide)",
+    "kryo": "Kryo (out-of-order, 4-wide)",
+    "neoverse-n1": "Neoverse N1 (out-of-order, 4-wide; the Cortex-A76's server sibling)",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,16 @@ class DeviceProfile:
         runtime: guest runtime, "litert" or "tflite-runtime".
         runtime_version: its version; must be the one the ARM runtime installs.
         default_threads: interpreter threads of an emulated run.
+        core: the real big core's microarchitecture ("cortex-a76", "kryo"): published
+            latencies validate estimates per (core, numeric format).
+        sched_model: the LLVM ``-mcpu`` whose scheduling model prices the core's
+            instruction stream (a key of ``targets.SCHED_MODELS``).
+        sched_model_reason: why that model (LLVM maps several names to one model).
+        clock_1t_ghz: clock of the core a one-thread benchmark runs on (a phone's
+            prime core); ``clock_ghz`` is the big cluster's, for multi-thread runs.
+        cache_kb: the largest cache level the big cores share (L3, else L2).
+        dram_gbps: peak DRAM bandwidth (bus width x transfer rate).
+        sources: citations of the clock, cache and memory figures.
     """
 
     name: str
@@ -52,6 +76,13 @@ class DeviceProfile:
     runtime: str
     runtime_version: str
     default_threads: int
+    core: str
+    sched_model: str
+    sched_model_reason: str
+    clock_1t_ghz: float
+    cache_kb: int
+    dram_gbps: float
+    sources: Tuple[str, ...]
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "device profile") -> "DeviceProfile":
@@ -65,7 +96,9 @@ class DeviceProfile:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON/YAML-serialisable form; ``from_dict(to_dict())`` round-trips."""
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        d["sources"] = list(self.sources)
+        return d
 
 
 FIELDS = tuple(DeviceProfile.__dataclass_fields__)
@@ -87,6 +120,13 @@ def _str(data, key, source) -> str:
     if not isinstance(v, str) or not v.strip():
         raise _fail(source, f"{key} must be a non-empty string, got {v!r}")
     return v
+
+
+def _number(data, key, source, upper: float) -> float:
+    v = data[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < upper:
+        raise _fail(source, f"{key} must be a number in (0, {upper:g}), got {v!r}")
+    return float(v)
 
 
 def _cpu_part(v, source) -> int:
@@ -132,9 +172,14 @@ def _validate(data: Any, source: str) -> DeviceProfile:
         raise _fail(source, f"runtime_version {version!r}: the ARM runtime installs {runtime} "
                             f"{RUNTIMES[runtime].version} only")
 
-    clock = data["clock_ghz"]
-    if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not 0 < clock < 10:
-        raise _fail(source, f"clock_ghz must be a number in (0, 10), got {clock!r}")
+    sched = _str(data, "sched_model", source)
+    if sched not in SCHED_MODELS:
+        raise _fail(source, f"sched_model {sched!r} is not an LLVM 19 AArch64 -mcpu with a "
+                            f"scheduling model; valid: {', '.join(SCHED_MODELS)}")
+    sources = data["sources"]
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) and s.strip()
+                                                               for s in sources):
+        raise _fail(source, f"sources must be a non-empty list of citations, got {sources!r}")
 
     return DeviceProfile(
         name=_str(data, "name", source),
@@ -142,11 +187,18 @@ def _validate(data: Any, source: str) -> DeviceProfile:
         qemu_cpu=qemu_cpu,
         cpu_part=f"0x{part:03x}",
         cores=_int(data, "cores", source),
-        clock_ghz=float(clock),
+        clock_ghz=_number(data, "clock_ghz", source, 10),
         ram_mb=_int(data, "ram_mb", source),
         runtime=runtime,
         runtime_version=str(version),
         default_threads=_int(data, "default_threads", source),
+        core=_str(data, "core", source),
+        sched_model=sched,
+        sched_model_reason=_str(data, "sched_model_reason", source),
+        clock_1t_ghz=_number(data, "clock_1t_ghz", source, 10),
+        cache_kb=_int(data, "cache_kb", source),
+        dram_gbps=_number(data, "dram_gbps", source, 10000),
+        sources=tuple(sources),
     )
 
 
