@@ -37,15 +37,16 @@ $(STAMP):
 	@rm -f $(VENV)/.deps-* && touch $@
 
 # Debian packages: qemu-user (emulated ARM), debootstrap (ARM userland),
-# dataset-fashion-mnist (real data). Installed only when root and missing.
+# dataset-fashion-mnist (real data), llvm-19 (llvm-mc-19 and llvm-mca-19: LLVM's
+# pipeline models price the recorded ARM blocks). Installed only when root and missing.
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for p in qemu-user debootstrap dataset-fashion-mnist gcc libglib2.0-dev; do \
+	  for p in qemu-user debootstrap dataset-fashion-mnist gcc libglib2.0-dev llvm-19; do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
-	else echo "not root: skipping Debian packages (need qemu-user debootstrap dataset-fashion-mnist)"; fi
+	else echo "not root: skipping Debian packages (need qemu-user debootstrap dataset-fashion-mnist llvm-19)"; fi
 
 arm-runtime: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build

@@ -9,12 +9,16 @@ nested dicts or re-runs inference: evaluation saved its predictions
 Every class round-trips: ``X.from_dict(x.to_dict()) == x``. ``from_dict`` rejects
 missing and unknown keys with the path of the offending field, so a summary written
 by another schema version is a clear error, not a ``KeyError`` deep in a report.
+
+:class:`LatencyEstimate` is how every output (build log, report, model card,
+``compare``, the CLI) shows an estimated latency with its provenance, so an
+unvalidated one is marked alike everywhere.
 """
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 from pipeline.errors import DataError
 from pipeline.plain import from_plain, to_plain
@@ -112,9 +116,92 @@ class VariantSummary(Record):
         return self.output.dtype in ("int8", "uint8")
 
 
+#: The keys :func:`pipeline.latency.model.attach_latency` sets on a device result, which
+#: are also the :class:`DeviceSummary` fields of its estimate (all None without one).
+LATENCY_FIELDS = ("latency_ms", "latency_validated", "latency_model", "latency_cycles", "latency_ipc")
+#: The table columns of :meth:`LatencyEstimate.cells`, in order, and their alignment.
+LATENCY_HEADERS = ("est. latency ms", "M cycles (1 thread)", "IPC", "latency model")
+LATENCY_ALIGN = "rrrl"
+UNVALIDATED_MARK = "*"
+UNVALIDATED_REASON = ("no published measurement of this core and numeric format was in the latency "
+                      "model's fit or its check (docs/latency.md)")
+#: The footnote of a table whose latency column holds an :data:`UNVALIDATED_MARK` (worded
+#: so that Markdown shows the mark as it is, not as a list item or emphasis).
+UNVALIDATED_NOTE = f"Latencies marked {UNVALIDATED_MARK} are unvalidated: {UNVALIDATED_REASON}."
+
+
+def _num(value: Optional[float], fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, fmt)
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """An estimated latency and its provenance, as every human-readable output shows it.
+
+    Attributes:
+        ms: milliseconds per inference at the build's threads (None: no estimate).
+        validated: whether published measurements of this core and numeric format were
+            in the latency model's fit or its check (None: not recorded, e.g. a summary
+            written before it was).
+        model: the pipeline model that estimated it ("llvm-mca neoverse-n1 + memory").
+        cycles: cycles of one inference on one thread.
+        ipc: instructions per cycle.
+    """
+
+    ms: Optional[float] = None
+    validated: Optional[bool] = None
+    model: Optional[str] = None
+    cycles: Optional[float] = None
+    ipc: Optional[float] = None
+
+    @classmethod
+    def of(cls, figures: Any) -> "LatencyEstimate":
+        """The estimate of an object with the :data:`LATENCY_FIELDS` attributes (a device result)."""
+        return cls(*(getattr(figures, k) for k in LATENCY_FIELDS))
+
+    @classmethod
+    def from_result(cls, result: Mapping[str, Any]) -> "LatencyEstimate":
+        """The estimate :func:`pipeline.latency.model.attach_latency` added to a result dict."""
+        return cls(*(result[k] for k in LATENCY_FIELDS))
+
+    @property
+    def unvalidated(self) -> bool:
+        """Whether the figure carries :data:`UNVALIDATED_MARK`: an estimate known to be unvalidated."""
+        return self.ms is not None and self.validated is False
+
+    def cells(self) -> Tuple[str, str, str, str]:
+        """The :data:`LATENCY_HEADERS` cells ("-" where missing; an unvalidated latency marked)."""
+        mark = UNVALIDATED_MARK if self.unvalidated else ""
+        return (_num(self.ms, ".2f") + mark, _num(self.cycles, ",.3f", 1e-6), _num(self.ipc, ".2f"),
+                self.model or "-")
+
+    @property
+    def verdict(self) -> str:
+        """Whether the estimate is validated, in words: ``validated``, ``UNVALIDATED: <why>``
+        or ``validation not recorded``."""
+        return {True: "validated", False: f"UNVALIDATED: {UNVALIDATED_REASON}",
+                None: "validation not recorded"}[self.validated]
+
+    def text(self) -> str:
+        """One line for logs and the CLI: the latency, its model, cycles, IPC and whether it is validated."""
+        if self.ms is None:
+            return "n/a (no latency model for this device)"
+        return (f"{self.ms:.2f} ms ({self.model or 'model not recorded'}: {_num(self.cycles, ',.0f')} cycles "
+                f"on 1 thread, IPC {_num(self.ipc, '.2f')}; {self.verdict})")
+
+
+def unvalidated_note(estimates: Iterable[LatencyEstimate]) -> Optional[str]:
+    """:data:`UNVALIDATED_NOTE` when any of ``estimates`` is marked, else None (the footnote of a table)."""
+    return UNVALIDATED_NOTE if any(e.unvalidated for e in estimates) else None
+
+
 @dataclass(frozen=True)
 class DeviceSummary(Record):
-    """What one variant did on one emulated device (see :mod:`pipeline.devices.matrix`)."""
+    """What one variant did on one emulated device (see :mod:`pipeline.devices.matrix`).
+
+    The ``latency_*`` fields (:data:`LATENCY_FIELDS`) are estimated afresh each build
+    from the recorded run; they are None in summaries written before they existed.
+    """
 
     loaded: bool
     runtime: str
@@ -134,6 +221,15 @@ class DeviceSummary(Record):
     samples: Optional[int] = None
     latency_ms: Optional[float] = None
     threads: Optional[int] = None
+    latency_validated: Optional[bool] = None
+    latency_model: Optional[str] = None
+    latency_cycles: Optional[float] = None
+    latency_ipc: Optional[float] = None
+
+    @property
+    def latency(self) -> LatencyEstimate:
+        """The estimated latency with its provenance."""
+        return LatencyEstimate.of(self)
 
     @property
     def integer_output(self) -> bool:
@@ -190,6 +286,11 @@ class BuildSummary(Record):
     def device(self, device: str, variant: Optional[str] = None) -> Optional[DeviceSummary]:
         """The result of ``variant`` (default: the deploy variant) on ``device``, or None."""
         return self.devices.get(device, {}).get(variant or self.deploy_variant)
+
+    @property
+    def latency_note(self) -> Optional[str]:
+        """:data:`UNVALIDATED_NOTE` when a device latency of this build carries the mark, else None."""
+        return unvalidated_note(m.latency for per in self.devices.values() for m in per.values())
 
     @property
     def budgets_ok(self) -> bool:

@@ -12,8 +12,8 @@ from pipeline.errors import ModelFileError
 from pipeline.export.evaluate import labels_path, predictions_path
 from pipeline.publish.bundle import FILES, MODEL_FILE, runtime_sort_key, runtime_support, write_bundle
 from pipeline.recipe.schema import Recipe
-from pipeline.summary import (BudgetResult, BuildSummary, DeviceSummary, TensorIO, Validation, VariantSummary,
-                              write_summary)
+from pipeline.summary import (UNVALIDATED_NOTE, BudgetResult, BuildSummary, DeviceSummary, TensorIO, Validation,
+                              VariantSummary, write_summary)
 
 TEST_SAMPLES = 50
 LABELS = ["disc", "ring", "square", "frame", "triangle", "plus", "cross", "h-stripes", "v-stripes", "dot-grid"]
@@ -83,8 +83,15 @@ def tiny_tflite(path: Path, size: int = 32, classes: int = 10, seed: int = 0) ->
     return w
 
 
-def device_rec(loaded=True, runtime="litert 2.3.0", instr=1_000_000, latency=None, op=None) -> DeviceSummary:
+LATENCY_MODEL = "llvm-mca cortex-a76 + memory"
+
+
+def device_rec(loaded=True, runtime="litert 2.3.0", instr=1_000_000, latency=None, op=None,
+               validated=True) -> DeviceSummary:
+    estimated = latency is not None
     return DeviceSummary(
+        latency_validated=validated if estimated else None, latency_model=LATENCY_MODEL if estimated else None,
+        latency_cycles=latency * 2.42e6 if estimated else None, latency_ipc=1.5 if estimated else None,
         loaded=loaded,
         load_error=None if loaded else f"Didn't find op for builtin opcode '{op}' version '12'.\nsecond line",
         load_error_op=None if loaded else op, load_error_op_version=None if loaded else 12,
@@ -119,9 +126,10 @@ def save_predictions(root: Path, variants) -> np.ndarray:
     return truth
 
 
-def fake_build(root: Path, devices=True, deploy="int8-qat"):
+def fake_build(root: Path, devices=True, deploy="int8-qat", validated=True):
     """A build directory: two tiny .tflite variants with their saved predictions, the summary,
-    the recipe; returns (recipe, summary)."""
+    the recipe; returns (recipe, summary). The one latency estimate (int8-qat on pixel4) is
+    ``validated`` or not."""
     for v in ("float32", "int8-qat"):
         tiny_tflite(root / "tflite" / f"{v}.tflite", seed=len(v))
     save_predictions(root, ("float32", "int8-qat"))
@@ -135,7 +143,8 @@ def fake_build(root: Path, devices=True, deploy="int8-qat"):
         recipe="tiny", float_top1=52.0, params=10250, macs=10240, deploy_variant=deploy, labels=tuple(LABELS),
         variants={"float32": variant_rec(root, "float32", size),
                   "int8-qat": variant_rec(root, "int8-qat", size, "int8", [0.00392157], [-128])},
-        devices={"pixel4": {"float32": device_rec(instr=3_000_000), "int8-qat": device_rec(latency=0.42)},
+        devices={"pixel4": {"float32": device_rec(instr=3_000_000),
+                            "int8-qat": device_rec(latency=0.42, validated=validated)},
                  "camera-a53": {"float32": device_rec(runtime="tflite-runtime 2.14.0"),
                                 "int8-qat": device_rec(False, "tflite-runtime 2.14.0", op="FULLY_CONNECTED")}}
         if devices else {},
@@ -178,7 +187,11 @@ def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):
                           "(FULLY_CONNECTED v12)")
     [failing] = [t for t in rt["tested"] if not t["loads"]]
     assert failing["devices"] == ["camera-a53"] and failing["error"].endswith("version '12'.")
-    assert meta["devices"]["pixel4"]["estimated_latency_ms"] == 0.42
+    pixel4 = meta["devices"]["pixel4"]
+    assert (pixel4["estimated_latency_ms"], pixel4["latency_validated"], pixel4["latency_model"],
+            pixel4["latency_cycles"], pixel4["latency_ipc"]) == (0.42, True, LATENCY_MODEL, 0.42 * 2.42e6, 1.5)
+    assert [k for k in pixel4 if "latency" in k] == ["estimated_latency_ms", "latency_validated", "latency_model",
+                                                     "latency_cycles", "latency_ipc"]
     assert meta["devices"]["pixel4"]["emulated_cpu"] == "cortex-a76"
     assert meta["devices"]["camera-a53"]["loads"] is False
     assert meta["embedded_tflite_metadata"] is False and "absl-py" in meta["embedded_tflite_metadata_note"]
@@ -186,6 +199,19 @@ def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):
     for text in ("# Model card: tiny (int8-qat)", "x = pixel / 255", "zero point [-128]", "sha256sum -c SHA256SUMS",
                  "| pixel4: ", "no (FULLY_CONNECTED v12)", "labels.txt"):
         assert text in card
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_model_card_shows_latency_provenance_and_marks_unvalidated(tmp_path, validated):
+    recipe, summary = fake_build(tmp_path, validated=validated)
+    write_bundle(recipe, tmp_path, summary, log=lambda m: None)
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert json.loads((tmp_path / "bundle" / "metadata.json").read_text())[
+        "devices"]["pixel4"]["latency_validated"] is validated
+    assert "| est. latency ms | M cycles (1 thread) | IPC | latency model | memory MiB |" in card
+    mark = "" if validated else "*"
+    assert f"| 50.0 | 1.000 | 0.42{mark} | 1.016 | 1.50 | {LATENCY_MODEL} | 0.19 |" in card
+    assert ("0.42*" in card) == (not validated) and (UNVALIDATED_NOTE in card) == (not validated)
 
 
 def test_float_model_without_devices(tmp_path):

@@ -150,3 +150,24 @@ def test_evaluate_needs_exactly_one_source(tmp_path, args):
     assert res.output == "error: evaluate: give exactly one of --recipe RECIPE or --data FOLDER\n"
     with pytest.raises(ConfigError, match="^evaluation needs exactly one source of test images: a recipe or a folder$"):
         evaluate_file(tmp_path / "m.tflite")
+
+
+@pytest.mark.parametrize("validated, latency_line", [
+    (False, "  latency_ms     6.65*  (UNVALIDATED: no published measurement of this core and numeric format was in "
+            "the latency model's fit or its check (docs/latency.md))"),
+    (True, "  latency_ms     6.65  (validated)"),
+])
+def test_estimate_text_shows_the_latency_provenance(monkeypatch, validated, latency_line):
+    from pipeline.latency import estimate
+
+    r = {"latency_ms": 6.65, "validated": validated, "pipeline_model": "llvm-mca neoverse-n1 + memory",
+         "cycles_single_thread": 16_100_000.0, "ipc": 1.85, "instructions": 29_785_000, "device": "pixel4",
+         "qemu_cpu": "cortex-a76", "clock_ghz": 2.42, "runtime": "litert 2.3.0", "threads": 1,
+         "params_file": "params.yaml", "params_source": "package", "cached": True, "wall_s": 0.1}
+    monkeypatch.setattr(estimate, "estimate_model", lambda spec, device, threads, log: r)
+    res = CliRunner().invoke(main, ["estimate", "--model", "mobilenet_v2", "--device", "pixel4", "-q"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1:4] == [latency_line, "  pipeline model llvm-mca neoverse-n1 + memory",
+                          "  cycles         16,100,000 per inference on 1 thread, IPC 1.85"]
+    assert ("UNVALIDATED" in res.output) == (not validated)

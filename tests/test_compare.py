@@ -15,7 +15,8 @@ from pipeline.gate.compare import compare_paths
 from pipeline.gate.junit import format_junit
 from pipeline.gate.snapshot import BASELINE_FORMAT, load_snapshot
 from pipeline.gate.thresholds import DEFAULT_THRESHOLDS, METRICS, THRESHOLDS, validate_thresholds
-from pipeline.summary import SCHEMA_VERSION, BuildSummary, load_summary, write_summary
+from pipeline.summary import (SCHEMA_VERSION, UNVALIDATED_REASON, BuildSummary, LatencyEstimate, load_summary,
+                              write_summary)
 from pipeline.cli.gate import baseline as baseline_cmd, compare as compare_cmd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,12 +24,19 @@ VARIANTS = ("float32", "int8-qat")
 DEVICES = ("pixel4", "camera-a53")
 
 
+LATENCY_MODEL = "llvm-mca cortex-a76 + memory"
+PROVENANCE = ("latency_validated", "latency_model", "latency_cycles", "latency_ipc")
+
+
 def device_rec(instr, loaded=True, latency=None, top1=90.0, memory=300_000, runtime="litert 2.3.0", op=None):
+    estimated = latency is not None
     return {"loaded": loaded, "load_error": None if loaded else f"Didn't find op for builtin opcode '{op}'",
             "load_error_op": None if loaded else op, "load_error_op_version": None if loaded else 12,
             "top1": top1 if loaded else None, "instructions_per_inference": instr if loaded else None,
             "instructions_by_class": {}, "exact_fraction": 1.0, "max_abs_diff": 0.0, "top1_agreement": 1.0,
             "peak_memory_bytes": memory if loaded else None, "fits_ram": True, "latency_ms": latency,
+            "latency_validated": True if estimated else None, "latency_model": LATENCY_MODEL if estimated else None,
+            "latency_cycles": latency * 2.42e6 if estimated else None, "latency_ipc": 1.5 if estimated else None,
             "wall_s_per_image": 0.5, "samples": 100, "runtime": runtime}
 
 
@@ -203,6 +211,34 @@ def test_latency_is_compared_only_when_both_have_it(tmp_path):
     assert comp.ok
 
 
+def test_a_changed_latency_model_is_noted(tmp_path):
+    cur = make_summary()
+    for rec in cur["devices"]["pixel4"].values():
+        rec["latency_model"] = "llvm-mca neoverse-n1 + memory"
+    a, b = write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", cur)
+    note = f"pixel4: latency model changed: {LATENCY_MODEL} -> llvm-mca neoverse-n1 + memory"
+    assert note in compare_paths(a, b).notes
+    assert f"- {note}" in run(a, b).output
+    assert not [n for n in compare_paths(a, a).notes if "latency" in n]
+
+
+@pytest.mark.parametrize("baseline, current, note", [
+    (True, True, None),
+    (False, False, "pixel4/int8-qat"),
+    (True, False, "pixel4/int8-qat (current only)"),
+    (False, True, "pixel4/int8-qat (baseline only)"),
+])
+def test_unvalidated_latencies_are_noted(tmp_path, baseline, current, note):
+    sides = []
+    for name, validated in (("a", baseline), ("b", current)):
+        summary = make_summary()
+        summary["devices"]["pixel4"]["int8-qat"]["latency_validated"] = validated
+        sides.append(write_build(tmp_path / name, summary))
+    notes = [n for n in compare_paths(*sides).notes if "unvalidated" in n]
+    expected = [f"unvalidated latency estimate(s) ({UNVALIDATED_REASON}): {note}"] if note else []
+    assert notes == expected
+
+
 def test_every_metric_is_checked(tmp_path):
     comp = compare_paths(write_build(tmp_path / "a", make_summary()), write_build(tmp_path / "b", make_summary()))
     seen = {(c.where == "host", c.metric) for c in comp.checks}
@@ -320,6 +356,8 @@ def test_baseline_round_trip_is_reproducible(tmp_path):
     assert data["format"] == BASELINE_FORMAT and data["version"] == 1
     assert data["recipe"]["model"]["alpha"] == 0.35
     assert set(data["variants"]["int8-qat"]) == {"top1", "size_bytes", "gzip_bytes", "sha256"}
+    pixel4 = data["devices"]["pixel4"]["int8-qat"]
+    assert [pixel4[k] for k in ("latency_ms",) + PROVENANCE] == [0.6, True, LATENCY_MODEL, 0.6 * 2.42e6, 1.5]
     comp = compare_paths(out, build)
     assert comp.ok and all(c.delta in (0, None) for c in comp.checks)
     write_baseline(build, out)
@@ -389,8 +427,32 @@ def test_the_committed_baseline_loads_and_gates(tmp_path):
     assert "PASS: no regression" in res.output
 
 
+def strip_provenance(data):
+    """A summary or baseline as written before the latency's provenance was recorded."""
+    for per in data["devices"].values():
+        for rec in per.values():
+            for key in PROVENANCE:
+                del rec[key]
+
+
+def test_a_baseline_from_before_latency_provenance_still_compares(tmp_path):
+    build = write_build(tmp_path / "b", make_summary())
+    out = tmp_path / "old.json"
+    write_baseline(build, out)
+    data = json.loads(out.read_text())
+    strip_provenance(data)
+    out.write_text(json.dumps(data))
+    assert load_snapshot(out).devices["pixel4"]["int8-qat"].latency_model is None
+    comp = compare_paths(out, build)
+    assert comp.ok and all(c.delta in (0, None) for c in comp.checks)
+    assert f"pixel4: latency model changed: (not recorded) -> {LATENCY_MODEL}" in comp.notes
+    res = run(out, build)
+    assert res.exit_code == 0 and "PASS: no regression" in res.output
+
+
 def test_a_summary_from_before_schema_versions_still_compares(tmp_path):
-    """summary.json written before it had a schema version: same figures, no saved predictions."""
+    """summary.json written before it had a schema version: same figures, no saved predictions and
+    no latency provenance."""
     build = write_build(tmp_path / "new", make_summary())
     old = tmp_path / "old"
     old.mkdir()
@@ -398,7 +460,9 @@ def test_a_summary_from_before_schema_versions_still_compares(tmp_path):
     del data["schema_version"]
     for v in data["variants"].values():
         del v["predictions"]
+    strip_provenance(data)  # nor the latency's provenance
     (old / "summary.json").write_text(json.dumps(data))
+    assert load_summary(old).devices["pixel4"]["int8-qat"].latency == LatencyEstimate(0.6)
     comp = compare_paths(old, build)
     assert comp.ok and all(c.delta in (0, None) for c in comp.checks)
     assert load_summary(old).variants["int8-qat"].predictions == ""

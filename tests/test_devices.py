@@ -23,7 +23,7 @@ from pipeline.devices.profiles import (DEVICES, FIELDS, DeviceProfile, get_devic
 from pipeline.devices.targets import CORES, RUNTIMES, cpuinfo_text
 from pipeline.errors import ConfigError, DeviceOutputError, DeviceUnavailableError, RuntimeIncompatibleError
 
-HEADER = "insn_count 1 classes=simd_mac,simd_other,ldst,branch,scalar"
+HEADER = "insn_count 2 classes=simd_mac,simd_other,ldst,branch,scalar"
 
 
 def region(i, c):
@@ -33,7 +33,7 @@ def region(i, c):
 
 def counts_file(regions, total=999):
     lines = [HEADER] + [region(i, c) for i, c in enumerate(regions)]
-    return "\n".join(lines + [f"end regions={len(regions)} total={total}"]) + "\n"
+    return "\n".join(lines + [f"end regions={len(regions)} total={total} profiled=0 blocks=0"]) + "\n"
 
 
 # -- parse_insn_counts ----------------------------------------------------------
@@ -47,9 +47,13 @@ def test_parse_insn_counts_reads_regions_and_total():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "expected header 'insn_count 1 classes=simd_mac,simd_other,ldst,branch,scalar', "
+    ("", "expected header 'insn_count 2 classes=simd_mac,simd_other,ldst,branch,scalar', "
          "got an empty file"),
-    ("insn_count 2 classes=a\nend regions=0 total=1\n", "got 'insn_count 2 classes=a'"),
+    ("insn_count 1 classes=simd_mac,simd_other,ldst,branch,scalar\nend regions=0 total=1\n",
+     "a version 1 file (no block profile) from an older plugin; expected 'insn_count 2 classes="
+     "simd_mac,simd_other,ldst,branch,scalar': rebuild the ARM runtime and run again"),
+    ("insn_count 2 classes=a\nend regions=0 total=1 profiled=0 blocks=0\n",
+     "got 'insn_count 2 classes=a'"),
     (HEADER + "\n", "no end line after 0 regions (the guest crashed or was killed)"),
     (HEADER + "\n" + region(0, (1, 1, 1, 1, 1)) + "\n",
      "no end line after 1 regions (the guest crashed or was killed)"),
@@ -63,8 +67,9 @@ def test_parse_insn_counts_reads_regions_and_total():
      "line 2: unrecognised"),
     (HEADER + "\nerror region 0 begun twice\nend regions=0 total=5\n",
      "plugin reported: region 0 begun twice"),
-    (HEADER + "\nend regions=2 total=5\n", "end line says 2 regions, file has 0"),
-    (HEADER + "\nend regions=0 total=5\nregion index=0 total=0 simd_mac=0 simd_other=0 "
+    (HEADER + "\nend regions=2 total=5 profiled=0 blocks=0\n", "end line says 2 regions, file has 0"),
+    (HEADER + "\nend regions=0 total=5\n", "line 2: unrecognised: 'end regions=0 total=5'"),
+    (HEADER + "\nend regions=0 total=5 profiled=0 blocks=0\nregion index=0 total=0 simd_mac=0 simd_other=0 "
      "ldst=0 branch=0 scalar=0\n", "line 3: text after the end line"),
     (HEADER + "\ngarbage\n", "line 2: unrecognised: 'garbage'"),
 ])
@@ -396,7 +401,10 @@ def test_qemu_command_and_env(tmp_path):
     assert cmd == ["/usr/bin/qemu-aarch64", "-seed", "1", "-cpu", "cortex-a53", "-L", str(sysroot),
                    "-plugin", f"{tmp_path}/plugin/insn_count.so,out={tmp_path}/c.txt",
                    f"{sysroot}/usr/bin/python3", "script.py", "--x"]
-    assert "-plugin" not in arm.command("cortex-a53", ["s.py"])
+    assert "-plugin" not in arm.command("cortex-a53", ["s.py"], plugin_args=["profile_from=2"])
+    cmd = arm.command("cortex-a53", ["s.py"], counts_path=tmp_path / "c.txt",
+                      plugin_args=["profile_from=2"])
+    assert cmd[cmd.index("-plugin") + 1] == f"{tmp_path}/plugin/insn_count.so,out={tmp_path}/c.txt,profile_from=2"
     env = arm.env("tflite-runtime")
     assert env["PYTHONHASHSEED"] == "0" and env["PYTHONPATH"] == "/opt/mm/tflite-runtime"
     with pytest.raises(DeviceUnavailableError, match="no sysroot for qemu cpu 'max'"):
@@ -611,6 +619,85 @@ def test_cli_npz_missing_arrays(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 2)))
     with pytest.raises(DataError, match=r"d.npz: missing array\(s\) x, y; found images"):
         load_npz_inputs(tmp_path / "d.npz", None)
+
+
+# -- latency and its provenance in the matrix and `device run` ------------------
+
+MODEL = "llvm-mca neoverse-n1 + memory"
+
+
+def provenance(validated, ms=6.65):
+    """What :func:`pipeline.latency.estimate.attach_latency` sets on a result dict."""
+    return {"latency_ms": ms, "latency_validated": validated, "latency_model": MODEL,
+            "latency_cycles": 16_100_000.0, "latency_ipc": 1.85}
+
+
+def loaded_result() -> DeviceResult:
+    from pipeline.devices.check import Agreement, MemoryEstimate
+
+    return DeviceResult(device="pixel4", qemu_cpu="cortex-a76", runtime="litert", runtime_version="2.3.0",
+                        model="/m/int8.tflite", model_sha256="0", threads=1, samples=2, loaded=True, top1=50.0,
+                        agreement=Agreement("xnnpack", "int8", 2, 2, 1.0, 0.0, 1.0), instructions_median=30_000_000,
+                        instructions_by_class={c: 6_000_000 for c in CLASSES}, counts_exact=True,
+                        wall_s_per_image=0.5, memory=MemoryEstimate(2**20, 2**20, 2**21, 2**30, 2**-9, True))
+
+
+def test_the_matrix_estimates_from_the_full_result_and_records_no_latency(monkeypatch):
+    from pipeline.devices.matrix import device_metrics, stage_record, with_latency
+    from pipeline.latency import estimate
+    from pipeline.summary import LATENCY_FIELDS, DeviceSummary
+
+    seen = []
+
+    def attach(result, device, threads):
+        seen.append((dict(result), device, threads))
+        result.update(provenance(False))
+
+    monkeypatch.setattr(estimate, "attach_latency", attach)  # replaced whole: the real one is not needed
+    result = loaded_result().to_dict()
+    record = stage_record(device_metrics(result))  # what the manifest holds: no latency
+    assert not set(record) & set(LATENCY_FIELDS + ("threads",))
+    m = with_latency(DeviceSummary.from_dict(record), result, "pixel4", 4)
+    [(given, device, threads)] = seen
+    assert given == loaded_result().to_dict() and (device, threads) == ("pixel4", 4)  # the whole result
+    assert (m.latency_ms, m.latency_validated, m.latency_model, m.latency_cycles, m.latency_ipc, m.threads) == \
+        (6.65, False, MODEL, 16_100_000.0, 1.85, 4)
+    assert stage_record(m) == record
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_device_table_shows_latency_provenance_and_marks_unvalidated(validated):
+    import dataclasses
+
+    from pipeline.devices.matrix import device_metrics, device_table
+    from pipeline.summary import UNVALIDATED_NOTE, BuildSummary
+
+    m = dataclasses.replace(device_metrics(loaded_result().to_dict()), **provenance(validated))
+    summary = BuildSummary(recipe="t", float_top1=0.0, params=0, macs=0, deploy_variant="int8", labels=(),
+                           variants={}, devices={"pixel4": {"int8": m, "float32": device_metrics({"loaded": False})}})
+    table = device_table(summary)
+    assert "| est. latency ms | M cycles (1 thread) | IPC | latency model |" in table
+    mark = "" if validated else "*"
+    assert f"| pixel4 | int8 | yes | 50.0 | 30.000 | 6.65{mark} | 16.100 | 1.85 | {MODEL} | 100% |" in table
+    assert ("*" in table) == (not validated) and (UNVALIDATED_NOTE in table) == (not validated)
+    header, rule = table.splitlines()[:2]
+    assert header.count("|") == rule.count("|") == table.splitlines()[-1 if validated else -3].count("|")
+
+
+@pytest.mark.parametrize("latency, text", [
+    (provenance(False), f"estimated latency   6.65 ms ({MODEL}: 16,100,000 cycles on 1 thread, IPC 1.85; "
+                        "UNVALIDATED: no published measurement of this core and numeric format was in the "
+                        "latency model's fit or its check (docs/latency.md))"),
+    (provenance(True), f"estimated latency   6.65 ms ({MODEL}: 16,100,000 cycles on 1 thread, IPC 1.85; "
+                       "validated)"),
+    (dict.fromkeys(provenance(True)), "estimated latency   n/a (no latency model for this device)"),
+])
+def test_cli_device_run_prints_latency_provenance(latency, text):
+    from pipeline.cli.devices import format_result
+    from pipeline.summary import LatencyEstimate
+
+    out = format_result(loaded_result(), LatencyEstimate.from_result(latency))
+    assert text in out.splitlines()[5]
 
 
 # -- on emulated devices --------------------------------------------------------

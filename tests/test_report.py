@@ -1,6 +1,7 @@
 """The build report (Markdown, self-contained HTML, plots) over a tiny synthetic build."""
 
 import base64
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,7 +17,8 @@ from pipeline.publish.bundle import write_bundle
 from pipeline.publish.records import short_tensor_name
 from pipeline.publish.report import rewrite_report, write_report
 from pipeline.recipe.schema import Recipe
-from tests.test_bundle import LABELS, fake_build
+from pipeline.summary import UNVALIDATED_NOTE, BudgetResult
+from tests.test_bundle import LABELS, LATENCY_MODEL, fake_build
 
 PLOTS = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
 # matplotlib 3.10 still calls pyparsing names that pyparsing 3.3 deprecates: not ours to fix.
@@ -101,6 +103,23 @@ def test_markdown_sections(built):
                  "## Bundle", "oldest tested runtime that loads it: litert 2.3.0"):
         assert text in md, text
     assert "Load failures" in md and "second line" not in md
+
+
+@pytest.mark.parametrize("validated", [True, False])
+def test_devices_and_budgets_show_latency_provenance_and_mark_unvalidated(tmp_path, validated):
+    recipe, summary = fake_build(tmp_path, validated=validated)
+    budget = BudgetResult(budget="max_latency_ms", subject="pixel4", limit=1.0, measured=0.42, unit="ms", ok=True)
+    write_report(recipe, tmp_path, dataclasses.replace(summary, budgets=(budget,)), quiet)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    mark = "" if validated else "*"
+    assert ("| device | variant | loads | top-1 % | M instr / inference | est. latency ms | M cycles (1 thread) | "
+            "IPC | latency model | bit-exact vs host |") in md
+    assert f"| pixel4 | **int8-qat** | yes | 50.0 | 1.000 | 0.42{mark} | 1.016 | 1.50 | {LATENCY_MODEL} | 100% |" in md
+    assert f"| max_latency_ms | pixel4 | <= 1 ms | 0.42 ms{mark} | ok |" in md
+    assert f'<td class="r">0.42{mark}</td>' in html and f'<td class="l">{LATENCY_MODEL}</td>' in html
+    for text in (md, html):
+        assert text.count(UNVALIDATED_NOTE) == (0 if validated else 3)  # under devices, budgets and the plot
+    assert ("0.42*" in md) == (not validated)
 
 
 def confusion_rows(md):

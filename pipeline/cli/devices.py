@@ -14,6 +14,7 @@ import click
 from pipeline.cli.common import echo_json, fail
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError, DataError, MobileModelError
+from pipeline.summary import LatencyEstimate
 
 
 @click.command("devices")
@@ -89,7 +90,8 @@ def random_inputs(model_path: Path, n: int):
     return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
 
 
-def _format_result(r, latency_ms=None) -> str:
+def format_result(r, latency: LatencyEstimate) -> str:
+    """What ``device run`` prints for a :class:`pipeline.devices.check.DeviceResult` and its estimate."""
     lines = [f"{r.device} ({r.qemu_cpu}, {r.runtime} {r.runtime_version}, "
              f"{r.threads} thread{'s' if r.threads != 1 else ''}): {Path(r.model).name}"]
     if not r.loaded:
@@ -107,8 +109,7 @@ def _format_result(r, latency_ms=None) -> str:
                  f"{'' if r.counts_exact else ', NOT repeatable: threads > 1'})")
     classes = ", ".join(f"{k} {v:,}" for k, v in r.instructions_by_class.items())
     lines.append(f"    by class          {classes}")
-    est = f"{latency_ms:.2f} ms" if latency_ms is not None else "n/a (profile has no fitted cost model)"
-    lines.append(f"  estimated latency   {est} (cost model, docs/latency.md)")
+    lines.append(f"  estimated latency   {latency.text()}")
     lines.append(f"  emulated wall       {r.wall_s_per_image:.3f} s/image (not latency)")
     m = r.memory
     lines.append(f"  memory (estimate)   {m.total_bytes / 2**20:.2f} MiB = weights "
@@ -171,14 +172,14 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
         if result.agreement is not None:
             result = dataclasses.replace(result, agreement=dataclasses.replace(
                 result.agreement, host_reference=reference))
-        from pipeline.latency.model import attach_latency
+        from pipeline.latency.estimate import attach_latency
 
         data = result.to_dict()
         attach_latency(data, profile.name, result.threads)
         if as_json:
             echo_json(data)
         else:
-            click.echo(_format_result(result, data["latency_ms"]))
+            click.echo(format_result(result, LatencyEstimate.from_result(data)))
         result.require_loaded()
     except MobileModelError as e:
         fail(e)

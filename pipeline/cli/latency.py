@@ -7,13 +7,14 @@ command bodies (through the latency package's lazy imports), so ``--help`` is in
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import click
 
 from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import MobileModelError
+from pipeline.summary import LatencyEstimate
 
 
 def _families():
@@ -40,12 +41,14 @@ def _families():
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool, matrix: bool,
               as_json: bool, quiet: bool) -> None:
-    """Fit the per-device latency model on published real-device latencies.
+    """Fit the latency model on published real-device latencies.
 
     Builds the published architectures (width 1.0, 224x224, 1000 classes, random
     weights; int8 by post-training quantization), runs each once on the emulated
-    core of its device (cached), fits cycles per instruction class per core, and
-    reports each point's error fitted on all points and under leave-one-out. The
+    core of its device (cached), prices the executed blocks with the device's LLVM
+    pipeline model, fits the model's three global numbers on every published point
+    (one and several threads), and reports errors fitted on all points and held out
+    by point, by device and by architecture, float32 and int8 apart. The
     installed package is never written to: the parameters go to --out (by default the
     user cache, which estimates then use; elsewhere, point $MOBILE_MODEL_LATENCY_PARAMS
     at the written params.yaml).
@@ -63,10 +66,14 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
         if as_json:
             click.echo(json.dumps(data, indent=2, default=str))
         else:
-            acc = data["acceptance"]
-            click.echo(f"leave-one-out median |error| {100 * acc['loo_median_abs_error']:.1f}%, worst "
-                       f"{100 * acc['loo_worst_abs_error']:.1f}% ({data['leave_one_out']['worst_point']}) "
-                       f"over {len(data['points'])} points: {'met' if acc['met'] else 'NOT met'}")
+            acc, lodo = data["acceptance"], data["held_out"]["leave-one-device-out"]
+            for name, split in data["held_out"].items():
+                parts = [f"{g} {100 * s['median_abs_error']:.1f}% / {100 * s['worst_abs_error']:.1f}%"
+                         for g, s in split["variant"].items()]
+                click.echo(f"{name}: median / worst |error| {100 * split['all']['median_abs_error']:.1f}% / "
+                           f"{100 * split['all']['worst_abs_error']:.1f}% ({'; '.join(parts)})")
+            click.echo(f"acceptance (leave-one-device-out, worst point {lodo['all']['worst_point']}): "
+                       f"{'met' if acc['met'] else 'NOT met'} over {len(data['points'])} points")
             click.echo(f"report: {files.report}\njson:   {files.json}")
             if files.params:
                 click.echo(f"params: {files.params}")
@@ -101,25 +108,21 @@ def estimate(family: str, alpha: float, input_size: int, classes: int, variant: 
         if as_json:
             click.echo(json.dumps(r, indent=2))
             return
-        if not r["validated"]:
-            band = "UNVALIDATED: this core's costs are assumed, not fitted (see the parameters file)"
-        else:
-            band = (f"leave-one-out error over {r['core_points']} published points of this core "
-                    f"type: median {r['loo_median_abs_error_pct']:.1f}%, worst "
-                    f"{r['loo_worst_abs_error_pct']:.1f}%")
-            if r["device_points"] == 0:
-                band += "; none of them on this device"
-            if not r["variant_in_fit"]:
-                band += f"; NO {spec.variant} point of this core type: the {spec.variant} estimate is unvalidated"
-        click.echo(f"{r['device']} ({r['qemu_cpu']} at {r['clock_ghz']:g} GHz, {r['runtime']}, "
-                   f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}): {spec.label}")
-        click.echo(f"  latency_ms     {r['latency_ms']:.2f}  ({band})")
-        if r["threads"] > 1:
-            click.echo(f"  1 thread       {r['latency_ms_single_thread']:.2f} ms; speed-up "
-                       f"{r['thread_speedup']:.2f}x on {r['threads_effective']} big core(s)")
-        click.echo(f"  instructions   {r['instructions']:,} per inference")
-        click.echo("  by class       " + ", ".join(f"{k} {v:,}" for k, v in r["instructions_by_class"].items()))
-        click.echo(f"  parameters     {r['params_file']} ({r['params_source']})")
-        click.echo(f"  ({'cached run' if r['cached'] else 'emulated now'}, {r['wall_s']:.1f} s)")
+        click.echo(_format_estimate(r, spec.label))
     except MobileModelError as e:
         fail(e)
+
+
+def _format_estimate(r: Dict[str, Any], label: str) -> str:
+    """The text form of an estimate: the latency (marked when unvalidated) and its provenance, then the run."""
+    est = LatencyEstimate(r["latency_ms"], r["validated"], r["pipeline_model"], r["cycles_single_thread"], r["ipc"])
+    ms, _, ipc, model = est.cells()
+    return "\n".join([
+        f"{r['device']} ({r['qemu_cpu']} at {r['clock_ghz']:g} GHz, {r['runtime']}, "
+        f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}): {label}",
+        f"  latency_ms     {ms}  ({est.verdict})",
+        f"  pipeline model {model}",
+        f"  cycles         {est.cycles:,.0f} per inference on 1 thread, IPC {ipc}",
+        f"  instructions   {r['instructions']:,} per inference",
+        f"  parameters     {r['params_file']} ({r['params_source']})",
+        f"  ({'cached run' if r['cached'] else 'emulated now'}, {r['wall_s']:.1f} s)"])

@@ -3,19 +3,22 @@
 :func:`run_device_check` runs the model on the device's real ARM runtime under
 qemu-aarch64 and returns a :class:`DeviceResult`: whether the runtime loads the
 model (and if not, which op and version it lacks), accuracy, agreement with the
-host's outputs, deterministic instructions per inference split by class, emulated
-wall time, and an estimate of peak memory against the device's RAM.
+host's outputs, deterministic instructions per inference split by class, the
+executed blocks with their instruction words (for a pipeline model to price),
+emulated wall time, and an estimate of peak memory against the device's RAM.
 """
 
 import signal
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from pipeline.devices.parse import inference_counts, parse_guest_result, parse_insn_counts
+from pipeline.devices.parse import (BlockProfile, HotProfile, InsnCounts, block_profile,
+                                    inference_counts, parse_guest_result, parse_insn_counts,
+                                    rejoin)
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.devices.runner import DeviceRun, run_on_device
 from pipeline.devices.runtime import ArmRuntime
@@ -81,6 +84,11 @@ class DeviceResult:
     ``instructions_by_class`` belongs to the median inference. They repeat exactly
     run to run when ``counts_exact`` (one thread). Wall times are under emulation
     (~100-350x slower than the device, and noisy): not latency.
+
+    ``blocks`` is the block profile of the measured inferences, straight-line
+    blocks re-joined (:func:`pipeline.devices.parse.rejoin`); None unless the run
+    loaded the model on one thread. :meth:`to_dict` stores only its hot part
+    (``block_profile``, see :class:`pipeline.devices.parse.HotProfile`).
     """
 
     device: str
@@ -107,11 +115,15 @@ class DeviceResult:
     process_wall_s: float = 0.0
     memory: Optional[MemoryEstimate] = None
     command: str = ""
+    blocks: Optional[BlockProfile] = field(default=None, repr=False)
 
     def to_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
+        """JSON-ready; ``blocks`` (thousands of blocks) is stored as its hot part only."""
+        d = asdict(replace(self, blocks=None))
+        del d["blocks"]
         d["instructions_per_inference"] = list(self.instructions_per_inference)
         d["instructions_by_class"] = dict(self.instructions_by_class)
+        d["block_profile"] = None if self.blocks is None else HotProfile.of(self.blocks).to_dict()
         return d
 
     def require_loaded(self) -> "DeviceResult":
@@ -241,7 +253,9 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         ModelFileError: missing or unreadable model, or not one input/one output.
         ConfigError: inputs/labels/host outputs of the wrong shape or dtype.
         DeviceUnavailableError: no runtime, a timeout, a guest that failed
-            without crashing, or malformed output (DeviceOutputError).
+            without crashing, or malformed output (DeviceOutputError), which
+            includes a block profile that does not add up or whose code the
+            guest rewrote (JIT).
     """
     from pipeline.tflite.reader import read_tflite
 
@@ -289,7 +303,8 @@ def _measured(run: DeviceRun, guest, model, model_path: Path, profile: DevicePro
     """The result of a run that loaded: counts, outputs against the host, top-1, memory."""
     if run.counts_text is None:
         raise DeviceOutputError(f"{profile.name}: the plugin wrote no instruction counts")
-    counts = inference_counts(parse_insn_counts(run.counts_text), guest.samples)
+    counts_file = parse_insn_counts(run.counts_text)
+    counts = inference_counts(counts_file, guest.samples)
     if run.outputs is None or len(run.outputs) != len(x) or guest.samples != len(x):
         got = 0 if run.outputs is None else len(run.outputs)
         raise DeviceOutputError(f"{profile.name}: guest returned outputs for {got} of "
@@ -311,4 +326,18 @@ def _measured(run: DeviceRun, guest, model, model_path: Path, profile: DevicePro
         marker_overhead_instructions=counts.marker_overhead.total,
         wall_s_per_image=statistics.median(guest.wall_s),
         memory=estimate_memory(model, guest.tensors, profile.ram_mb),
+        blocks=_block_profile(counts_file, guest.samples, guest.threads),
         **base)
+
+
+def _block_profile(counts_file: InsnCounts, samples: int, threads: int) -> Optional[BlockProfile]:
+    """The run's block profile, re-joined; None for a multi-threaded run.
+
+    With several threads, block counts and region totals are not taken in step (a
+    worker runs blocks while the main thread opens a region), so the profile's
+    self-check cannot hold; the latency model prices one-thread runs only.
+    """
+    if threads != 1:
+        return None
+    profile = block_profile(counts_file, samples)
+    return replace(profile, blocks=rejoin(profile.blocks))

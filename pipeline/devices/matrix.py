@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
-from pipeline.summary import BuildSummary, DeviceSummary, VariantSummary
+from pipeline.summary import LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary, VariantSummary
 
 Log = Callable[[str], None]
 
@@ -31,8 +31,8 @@ def device_metrics(result: Dict[str, Any]) -> DeviceSummary:
             (what a worker wrote to ``devices/<device>/<variant>.json``).
 
     Returns:
-        The result without latency (the matrix adds it from the profile's current
-        cost model).
+        The result without latency (the matrix adds it, with its provenance, from
+        the current latency model).
     """
     mem = result.get("memory") or {}
     agreement = result.get("agreement") or {}
@@ -56,9 +56,9 @@ def device_metrics(result: Dict[str, Any]) -> DeviceSummary:
     )
 
 
-# Latency is not part of a device stage's record: it is estimated afresh from the
-# recorded counts each build, so re-calibrating a profile re-runs no emulation.
-_NOT_RECORDED = ("latency_ms", "threads")
+# Latency and its provenance are not part of a device stage's record: they are estimated
+# afresh from the recorded run each build, so a new latency model re-runs no emulation.
+_NOT_RECORDED = LATENCY_FIELDS + ("threads",)
 
 
 def stage_record(summary: DeviceSummary) -> Dict[str, Any]:
@@ -95,8 +95,8 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
     data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
 
     def cfg(dev):
-        # Profiles hold no fitted latency parameters (pipeline.latency.params): re-calibrating
-        # re-estimates from the recorded counts instead of re-running every emulation.
+        # Profiles hold no latency model (pipeline.latency): a new model or calibration
+        # re-estimates from the recorded results instead of re-running every emulation.
         return {"profile": profiles[dev].to_dict(), "samples": n, "runtime": rt_key, "data": data_key}
 
     out_of = {(dev, v): root / "devices" / dev / f"{v}.json" for dev, v in pairs}
@@ -118,9 +118,11 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
                 return stage_record(device_metrics(json.loads(out_of[(dev, v)].read_text())))
 
             m = stage(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]}, work)
-            # Latency is estimated from the counts with the profile's current parameters
-            # at the recipe's thread count (emulation itself always runs one thread).
-            results[dev][v] = _with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"), dev, d.threads)
+            # Latency is estimated by the current latency model at the recipe's thread count
+            # (emulation itself always runs one thread) from the full result the run wrote,
+            # which is still there when the stage is cached.
+            results[dev][v] = with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"),
+                                            json.loads(out_of[(dev, v)].read_text()), dev, d.threads)
             if (dev, v) in futures:
                 log(f"[device/{dev}/{v}] " + _line(results[dev][v]))
     finally:
@@ -129,12 +131,18 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
     return results
 
 
-def _with_latency(m: DeviceSummary, device: str, threads: int) -> DeviceSummary:
-    from pipeline.latency.model import attach_latency
+def with_latency(m: DeviceSummary, result: Dict[str, Any], device: str, threads: int) -> DeviceSummary:
+    """``m`` with the latency estimate and its provenance at ``threads`` threads.
 
-    r = {"loaded": m.loaded, "instructions_by_class": m.instructions_by_class}
-    attach_latency(r, device, threads)
-    return dataclasses.replace(m, latency_ms=r.get("latency_ms"), threads=threads)
+    Args:
+        m: the device stage's recorded figures.
+        result: the run's full :class:`pipeline.devices.check.DeviceResult` dict, which
+            :func:`pipeline.latency.model.attach_latency` reads and fills.
+    """
+    from pipeline.latency.estimate import attach_latency
+
+    attach_latency(result, device, threads)
+    return dataclasses.replace(m, threads=threads, **{k: result[k] for k in LATENCY_FIELDS})
 
 
 def _line(m: DeviceSummary) -> str:
@@ -144,17 +152,18 @@ def _line(m: DeviceSummary) -> str:
     parts = [f"top-1 {m.top1:.1f}%" if m.top1 is not None else "",
              f"{m.instructions_per_inference / 1e6:.2f} M instr/inference"
              if m.instructions_per_inference else "",
-             f"~{m.latency_ms:.2f} ms" if m.latency_ms else "",
+             f"~{m.latency.text()}" if m.latency_ms else "",
              f"bit-exact {m.exact_fraction:.0%}" if m.integer_output else
              f"max |diff| {m.max_abs_diff:.2g}" if m.max_abs_diff is not None else ""]
     return ", ".join(p for p in parts if p)
 
 
 def device_table(summary: BuildSummary) -> str:
-    """Markdown table: one row per device x variant of ``summary``."""
-    lines = ["| device | variant | loads | top-1 % | M instr / inference | est. latency ms | "
-             "bit-exact | max abs diff | memory MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table: one row per device x variant of ``summary``, with the latency's
+    provenance and, when a latency is unvalidated, the footnote of its mark."""
+    lines = ["| device | variant | loads | top-1 % | M instr / inference | " + " | ".join(LATENCY_HEADERS)
+             + " | bit-exact | max abs diff | memory MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
 
     def f(val, fmt):
         return format(val, fmt) if val is not None else "-"
@@ -164,12 +173,13 @@ def device_table(summary: BuildSummary) -> str:
             if not m.loaded:
                 first = ((m.load_error or "?").splitlines() or ["?"])[0]
                 op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else first.split(":")[0][:60]
-                lines.append(f"| {dev} | {v} | no ({op}) | | | | | | |")
+                lines.append(f"| {dev} | {v} | no ({op}) |" + " |" * (5 + len(LATENCY_HEADERS)))
                 continue
             instr = m.instructions_per_inference / 1e6 if m.instructions_per_inference else None
             mem = m.peak_memory_bytes / 2 ** 20 if m.peak_memory_bytes else None
             # The device's output dtype is the model's (outputs are compared like for like).
             exact = f(m.exact_fraction, ".0%") if m.integer_output else "n/a (float)"
             lines.append(f"| {dev} | {v} | yes | {f(m.top1, '.1f')} | {f(instr, '.3f')} | "
-                         f"{f(m.latency_ms, '.2f')} | {exact} | {f(m.max_abs_diff, '.2g')} | {f(mem, '.2f')} |")
-    return "\n".join(lines)
+                         + " | ".join(m.latency.cells())
+                         + f" | {exact} | {f(m.max_abs_diff, '.2g')} | {f(mem, '.2f')} |")
+    return "\n".join(lines) + (f"\n\n{summary.latency_note}" if summary.latency_note else "")

@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from pipeline.devices.parse import FIRST_INFERENCE_REGION
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.devices.runtime import ArmRuntime, ensure_runtime
 from pipeline.errors import ConfigError, DeviceUnavailableError, ModelFileError
@@ -34,7 +35,8 @@ class DeviceRun:
         env: the guest's complete environment.
         returncode, stdout, stderr: of the qemu process.
         result_text: the guest's result.json, None if it wrote none.
-        counts_text: the plugin's count file, None if it wrote none.
+        counts_text: the plugin's count file, None if it wrote none; it profiles
+            blocks from the first inference region on (``profile_from=2``).
         outputs: the raw model outputs, one row per input (None unless it ran).
         wall_s: wall time of the whole emulated process.
     """
@@ -114,7 +116,8 @@ def run_on_device(model_path: Union[str, Path], profile: DeviceProfile, x: np.nd
                 "--outputs", str(paths["outputs.npy"]), "--result", str(paths["result.json"]),
                 "--threads", str(threads)]
         command = runtime.command(profile.qemu_cpu, argv,
-                                  paths["counts.txt"] if count else None, sysroot=work / "root")
+                                  paths["counts.txt"] if count else None, sysroot=work / "root",
+                                  plugin_args=(f"profile_from={FIRST_INFERENCE_REGION}",))
         env = runtime.env(profile.runtime)
         t0 = time.monotonic()
         try:

@@ -108,7 +108,7 @@ class ArmRuntime:
         return self.root / "sysroots" / qemu_cpu
 
     def command(self, qemu_cpu: str, argv: Sequence[str], counts_path: Optional[Path] = None,
-                sysroot: Optional[Path] = None) -> List[str]:
+                sysroot: Optional[Path] = None, plugin_args: Sequence[str] = ()) -> List[str]:
         """The qemu command line running the guest's python3 with ``argv``.
 
         Args:
@@ -120,11 +120,13 @@ class ArmRuntime:
                 The guest sees this path in argv[0] and sys.path, and its length
                 shifts the guest's memory layout: instruction counts repeat
                 exactly only for the same path (length).
+            plugin_args: more ``key=value`` arguments of the plugin (e.g.
+                ``profile_from=2``, see insn_count.c); ignored without ``counts_path``.
         """
         sysroot = self.sysroot(qemu_cpu) if sysroot is None else sysroot
         cmd = [self.qemu, "-seed", str(QEMU_SEED), "-cpu", qemu_cpu, "-L", str(sysroot)]
         if counts_path is not None:
-            cmd += ["-plugin", f"{self.plugin},out={counts_path}"]
+            cmd += ["-plugin", ",".join([str(self.plugin), f"out={counts_path}", *plugin_args])]
         # The host path of the guest python: qemu opens the executable without -L,
         # and python then finds its stdlib under <sysroot>/usr/lib/python3.11.
         return cmd + [str(sysroot / "usr" / "bin" / "python3"), *argv]

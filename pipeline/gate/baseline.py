@@ -2,7 +2,8 @@
 
 The file format (``format: mobile-model-baseline``, ``version: 1``) is a trimmed
 summary: the recipe, per-variant host figures with the ``.tflite`` sha256,
-per-device figures with the runtime, and library versions. It carries no time
+per-device figures with the runtime and the latency's provenance (model, validated,
+cycles, IPC), and library versions. It carries no time
 stamp, so re-writing it from an identical build gives an identical file.
 :func:`pipeline.gate.snapshot.load_snapshot` reads it back.
 """

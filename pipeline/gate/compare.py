@@ -15,6 +15,9 @@ are deterministic for identical ``.tflite`` files (README, "Emulated devices"), 
 tolerance is tight (0.1%); accuracy of a retrained model moves a little between
 machines, so top-1 gets an absolute allowance in points.
 
+Notes say what else differs between the two sides (recipe, runtime, latency model,
+library versions) and which estimated latencies are unvalidated on either side.
+
 Thresholds, lowest precedence first: the defaults, a ``thresholds`` mapping in the
 baseline file (BASELINE's, then CURRENT's when it is a baseline file too), then the
 command-line options. The keys are the option names with underscores (``max_instr_increase: 0.001``).
@@ -26,11 +29,12 @@ baseline files are written by :mod:`pipeline.gate.baseline`.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
 from pipeline.gate.snapshot import DeviceFigures, Snapshot, load_snapshot
 from pipeline.gate.thresholds import (DEFAULT_THRESHOLDS, DEVICE_METRICS, HOST_METRICS, Metric, allowed_text,
                                       delta_text, format_value, validate_thresholds)
+from pipeline.summary import UNVALIDATED_REASON, LatencyEstimate
 
 
 OK, REGRESSION, IMPROVED, SKIPPED, MISSING, NEW = "ok", "regression", "improved", "skipped", "missing", "new"
@@ -224,14 +228,39 @@ def _notes(baseline: Snapshot, current: Snapshot) -> List[str]:
     if same:
         notes.append(f"identical .tflite files (sha256): {', '.join(same)}")
     for dev in baseline.devices:
-        b_rt = {r.runtime for r in baseline.devices[dev].values()} - {None}
-        c_rt = {r.runtime for r in current.devices.get(dev, {}).values()} - {None}
-        if b_rt and c_rt and b_rt != c_rt:
-            notes.append(f"{dev}: runtime {', '.join(sorted(b_rt))} -> {', '.join(sorted(c_rt))}")
+        b, c = baseline.devices[dev].values(), current.devices.get(dev, {}).values()
+        notes += _changed(f"{dev}: runtime", {r.runtime for r in b} - {None}, {r.runtime for r in c} - {None})
+        notes += _changed(f"{dev}: latency model changed:", _latency_models(b), _latency_models(c))
+    notes += _unvalidated(baseline, current)
     for lib in sorted(set(baseline.versions) & set(current.versions)):
         if baseline.versions[lib] != current.versions[lib]:
             notes.append(f"{lib} {baseline.versions[lib]} -> {current.versions[lib]}")
     return notes
+
+
+def _changed(what: str, before: Set[str], after: Set[str]) -> List[str]:
+    """A note when both sides name something and it differs."""
+    if before and after and before != after:
+        return [f"{what} {', '.join(sorted(before))} -> {', '.join(sorted(after))}"]
+    return []
+
+
+def _latency_models(figures: Iterable[DeviceFigures]) -> Set[str]:
+    # A baseline written before the model was recorded still has its latencies: say so.
+    return {r.latency_model or "(not recorded)" for r in figures if r.latency_ms is not None}
+
+
+def _marked(snap: Snapshot) -> List[str]:
+    return [f"{dev}/{v}" for dev, per in snap.devices.items() for v, r in per.items()
+            if LatencyEstimate.of(r).unvalidated]
+
+
+def _unvalidated(baseline: Snapshot, current: Snapshot) -> List[str]:
+    """A note naming the latencies that no published measurement validates, and on which side."""
+    b, c = _marked(baseline), _marked(current)
+    shown = [p + ("" if p in b and p in c else " (baseline only)" if p in b else " (current only)")
+             for p in union(b, c)]
+    return [f"unvalidated latency estimate(s) ({UNVALIDATED_REASON}): {', '.join(shown)}"] if shown else []
 
 
 def _dict_diff(a: Any, b: Any, prefix: str = "") -> List[str]:

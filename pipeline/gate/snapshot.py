@@ -57,6 +57,11 @@ class DeviceFigures(Record):
     latency_ms: Optional[float] = None
     peak_memory_bytes: Optional[int] = None
     runtime: Optional[str] = None
+    # The latency's provenance (None in baselines written before it was recorded).
+    latency_validated: Optional[bool] = None
+    latency_model: Optional[str] = None
+    latency_cycles: Optional[float] = None
+    latency_ipc: Optional[float] = None
 
     @classmethod
     def of(cls, result: DeviceSummary) -> "DeviceFigures":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from pipeline.latency.calibration_report import write_report
-from pipeline.latency.fit import Calibration, calibrate, params_notes
+from pipeline.latency.fit import Calibration, calibrate
 from pipeline.latency.params import PARAMS_NAME, write_params
 from pipeline.latency.reference import cache_root, noop
 
@@ -53,6 +53,7 @@ def write_calibration(cal: Calibration, out_dir: Optional[Path] = None, params: 
     md, js = write_report(cal, out)
     path = None
     if params:
-        path = write_params(out / PARAMS_NAME, cal.params, params_notes(cal.params))
+        path = write_params(out / PARAMS_NAME, cal.params, f"{len(cal.points)} published points "
+                            f"({cal.params.info['single_thread_points']} single-thread).")
         log(f"[calibrate] wrote the latency parameters to {path}")
     return CalibrationFiles(md, js, path)

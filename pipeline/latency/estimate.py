@@ -1,62 +1,146 @@
-"""What ``mobile-model estimate`` computes: one model's latency on one device."""
+"""Estimates: one emulated run's latency on a device, with its provenance.
+
+:func:`estimate_run` prices a run's block profile (:mod:`pipeline.latency.cycles`),
+adds the memory system (:mod:`pipeline.latency.traffic`) and applies the fitted
+parameters (:mod:`pipeline.latency.params`). :func:`attach_latency` does it for a
+device check's result, :func:`estimate_model` for ``mobile-model estimate``.
+
+Every estimate carries its provenance: the pipeline model, cycles and IPC, and
+``validated``: whether published measurements of that core and numeric format were
+in the fit or its check.
+"""
 
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Dict
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-from pipeline.devices.profiles import get_device
-from pipeline.errors import ConfigError
-from pipeline.latency.model import predict_cycles, speedup
-from pipeline.latency.params import device_params, variant_in_fit
-from pipeline.latency.reference import ModelSpec, measure, noop
+from pipeline.devices.profiles import DeviceProfile, get_device
+from pipeline.latency.model import Device, LatencyParams, predict, threads_used
+from pipeline.latency.traffic import GraphTraffic, graph_traffic
 
 Log = Callable[[str], None]
 
 
-def estimate_model(spec: ModelSpec, device: str, threads: int = 1, log: Log = noop) -> Dict[str, Any]:
-    """Estimated latency of ``spec`` on ``device`` (what ``mobile-model estimate`` prints).
+def numeric_format(model) -> str:
+    """What a parsed .tflite computes in: "int8" (integer activations), "hybrid"
+    (integer weights used by float kernels: dynamic range) or "float32" (float16
+    weights are dequantized once and run float32 kernels)."""
+    from pipeline.tflite.host import is_quantized
 
-    Builds and converts the model and runs it once on the device's emulated core
-    (both cached), then applies the device's cost-model parameters
-    (:func:`pipeline.latency.params.params_file` says which file; the result's
-    ``params_source`` and ``params_file`` name it).
+    if is_quantized(model):
+        return "int8"
+    consts = {t.index for t in model.tensors
+              if t.dtype in ("int8", "uint8") and 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer]}
+    if any(op.opcode != "DEQUANTIZE" and consts.intersection(op.inputs) for op in model.operators):
+        return "hybrid"
+    return "float32"
+
+
+def pipeline_model_name(profile: DeviceProfile) -> str:
+    """How the latency of ``profile`` is modelled, as shown next to every figure."""
+    return f"llvm-mca {profile.sched_model} + memory"
+
+
+def estimate_run(block_profile: Mapping[str, Any], traffic: GraphTraffic, profile: DeviceProfile,
+                 variant: str, threads: int = 1, params: Optional[LatencyParams] = None,
+                 stats: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One run's estimate on ``profile`` at ``threads`` threads, with its provenance.
+
+    Args:
+        block_profile: the run's ``block_profile`` (a single-threaded run).
+        traffic: the model graph's bytes.
+        variant: "float32", "int8" or "hybrid" (:func:`numeric_format`).
+        params: the fitted parameters (default: :func:`pipeline.latency.params.current_params`).
+        stats: filled with llvm-mca's work.
 
     Raises:
-        ConfigError: unknown device, bad spec or threads, a bad parameters file, or
-            no parameters for the device (run ``mobile-model calibrate``).
-        RuntimeIncompatibleError: the device's runtime cannot load the model.
-        DeviceUnavailableError: the emulated run failed.
+        ConfigError: bad threads, a malformed block profile or a bad parameters file.
+        DeviceOutputError: an undecodable instruction word.
+        DeviceUnavailableError: llvm-mc / llvm-mca missing or failing.
     """
-    t0 = time.monotonic()
-    profile = get_device(device)
-    params, path, source = device_params(profile.name)
+    from pipeline.latency.cycles import core_cycles
+    from pipeline.latency.params import current_params
+
+    source = {}
     if params is None:
-        raise ConfigError(f"device {profile.name} has no latency parameters in {path}; "
-                          f"run `mobile-model calibrate` first")
-    s = speedup(threads, params.parallel_fraction, profile.cores)  # validates threads
-    m = measure(spec, profile, log)
-    cycles = predict_cycles(m.instructions_by_class, params.costs)
-    single_ms = cycles / (profile.clock_ghz * 1e6)
-    info = params.info
+        params, path, origin = current_params()
+        source = {"params_file": str(path), "params_source": origin}
+    threads_used(threads, profile.cores)  # validates threads before any work
+    cc = core_cycles(block_profile, profile.sched_model, profile.qemu_cpu, stats)
+    dram = traffic.dram_bytes(profile.cache_kb * 1024)
+    b = predict(cc.cycles, traffic.op_count, dram, Device.of(profile), _numbers(params), threads)
     return {
-        "device_points": int(info.get("device_points", 0)),
-        "core_points": int(info.get("core_points", 0)),
-        # Whether published points of this numeric format on this core type were in the
-        # fit: int8 kernels have another class mix than float ones (docs/latency.md).
-        "variant_in_fit": variant_in_fit(params, spec.variant),
-        "latency_ms": single_ms / s,
-        "latency_ms_single_thread": single_ms,
-        "instructions": m.instructions,
-        "instructions_by_class": dict(m.instructions_by_class),
-        "cycles_single_thread": cycles,
-        "threads": threads, "threads_effective": min(threads, profile.cores), "thread_speedup": s,
-        "device": profile.name, "qemu_cpu": profile.qemu_cpu, "clock_ghz": profile.clock_ghz,
-        "runtime": f"{m.runtime} {m.runtime_version}",
-        "validated": params.validated,
-        # Leave-one-out error over the published points of this profile's core type.
-        "loo_median_abs_error_pct": info.get("loo_median_abs_error_pct"),
-        "loo_worst_abs_error_pct": info.get("loo_worst_abs_error_pct"),
-        "params_source": source, "params_file": str(path),
-        "model": asdict(spec), "model_sha256": m.model_sha256,
-        "cached": m.cached, "wall_s": round(time.monotonic() - t0, 3),
+        "latency_ms": b.ms, "validated": params.is_validated(profile.core, variant),
+        "pipeline_model": pipeline_model_name(profile), "core": profile.core,
+        "numeric_format": variant, "cycles_single_thread": cc.cycles, "ipc": cc.ipc,
+        "instructions": cc.instructions, "hot_blocks": cc.hot_blocks,
+        "hot_fraction": cc.hot_fraction, "compute_ms": b.compute_ms, "overhead_ms": b.overhead_ms,
+        "memory_ms": b.memory_ms, "dram_bytes": dram, "ops": traffic.op_count,
+        "threads": threads, "threads_effective": b.threads, "clock_ghz": b.clock_ghz, **source,
     }
+
+
+def _numbers(params: LatencyParams) -> Dict[str, float]:
+    return {"compute_scale": params.compute_scale, "op_overhead_cycles": params.op_overhead_cycles,
+            "memory_scale": params.memory_scale}
+
+
+LATENCY_KEYS = ("latency_ms", "latency_validated", "latency_model", "latency_cycles", "latency_ipc")
+
+
+def attach_latency(result: Dict[str, Any], device: str, threads: int) -> None:
+    """Adds the estimate's keys (:data:`LATENCY_KEYS`, None when not estimable) to a device result.
+
+    Args:
+        result: a :class:`pipeline.devices.check.DeviceResult` as ``to_dict()``, from a
+            single-threaded run (its counts repeat exactly); ``threads`` then scales by
+            the model.
+    """
+    from pipeline.tflite.reader import read_tflite
+
+    result.update({k: None for k in LATENCY_KEYS})
+    if not result.get("loaded") or not result.get("block_profile"):
+        return
+    profile = get_device(device)
+    model = read_tflite(Path(result["model"]))
+    est = estimate_run(result["block_profile"], graph_traffic(model), profile, numeric_format(model),
+                       threads)
+    result.update(latency_ms=est["latency_ms"], latency_validated=est["validated"],
+                  latency_model=est["pipeline_model"], latency_cycles=est["cycles_single_thread"],
+                  latency_ipc=est["ipc"])
+
+
+def estimate_model(spec, device: Union[str, DeviceProfile], threads: int = 1, log: Log = None
+                   ) -> Dict[str, Any]:
+    """Estimated latency of a :class:`~pipeline.latency.reference.ModelSpec` on ``device``.
+
+    Builds and converts the model and runs it once on the device's emulated core
+    (both cached), then prices the run (block analysis cached too).
+
+    Raises:
+        ConfigError: unknown device, bad spec or threads, a bad parameters file.
+        RuntimeIncompatibleError: the device's runtime cannot load the model.
+        DeviceUnavailableError: the emulated run or LLVM failed.
+    """
+    from pipeline.latency.reference import build_tflite, measure, noop
+
+    log = log or noop
+    t0 = time.monotonic()
+    profile = get_device(device) if isinstance(device, str) else device
+    threads_used(threads, profile.cores)
+    m = measure(spec, profile, log)
+    stats: Dict[str, Any] = {}
+    est = estimate_run(m.block_profile, GraphTraffic.from_dict(m.traffic), profile,
+                       "int8" if spec.variant == "int8" else "float32", threads, stats=stats)
+    if not est["validated"]:
+        log(f"[latency] {profile.name}: no published {spec.variant} point of a {profile.core} core "
+            f"was in the fit: the estimate is unvalidated")
+    est.update({
+        "device": profile.name, "qemu_cpu": profile.qemu_cpu, "runtime": f"{m.runtime} {m.runtime_version}",
+        "model": asdict(spec), "model_sha256": m.model_sha256, "cached": m.cached,
+        "llvm_mca": stats, "model_file": str(build_tflite(spec)),
+        "wall_s": round(time.monotonic() - t0, 3),
+    })
+    return est
+

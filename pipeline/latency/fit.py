@@ -1,64 +1,32 @@
-"""The calibration procedure: measure the published architectures, fit, validate.
+"""The calibration procedure: measure the published architectures, fit, cross-validate.
 
-:func:`calibrate` measures the published architectures (:mod:`pipeline.latency.published`)
-on the cores that emulate the published devices (:func:`pipeline.latency.reference.measure`),
-fits the cost model of :mod:`pipeline.latency.model` on all points and under
-leave-one-out, and gives every device profile its parameters: its core's fitted
-costs, or another core's scaled (:data:`ASSUMED_CORES`, unvalidated), or none.
-It writes nothing: :mod:`pipeline.latency.calibrate` does.
+:func:`calibrate` runs each published architecture on the emulated core of its
+device (:func:`pipeline.latency.reference.measure`, cached), prices the run with
+the device's pipeline model (:mod:`pipeline.latency.cycles`) and the graph's
+memory traffic, and fits the three global numbers of :mod:`pipeline.latency.model`
+on every published point, single- and multi-threaded. Held-out errors come
+leave-one-point-out, leave-one-device-out and leave-one-architecture-out, per core
+and per numeric format. The first model (two fitted costs per instruction class and
+core, :mod:`pipeline.latency.classcost`) is cross-validated the same way as a
+comparison row. It writes nothing: :mod:`pipeline.latency.calibrate` does.
 """
 
+import statistics
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.devices.profiles import DEVICES, DeviceProfile, get_device
 from pipeline.devices.targets import RUNTIMES
 from pipeline.errors import ConfigError, RuntimeIncompatibleError
-from pipeline.latency.model import (CLASSES, DEFAULT_TIES, LatencyParams, Point, Prediction, error_summary,
-                                    fit_costs, fit_parallel_fraction, leave_one_out, predict,
-                                    predict_cycles)
-from pipeline.latency.params import variant_in_fit
+from pipeline.latency import classcost
+from pipeline.latency.model import PARAM_KEYS, Device, LatencyParams, predict
 from pipeline.latency.published import (PUBLISHED_ORDER, PUBLISHED_RUNTIMES, PUBLISHED_VARIANTS,
                                         PublishedPoint, load_multi_thread, load_published)
 from pipeline.latency.reference import VARIANT_NAMES, ModelSpec, measure, noop
+from pipeline.latency.traffic import GraphTraffic
 
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Assumption:
-    """Costs for a core type with no published point: another core's, scaled.
-
-    These are guesses, stated in the parameters file and the report; estimates on
-    such a core are marked unvalidated.
-    """
-
-    base_core: str
-    factor: float
-    reason: str
-
-
-ASSUMED_CORES = {
-    "neoverse-n1": Assumption(
-        "cortex-a76", 1.0,
-        "Neoverse N1 is derived from Cortex-A76; its costs are the cortex-a76 group's, "
-        "which were fitted on the Pixel 3a's Cortex-A75-based cores"),
-    "cortex-a53": Assumption(
-        "cortex-a72", 2.0,
-        "Cortex-A53 is in-order, 2-wide, with a 64-bit NEON datapath (a 128-bit SIMD "
-        "instruction occupies it twice); assumed twice the cycles per instruction of the "
-        "cortex-a72 group (fitted on the out-of-order Kryo / Cortex-A73 cores of Pixel and Pixel 2)"),
-}
-
 FULL_SIZE = dict(alpha=1.0, input_size=224, classes=1000)
-# Alternatives to DEFAULT_TIES shown in the report (sensitivity, not selection).
-ALTERNATIVE_TIES = {
-    "one cost (a plain CPI)": (tuple(CLASSES),),
-    "simd_mac | rest (chosen)": DEFAULT_TIES,
-    "all SIMD | rest": (("simd_mac", "simd_other"), ("ldst", "branch", "scalar")),
-    "simd_mac | ldst | rest": (("simd_mac",), ("ldst",), ("simd_other", "branch", "scalar")),
-    "simd_mac | simd_other | rest": (("simd_mac",), ("simd_other",), ("ldst", "branch", "scalar")),
-}
 
 
 def runtime_profile(profile: DeviceProfile, runtime: str) -> DeviceProfile:
@@ -66,175 +34,260 @@ def runtime_profile(profile: DeviceProfile, runtime: str) -> DeviceProfile:
     return replace(profile, runtime=runtime, runtime_version=RUNTIMES[runtime].version)
 
 
-def calibration_points(published: Sequence[PublishedPoint], log: Log = noop,
-                       runtime=None) -> List[Point]:
-    """Measures each published architecture on its device's core and runtime."""
+@dataclass(frozen=True)
+class Point:
+    """One published latency with what the model needs to predict it.
+
+    Attributes:
+        name: a label ("mobilenet_v1 float32 pixel2 1t").
+        model, device, core, variant: what was measured where (core: the profile's).
+        sched_model: the LLVM model that priced the run.
+        threads: interpreter threads of the measurement.
+        measured_ms: the published latency.
+        cycles: the pipeline model's cycles of one single-threaded inference.
+        instructions: executed instructions of that inference.
+        ops: graph operators; dram_bytes: bytes to and from DRAM on this device.
+        device_figures: the profile's clocks, cores, cache and bandwidth.
+        by_class: instructions per class (for the first model's comparison row).
+    """
+
+    name: str
+    model: str
+    device: str
+    core: str
+    sched_model: str
+    variant: str
+    threads: int
+    measured_ms: float
+    cycles: float
+    instructions: int
+    ops: int
+    dram_bytes: float
+    device_figures: Device
+    by_class: Mapping[str, int]
+
+    def features(self) -> Tuple[float, float, float]:
+        """Milliseconds per unit of each parameter (:data:`PARAM_KEYS` order)."""
+        b = predict(self.cycles, self.ops, self.dram_bytes, self.device_figures,
+                    {k: 1.0 for k in PARAM_KEYS}, self.threads)
+        return b.compute_ms, b.overhead_ms, b.memory_ms
+
+
+def fit_params(points: Sequence[Point]) -> Dict[str, float]:
+    """The global parameters: non-negative least squares on relative error over ``points``.
+
+    Minimises ``sum(((predicted - measured) / measured) ** 2)``: a 12 ms model weighs
+    like an 88 ms one. The model is linear in its three parameters.
+
+    Raises:
+        ConfigError: fewer points than parameters.
+    """
+    import numpy as np
+    from scipy.optimize import nnls
+
+    if len(points) < len(PARAM_KEYS):
+        raise ConfigError(f"{len(points)} point(s) cannot determine {len(PARAM_KEYS)} parameters")
+    x = np.array([p.features() for p in points]) / np.array([p.measured_ms for p in points])[:, None]
+    scale = x.max(axis=0)
+    scale[scale == 0] = 1.0
+    theta, _ = nnls(x / scale, np.ones(len(points)))
+    theta = theta / scale
+    if theta[0] <= 0:
+        raise ConfigError("the fit gave the compute term no weight; the points cannot calibrate it")
+    return {k: float(v) for k, v in zip(PARAM_KEYS, theta)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    point: Point
+    predicted_ms: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_ms - self.point.measured_ms) / self.point.measured_ms
+
+
+def predict_points(points: Sequence[Point], params: Mapping[str, float]) -> List[Prediction]:
+    return [Prediction(p, predict(p.cycles, p.ops, p.dram_bytes, p.device_figures, params, p.threads).ms)
+            for p in points]
+
+
+def held_out(points: Sequence[Point], group: Callable[[Point], str],
+             fit: Callable[[Sequence[Point]], Mapping[str, float]] = fit_params) -> List[Prediction]:
+    """Each group's points predicted by a fit on the other groups' (same order as ``points``)."""
+    out: Dict[int, Prediction] = {}
+    for g in sorted({group(p) for p in points}):
+        rest = [p for p in points if group(p) != g]
+        params = fit(rest)
+        for i, p in enumerate(points):
+            if group(p) == g:
+                out[i] = predict_points([p], params)[0]
+    return [out[i] for i in range(len(points))]
+
+
+SPLITS = {
+    "leave-one-point-out": lambda p: p.name,
+    "leave-one-device-out": lambda p: p.device,
+    "leave-one-architecture-out": lambda p: p.model,
+}
+
+
+def error_summary(predictions: Sequence[Prediction]) -> Dict[str, Any]:
+    """Median and worst absolute relative error (fractions) and the worst point's name."""
+    if not predictions:
+        return {"median_abs_error": None, "worst_abs_error": None, "worst_point": None, "points": 0}
+    errs = [abs(p.error) for p in predictions]
+    worst = max(predictions, key=lambda p: abs(p.error))
+    return {"median_abs_error": statistics.median(errs), "worst_abs_error": abs(worst.error),
+            "worst_point": worst.point.name, "points": len(predictions)}
+
+
+def breakdown(predictions: Sequence[Prediction]) -> Dict[str, Dict[str, Any]]:
+    """Error summaries per numeric format, per core and per thread count."""
+    keys = {"variant": lambda p: p.variant, "core": lambda p: p.core,
+            "threads": lambda p: "1 thread" if p.threads == 1 else "multi-thread"}
+    return {name: {g: error_summary([q for q in predictions if key(q.point) == g])
+                   for g in sorted({key(q.point) for q in predictions})}
+            for name, key in keys.items()}
+
+
+# -- measuring -----------------------------------------------------------------------
+
+def _point(pub_name: str, pub_model: str, device: str, spec: ModelSpec, profile: DeviceProfile,
+           threads: int, ms: float, log: Log, runtime, variant: str) -> Point:
+    from pipeline.latency.cycles import core_cycles
+
+    m = measure(spec, profile, log, runtime)
+    traffic = GraphTraffic.from_dict(m.traffic)
+    cc = core_cycles(m.block_profile, profile.sched_model, profile.qemu_cpu)
+    return Point(pub_name, pub_model, device, profile.core, profile.sched_model, variant, threads, ms, cc.cycles,
+                 cc.instructions, traffic.op_count, traffic.dram_bytes(profile.cache_kb * 1024),
+                 Device.of(profile), dict(m.instructions_by_class))
+
+
+def calibration_points(published: Sequence[PublishedPoint],
+                       multi: Optional[Mapping[Tuple[str, str], float]] = None,
+                       log: Log = noop, runtime=None) -> List[Point]:
+    """Every published point, single-thread then multi-thread, with its emulated run priced."""
     points = []
     for pub in published:
         profile = runtime_profile(get_device(pub.device), PUBLISHED_RUNTIMES[pub.runtime])
         spec = ModelSpec(pub.model, variant=PUBLISHED_VARIANTS[pub.variant], **FULL_SIZE)
-        m = measure(spec, profile, log, runtime)
-        points.append(Point(pub.name, profile.qemu_cpu, m.instructions_by_class,
-                            profile.clock_ghz, pub.latency_ms, pub.device, spec.variant))
+        points.append(_point(f"{pub.name} 1t", pub.model, pub.device, spec, profile, 1, pub.latency_ms,
+                             log, runtime, spec.variant))
+    multi = load_multi_thread() if multi is None else multi
+    for (model, device), ms in multi.items():
+        profile = runtime_profile(get_device(device), PUBLISHED_RUNTIMES["xnnpack-2020"])
+        spec = ModelSpec(model, variant="float32", **FULL_SIZE)
+        t = profile.cores
+        points.append(_point(f"{model} float32 {device} {t}t", model, device, spec, profile, t, ms,
+                             log, runtime, "float32"))
     return points
 
 
-def thread_pairs(published: Sequence[PublishedPoint],
-                 multi: Optional[Mapping[Tuple[str, str], float]] = None
-                 ) -> List[Tuple[str, int, float, float]]:
-    """(label, threads, single-thread ms, multi-thread ms) of the published multi-thread table."""
-    multi = load_multi_thread() if multi is None else multi
-    single = {(p.model, p.device): p.latency_ms for p in published
-              if p.variant == "float32" and p.runtime == "xnnpack-2020"}
-    return [(f"{model} {device}", get_device(device).cores, single[(model, device)], ms)
-            for (model, device), ms in multi.items() if (model, device) in single]
+def validated_cores(points: Sequence[Point]) -> Dict[str, Tuple[str, ...]]:
+    """Core -> numeric formats with published points (what estimates may call validated)."""
+    out: Dict[str, set] = {}
+    for p in points:
+        out.setdefault(p.core, set()).add(p.variant)
+    return {core: tuple(v for v in VARIANT_NAMES if v in got) for core, got in sorted(out.items())}
 
 
-def profile_params(costs: Mapping[str, Mapping[str, float]], parallel_fraction: float,
-                   points: Sequence[Point], loo: Sequence[Prediction]
-                   ) -> Dict[str, Optional[LatencyParams]]:
-    """The parameters of every profile: its core's fitted costs, or assumed ones, or None."""
-    out: Dict[str, Optional[LatencyParams]] = {}
-    for name in DEVICES.names():
-        core = get_device(name).qemu_cpu
-        if core in costs:
-            core_loo = [q for q in loo if q.point.core == core]
-            summary = error_summary(core_loo)
-            info = {"device_points": sum(1 for p in points if p.device == name),
-                    "core_points": len(core_loo),
-                    "core_int8_points": sum(1 for p in points
-                                            if p.core == core and p.variant == "int8"),
-                    "loo_median_abs_error_pct": round(100 * summary["median_abs_error"], 2),
-                    "loo_worst_abs_error_pct": round(100 * summary["worst_abs_error"], 2)}
-            out[name] = LatencyParams(dict(costs[core]), parallel_fraction, True, info)
-        elif core in ASSUMED_CORES and ASSUMED_CORES[core].base_core in costs:
-            a = ASSUMED_CORES[core]
-            out[name] = LatencyParams({c: a.factor * v for c, v in costs[a.base_core].items()},
-                                      parallel_fraction, False,
-                                      {"device_points": 0, "core_points": 0, "core_int8_points": 0})
-        else:
-            out[name] = None
+# -- the first model, as a comparison row ----------------------------------------------
+
+def classcost_held_out(points: Sequence[Point], group: Callable[[Point], str]) -> List[Prediction]:
+    """The first model (two costs per class and core type, :mod:`classcost`) held out by
+    ``group``, on the single-thread points; a point whose core has too few other
+    points gets no prediction (it is left out of the list)."""
+    single = [p for p in points if p.threads == 1]
+
+    def as_class_point(p: Point) -> classcost.Point:
+        return classcost.Point(p.name, p.core, p.by_class, p.device_figures.clock_1t_ghz, p.measured_ms,
+                               p.device, p.variant)
+
+    out = []
+    for p in single:
+        rest = [as_class_point(q) for q in single if group(q) != group(p)]
+        try:
+            costs = classcost.fit_costs(rest)
+        except ConfigError:
+            continue
+        if p.core not in costs:
+            continue
+        out.append(Prediction(p, classcost.predict_cycles(p.by_class, costs[p.core])
+                              / (p.device_figures.clock_1t_ghz * 1e6)))
     return out
 
 
-def params_notes(params: Mapping[str, Optional[LatencyParams]]) -> Dict[str, str]:
-    """A comment for each device whose parameters are assumed rather than fitted."""
-    notes = {}
-    for name, p in params.items():
-        core = get_device(name).qemu_cpu
-        if p is not None and not p.validated and core in ASSUMED_CORES:
-            a = ASSUMED_CORES[core]
-            notes[name] = (f"ASSUMED, NOT FITTED (validated: 0): no published latency of a {core} "
-                           f"core exists in the calibration set.\n"
-                           f"Costs = {a.factor:g} x the {a.base_core} group's. {a.reason}.")
-    return notes
-
+# -- the whole calibration --------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Calibration:
     """What :func:`calibrate` found (also written as JSON)."""
 
     points: List[Point]
+    params: LatencyParams
     fit_all: List[Prediction]
-    loo: List[Prediction]
-    costs: Dict[str, Dict[str, float]]
-    parallel_fraction: float
-    thread_pairs: List[Tuple[str, int, float, float]]
-    params: Dict[str, Optional[LatencyParams]]
+    held_out: Dict[str, List[Prediction]]
+    classcost: Dict[str, List[Prediction]]
     matrix: List[Dict[str, Any]]
-    sensitivity: List[Dict[str, Any]]
     published: List[PublishedPoint]
 
 
-def _ms(by_class, params: LatencyParams, clock: float) -> float:
-    return predict_cycles(by_class, params.costs) / (clock * 1e6)
+def estimate_matrix(params: LatencyParams, log: Log = noop, runtime=None) -> List[Dict[str, Any]]:
+    """One-thread estimates of the full-size families, float32 and int8, on every profile."""
+    from pipeline.latency.estimate import estimate_run
 
-
-def estimate_matrix(params: Mapping[str, Optional[LatencyParams]], log: Log = noop,
-                    runtime=None) -> List[Dict[str, Any]]:
-    """Single-thread estimates of the full-size families, float32 and int8, on every profile."""
     rows = []
     for name in DEVICES.names():
         profile = get_device(name)
-        p = params.get(name)
         for family in PUBLISHED_ORDER:
             for variant in VARIANT_NAMES:
                 spec = ModelSpec(family, variant=variant, **FULL_SIZE)
                 row = {"device": name, "family": family, "variant": variant,
                        "runtime": f"{profile.runtime} {profile.runtime_version}",
-                       "validated": None if p is None else p.validated,
-                       "variant_in_fit": None if p is None else variant_in_fit(p, variant)}
+                       "validated": params.is_validated(profile.core, variant)}
                 try:
                     m = measure(spec, profile, log, runtime)
                 except RuntimeIncompatibleError as e:  # a result for the report, not a failure
-                    row.update(loaded=False, error=str(e))
-                    rows.append(row)
+                    rows.append(dict(row, loaded=False, error=str(e)))
                     continue
-                row.update(loaded=True, instructions=m.instructions,
-                           latency_ms=None if p is None else _ms(m.instructions_by_class, p,
-                                                                 profile.clock_ghz))
-                rows.append(row)
-    return rows
-
-
-def _sensitivity_row(label: str, pts: Sequence[Point], ties) -> Dict[str, Any]:
-    def fit(ps):
-        return fit_costs(ps, ties)
-    try:
-        a, loo = error_summary(predict(pts, fit(pts))), error_summary(leave_one_out(pts, fit))
-    except ConfigError as e:
-        return {"model": label, "error": str(e)}
-    return {"model": label, "costs_per_core": len(ties),
-            "fit_median_abs_error": a["median_abs_error"],
-            "fit_worst_abs_error": a["worst_abs_error"],
-            "loo_median_abs_error": loo["median_abs_error"],
-            "loo_worst_abs_error": loo["worst_abs_error"], "loo_worst_point": loo["worst_point"]}
-
-
-def sensitivity(published: Sequence[PublishedPoint], points: Sequence[Point],
-                log: Log = noop, runtime=None) -> List[Dict[str, Any]]:
-    """Fit and leave-one-out errors of other cost structures on the same points."""
-    rows = [_sensitivity_row(label, points, ties) for label, ties in ALTERNATIVE_TIES.items()]
-    # The same chosen model with the int8 points measured on the profile's runtime
-    # (XNNPACK int8) instead of builtin kernels: how much the runtime choice matters.
-    alt = []
-    for pub, pt in zip(published, points):
-        if pub.runtime == "tflite-2019":
-            spec = ModelSpec(pub.model, variant=PUBLISHED_VARIANTS[pub.variant], **FULL_SIZE)
-            m = measure(spec, get_device(pub.device), log, runtime)
-            pt = replace(pt, by_class=m.instructions_by_class)
-        alt.append(pt)
-    if any(pub.runtime == "tflite-2019" for pub in published):
-        rows.append(_sensitivity_row("simd_mac | rest, int8 points run on XNNPACK (litert)", alt,
-                                     DEFAULT_TIES))
+                est = estimate_run(m.block_profile, GraphTraffic.from_dict(m.traffic), profile, variant,
+                                   1, params)
+                rows.append(dict(row, loaded=True, instructions=m.instructions,
+                                 latency_ms=est["latency_ms"], cycles=est["cycles_single_thread"],
+                                 ipc=est["ipc"], pipeline_model=est["pipeline_model"]))
     return rows
 
 
 def calibrate(published: Optional[Sequence[PublishedPoint]] = None, log: Log = noop,
               matrix: bool = True, runtime=None) -> Calibration:
-    """Measures, fits and validates the cost model (does not write anything).
+    """Measures, fits and cross-validates the latency model (writes nothing).
 
     Args:
-        published: the published points (default :func:`load_published`).
+        published: the published single-thread points (default :func:`load_published`);
+            the multi-thread table is always the package's.
         matrix: also estimate every full-size family x variant on every profile
-            (the order check and the int8 speed-ups of the report).
+            (the order check of the report).
 
     Raises:
-        ConfigError: a core with too few points for its costs.
-        DeviceUnavailableError: the ARM runtime or an emulated run failed.
+        ConfigError: too few points for the parameters.
+        DeviceUnavailableError: the ARM runtime, an emulated run or LLVM failed.
     """
     published = list(published if published is not None else load_published())
     if runtime is None:
         from pipeline.devices.runtime import ensure_runtime
 
         runtime = ensure_runtime(progress=log)
-    points = calibration_points(published, log, runtime)
-    costs = fit_costs(points)
-    fit_all = predict(points, costs)
-    loo = leave_one_out(points)
-    pairs = thread_pairs(published)
-    p = fit_parallel_fraction([(t, one, many) for _, t, one, many in pairs])
-    params = profile_params(costs, p, points, loo)
+    points = calibration_points(published, log=log, runtime=runtime)
+    numbers = fit_params(points)
+    outs = {name: held_out(points, key) for name, key in SPLITS.items()}
+    lodo = error_summary(outs["leave-one-device-out"])
+    info = {"points": len(points), "single_thread_points": sum(p.threads == 1 for p in points),
+            "lodo_median_abs_error_pct": round(100 * lodo["median_abs_error"], 2),
+            "lodo_worst_abs_error_pct": round(100 * lodo["worst_abs_error"], 2)}
+    params = LatencyParams(validated=validated_cores(points), info=info, **numbers)
+    comparison = {name: classcost_held_out(points, key) for name, key in SPLITS.items()}
     rows = estimate_matrix(params, log, runtime) if matrix else []
-    sens = sensitivity(published, points, log, runtime)
-    return Calibration(points, fit_all, loo, costs, p, pairs, params, rows, sens, published)
+    return Calibration(points, params, predict_points(points, numbers), outs, comparison, rows, published)
+

@@ -10,7 +10,8 @@ calibration (:func:`measure`, instruction counts) and the search's cost tier
 
     $MOBILE_MODEL_CACHE/latency/   (default ~/.cache/mobile-model/latency/)
         models/<key>.tflite        converted reference models
-        runs/<key>.json            one emulated run: counts by class, runtime, model hash
+        runs/<key>.json            one emulated run: hot blocks, counts by class, graph bytes
+        mca/<key>.json             llvm-mca's cycles of one block on one scheduling model
         search/<key>.json          one emulated run as the search's cost tier keeps it
 """
 
@@ -24,14 +25,14 @@ from typing import Any, Callable, Dict, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError
-from pipeline.latency.model import CLASSES
+from pipeline.devices.parse import CLASSES
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
 
 Log = Callable[[str], None]
 
 # Bump when building, converting or running reference models changes what a cached
 # entry holds (so stale entries are not reused).
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 SEED = 0
 VARIANT_NAMES = ("float32", "int8")
 # Random images given to the int8 converter as calibration data. Weights are random
@@ -261,10 +262,12 @@ def run_reference(spec: ModelSpec, profile: DeviceProfile, log: Log = noop, runt
 
 @dataclass(frozen=True)
 class Measurement:
-    """Instructions of one inference of a reference model on one emulated core.
+    """One inference of a reference model on one emulated core: what estimates need.
 
-    ``instructions_by_class`` has every class of ``latency.CLASSES``; the counts are
-    exact (one interpreter thread) and repeat run to run.
+    ``instructions_by_class`` has every class of ``CLASSES``; the counts are exact
+    (one interpreter thread) and repeat run to run. ``block_profile`` holds the hot
+    blocks (``DeviceResult.to_dict()["block_profile"]``), ``traffic`` the graph's bytes
+    (:meth:`pipeline.latency.traffic.GraphTraffic.to_dict`).
     """
 
     spec: Dict[str, Any]
@@ -275,6 +278,8 @@ class Measurement:
     model_sha256: str
     instructions: int
     instructions_by_class: Dict[str, int]
+    block_profile: Dict[str, Any]
+    traffic: Dict[str, Any]
     process_wall_s: float
     cached: bool = False
 
@@ -295,13 +300,15 @@ def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = noop,
         RuntimeIncompatibleError: the profile's runtime cannot load the model.
         DeviceUnavailableError: no ARM runtime, a crash or a timeout.
     """
+    from pipeline.latency.traffic import graph_traffic
+
     key = run_key(spec, profile)
 
     def run() -> Dict[str, Any]:
         build_tflite(spec, log)  # before the message: converting is its own step
         log(f"[latency] running {spec.label} on {profile.qemu_cpu} ({profile.runtime} "
             f"{profile.runtime_version}) under qemu")
-        result, _ = run_reference(spec, profile, log, runtime)
+        result, path = run_reference(spec, profile, log, runtime)
         result = result.require_loaded()
         if not result.counts_exact:
             raise ConfigError(f"{spec.label}: counts of a multi-threaded run are not repeatable")
@@ -309,7 +316,8 @@ def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = noop,
                         runtime_version=result.runtime_version, runtime_key=key["runtime_key"],
                         model_sha256=result.model_sha256, instructions=int(result.instructions_median),
                         instructions_by_class={c: int(result.instructions_by_class[c]) for c in CLASSES},
-                        process_wall_s=result.process_wall_s)
+                        block_profile=result.to_dict()["block_profile"],
+                        traffic=graph_traffic(path).to_dict(), process_wall_s=result.process_wall_s)
         log(f"[latency] {spec.label} on {profile.qemu_cpu}: {m.instructions / 1e6:.1f} M instructions "
             f"({result.process_wall_s:.0f} s emulated)")
         return m.to_dict()

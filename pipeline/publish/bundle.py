@@ -6,7 +6,8 @@
     labels.txt      one class name per line, in output-index order
     metadata.json   input shape/dtype/normalization/quantization, output, op list with
                     versions, runtimes that load it (and the op that fails where not),
-                    target devices with their measured figures
+                    target devices with their measured figures and estimated latency
+                    (with its latency model, cycles, IPC and whether it is validated)
     MODEL_CARD.md   the same for people: what it is, how well it does, how to feed it
     SHA256SUMS      ``cd bundle && sha256sum -c SHA256SUMS``
 
@@ -129,8 +130,9 @@ def _op(entry: Mapping[str, Any]) -> str:
 
 
 def device_figures(devices: Mapping[str, Mapping[str, DeviceSummary]], variant: str) -> Dict[str, Dict[str, Any]]:
-    """Per target device: the profile (real device, core, clock, RAM, runtime) and the
-    measured figures of ``variant`` on its emulation."""
+    """Per target device: the profile (real device, core, clock, RAM, runtime), the
+    measured figures of ``variant`` on its emulation, and its estimated latency with
+    the estimate's provenance (latency model, cycles on one thread, IPC, validated)."""
     out = {}
     for dev, per in devices.items():
         rec = per.get(variant)
@@ -150,6 +152,11 @@ def device_figures(devices: Mapping[str, Mapping[str, DeviceSummary]], variant: 
             "samples": rec.samples,
             "instructions_per_inference": rec.instructions_per_inference,
             "estimated_latency_ms": rec.latency_ms,
+            # Where the estimate comes from (docs/latency.md); all None without one.
+            "latency_validated": rec.latency_validated,
+            "latency_model": rec.latency_model,
+            "latency_cycles": rec.latency_cycles,
+            "latency_ipc": rec.latency_ipc,
             "peak_memory_bytes": rec.peak_memory_bytes,
             "fits_ram": rec.fits_ram,
             "bit_exact_fraction": rec.exact_fraction,

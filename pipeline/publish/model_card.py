@@ -6,6 +6,8 @@ and the recipe, so the card and the metadata never disagree.
 
 from typing import Any, List, Mapping, Optional
 
+from pipeline.summary import LATENCY_HEADERS, LatencyEstimate, unvalidated_note
+
 # The model's file name inside bundle/, and why it carries no embedded TFLite metadata
 # (shown in the metadata and the model card).
 MODEL_FILE = "model.tflite"
@@ -132,19 +134,30 @@ def _runtimes(meta: Mapping[str, Any]) -> List[str]:
     devs = meta["devices"]
     if not devs:
         return lines + ["No emulated-device results in this build.", ""]
-    lines += ["| device | runtime | loads | top-1 % | M instr / inference | est. latency ms | memory MiB |",
-              "|---|---|---|---:|---:|---:|---:|"]
+    lines += ["| device | runtime | loads | top-1 % | M instr / inference | " + " | ".join(LATENCY_HEADERS)
+              + " | memory MiB |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    estimates = {name: _estimate(d) for name, d in devs.items()}
     for name, d in devs.items():
         loads = "yes" if d["loads"] else f"no ({d['load_error_op']} v{d['load_error_op_version']})"
         lines.append(f"| {name}: {d['description'] or ''} | {d['runtime']} | {loads} | "
                      f"{_fmt(d['top1'], '.1f')} | {_fmt(d['instructions_per_inference'], '.3f', 1e-6)} | "
-                     f"{_fmt(d['estimated_latency_ms'], '.2f')} | "
-                     f"{_fmt(d['peak_memory_bytes'], '.2f', 1 / 2 ** 20)} |")
+                     + " | ".join(estimates[name].cells())
+                     + f" | {_fmt(d['peak_memory_bytes'], '.2f', 1 / 2 ** 20)} |")
+    note = unvalidated_note(estimates.values())
+    if note:
+        lines += ["", note]
     return lines + ["",
                     "Device figures come from the real ARM runtime under qemu-aarch64: top-1 on "
                     f"{next(iter(devs.values()))['samples']} test images, instructions counted per inference "
-                    "(deterministic). Latency is an estimate from a cost model, blank where the device "
-                    "profile has no fitted parameters; it was not measured on the device.", ""]
+                    "(deterministic). Latency is an estimate of the latency model named in its row, blank where "
+                    "the device has none; it was not measured on the device.", ""]
+
+
+def _estimate(d: Mapping[str, Any]) -> LatencyEstimate:
+    """The estimated latency of one ``metadata.json`` device entry."""
+    return LatencyEstimate(d["estimated_latency_ms"], d["latency_validated"], d["latency_model"],
+                           d["latency_cycles"], d["latency_ipc"])
 
 
 def _count(n: Optional[int]) -> str:

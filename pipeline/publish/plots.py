@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.publish.document import Plot
 from pipeline.publish.records import DEPTHWISE_NOTE, Confusion, SparsityRow
-from pipeline.summary import BuildSummary, DeviceSummary
+from pipeline.summary import UNVALIDATED_MARK, BuildSummary, DeviceSummary
 
 VARIANT_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "dynamic": "#c44e52", "int8-ptq": "#8172b2",
                   "int8-qat": "#dd8452", "int8-cqat": "#937860", "int8-pcqat": "#da8bc3"}
@@ -62,10 +62,11 @@ def plot_accuracy_vs_cost(summary: BuildSummary) -> Plot:
     fig.legend([handles[lab] for lab in labels], labels, loc="upper center", ncol=len(labels), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    note = summary.latency_note
     return Plot("accuracy_vs_cost", "accuracy vs cost per device", _png(fig),
-                f"Top-1 on each emulated device against estimated latency where the device has "
-                f"fitted cost-model parameters, else against guest instructions per inference (deterministic). "
-                f"Star: the deploy variant ({deploy}).")
+                "Top-1 on each emulated device against estimated latency where the device has a "
+                "latency model, else against guest instructions per inference (deterministic). "
+                f"Star: the deploy variant ({deploy})." + (f" {note}" if note else ""))
 
 
 def _plot_accuracy_vs_size(summary: BuildSummary) -> Plot:
@@ -98,7 +99,7 @@ def _device_axes(ax, summary: BuildSummary, dev: str, per: Dict[str, DeviceSumma
         y = m.top1 if m.top1 is not None else summary.variants[v].top1
         ax.scatter(x, y, s=110 if v == deploy else 45, color=_color(v, i), marker="*" if v == deploy else "o",
                    label=v, zorder=3, edgecolors="black" if v == deploy else "none", linewidths=0.6)
-        points.append((x, y, v))
+        points.append((x, y, v + (UNVALIDATED_MARK if use_latency and m.latency.unvalidated else "")))
     _label_points(ax, points)
     failed = [f"{v} ({m.load_error_op or 'error'}" + (f" v{m.load_error_op_version})" if m.load_error_op else ")")
               for v, m in per.items() if not m.loaded]

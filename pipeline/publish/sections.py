@@ -13,7 +13,8 @@ from typing import List, Mapping, Optional, Tuple
 from pipeline.publish.bundle import Bundle
 from pipeline.publish.document import Cell, Doc, Plot, Table
 from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, Confusion, SparsityRow, device_profile)
-from pipeline.summary import BuildSummary, DeviceSummary
+from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
+                              BuildSummary, DeviceSummary)
 
 PLOT_ORDER = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
 
@@ -106,18 +107,30 @@ def _budgets(doc: Doc, s: BuildSummary) -> None:
     for b in s.budgets:
         op = "<=" if b.direction == "max" else ">="
         rows.append([b.budget, b.subject, f"{op} {b.limit:g} {b.unit}",
-                     "not measured" if b.measured is None else f"{b.measured:.4g} {b.unit}",
+                     "not measured" if b.measured is None else f"{b.measured:.4g} {b.unit}" + _mark(s, b),
                      ("ok", "ok") if b.ok else ("MISSED", "bad")])
     doc.table(Table(["budget", "subject", "limit", "measured", "result"], rows, "llrrl"))
+    if any(_mark(s, b) for b in s.budgets):
+        doc.p(UNVALIDATED_NOTE)
+
+
+def _mark(s: BuildSummary, b: BudgetResult) -> str:
+    """The unvalidated mark of a latency budget measured on an unvalidated estimate."""
+    result = s.device(b.subject) if b.budget == "max_latency_ms" else None
+    return UNVALIDATED_MARK if result is not None and result.latency.unvalidated else ""
+
+
+_DEVICE_HEADERS = ["device", "variant", "loads", "top-1 %", "M instr / inference", *LATENCY_HEADERS,
+                   "bit-exact vs host", "max abs diff", "memory MiB", "fits RAM"]
 
 
 def _device_row(dev: str, v: str, m: DeviceSummary, deploy: str) -> List[Cell]:
     if not m.loaded:
         op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else "error"
-        return [dev, v, (f"no: {op}", "bad"), "", "", "", "", "", "", ""]
+        return [dev, v, (f"no: {op}", "bad")] + [""] * (len(_DEVICE_HEADERS) - 3)
     fits = m.fits_ram
     return [dev, f"**{v}**" if v == deploy else v, ("yes", "ok"), _f(m.top1, ".1f"),
-            _f(m.instructions_per_inference, ",.3f", 1e-6), _f(m.latency_ms, ".2f"), _f(m.exact_fraction, ".0%"),
+            _f(m.instructions_per_inference, ",.3f", 1e-6), *m.latency.cells(), _f(m.exact_fraction, ".0%"),
             _f(m.max_abs_diff, ".2g"), _f(m.peak_memory_bytes, ".2f", 1 / 2 ** 20),
             "-" if fits is None else ("yes", "ok") if fits else ("no", "bad")]
 
@@ -136,16 +149,17 @@ def _devices(doc: Doc, s: BuildSummary) -> None:
     rows = [_device_row(dev, v, m, s.deploy_variant) for dev, per in s.devices.items() for v, m in per.items()]
     failures = [f"{v} on {dev} ({m.runtime}): {((m.load_error or '').strip().splitlines() or [''])[0]}"
                 for dev, per in s.devices.items() for v, m in per.items() if not m.loaded]
-    doc.table(Table(["device", "variant", "loads", "top-1 %", "M instr / inference", "est. latency ms",
-                     "bit-exact vs host", "max abs diff", "memory MiB", "fits RAM"], rows, "lllrrrrrrl"))
+    doc.table(Table(_DEVICE_HEADERS, rows, "lllrr" + LATENCY_ALIGN + "rrrl"))
+    if s.latency_note:
+        doc.p(s.latency_note)
     if failures:
         doc.p("Load failures (first line of the runtime's error):")
         doc.ul(failures)
     samples = {m.samples for per in s.devices.values() for m in per.values() if m.samples}
     doc.p(f"Each pair ran on the device's real ARM runtime under qemu-aarch64 over "
           f"{'/'.join(map(str, sorted(samples))) or '?'} test images. Instructions per inference are "
-          "deterministic (the basis of the CI gate); estimated latency needs fitted cost-model parameters for the "
-          "device and is blank without them; wall time under emulation is not latency.")
+          "deterministic (the basis of the CI gate); estimated latency comes from the latency model named in its "
+          "row (docs/latency.md) and is blank where the device has none; wall time under emulation is not latency.")
 
 
 def _sparsity(doc: Doc, inputs: ReportInputs) -> None:

@@ -2,7 +2,8 @@
 
 The candidate is built with random weights, converted like the chosen variant and
 run once on the device's emulated core (:mod:`pipeline.latency.reference`).
-Instructions by class give the estimated latency (the device's cost model), the
+Its hot blocks and the graph's bytes give the estimated latency (the device's
+pipeline model, :mod:`pipeline.latency.estimate`), the
 guest's tensors give the memory estimate, the file gives the size. int8
 instruction counts depend on the architecture, not on the weights, so one entry
 per architecture and core serves every search (kept in the latency cache,
@@ -13,13 +14,14 @@ from typing import Any, Callable, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
+from pipeline.latency.traffic import GraphTraffic, graph_traffic
 from pipeline.recipe.schema import Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
 
 Log = Callable[[str], None]
 
 # Bump when what a cost entry holds changes.
-COST_VERSION = 1
+COST_VERSION = 2
 
 
 def candidate_spec(recipe: Recipe, cand: Candidate, classes: int, variant: str) -> ModelSpec:
@@ -39,7 +41,8 @@ def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Di
     if res.loaded:
         out.update(instructions=int(res.instructions_median),
                    instructions_by_class={k: int(v) for k, v in res.instructions_by_class.items()},
-                   peak_memory_bytes=int(res.memory.total_bytes))
+                   peak_memory_bytes=int(res.memory.total_bytes),
+                   block_profile=res.to_dict()["block_profile"], traffic=graph_traffic(path).to_dict())
     return out
 
 
@@ -49,7 +52,7 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
 
     The emulated run is cached per architecture, core and runtime (``cached`` in the
     result says whether this call ran one); the latency is recomputed from the
-    cached counts with the device's current parameters
+    cached block profile with the current parameters
     (:func:`pipeline.latency.params.params_file`) at ``recipe.devices.threads``.
 
     Args:
@@ -65,8 +68,7 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
         ConfigError: unknown device or variant, or a bad candidate.
         DeviceUnavailableError: the emulated run failed.
     """
-    from pipeline.latency.model import estimate_ms
-    from pipeline.latency.params import device_mapping
+    from pipeline.latency.estimate import estimate_run
 
     check_variant(variant)
     profile = get_device(device)
@@ -78,7 +80,9 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
             "cached": cached, "latency_ms": None, "memory_mb": None,
             "size_kb": raw["size_bytes"] / 1024}
     if raw["loaded"]:
-        cost["latency_ms"] = estimate_ms(raw["instructions_by_class"], device_mapping(profile.name),
-                                         profile.clock_ghz, recipe.devices.threads, profile.cores)
+        est = estimate_run(raw["block_profile"], GraphTraffic.from_dict(raw["traffic"]), profile,
+                           "int8" if spec.variant == "int8" else "float32", recipe.devices.threads)
+        cost.update(latency_ms=est["latency_ms"], latency_validated=est["validated"],
+                    latency_model=est["pipeline_model"])
         cost["memory_mb"] = raw["peak_memory_bytes"] / 2**20
     return cost
