@@ -1,15 +1,27 @@
-"""The exception types of mobile-model.
+"""The exception types of mobile-model and the exit-code contract of every command.
 
 Every error a user can cause derives from :class:`MobileModelError`; the CLI maps
-each to one clear line and the exit code below. Anything else is a bug and keeps
-its traceback.
+each to one clear line and its ``exit_code``, one of the codes below. Anything
+else is a bug: the CLI prints one line, writes the traceback to a log file and
+exits with :data:`EXIT_INTERNAL_ERROR`.
 """
+
+#: Success (a model that does not load on a device is a result: still 0).
+EXIT_OK = 0
+#: A gate failed: a budget missed, a regression against the baseline, no search candidate.
+EXIT_GATE_FAILED = 1
+#: Bad input: recipe, data, model file, baseline or options.
+EXIT_BAD_INPUT = 2
+#: The emulated device runtime (qemu, the ARM userland, LLVM) is unavailable or broken.
+EXIT_DEVICE_UNAVAILABLE = 3
+#: An unexpected internal error (a bug); the traceback is in the log file the CLI names.
+EXIT_INTERNAL_ERROR = 4
 
 
 class MobileModelError(Exception):
     """Base of all user-facing errors. ``exit_code`` is what the CLI returns."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ConfigError(MobileModelError):
@@ -35,19 +47,19 @@ class ConversionMismatchError(MobileModelError):
 class UnusableInputError(MobileModelError):
     """A compare or report input is missing, is not a build, or is not in a format we read."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class BudgetExceededError(MobileModelError):
     """One or more recipe budgets were missed; artifacts are still written."""
 
-    exit_code = 1
+    exit_code = EXIT_GATE_FAILED
 
 
 class DeviceUnavailableError(MobileModelError):
     """The emulated device cannot be run (no qemu, no ARM runtime, no root to build it)."""
 
-    exit_code = 3
+    exit_code = EXIT_DEVICE_UNAVAILABLE
 
 
 class DeviceOutputError(DeviceUnavailableError):
@@ -55,7 +67,12 @@ class DeviceOutputError(DeviceUnavailableError):
 
 
 class RuntimeIncompatibleError(MobileModelError):
-    """A model cannot be loaded by a device's runtime (missing op or op version)."""
+    """A model cannot be loaded by a device's runtime (missing op or op version).
+
+    For the commands this is a result, not an error: ``device run`` and ``estimate``
+    report it and exit 0. It keeps the bad-input code only where a caller insists on
+    a loadable model.
+    """
 
 
 class BuildLockedError(MobileModelError):

@@ -3,14 +3,16 @@
 Thin commands: parse, build a config, call one pipeline function, map our errors
 to an exit code and one clear line (:func:`pipeline.cli.common.fail`). Each command
 lives in its own module of this package; this one holds only the group, which sets
-TensorFlow's environment once and maps any of our errors a command lets through.
+TensorFlow's environment once and maps what a command lets through: our errors to
+their code (0 ok, 1 gate failed, 2 bad input, 3 device runtime unavailable), any
+other exception to 4 with its traceback in a log file, Ctrl-C to 130.
 TensorFlow is imported inside command bodies, so ``--help`` is instant.
 """
 
 import click
 
 from pipeline.cli.build import build
-from pipeline.cli.common import fail
+from pipeline.cli.common import fail, internal_error, interrupted
 from pipeline.cli.devices import device, devices
 from pipeline.cli.gate import baseline, compare, report
 from pipeline.cli.info import datasets, evaluate, inspect, models
@@ -23,13 +25,19 @@ tf_environment()
 
 
 class _Group(click.Group):
-    """Maps our exceptions to one line on stderr and their exit code."""
+    """Maps our exceptions to one line on stderr and their exit code; anything else is a bug (exit 4)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except MobileModelError as exc:
             fail(exc)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors (exit 2) and --help/--version exits are click's own
+        except KeyboardInterrupt:
+            interrupted()
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into exit 4 and a log
+            internal_error(exc)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.common import logger
+from pipeline.errors import EXIT_GATE_FAILED
 
 
 @click.command()
@@ -24,13 +25,14 @@ def build(recipe, smoke, out, no_devices, quiet, as_json):
     """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
 
     Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
-    still written); 2 bad recipe, data or model; 3 device runtime unavailable.
+    still written); 2 bad recipe, data or model; 3 device runtime unavailable;
+    4 internal error (traceback in the log file named).
     """
     from pipeline.build import budget_summary, build as run_build, summary_table
     from pipeline.recipe.load import load_recipe
 
     r = load_recipe(recipe, smoke=smoke)
-    result = run_build(r, out=out, log=logger(quiet), run_devices=not no_devices)
+    result = run_build(r, out=out, log=logger(quiet or as_json), run_devices=not no_devices)
     summary = result.summary
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
@@ -47,4 +49,4 @@ def build(recipe, smoke, out, no_devices, quiet, as_json):
     if not summary.budgets_ok:
         missed = [f"{b.budget}[{b.subject}]" for b in summary.budgets if not b.ok]
         click.echo(f"error: budget missed: {', '.join(missed)} (artifacts kept in {result.root})", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_GATE_FAILED)

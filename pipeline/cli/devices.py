@@ -139,7 +139,12 @@ def format_result(r, latency: LatencyEstimate) -> str:
 def device_run(device_name: str, model: Path, data_path: Optional[Path],
                recipe_name: Optional[str], smoke: bool, random_n: Optional[int], samples: int, threads: Optional[int],
                as_json: bool, quiet: bool) -> None:
-    """Run MODEL.tflite on an emulated device and check it against the host."""
+    """Run MODEL.tflite on an emulated device and check it against the host.
+
+    A model that the device's runtime does not load is a result (printed, with the op
+    and version it lacks; ``loaded: false`` in JSON), exit 0; a model the host cannot
+    read or load is bad input, exit 2.
+    """
     try:
         if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
@@ -161,6 +166,7 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
         profile = DEVICES.get(device_name)
         reference = host_reference(parsed, profile)
         host = host_outputs_untrusted(model, x, reference, model=parsed)
+        quiet = quiet or as_json
         runtime = ensure_runtime(progress=None if quiet else
                                  (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
         if not quiet:
@@ -180,6 +186,5 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path],
             echo_json(data)
         else:
             click.echo(format_result(result, LatencyEstimate.from_result(data)))
-        result.require_loaded()
     except MobileModelError as e:
         fail(e)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import fail, logger
+from pipeline.cli.common import echo_json, fail, logger
+from pipeline.errors import EXIT_GATE_FAILED, MobileModelError
 from pipeline.gate.thresholds import THRESHOLDS
-from pipeline.errors import MobileModelError
 
 
 def _threshold_options(fn):
@@ -65,13 +65,14 @@ def compare(baseline, current, junit, markdown, as_json, **thresholds):
         shown = ", ".join(f"{c.where}/{c.variant}/{c.metric}" for c in regs[:5])
         more = f" and {len(regs) - 5} more" if len(regs) > 5 else ""
         click.echo(f"error: {len(regs)} regression(s) against {baseline}: {shown}{more}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_GATE_FAILED)
 
 
 @click.command("baseline")
 @click.argument("build", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def baseline(build, out):
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def baseline(build, out, as_json):
     """Write the baseline file OUT (e.g. baselines/default.json) from the build BUILD.
 
     BUILD is a build directory (or its summary.json / manifest.json). The file
@@ -85,8 +86,12 @@ def baseline(build, out):
     except MobileModelError as exc:
         fail(exc)
     pairs = sum(len(per) for per in snap.devices.values())
-    click.echo(f"wrote {out}: {snap.name}, {len(snap.variants)} variant(s), {len(snap.devices)} device(s), "
-               f"{pairs} device x variant result(s)")
+    if as_json:
+        echo_json({"path": str(out), "name": snap.name, "variants": list(snap.variants),
+                   "devices": list(snap.devices), "device_results": pairs})
+    else:
+        click.echo(f"wrote {out}: {snap.name}, {len(snap.variants)} variant(s), {len(snap.devices)} device(s), "
+                   f"{pairs} device x variant result(s)")
     if not snap.devices:
         click.echo("warning: the build has no device results: device regressions will not be gated", err=True)
 
@@ -94,7 +99,8 @@ def baseline(build, out):
 @click.command("report")
 @click.argument("build", type=click.Path(path_type=Path))
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def report(build, quiet):
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as a JSON list (no progress lines).")
+def report(build, quiet, as_json):
     """Write report.md, report.html, plots/ and bundle/ again for the build directory BUILD.
 
     The build writes them itself; this re-renders them from summary.json,
@@ -102,10 +108,13 @@ def report(build, quiet):
     """
     from pipeline.publish.report import rewrite_report
 
-    log = logger(quiet)
+    log = logger(quiet or as_json)
     try:
         paths = rewrite_report(build, log)
     except MobileModelError as exc:
         fail(exc)
+    if as_json:
+        echo_json([str(p) for p in paths])
+        return
     for p in paths:
         click.echo(str(p))

@@ -35,11 +35,16 @@ def models(alpha, input_size, classes, as_json):
 
 
 @click.command()
-def datasets():
+@click.option("--json", "as_json", is_flag=True, help="Print the data sets as JSON.")
+def datasets(as_json):
     """List the registered data sets."""
     from pipeline.data import describe_datasets
 
-    for name, text in describe_datasets():
+    rows = describe_datasets()
+    if as_json:
+        echo_json([{"name": name, "description": text} for name, text in rows])
+        return
+    for name, text in rows:
         click.echo(f"{name:<16}{text}")
 
 

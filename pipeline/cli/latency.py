@@ -13,7 +13,7 @@ import click
 
 from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
-from pipeline.errors import MobileModelError
+from pipeline.errors import MobileModelError, RuntimeIncompatibleError
 from pipeline.summary import LatencyEstimate
 
 
@@ -58,7 +58,7 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
         from pipeline.latency.calibration_report import report_data
         from pipeline.latency.published import load_published
 
-        log = logger(quiet)
+        log = logger(quiet or as_json)
         points = load_published(published)
         cal = run_calibration(points, log=log, matrix=matrix)
         files = write_calibration(cal, out, params=write_params, log=log)
@@ -98,13 +98,24 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def estimate(family: str, alpha: float, input_size: int, classes: int, variant: str,
              device_name: str, threads: int, as_json: bool, quiet: bool) -> None:
-    """Estimated latency of a model on a device (random weights; emulated run cached)."""
+    """Estimated latency of a model on a device (random weights; emulated run cached).
+
+    A model the device's runtime does not load is a result (no latency), exit 0.
+    """
     try:
         from pipeline.latency.estimate import estimate_model
         from pipeline.latency.reference import ModelSpec
 
         spec = ModelSpec(family, alpha, input_size, classes, variant)
-        r = estimate_model(spec, device_name, threads, log=logger(quiet))
+        try:
+            r = estimate_model(spec, device_name, threads, log=logger(quiet or as_json))
+        except RuntimeIncompatibleError as e:
+            if as_json:
+                click.echo(json.dumps({"device": device_name, "model": spec.label, "loaded": False,
+                                       "load_error": str(e)}, indent=2))
+            else:
+                click.echo(f"{device_name}: {spec.label}: NOT LOADABLE: {e}")
+            return
         if as_json:
             click.echo(json.dumps(r, indent=2))
             return

@@ -9,6 +9,7 @@ import click
 
 from pipeline.cli.common import logger
 from pipeline.devices.profiles import DEVICES
+from pipeline.errors import EXIT_GATE_FAILED
 from pipeline.search.space import SEARCH_VARIANTS
 
 
@@ -37,7 +38,8 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     continues the stored study.
 
     Exit codes: 0 found and its build meets the budgets; 1 no candidate fits, or the
-    chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable.
+    chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable;
+    4 internal error.
     """
     from pipeline.errors import ConfigError
     from pipeline.recipe.load import load_recipe
@@ -55,7 +57,7 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     if variant not in r.convert.variants:
         raise ConfigError(f"--variant {variant!r} is not a variant recipe {r.name} builds; valid: "
                           f"{', '.join(v for v in r.convert.variants if v in SEARCH_VARIANTS)}")
-    log = logger(quiet)
+    log = logger(quiet or as_json)
     res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
                      final_build=not no_final_build)
     if as_json:
@@ -78,4 +80,4 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     if res.final and not res.final["budgets_ok"]:
         missed = [f"{b['budget']}[{b['subject']}]" for b in res.final["budgets"] if not b["ok"]]
         click.echo(f"error: the chosen build missed: {', '.join(missed)} ({res.final['dir']})", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_GATE_FAILED)
