@@ -117,7 +117,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         manifest, splits, fingerprint = _prepare(recipe, root, log)
         stage = StageRunner(manifest, fingerprint, log)
         train = _float(recipe, splits, stage, root, log)
-        sources = compress_stages(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log)
+        sources = compress_stages(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log,
+                                  float_epochs=train.get("epochs"))
         variants = _variants(recipe, splits, stage, sources, train["macs"], root, log)
         devices: Dict[str, Dict[str, DeviceSummary]] = {}
         if run_devices and recipe.devices.targets:
@@ -186,38 +187,53 @@ def _float(recipe: Recipe, splits, stage: StageRunner, root: Path, log: Log) -> 
     """The ``train`` stage: the float Keras model and its test predictions; returns its figures."""
     from pipeline.train.stage import train_float
 
+    from pipeline.train.schedule import float_plan
+
     float_h5, preds = root / "keras" / "float.h5", root / "keras" / "float_test_pred.npy"
     cfg = recipe.to_dict()
-    model_cfg = {"seed": recipe.seed, "model": cfg["model"], "train": cfg["train"]}
+    # "plan": the schedule as resolved (train.epochs unset depends on the data set);
+    # "fit": epoch-at-a-time training with augmentation, early stopping, warm-up.
+    model_cfg = {"seed": recipe.seed, "model": cfg["model"], "train": cfg["train"],
+                 "plan": float_plan(recipe).to_dict(), "fit": 2}
     return stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
                  lambda: train_float(recipe, splits, float_h5, preds, log))
 
 
 def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
-                    log: Log) -> Dict[str, Dict[str, Path]]:
+                    log: Log, float_epochs: Optional[int] = None) -> Dict[str, Dict[str, Path]]:
     """Runs the optimization stages the requested variants need.
 
     Stages (each cached through the manifest, each run only when a variant's
     source needs it): ``prune`` (float -> pruned, whenever ``prune.enabled``),
     ``qat`` (PQAT of the pruned model, or plain QAT of the float one), ``cluster``
     and ``cqat`` (float -> clustered -> CQAT), ``cluster-pruned`` and ``pcqat``
-    (pruned -> sparsity-preserving clustered -> PCQAT).
+    (pruned -> sparsity-preserving clustered -> PCQAT). ``prune.epochs`` and
+    ``qat.epochs`` set to ``auto`` follow ``float_epochs`` (the epochs float training
+    ran; :func:`pipeline.train.schedule.finetune_epochs`); the stage keys hold the
+    resolved lengths and the augmentation every fine-tune trains with.
 
     Returns:
         For each source name (:data:`pipeline.export.variants.SOURCES`), the files the
         converter reads: ``{"keras": model.h5}``, or for CQAT/PCQAT, whose models
         only reload by rebuilding, ``{"keras": weights.h5, "base": clustered.h5}``.
     """
+    from pipeline.train.schedule import finetune_epochs
+
+    r = dataclasses.replace
+    recipe = r(recipe, prune=r(recipe.prune, epochs=finetune_epochs(recipe.prune.epochs, float_epochs, "prune")),
+               qat=r(recipe.qat, epochs=finetune_epochs(recipe.qat.epochs, float_epochs, "qat")))
     needed = {VARIANTS.get(v).source for v in recipe.convert.variants}
     cfg = recipe.to_dict()
-    batch = recipe.train.batch_size
+    # Every fine-tune trains epoch by epoch with the float stage's augmentation and class weights.
+    fit_key = {"batch": recipe.train.batch_size, "augment": cfg["train"]["augment"],
+             "class_weight": recipe.train.class_weight, "fit": 2}
     sources = {"float": {"keras": float_h5}}
     pruned = None
     if recipe.prune.enabled:
         from pipeline.compress.prune import prune_model
 
         pruned = keras_dir / "pruned.h5"
-        stage("prune", {"prune": cfg["prune"], "batch": batch}, {"keras": float_h5},
+        stage("prune", {"prune": cfg["prune"], **fit_key}, {"keras": float_h5},
               {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
         sources["float"] = {"keras": pruned}
     if "qat" in needed:
@@ -226,7 +242,7 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
         qat = keras_dir / "qat.h5"
         src = sources["float"]["keras"]
         stage("qat", {"qat": cfg["qat"], "preserve_sparsity": recipe.prune.enabled,
-                      "batch": batch}, {"keras": src},
+                      **fit_key}, {"keras": src},
               {"model": qat}, lambda: qat_model(recipe, splits, src, qat, log))
         sources["qat"] = {"keras": qat}
     # Clustering chains: (source, stage names, model clustered, sparsity-preserving).
@@ -238,11 +254,11 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
 
         clustered = keras_dir / f"{cluster_stage}.h5"
         weights = keras_dir / f"{scheme}-weights.h5"
-        stage(cluster_stage, {"cluster": cfg["cluster"], "preserve_sparsity": preserve, "batch": batch},
+        stage(cluster_stage, {"cluster": cfg["cluster"], "preserve_sparsity": preserve, **fit_key},
               {"keras": src}, {"model": clustered},
               lambda: cluster_model(recipe, splits, src, clustered, preserve, log))
         stage(scheme, {"qat": cfg["qat"], "scheme": scheme, "clusters": recipe.cluster.clusters,
-                       "batch": batch}, {"keras": clustered}, {"weights": weights},
+                       **fit_key}, {"keras": clustered}, {"weights": weights},
               lambda: cluster_qat_model(recipe, splits, clustered, weights, scheme, log))
         sources[scheme] = {"keras": weights, "base": clustered}
     return sources

@@ -21,8 +21,9 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 import numpy as np
 
 from pipeline.recipe.schema import Recipe
-from pipeline.train.fit import (compile_model, fit, keras_top1, make_strategy, setup_tensorflow,
+from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, make_strategy, setup_tensorflow,
                                 steps_for)
+from pipeline.train.schedule import Plan
 from pipeline.train.keras_io import load_keras, save_keras
 
 Log = Callable[[str], None]
@@ -103,7 +104,8 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
     Returns:
         metrics: the technique's own (:meth:`Technique.measure`), then
         ``val_top1``/``test_top1`` (percent, of the trained model),
-        ``reload_max_abs_diff`` (when the technique reloads), ``history``, ``replicas``.
+        ``reload_max_abs_diff`` (when the technique reloads), ``history`` (per epoch),
+        ``epochs``, ``best_epoch`` (by validation top-1), ``replicas``.
 
     Raises:
         RuntimeError: the saved file does not reload to the trained model's outputs,
@@ -119,8 +121,11 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
         compile_model(wrapped, technique.learning_rate, steps)
     replicas = int(strategy.num_replicas_in_sync)
     log(f"[{technique.label}] {technique.describe(steps, facts)}, {replicas} replica(s)")
-    history = fit(wrapped, splits, epochs=technique.epochs, batch_size=t.batch_size,
-                  label=technique.label, callbacks=technique.callbacks(), log=log)
+    # The float stage's augmentation and class weights; a fixed length, no early stopping
+    # (restoring an earlier epoch would undo a pruning schedule that had not finished).
+    weights = class_weights(splits.y_train, splits.num_classes) if t.class_weight == "balanced" else None
+    run = fit(wrapped, splits, plan=Plan(technique.epochs), batch_size=t.batch_size, label=technique.label,
+              seed=recipe.seed, augment=t.augment, class_weight=weights, callbacks=technique.callbacks(), log=log)
     with strategy.scope():
         trained = technique.strip(wrapped)
     technique.save(trained, out)
@@ -137,7 +142,9 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
     metrics["test_top1"] = keras_top1(trained, splits.x_test, splits.y_test)
     if diff is not None:
         metrics["reload_max_abs_diff"] = diff
-    metrics["history"] = history
+    metrics["history"] = run["history"]
+    metrics["epochs"] = run["epochs"]
+    metrics["best_epoch"] = run["best_epoch"]
     metrics["replicas"] = replicas
     log(f"[{technique.label}] {technique.summary(metrics)}; "
         f"val top-1 {metrics['val_top1']:.2f}%, test top-1 {metrics['test_top1']:.2f}%")

@@ -61,6 +61,14 @@ def _intro(r, meta: Mapping[str, Any]) -> List[str]:
     return lines
 
 
+def _epochs(r) -> str:
+    epochs = r.train.epochs_for(r.data.dataset)
+    if isinstance(epochs, int):
+        return f"{epochs} epoch(s)"
+    return (f"until validation top-1 stopped improving (`epochs: auto`, patience {r.train.patience}, "
+            f"at most {r.train.max_epochs} epochs), best epoch kept")
+
+
 def _training(r, meta: Mapping[str, Any]) -> List[str]:
     acc = meta["accuracy"]
     return [
@@ -68,7 +76,7 @@ def _training(r, meta: Mapping[str, Any]) -> List[str]:
         "",
         f"Data set `{r.data.dataset}` (train {_count(r.data.train_samples)}, validation "
         f"{_count(r.data.val_samples)}, test {_count(r.data.test_samples)} images requested; seed {r.seed}). "
-        f"Training: {r.train.epochs} epoch(s)"
+        f"Training: {_epochs(r)}"
         + (f", magnitude pruning to {r.prune.target_sparsity:.0%} of Conv2D/Dense weights" if r.prune.enabled else "")
         + (", quantization-aware training" if r.qat.enabled else "") + ".",
         "",

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.publish.document import Plot
-from pipeline.publish.records import DEPTHWISE_NOTE, Confusion, SparsityRow
+from pipeline.publish.records import DEPTHWISE_NOTE, Confusion, SparsityRow, StageCurve
 from pipeline.summary import UNVALIDATED_MARK, BuildSummary, DeviceSummary
 
 VARIANT_COLORS = {"float32": "#4c72b0", "float16": "#55a868", "dynamic": "#c44e52", "int8-ptq": "#8172b2",
@@ -219,3 +219,34 @@ def plot_confusion(confusion: Confusion, labels: Sequence[str], variant: str) ->
     return Plot("confusion", "confusion matrix", _png(fig),
                 f"Confusion matrix of the deploy variant ({variant}) on the whole test split, run on the host "
                 "runtime (counts in cells, colour = fraction of the row).")
+
+
+def plot_learning_curves(curves: Sequence[StageCurve]) -> Plot:
+    """Per training stage (one row each): train and validation loss, and top-1, per epoch;
+    the best epoch by validation top-1 is marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(9.0, 2.6 * len(curves) + 0.4)
+    for row, c in enumerate(curves):
+        epochs = np.arange(1, c.epochs + 1)
+        for col, (train, val, what) in enumerate(((c.loss, c.val_loss, "loss"),
+                                                  (c.accuracy, c.val_accuracy, "top-1 %"))):
+            ax = fig.add_subplot(len(curves), 2, 2 * row + col + 1)
+            scale = 100.0 if col else 1.0
+            ax.plot(epochs, np.array(train) * scale, "o-", ms=3, color="#4c72b0", label="train")
+            if val:
+                ax.plot(epochs[:len(val)], np.array(val) * scale, "o-", ms=3, color="#dd8452", label="validation")
+            if c.best_epoch:
+                ax.axvline(c.best_epoch, color="grey", ls=":", lw=1, label=f"best epoch ({c.best_epoch})")
+            ax.set_title(f"{c.stage}: {what}", fontsize=10)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 1:
+                ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return Plot("learning_curves", "learning curves", _png(fig),
+                "Train and validation loss and top-1 per epoch of every training stage (train: float "
+                "training; then the fine-tunes); the dotted line marks the best epoch by validation top-1. "
+                "Train figures are on augmented images.")

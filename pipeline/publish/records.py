@@ -53,6 +53,40 @@ class StageTiming:
     finished_at: str
 
 
+#: Stages that train, in the order the report shows their curves.
+TRAINING_STAGES = ("train", "prune", "qat", "cluster", "cqat", "cluster-pruned", "pcqat")
+
+
+@dataclass(frozen=True)
+class StageCurve:
+    """The per-epoch figures of one training stage (top-1 as fractions, as Keras logs them).
+
+    ``best_epoch`` is 1-based, by validation top-1; ``stopped`` says why training
+    ended (``fixed``, ``patience``, ``max_epochs``, ``time_budget``; empty for a
+    record from before it was kept); ``auto`` whether the length was chosen by
+    early stopping; ``restored`` whether the best epoch's weights were put back.
+    """
+
+    stage: str
+    loss: Tuple[float, ...]
+    accuracy: Tuple[float, ...]
+    val_loss: Tuple[float, ...]
+    val_accuracy: Tuple[float, ...]
+    best_epoch: int
+    stopped: str
+    auto: bool
+    restored: bool
+
+    @property
+    def epochs(self) -> int:
+        return len(self.loss)
+
+    @property
+    def best_is_last(self) -> bool:
+        """The best validation top-1 came in the last epoch: more epochs would probably help."""
+        return self.epochs > 0 and self.best_epoch == self.epochs
+
+
 @dataclass(frozen=True)
 class BuildRecord:
     """What the report takes from ``manifest.json``."""
@@ -61,6 +95,9 @@ class BuildRecord:
     prune: Optional[PruneFigures]
     stages: Tuple[StageTiming, ...]
     versions: Mapping[str, str]
+    curves: Tuple[StageCurve, ...] = ()
+    class_counts: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    class_weight: Optional[Mapping[str, float]] = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +124,29 @@ def _prune_figures(stages: Mapping[str, Any]) -> Optional[PruneFigures]:
                         layers=tuple(_sparsity_row(r) for r in metrics.get("layers") or ()))
 
 
+def _curve(name: str, metrics: Mapping[str, Any]) -> Optional[StageCurve]:
+    history = metrics.get("history")
+    if not isinstance(history, dict) or not history.get("loss"):
+        return None
+    series = {k: tuple(float(v) for v in history.get(k) or ()) for k in ("loss", "accuracy", "val_loss",
+                                                                          "val_accuracy")}
+    val = series["val_accuracy"]
+    best = int(metrics.get("best_epoch") or (int(np.argmax(val)) + 1 if val else 0))
+    plan = metrics.get("plan") or {}
+    return StageCurve(name, **series, best_epoch=best, stopped=str(metrics.get("stopped") or ""),
+                      auto=plan.get("epochs") == "auto", restored=bool(metrics.get("restored")))
+
+
+def _curves(stages: Mapping[str, Any]) -> Tuple[StageCurve, ...]:
+    out = []
+    for name in TRAINING_STAGES:
+        metrics = (stages.get(name) or {}).get("metrics")
+        curve = _curve(name, metrics) if isinstance(metrics, dict) else None
+        if curve is not None:
+            out.append(curve)
+    return tuple(out)
+
+
 def read_build_record(root: Path) -> BuildRecord:
     """Parses ``root/manifest.json``; a missing or unreadable manifest reads as an empty one."""
     path = Path(root) / "manifest.json"
@@ -100,12 +160,17 @@ def read_build_record(root: Path) -> BuildRecord:
         data = {}
     stages = {name: rec for name, rec in (data.get("stages") or {}).items() if isinstance(rec, dict)}
     versions = next((rec["versions"] for rec in stages.values() if rec.get("versions")), {})
+    data_record = data.get("data") or {}
+    train_metrics = (stages.get("train") or {}).get("metrics") or {}
     return BuildRecord(
-        counts=(data.get("data") or {}).get("counts") or {},
+        counts=data_record.get("counts") or {},
         prune=_prune_figures(stages),
         stages=tuple(StageTiming(name, rec.get("wall_s", 0), rec.get("finished_at", ""))
                      for name, rec in stages.items()),
-        versions=versions)
+        versions=versions,
+        curves=_curves(stages),
+        class_counts=(data_record.get("report") or {}).get("counts") or {},
+        class_weight=train_metrics.get("class_weight"))
 
 
 def short_tensor_name(name: str) -> str:
@@ -174,6 +239,14 @@ def device_profile(name: str):
         return get_device(name)
     except ConfigError:
         return None
+
+
+def most_confused(confusion: Confusion, labels: Sequence[str], top: int = 5) -> List[Tuple[str, str, int, float]]:
+    """The ``top`` most frequent (true, predicted) mistakes: labels, count, share of the true class."""
+    cm = confusion.counts
+    pairs = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j]]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    return [(labels[i], labels[j], n, n / max(int(cm[i].sum()), 1)) for n, i, j in pairs[:top]]
 
 
 def _load_classes(path: Path, what: str) -> np.ndarray:

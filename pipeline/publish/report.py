@@ -19,7 +19,8 @@ from pipeline.errors import DataError
 from pipeline.publish.bundle import assemble_bundle, write_bundle
 from pipeline.publish.document import Plot, render_markdown
 from pipeline.publish.html import render_html
-from pipeline.publish.plots import plot_accuracy_vs_cost, plot_confusion, plot_sizes, plot_sparsity
+from pipeline.publish.plots import (plot_accuracy_vs_cost, plot_confusion, plot_learning_curves, plot_sizes,
+                                   plot_sparsity)
 from pipeline.publish.records import in_recipe_order, read_build_record, saved_confusion, sparsity_rows
 from pipeline.publish.sections import ReportInputs, build_document
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_text
@@ -51,6 +52,8 @@ def _plots(inputs: ReportInputs) -> Dict[str, Plot]:
         plots["sparsity"] = plot_sparsity(rows, source, prune.target_sparsity if prune else None)
     if inputs.confusion is not None:
         plots["confusion"] = plot_confusion(inputs.confusion, s.labels, s.deploy_variant)
+    if inputs.record.curves:
+        plots["learning_curves"] = plot_learning_curves(inputs.record.curves)
     return plots
 
 

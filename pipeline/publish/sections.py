@@ -12,7 +12,8 @@ from typing import List, Mapping, Optional, Tuple
 
 from pipeline.publish.bundle import Bundle
 from pipeline.publish.document import Cell, Doc, Plot, Table
-from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, Confusion, SparsityRow, device_profile)
+from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, Confusion, SparsityRow, device_profile,
+                                      most_confused)
 from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
                               BuildSummary, DeviceSummary)
 
@@ -44,6 +45,7 @@ def build_document(inputs: ReportInputs, plots: Mapping[str, Plot]) -> Doc:
     _variants(doc, inputs.summary)
     _budgets(doc, inputs.summary)
     _devices(doc, inputs.summary)
+    _training(doc, inputs, plots.get("learning_curves"))
     doc.h(2, "Plots")
     for key in PLOT_ORDER:
         if key in plots:
@@ -96,6 +98,61 @@ def _variants(doc: Doc, s: BuildSummary) -> None:
                      "agree %", "zeros (prunable)", "in / out", "ops"], rows, "llrrrrrrrlr"))
     doc.p(f"Float Keras top-1: {_f(s.float_top1, '.2f')}% on the test split "
           f"({next(iter(s.variants.values())).samples} images).")
+
+
+STOPPED = {"fixed": "fixed length", "patience": "no improvement (patience)", "max_epochs": "max_epochs reached",
+           "time_budget": "time budget reached", "": "-"}
+
+
+def under_trained_warning(record: BuildRecord) -> Optional[str]:
+    """The warning line when float training's best validation epoch was its last, or None."""
+    curve = next((c for c in record.curves if c.stage == "train"), None)
+    if curve is None or not curve.best_is_last:
+        return None
+    return (f"**Warning: the float model's best validation top-1 came in its last epoch ({curve.epochs}); it is "
+            "probably still under-trained.** Train longer: `train.epochs: auto` with a larger `train.max_epochs` "
+            "(or `train.time_budget_s`), or a larger fixed `train.epochs`.")
+
+
+def _training(doc: Doc, inputs: ReportInputs, curves_plot: Optional[Plot]) -> None:
+    record = inputs.record
+    doc.h(2, "Training")
+    if not record.curves:
+        doc.p("The manifest holds no per-epoch history of any training stage.")
+    else:
+        rows = []
+        for c in record.curves:
+            val = max(c.val_accuracy) if c.val_accuracy else None
+            rows.append([c.stage, str(c.epochs), "auto" if c.auto else "fixed", str(c.best_epoch or "-"),
+                         STOPPED.get(c.stopped, c.stopped), _f(c.accuracy[-1] if c.accuracy else None, ".2f", 100),
+                         _f(val, ".2f", 100), "yes" if c.restored else "no"])
+        doc.table(Table(["stage", "epochs", "length", "best epoch", "stopped by", "last train top-1 %",
+                         "best val top-1 %", "best weights restored"], rows, "lrlrlrrl"))
+        warning = under_trained_warning(record)
+        if warning:
+            doc.p(warning)
+    if curves_plot is not None:
+        doc.plot(curves_plot)
+    _class_counts(doc, record)
+
+
+def _class_counts(doc: Doc, record: BuildRecord) -> None:
+    counts = record.class_counts
+    if not counts or "train" not in counts:
+        return
+    labels = list(counts["train"])
+    splits = [s for s in ("train", "val", "test") if s in counts]
+    rows = [[lab] + [str(counts[s].get(lab, 0)) for s in splits]
+            + ([f"{record.class_weight.get(str(i), 1.0):.2f}"] if record.class_weight else [])
+            for i, lab in enumerate(labels)]
+    doc.h(3, "Images per class")
+    doc.details(f"{len(labels)} classes", Table(["class", *splits] + (["loss weight"] if record.class_weight else []),
+                                                rows))
+    train = [counts["train"][lab] for lab in labels]
+    ratio = max(train) / max(min(train), 1)
+    doc.p(f"Train images per class: {min(train)} to {max(train)} (ratio {ratio:.1f})."
+          + (" Losses were weighted per class (`train.class_weight: balanced`)." if record.class_weight else
+             (" The classes are imbalanced: consider `train.class_weight: balanced`." if ratio >= 2 else "")))
 
 
 def _budgets(doc: Doc, s: BuildSummary) -> None:
@@ -192,7 +249,13 @@ def _confusion(doc: Doc, s: BuildSummary, confusion: Confusion) -> None:
                              for j, c in enumerate(cm[i])] + [f"{recall:.0%}"])
     doc.table(Table(["true \\ predicted"] + labels + ["recall"], rows))
     doc.p(f"Top-1 {confusion.top1:.2f}% over {int(cm.sum())} images "
-          f"(host LiteRT run of `tflite/{s.deploy_variant}.tflite`).")
+          f"(host LiteRT run of `tflite/{s.deploy_variant}.tflite`). Per-class accuracy is the recall column.")
+    pairs = most_confused(confusion, labels)
+    if pairs:
+        doc.p("Most confused pairs (true -> predicted):")
+        doc.ul([f"{t} -> {p}: {n} image(s), {share:.1%} of {t}" for t, p, n, share in pairs])
+    else:
+        doc.p("No test image was misclassified.")
 
 
 def _bundle(doc: Doc, deploy: str, bundle: Bundle) -> None:

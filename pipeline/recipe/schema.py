@@ -28,6 +28,12 @@ STRATEGIES = ("default", "mirrored", "multi-worker")
 FIT_MODES = ("resize", "pad")
 # tfmot's CentroidInitialization names, lower-case.
 CLUSTER_INITS = ("kmeans_plus_plus", "linear", "random", "density_based")
+#: ``epochs: auto``: train until validation top-1 stops improving (see TrainConfig).
+AUTO = "auto"
+CLASS_WEIGHTS = ("none", "balanced")
+#: Float epochs on the synthetic ``shapes`` set when the recipe leaves ``train.epochs``
+#: unset: its hand-tuned schedule (shapes is easy and rendered afresh, so auto buys little).
+SHAPES_EPOCHS = 4
 
 
 @dataclass(frozen=True)
@@ -83,21 +89,90 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Float training: Adam with cosine decay."""
+class AugmentConfig:
+    """On-the-fly augmentation of training images (:mod:`pipeline.data.augment`).
 
-    epochs: int = 3
+    Each epoch draws a new transform per image from the recipe seed: random shift
+    (fraction of the size), zoom (+- fraction), rotation (+- degrees), brightness
+    (+- added offset, images in [0, 1]) and contrast (+- fraction, about the image
+    mean). ``hflip`` mirrors half the images; off by default because it turns
+    digits and text into other symbols. ``enabled: false`` trains on the images as
+    they are.
+    """
+
+    enabled: bool = True
+    shift: float = 0.1
+    zoom: float = 0.1
+    rotation: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hflip: bool = False
+
+    def validate(self, where: str) -> None:
+        _bool(where, "enabled", self.enabled)
+        _bool(where, "hflip", self.hflip)
+        for key, high in (("shift", 0.5), ("zoom", 0.5), ("rotation", 180.0), ("brightness", 1.0),
+                          ("contrast", 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ConfigError(f"{where}.{key}: expected a number from 0 to {high:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Float training: Adam, linear warm-up then cosine decay, optional label smoothing.
+
+    ``epochs``: a number of epochs, or ``auto``: train until validation top-1 has not
+    improved for ``patience`` epochs, then restore the weights of the best epoch; at
+    least ``min_epochs`` (a small model can sit at chance for its first epochs), at
+    most ``max_epochs`` epochs and, when set, ``time_budget_s`` seconds (an epoch
+    that would end past the budget is not started). Left unset, it is auto, except
+    on the synthetic ``shapes`` set (:data:`SHAPES_EPOCHS`). Under ``auto`` the
+    cosine schedule spans ``max_epochs``.
+
+    ``warmup_epochs``: the learning rate rises linearly from 0 over these epochs
+    (at most a fifth of the run). ``label_smoothing``: 0 for none. ``class_weight``:
+    ``balanced`` weighs each class's loss by total / (classes x class count).
+    """
+
+    epochs: Any = None  # int, "auto", or None (by data set)
+    max_epochs: int = 40
+    min_epochs: int = 8
+    patience: int = 5
+    time_budget_s: Optional[float] = None
     batch_size: int = 64
     learning_rate: float = 3e-3
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.0
+    class_weight: str = "none"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     strategy: str = "default"
     logical_devices: int = 0
 
     def validate(self, where: str) -> None:
-        _positive_int(where, "epochs", self.epochs)
+        _epochs(where, "epochs", self.epochs, unset_ok=True)
+        _positive_int(where, "max_epochs", self.max_epochs)
+        _positive_int(where, "min_epochs", self.min_epochs)
+        _positive_int(where, "patience", self.patience)
+        if self.time_budget_s is not None:
+            _positive_number(where, "time_budget_s", self.time_budget_s)
         _positive_int(where, "batch_size", self.batch_size)
         _positive_number(where, "learning_rate", self.learning_rate)
+        _non_negative_int(where, "warmup_epochs", self.warmup_epochs)
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"{where}.label_smoothing: expected a number from 0 to below 1, "
+                              f"got {self.label_smoothing!r}")
+        _choice(where, "class_weight", self.class_weight, CLASS_WEIGHTS)
+        self.augment.validate(f"{where}.augment")
         _choice(where, "strategy", self.strategy, STRATEGIES)
         _non_negative_int(where, "logical_devices", self.logical_devices)
+
+    def epochs_for(self, dataset: str):
+        """The schedule asked for: a number of epochs, or ``"auto"``."""
+        if self.epochs is None:
+            return SHAPES_EPOCHS if dataset == "shapes" else AUTO
+        return self.epochs
 
 
 @dataclass(frozen=True)
@@ -107,7 +182,7 @@ class PruneConfig:
     enabled: bool = False
     target_sparsity: float = 0.5
     m_by_n: Optional[Tuple[int, int]] = None
-    epochs: int = 2
+    epochs: Any = AUTO  # or a number; auto: from the float epochs (pipeline.train.schedule)
     learning_rate: float = 1e-3
 
     def validate(self, where: str) -> None:
@@ -121,7 +196,7 @@ class PruneConfig:
         ):
             raise ConfigError(f"{where}.m_by_n: expected [M, N] with 0 < M < N (e.g. [2, 4]), "
                               f"got {list(self.m_by_n)!r}")
-        _positive_int(where, "epochs", self.epochs)
+        _epochs(where, "epochs", self.epochs)
         _positive_number(where, "learning_rate", self.learning_rate)
 
 
@@ -130,12 +205,12 @@ class QatConfig:
     """Quantization-aware training; prune-preserving when the prune stage ran."""
 
     enabled: bool = True
-    epochs: int = 1
+    epochs: Any = AUTO  # or a number; auto: from the float epochs (pipeline.train.schedule)
     learning_rate: float = 5e-4
 
     def validate(self, where: str) -> None:
         _bool(where, "enabled", self.enabled)
-        _positive_int(where, "epochs", self.epochs)
+        _epochs(where, "epochs", self.epochs)
         _positive_number(where, "learning_rate", self.learning_rate)
 
 
@@ -345,6 +420,13 @@ def _choices(where: str, key: str, values, allowed) -> None:
 def _non_negative_int(where: str, key: str, value: Any, note: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where}.{key}: expected an integer >= 0{note}, got {value!r}")
+
+
+def _epochs(where: str, key: str, value: Any, unset_ok: bool = False) -> None:
+    if value == AUTO and isinstance(value, str) or value is None and unset_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{where}.{key}: expected a positive integer or 'auto', got {value!r}")
 
 
 def _positive_int(where: str, key: str, value: Any) -> None:

@@ -1,16 +1,18 @@
 """Shared training machinery: TensorFlow set-up, distribution strategy, fit loop, progress.
 
 Float training, pruning, clustering and QAT all train through :func:`fit`, so they
-share the optimizer schedule, the distribution strategy and the progress output.
+share the optimizer schedule (:mod:`pipeline.train.schedule`), augmentation,
+early stopping, the distribution strategy and the progress output.
 """
 
 import os
 import time
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from pipeline.recipe.schema import TrainConfig
+from pipeline.recipe.schema import AugmentConfig, TrainConfig
+from pipeline.train.schedule import Plan
 from pipeline.errors import ConfigError
 from pipeline.native import tf_environment
 
@@ -86,49 +88,109 @@ def _new_strategy(cfg: TrainConfig):
     raise ConfigError(f"recipe.train.strategy: unknown strategy {cfg.strategy!r}")
 
 
-def _progress_callback(label: str, epochs: int, log: Callable[[str], None]):
+def _progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], seconds: float,
+                   note: str = "") -> str:
+    parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs]
+    return f"[{label}] epoch {epoch + 1}/{cap}  {'  '.join(parts)}  ({seconds:.1f} s){note}"
+
+
+def compile_model(model, learning_rate: float, steps: int, warmup: int = 0,
+                  label_smoothing: float = 0.0) -> None:
+    """Adam along :func:`pipeline.train.schedule.warmup_cosine` over ``steps``;
+    cross-entropy on probabilities (one-hot with ``label_smoothing``, else sparse)."""
     import tf_keras as keras
 
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
+    from pipeline.train.schedule import warmup_cosine
 
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            parts = [f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")]
-            log(f"[{label}] epoch {epoch + 1}/{epochs}  {'  '.join(parts)}  ({time.perf_counter() - self.t0:.1f} s)")
-
-    return Progress()
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if label_smoothing
+            else keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=keras.optimizers.Adam(warmup_cosine(learning_rate, steps, warmup)),
+                  loss=loss, metrics=["accuracy"])
 
 
-def compile_model(model, learning_rate: float, steps: int) -> None:
-    """Adam with cosine decay over ``steps``, sparse cross-entropy on probabilities."""
-    import tf_keras as keras
-
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=["accuracy"])
+def class_weights(y: np.ndarray, classes: int) -> Dict[int, float]:
+    """``balanced`` weights: total / (classes x count) per class present (absent classes: 1)."""
+    counts = np.bincount(np.asarray(y, np.int64), minlength=classes)
+    return {k: float(len(y) / (classes * c)) if c else 1.0 for k, c in enumerate(counts)}
 
 
-def fit(model, splits, *, epochs: int, batch_size: int, label: str,
-        callbacks=(), log: Callable[[str], None] = print) -> Dict[str, list]:
-    """Trains a compiled model on the train split, validating on the val split.
+def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0,
+        augment: Optional[AugmentConfig] = None, class_weight: Optional[Dict[int, float]] = None,
+        one_hot: bool = False, callbacks=(), log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Trains a compiled model on the train split, one epoch at a time, validating on the val split.
+
+    Each epoch trains on a fresh shuffle (and, with ``augment`` enabled, freshly
+    augmented images) of the train split, drawn from ``seed``, ``label`` and the
+    epoch (:func:`pipeline.data.augment.epoch_rng`): the same on a rerun. Under ``plan.auto`` training stops once
+    validation top-1 has not improved for ``plan.patience`` epochs (and at least
+    ``plan.min_epochs`` have run), and the weights
+    of the best epoch are restored; any plan stops before an epoch that would end
+    past ``plan.time_budget_s``.
 
     Returns:
-        The Keras history dict (per-epoch loss/accuracy).
+        ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds),
+        ``epochs`` (run), ``best_epoch`` (1-based, by validation top-1), ``restored``
+        (the weights are the best epoch's), ``stopped`` (``fixed``, ``patience``,
+        ``max_epochs`` or ``time_budget``), ``plan``.
     """
-    history = model.fit(
-        splits.x_train, splits.y_train,
-        validation_data=(splits.x_val, splits.y_val),
-        epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-        callbacks=[*callbacks, _progress_callback(label, epochs, log)],
-    )
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    from pipeline.data.augment import augment_images, epoch_rng
+
+    import tf_keras as keras
+
+    y_train = keras.utils.to_categorical(splits.y_train, splits.num_classes) if one_hot else splits.y_train
+    y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes) if one_hot else splits.y_val
+    history: Dict[str, list] = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")}
+    best, best_epoch, best_weights = -1.0, 0, None
+    stopped = "max_epochs" if plan.auto else "fixed"
+    t0 = time.perf_counter()
+    callbacks = list(callbacks)
+    for epoch in range(plan.epochs):
+        if plan.time_budget_s is not None and epoch:
+            spent = time.perf_counter() - t0
+            if spent + history["seconds"][-1] > plan.time_budget_s:
+                stopped = "time_budget"
+                break
+        start = time.perf_counter()
+        rng = epoch_rng(seed, label, epoch)
+        order = rng.permutation(len(splits.x_train))
+        x = splits.x_train[order]
+        if augment is not None:
+            x = augment_images(x, augment, rng)
+        lr = float(np.asarray(model.optimizer.learning_rate))
+        logs = model.fit(x, y_train[order], validation_data=(splits.x_val, y_val), initial_epoch=epoch,
+                         epochs=epoch + 1, batch_size=batch_size, shuffle=False, verbose=0,
+                         class_weight=class_weight, callbacks=callbacks).history
+        logs = {k: float(v[-1]) for k, v in logs.items()}
+        seconds = time.perf_counter() - start
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            history[k].append(logs[k])
+        history["lr"].append(lr)
+        history["seconds"].append(round(seconds, 2))
+        note = ""
+        if logs["val_accuracy"] > best:
+            best, best_epoch = logs["val_accuracy"], epoch + 1
+            if plan.auto:
+                best_weights = model.get_weights()
+                note = "  (best)"
+        log(_progress_line(label, epoch, plan.epochs, logs, seconds, note))
+        if plan.auto and epoch + 1 >= plan.min_epochs and epoch + 1 - best_epoch >= plan.patience:
+            stopped = "patience"
+            break
+    restored = False
+    if plan.auto and best_weights is not None and best_epoch != len(history["loss"]):
+        model.set_weights(best_weights)
+        restored = True
+        log(f"[{label}] restored the weights of epoch {best_epoch} (val top-1 {best * 100:.2f}%)")
+    return {"history": history, "epochs": len(history["loss"]), "best_epoch": best_epoch, "restored": restored,
+            "stopped": stopped, "plan": plan.to_dict()}
+
+
+def steps_per_epoch(splits, batch_size: int) -> int:
+    return int(np.ceil(len(splits.x_train) / batch_size))
 
 
 def steps_for(splits, epochs: int, batch_size: int) -> int:
-    return epochs * int(np.ceil(len(splits.x_train) / batch_size))
+    return epochs * steps_per_epoch(splits, batch_size)
 
 
 def keras_top1(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:

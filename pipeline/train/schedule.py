@@ -1,0 +1,102 @@
+"""How long each stage trains, and the learning-rate curve it trains along.
+
+* Float training (:func:`float_plan`): a fixed number of epochs, or ``auto``: until
+  validation top-1 stops improving (the recipe's patience), capped by
+  ``max_epochs`` and an optional time budget; the best epoch's weights are kept.
+* Fine-tuning (:func:`finetune_epochs`): ``auto`` prune and QAT lengths follow the
+  float epochs the build chose. Pruning gets at least :data:`MIN_PRUNE_EPOCHS`, so
+  its polynomial schedule (which ends at 80% of its steps,
+  :data:`pipeline.compress.prune.PRUNE_END_FRACTION`) always finishes with epochs to
+  recover; QAT, ~3x as slow an epoch, gets a tenth of the float epochs.
+* The learning rate (:func:`warmup_cosine`): linear warm-up from 0, then cosine decay
+  to 0 at the planned end (``max_epochs`` under auto).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from pipeline.recipe.schema import AUTO, Recipe
+
+#: Prune epochs: a quarter of the float epochs, from 2 to 8.
+MIN_PRUNE_EPOCHS, MAX_PRUNE_EPOCHS, PRUNE_FRACTION = 2, 8, 0.25
+#: QAT epochs: a tenth of the float epochs, from 1 to 3 (a QAT epoch costs ~3 float ones).
+MIN_QAT_EPOCHS, MAX_QAT_EPOCHS, QAT_FRACTION = 1, 3, 0.1
+#: Warm-up is at most this fraction of the planned steps.
+MAX_WARMUP_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a fit runs: ``epochs`` (the fixed count, or the cap under ``auto``),
+    ``auto`` (stop on no improvement and restore the best epoch), ``patience``,
+    ``min_epochs`` (auto never stops earlier), ``time_budget_s`` (None: none),
+    ``warmup_epochs``."""
+
+    epochs: int
+    auto: bool = False
+    patience: int = 0
+    min_epochs: int = 1
+    time_budget_s: Optional[float] = None
+    warmup_epochs: int = 0
+
+    def to_dict(self) -> dict:
+        return {"epochs": "auto" if self.auto else self.epochs, "max_epochs": self.epochs,
+                "patience": self.patience if self.auto else None,
+                "min_epochs": self.min_epochs if self.auto else None, "time_budget_s": self.time_budget_s,
+                "warmup_epochs": self.warmup_epochs}
+
+
+def float_plan(recipe: Recipe) -> Plan:
+    """The float training plan of ``recipe`` (``train.epochs`` unset: auto unless ``shapes``)."""
+    t = recipe.train
+    epochs = t.epochs_for(recipe.data.dataset)
+    if epochs == AUTO:
+        return Plan(t.max_epochs, True, t.patience, min(t.min_epochs, t.max_epochs), t.time_budget_s,
+                    t.warmup_epochs)
+    return Plan(int(epochs), False, 0, 1, t.time_budget_s, t.warmup_epochs)
+
+
+def finetune_epochs(asked, float_epochs: Optional[int], kind: str) -> int:
+    """The epochs of a fine-tune stage (``kind``: ``prune`` or ``qat``).
+
+    Args:
+        asked: the recipe's ``prune.epochs``/``qat.epochs``: a number, or ``"auto"``.
+        float_epochs: the epochs float training ran (None when unknown: the minimum).
+    """
+    if asked != AUTO:
+        return int(asked)
+    lo, hi, fraction = ((MIN_PRUNE_EPOCHS, MAX_PRUNE_EPOCHS, PRUNE_FRACTION) if kind == "prune"
+                        else (MIN_QAT_EPOCHS, MAX_QAT_EPOCHS, QAT_FRACTION))
+    if not float_epochs:
+        return lo
+    return max(lo, min(hi, math.ceil(float_epochs * fraction)))
+
+
+def warmup_steps(plan_steps: int, steps_per_epoch: int, warmup_epochs: int) -> int:
+    """Warm-up steps: ``warmup_epochs`` epochs, at most :data:`MAX_WARMUP_FRACTION` of the plan."""
+    return min(warmup_epochs * steps_per_epoch, int(plan_steps * MAX_WARMUP_FRACTION))
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup: int):
+    """A Keras learning-rate schedule: 0 -> ``peak`` linearly over ``warmup`` steps, then
+    cosine decay to 0 at ``total_steps`` (and 0 after it)."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self, peak, total, warm):
+            self.peak, self.total, self.warm = float(peak), max(int(total), 1), int(warm)
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = tf.constant(float(max(self.warm, 1)))
+            rising = self.peak * step / warm
+            progress = tf.clip_by_value((step - self.warm) / float(max(self.total - self.warm, 1)), 0.0, 1.0)
+            decaying = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            return tf.where(step < self.warm, rising, decaying)
+
+        def get_config(self):
+            return {"peak": self.peak, "total": self.total, "warm": self.warm}
+
+    return WarmupCosine(peak, total_steps, warmup)

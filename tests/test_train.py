@@ -1,0 +1,193 @@
+"""Training schedules: auto epochs (early stopping, best-weight restore), fine-tune lengths,
+warm-up + cosine, and what the manifest and the report show of them."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.publish.records import BuildRecord, Confusion, StageCurve, most_confused
+from pipeline.publish.sections import under_trained_warning
+from pipeline.recipe.schema import AUTO, SHAPES_EPOCHS, Recipe
+from pipeline.train.schedule import Plan, finetune_epochs, float_plan, warmup_steps
+
+
+# matplotlib 3.10 still calls pyparsing names that pyparsing 3.3 deprecates: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated - use:DeprecationWarning")
+
+
+def quiet(msg):
+    pass
+
+
+# -- the recipe ------------------------------------------------------------------
+
+
+def test_epochs_unset_is_auto_except_on_shapes():
+    assert float_plan(Recipe()) == Plan(SHAPES_EPOCHS, False, 0, 1, None, 1)
+    digits = Recipe.from_dict({"data": {"dataset": "digits"}})
+    plan = float_plan(digits)
+    assert plan.auto and plan.epochs == digits.train.max_epochs and plan.patience == digits.train.patience
+    assert float_plan(Recipe.from_dict({"train": {"epochs": "auto", "max_epochs": 7}})).epochs == 7
+    assert not float_plan(Recipe.from_dict({"data": {"dataset": "digits"}, "train": {"epochs": 5}})).auto
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"epochs": "forever"}, "recipe.train.epochs: expected a positive integer or 'auto', got 'forever'"),
+    ({"max_epochs": 0}, "recipe.train.max_epochs: expected a positive integer, got 0"),
+    ({"patience": -1}, "recipe.train.patience: expected a positive integer, got -1"),
+    ({"time_budget_s": 0}, "recipe.train.time_budget_s: expected a positive number, got 0"),
+    ({"label_smoothing": 1.0}, "recipe.train.label_smoothing: expected a number from 0 to below 1, got 1.0"),
+    ({"class_weight": "inverse"}, "recipe.train.class_weight: expected one of none, balanced; got 'inverse'"),
+])
+def test_recipe_rejects_bad_schedules(train, message):
+    with pytest.raises(ConfigError) as exc:
+        Recipe.from_dict({"train": train})
+    assert message in str(exc.value)
+
+
+def test_finetune_lengths_follow_the_float_epochs():
+    assert finetune_epochs(3, 40, "prune") == 3  # a number is kept
+    assert finetune_epochs(AUTO, None, "prune") == 2 and finetune_epochs(AUTO, None, "qat") == 1
+    assert [finetune_epochs(AUTO, n, "prune") for n in (1, 8, 12, 20, 40)] == [2, 2, 3, 5, 8]
+    assert [finetune_epochs(AUTO, n, "qat") for n in (1, 10, 11, 25, 40)] == [1, 1, 2, 3, 3]
+
+
+def test_prune_finishes_its_schedule_with_epochs_to_spare():
+    from pipeline.compress.prune import pruning_steps
+
+    for float_epochs in (1, 5, 17, 40):
+        epochs = finetune_epochs(AUTO, float_epochs, "prune")
+        total = epochs * 47  # the default recipe: 3000 images, batch 64
+        end, _ = pruning_steps(total)
+        assert end <= total - 47 // 2  # the target is reached with at least half an epoch left
+
+
+def test_compress_stages_key_on_the_resolved_lengths(tmp_path):
+    from pipeline.build import compress_stages
+
+    seen = {}
+
+    def stage(name, config, inputs, outputs, fn):
+        seen[name] = config
+        return {}
+
+    recipe = Recipe.from_dict({"data": {"dataset": "digits"}, "prune": {"enabled": True, "epochs": "auto"},
+                               "qat": {"epochs": "auto"}})
+    compress_stages(recipe, None, stage, tmp_path / "float.h5", tmp_path, quiet, float_epochs=21)
+    assert seen["prune"]["prune"]["epochs"] == 6 and seen["qat"]["qat"]["epochs"] == 3
+    assert seen["prune"]["augment"] == recipe.to_dict()["train"]["augment"]
+
+
+def test_warmup_then_cosine():
+    from pipeline.train.schedule import warmup_cosine
+
+    assert warmup_steps(1000, 50, 1) == 50 and warmup_steps(100, 50, 1) == 20 and warmup_steps(100, 50, 0) == 0
+    lr = warmup_cosine(1e-2, 100, 10)
+    values = [float(lr(s)) for s in (0, 5, 10, 55, 100, 150)]
+    assert values[0] == 0 and values[1] == pytest.approx(5e-3) and values[2] == pytest.approx(1e-2)
+    assert values[3] == pytest.approx(5e-3, rel=1e-3) and values[4] == pytest.approx(0, abs=1e-9)
+    assert values[5] == pytest.approx(0, abs=1e-9)
+    assert float(warmup_cosine(1e-2, 100, 0)(0)) == pytest.approx(1e-2)  # no warm-up: starts at the peak
+
+
+# -- the report ------------------------------------------------------------------
+
+
+def _curve(val, stage="train"):
+    n = len(val)
+    return StageCurve(stage, (1.0,) * n, (0.5,) * n, (1.0,) * n, tuple(val), int(np.argmax(val)) + 1,
+                      "max_epochs", True, False)
+
+
+def test_warning_when_the_best_epoch_is_the_last():
+    record = BuildRecord(counts={}, prune=None, stages=(), versions={}, curves=(_curve([0.5, 0.6, 0.7]),))
+    assert "best validation top-1 came in its last epoch (3); it is probably still under-trained" in \
+        under_trained_warning(record)
+    record = dataclasses.replace(record, curves=(_curve([0.5, 0.8, 0.7]), _curve([0.1, 0.2], "prune")))
+    assert under_trained_warning(record) is None
+
+
+def test_most_confused_pairs():
+    cm = np.array([[8, 2, 0], [0, 10, 0], [5, 1, 4]])
+    pairs = most_confused(Confusion(cm, 73.3), ["a", "b", "c"], top=2)
+    assert pairs == [("c", "a", 5, 0.5), ("a", "b", 2, 0.2)]
+
+
+# -- training --------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_early_stopping_restores_the_best_epoch():
+    """The weights after fit are those of the best validation epoch, not the last."""
+    import tf_keras as keras
+
+    from pipeline.data import load_dataset
+    from pipeline.train.fit import compile_model, fit, setup_tensorflow
+    from pipeline.train.zoo import build_model
+
+    recipe = Recipe.from_dict({"data": {"dataset": "digits", "train_samples": 400, "val_samples": 100}})
+    splits = load_dataset(recipe.data, (32, 32, 1), 0)
+    setup_tensorflow(0)
+    model = build_model("mobilenet_v1", 0.25, (32, 32, 1), 10)
+    compile_model(model, 3e-3, 6 * 25)
+    snapshots = []
+
+    class BreakAfterThree(keras.callbacks.Callback):
+        """From the fourth epoch on, zero every weight: the model can only get worse."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch >= 3:
+                self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(self.model.get_weights())
+
+    run = fit(model, splits, plan=Plan(6, auto=True, patience=2, min_epochs=1), batch_size=16, label="t",
+              callbacks=[BreakAfterThree()], log=quiet)
+    val = run["history"]["val_accuracy"]
+    assert run["best_epoch"] == int(np.argmax(val)) + 1 <= 3 < run["epochs"]
+    assert max(val[:3]) > max(val[3:])  # it learnt something before the break
+    assert run["restored"] and run["stopped"] in ("patience", "max_epochs")
+    for now, best in zip(model.get_weights(), snapshots[run["best_epoch"] - 1]):
+        assert np.array_equal(now, best)
+    _, acc = model.evaluate(splits.x_val, splits.y_val, verbose=0)
+    assert acc == pytest.approx(val[run["best_epoch"] - 1], abs=1e-6)
+
+
+@pytest.mark.integration
+def test_auto_on_a_tiny_set_stops_early_caches_and_reports_its_curves(tmp_path):
+    """A real build with ``epochs: auto``: it stops on patience well before max_epochs,
+    the manifest records the epochs it chose, a rerun trains nothing, the report shows the curves."""
+    from pipeline.build import build
+
+    recipe = Recipe.from_dict({
+        "name": "tiny-auto",
+        "data": {"dataset": "shapes", "train_samples": 256, "val_samples": 64, "test_samples": 64},
+        "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 32},
+        "train": {"epochs": "auto", "max_epochs": 40, "min_epochs": 2, "patience": 2, "batch_size": 32},
+        "prune": {"enabled": False}, "convert": {"variants": ["float32"]}, "deploy_variant": "float32"})
+    first = build(recipe, out=tmp_path, log=quiet, run_devices=False)
+    assert "train" in first.stages_run
+    train = json.loads((tmp_path / "manifest.json").read_text())["stages"]["train"]
+    m = train["metrics"]
+    assert m["plan"]["epochs"] == "auto" and m["stopped"] == "patience"
+    assert m["epochs"] < 40 and m["epochs"] == len(m["history"]["val_accuracy"])
+    assert m["epochs"] - m["best_epoch"] >= 2
+    assert build(recipe, out=tmp_path, log=quiet, run_devices=False).stages_run == []
+    md = (tmp_path / "report.md").read_text()
+    assert "## Training" in md and "![learning curves](plots/learning_curves.png)" in md
+    assert f"| train | {m['epochs']} | auto | {m['best_epoch']} | no improvement (patience) |" in md
+    assert (tmp_path / "plots" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "### Images per class" in md
+
+
+@pytest.mark.integration
+def test_smoke_report_shows_a_curve_per_training_stage(smoke_build):
+    md = (smoke_build.root / "report.md").read_text()
+    for stage in ("train", "prune", "qat"):
+        assert f"| {stage} | 1 | " in md
+    assert "Most confused pairs (true -> predicted):" in md or "No test image was misclassified." in md
+    assert (smoke_build.root / "plots" / "learning_curves.png").is_file()
