@@ -76,8 +76,11 @@ def interrupted() -> NoReturn:
 
 
 def logger(quiet: bool) -> Callable[[str], None]:
-    """A progress logger: each message on its own line on stderr, or nothing when ``quiet``."""
-    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    """A progress logger on stderr: lines with a progress bar on a terminal, plain lines
+    otherwise (:mod:`pipeline.cli.progress`), nothing when ``quiet`` (``-q`` or ``--json``)."""
+    from pipeline.cli.progress import progress_log
+
+    return (lambda msg: None) if quiet else progress_log()
 
 
 def echo_json(obj: Any, default: Callable[[Any], Any] = None) -> None:
