@@ -3,7 +3,9 @@
 Prints, for the build of a recipe (built first if needed, cached otherwise):
 host LiteRT throughput of every variant relative to float32 (timed back to back
 in this process, so machine noise mostly cancels), file and gzip size ratios,
-and the deterministic instructions per inference on each emulated device.
+and the deterministic instructions per inference on each emulated device; then
+the latency estimate's own cost (:mod:`pipeline.latency.bench`; ``--no-latency``
+leaves it out).
 """
 
 import sys
@@ -36,7 +38,8 @@ def main(argv=None) -> int:
     from pipeline.devices.matrix import device_table
 
     args = argv if argv is not None else sys.argv[1:]
-    recipe = load_recipe(args[0] if args else "default", smoke="--smoke" in args)
+    names = [a for a in args if not a.startswith("--")]
+    recipe = load_recipe(names[0] if names else "default", smoke="--smoke" in args)
     result = build(recipe, log=lambda s: print(s, file=sys.stderr))
     summary = result.summary
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
@@ -52,6 +55,10 @@ def main(argv=None) -> int:
               f"{v.gzip_bytes / base.gzip_bytes:.3f}x |")
     if summary.devices:
         print("\n" + device_table(summary))
+    if "--no-latency" not in args:
+        from pipeline.latency.bench import latency_bench
+
+        print("\n" + latency_bench(log=lambda s: print(s, file=sys.stderr)), flush=True)
     return 0
 
 

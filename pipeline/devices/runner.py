@@ -68,7 +68,8 @@ def default_timeout(samples: int) -> float:
 
 def run_on_device(model_path: Union[str, Path], profile: DeviceProfile, x: np.ndarray,
                   threads: Optional[int] = None, timeout_s: Optional[float] = None,
-                  runtime: Optional[ArmRuntime] = None, count: bool = True) -> DeviceRun:
+                  runtime: Optional[ArmRuntime] = None, count: bool = True,
+                  profile_from: int = FIRST_INFERENCE_REGION) -> DeviceRun:
     """Runs ``x`` through a TFLite model on one emulated device, in one process.
 
     Args:
@@ -80,6 +81,9 @@ def run_on_device(model_path: Union[str, Path], profile: DeviceProfile, x: np.nd
         timeout_s: wall-clock limit (default: :func:`default_timeout`).
         runtime: a built ARM runtime (default: :func:`ensure_runtime`).
         count: load the instruction-count plugin.
+        profile_from: the first region whose blocks the plugin profiles (the
+            first measured inference; a larger index profiles none, which only
+            a benchmark of the profile's own cost wants).
 
     Raises:
         ModelFileError: the model file does not exist.
@@ -117,7 +121,7 @@ def run_on_device(model_path: Union[str, Path], profile: DeviceProfile, x: np.nd
                 "--threads", str(threads)]
         command = runtime.command(profile.qemu_cpu, argv,
                                   paths["counts.txt"] if count else None, sysroot=work / "root",
-                                  plugin_args=(f"profile_from={FIRST_INFERENCE_REGION}",))
+                                  plugin_args=(f"profile_from={profile_from}",))
         env = runtime.env(profile.runtime)
         t0 = time.monotonic()
         try:
