@@ -202,8 +202,13 @@ def classcost_held_out(points: Sequence[Point], group: Callable[[Point], str]) -
     single = [p for p in points if p.threads == 1]
 
     def as_class_point(p: Point) -> classcost.Point:
-        return classcost.Point(p.name, p.core, p.by_class, p.device_figures.clock_1t_ghz, p.measured_ms,
-                               p.device, p.variant)
+        # The first model kept its costs per emulated core (qemu CPU): pixel1 and
+        # pixel2 shared the cortex-a72 costs.
+        return classcost.Point(p.name, emulated(p), p.by_class, p.device_figures.clock_1t_ghz,
+                               p.measured_ms, p.device, p.variant)
+
+    def emulated(p: Point) -> str:
+        return get_device(p.device).qemu_cpu
 
     out = []
     for p in single:
@@ -212,9 +217,9 @@ def classcost_held_out(points: Sequence[Point], group: Callable[[Point], str]) -
             costs = classcost.fit_costs(rest)
         except ConfigError:
             continue
-        if p.core not in costs:
+        if emulated(p) not in costs:
             continue
-        out.append(Prediction(p, classcost.predict_cycles(p.by_class, costs[p.core])
+        out.append(Prediction(p, classcost.predict_cycles(p.by_class, costs[emulated(p)])
                               / (p.device_figures.clock_1t_ghz * 1e6)))
     return out
 
