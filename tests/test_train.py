@@ -50,8 +50,8 @@ def test_recipe_rejects_bad_schedules(train, message):
 
 def test_finetune_lengths_follow_the_float_epochs():
     assert finetune_epochs(3, 40, "prune") == 3  # a number is kept
-    assert finetune_epochs(AUTO, None, "prune") == 2 and finetune_epochs(AUTO, None, "qat") == 1
-    assert [finetune_epochs(AUTO, n, "prune") for n in (1, 8, 12, 20, 40)] == [2, 2, 3, 5, 8]
+    assert finetune_epochs(AUTO, None, "prune") == 4 and finetune_epochs(AUTO, None, "qat") == 1
+    assert [finetune_epochs(AUTO, n, "prune") for n in (1, 4, 13, 20, 40)] == [4, 4, 5, 7, 10]
     assert [finetune_epochs(AUTO, n, "qat") for n in (1, 10, 11, 25, 40)] == [1, 1, 2, 3, 3]
 
 
@@ -77,7 +77,7 @@ def test_compress_stages_key_on_the_resolved_lengths(tmp_path):
     recipe = Recipe.from_dict({"data": {"dataset": "digits"}, "prune": {"enabled": True, "epochs": "auto"},
                                "qat": {"epochs": "auto"}})
     compress_stages(recipe, None, stage, tmp_path / "float.h5", tmp_path, quiet, float_epochs=21)
-    assert seen["prune"]["prune"]["epochs"] == 6 and seen["qat"]["qat"]["epochs"] == 3
+    assert seen["prune"]["prune"]["epochs"] == 7 and seen["qat"]["qat"]["epochs"] == 3
     assert seen["prune"]["augment"] == recipe.to_dict()["train"]["augment"]
 
 

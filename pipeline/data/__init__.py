@@ -22,7 +22,8 @@ Sample counts (``DataConfig.*_samples``; ``None`` = all) then truncate each spli
 after a stratified shuffle: a prefix of n samples holds each class in proportion.
 
 One module per data set (``shapes``, ``fashion_mnist``, ``digits``, ``folder``);
-``splits`` draws the splits and ``resize`` fits images to the input shape. The
+``splits`` draws the splits, ``resize`` fits images to the input shape and
+``augment`` transforms training images on the fly (seeded, per epoch). The
 package imports numpy and Pillow only (scikit-learn lazily, for ``digits``): no
 TensorFlow, so the CLI and the tests stay light.
 """

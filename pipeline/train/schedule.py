@@ -18,8 +18,10 @@ from typing import Optional
 
 from pipeline.recipe.schema import AUTO, Recipe
 
-#: Prune epochs: a quarter of the float epochs, from 2 to 8.
-MIN_PRUNE_EPOCHS, MAX_PRUNE_EPOCHS, PRUNE_FRACTION = 2, 8, 0.25
+#: Prune epochs: a third of the float epochs, from 4 to 10. Measured on sklearn digits
+#: (default recipe, 50% sparsity): 4 prune epochs after 20 float ones took validation
+#: top-1 from 98.5% to 96.7%: pruning needs time to recover. 4 is the shapes schedule.
+MIN_PRUNE_EPOCHS, MAX_PRUNE_EPOCHS, PRUNE_FRACTION = 4, 10, 1 / 3
 #: QAT epochs: a tenth of the float epochs, from 1 to 3 (a QAT epoch costs ~3 float ones).
 MIN_QAT_EPOCHS, MAX_QAT_EPOCHS, QAT_FRACTION = 1, 3, 0.1
 #: Warm-up is at most this fraction of the planned steps.

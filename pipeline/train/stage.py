@@ -54,6 +54,9 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
         f"augmentation {'on' if t.augment.enabled else 'off'}")
     run = fit(model, splits, plan=plan, batch_size=t.batch_size, label="train", seed=recipe.seed,
               augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), log=log)
+    if run["epochs"] > 1 and run["best_epoch"] == run["epochs"]:
+        log(f"[train] warning: the best validation top-1 came in the last epoch ({run['epochs']}): "
+            "the model is probably still under-trained (raise train.max_epochs or train.epochs)")
     probs = model.predict(splits.x_test, batch_size=256, verbose=0)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
