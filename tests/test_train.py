@@ -81,6 +81,13 @@ def test_compress_stages_key_on_the_resolved_lengths(tmp_path):
     assert seen["prune"]["augment"] == recipe.to_dict()["train"]["augment"]
 
 
+def test_balanced_class_weights():
+    from pipeline.train.fit import class_weights
+
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w == {0: pytest.approx(4 / 9), 1: pytest.approx(4 / 3), 2: 1.0}
+
+
 def test_warmup_then_cosine():
     from pipeline.train.schedule import warmup_cosine
 
@@ -121,18 +128,20 @@ def test_most_confused_pairs():
 
 @pytest.mark.integration
 def test_early_stopping_restores_the_best_epoch():
-    """The weights after fit are those of the best validation epoch, not the last."""
+    """The weights after fit are those of the best validation epoch, not the last (trained
+    here with label smoothing and balanced class weights, the recipe's other loss options)."""
     import tf_keras as keras
 
     from pipeline.data import load_dataset
-    from pipeline.train.fit import compile_model, fit, setup_tensorflow
+    from pipeline.train.fit import class_weights, compile_model, fit, setup_tensorflow
     from pipeline.train.zoo import build_model
 
     recipe = Recipe.from_dict({"data": {"dataset": "digits", "train_samples": 400, "val_samples": 100}})
     splits = load_dataset(recipe.data, (32, 32, 1), 0)
     setup_tensorflow(0)
     model = build_model("mobilenet_v1", 0.25, (32, 32, 1), 10)
-    compile_model(model, 3e-3, 6 * 25)
+    compile_model(model, 3e-3, 6 * 25, label_smoothing=0.1)
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
     snapshots = []
 
     class BreakAfterThree(keras.callbacks.Callback):
@@ -146,14 +155,15 @@ def test_early_stopping_restores_the_best_epoch():
             snapshots.append(self.model.get_weights())
 
     run = fit(model, splits, plan=Plan(6, auto=True, patience=2, min_epochs=1), batch_size=16, label="t",
-              callbacks=[BreakAfterThree()], log=quiet)
+              one_hot=True, class_weight=class_weights(splits.y_train, 10), callbacks=[BreakAfterThree()],
+              log=quiet)
     val = run["history"]["val_accuracy"]
     assert run["best_epoch"] == int(np.argmax(val)) + 1 <= 3 < run["epochs"]
     assert max(val[:3]) > max(val[3:])  # it learnt something before the break
     assert run["restored"] and run["stopped"] in ("patience", "max_epochs")
     for now, best in zip(model.get_weights(), snapshots[run["best_epoch"] - 1]):
         assert np.array_equal(now, best)
-    _, acc = model.evaluate(splits.x_val, splits.y_val, verbose=0)
+    _, acc = model.evaluate(splits.x_val, keras.utils.to_categorical(splits.y_val, 10), verbose=0)
     assert acc == pytest.approx(val[run["best_epoch"] - 1], abs=1e-6)
 
 
