@@ -121,11 +121,11 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
 
     Each epoch trains on a fresh shuffle (and, with ``augment`` enabled, freshly
     augmented images) of the train split, drawn from ``seed``, ``label`` and the
-    epoch (:func:`pipeline.data.augment.epoch_rng`): the same on a rerun. Under ``plan.auto`` training stops once
-    validation top-1 has not improved for ``plan.patience`` epochs (and at least
-    ``plan.min_epochs`` have run), and the weights
-    of the best epoch are restored; any plan stops before an epoch that would end
-    past ``plan.time_budget_s``.
+    epoch (:func:`pipeline.data.augment.epoch_rng`): the same on a rerun. Under
+    ``plan.auto`` training stops once validation top-1 has not improved for
+    ``plan.patience`` epochs (and at least ``plan.min_epochs`` have run), and the
+    weights of the best epoch are restored; any plan stops before an epoch that
+    would end past ``plan.time_budget_s`` (judged by the last epoch's length).
 
     Returns:
         ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds),
