@@ -15,7 +15,7 @@ BASELINE    ?= baselines/$(RECIPE_NAME).json
 COMPARE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: mobile-model test lint unit fuzz device-test arm-runtime system-deps bench check-regressions accept-baseline clean help
+.PHONY: mobile-model test lint unit fuzz device-test arm-runtime mediapipe-env system-deps bench check-regressions accept-baseline clean help
 
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
@@ -24,6 +24,7 @@ help:
 	@echo "make fuzz           longer fuzzing of model loading and recipe parsing (FUZZ_EXAMPLES=5000)"
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
+	@echo "make mediapipe-env  build the cached MediaPipe environment (TFLite metadata writer, client check)"
 	@echo "make bench          speed/size ratios and device instruction counts of a build (RECIPE=...)"
 	@echo "make check-regressions build RECIPE and compare it with baselines/<recipe>.json (CI gate)"
 	@echo "make accept-baseline  write baselines/<recipe>.json from the last build (review, then commit)"
@@ -51,7 +52,13 @@ system-deps:
 arm-runtime: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
 
-mobile-model: $(STAMP) system-deps
+# MediaPipe in a venv of its own (its absl-py conflicts with tfmot's pin): it writes
+# the TFLite metadata of bundle/model.tflite, and its image classifier runs the bundle
+# in the tests. Cached by key under ~/.cache/mobile-model/mediapipe-env/ (pip, PyPI).
+mediapipe-env: $(STAMP)
+	$(PY) -m pipeline.publish.mediapipe_env build -q
+
+mobile-model: $(STAMP) system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	$(VENV)/bin/mobile-model build $(RECIPE)
 
@@ -67,7 +74,7 @@ lint: $(STAMP)
 # and device tests (real ARM runtime under qemu), after lint. Exit code 5 (no tests) fails.
 # JUnit XML of the run goes to build/test-results/ (CI uploads it and shows it as checks).
 TEST_RESULTS ?= build/test-results
-test: $(STAMP) lint system-deps
+test: $(STAMP) lint system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	@mkdir -p $(TEST_RESULTS)
 	$(PY) -m pytest tests device_tests -p no:cacheprovider --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
@@ -86,7 +93,7 @@ fuzz: $(STAMP)
 	  $(PY) -m pytest tests/test_fuzz.py -p no:cacheprovider -q --hypothesis-show-statistics $(PYTEST_ARGS)
 
 # device_tests/ over a full build of RECIPE (built first; cached when up to date).
-device-test: $(STAMP) system-deps
+device-test: $(STAMP) system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	$(VENV)/bin/mobile-model build $(RECIPE) -q; rc=$$?; [ $$rc -le 1 ] || exit $$rc
 	MOBILE_MODEL_BUILD_DIR=build/$$($(PY) -c "from pipeline.recipe.load import load_recipe; print(load_recipe('$(RECIPE)').build_name)") \
@@ -98,7 +105,7 @@ bench: $(STAMP) system-deps
 
 # Build RECIPE and gate it against its baseline: exit 1 on a regression or a missed
 # budget, 2 on unusable input (e.g. no baseline yet: see baselines/README.md).
-check-regressions: $(STAMP) system-deps
+check-regressions: $(STAMP) system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	@$(VENV)/bin/mobile-model build $(RECIPE) -q --out build/$(RECIPE_NAME); build_rc=$$?; \
 	  if [ $$build_rc -gt 1 ]; then exit $$build_rc; fi; \

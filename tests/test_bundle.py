@@ -1,6 +1,7 @@
 """The deployable bundle over a tiny hand-made .tflite and a synthetic build summary."""
 
 import dataclasses
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 
 from pipeline.errors import ModelFileError
 from pipeline.export.evaluate import labels_path, predictions_path
-from pipeline.publish.bundle import FILES, MODEL_FILE, runtime_sort_key, runtime_support, write_bundle
+from pipeline.publish.bundle import (FILES, MODEL_FILE, PLAIN_MODEL_FILE, runtime_sort_key, runtime_support,
+                                     write_bundle)
+from pipeline.publish.tflite_metadata import read_metadata
+from pipeline.tflite.reader import read_tflite
 from pipeline.recipe.schema import Recipe
 from pipeline.summary import (UNVALIDATED_NOTE, BudgetResult, BuildSummary, DeviceSummary, TensorIO, Validation,
                               VariantSummary, write_summary)
@@ -160,7 +164,11 @@ def test_bundle_contents_and_checksums(tmp_path):
     info = write_bundle(recipe, tmp_path, summary, log=lambda m: None)
     bundle = tmp_path / "bundle"
     assert sorted(p.name for p in bundle.iterdir()) == sorted(FILES)
-    assert (bundle / MODEL_FILE).read_bytes() == (tmp_path / "tflite" / "int8-qat.tflite").read_bytes()
+    assert (bundle / PLAIN_MODEL_FILE).read_bytes() == (tmp_path / "tflite" / "int8-qat.tflite").read_bytes()
+    # The embedded-metadata model: a grey float model behind an RGB front, labels packed inside.
+    with_md = read_tflite(bundle / MODEL_FILE)
+    assert list(with_md.tensors[with_md.inputs[0]].shape) == [1, 32, 32, 3]
+    assert read_metadata((bundle / MODEL_FILE).read_bytes())["associated_files"]["labels.txt"].split() == LABELS
     assert (bundle / "labels.txt").read_text().splitlines() == LABELS
     r = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -194,9 +202,17 @@ def test_metadata_describes_input_ops_runtimes_and_devices(tmp_path):
                                                      "latency_cycles", "latency_ipc"]
     assert meta["devices"]["pixel4"]["emulated_cpu"] == "cortex-a76"
     assert meta["devices"]["camera-a53"]["loads"] is False
-    assert meta["embedded_tflite_metadata"] is False and "absl-py" in meta["embedded_tflite_metadata_note"]
+    assert meta["embedded_tflite_metadata"] is True and meta["model_without_metadata_file"] == PLAIN_MODEL_FILE
+    md = meta["tflite_metadata"]
+    assert (md["name"], md["input_shape"], md["color_space"], md["normalization"], md["labels_file"], md["output"],
+            md["rgb_front"], md["mediapipe_tasks"]) == ("tiny (int8-qat)", [1, 32, 32, 3], "RGB",
+                                                        {"mean": [0.0] * 3, "std": [255.0] * 3}, "labels.txt",
+                                                        "FeatureProperties", True, True)
+    assert md["writer"].startswith("MediaPipe metadata_writers (mediapipe 0.10.21")
+    assert md["sha256"] == hashlib.sha256((tmp_path / "bundle" / MODEL_FILE).read_bytes()).hexdigest()
     card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
-    for text in ("# Model card: tiny (int8-qat)", "x = pixel / 255", "zero point [-128]", "sha256sum -c SHA256SUMS",
+    for text in ("# Model card: tiny (int8-qat)", "x = pixel / 255", "takes RGB [1, 32, 32, 3]",
+                 f'Interpreter(model_path="{PLAIN_MODEL_FILE}")', "zero point [-128]", "sha256sum -c SHA256SUMS",
                  "| pixel4: ", "no (FULLY_CONNECTED v12)", "labels.txt"):
         assert text in card
 
@@ -230,7 +246,8 @@ def test_rewriting_replaces_the_whole_bundle(tmp_path):
     (tmp_path / "bundle" / "stale.txt").write_text("old")
     write_bundle(recipe, tmp_path, dataclasses.replace(summary, deploy_variant="float32"), log=lambda m: None)
     assert not (tmp_path / "bundle" / "stale.txt").exists()
-    assert (tmp_path / "bundle" / MODEL_FILE).read_bytes() == (tmp_path / "tflite" / "float32.tflite").read_bytes()
+    plain = (tmp_path / "bundle" / PLAIN_MODEL_FILE).read_bytes()
+    assert plain == (tmp_path / "tflite" / "float32.tflite").read_bytes()
 
 
 def test_missing_or_corrupt_model_is_a_model_file_error(tmp_path):

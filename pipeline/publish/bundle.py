@@ -2,12 +2,20 @@
 
 ``build/<recipe>/bundle/``::
 
-    model.tflite    the recipe's deploy variant, byte for byte as built
+    model.tflite    the recipe's deploy variant with TFLite metadata embedded (name,
+                    description, input normalization, labels.txt packed inside, the
+                    output as class scores), written by MediaPipe's metadata writer in
+                    its own environment (:mod:`pipeline.publish.tflite_metadata`); a
+                    one-channel float model also gets an RGB front (MediaPipe Tasks
+                    reads only RGB images), so its input is [1, H, W, 3]
+    model_without_metadata.tflite
+                    the deploy variant byte for byte as built and measured on the devices
     labels.txt      one class name per line, in output-index order
     metadata.json   input shape/dtype/normalization/quantization, output, op list with
                     versions, runtimes that load it (and the op that fails where not),
                     target devices with their measured figures and estimated latency
-                    (with its latency model, cycles, IPC and whether it is validated)
+                    (with its latency model, cycles, IPC and whether it is validated),
+                    what the embedded TFLite metadata says
     MODEL_CARD.md   the same for people: what it is, how well it does, how to feed it
     SHA256SUMS      ``cd bundle && sha256sum -c SHA256SUMS``
 
@@ -15,12 +23,6 @@
 hashes without writing them); :func:`write_bundle` writes them into a temporary
 directory next to ``bundle/`` and swaps it in by renames, so a reader never sees a
 half-written bundle.
-
-Labels and normalization are *not* embedded as TFLite metadata inside
-``model.tflite``: the maintained writer (``mediapipe``'s metadata_writers) needs
-absl-py ~= 2.3, which conflicts with tfmot's pin (absl-py 1.4.0), and imports
-OpenCV; ``tflite-support`` 0.4.4 (2023) is unmaintained. ``metadata.json`` and
-``labels.txt`` carry the same facts instead (see baselines/README.md).
 """
 
 import json
@@ -32,8 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from pipeline.export.evaluate import gzip_size
-from pipeline.publish.model_card import EMBEDDED_METADATA_NOTE, MODEL_FILE, model_card
+from pipeline.publish.model_card import MODEL_FILE, PLAIN_MODEL_FILE, model_card
 from pipeline.publish.records import device_profile, in_recipe_order
+from pipeline.publish.tflite_metadata import LABELS_FILE, embed_metadata
 from pipeline.store.atomic import atomic_write_bytes, sha256_bytes
 from pipeline.summary import BuildSummary, DeviceSummary, TensorIO
 from pipeline.tflite.reader import parse_tflite, read_tflite
@@ -42,12 +45,12 @@ Log = Callable[[str], None]
 
 BUNDLE_FORMAT = "mobile-model-bundle"
 BUNDLE_VERSION = 1
-FILES = (MODEL_FILE, "labels.txt", "metadata.json", "MODEL_CARD.md", "SHA256SUMS")
+FILES = (MODEL_FILE, PLAIN_MODEL_FILE, "labels.txt", "metadata.json", "MODEL_CARD.md", "SHA256SUMS")
 
 # Runtime lineage, oldest first: tflite-runtime (TF Lite <= 2.14), then LiteRT (ai-edge-litert).
 RUNTIME_ORDER = ("tflite-runtime", "litert")
 
-__all__ = ["Bundle", "FILES", "MODEL_FILE", "assemble_bundle", "bundle_metadata", "device_figures",
+__all__ = ["Bundle", "FILES", "MODEL_FILE", "PLAIN_MODEL_FILE", "assemble_bundle", "bundle_metadata", "device_figures",
            "runtime_sort_key", "runtime_support", "write_bundle"]
 
 
@@ -201,8 +204,14 @@ def _output(out: TensorIO, model) -> Dict[str, Any]:
     }
 
 
-def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes) -> Dict[str, Any]:
-    """The contents of ``metadata.json`` for the recipe's deploy variant."""
+def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
+                    embedded: Mapping[str, Any]) -> Dict[str, Any]:
+    """The contents of ``metadata.json`` for the recipe's deploy variant.
+
+    Args:
+        model_bytes: the deploy variant as built (``model_without_metadata.tflite``).
+        embedded: :func:`pipeline.publish.tflite_metadata.embed_metadata`'s result for it.
+    """
     from pipeline.export.variants import VARIANTS
 
     variant = summary.deploy_variant
@@ -213,6 +222,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes) -> Dict[s
         "version": BUNDLE_VERSION,
         "name": summary.recipe,
         "model_file": MODEL_FILE,
+        "model_without_metadata_file": PLAIN_MODEL_FILE,
         "variant": variant,
         "variant_description": VARIANTS.get(variant).description if variant in VARIANTS.names() else "",
         "sha256": sha256_bytes(model_bytes),
@@ -233,10 +243,70 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes) -> Dict[s
         "devices": device_figures(summary.devices, variant),
         "budgets": [{"budget": b.budget, "subject": b.subject, "limit": b.limit, "measured": b.measured,
                      "unit": b.unit, "ok": b.ok} for b in summary.budgets],
-        "embedded_tflite_metadata": False,
-        "embedded_tflite_metadata_note": EMBEDDED_METADATA_NOTE,
+        "embedded_tflite_metadata": True,
+        "tflite_metadata": _embedded_summary(embedded),
         "smoke_build": bool(recipe.smoke_form),
     }
+
+
+def _embedded_summary(embedded: Mapping[str, Any]) -> Dict[str, Any]:
+    """What ``model.tflite``'s embedded metadata says, and how its file differs from the variant."""
+    md = embedded["metadata"]
+    sub = md["subgraph_metadata"][0]
+    norm = next(u["options"] for u in sub["input_tensor_metadata"][0].get("process_units", [])
+                if u["options_type"] == "NormalizationOptions")
+    model = parse_tflite(embedded["model"], MODEL_FILE)
+    inp = model.tensors[model.inputs[0]]
+    shape = [int(d) for d in inp.shape]
+    front = embedded["rgb_front"]
+    # MediaPipe Tasks' image classifier: RGB(A) images into a float32 or uint8 tensor.
+    mediapipe_tasks = shape[-1] in (3, 4) and inp.dtype in ("float32", "uint8")
+    return {
+        "writer": f"MediaPipe metadata_writers (mediapipe {embedded['writer_version']})",
+        "name": md["name"],
+        "description": md["description"],
+        "input_shape": shape,
+        "color_space": embedded["color_space"],
+        "normalization": {"mean": norm["mean"], "std": norm["std"]},
+        "labels_file": sub["output_tensor_metadata"][0]["associated_files"][0]["name"],
+        "output": sub["output_tensor_metadata"][0]["content"]["content_properties_type"],
+        "rgb_front": front,
+        "rgb_front_note": ("RGB input converted to grey inside (1x1 CONV_2D, luma 0.299/0.587/0.114), "
+                           "then the deploy variant unchanged" if front else None),
+        "sha256": sha256_bytes(embedded["model"]),
+        "size_bytes": len(embedded["model"]),
+        "mediapipe_tasks": mediapipe_tasks,
+    }
+
+
+# Embedding runs MediaPipe in a subprocess (seconds); the report assembles the bundle
+# before writing it, so the result is kept per process by (model sha256, request).
+_EMBEDDED: Dict[str, Dict[str, Any]] = {}
+
+
+def embedded_model(recipe, summary: BuildSummary, model_bytes: bytes) -> Dict[str, Any]:
+    """:func:`~pipeline.publish.tflite_metadata.embed_metadata` of the deploy variant, with the
+    recipe's name, a description, the labels and the recipe's input channels."""
+    from pipeline.publish.mediapipe_env import ensure_env
+
+    variant = summary.deploy_variant
+    request = {
+        "name": f"{summary.recipe} ({variant})",
+        "description": (f"{recipe.model.family} (width {recipe.model.alpha:g}) image classifier built by "
+                        f"mobile-model from recipe {summary.recipe}, variant {variant}: "
+                        f"{len(summary.labels)} classes."),
+        "labels": list(summary.labels),
+        "channels": recipe.model.channels,
+        "input_description": "Image, NHWC, pixel values normalized as x = pixel / 255.",
+        "output_description": f"Class probabilities (softmax) in {LABELS_FILE} order.",
+    }
+    key = sha256_bytes(model_bytes + json.dumps(request, sort_keys=True).encode())
+    if key not in _EMBEDDED:
+        env = ensure_env()
+        out = embed_metadata(model_bytes, env=env, **request)
+        out["writer_version"] = env.manifest()["versions"]["mediapipe"]
+        _EMBEDDED[key] = out
+    return _EMBEDDED[key]
 
 
 def _boundary_quantization(model, tensor: int, opcode: str, side: str) -> Optional[Dict[str, Any]]:
@@ -266,15 +336,19 @@ def assemble_bundle(recipe, root: Path, summary: BuildSummary) -> Bundle:
 
     Raises:
         ModelFileError: the deploy variant's .tflite is missing or not a TFLite file.
+        DeviceUnavailableError: the MediaPipe environment that writes the metadata cannot be
+            built, or its writer failed.
     """
     root = Path(root)
     summary = in_recipe_order(recipe, summary)
     model_path = root / "tflite" / f"{summary.deploy_variant}.tflite"
     read_tflite(model_path)  # a missing or corrupt file raises ModelFileError naming the path
     model_bytes = model_path.read_bytes()
-    meta = bundle_metadata(recipe, summary, model_bytes)
+    embedded = embedded_model(recipe, summary, model_bytes)
+    meta = bundle_metadata(recipe, summary, model_bytes, embedded)
     contents: Dict[str, bytes] = {
-        MODEL_FILE: model_bytes,
+        MODEL_FILE: embedded["model"],
+        PLAIN_MODEL_FILE: model_bytes,
         "labels.txt": ("\n".join(meta["labels"]) + "\n").encode(),
         "metadata.json": (json.dumps(meta, indent=2, sort_keys=False) + "\n").encode(),
         "MODEL_CARD.md": model_card(recipe, meta).encode(),

@@ -8,14 +8,9 @@ from typing import Any, List, Mapping, Optional
 
 from pipeline.summary import LATENCY_HEADERS, LatencyEstimate, unvalidated_note
 
-# The model's file name inside bundle/, and why it carries no embedded TFLite metadata
-# (shown in the metadata and the model card).
+# The model's file names inside bundle/: with embedded TFLite metadata, and as built.
 MODEL_FILE = "model.tflite"
-EMBEDDED_METADATA_NOTE = (
-    "Labels and normalization are not embedded as TFLite metadata: the maintained writer "
-    "(mediapipe metadata_writers) requires absl-py~=2.3, which conflicts with the absl-py 1.4.0 "
-    "pin of tensorflow-model-optimization 0.8.1, and tflite-support 0.4.4 (2023) is unmaintained. "
-    "labels.txt and metadata.json carry the same information.")
+PLAIN_MODEL_FILE = "model_without_metadata.tflite"
 
 
 def _fmt(value: Optional[float], fmt: str, scale: float = 1.0, none: str = "-") -> str:
@@ -34,7 +29,6 @@ def model_card(recipe, meta: Mapping[str, Any]) -> str:
               "",
               f"- Accuracy is measured on the recipe's `{recipe.data.dataset}` test split only; "
               "images unlike the training data (other cameras, lighting, classes) will do worse.",
-              "- " + EMBEDDED_METADATA_NOTE,
               "",
               "## Files",
               "",
@@ -93,11 +87,34 @@ def _training(r, meta: Mapping[str, Any]) -> List[str]:
     ]
 
 
+def _embedded(meta: Mapping[str, Any]) -> List[str]:
+    md = meta["tflite_metadata"]
+    lines = [f"- `{MODEL_FILE}` carries TFLite metadata ({md['writer']}): name, description, input "
+             f"normalization mean {md['normalization']['mean']} std {md['normalization']['std']} "
+             f"({md['color_space']}), `{md['labels_file']}` packed inside, output as {md['output']}. "
+             "the form MediaPipe Tasks and Android Studio's ML model binding read."]
+    if md["rgb_front"]:
+        lines.append(f"- `{MODEL_FILE}` takes RGB [{', '.join(map(str, md['input_shape']))}]: {md['rgb_front_note']}. "
+                     f"`{PLAIN_MODEL_FILE}` is the deploy variant as built and as measured on the "
+                     f"devices, grey input, no metadata; the rest of this section describes it.")
+    else:
+        lines.append(f"- `{PLAIN_MODEL_FILE}` is the same model without metadata, byte for byte as built.")
+    if not md["mediapipe_tasks"]:
+        lines.append("- MediaPipe Tasks cannot load this model (it reads only float32 or uint8 RGB(A) inputs).")
+    return lines
+
+
+def _litert_file(meta: Mapping[str, Any]) -> str:
+    """The file the LiteRT example loads: the one this section describes."""
+    return PLAIN_MODEL_FILE if meta["tflite_metadata"]["rgb_front"] else MODEL_FILE
+
+
 def _how_to_feed(meta: Mapping[str, Any]) -> List[str]:
     inp, out = meta["input"], meta["output"]
     lines = [
         "## How to feed it",
         "",
+        *_embedded(meta),
         f"- Input tensor: shape {inp['shape']}, {inp['dtype']}, NHWC, {inp['color']}, "
         f"image fitted by `{inp['fit']}` to {inp['shape'][1]}x{inp['shape'][2]}.",
         f"- Normalization: {inp['normalization']['formula']} (float in [0, 1]; mean 0, std 255 in "
@@ -120,7 +137,7 @@ def _how_to_feed(meta: Mapping[str, Any]) -> List[str]:
               "```python",
               "import numpy as np",
               "from ai_edge_litert.interpreter import Interpreter",
-              f"interp = Interpreter(model_path=\"{MODEL_FILE}\")",
+              f"interp = Interpreter(model_path=\"{_litert_file(meta)}\")",
               "interp.allocate_tensors()",
               "inp, out = interp.get_input_details()[0], interp.get_output_details()[0]",
               "x = image.astype(np.float32)[None] / 255.0          # (1, H, W, C) in [0, 1]"]

@@ -274,7 +274,15 @@ def _bundle(doc: Doc, deploy: str, bundle: Bundle) -> None:
                if not q and qi else ""),
             f"Ops: {', '.join(o['op'] + ' v' + str(o['version']) for o in meta['ops'])}",
             f"Runtimes: {meta['runtimes']['note']}",
-            f"TFLite metadata: not embedded ({meta['embedded_tflite_metadata_note']})"])
+            _embedded_line(meta["tflite_metadata"])])
+
+
+def _embedded_line(md) -> str:
+    front = f"; RGB front: {md['rgb_front_note']}" if md["rgb_front"] else ""
+    return (f"TFLite metadata in `model.tflite` ({md['writer']}): {md['name']}, input {md['input_shape']} "
+            f"{md['color_space']} mean {md['normalization']['mean']} std {md['normalization']['std']}, "
+            f"labels `{md['labels_file']}`, output {md['output']}{front}; `model_without_metadata.tflite` "
+            f"is the variant as built")
 
 
 def _stages(doc: Doc, s: BuildSummary, record: BuildRecord) -> None:

@@ -1,0 +1,99 @@
+"""Runs inside the isolated MediaPipe environment (see :mod:`pipeline.publish.mediapipe_env`).
+
+It is started as a script by that environment's own Python, never imported by the
+pipeline: MediaPipe needs absl-py ~= 2.x, the pipeline's tfmot pins absl-py 1.4.0.
+Only the standard library, numpy and mediapipe are imported here, by
+``importlib.import_module``: mediapipe is a requirement of that environment, not of the
+package (whose declared-imports check reads ``import`` statements).
+
+Commands (one JSON document on stdout each)::
+
+    write IN.tflite OUT.tflite SPEC.json    embed metadata with MediaPipe's metadata writer
+    read MODEL.tflite                       the embedded metadata as MediaPipe's displayer reads it
+    classify MODEL.tflite IMAGES.npy OUT.npy
+                                            MediaPipe Tasks' ImageClassifier on uint8 RGB
+                                            images [N, H, W, 3]; OUT gets the score of every
+                                            category, [N, classes] float32, by category index
+    versions                                the versions of mediapipe and numpy
+"""
+
+import json
+import sys
+from importlib import import_module
+
+
+def _write(src: str, dst: str, spec_path: str) -> dict:
+    mw = import_module("mediapipe.tasks.python.metadata.metadata_writers.metadata_writer")
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    with open(src, "rb") as f:
+        model = f.read()
+    color = getattr(mw.MetadataWriter.color_space_types, spec["color_space"])
+    writer = (mw.MetadataWriter.create(bytearray(model))
+              .add_general_info(spec["name"], spec["description"])
+              .add_image_input(spec["mean"], spec["std"], color_space_type=color,
+                               description=spec["input_description"])
+              .add_classification_output(mw.Labels().add(spec["labels"]),
+                                         description=spec["output_description"]))
+    buf, text = writer.populate()
+    with open(dst, "wb") as f:
+        f.write(buf)
+    return json.loads(text)
+
+
+def _read(path: str) -> dict:
+    metadata = import_module("mediapipe.tasks.python.metadata.metadata")
+
+    with open(path, "rb") as f:
+        model = f.read()
+    shown = metadata.MetadataDisplayer.with_model_buffer(model)
+    files = {name: shown.get_associated_file_buffer(name).decode()
+             for name in shown.get_packed_associated_file_list()}
+    return {"metadata": json.loads(shown.get_metadata_json()), "associated_files": files}
+
+
+def _classify(path: str, images_path: str, out_path: str) -> dict:
+    mp = import_module("mediapipe")
+    np = import_module("numpy")
+    tasks = import_module("mediapipe.tasks.python")
+    vision = import_module("mediapipe.tasks.python.vision")
+
+    images = np.load(images_path)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 RGB images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    options = vision.ImageClassifierOptions(base_options=tasks.BaseOptions(model_asset_path=path),
+                                            max_results=-1)
+    scores = None
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for i, img in enumerate(images):
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                                  data=np.ascontiguousarray(img)))
+            cats = result.classifications[0].categories
+            if scores is None:
+                scores = np.full((len(images), len(cats)), np.nan, np.float32)
+            for c in cats:
+                scores[i, c.index] = c.score
+    np.save(out_path, scores)
+    return {"images": int(len(images)), "classes": int(scores.shape[1]) if scores is not None else 0,
+            "category_names": [c.category_name for c in sorted(cats, key=lambda c: c.index)] if len(images) else []}
+
+
+def _versions() -> dict:
+    import_module("mediapipe.tasks.python.metadata.metadata_writers.metadata_writer")
+    import_module("mediapipe.tasks.python.vision.image_classifier")
+    return {"mediapipe": import_module("mediapipe").__version__, "numpy": import_module("numpy").__version__}
+
+
+def main(argv) -> int:
+    commands = {"write": (_write, 3), "read": (_read, 1), "classify": (_classify, 3), "versions": (_versions, 0)}
+    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+        print(f"usage: mediapipe_worker.py {{{','.join(commands)}}} ARGS...", file=sys.stderr)
+        return 2
+    fn, _ = commands[argv[0]]
+    json.dump(fn(*argv[1:]), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
