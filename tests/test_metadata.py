@@ -96,3 +96,10 @@ def test_a_broken_environment_names_itself(tmp_path, tiny):
     with pytest.raises(DeviceUnavailableError, match=r"reading TFLite metadata: no MediaPipe environment at "
                                                       r".*nowhere .*build it with 'make mediapipe-env'"):
         read_metadata(tiny, env=broken)
+
+
+def test_embedding_is_reproducible(tiny, embedded):
+    """The packed labels.txt carries a fixed zip date: the same inputs give the same bytes."""
+    again = embed_metadata(tiny, name="tiny", description="a tiny test classifier", labels=LABELS, channels=1,
+                           input_description="grey image", output_description="class probabilities")
+    assert again["model"] == embedded["model"]

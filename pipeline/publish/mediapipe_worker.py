@@ -38,8 +38,39 @@ def _write(src: str, dst: str, spec_path: str) -> dict:
                                          description=spec["output_description"]))
     buf, text = writer.populate()
     with open(dst, "wb") as f:
-        f.write(buf)
+        f.write(_fixed_zip_times(bytes(buf)))
     return json.loads(text)
+
+
+# 1980-01-01 00:00, the earliest zip date: (year - 1980) << 9 | month << 5 | day.
+_ZIP_DATE, _ZIP_TIME = (1 << 5) | 1, 0
+
+
+def _fixed_zip_times(model: bytes) -> bytes:
+    """The model with the modification time of every packed associated file set to 1980-01-01.
+
+    The writer appends the associated files (labels.txt) as a zip stamped with the time
+    of writing, so the same model and labels would give a new file, and a new sha256, on
+    every build. Only the date fields of the local and central headers change.
+    """
+    import io
+    import struct
+    import zipfile
+
+    out = bytearray(model)
+    with zipfile.ZipFile(io.BytesIO(model)) as zf:
+        for info in zf.infolist():  # local file headers: signature PK\3\4, time at +10
+            if out[info.header_offset:info.header_offset + 4] != b"PK\x03\x04":
+                raise ValueError(f"no local zip header for {info.filename} at {info.header_offset}")
+            struct.pack_into("<HH", out, info.header_offset + 10, _ZIP_TIME, _ZIP_DATE)
+        pos = zf.start_dir
+        for _ in zf.infolist():  # central directory entries: signature PK\1\2, time at +12
+            if out[pos:pos + 4] != b"PK\x01\x02":
+                raise ValueError(f"no central zip header at {pos}")
+            struct.pack_into("<HH", out, pos + 12, _ZIP_TIME, _ZIP_DATE)
+            name_len, extra_len, comment_len = struct.unpack_from("<HHH", out, pos + 28)
+            pos += 46 + name_len + extra_len + comment_len
+    return bytes(out)
 
 
 def _read(path: str) -> dict:
