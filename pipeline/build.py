@@ -119,7 +119,9 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         train = _float(recipe, splits, stage, root, log)
         sources = compress_stages(recipe, splits, stage, root / "keras" / "float.h5", root / "keras", log,
                                   float_epochs=train.get("epochs"))
-        variants = _variants(recipe, splits, stage, sources, train["macs"], root, log)
+        # A channel-pruned model computes fewer MACs than the float one (CQAT starts from float).
+        thinned_macs = manifest.stages["channels"]["metrics"]["macs"] if recipe.prune.channels else None
+        variants = _variants(recipe, splits, stage, sources, train["macs"], root, log, thinned_macs)
         devices: Dict[str, Dict[str, DeviceSummary]] = {}
         if run_devices and recipe.devices.targets:
             from pipeline.devices.matrix import run_device_matrix
@@ -229,11 +231,22 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
              "class_weight": recipe.train.class_weight, "fit": 2}
     sources = {"float": {"keras": float_h5}}
     pruned = None
-    if recipe.prune.enabled:
+    if recipe.prune.channels:
+        from pipeline.compress.structured import channel_prune_model
+
+        # Thinner, not sparse: every later stage starts from it as from the float model.
+        pruned = keras_dir / "channels.h5"
+        stage("channels", {"prune": cfg["prune"], "threads": recipe.devices.threads, **fit_key},
+              {"keras": float_h5}, {"model": pruned},
+              lambda: channel_prune_model(recipe, splits, float_h5, pruned, log))
+        sources["float"] = {"keras": pruned}
+    elif recipe.prune.enabled:
         from pipeline.compress.prune import prune_model
+        from pipeline.recipe.schema import CHANNEL_KEYS
 
         pruned = keras_dir / "pruned.h5"
-        stage("prune", {"prune": cfg["prune"], **fit_key}, {"keras": float_h5},
+        prune_key = {k: v for k, v in cfg["prune"].items() if k not in CHANNEL_KEYS}
+        stage("prune", {"prune": prune_key, **fit_key}, {"keras": float_h5},
               {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
         sources["float"] = {"keras": pruned}
     if "qat" in needed:
@@ -241,12 +254,13 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
 
         qat = keras_dir / "qat.h5"
         src = sources["float"]["keras"]
-        stage("qat", {"qat": cfg["qat"], "preserve_sparsity": recipe.prune.enabled,
+        stage("qat", {"qat": cfg["qat"], "preserve_sparsity": recipe.prune.unstructured,
                       **fit_key}, {"keras": src},
               {"model": qat}, lambda: qat_model(recipe, splits, src, qat, log))
         sources["qat"] = {"keras": qat}
     # Clustering chains: (source, stage names, model clustered, sparsity-preserving).
-    chains = (("cqat", "cluster", float_h5, False), ("pcqat", "cluster-pruned", pruned, True))
+    chains = (("cqat", "cluster", float_h5, False),
+              ("pcqat", "cluster-pruned", pruned, recipe.prune.unstructured))
     for scheme, cluster_stage, src, preserve in chains:
         if scheme not in needed:
             continue
@@ -265,7 +279,7 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
 
 
 def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dict[str, Path]], macs: int,
-              root: Path, log: Log) -> Dict[str, VariantSummary]:
+              root: Path, log: Log, thinned_macs: Optional[int] = None) -> Dict[str, VariantSummary]:
     """The ``convert/<variant>`` and ``evaluate/<variant>`` stages of every variant, in recipe order.
 
     Evaluation saves each variant's test predictions (``tflite/<variant>.pred.npy``)
@@ -296,7 +310,8 @@ def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dic
                                                    splits.x_val, splits.y_val))
         # Paths are this build directory's, whatever directory a cached record was made in.
         out[name] = VariantSummary.from_dict(
-            {**evaluation, "predictions": str(pred), "validation": validation, "macs": macs, "path": str(tfl),
+            {**evaluation, "predictions": str(pred), "validation": validation,
+             "macs": thinned_macs if thinned_macs and variant.source != "cqat" else macs, "path": str(tfl),
              "chain": chain_of(variant.source, recipe.prune.enabled)}, f"evaluate/{name}")
     return out
 

@@ -106,6 +106,6 @@ def qat_model(recipe: Recipe, splits, src: Path, out: Path, log: Log = print) ->
         RuntimeError: the saved file does not reload to the trained model's outputs.
     """
     q = recipe.qat
-    technique = QuantizationAware(scheme="pqat" if recipe.prune.enabled else "default",
+    technique = QuantizationAware(scheme="pqat" if recipe.prune.unstructured else "default",
                                   epochs=q.epochs, learning_rate=q.learning_rate)
     return fine_tune(recipe, splits, src, out, technique, log)

@@ -175,18 +175,65 @@ class TrainConfig:
         return self.epochs
 
 
+PRUNE_STRUCTURES = ("unstructured", "channels")
+CHANNEL_CRITERIA = ("l1_bn", "l1", "bn_scale")  # pipeline.compress.channels.importance
+# Keys only channel pruning reads (the unstructured prune stage's cache key leaves them out).
+CHANNEL_KEYS = ("structure", "target_macs", "target_latency_ms", "target_device", "criterion", "step")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
-    """Magnitude pruning (polynomial decay to ``target_sparsity``), then strip."""
+    """Pruning, then strip: ``structure`` says what is removed.
+
+    ``unstructured``: magnitude pruning of single weights (polynomial decay to
+    ``target_sparsity``, or ``m_by_n``). ``channels``: whole channels are removed
+    (:mod:`pipeline.compress.structured`) until a target is met: ``target_macs`` (the
+    fraction of the float model's MACs to keep) or ``target_latency_ms`` (estimated
+    int8 latency on ``target_device``); ``step`` is the fraction of the starting cost
+    each schedule step removes, ``criterion`` ranks channels within a layer.
+    """
 
     enabled: bool = False
     target_sparsity: float = 0.5
     m_by_n: Optional[Tuple[int, int]] = None
     epochs: Any = AUTO  # or a number; auto: from the float epochs (pipeline.train.schedule)
     learning_rate: float = 1e-3
+    structure: str = "unstructured"
+    target_macs: Optional[float] = None
+    target_latency_ms: Optional[float] = None
+    target_device: Optional[str] = None
+    criterion: str = "l1_bn"
+    step: float = 0.05
+
+    @property
+    def unstructured(self) -> bool:
+        """Whether single weights are pruned (zeros kept by PQAT/PCQAT downstream)."""
+        return self.enabled and self.structure == "unstructured"
+
+    @property
+    def channels(self) -> bool:
+        """Whether whole channels are pruned (a thinner model downstream)."""
+        return self.enabled and self.structure == "channels"
 
     def validate(self, where: str) -> None:
         _bool(where, "enabled", self.enabled)
+        _choice(where, "structure", self.structure, PRUNE_STRUCTURES)
+        _choice(where, "criterion", self.criterion, CHANNEL_CRITERIA)
+        if not isinstance(self.step, (int, float)) or isinstance(self.step, bool) or not 0 < self.step < 1:
+            raise ConfigError(f"{where}.step: expected 0 < value < 1, got {self.step!r}")
+        if self.structure == "channels":
+            targets = [k for k in ("target_macs", "target_latency_ms") if getattr(self, k) is not None]
+            if len(targets) != 1:
+                raise ConfigError(f"{where}: structure channels needs exactly one of target_macs "
+                                  f"(fraction of MACs kept) or target_latency_ms, got {targets or 'none'}")
+            if self.target_macs is not None and (isinstance(self.target_macs, bool) or not isinstance(
+                    self.target_macs, (int, float)) or not 0 < self.target_macs < 1):
+                raise ConfigError(f"{where}.target_macs: expected 0 < value < 1, got {self.target_macs!r}")
+            if self.target_latency_ms is not None:
+                _positive_number(where, "target_latency_ms", self.target_latency_ms)
+                if not isinstance(self.target_device, str):
+                    raise ConfigError(f"{where}.target_device: a latency target needs a device name, "
+                                      f"got {self.target_device!r}")
         if not 0.0 < self.target_sparsity < 1.0:
             raise ConfigError(f"{where}.target_sparsity: expected 0 < value < 1, "
                               f"got {self.target_sparsity!r}")
