@@ -65,6 +65,19 @@ def count_macs(model):
     return total
 
 
+def layer_macs(model):
+    """MACs of each layer of ``model`` that has any (name -> int), as :func:`count_macs` counts them."""
+    out = {}
+    for layer in model.layers:
+        input_shape = layer.input_shape
+        if isinstance(input_shape, list):
+            input_shape = input_shape[0]
+        macs = _layer_macs(_unwrap(layer), input_shape, layer.output_shape)
+        if macs:
+            out[layer.name] = int(macs)
+    return out
+
+
 def count_params(model):
     """Counts the trainable parameters (weights and biases).
 

@@ -35,6 +35,12 @@ def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Di
     build_tflite(spec, log)  # before the message: converting is its own step
     log(f"[search] emulating {spec.label} on {profile.qemu_cpu} ({profile.runtime})")
     res, path = run_reference(spec, profile, log)
+    return run_cost(res, path)
+
+
+def run_cost(res, path) -> Dict[str, Any]:
+    """What the cost tier keeps of one device check (``res``) of the file at ``path``:
+    counts, block profile, graph bytes, memory, size, or why it did not load."""
     out = {"loaded": res.loaded, "load_error": res.load_error, "load_error_op": res.load_error_op,
            "size_bytes": path.stat().st_size, "model_sha256": res.model_sha256,
            "process_wall_s": res.process_wall_s}
@@ -68,8 +74,6 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
         ConfigError: unknown device or variant, or a bad candidate.
         DeviceUnavailableError: the emulated run failed.
     """
-    from pipeline.latency.estimate import estimate_run
-
     check_variant(variant)
     profile = get_device(device)
     spec = candidate_spec(recipe, cand, classes, variant)
@@ -77,12 +81,22 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
     # measure_cost is looked up at call time, so tests can stand in for the emulator.
     raw, cached = cached_entry("search", spec, profile, key, "cost", lambda: measure_cost(spec, profile, log))
     cost = {"candidate": cand.name, "device": profile.name, "variant": variant, **raw,
-            "cached": cached, "latency_ms": None, "memory_mb": None,
-            "size_kb": raw["size_bytes"] / 1024}
-    if raw["loaded"]:
-        est = estimate_run(raw["block_profile"], GraphTraffic.from_dict(raw["traffic"]), profile,
-                           "int8" if spec.variant == "int8" else "float32", recipe.devices.threads)
+            "cached": cached, "size_kb": raw["size_bytes"] / 1024}
+    return price(cost, profile, spec.variant, recipe.devices.threads)
+
+
+def price(cost: Dict[str, Any], profile: DeviceProfile, numeric: str, threads: int) -> Dict[str, Any]:
+    """``cost`` (a :func:`run_cost` entry) with its estimated latency and memory, when it loaded.
+
+    The latency is recomputed from the kept block profile with the current parameters.
+    """
+    from pipeline.latency.estimate import estimate_run
+
+    cost = dict(cost, latency_ms=None, memory_mb=None)
+    if cost["loaded"]:
+        est = estimate_run(cost["block_profile"], GraphTraffic.from_dict(cost["traffic"]), profile,
+                           "int8" if numeric == "int8" else "float32", threads)
         cost.update(latency_ms=est["latency_ms"], latency_validated=est["validated"],
-                    latency_model=est["pipeline_model"])
-        cost["memory_mb"] = raw["peak_memory_bytes"] / 2**20
+                    latency_model=est["pipeline_model"], latency_cycles=est["cycles_single_thread"])
+        cost["memory_mb"] = cost["peak_memory_bytes"] / 2**20
     return cost

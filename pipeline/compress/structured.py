@@ -1,0 +1,146 @@
+"""The ``channels`` stage: device-aware channel pruning, then a full fine-tune.
+
+    load float -> schedule (pipeline.compress.netadapt: thin step by step until the
+    target's budget is met) -> fine-tune the thinned model (the one runner,
+    pipeline.compress.runner.fine_tune) -> save (.h5)
+
+The result is a plain float model of the same family with fewer channels; QAT,
+clustering, every variant and the device matrix take it as they take the float model.
+Its metrics hold the schedule's steps and a per-layer table (channels and MACs
+before and after) for the report.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List
+
+from pipeline.compress.runner import Facts, Log, Technique, fine_tune
+from pipeline.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class ThinnedFineTune(Technique):
+    """Fine-tunes an already thinned model: nothing to wrap or strip; measures its layers."""
+
+    epochs: int
+    learning_rate: float
+    before: Any  # the per-layer MACs and widths of the unpruned model
+    label: str = "channels"
+
+    def wrap(self, model, steps: int):
+        return model, {"steps": steps}
+
+    def describe(self, steps: int, facts: Facts) -> str:
+        return f"fine-tuning the thinned model, {steps} steps"
+
+    def measure(self, saved, facts: Facts) -> Dict:
+        from models.macs import count_macs, count_params
+
+        return {"layers": layer_table(self.before, architecture(saved)), "macs": int(count_macs(saved)),
+                "params": int(count_params(saved))}
+
+    def summary(self, metrics: Dict) -> str:
+        return f"{metrics['macs']:,} MACs ({metrics['macs_fraction']:.1%} of the float model)" \
+            if "macs_fraction" in metrics else f"{metrics['macs']:,} MACs"
+
+
+def architecture(model) -> Dict[str, Any]:
+    """Per layer: MACs; per channel group: width. Plain data (JSON)."""
+    from models.macs import layer_macs
+
+    from pipeline.compress.channels import widths
+
+    return {"macs": layer_macs(model), "widths": widths(model)}
+
+
+def layer_table(before: Dict[str, Any], after: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per layer with MACs: MACs and (for a group's producer) channels, before and after."""
+    total_b = sum(before["macs"].values())
+    total_a = sum(after["macs"].values())
+    rows = []
+    for name, macs in before["macs"].items():
+        a = after["macs"].get(name, 0)
+        rows.append({"layer": name, "channels_before": before["widths"].get(name),
+                     "channels_after": after["widths"].get(name), "macs_before": macs, "macs_after": a,
+                     "share_before": macs / total_b, "share_after": a / total_a if total_a else 0.0})
+    return rows
+
+
+def format_layer_table(metrics: Dict[str, Any]) -> str:
+    """The per-layer table and the schedule's steps of a ``channels`` stage, as markdown."""
+    lines = ["| layer | channels | MACs before | MACs after | share before | share after |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in metrics["layers"]:
+        ch = "" if r["channels_before"] is None else f"{r['channels_before']} -> {r['channels_after']}"
+        lines.append(f"| {r['layer']} | {ch} | {r['macs_before']:,} | {r['macs_after']:,} | "
+                     f"{r['share_before']:.1%} | {r['share_after']:.1%} |")
+    kind = metrics["target"]["kind"]
+    lines += ["", f"| step | layer | channels | {kind} before | {kind} after | instructions | "
+                  "val top-1 one-shot | after recovery |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for s in metrics["steps"]:
+        ins = f"{s['instructions']:,}" if s.get("instructions") else ""
+        lines.append(f"| {s['step']} | {s['layer']} | {s['channels_before']} -> {s['channels_after']} | "
+                     f"{s['cost_before']:.4g} | {s['cost']:.4g} | {ins} | {s['top1_oneshot']:.2f}% | "
+                     f"{s['top1']:.2f}% |")
+    return "\n".join(lines)
+
+
+def schedule_config(recipe: Recipe, float_macs: int):
+    """The schedule the recipe asks for (target, criterion, step, seed)."""
+    from pipeline.compress.netadapt import ScheduleConfig, Target
+
+    p = recipe.prune
+    if p.target_macs is not None:
+        target = Target("macs", float(p.target_macs * float_macs))
+    else:
+        target = Target("latency_ms", float(p.target_latency_ms), p.target_device, recipe.devices.threads)
+    return ScheduleConfig(target=target, criterion=p.criterion, step=float(p.step), seed=recipe.seed,
+                          batch_size=recipe.train.batch_size, learning_rate=p.learning_rate)
+
+
+def channel_prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log = print) -> Dict:
+    """Channel-prunes the float Keras model at ``src`` to the recipe's target; writes ``out``.
+
+    The schedule's steps are kept in ``<out stem>-steps/`` (resumable); the thinned
+    model is then fine-tuned ``recipe.prune.epochs`` at ``recipe.prune.learning_rate``.
+
+    Returns:
+        metrics: ``target`` (kind, budget, device), ``start``/``end`` (cost figures of the
+        unpruned and scheduled architectures), ``steps`` (one record per step: layer,
+        channels, cost before/after, one-shot and recovered val top-1, every proposal),
+        ``steps_run``, ``layers`` (per-layer channels/MACs before and after), ``macs``,
+        ``macs_fraction``, ``params``, ``schedule_s``, then the runner's figures
+        (``val_top1``, ``test_top1``, ``history``...).
+
+    Raises:
+        BudgetExceededError: the budget cannot be met by thinning.
+        DeviceUnavailableError, RuntimeIncompatibleError: the device cost could not be measured.
+    """
+    import time
+    from dataclasses import asdict
+
+    from models.macs import count_macs
+    from pipeline.compress.netadapt import run_schedule
+    from pipeline.store.atomic import sha256_file
+    from pipeline.train.fit import setup_tensorflow
+    from pipeline.train.keras_io import load_keras, save_keras
+
+    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+    model = load_keras(src)
+    before = architecture(model)
+    float_macs = int(count_macs(model))
+    cfg = schedule_config(recipe, float_macs)
+    work = out.parent / f"{out.stem}-steps"
+    t0 = time.monotonic()
+    thinned, sched = run_schedule(model, splits, cfg, work, sha256_file(src), log)
+    schedule_s = time.monotonic() - t0
+    scheduled = work / "scheduled.h5"
+    save_keras(thinned, scheduled)
+    technique = ThinnedFineTune(epochs=recipe.prune.epochs, learning_rate=recipe.prune.learning_rate,
+                                before=before)
+    metrics = fine_tune(recipe, splits, scheduled, out, technique, log)
+    metrics.update(target=asdict(cfg.target), criterion=cfg.criterion, schedule_s=round(schedule_s, 1),
+                   macs_fraction=metrics["macs"] / float_macs, float_macs=float_macs, **sched)
+    log(f"[channels] {len(sched['steps'])} steps ({sched['steps_run']} run now, {schedule_s:.0f} s); "
+        f"{metrics['macs']:,} of {float_macs:,} MACs ({metrics['macs_fraction']:.1%})")
+    return metrics

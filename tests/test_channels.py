@@ -1,0 +1,143 @@
+"""Channel pruning on tiny models: thinning is exact, residual and SE groups stay
+consistent, and the schedule stops at its budget and resumes without re-running."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from models import build_model
+from pipeline.compress.channels import find_groups, importance, keep_top, thin, thin_by_scores
+from pipeline.compress.netadapt import ScheduleConfig, Target, proposal_width, run_schedule
+from pipeline.errors import BudgetExceededError
+
+FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
+
+
+def _model(family, seed=0):
+    from pipeline.train.fit import setup_tensorflow
+
+    setup_tensorflow(seed)
+    m = build_model(family, 0.35, (32, 32, 1), 10, first_stride=1)
+    rng = np.random.default_rng(seed)
+    # Non-trivial BN statistics, so that a wrongly sliced BN shows in the outputs.
+    for layer in m.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, mean, var = layer.get_weights()
+            layer.set_weights([g + rng.normal(0, .2, g.shape), b + rng.normal(0, .2, b.shape),
+                               mean + rng.normal(0, .2, mean.shape), var + rng.uniform(0, .5, var.shape)])
+    return m
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_removing_channels_nobody_reads_changes_no_output(family):
+    """Channels whose consumers ignore them (zero input weights) can go: the thinned model
+    computes exactly what the full one does, through every group at once."""
+    m = _model(family)
+    rng = np.random.default_rng(1)
+    keep = {}
+    for g in find_groups(m):
+        idx = np.sort(rng.choice(g.channels, g.channels // 2, replace=False))
+        keep[g.producer] = idx
+        drop = np.setdiff1d(np.arange(g.channels), idx)
+        for c in g.consumers:
+            w = m.get_layer(c).get_weights()
+            if w[0].ndim == 4:
+                w[0][:, :, drop, :] = 0
+            else:
+                w[0][drop, :] = 0
+            m.get_layer(c).set_weights(w)
+    x = rng.random((4, 32, 32, 1), dtype=np.float32)
+    t = thin(m, keep)
+    assert t.count_params() < 0.7 * m.count_params()
+    np.testing.assert_allclose(t(x, training=False).numpy(), m(x, training=False).numpy(), atol=2e-6)
+    assert [layer.name for layer in t.layers] == [layer.name for layer in m.layers]
+
+
+def test_residual_groups_are_left_whole():
+    """No group reaches an Add: every residual sum keeps its width when every group is halved."""
+    m = _model("mobilenet_v2")
+    groups = find_groups(m)
+    producers = {g.producer for g in groups}
+    assert {f"block{i}_expand_conv" for i in range(2, 18)} <= producers
+    members = {n for g in groups for n in g.members}
+    adds = [layer for layer in m.layers if layer.name.endswith("_add")]
+    assert adds and not members & {a.name for a in adds}
+    t = thin_by_scores(m, {g.producer: g.channels // 2 for g in groups}, "l1_bn")
+    for a in adds:
+        assert t.get_layer(a.name).output_shape == a.output_shape
+        # The projections that feed a residual sum are never producers.
+        assert f"{a.name[:-4]}_project_conv" not in producers
+
+
+def test_squeeze_excite_follows_its_channels():
+    m = _model("mobilenet_v3_small")
+    g = next(g for g in find_groups(m) if g.producer == "block4_expand_conv")
+    assert g.coproducers == ("block4_se_excite",)
+    assert {"block4_se_squeeze", "block4_project_conv"} == set(g.consumers)
+    t = thin_by_scores(m, {"block4_expand_conv": 16}, "l1")
+    assert t.get_layer("block4_se_excite").filters == 16
+    assert t.get_layer("block4_se_squeeze").get_weights()[0].shape[2] == 16
+    # The excite conv is not its own group: it has the same channels.
+    assert "block4_se_excite" not in {x.producer for x in find_groups(m)}
+
+
+def test_importance_ranks_and_errors():
+    m = _model("mobilenet_v1")
+    g = find_groups(m)[1]
+    for criterion in ("l1", "bn_scale", "l1_bn"):
+        s = importance(m, g, criterion)
+        assert s.shape == (g.channels,) and np.all(s >= 0)
+    assert keep_top(np.array([1., 3., 3., 0.]), 2).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="criterion must be one of l1, bn_scale, l1_bn; got 'taylor'"):
+        importance(m, g, "taylor")
+    with pytest.raises(ValueError, match="'pool' is not a prunable channel group"):
+        thin(m, {"pool": [0]})
+    with pytest.raises(ValueError, match=r"distinct indices in \[0, "):
+        thin(m, {g.producer: [0, 0]})
+
+
+def test_proposal_width_rounds_to_packed_channels():
+    assert proposal_width(64, 100.0, 1000.0) == 48   # 10 channels -> next multiple of 8 below 54
+    assert proposal_width(64, 100.0, 1.0) == 56      # at least one step of 8
+    assert proposal_width(8, 100.0, 1000.0) == 8     # never below the floor: cannot shrink
+
+
+@dataclass
+class _Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def _splits():
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 32, 32, 1), dtype=np.float32)
+    y = (x[:, :16].mean(axis=(1, 2, 3)) > 0.5).astype(np.int64) + 2 * (x[:, :, :16].mean(axis=(1, 2, 3)) > .5)
+    return _Splits(x[:64], y[:64], x[64:], y[64:])
+
+
+def test_macs_target_stops_at_budget_and_resumes(tmp_path):
+    from models.macs import count_macs
+
+    m = _model("mobilenet_v1")
+    macs0 = count_macs(m)
+    # Three groups (the 16x16 ones hold most MACs) keep the test short.
+    cfg = ScheduleConfig(Target("macs", 0.85 * macs0), "l1_bn", step=0.1, seed=0, recover_batches=1,
+                         batch_size=16, layers=("stem_conv", "block1_pointwise_conv", "block2_pointwise_conv"))
+    logs = []
+    thinned, res = run_schedule(m, _splits(), cfg, tmp_path, "src", logs.append)
+    assert count_macs(thinned) <= 0.85 * macs0 < res["steps"][-1]["cost_before"]
+    assert res["steps_run"] == len(res["steps"]) >= 2
+    assert [s["step"] for s in res["steps"]] == list(range(1, len(res["steps"]) + 1))
+    for s in res["steps"]:
+        assert s["cost"] < s["cost_before"] and s["channels_after"] % 8 == 0
+        assert min(p["score"] for p in s["proposals"]) == s["score"]
+    again, res2 = run_schedule(m, _splits(), cfg, tmp_path, "src", logs.append)
+    assert res2["steps_run"] == 0 and res2["steps"] == res["steps"]
+    assert again.get_config() == thinned.get_config()
+    with pytest.raises(BudgetExceededError, match="every layer is at its narrowest"):
+        run_schedule(m, _splits(), ScheduleConfig(Target("macs", 0.001 * macs0), "l1", 0.5, 0, recover_batches=0,
+                                                  layers=("block13_pointwise_conv",)),
+                     tmp_path / "b", "src", logs.append)
