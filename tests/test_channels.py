@@ -141,3 +141,29 @@ def test_macs_target_stops_at_budget_and_resumes(tmp_path):
         run_schedule(m, _splits(), ScheduleConfig(Target("macs", 0.001 * macs0), "l1", 0.5, 0, recover_batches=0,
                                                   layers=("block13_pointwise_conv",)),
                      tmp_path / "b", "src", logs.append)
+
+
+@pytest.mark.integration
+@pytest.mark.device
+def test_latency_target_stops_at_the_device_budget(tmp_path, monkeypatch):
+    """A pixel4 latency target: each proposal's int8 file loads and runs on the emulated
+    core (device_cost raises if not), the schedule stops once the estimate is within
+    budget, and a cached architecture is never emulated again."""
+    from pipeline.compress import netadapt
+    from pipeline.latency import reference
+
+    monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "cache")
+    m = _model("mobilenet_v1")
+    start = netadapt.device_cost(m, "pixel4", log=lambda s: None)
+    assert start["loaded"] and not start["cached"] and start["instructions"] > 0
+    budget = 0.97 * start["latency_ms"]
+    # One group keeps the emulations to a few (each ~10 s).
+    cfg = ScheduleConfig(Target("latency_ms", budget, "pixel4"), "l1_bn", step=0.05, seed=0, recover_batches=1,
+                         batch_size=16, layers=("block1_pointwise_conv",))
+    thinned, res = run_schedule(m, _splits(), cfg, tmp_path / "steps", "src", lambda s: None)
+    assert res["start"]["cost"] == start["latency_ms"]
+    assert res["steps"][-1]["cost"] <= budget < res["steps"][-1]["cost_before"]
+    assert all(s["instructions"] < start["instructions"] for s in res["steps"])
+    assert thinned.get_layer("block1_pointwise_conv").filters < m.get_layer("block1_pointwise_conv").filters
+    again = netadapt.device_cost(thinned, "pixel4", log=lambda s: None)
+    assert again["cached"] and again["latency_ms"] == res["steps"][-1]["cost"]
