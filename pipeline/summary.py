@@ -247,6 +247,7 @@ class BudgetResult(Record):
     measured: Optional[float]
     unit: str
     ok: bool
+    unvalidated: bool = False  # the measured value is an unvalidated latency estimate
 
     @property
     def direction(self) -> str:

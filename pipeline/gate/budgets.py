@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from pipeline.recipe.budgets import BUDGETS
-from pipeline.summary import BudgetResult, BuildSummary
+from pipeline.summary import UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult, BuildSummary
 
 Measure = Callable[[BuildSummary, str], Optional[float]]
 
@@ -64,6 +64,7 @@ class BudgetCheck:
     limit: float
     measured: Optional[float]
     unit: str
+    unvalidated: bool = False  # an estimated latency of a core/format the fit never saw
 
     @property
     def direction(self) -> str:
@@ -77,7 +78,8 @@ class BudgetCheck:
 
     def to_result(self) -> BudgetResult:
         """The verdict as the build summary records it."""
-        return BudgetResult(self.budget, self.subject, self.limit, self.measured, self.unit, self.ok)
+        return BudgetResult(self.budget, self.subject, self.limit, self.measured, self.unit, self.ok,
+                            self.unvalidated)
 
     def to_dict(self) -> Dict[str, Any]:
         return self.to_result().to_dict()
@@ -103,8 +105,14 @@ def check_budgets(budgets: Mapping[str, Any], summary: BuildSummary,
             else:
                 names = [subject]
             for name in names:
-                checks.append(BudgetCheck(key, name, float(limit), MEASURES[key](summary, name), kind.unit))
+                checks.append(BudgetCheck(key, name, float(limit), MEASURES[key](summary, name), kind.unit,
+                                          key == "max_latency_ms" and _unvalidated(summary, name)))
     return checks
+
+
+def _unvalidated(summary: BuildSummary, device: str) -> bool:
+    result = summary.device(device)
+    return result is not None and result.latency_validated is False
 
 
 def format_budget_table(checks: Sequence[Union[BudgetCheck, BudgetResult]]) -> str:
@@ -113,6 +121,10 @@ def format_budget_table(checks: Sequence[Union[BudgetCheck, BudgetResult]]) -> s
     for c in checks:
         op = "<=" if c.direction == "max" else ">="
         measured = "not measured" if c.measured is None else f"{c.measured:.4g} {c.unit}"
+        if c.unvalidated and c.measured is not None:
+            measured += f" {UNVALIDATED_MARK}"
         lines.append(f"| {c.budget} | {c.subject} | {op} {c.limit:g} {c.unit} | {measured} | "
                      f"{'ok' if c.ok else 'MISSED'} |")
+    if any(c.unvalidated for c in checks):
+        lines += ["", UNVALIDATED_NOTE]
     return "\n".join(lines)
