@@ -128,10 +128,11 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     would end past ``plan.time_budget_s`` (judged by the last epoch's length).
 
     Returns:
-        ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr, seconds),
-        ``epochs`` (run), ``best_epoch`` (1-based, by validation top-1), ``restored``
-        (the weights are the best epoch's), ``stopped`` (``fixed``, ``patience``,
-        ``max_epochs`` or ``time_budget``), ``plan``.
+        ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr; the same
+        on a rerun), ``epoch_seconds`` (wall time per epoch), ``epochs`` (run),
+        ``best_epoch`` (1-based, by validation top-1), ``restored`` (the weights are
+        the best epoch's), ``stopped`` (``fixed``, ``patience``, ``max_epochs`` or
+        ``time_budget``), ``plan``.
     """
     from pipeline.data.augment import augment_images, epoch_rng
 
@@ -139,7 +140,9 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
 
     y_train = keras.utils.to_categorical(splits.y_train, splits.num_classes) if one_hot else splits.y_train
     y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes) if one_hot else splits.y_val
-    history: Dict[str, list] = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds")}
+    # Only deterministic figures in the history (a rerun gives the same); wall times apart.
+    history: Dict[str, list] = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")}
+    epoch_seconds: list = []
     best, best_epoch, best_weights = -1.0, 0, None
     stopped = "max_epochs" if plan.auto else "fixed"
     t0 = time.perf_counter()
@@ -147,7 +150,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     for epoch in range(plan.epochs):
         if plan.time_budget_s is not None and epoch:
             spent = time.perf_counter() - t0
-            if spent + history["seconds"][-1] > plan.time_budget_s:
+            if spent + epoch_seconds[-1] > plan.time_budget_s:
                 stopped = "time_budget"
                 break
         start = time.perf_counter()
@@ -165,7 +168,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history[k].append(logs[k])
         history["lr"].append(lr)
-        history["seconds"].append(round(seconds, 2))
+        epoch_seconds.append(round(seconds, 2))
         note = ""
         if logs["val_accuracy"] > best:
             best, best_epoch = logs["val_accuracy"], epoch + 1
@@ -181,8 +184,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         model.set_weights(best_weights)
         restored = True
         log(f"[{label}] restored the weights of epoch {best_epoch} (val top-1 {best * 100:.2f}%)")
-    return {"history": history, "epochs": len(history["loss"]), "best_epoch": best_epoch, "restored": restored,
-            "stopped": stopped, "plan": plan.to_dict()}
+    return {"history": history, "epoch_seconds": epoch_seconds, "epochs": len(history["loss"]),
+            "best_epoch": best_epoch, "restored": restored, "stopped": stopped, "plan": plan.to_dict()}
 
 
 def steps_per_epoch(splits, batch_size: int) -> int:
