@@ -49,6 +49,8 @@ class Point:
         ops: graph operators; dram_bytes: bytes to and from DRAM on this device.
         device_figures: the profile's clocks, cores, cache and bandwidth.
         by_class: instructions per class (for the first model's comparison row).
+        emulated: the qemu CPU the point ran on (the first model kept its costs per
+            emulated core); empty means the same as ``core``.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Point:
     dram_bytes: float
     device_figures: Device
     by_class: Mapping[str, int]
+    emulated: str = ""
 
     def features(self) -> Tuple[float, float, float]:
         """Milliseconds per unit of each parameter (:data:`PARAM_KEYS` order)."""
@@ -162,7 +165,7 @@ def _point(pub_name: str, pub_model: str, device: str, spec: ModelSpec, profile:
     cc = core_cycles(m.block_profile, profile.sched_model, profile.qemu_cpu)
     return Point(pub_name, pub_model, device, profile.core, profile.sched_model, variant, threads, ms, cc.cycles,
                  cc.instructions, traffic.op_count, traffic.dram_bytes(profile.cache_kb * 1024),
-                 Device.of(profile), dict(m.instructions_by_class))
+                 Device.of(profile), dict(m.instructions_by_class), profile.qemu_cpu)
 
 
 def calibration_points(published: Sequence[PublishedPoint],
@@ -208,7 +211,7 @@ def classcost_held_out(points: Sequence[Point], group: Callable[[Point], str]) -
                                p.measured_ms, p.device, p.variant)
 
     def emulated(p: Point) -> str:
-        return get_device(p.device).qemu_cpu
+        return p.emulated or p.core
 
     out = []
     for p in single:
