@@ -17,6 +17,7 @@ from pipeline.devices.profiles import DEVICES, PROFILE_DIR, get_device
 from pipeline.errors import ConfigError
 from pipeline.latency import calibration_report as report
 from pipeline.latency import fit as cal
+from pipeline.latency import mca
 from pipeline.latency import params as lp
 from pipeline.latency import published as pub
 from pipeline.latency import reference as ref
@@ -453,6 +454,7 @@ def test_estimate_tiny_model_on_two_cores_repeats_exactly_and_is_cached(tmp_path
 
     # A fresh latency cache (the ARM runtime cache stays where it is).
     monkeypatch.setattr(ref, "cache_root", lambda: tmp_path / "latency")
+    monkeypatch.setattr(mca, "_cache_dir", lambda: tmp_path / "latency" / "mca")
     spec = ref.ModelSpec("mobilenet_v2", 0.35, 32, 10, "int8")
     a76 = estimate_model(spec, "pixel4", threads=1)
     a53 = estimate_model(spec, "camera-a53", threads=1)

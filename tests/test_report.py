@@ -264,7 +264,9 @@ def test_smoke_build_report_bundle_and_self_compare(smoke_build):
 
     root = smoke_build.root
     html = (root / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    # accuracy vs cost, sizes, sparsity, confusion matrix, learning curves
+    assert html.count("data:image/png;base64,") == 5
+    assert "learning curves" in html
     # The confusion matrix is the deploy variant's saved evaluation: its top-1 is the summary's.
     summary = smoke_build.summary
     section, rows = confusion_rows((root / "report.md").read_text())
