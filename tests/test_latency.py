@@ -92,6 +92,14 @@ def test_spill_is_the_share_a_cache_cannot_hold():
     assert spill(4000, 1000) == pytest.approx(0.75)
 
 
+def test_operators_of_constants_only_do_not_count_per_inference():
+    # A float16 model dequantizes its weights once, when the graph is prepared.
+    g = GraphTraffic((OpBytes("DEQUANTIZE", 0, 4000, 2000), OpBytes("CONV_2D", 3000, 1000, 0),
+                      OpBytes("ADD", 200, 100, 0)), weight_bytes=2000)
+    assert g.op_count == 2
+    assert GraphTraffic.from_dict(g.to_dict()).op_count == 2
+
+
 def test_dram_bytes_count_spilled_weights_and_activations():
     g = GraphTraffic((OpBytes("CONV_2D", 3000, 1000, 500), OpBytes("ADD", 200, 100, 0)), weight_bytes=500)
     assert g.dram_bytes(10_000) == 0.0  # everything fits

@@ -45,7 +45,12 @@ class GraphTraffic:
 
     @property
     def op_count(self) -> int:
-        return len(self.ops)
+        """Operators that run on every inference: those reading an activation.
+
+        An operator of constants only (the DEQUANTIZE of a float16 model's weights)
+        is evaluated once when the interpreter prepares the graph, not per inference.
+        """
+        return sum(1 for o in self.ops if o.inputs > 0)
 
     @property
     def activation_bytes(self) -> int:
