@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from pipeline.recipe.schema import Recipe
 from pipeline.search.space import Budget
+from pipeline.summary import UNVALIDATED_MARK, UNVALIDATED_NOTE
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
 
 
@@ -33,12 +34,19 @@ def pareto_table(rows: Sequence[Dict[str, Any]], variant: str) -> str:
     lines = ["| candidate | est. latency ms | memory MiB | size KiB | fits | proxy val top-1 % | "
              f"Pareto | full {variant} test top-1 % |",
              "|---|---:|---:|---:|---|---:|---|---:|"]
+    unvalidated = False
     for r in rows:
         fin = r.get("finalist")
         fits = "yes" if r["fits"] else "no: " + "; ".join(r["misses"])
-        lines.append(f"| {r['candidate']} | {f(r['latency_ms'], '.3f')} | {f(r['memory_mb'], '.3f')} | "
+        latency = f(r['latency_ms'], '.3f')
+        if r["latency_ms"] is not None and r.get("latency_validated") is False:
+            latency += UNVALIDATED_MARK
+            unvalidated = True
+        lines.append(f"| {r['candidate']} | {latency} | {f(r['memory_mb'], '.3f')} | "
                      f"{f(r['size_kb'], '.1f')} | {fits} | {f(r.get('proxy_val_top1'), '.1f')} | "
-                     f"{'*' if r.get('pareto') else ''} | {f(fin and fin['test_top1'], '.2f')} |")
+                     f"{'yes' if r.get('pareto') else ''} | {f(fin and fin['test_top1'], '.2f')} |")
+    if unvalidated:
+        lines += ["", UNVALIDATED_NOTE]
     return "\n".join(lines)
 
 

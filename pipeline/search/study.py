@@ -224,7 +224,8 @@ def rows_of(study) -> List[Dict[str, Any]]:
         cost = t.user_attrs["cost"]
         rows[name] = {"candidate": name, "trial": t.number, "family": t.params["family"],
                       "alpha": float(t.params["alpha"]), "input_size": int(t.params["input_size"]),
-                      "latency_ms": cost.get("latency_ms"), "memory_mb": cost.get("memory_mb"),
+                      "latency_ms": cost.get("latency_ms"), "latency_validated": cost.get("latency_validated"),
+                      "memory_mb": cost.get("memory_mb"),
                       "size_kb": cost.get("size_kb"), "instructions": cost.get("instructions"),
                       "loaded": cost.get("loaded"), "fits": not t.user_attrs.get("misses"),
                       "misses": t.user_attrs.get("misses", []), **t.user_attrs.get("proxy", {})}
