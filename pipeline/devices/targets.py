@@ -22,7 +22,11 @@ class Core:
     variant: int
     revision: int
     features: str
-    dotprod: bool
+
+    @property
+    def dotprod(self) -> bool:
+        """Whether the core has the dot-product instructions (hwcap ``asimddp``)."""
+        return "asimddp" in self.features.split()
 
 
 _V80 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
@@ -32,10 +36,10 @@ _V82 = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid a
 CORES: Dict[str, Core] = {
     c.qemu_cpu: c
     for c in (
-        Core("cortex-a53", 0xD03, 0x0, 4, _V80, dotprod=False),
-        Core("cortex-a72", 0xD08, 0x0, 3, _V80, dotprod=False),
-        Core("cortex-a76", 0xD0B, 0x4, 1, _V82, dotprod=True),
-        Core("neoverse-n1", 0xD0C, 0x4, 1, _V82 + " ssbs", dotprod=True),
+        Core("cortex-a53", 0xD03, 0x0, 4, _V80),
+        Core("cortex-a72", 0xD08, 0x0, 3, _V80),
+        Core("cortex-a76", 0xD0B, 0x4, 1, _V82),
+        Core("neoverse-n1", 0xD0C, 0x4, 1, _V82 + " ssbs"),
     )
 }
 

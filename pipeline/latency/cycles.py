@@ -10,6 +10,7 @@ at the hot blocks' mean IPC.
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from pipeline.devices.parse import HotProfile
 from pipeline.devices.targets import CORES
 from pipeline.errors import ConfigError
 from pipeline.latency.model import CoreCycles
@@ -35,15 +36,6 @@ def isa_features(qemu_cpu: str) -> Tuple[str, ...]:
     return tuple(HWCAP_MATTR[c] for c in caps if c in HWCAP_MATTR)
 
 
-def _hot(profile: Mapping[str, Any]):
-    try:
-        hot = [(int(b["vaddr"]), tuple(int(w) for w in b["words"]), int(b["count"]))
-               for b in profile["hot"]]
-        return hot, int(profile["cold_instructions"]), int(profile["inferences"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"block profile is malformed ({e!r}); re-run the device check") from None
-
-
 def core_cycles(block_profile: Mapping[str, Any], sched_model: str, qemu_cpu: str,
                 stats: Optional[Dict[str, Any]] = None) -> CoreCycles:
     """The pipeline model's cycles of one inference from a run's block profile.
@@ -55,24 +47,26 @@ def core_cycles(block_profile: Mapping[str, Any], sched_model: str, qemu_cpu: st
         stats: filled with llvm-mca's work (blocks analysed, cached, seconds).
 
     Raises:
-        ConfigError: a malformed profile, or no hot block.
+        ConfigError: no hot block.
+        DeviceOutputError: a malformed profile (:meth:`HotProfile.from_dict`).
         DeviceOutputError: a word the disassembler cannot decode.
         DeviceUnavailableError: llvm-mc / llvm-mca missing or failing.
     """
     from pipeline.latency.mca import SchedModel, price_blocks
 
-    hot, cold, inferences = _hot(block_profile)
-    if not hot or inferences < 1:
-        raise ConfigError("block profile has no hot block or no inference; re-run the device check")
+    profile = HotProfile.from_dict(block_profile)
+    hot, cold, inferences = profile.hot, profile.cold_instructions, profile.inferences
+    if not hot:
+        raise ConfigError("block profile has no hot block; re-run the device check")
     model = SchedModel(sched_model, isa_features(qemu_cpu))
-    priced = price_blocks([words for _, words, _ in hot], model, addresses=[a for a, _, _ in hot])
+    priced = price_blocks([b.words for b in hot], model, addresses=[b.vaddr for b in hot])
     timings = priced.timings
     if stats is not None:
         stats.update(analysed=priced.stats.analysed, cached=priced.stats.cached,
                      llvm_seconds=round(priced.stats.llvm_seconds, 3))
-    hot_insns = sum(len(words) * count for _, words, count in hot)
-    hot_cycles = sum(count * (t.cycles_per_iteration + CALL_CYCLES * t.calls + ATOMIC_CYCLES * t.atomics)
-                     for (_, _, count), t in zip(hot, timings))
+    hot_insns = sum(b.executed for b in hot)
+    hot_cycles = sum(b.count * (t.cycles_per_iteration + CALL_CYCLES * t.calls + ATOMIC_CYCLES * t.atomics)
+                     for b, t in zip(hot, timings))
     cycles = hot_cycles + cold * hot_cycles / hot_insns
     total = hot_insns + cold
     return CoreCycles(cycles=cycles / inferences, instructions=round(total / inferences),

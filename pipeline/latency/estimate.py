@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.model import Device, LatencyParams, predict, threads_used
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
+from pipeline.summary import LATENCY_FIELDS
 
 Log = Callable[[str], None]
 
@@ -86,11 +87,10 @@ def _numbers(params: LatencyParams) -> Dict[str, float]:
             "memory_scale": params.memory_scale}
 
 
-LATENCY_KEYS = ("latency_ms", "latency_validated", "latency_model", "latency_cycles", "latency_ipc")
 
 
 def attach_latency(result: Dict[str, Any], device: str, threads: int) -> None:
-    """Adds the estimate's keys (:data:`LATENCY_KEYS`, None when not estimable) to a device result.
+    """Adds the estimate's keys (:data:`LATENCY_FIELDS`, None when not estimable) to a device result.
 
     Args:
         result: a :class:`pipeline.devices.check.DeviceResult` as ``to_dict()``, from a
@@ -99,7 +99,7 @@ def attach_latency(result: Dict[str, Any], device: str, threads: int) -> None:
     """
     from pipeline.tflite.reader import read_tflite
 
-    result.update({k: None for k in LATENCY_KEYS})
+    result.update({k: None for k in LATENCY_FIELDS})
     if not result.get("loaded") or not result.get("block_profile"):
         return
     profile = get_device(device)
