@@ -10,6 +10,8 @@ is replayed if the block fails, so nothing is hidden from a failing run.
 """
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
@@ -33,7 +35,49 @@ def tf_environment() -> None:
     # TensorFlow's C++ start-up lines (oneDNN, "no CUDA driver") are noise on a CPU build machine.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(tf_keras|tensorflow)\.")
+    # Some start-up lines ("Could not find cuda drivers", absl's "before InitializeLog")
+    # ignore TF_CPP_MIN_LOG_LEVEL: whichever module imports TensorFlow first, the
+    # import runs with fd 2 captured.
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImportFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImportFinder("tensorflow"))
     _environment_set = True
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Delegates to the real loader, running the module's code under :func:`captured_stderr`."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with captured_stderr():
+            self.loader.exec_module(module)
+
+    def __getattr__(self, name):  # get_resource_reader, is_package, ... of the real loader
+        return getattr(self.loader, name)
+
+
+class _QuietImportFinder(importlib.abc.MetaPathFinder):
+    """Finds one top-level module the normal way and wraps its loader in :class:`_QuietLoader`.
+
+    Removes itself on first use: only the first import executes the module.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
 
 
 @contextlib.contextmanager

@@ -78,6 +78,33 @@ def test_models_command_lists_families():
         assert fam in res.output
 
 
+def test_ordinary_commands_start_quietly():
+    """No TensorFlow/absl start-up lines (cudart_stub, "before absl::InitializeLog") on stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "models", "--alpha", "0.35"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "mobilenet_v2" in r.stdout
+    assert r.stderr == ""
+
+
+def test_the_quiet_import_replays_what_a_failing_import_printed(tmp_path, monkeypatch, capfd):
+    from pipeline import native
+
+    (tmp_path / "noisy_mod.py").write_text("import os\nos.write(2, b'start-up line\\n')\nraise ImportError('broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finder = native._QuietImportFinder("noisy_mod")
+    sys.meta_path.insert(0, finder)
+    try:
+        with pytest.raises(ImportError, match="broken"):
+            import noisy_mod  # noqa: F401
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        sys.modules.pop("noisy_mod", None)
+    assert "start-up line" in capfd.readouterr().err
+
+
 def test_datasets_command_lists_registry():
     from pipeline.data import DATASETS
 
