@@ -89,6 +89,26 @@ def test_int8_files_are_small(smoke_build):
         assert v[name].size_bytes < v["float16"].size_bytes, name
 
 
+def test_the_default_recipe_device_budgets_are_checked_on_every_device(smoke_build):
+    # The smoke form keeps the full recipe's model and input size, so the cost budgets
+    # (latency, instructions, memory) hold; its one-epoch top-1 is only measured.
+    from pipeline.gate.budgets import BUDGETS
+    from pipeline.recipe.load import load_recipe
+
+    recipe = load_recipe("default")
+    device_kinds = [k for k in recipe.budgets if BUDGETS[k].scope == "device"]
+    assert set(device_kinds) == {"max_latency_ms", "max_minstructions", "max_memory_mb", "min_device_top1"}
+    rows = {(b.budget, b.subject): b for b in smoke_build.summary.budgets}
+    for kind in device_kinds:
+        for device in recipe.devices.targets:
+            row = rows[(kind, device)]
+            assert row.measured is not None and row.measured > 0, (kind, device)
+            if kind != "min_device_top1":
+                assert row.ok, (kind, device, row.measured, row.limit)
+    # The two devices on different runtimes execute different code, and the budget saw it.
+    assert rows[("max_minstructions", "camera-a53")].measured != rows[("max_minstructions", "pixel4")].measured
+
+
 def test_pqat_keeps_sparsity_into_int8_file(smoke_build):
     # The default recipe prunes to 50% and uses prune-preserving QAT.
     assert smoke_build.summary.variants["int8-qat"].zeros_prunable >= 0.45
