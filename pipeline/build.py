@@ -206,7 +206,9 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     """Runs the optimization stages the requested variants need.
 
     Stages (each cached through the manifest, each run only when a variant's
-    source needs it): ``prune`` (float -> pruned, whenever ``prune.enabled``),
+    source needs it): ``channels`` (float -> thinned, ``prune.structure`` channels or
+    channels+unstructured), ``prune`` (float or thinned -> pruned, unstructured or
+    channels+unstructured),
     ``qat`` (PQAT of the pruned model, or plain QAT of the float one), ``cluster``
     and ``cqat`` (float -> clustered -> CQAT), ``cluster-pruned`` and ``pcqat``
     (pruned -> sparsity-preserving clustered -> PCQAT). ``prune.epochs`` and
@@ -240,14 +242,16 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
               {"keras": float_h5}, {"model": pruned},
               lambda: channel_prune_model(recipe, splits, float_h5, pruned, log))
         sources["float"] = {"keras": pruned}
-    elif recipe.prune.enabled:
+    if recipe.prune.unstructured:
         from pipeline.compress.prune import prune_model
         from pipeline.recipe.schema import CHANNEL_KEYS
 
+        # Magnitude pruning of the float model, or of the thinned one (channels+unstructured).
+        src = sources["float"]["keras"]
         pruned = keras_dir / "pruned.h5"
         prune_key = {k: v for k, v in cfg["prune"].items() if k not in CHANNEL_KEYS}
-        stage("prune", {"prune": prune_key, **fit_key}, {"keras": float_h5},
-              {"model": pruned}, lambda: prune_model(recipe, splits, float_h5, pruned, log))
+        stage("prune", {"prune": prune_key, **fit_key}, {"keras": src},
+              {"model": pruned}, lambda: prune_model(recipe, splits, src, pruned, log))
         sources["float"] = {"keras": pruned}
     if "qat" in needed:
         from pipeline.compress.qat import qat_model

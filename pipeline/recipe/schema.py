@@ -175,7 +175,8 @@ class TrainConfig:
         return self.epochs
 
 
-PRUNE_STRUCTURES = ("unstructured", "channels")
+# channels+unstructured: the thinned model is then magnitude-pruned to target_sparsity (or m_by_n).
+PRUNE_STRUCTURES = ("unstructured", "channels", "channels+unstructured")
 CHANNEL_CRITERIA = ("l1_bn", "l1", "bn_scale")  # pipeline.compress.channels.importance
 # Keys only channel pruning reads (the unstructured prune stage's cache key leaves them out).
 CHANNEL_KEYS = ("structure", "target_macs", "target_latency_ms", "target_device", "criterion", "step")
@@ -191,6 +192,8 @@ class PruneConfig:
     fraction of the float model's MACs to keep) or ``target_latency_ms`` (estimated
     int8 latency on ``target_device``); ``step`` is the fraction of the starting cost
     each schedule step removes, ``criterion`` ranks channels within a layer.
+    ``channels+unstructured``: channels first, then magnitude pruning of the thinned
+    model (both fine-tunes run ``epochs``), and QAT keeps its zeros (PQAT).
     """
 
     enabled: bool = False
@@ -208,12 +211,12 @@ class PruneConfig:
     @property
     def unstructured(self) -> bool:
         """Whether single weights are pruned (zeros kept by PQAT/PCQAT downstream)."""
-        return self.enabled and self.structure == "unstructured"
+        return self.enabled and self.structure in ("unstructured", "channels+unstructured")
 
     @property
     def channels(self) -> bool:
         """Whether whole channels are pruned (a thinner model downstream)."""
-        return self.enabled and self.structure == "channels"
+        return self.enabled and self.structure in ("channels", "channels+unstructured")
 
     def validate(self, where: str) -> None:
         _bool(where, "enabled", self.enabled)
@@ -221,7 +224,7 @@ class PruneConfig:
         _choice(where, "criterion", self.criterion, CHANNEL_CRITERIA)
         if not isinstance(self.step, (int, float)) or isinstance(self.step, bool) or not 0 < self.step < 1:
             raise ConfigError(f"{where}.step: expected 0 < value < 1, got {self.step!r}")
-        if self.structure == "channels":
+        if self.structure.startswith("channels"):
             targets = [k for k in ("target_macs", "target_latency_ms") if getattr(self, k) is not None]
             if len(targets) != 1:
                 raise ConfigError(f"{where}: structure channels needs exactly one of target_macs "
