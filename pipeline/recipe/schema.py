@@ -40,7 +40,9 @@ SHAPES_EPOCHS = 4
 class DataConfig:
     """Which data set to use and how many samples of each split.
 
-    ``None`` for a sample count means "all available".
+    ``None`` for a sample count means "all available". ``train_per_class``: keep
+    only N training images of each class (few-shot; drawn from the seed, the
+    validation and test splits unchanged), or None for all.
     """
 
     dataset: str = "shapes"
@@ -49,11 +51,12 @@ class DataConfig:
     val_samples: Optional[int] = 500
     test_samples: Optional[int] = 1000
     fit: str = "resize"
+    train_per_class: Optional[int] = None
 
     def validate(self, where: str) -> None:
         _choice(where, "dataset", self.dataset, DATASET_NAMES)
         _choice(where, "fit", self.fit, FIT_MODES)
-        for name in ("train_samples", "val_samples", "test_samples"):
+        for name in ("train_samples", "val_samples", "test_samples", "train_per_class"):
             value = getattr(self, name)
             if value is not None:
                 _positive_int(where, name, value)
@@ -64,7 +67,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Model family, width multiplier and input geometry."""
+    """Model family, width multiplier and input geometry.
+
+    ``init``: weights to start from (:mod:`pipeline.train.transfer`): a build
+    directory of this tool (its float model), or a Keras-applications MobileNet
+    ``.h5`` weights file; None trains from random weights.
+    """
 
     family: str = "mobilenet_v2"
     alpha: float = 0.35
@@ -72,6 +80,7 @@ class ModelConfig:
     channels: int = 1
     first_stride: int = 1
     dropout: float = 0.0
+    init: Optional[str] = None
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
@@ -86,6 +95,9 @@ class ModelConfig:
         _choice(where, "first_stride", self.first_stride, (1, 2))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{where}.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ConfigError(f"{where}.init: expected a path (a build directory or an .h5 weights file) "
+                              f"or null, got {self.init!r}")
 
 
 @dataclass(frozen=True)
@@ -176,6 +188,37 @@ class TrainConfig:
 
 
 # channels+unstructured: the thinned model is then magnitude-pruned to target_sparsity (or m_by_n).
+@dataclass(frozen=True)
+class TransferConfig:
+    """How a model that starts from ``model.init`` is trained (:mod:`pipeline.train.finetune`).
+
+    Two phases, each a cached stage: ``head`` trains only the layers the start
+    file did not provide (the new classifier) with the rest frozen, batch-norm
+    statistics included; ``finetune`` then trains the top ``finetune_blocks`` blocks
+    (``all``: every layer) plus the head at a lower learning rate, batch norm
+    frozen unless ``finetune_batchnorm``. Epochs: a number, or ``auto`` (train
+    until validation top-1 stops improving, as ``train.epochs: auto``; at most
+    ``train.max_epochs``). Batch size, augmentation, label smoothing and class
+    weights are ``train``'s.
+    """
+
+    head_epochs: Any = 10
+    head_learning_rate: float = 3e-3
+    finetune_epochs: Any = 10
+    finetune_learning_rate: float = 3e-4
+    finetune_blocks: Any = "all"
+    finetune_batchnorm: bool = False
+
+    def validate(self, where: str) -> None:
+        _epochs(where, "head_epochs", self.head_epochs)
+        _epochs(where, "finetune_epochs", self.finetune_epochs)
+        _positive_number(where, "head_learning_rate", self.head_learning_rate)
+        _positive_number(where, "finetune_learning_rate", self.finetune_learning_rate)
+        if self.finetune_blocks != "all":
+            _non_negative_int(where, "finetune_blocks", self.finetune_blocks, " or 'all'")
+        _bool(where, "finetune_batchnorm", self.finetune_batchnorm)
+
+
 PRUNE_STRUCTURES = ("unstructured", "channels", "channels+unstructured")
 CHANNEL_CRITERIA = ("l1_bn", "l1", "bn_scale")  # pipeline.compress.channels.importance
 # Keys only channel pruning reads (the unstructured prune stage's cache key leaves them out).
@@ -377,6 +420,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -395,7 +439,7 @@ class Recipe:
             raise ConfigError(f"recipe.seed: expected an integer, got {self.seed!r}")
         if not 0 <= self.seed < 2**32:  # what numpy and TensorFlow seeding accept
             raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {self.seed!r}")
-        for f in ("data", "model", "train", "prune", "qat", "cluster", "convert", "devices", "search"):
+        for f in ("data", "model", "train", "transfer", "prune", "qat", "cluster", "convert", "devices", "search"):
             getattr(self, f).validate(f"recipe.{f}")
         _choice("recipe", "deploy_variant", self.deploy_variant, self.convert.variants)
         for v in self.convert.variants:
@@ -422,6 +466,7 @@ class Recipe:
                    val_samples=64, test_samples=128),
             model=r(self.model, input_size=32),
             train=r(self.train, epochs=1, batch_size=32),
+            transfer=r(self.transfer, head_epochs=1, finetune_epochs=1),
             prune=r(self.prune, epochs=1),
             qat=r(self.qat, epochs=1),
             cluster=r(self.cluster, epochs=1),
