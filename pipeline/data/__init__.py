@@ -20,6 +20,8 @@ How splits are made:
 
 Sample counts (``DataConfig.*_samples``; ``None`` = all) then truncate each split
 after a stratified shuffle: a prefix of n samples holds each class in proportion.
+``DataConfig.train_per_class`` (few-shot) then keeps N training images of each
+class, drawn from the seed; validation and test stay as they were.
 
 One module per data set (``shapes``, ``fashion_mnist``, ``digits``, ``folder``);
 ``splits`` draws the splits, ``resize`` fits images to the input shape and
@@ -34,7 +36,7 @@ from pipeline.data.digits import load_digits
 from pipeline.data.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist, read_idx
 from pipeline.data.folder import ALPHA_BACKGROUND, IMAGE_SUFFIXES, load_folder
 from pipeline.data.shapes import SHAPES_LABELS, load_shapes, render_shapes
-from pipeline.data.splits import SPLITS, Splits, check_input_shape, check_seed
+from pipeline.data.splits import SPLITS, Splits, check_input_shape, check_seed, take_per_class
 from pipeline.errors import ConfigError
 from pipeline.recipe.schema import DataConfig
 from pipeline.registry import Registry
@@ -68,14 +70,16 @@ def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int) -> Spli
 
     Raises:
         ConfigError: unknown data set, bad input shape, fit mode or seed.
-        DataError: files missing, unreadable or unusable; a split would be empty.
+        DataError: files missing, unreadable or unusable; a split would be empty; a
+            class has fewer training images than ``train_per_class``.
     """
     loader = DATASETS.get(cfg.dataset)
     shape = check_input_shape(input_shape)
     if cfg.fit not in ("resize", "pad"):
         raise ConfigError(f"data.fit: expected one of resize, pad; got {cfg.fit!r}")
     check_seed(seed)
-    return loader(cfg, shape, seed)
+    splits = loader(cfg, shape, seed)
+    return splits if cfg.train_per_class is None else take_per_class(splits, cfg.train_per_class, seed)
 
 
 def describe_datasets() -> List[Tuple[str, str]]:

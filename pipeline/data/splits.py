@@ -9,6 +9,7 @@
   class in proportion.
 """
 
+import dataclasses
 import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -97,6 +98,31 @@ def take_stratified(pool: np.ndarray, y: np.ndarray, n: Optional[int], rng: np.r
         keys[where[rng.permutation(m)]] = (np.arange(m) + rng.random(m)) / m
     order = pool[np.argsort(keys, kind="stable")]
     return rng.permutation(order if n is None else order[:n])
+
+
+def take_per_class(splits: Splits, n: int, seed: int) -> Splits:
+    """``splits`` with only ``n`` training images of each class (val and test unchanged).
+
+    Each class's images are drawn in the order of a permutation from ``seed``, so
+    the same seed gives the same images, and a smaller ``n`` a subset of a larger one.
+
+    Raises:
+        DataError: a class has fewer than ``n`` training images.
+    """
+    rng = stream_rng(seed, "train_per_class")
+    keep = []
+    for k, label in enumerate(splits.labels):
+        where = np.flatnonzero(splits.y_train == k)
+        if len(where) < n:
+            raise DataError(f"data.train_per_class: {n} training images of each class asked, but class "
+                            f"{label!r} has {len(where)} in the train split")
+        keep.append(where[rng.permutation(len(where))[:n]])
+    idx = rng.permutation(np.concatenate(keep))
+    report = dict(splits.report)
+    report["train_per_class"] = n
+    report["counts"] = {**report["counts"], "train": {lab: n for lab in splits.labels}}
+    return dataclasses.replace(splits, x_train=np.ascontiguousarray(splits.x_train[idx]),
+                               y_train=np.ascontiguousarray(splits.y_train[idx]), report=report)
 
 
 def requested_counts(cfg: DataConfig) -> Dict[str, Optional[int]]:

@@ -215,7 +215,7 @@ class TransferConfig:
         _positive_number(where, "head_learning_rate", self.head_learning_rate)
         _positive_number(where, "finetune_learning_rate", self.finetune_learning_rate)
         if self.finetune_blocks != "all":
-            _non_negative_int(where, "finetune_blocks", self.finetune_blocks, " or 'all'")
+            _positive_int(where, "finetune_blocks", self.finetune_blocks)
         _bool(where, "finetune_batchnorm", self.finetune_batchnorm)
 
 
