@@ -1,7 +1,12 @@
 # mobile-model: the two commands are `make mobile-model` and `make test`.
 # Both bootstrap everything they need (venv, pip packages, Debian packages when root).
 
-PYTHON ?= python3
+# The Python versions every pinned dependency has wheels for (setup.cfg's python_requires
+# and classifiers say the same; tests/test_packaging.py checks). A new .venv is made with
+# PYTHON when given, else with the first of python3, python3.11, python3.12, python3.13
+# that is one of these.
+PY_VERSIONS := 3.11 3.12 3.13
+PYTHON ?=
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEPS_HASH := $(shell cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
@@ -31,8 +36,27 @@ help:
 	@echo "make clean          remove build/ (the venv and the ARM runtime cache stay)"
 
 # (Re)install only when the dependency declaration changes.
+PY_MINOR := import sys; print(*sys.version_info[:2], sep=".")
 $(STAMP):
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -x $(PY) ]; then \
+	  v=$$($(PY) -c '$(PY_MINOR)'); \
+	  case " $(PY_VERSIONS) " in *" $$v "*) ;; *) \
+	    echo "error: $(VENV) is Python $$v; mobile-model supports Python $(PY_VERSIONS)" \
+	         "(the pinned wheels exist for these only): remove $(VENV) and run make again" >&2; exit 1;; esac; \
+	else \
+	  py=; tried=; \
+	  for p in $(or $(PYTHON),python3 $(addprefix python,$(PY_VERSIONS))); do \
+	    v=$$($$p -c '$(PY_MINOR)' 2>/dev/null) || { tried="$$tried $$p (not found)"; continue; }; \
+	    case " $(PY_VERSIONS) " in *" $$v "*) py=$$p; break;; esac; \
+	    tried="$$tried $$p ($$v)"; \
+	  done; \
+	  if [ -z "$$py" ]; then \
+	    echo "error: no supported Python to make $(VENV) with: mobile-model supports Python $(PY_VERSIONS)" \
+	         "(the pinned wheels exist for these only); tried:$$tried. Install one, or name it: make PYTHON=/path/to/python3.X" >&2; \
+	    exit 1; fi; \
+	  echo "creating $(VENV) with $$py (Python $$v)"; \
+	  $$py -m venv $(VENV) || exit 1; \
+	fi
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.deps-* && touch $@
@@ -51,6 +75,7 @@ system-deps:
 
 arm-runtime: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
+	$(PY) -m pipeline.devices.host_twin build -q
 
 # MediaPipe in a venv of its own (its absl-py conflicts with tfmot's pin): it writes
 # the TFLite metadata of bundle/model.tflite, and its image classifier runs the bundle

@@ -512,15 +512,36 @@ def _model(dtypes_buffers):
                        outputs=(len(tensors) - 1,), buffers=[b"", b"\0\0"])
 
 
-def test_host_reference_follows_device_kernels():
-    from pipeline.devices.check import host_reference
+def test_host_reference_is_the_device_runtime_and_version():
+    import platform
 
-    int8 = _model([("int8", 0), ("int8", 1), ("int8", 0)])
-    dynamic = _model([("float32", 0), ("int8", 1), ("float32", 0)])  # int8 weights only
-    cam, phone = get_device("camera-a53"), get_device("pixel4")
-    assert host_reference(int8, cam) == "builtin"
-    assert host_reference(int8, phone) == "xnnpack"
-    assert host_reference(dynamic, cam) == "xnnpack"
+    from pipeline.devices.check import host_reference
+    from pipeline.devices.host_twin import needs_twin, twin_specs
+    from pipeline.devices.targets import RUNTIMES
+
+    # The pipeline runs ai-edge-litert 2.3.0 itself (the phones' runtime); the camera's
+    # tflite-runtime 2.14.0 gets its own x86_64 build.
+    assert not needs_twin(RUNTIMES["litert"]) and needs_twin(RUNTIMES["tflite-runtime"])
+    assert host_reference(get_device("pixel4")) == "xnnpack"
+    assert host_reference(get_device("camera-a53")) == f"tflite-runtime 2.14.0 {platform.machine()}"
+    (spec,) = twin_specs()
+    assert spec.requirements == RUNTIMES["tflite-runtime"].requirements  # the guest's own pins
+
+
+@pytest.mark.integration
+def test_the_host_twin_runs_the_device_runtime_and_reports_what_it_cannot_load(tiny_models):
+    from pipeline.devices.host_twin import twin_outputs
+    from pipeline.devices.targets import RUNTIMES
+    from pipeline.tflite.host import host_outputs_for
+
+    paths, x, _ = tiny_models
+    runtime = RUNTIMES["tflite-runtime"]
+    y = twin_outputs(paths["int8"], x, runtime)
+    assert y.shape == host_outputs_for(paths["int8"], x).shape and y.dtype == np.int8
+    # tflite-runtime 2.14 has no FULLY_CONNECTED version 12: neither build loads it.
+    with pytest.raises(DeviceOutputError, match=r"tflite-runtime 2.14.0 \S+ does not load .*dynamic.*"
+                                                r"FULLY_CONNECTED' version '12'"):
+        twin_outputs(paths["dynamic"], x, runtime)
 
 
 @pytest.mark.parametrize("x, y, message", [
@@ -784,9 +805,10 @@ def test_int8_bit_exact_with_host(device_results, device):
     r = device_results(device, "int8")
     assert r.loaded and r.counts_exact
     assert r.agreement.dtype == "int8"
-    # tflite-runtime runs int8 without XNNPACK: compared with the host's builtin kernels.
+    # Each device is compared with its own runtime and version on the host.
     legacy = get_device(device).runtime == "tflite-runtime"
-    assert r.agreement.host_reference == ("builtin" if legacy else "xnnpack")
+    assert r.agreement.host_reference.startswith("tflite-runtime 2.14.0 ") if legacy else (
+        r.agreement.host_reference == "xnnpack")
     assert r.agreement.exact_count == N, r.agreement
     assert r.top1 is not None and r.memory.fits
 

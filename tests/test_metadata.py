@@ -88,12 +88,12 @@ def test_the_environment_is_keyed_and_pinned():
     manifest = env.manifest()
     assert manifest["key"] == env.key and env.root.name == env.key
     assert manifest["key_inputs"]["requirements"] == list(REQUIREMENTS)
-    assert manifest["versions"]["mediapipe"] == "0.10.21"
+    assert manifest["smoke"]["mediapipe"] == env.versions["mediapipe"] == "0.10.21"
 
 
 def test_a_broken_environment_names_itself(tmp_path, tiny):
-    broken = MediaPipeEnv(tmp_path / "nowhere", "0" * 16)
-    with pytest.raises(DeviceUnavailableError, match=r"reading TFLite metadata: no MediaPipe environment at "
+    broken = MediaPipeEnv(tmp_path / "nowhere")
+    with pytest.raises(DeviceUnavailableError, match=r"reading TFLite metadata: no mediapipe-env environment at "
                                                       r".*nowhere .*build it with 'make mediapipe-env'"):
         read_metadata(tiny, env=broken)
 

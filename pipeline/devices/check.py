@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from pipeline.devices.host_twin import needs_twin, twin_outputs, twin_reference
 from pipeline.devices.parse import (BlockProfile, HotProfile, InsnCounts, block_profile,
                                     inference_counts, parse_guest_result, parse_insn_counts,
                                     rejoin)
@@ -25,7 +26,7 @@ from pipeline.devices.runtime import ArmRuntime
 from pipeline.devices.targets import RUNTIMES
 from pipeline.errors import ConfigError, DeviceOutputError, ModelFileError, RuntimeIncompatibleError
 from pipeline.store.atomic import sha256_file
-from pipeline.tflite.host import host_outputs_for, is_quantized
+from pipeline.tflite.host import host_outputs_for
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,12 @@ class Agreement:
     """Device outputs vs the host runtime's on the same inputs.
 
     Attributes:
-        host_reference: which host kernels produced the reference: "xnnpack"
-            (ai-edge-litert's default) or "builtin" (its TFLite kernels without
-            delegates: what a device runtime without XNNPACK for int8 runs), or
-            "given" when the caller passed the host outputs.
+        host_reference: which host runtime produced the reference: "xnnpack"
+            (the pipeline's own ai-edge-litert with its default delegate, when the
+            device runs that same runtime and version), the device's runtime and
+            version built for the host (``tflite-runtime 2.14.0 x86_64``, see
+            :mod:`pipeline.devices.host_twin`), or "given" when the caller passed the
+            host outputs.
         dtype: the model output dtype ("int8", "uint8", "float32", ...).
         samples: inputs compared.
         exact_count: samples whose whole output is bit-identical to the host's.
@@ -166,15 +169,33 @@ def validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str) 
         raise ConfigError(f"labels y has {len(y)} entries for {len(x)} inputs")
 
 
-def host_reference(model, profile: DeviceProfile) -> str:
-    """The host kernels whose outputs the device's should equal: "xnnpack" or "builtin".
+def host_reference(profile: DeviceProfile) -> str:
+    """The host runtime whose outputs the device's should equal (see :class:`Agreement`).
 
-    tflite-runtime 2.14 never applies XNNPACK to int8 models; its int8 outputs match
-    the host's builtin kernels bit for bit but XNNPACK's only to 1 LSB (measured).
+    The same runtime and version as the device's: the pipeline's own interpreter when it
+    is that runtime, else the device runtime's x86_64 build in its own environment.
     """
-    if is_quantized(model) and not RUNTIMES[profile.runtime].xnnpack_int8:
-        return "builtin"
-    return "xnnpack"
+    runtime = RUNTIMES[profile.runtime]
+    return twin_reference(runtime) if needs_twin(runtime) else "xnnpack"
+
+
+def reference_outputs(model_path: Union[str, Path], x: np.ndarray, profile: DeviceProfile,
+                      untrusted: bool = False) -> np.ndarray:
+    """The outputs of :func:`host_reference`'s runtime on ``x``, one input per invoke.
+
+    Args:
+        untrusted: run the pipeline's own interpreter in an isolated child
+            (:mod:`pipeline.tflite.sandbox`); the device runtime's host build always
+            runs in a process of its own.
+    """
+    runtime = RUNTIMES[profile.runtime]
+    if needs_twin(runtime):
+        return twin_outputs(Path(model_path), x, runtime)
+    if untrusted:
+        from pipeline.tflite.sandbox import host_outputs_untrusted
+
+        return host_outputs_untrusted(model_path, x, "xnnpack")
+    return host_outputs_for(model_path, x, "xnnpack")
 
 
 def compare_outputs(device: np.ndarray, host: np.ndarray,
@@ -239,8 +260,8 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         y: integer labels for top-1 accuracy, or None.
         threads: interpreter threads (default: the profile's default_threads).
         host_outputs: the host's raw outputs on ``x`` (reference "given"); when
-            None, computed with ai-edge-litert on the host with the kernels the
-            device runtime uses (see :func:`host_reference`).
+            None, computed on the host by the device's runtime and version (see
+            :func:`host_reference`).
         runtime: a built ARM runtime (default: built/cached on first use).
         timeout_s: limit for the emulated process (default scales with N).
 
@@ -310,8 +331,8 @@ def _measured(run: DeviceRun, guest, model, model_path: Path, profile: DevicePro
         raise DeviceOutputError(f"{profile.name}: guest returned outputs for {got} of "
                                 f"{len(x)} inputs")
     outputs = run.outputs
-    reference = host_reference(model, profile)
-    host = (host_outputs_for(model_path, x, reference) if host_outputs is None
+    reference = host_reference(profile)
+    host = (reference_outputs(model_path, x, profile) if host_outputs is None
             else np.asarray(host_outputs))
     median = counts.median
     return DeviceResult(

@@ -83,11 +83,14 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
         stage: the build's :class:`pipeline.build.StageRunner` (records and caches each pair).
     """
     from pipeline.devices.profiles import get_device
+    from pipeline.devices.check import host_reference
+    from pipeline.devices.host_twin import ensure_twins
     from pipeline.devices.runtime import ensure_runtime, runtime_key
 
     d = recipe.devices
     profiles = {name: get_device(name) for name in d.targets}  # unknown names fail before any work
     ensure_runtime(progress=log)
+    ensure_twins(progress=log)
     n = min(d.samples, len(splits.x_test))
     x, y = splits.x_test[:n], splits.y_test[:n]
     pairs: List[Tuple[str, str]] = [(dev, v) for dev in d.targets for v in variants]
@@ -97,7 +100,8 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
     def cfg(dev):
         # Profiles hold no latency model (pipeline.latency): a new model or calibration
         # re-estimates from the recorded results instead of re-running every emulation.
-        return {"profile": profiles[dev].to_dict(), "samples": n, "runtime": rt_key, "data": data_key}
+        return {"profile": profiles[dev].to_dict(), "samples": n, "runtime": rt_key, "data": data_key,
+                "host_reference": host_reference(profiles[dev])}
 
     out_of = {(dev, v): root / "devices" / dev / f"{v}.json" for dev, v in pairs}
     inputs_of = {v: {"tflite": Path(s.path)} for v, s in variants.items()}

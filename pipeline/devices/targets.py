@@ -83,10 +83,6 @@ class GuestRuntime:
     version: str
     module: str
     requirements: Tuple[str, ...]
-    # Whether its default XNNPACK delegate also runs int8/uint8 models. When not, its
-    # int8 results are those of TFLite's builtin kernels, which differ from XNNPACK's
-    # by up to 1 LSB on some outputs (measured), so the host reference must differ too.
-    xnnpack_int8: bool
 
     @property
     def guest_dir(self) -> str:
@@ -97,8 +93,8 @@ RUNTIMES: Dict[str, GuestRuntime] = {
     r.name: r
     for r in (
         GuestRuntime("litert", "ai-edge-litert", "2.3.0", "ai_edge_litert.interpreter",
-                     ("ai-edge-litert==2.3.0", "numpy==2.2.6"), xnnpack_int8=True),
+                     ("ai-edge-litert==2.3.0", "numpy==2.2.6")),
         GuestRuntime("tflite-runtime", "tflite-runtime", "2.14.0", "tflite_runtime.interpreter",
-                     ("tflite-runtime==2.14.0", "numpy==1.26.4"), xnnpack_int8=False),
+                     ("tflite-runtime==2.14.0", "numpy==1.26.4")),
     )
 }

@@ -304,7 +304,7 @@ def embedded_model(recipe, summary: BuildSummary, model_bytes: bytes) -> Dict[st
     if key not in _EMBEDDED:
         env = ensure_env()
         out = embed_metadata(model_bytes, env=env, **request)
-        out["writer_version"] = env.manifest()["versions"]["mediapipe"]
+        out["writer_version"] = env.versions["mediapipe"]
         _EMBEDDED[key] = out
     return _EMBEDDED[key]
 

@@ -1,0 +1,118 @@
+"""The host reference of a device: the same TFLite runtime, same version, built for x86_64.
+
+A device's outputs are compared with the host's on the same inputs. When the device's
+runtime is the one the pipeline itself runs (ai-edge-litert of the same version), the
+reference is the pipeline's own interpreter. When it is another runtime or version
+(``tflite-runtime 2.14`` on ``camera-a53``), the reference is that very runtime and
+version from PyPI's x86_64 wheels, in an isolated environment of its own
+(:mod:`pipeline.store.isolated_env`, ``~/.cache/mobile-model/host-runtime/<key>``), running
+the guest's own script (:mod:`pipeline.devices.guest_runner`) with the same options.
+So a difference left is one of the architecture's kernels, not of the version.
+
+Command line (what ``make arm-runtime`` also calls)::
+
+    python -m pipeline.devices.host_twin build [--force] [-q]
+    python -m pipeline.devices.host_twin info
+"""
+
+import importlib.metadata
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from pipeline.devices.targets import RUNTIMES, GuestRuntime
+from pipeline.errors import DeviceOutputError
+from pipeline.store.isolated_env import EnvSpec, IsolatedEnv, ensure, env_main
+
+GUEST_RUNNER = Path(__file__).resolve().parent / "guest_runner.py"
+#: The interpreter of the host environments: the guest's (Debian bookworm's 3.11), so
+#: the same wheels exist for both architectures.
+TWIN_PYTHON = (3, 11)
+#: Seconds allowed to load a model, and per input, in a host environment.
+LOAD_TIMEOUT_S = 120.0
+PER_INPUT_TIMEOUT_S = 2.0
+
+Progress = Callable[[str], None]
+
+
+def host_version(distribution: str) -> Optional[str]:
+    """The version of ``distribution`` installed beside the pipeline, or None."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def needs_twin(runtime: GuestRuntime) -> bool:
+    """Whether the pipeline's own interpreter is another runtime or version than ``runtime``."""
+    return host_version(runtime.distribution) != runtime.version
+
+
+def twin_reference(runtime: GuestRuntime) -> str:
+    """The name of the host reference for ``runtime`` (``tflite-runtime 2.14.0 x86_64``)."""
+    import platform
+
+    return f"{runtime.distribution} {runtime.version} {platform.machine()}"
+
+
+def twin_spec(runtime: GuestRuntime) -> EnvSpec:
+    """The isolated environment holding ``runtime``'s pins (the guest's own) for the host."""
+    return EnvSpec(name="host-runtime", requirements=tuple(runtime.requirements), python=TWIN_PYTHON,
+                   smoke=("-c", "import importlib, importlib.metadata, json; "
+                                f"importlib.import_module({runtime.module!r}); "
+                                f"print(json.dumps({{'{runtime.distribution}': "
+                                f"importlib.metadata.version({runtime.distribution!r})}}))"),
+                   make_target="arm-runtime")
+
+
+def twin_specs() -> List[EnvSpec]:
+    """One environment per device runtime the pipeline's own interpreter is not."""
+    return [twin_spec(r) for r in RUNTIMES.values() if needs_twin(r)]
+
+
+def ensure_twins(progress: Optional[Progress] = None) -> List[IsolatedEnv]:
+    """Builds (once, cached) every host environment the device runtimes need."""
+    return [ensure(spec, progress=progress) for spec in twin_specs()]
+
+
+def twin_outputs(model_path: Path, x: np.ndarray, runtime: GuestRuntime, threads: int = 1,
+                 progress: Optional[Progress] = None) -> np.ndarray:
+    """Raw outputs of ``runtime`` (x86_64 build) on ``x``, one input per invoke as on the device.
+
+    Raises:
+        DeviceOutputError: the host build of the runtime does not load the model (the
+            device's did) or returned outputs for the wrong number of inputs.
+        DeviceUnavailableError: the environment could not be built, or the run failed.
+    """
+    env = ensure(twin_spec(runtime), progress=progress)
+    with tempfile.TemporaryDirectory(prefix="mobile-model-twin-") as tmp:
+        work = Path(tmp)
+        np.save(work / "x.npy", np.ascontiguousarray(x, np.float32))
+        env.run([str(GUEST_RUNNER), "--runtime", runtime.name, "--model", str(Path(model_path).resolve()),
+                 "--inputs", str(work / "x.npy"), "--outputs", str(work / "y.npy"),
+                 "--result", str(work / "result.json"), "--threads", str(threads)],
+                f"the host reference ({twin_reference(runtime)}) on {Path(model_path).name}",
+                timeout=LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x), json_output=False)
+        result = json.loads((work / "result.json").read_text())
+        if not result["loaded"]:
+            raise DeviceOutputError(f"the host reference {twin_reference(runtime)} does not load "
+                                    f"{Path(model_path).name}: {result['load_error']}")
+        y = np.load(work / "y.npy")
+    if len(y) != len(x):
+        raise DeviceOutputError(f"the host reference {twin_reference(runtime)} returned outputs for "
+                                f"{len(y)} of {len(x)} inputs")
+    return y
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return env_main("Build or inspect the host environments of the device runtimes the pipeline "
+                    "does not run itself (same runtime and version, x86_64 wheels).", twin_specs,
+                    "python -m pipeline.devices.host_twin", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
