@@ -161,6 +161,45 @@ def test_sparsity_from_the_prune_stage(tmp_path):
     assert "3 kernels (prune stage (Keras model after strip_pruning))" in md
 
 
+def test_channel_pruning_costs_per_layer_and_per_step(tmp_path):
+    """A channel-pruned build: the model's device cost before and after, MACs per layer with the
+    latency each layer's steps removed, and every step with its cost and validation loss."""
+    recipe, summary = fake_build(tmp_path)
+    layers = [{"layer": "stem_conv", "channels_before": 24, "channels_after": 24, "macs_before": 200,
+               "macs_after": 200, "share_before": .2, "share_after": .4},
+              {"layer": "block1_depthwise", "channels_before": None, "channels_after": None, "macs_before": 200,
+               "macs_after": 200, "share_before": .2, "share_after": .4},
+              {"layer": "block1_pointwise_conv", "channels_before": 48, "channels_after": 16, "macs_before": 600,
+               "macs_after": 100, "share_before": .6, "share_after": .2}]
+    step = {"layer": "block1_pointwise_conv", "macs": 0, "latency_ms": 0, "proposals": [], "score": 0.1}
+    steps = [dict(step, step=1, channels_before=48, channels_after=32, cost_before=0.8, cost=0.6,
+                  instructions=2_000_000, loss_oneshot=0.52, top1_oneshot=80.0, loss=0.41, top1=85.5),
+             dict(step, step=2, channels_before=32, channels_after=16, cost_before=0.6, cost=0.5,
+                  instructions=1_500_000, loss_oneshot=0.61, top1_oneshot=77.25, loss=0.45, top1=84.0)]
+    metrics = {"target": {"kind": "latency_ms", "budget": 0.55, "device": "pixel4", "threads": 1},
+               "criterion": "l1_bn", "schedule_s": 321.0, "float_macs": 1000, "macs": 500, "layers": layers,
+               "start": {"cost": 0.8, "macs": 1000, "latency_ms": 0.8, "instructions": 3_000_000, "loss": .4,
+                         "top1": 86.0},
+               "end": dict(steps[-1], macs=500, latency_ms=0.5), "steps": steps,
+               "history": {"loss": [0.5], "accuracy": [0.8], "val_loss": [0.45], "val_accuracy": [0.84]}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"channels": {"wall_s": 400.0,
+                                                                                "metrics": metrics}}}))
+    write_report(recipe, tmp_path, summary, quiet)
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Channel pruning")[1].split("\n## ")[0]
+    assert "estimated int8 latency <= 0.55 ms on pixel4 (one thread)" in section
+    assert "ran 2 step(s) in 321 s" in section and "500 of the float model's 1,000 MACs (50.0%)" in section
+    assert "| pixel4 instructions / inference | 3,000,000 | 1,500,000 | 50.0% |" in section
+    assert "| pixel4 est. latency ms | 0.800 | 0.500 | 62.5% |" in section
+    assert "| block1_pointwise_conv | 48 -> 16 | 600 | 100 | 60.0% | 20.0% | 0.300 | 100.0% |" in section
+    assert "| stem_conv | 24 | 200 | 200 | 20.0% | 40.0% |  |  |" in section
+    assert "| block1_depthwise |  | 200 | 200 | 20.0% | 40.0% |  |  |" in section
+    assert "| 2 | block1_pointwise_conv | 32 -> 16 | 0.600 | 0.500 | 1,500,000 | 0.6100 | 0.4500 | 77.25 | 84.00 |" \
+        in section
+    assert "Per-layer device instructions are not measured" in section
+    assert "| channels | 1 |" in md  # its fine-tune is a training stage with a curve
+
+
 def test_without_devices_or_data_set(tmp_path):
     """The data set may be gone: the report reads the predictions evaluation saved."""
     recipe, summary = fake_build(tmp_path, devices=False)

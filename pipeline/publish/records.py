@@ -45,6 +45,69 @@ class PruneFigures:
 
 
 @dataclass(frozen=True)
+class ChannelLayer:
+    """One layer of the channel-pruned model: width (a group's producer) and MACs, before and after."""
+
+    layer: str
+    channels_before: Optional[int]
+    channels_after: Optional[int]
+    macs_before: int
+    macs_after: int
+
+
+@dataclass(frozen=True)
+class ChannelStep:
+    """One step of the channel-pruning schedule: what it thinned, the cost and the validation figures.
+
+    ``cost_before``/``cost`` are in the target's unit (MACs, or estimated int8 ms on
+    the target device); ``instructions`` is the target device's int8 count per
+    inference after the step (None for a MACs target).
+    """
+
+    step: int
+    layer: str
+    channels_before: int
+    channels_after: int
+    cost_before: float
+    cost: float
+    macs: Optional[int]
+    instructions: Optional[int]
+    loss_oneshot: float
+    top1_oneshot: float
+    loss: float
+    top1: float
+
+
+@dataclass(frozen=True)
+class ChannelFigures:
+    """The ``channels`` stage's figures: target, the schedule's start and end, steps, per-layer table.
+
+    ``start``/``end`` hold the cost figures of the unpruned and the scheduled
+    architecture (``cost``, ``macs``; with a device target ``latency_ms`` and
+    ``instructions``; ``loss``/``top1`` on the schedule's validation images).
+    """
+
+    kind: str                   # "macs" or "latency_ms"
+    budget: float
+    device: Optional[str]
+    criterion: str
+    start: Mapping[str, Any]
+    end: Mapping[str, Any]
+    steps: Tuple[ChannelStep, ...]
+    layers: Tuple[ChannelLayer, ...]
+    float_macs: int
+    macs: int
+    schedule_s: float
+
+    def saved_by_layer(self) -> Dict[str, float]:
+        """Target cost removed by the steps that thinned each layer (target units)."""
+        out: Dict[str, float] = {}
+        for s in self.steps:
+            out[s.layer] = out.get(s.layer, 0.0) + s.cost_before - s.cost
+        return out
+
+
+@dataclass(frozen=True)
 class StageTiming:
     """One stage record of the manifest: wall time and when it finished."""
 
@@ -54,7 +117,7 @@ class StageTiming:
 
 
 #: Stages that train, in the order the report shows their curves.
-TRAINING_STAGES = ("train", "prune", "qat", "cluster", "cqat", "cluster-pruned", "pcqat")
+TRAINING_STAGES = ("train", "channels", "prune", "qat", "cluster", "cqat", "cluster-pruned", "pcqat")
 
 
 @dataclass(frozen=True)
@@ -98,6 +161,7 @@ class BuildRecord:
     curves: Tuple[StageCurve, ...] = ()
     class_counts: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     class_weight: Optional[Mapping[str, float]] = None
+    channels: Optional[ChannelFigures] = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +186,26 @@ def _prune_figures(stages: Mapping[str, Any]) -> Optional[PruneFigures]:
                         sparsity_all_kernels=metrics.get("sparsity_all_kernels", 0),
                         target_sparsity=metrics.get("target_sparsity"),
                         layers=tuple(_sparsity_row(r) for r in metrics.get("layers") or ()))
+
+
+def _channel_figures(stages: Mapping[str, Any]) -> Optional[ChannelFigures]:
+    metrics = (stages.get("channels") or {}).get("metrics")
+    if not isinstance(metrics, dict) or "steps" not in metrics:
+        return None
+    target = metrics["target"]
+    steps = tuple(ChannelStep(
+        step=int(s["step"]), layer=s["layer"], channels_before=int(s["channels_before"]),
+        channels_after=int(s["channels_after"]), cost_before=float(s["cost_before"]), cost=float(s["cost"]),
+        macs=s.get("macs"), instructions=s.get("instructions"), loss_oneshot=float(s["loss_oneshot"]),
+        top1_oneshot=float(s["top1_oneshot"]), loss=float(s["loss"]), top1=float(s["top1"]))
+        for s in metrics["steps"])
+    layers = tuple(ChannelLayer(r["layer"], r.get("channels_before"), r.get("channels_after"), int(r["macs_before"]),
+                                int(r["macs_after"])) for r in metrics.get("layers") or ())
+    return ChannelFigures(kind=target["kind"], budget=float(target["budget"]), device=target.get("device"),
+                          criterion=str(metrics.get("criterion", "")), start=metrics.get("start") or {},
+                          end=metrics.get("end") or {}, steps=steps, layers=layers,
+                          float_macs=int(metrics.get("float_macs") or 0), macs=int(metrics.get("macs") or 0),
+                          schedule_s=float(metrics.get("schedule_s") or 0.0))
 
 
 def _curve(name: str, metrics: Mapping[str, Any]) -> Optional[StageCurve]:
@@ -170,7 +254,8 @@ def read_build_record(root: Path) -> BuildRecord:
         versions=versions,
         curves=_curves(stages),
         class_counts=(data_record.get("report") or {}).get("counts") or {},
-        class_weight=train_metrics.get("class_weight"))
+        class_weight=train_metrics.get("class_weight"),
+        channels=_channel_figures(stages))
 
 
 def short_tensor_name(name: str) -> str:

@@ -12,8 +12,8 @@ from typing import List, Mapping, Optional, Tuple
 
 from pipeline.publish.bundle import Bundle
 from pipeline.publish.document import Cell, Doc, Plot, Table
-from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, Confusion, SparsityRow, device_profile,
-                                      most_confused)
+from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, ChannelFigures, Confusion, SparsityRow,
+                                      device_profile, most_confused)
 from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
                               BuildSummary, DeviceSummary)
 
@@ -45,6 +45,8 @@ def build_document(inputs: ReportInputs, plots: Mapping[str, Plot]) -> Doc:
     _variants(doc, inputs.summary)
     _budgets(doc, inputs.summary)
     _devices(doc, inputs.summary)
+    if inputs.record.channels is not None:
+        _channels(doc, inputs.record.channels)
     _training(doc, inputs, plots.get("learning_curves"))
     doc.h(2, "Plots")
     for key in PLOT_ORDER:
@@ -217,6 +219,70 @@ def _devices(doc: Doc, s: BuildSummary) -> None:
           f"{'/'.join(map(str, sorted(samples))) or '?'} test images. Instructions per inference are "
           "deterministic (the basis of the CI gate); estimated latency comes from the latency model named in its "
           "row (docs/latency.md) and is blank where the device has none; wall time under emulation is not latency.")
+
+
+def _cost(kind: str, value: Optional[float]) -> str:
+    """A schedule cost in its unit: MACs, or estimated ms."""
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if kind == "macs" else f"{value:.3f}"
+
+
+def _share(part: Optional[float], whole: Optional[float]) -> str:
+    return "-" if part is None or not whole else f"{part / whole:.1%}"
+
+
+def _channels(doc: Doc, ch: ChannelFigures) -> None:
+    """Channel pruning: the model's cost before and after, per layer, and the schedule's steps."""
+    doc.h(2, "Channel pruning")
+    unit = "MACs" if ch.kind == "macs" else f"estimated int8 ms on {ch.device}"
+    target = (f"at most {ch.budget:,.0f} MACs" if ch.kind == "macs"
+              else f"estimated int8 latency <= {ch.budget:g} ms on {ch.device} (one thread)")
+    doc.p(f"Whole channels were removed (criterion `{ch.criterion}`) until the model met its target: {target}. "
+          f"The schedule ran {len(ch.steps)} step(s) in {ch.schedule_s:.0f} s, then the thinned model was fine-tuned; "
+          f"it computes {ch.macs:,} of the float model's {ch.float_macs:,} MACs "
+          f"({_share(ch.macs, ch.float_macs)}).")
+    start, end = ch.start, ch.end
+    rows = [["MACs", f"{start.get('macs', 0):,}", f"{end.get('macs', 0):,}", _share(end.get("macs"), start.get("macs"))]]
+    if ch.kind == "latency_ms":
+        rows += [[f"{ch.device} instructions / inference", f"{start.get('instructions', 0):,}",
+                  f"{end.get('instructions', 0):,}", _share(end.get("instructions"), start.get("instructions"))],
+                 [f"{ch.device} est. latency ms", _f(start.get("latency_ms"), ".3f"), _f(end.get("latency_ms"), ".3f"),
+                  _share(end.get("latency_ms"), start.get("latency_ms"))]]
+    rows.append(["val top-1 % (schedule's images, before fine-tune)", _f(start.get("top1"), ".2f"),
+                 _f(end.get("top1"), ".2f"), ""])
+    doc.table(Table(["", "unpruned", "thinned", "thinned / unpruned"], rows, "lrrr"))
+    if ch.kind == "latency_ms":
+        doc.p("Device figures of the schedule: each architecture converted to int8 (post-training, random "
+              "calibration) and run once on the emulated core, priced by the build's latency estimate; int8 counts "
+              "depend on the architecture, not the weights. The Devices table above has the built variants' own.")
+    saved = ch.saved_by_layer()
+    total_saved = sum(saved.values())
+    total_b = sum(r.macs_before for r in ch.layers)
+    total_a = sum(r.macs_after for r in ch.layers)
+    rows = []
+    for r in ch.layers:
+        width = "" if r.channels_before is None else (
+            f"{r.channels_before} -> {r.channels_after}" if r.channels_after != r.channels_before else str(r.channels_before))
+        rows.append([r.layer, width, f"{r.macs_before:,}", f"{r.macs_after:,}", _share(r.macs_before, total_b),
+                     _share(r.macs_after, total_a),
+                     _cost(ch.kind, saved[r.layer]) if r.layer in saved else "",
+                     _share(saved[r.layer], total_saved) if r.layer in saved else ""])
+    doc.details(f"Per layer: {len(ch.layers)} layers with MACs, {len(saved)} thinned",
+                Table(["layer", "channels", "MACs before", "MACs after", "MACs share before", "MACs share after",
+                       f"removed by its steps ({unit})", "share of removed"], rows, "llrrrrrr"))
+    doc.p("The last two columns are measured: the cost each step saved, summed over the steps that thinned the "
+          "layer. Per-layer device instructions are not measured: the emulated run counts instructions for whole "
+          "inferences, not per operator.")
+    rows = [[str(s.step), s.layer, f"{s.channels_before} -> {s.channels_after}", _cost(ch.kind, s.cost_before),
+             _cost(ch.kind, s.cost), _f(s.instructions, ",.0f"), f"{s.loss_oneshot:.4f}", f"{s.loss:.4f}",
+             f"{s.top1_oneshot:.2f}", f"{s.top1:.2f}"] for s in ch.steps]
+    doc.table(Table(["step", "layer", "channels", "cost before", "cost after", "instructions",
+                     "val loss one-shot", "val loss recovered", "val top-1 % one-shot", "val top-1 % recovered"],
+                    rows, "lllrrrrrrr"))
+    doc.p(f"Cost in {unit}. Each step thinned the layer whose proposal gained least validation loss per unit of cost "
+          "saved (one-shot: thinned, not trained), then trained it briefly (recovered); validation on the "
+          "schedule's fixed slice of the validation split.")
 
 
 def _sparsity(doc: Doc, inputs: ReportInputs) -> None:
