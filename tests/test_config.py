@@ -77,3 +77,15 @@ def test_configs_are_frozen():
     r = load_recipe("default")
     with pytest.raises(Exception):
         r.model.alpha = 1.0  # type: ignore[misc]
+
+
+def test_the_default_recipe_takes_every_image_of_a_real_data_set():
+    """A user's folder of images replaces only ``data:``: no split is capped (3000 was)."""
+    from pipeline.data.shapes import SHAPES_COUNTS
+
+    default = load_recipe("default").to_dict()
+    for data in ({"dataset": "folder", "path": "imgs"},
+                 {**default["data"], "dataset": "folder", "path": "imgs"}):
+        recipe = Recipe.from_dict({**default, "data": data})
+        assert (recipe.data.train_samples, recipe.data.val_samples, recipe.data.test_samples) == (None,) * 3
+    assert SHAPES_COUNTS == {"train": 3000, "val": 500, "test": 1000}  # what the generated set renders instead

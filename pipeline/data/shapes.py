@@ -17,22 +17,25 @@ SHAPES_LABELS = ("disc", "ring", "square", "frame", "triangle",
                  "plus", "cross", "h-stripes", "v-stripes", "dot-grid")
 
 
+#: Images rendered per split when the recipe leaves a count unset (``null``).
+SHAPES_COUNTS = {"train": 3000, "val": 500, "test": 1000}
+
+
 def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -> Splits:
     """Generated shapes, 10 classes, with noise, clutter and occlusion (no files needed).
 
     Rendered directly at ``input_shape`` (height and width >= 32; 1 or 3 channels,
-    colour carries no label information). ``None`` sample counts mean the
-    ``DataConfig`` defaults, since the supply is unlimited. Balanced classes.
+    colour carries no label information). ``None`` sample counts mean
+    :data:`SHAPES_COUNTS`, since the supply is unlimited. Balanced classes.
     """
     h, w, c = check_input_shape(input_shape)
     if min(h, w) < 32:
         raise ConfigError(f"shapes: input height and width must be >= 32, got {h}x{w}")
     check_seed(seed)
-    defaults = DataConfig()
     parts = {}
     for i, name in enumerate(SPLITS):
         n = getattr(cfg, f"{name}_samples")
-        n = getattr(defaults, f"{name}_samples") if n is None else n
+        n = SHAPES_COUNTS[name] if n is None else n
         check_count(name, n)
         # One stream per split: the test set does not change when train_samples does.
         rng = stream_rng(seed, "shapes", name)

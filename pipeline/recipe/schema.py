@@ -40,16 +40,17 @@ SHAPES_EPOCHS = 4
 class DataConfig:
     """Which data set to use and how many samples of each split.
 
-    ``None`` for a sample count means "all available". ``train_per_class``: keep
+    ``None`` for a sample count means "all available" (the default; the generated
+    ``shapes`` set, whose supply is unlimited, renders 3000/500/1000). ``train_per_class``: keep
     only N training images of each class (few-shot; drawn from the seed, the
     validation and test splits unchanged), or None for all.
     """
 
     dataset: str = "shapes"
     path: Optional[str] = None
-    train_samples: Optional[int] = 3000
-    val_samples: Optional[int] = 500
-    test_samples: Optional[int] = 1000
+    train_samples: Optional[int] = None
+    val_samples: Optional[int] = None
+    test_samples: Optional[int] = None
     fit: str = "resize"
     train_per_class: Optional[int] = None
 
