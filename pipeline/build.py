@@ -11,6 +11,7 @@ Artifact tree under ``build/<recipe>/``::
 
     manifest.json  recipe.yaml  summary.json
     keras/float.h5  keras/pruned.h5  keras/qat.h5  keras/float_test_pred.npy
+    keras/head.h5                                            (model.init: the head phase)
     keras/cluster.h5  keras/cqat-weights.h5                  (int8-cqat)
     keras/cluster-pruned.h5  keras/pcqat-weights.h5          (int8-pcqat)
     tflite/<variant>.tflite  tflite/<variant>.pred.npy  tflite/test_labels.npy
@@ -36,8 +37,8 @@ from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
 from pipeline.export.variants import VARIANTS, chain_of
-from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, VariantSummary,
-                              write_summary)
+from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, InitWeights,
+                              VariantSummary, write_summary)
 
 Log = Callable[[str], None]
 
@@ -132,7 +133,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
             float_val_top1=float(train["val_top1"]), params=int(train["params"]),
             macs=int(train["macs"]),
             deploy_variant=recipe.deploy_variant, labels=tuple(splits.labels), variants=variants,
-            devices=devices, stages_run=tuple(stage.ran))
+            devices=devices, stages_run=tuple(stage.ran),
+            init=InitWeights.from_dict(train["init"], "init") if "init" in train else None)
         summary = _check_budgets(recipe, summary)
         wall = time.perf_counter() - t0
         write_summary(summary, root)
@@ -186,16 +188,25 @@ def reproducibility(seed: int) -> Dict[str, Any]:
 
 
 def _float(recipe: Recipe, splits, stage: StageRunner, root: Path, log: Log) -> Dict[str, Any]:
-    """The ``train`` stage: the float Keras model and its test predictions; returns its figures."""
+    """The float Keras model and its test predictions; returns its figures.
+
+    From scratch: the ``train`` stage. From ``model.init``: the ``transfer-head`` and
+    ``transfer-finetune`` stages (:mod:`pipeline.train.finetune`).
+    """
     from pipeline.train.stage import train_float
 
     from pipeline.train.schedule import float_plan
 
+    if recipe.model.init:
+        from pipeline.train.finetune import transfer_stages
+
+        return transfer_stages(recipe, splits, stage, root / "keras", log)
     float_h5, preds = root / "keras" / "float.h5", root / "keras" / "float_test_pred.npy"
     cfg = recipe.to_dict()
+    model = {k: v for k, v in cfg["model"].items() if k != "init"}  # unset here; keeps older keys valid
     # "plan": the schedule as resolved (train.epochs unset depends on the data set);
     # "fit": epoch-at-a-time training with augmentation, early stopping, warm-up.
-    model_cfg = {"seed": recipe.seed, "model": cfg["model"], "train": cfg["train"],
+    model_cfg = {"seed": recipe.seed, "model": model, "train": cfg["train"],
                  "plan": float_plan(recipe).to_dict(), "fit": 2}
     return stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
                  lambda: train_float(recipe, splits, float_h5, preds, log))

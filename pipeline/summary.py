@@ -50,6 +50,17 @@ class Record:
 
 
 @dataclass(frozen=True)
+class InitWeights(Record):
+    """The file a transferred model started from (``model.init``): where, its sha256,
+    ``build`` or ``keras-applications``, and the model family it holds."""
+
+    path: str
+    sha256: str
+    kind: str
+    family: str
+
+
+@dataclass(frozen=True)
 class TensorIO(Record):
     """An input or output tensor of a ``.tflite`` file: dtype, shape and quantization."""
 
@@ -269,6 +280,7 @@ class BuildSummary(Record):
         devices: ``{device: {variant: result}}``; empty when built without devices.
         budgets: every budget verdict of the recipe.
         stages_run: the stages this build ran (not cached), in order.
+        init: the weights the float model started from, or None (trained from scratch).
     """
 
     recipe: str
@@ -282,6 +294,7 @@ class BuildSummary(Record):
     float_val_top1: Optional[float] = None
     budgets: Tuple[BudgetResult, ...] = ()
     stages_run: Tuple[str, ...] = ()
+    init: Optional[InitWeights] = None
     schema_version: int = SCHEMA_VERSION
 
     def device(self, device: str, variant: Optional[str] = None) -> Optional[DeviceSummary]:

@@ -18,6 +18,7 @@ from pipeline.cli.gate import baseline, compare, report
 from pipeline.cli.info import datasets, evaluate, inspect, models
 from pipeline.cli.latency import calibrate, estimate
 from pipeline.cli.search import search
+from pipeline.cli.transfer import transfer_table
 from pipeline.errors import MobileModelError
 from pipeline.native import tf_environment
 
@@ -60,6 +61,7 @@ main.add_command(compare)
 main.add_command(baseline)
 main.add_command(report)
 main.add_command(search)
+main.add_command(transfer_table)
 main.add_command(models)
 main.add_command(datasets)
 main.add_command(inspect)

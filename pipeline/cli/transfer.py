@@ -1,0 +1,37 @@
+"""``mobile-model transfer-table``: scratch against transfer at a few images per class."""
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.common import logger
+
+
+def _counts(ctx, param, value):
+    try:
+        counts = [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated positive integers, got {value!r}") from None
+    if not counts or min(counts) <= 0:
+        raise click.BadParameter(f"expected comma-separated positive integers, got {value!r}")
+    return counts
+
+
+@click.command("transfer-table")
+@click.argument("recipe")
+@click.option("--per-class", default="5,10,20,50", show_default=True, callback=_counts,
+              help="Training images per class, comma-separated: one scratch and one transfer build each.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("build"), show_default=True,
+              help="Parent directory of the builds (<recipe>-n<N>-<scratch|transfer>).")
+@click.option("--smoke", is_flag=True, help="Tiny form of the recipe (32x32, few samples, one epoch).")
+@click.option("--devices", "run_devices", is_flag=True, help="Also run the recipe's emulated devices.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the table.")
+def transfer_table(recipe, per_class, out, smoke, run_devices, quiet):
+    """Build RECIPE (one with model.init) at N training images per class, from its
+    starting weights and from scratch, and print top-1 side by side (Markdown)."""
+    from pipeline.recipe.load import load_recipe
+    from pipeline.train.fewshot import fewshot_markdown, fewshot_table
+
+    r = load_recipe(recipe, smoke=smoke)
+    rows = fewshot_table(r, per_class, out, run_devices=run_devices, log=logger(quiet))
+    click.echo(fewshot_markdown(rows))

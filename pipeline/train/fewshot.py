@@ -1,0 +1,90 @@
+"""Scratch against transfer with few images per class: one build of each per N, one table.
+
+For each N, the recipe is built twice with ``data.train_per_class: N``: as written
+(from ``model.init``) and from random weights (``model.init: null``, the float
+``train`` stage with the recipe's ``train`` schedule). Everything else — data
+splits, QAT, conversion, devices — is the recipe's, so validation and test images
+are the same in every row. Builds go to ``<out>/<recipe>-n<N>-<transfer|scratch>``
+and are cached like any build: a rerun only redoes what changed.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from pipeline.errors import ConfigError
+from pipeline.recipe.schema import Recipe
+
+MODES = ("scratch", "transfer")
+
+
+@dataclass(frozen=True)
+class FewShotRow:
+    """One build of the table: N, scratch or transfer, its float and deploy-variant top-1."""
+
+    per_class: int
+    mode: str
+    float_top1: float
+    deploy_top1: float
+    deploy_variant: str
+    device_top1: Optional[float]
+    device: Optional[str]
+    root: str
+
+
+def fewshot_recipe(recipe: Recipe, per_class: int, mode: str) -> Recipe:
+    """``recipe`` with N training images per class, from its ``model.init`` or from scratch."""
+    r = dataclasses.replace
+    init = recipe.model.init if mode == "transfer" else None
+    return r(recipe, name=f"{recipe.name}-n{per_class}-{mode}", data=r(recipe.data, train_per_class=per_class),
+             model=r(recipe.model, init=init)).validate()
+
+
+def fewshot_table(recipe: Recipe, per_class: Sequence[int], out: Path, run_devices: bool = False,
+                  log: Callable[[str], None] = print) -> List[FewShotRow]:
+    """Builds the recipe at each N per class, from scratch and by transfer.
+
+    Raises:
+        ConfigError: the recipe has no ``model.init``.
+    """
+    from pipeline.build import build
+
+    if not recipe.model.init:
+        raise ConfigError("recipe.model.init: the scratch/transfer table needs a recipe that starts from weights")
+    rows = []
+    for n in per_class:
+        for mode in MODES:
+            r = fewshot_recipe(recipe, n, mode)
+            log(f"[fewshot] N={n} {mode}: building {r.name}")
+            result = build(r, out=Path(out) / r.build_name, log=log, run_devices=run_devices)
+            s = result.summary
+            dev = next(iter(s.devices), None)
+            found = s.device(dev) if dev else None
+            rows.append(FewShotRow(n, mode, s.float_top1, s.variants[s.deploy_variant].top1, s.deploy_variant,
+                                   found.top1 if found is not None else None, dev, str(result.root)))
+    return rows
+
+
+def fewshot_markdown(rows: Sequence[FewShotRow]) -> str:
+    """The table: per N, scratch and transfer top-1 (float, deploy variant, device) and the gain."""
+    variant = rows[0].deploy_variant if rows else "int8"
+    device = next((r.device for r in rows if r.device), None)
+    dev_cols = f" | scratch {device} % | transfer {device} %" if device else ""
+    lines = [f"| images per class | scratch float % | transfer float % | scratch {variant} % | "
+             f"transfer {variant} % | gain ({variant}) | transfer float -> {variant}{dev_cols} |",
+             "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if device else "")]
+    by = {(r.per_class, r.mode): r for r in rows}
+    for n in sorted({r.per_class for r in rows}):
+        s, t = by[(n, "scratch")], by[(n, "transfer")]
+        cells = [f"{n}", f"{s.float_top1:.1f}", f"{t.float_top1:.1f}", f"{s.deploy_top1:.1f}",
+                 f"{t.deploy_top1:.1f}", f"{t.deploy_top1 - s.deploy_top1:+.1f}",
+                 f"{t.deploy_top1 - t.float_top1:+.1f}"]
+        if device:
+            cells += [_pct(s.device_top1), _pct(t.device_top1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pct(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.1f}"
