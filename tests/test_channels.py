@@ -167,3 +167,50 @@ def test_latency_target_stops_at_the_device_budget(tmp_path, monkeypatch):
     assert thinned.get_layer("block1_pointwise_conv").filters < m.get_layer("block1_pointwise_conv").filters
     again = netadapt.device_cost(thinned, "pixel4", log=lambda s: None)
     assert again["cached"] and again["latency_ms"] == res["steps"][-1]["cost"]
+
+
+@pytest.mark.integration
+def test_unstructured_pruning_on_top_of_channels(tmp_path):
+    """``structure: channels+unstructured``: the thinned model is magnitude-pruned, QAT keeps
+    its zeros (PQAT) and the int8 file is both thinner and sparse."""
+    from models.macs import count_macs
+    from pipeline.build import compress_stages
+    from pipeline.data import load_dataset
+    from pipeline.export.convert import convert_variant
+    from pipeline.recipe.schema import Recipe
+    from pipeline.tflite.reader import read_tflite, weight_kernels
+    from pipeline.train.keras_io import load_keras, save_keras
+
+    recipe = Recipe.from_dict({
+        "name": "tiny", "data": {"dataset": "shapes"},
+        "model": {"family": "mobilenet_v1", "alpha": 0.35, "first_stride": 1},
+        "prune": {"enabled": True, "structure": "channels+unstructured", "target_macs": 0.8, "step": 0.1,
+                  "target_sparsity": 0.5},
+        "convert": {"variants": ["int8-qat"]}}).smoke()
+    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+    float_h5 = tmp_path / "keras" / "float.h5"
+    full = _model("mobilenet_v1")
+    save_keras(full, float_h5)
+    ran = []
+
+    def stage(name, config, inputs, outputs, fn):
+        ran.append((name, config, {k: p.name for k, p in inputs.items()}))
+        return fn()
+
+    sources = compress_stages(recipe, splits, stage, float_h5, tmp_path / "keras", lambda s: None, float_epochs=1)
+    assert [(n, i) for n, _, i in ran] == [("channels", {"keras": "float.h5"}), ("prune", {"keras": "channels.h5"}),
+                                           ("qat", {"keras": "pruned.h5"})]
+    assert ran[2][1]["preserve_sparsity"] is True
+    pruned = load_keras(sources["float"]["keras"])
+    assert count_macs(pruned) <= 0.8 * count_macs(full)
+    kernels = [w for layer in pruned.layers if type(layer).__name__ in ("Conv2D", "Dense")
+               for w in layer.get_weights()[:1]]
+    assert np.mean([np.mean(k == 0) for k in kernels]) == pytest.approx(0.5, abs=0.05)
+    tfl = tmp_path / "int8-qat.tflite"
+    convert_variant(recipe, "int8-qat", sources["qat"]["keras"], splits, tfl, lambda s: None)
+    convs = [(arr, op) for op, name, arr in weight_kernels(read_tflite(tfl)) if op != "DEPTHWISE_CONV_2D"]
+    zeros = sum(int(np.count_nonzero(a == 0)) for a, _ in convs) / sum(a.size for a, _ in convs)
+    assert zeros > 0.4  # PQAT kept most of the zeros through QAT and int8
+    narrower = [layer.name for layer in pruned.layers
+                if type(layer).__name__ == "Conv2D" and layer.filters < full.get_layer(layer.name).filters]
+    assert narrower  # thinner, not only sparse
