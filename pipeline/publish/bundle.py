@@ -246,6 +246,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         "embedded_tflite_metadata": True,
         "tflite_metadata": _embedded_summary(embedded),
         "smoke_build": bool(recipe.smoke_form),
+        "init": summary.init.to_dict() if summary.init else None,
     }
 
 

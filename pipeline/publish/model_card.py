@@ -63,6 +63,19 @@ def _epochs(r) -> str:
             f"at most {r.train.max_epochs} epochs), best epoch kept")
 
 
+def _init(r, init: Optional[Mapping[str, Any]]) -> List[str]:
+    """The starting weights of a transferred model (``model.init``), or nothing."""
+    if not init:
+        return []
+    t = r.transfer
+    blocks = "every layer" if t.finetune_blocks == "all" else f"the top {t.finetune_blocks} blocks"
+    return [f"Started from `{init['path']}` ({init['kind']}, {init['family']}; sha256 `{init['sha256']}`): "
+            f"new classifier trained with the rest frozen ({t.head_epochs} epochs), then {blocks} "
+            f"fine-tuned ({t.finetune_epochs} epochs at learning rate {t.finetune_learning_rate:g})"
+            + (f"; {r.data.train_per_class} training images per class" if r.data.train_per_class else "") + ".",
+            ""]
+
+
 def _training(r, meta: Mapping[str, Any]) -> List[str]:
     acc = meta["accuracy"]
     return [
@@ -74,6 +87,7 @@ def _training(r, meta: Mapping[str, Any]) -> List[str]:
         + (f", magnitude pruning to {r.prune.target_sparsity:.0%} of Conv2D/Dense weights" if r.prune.enabled else "")
         + (", quantization-aware training" if r.qat.enabled else "") + ".",
         "",
+        *_init(r, meta["init"]),
         "## Accuracy (test split, host runtime)",
         "",
         "| model | top-1 % |",
