@@ -1,5 +1,6 @@
-"""The package installs cleanly: every imported third-party module is declared, and a
-wheel builds without setuptools warnings and carries every data file.
+"""The package installs cleanly: every imported third-party module is declared, a
+wheel builds without setuptools warnings and carries every data file, and the
+supported Python versions are stated once and agree everywhere they appear.
 
 The import scan is pure ``ast``; the wheel is built from a copy of the tracked
 sources in a temporary folder (not in the repository, whose ``build/`` holds the
@@ -14,7 +15,7 @@ import sys
 import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
-from typing import Dict, Iterable, Set
+from typing import Dict, Iterable, List, Set, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 OURS = {"pipeline", "models", "tests", "device_tests", "conftest"}
@@ -28,14 +29,18 @@ DATA_DIRS = {
 }
 
 
+def _setup_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    return cfg
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _requirements(section: str, key: str) -> Set[str]:
-    cfg = configparser.ConfigParser()
-    cfg.read(REPO / "setup.cfg")
-    lines = [ln.strip() for ln in cfg[section][key].splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _setup_cfg()[section][key].splitlines() if ln.strip()]
     return {_norm(re.match(r"[A-Za-z0-9_.\-]+", ln).group(0)) for ln in lines}
 
 
@@ -116,3 +121,44 @@ def test_wheel_builds_without_warnings_and_ships_the_data_files(tmp_path):
         assert expected, f"no {pattern} under {folder}"
         assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
     assert not [n for n in names if "__pycache__" in n]
+
+
+def _python_range() -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """setup.cfg's python_requires as (lowest supported, first unsupported) minor versions."""
+    spec = _setup_cfg()["options"]["python_requires"].replace(" ", "")
+    m = re.fullmatch(r">=3\.(\d+),<3\.(\d+)", spec)
+    assert m, f"python_requires should read '>=3.X,<3.Y' (a closed range of minor versions), got {spec!r}"
+    return (3, int(m.group(1))), (3, int(m.group(2)))
+
+
+def _supported_minors() -> List[str]:
+    (_, lo), (_, hi) = _python_range()
+    return [f"3.{minor}" for minor in range(lo, hi)]
+
+
+def test_python_requires_classifiers_and_makefile_name_the_same_versions():
+    supported = _supported_minors()
+    assert supported, "python_requires admits no Python version"
+    classifiers = [ln.strip() for ln in _setup_cfg()["metadata"]["classifiers"].splitlines() if ln.strip()]
+    versioned = r"Programming Language :: Python :: (3\.\d+)"
+    listed = [m.group(1) for m in (re.fullmatch(versioned, c) for c in classifiers) if m]
+    assert listed == supported, f"classifiers name Python {listed}, python_requires admits {supported}"
+    assert "Programming Language :: Python :: 3 :: Only" in classifiers
+    makefile = (REPO / "Makefile").read_text()
+    m = re.search(r"^PY_VERSIONS\s*:?=\s*(.*)$", makefile, re.M)
+    assert m, "the Makefile has no PY_VERSIONS line (the versions its bootstrap accepts)"
+    assert m.group(1).split() == supported, f"Makefile PY_VERSIONS {m.group(1)!r}, python_requires admits {supported}"
+
+
+def test_ruff_targets_the_lowest_supported_python():
+    """ruff would otherwise accept syntax the oldest supported interpreter cannot parse."""
+    (major, minor), _ = _python_range()
+    target = re.search(r'^target-version\s*=\s*"(py\d+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    assert target and target.group(1) == f"py{major}{minor}"
+
+
+def test_this_interpreter_is_a_supported_version():
+    """The suite runs on a version the package declares (a venv from an unsupported Python fails here)."""
+    lo, hi = _python_range()
+    assert lo <= sys.version_info[:2] < hi, (f"Python {sys.version.split()[0]} is outside python_requires "
+                                             f"{_setup_cfg()['options']['python_requires']}")
