@@ -91,7 +91,7 @@ def test_int8_files_are_small(smoke_build):
 
 def test_the_default_recipe_device_budgets_are_checked_on_every_device(smoke_build):
     # The smoke form keeps the full recipe's model and input size, so the cost budgets
-    # (latency, instructions, memory) hold; its one-epoch top-1 is only measured.
+    # (latency, instructions, memory) hold; a one-epoch model has no accuracy floor.
     from pipeline.gate.budgets import BUDGETS
     from pipeline.recipe.load import load_recipe
 
@@ -99,12 +99,12 @@ def test_the_default_recipe_device_budgets_are_checked_on_every_device(smoke_bui
     device_kinds = [k for k in recipe.budgets if BUDGETS[k].scope == "device"]
     assert set(device_kinds) == {"max_latency_ms", "max_minstructions", "max_memory_mb", "min_device_top1"}
     rows = {(b.budget, b.subject): b for b in smoke_build.summary.budgets}
-    for kind in device_kinds:
+    for kind in set(device_kinds) - {"min_device_top1"}:  # the smoke form drops the accuracy floor
         for device in recipe.devices.targets:
             row = rows[(kind, device)]
             assert row.measured is not None and row.measured > 0, (kind, device)
-            if kind != "min_device_top1":
-                assert row.ok, (kind, device, row.measured, row.limit)
+            assert row.ok, (kind, device, row.measured, row.limit)
+    assert not any(b.budget == "min_device_top1" for b in smoke_build.summary.budgets)
     # The two devices on different runtimes execute different code, and the budget saw it.
     assert rows[("max_minstructions", "camera-a53")].measured != rows[("max_minstructions", "pixel4")].measured
 

@@ -89,3 +89,12 @@ def test_the_default_recipe_takes_every_image_of_a_real_data_set():
         recipe = Recipe.from_dict({**default, "data": data})
         assert (recipe.data.train_samples, recipe.data.val_samples, recipe.data.test_samples) == (None,) * 3
     assert SHAPES_COUNTS == {"train": 3000, "val": 500, "test": 1000}  # what the generated set renders instead
+
+
+def test_the_smoke_form_keeps_cost_budgets_and_drops_accuracy_floors():
+    full = load_recipe("default")
+    smoke = full.smoke()
+    assert "min_device_top1" in full.budgets
+    assert set(smoke.budgets) == set(full.budgets) - {"min_top1", "min_device_top1"}
+    for key in ("max_latency_ms", "max_minstructions", "max_memory_mb", "max_top1_drop", "max_size_ratio"):
+        assert smoke.budgets[key] == full.budgets[key]
