@@ -52,6 +52,7 @@ BAD_INPUT = {
     ("compare",): lambda t: ["compare", str(t / "missing.json"), str(BASELINE)],
     ("baseline",): lambda t: ["baseline", str(t / "no-build"), str(t / "b.json")],
     ("report",): lambda t: ["report", str(t / "no-build")],
+    ("transfer-table",): lambda t: ["transfer-table", "no-such-recipe"],
 }
 
 # An injected fault (exit 4): the pipeline function each command calls raises a bug.
@@ -73,6 +74,7 @@ FAULT = {
     ("compare",): ("pipeline.gate.compare", "compare_paths", ["compare", str(BASELINE), str(BASELINE)]),
     ("baseline",): ("pipeline.gate.baseline", "write_baseline", ["baseline", "build/x", "b.json"]),
     ("report",): ("pipeline.publish.report", "rewrite_report", ["report", "build/x"]),
+    ("transfer-table",): ("pipeline.recipe.load", "load_recipe", ["transfer-table", "default"]),
 }
 
 
