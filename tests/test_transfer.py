@@ -266,8 +266,8 @@ def test_build_from_a_previous_build_records_both_stages_and_the_start_file(tmp_
                                            "test_samples": 40},
         "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 32, "channels": 1, "init": str(root)},
         "train": {"batch_size": 16}, "transfer": {"head_epochs": 1, "finetune_epochs": 1},
-        "qat": {"enabled": False}, "convert": {"variants": ["float32", "int8-ptq"]},
-        "deploy_variant": "int8-ptq"})
+        "qat": {"enabled": False}, "convert": {"variants": ["float32"]},
+        "deploy_variant": "float32"})
     out = tmp_path / "b"
     result = build(recipe, out=out, log=lambda _: None, run_devices=False)
     manifest = json.loads((out / "manifest.json").read_text())
