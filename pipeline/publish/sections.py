@@ -243,7 +243,8 @@ def _channels(doc: Doc, ch: ChannelFigures) -> None:
           f"it computes {ch.macs:,} of the float model's {ch.float_macs:,} MACs "
           f"({_share(ch.macs, ch.float_macs)}).")
     start, end = ch.start, ch.end
-    rows = [["MACs", f"{start.get('macs', 0):,}", f"{end.get('macs', 0):,}", _share(end.get("macs"), start.get("macs"))]]
+    rows = [["MACs", f"{start.get('macs', 0):,}", f"{end.get('macs', 0):,}",
+             _share(end.get("macs"), start.get("macs"))]]
     if ch.kind == "latency_ms":
         rows += [[f"{ch.device} instructions / inference", f"{start.get('instructions', 0):,}",
                   f"{end.get('instructions', 0):,}", _share(end.get("instructions"), start.get("instructions"))],
@@ -263,7 +264,8 @@ def _channels(doc: Doc, ch: ChannelFigures) -> None:
     rows = []
     for r in ch.layers:
         width = "" if r.channels_before is None else (
-            f"{r.channels_before} -> {r.channels_after}" if r.channels_after != r.channels_before else str(r.channels_before))
+            f"{r.channels_before} -> {r.channels_after}" if r.channels_after != r.channels_before
+            else str(r.channels_before))
         rows.append([r.layer, width, f"{r.macs_before:,}", f"{r.macs_after:,}", _share(r.macs_before, total_b),
                      _share(r.macs_after, total_a),
                      _cost(ch.kind, saved[r.layer]) if r.layer in saved else "",
