@@ -279,6 +279,13 @@ def test_build_from_a_previous_build_records_both_stages_and_the_start_file(tmp_
     assert tuned["outputs"]["model"]["path"] == "keras/float.h5"
     assert result.summary.init.sha256 == sha and result.summary.init.kind == "build"
     assert sha in (out / "bundle" / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "bundle" / "metadata.json").read_text())["init"]["sha256"] == sha
+    # The report shows both stages' curves; a compare reads the float figures from the manifest.
+    from pipeline.gate.snapshot import load_snapshot
+    from pipeline.publish.records import read_build_record
+
+    assert {"transfer-head", "transfer-finetune"} <= {c.stage for c in read_build_record(out).curves}
+    assert load_snapshot(out / "manifest.json").float_top1 == pytest.approx(result.summary.float_top1)
     again = build(recipe, out=out, log=lambda _: None, run_devices=False)
     assert again.stages_run == []
     # A changed start file is another input: both stages run again.

@@ -245,8 +245,10 @@ def _from_manifest(data: Dict[str, Any], source: str, root: Path, role: str) -> 
         keep_d = set(_mapping(recipe.get("devices"), "recipe.devices").get("targets") or devices)
         variants = {v: r for v, r in variants.items() if v in keep_v}
         devices = {d: {v: r for v, r in per.items() if v in keep_v} for d, per in devices.items() if d in keep_d}
-    train = _mapping(stages.get("train"), f"{where}: stages.train").get("metrics") or {}
-    float_top1 = _number(train.get("test_top1"), f"{where}: stages.train.metrics.test_top1")
+    # A model trained from model.init has its float figures in "transfer-finetune".
+    float_stage = "train" if "train" in stages or "transfer-finetune" not in stages else "transfer-finetune"
+    train = _mapping(stages.get(float_stage), f"{where}: stages.{float_stage}").get("metrics") or {}
+    float_top1 = _number(train.get("test_top1"), f"{where}: stages.{float_stage}.metrics.test_top1")
     name = (recipe or {}).get("name") or "?"
     if (recipe or {}).get("smoke_form"):
         name += "-smoke"

@@ -117,7 +117,8 @@ class StageTiming:
 
 
 #: Stages that train, in the order the report shows their curves.
-TRAINING_STAGES = ("train", "channels", "prune", "qat", "cluster", "cqat", "cluster-pruned", "pcqat")
+TRAINING_STAGES = ("train", "transfer-head", "transfer-finetune", "channels", "prune", "qat", "cluster", "cqat",
+                   "cluster-pruned", "pcqat")
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,8 @@ def read_build_record(root: Path) -> BuildRecord:
     stages = {name: rec for name, rec in (data.get("stages") or {}).items() if isinstance(rec, dict)}
     versions = next((rec["versions"] for rec in stages.values() if rec.get("versions")), {})
     data_record = data.get("data") or {}
-    train_metrics = (stages.get("train") or {}).get("metrics") or {}
+    # A model trained from model.init has transfer stages in place of "train".
+    train_metrics = (stages.get("train") or stages.get("transfer-finetune") or {}).get("metrics") or {}
     return BuildRecord(
         counts=data_record.get("counts") or {},
         prune=_prune_figures(stages),
