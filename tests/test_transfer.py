@@ -294,3 +294,19 @@ def test_build_from_a_previous_build_records_both_stages_and_the_start_file(tmp_
     save_keras(ours("mobilenet_v1", 0.25), root / "keras" / "float.h5")
     third = build(dataclasses.replace(recipe), out=out, log=lambda _: None, run_devices=False)
     assert third.stages_run[:2] == ["transfer-head", "transfer-finetune"]
+
+
+def test_fewshot_table_rows_and_a_refused_conversion():
+    from pipeline.recipe.schema import Recipe
+    from pipeline.train.fewshot import FewShotRow, fewshot_markdown, fewshot_recipe, fewshot_table
+
+    r = Recipe.from_dict({"name": "t", "model": {"init": "build/x"}})
+    assert fewshot_recipe(r, 5, "scratch").model.init is None
+    assert fewshot_recipe(r, 5, "transfer").data.train_per_class == 5
+    assert fewshot_recipe(r, 5, "transfer").name == "t-n5-transfer"
+    rows = [FewShotRow(10, "scratch", 9.8, None, "int8-qat", None, None, "b/s", "agrees on 71.9%"),
+            FewShotRow(10, "transfer", 74.7, 74.5, "int8-qat", None, None, "b/t")]
+    table = fewshot_markdown(rows)
+    assert "| 10 | 9.8 | 74.7 | refused (int8 disagrees with float) | 74.5 | - | -0.2 |" in table
+    with pytest.raises(ConfigError, match=r"recipe\.model\.init: the scratch/transfer table needs"):
+        fewshot_table(Recipe(), [5], "build")

@@ -5,15 +5,18 @@ For each N, the recipe is built twice with ``data.train_per_class: N``: as writt
 ``train`` stage with the recipe's ``train`` schedule). Everything else — data
 splits, QAT, conversion, devices — is the recipe's, so validation and test images
 are the same in every row. Builds go to ``<out>/<recipe>-n<N>-<transfer|scratch>``
-and are cached like any build: a rerun only redoes what changed.
+and are cached like any build: a rerun only redoes what changed. A build whose
+quantized model fails conversion validation (a model left at chance by too few
+images does) is a row that says so, with its float top-1.
 """
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ConversionMismatchError
 from pipeline.recipe.schema import Recipe
 
 MODES = ("scratch", "transfer")
@@ -21,16 +24,18 @@ MODES = ("scratch", "transfer")
 
 @dataclass(frozen=True)
 class FewShotRow:
-    """One build of the table: N, scratch or transfer, its float and deploy-variant top-1."""
+    """One build of the table: N, scratch or transfer, its float and deploy-variant top-1
+    (None, with ``refused`` saying why, when conversion validation refused the variant)."""
 
     per_class: int
     mode: str
     float_top1: float
-    deploy_top1: float
+    deploy_top1: Optional[float]
     deploy_variant: str
     device_top1: Optional[float]
     device: Optional[str]
     root: str
+    refused: str = ""
 
 
 def fewshot_recipe(recipe: Recipe, per_class: int, mode: str) -> Recipe:
@@ -57,7 +62,14 @@ def fewshot_table(recipe: Recipe, per_class: Sequence[int], out: Path, run_devic
         for mode in MODES:
             r = fewshot_recipe(recipe, n, mode)
             log(f"[fewshot] N={n} {mode}: building {r.name}")
-            result = build(r, out=Path(out) / r.build_name, log=log, run_devices=run_devices)
+            root = Path(out) / r.build_name
+            try:
+                result = build(r, out=root, log=log, run_devices=run_devices)
+            except ConversionMismatchError as exc:
+                log(f"[fewshot] N={n} {mode}: {exc}")
+                rows.append(FewShotRow(n, mode, _float_top1(root), None, r.deploy_variant, None, None, str(root),
+                                       str(exc)))
+                continue
             s = result.summary
             dev = next(iter(s.devices), None)
             found = s.device(dev) if dev else None
@@ -77,14 +89,27 @@ def fewshot_markdown(rows: Sequence[FewShotRow]) -> str:
     by = {(r.per_class, r.mode): r for r in rows}
     for n in sorted({r.per_class for r in rows}):
         s, t = by[(n, "scratch")], by[(n, "transfer")]
-        cells = [f"{n}", f"{s.float_top1:.1f}", f"{t.float_top1:.1f}", f"{s.deploy_top1:.1f}",
-                 f"{t.deploy_top1:.1f}", f"{t.deploy_top1 - s.deploy_top1:+.1f}",
-                 f"{t.deploy_top1 - t.float_top1:+.1f}"]
+        cells = [f"{n}", f"{s.float_top1:.1f}", f"{t.float_top1:.1f}", _deploy(s), _deploy(t),
+                 _diff(t.deploy_top1, s.deploy_top1), _diff(t.deploy_top1, t.float_top1)]
         if device:
             cells += [_pct(s.device_top1), _pct(t.device_top1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _deploy(row: FewShotRow) -> str:
+    return "refused (int8 disagrees with float)" if row.refused else f"{row.deploy_top1:.1f}"
+
+
+def _diff(a: Optional[float], b: Optional[float]) -> str:
+    return "-" if a is None or b is None else f"{a - b:+.1f}"
+
+
 def _pct(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _float_top1(root: Path) -> float:
+    """The float model's test top-1 from a build's manifest (that build stopped before its summary)."""
+    stages = json.loads((root / "manifest.json").read_text())["stages"]
+    return float(stages["train" if "train" in stages else "transfer-finetune"]["metrics"]["test_top1"])
