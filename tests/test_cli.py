@@ -60,8 +60,9 @@ def test_unknown_recipe_key_is_one_line_error(tmp_path):
     p.write_text("name: x\nmodle: {}\n")
     r = run_cli("build", str(p))
     assert r.returncode == 2
-    assert r.stderr.strip() == ("error: recipe: unknown key 'modle'; valid keys: name, seed, data, model, train, transfer, "
-                                "prune, qat, cluster, convert, devices, search, budgets, deploy_variant, smoke_form")
+    assert r.stderr.strip() == ("error: recipe: unknown key 'modle'; valid keys: name, seed, data, model, train, "
+                                "transfer, prune, qat, cluster, convert, devices, search, budgets, deploy_variant, "
+                                "smoke_form")
 
 
 def test_missing_data_directory_is_one_line_error(tmp_path):
