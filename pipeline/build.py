@@ -327,7 +327,7 @@ def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dic
         out[name] = VariantSummary.from_dict(
             {**evaluation, "predictions": str(pred), "validation": validation,
              "macs": thinned_macs if thinned_macs and variant.source != "cqat" else macs, "path": str(tfl),
-             "chain": chain_of(variant.source, recipe.prune.enabled)}, f"evaluate/{name}")
+             "chain": chain_of(variant.source, recipe.prune.enabled, recipe.prune.structure)}, f"evaluate/{name}")
     return out
 
 

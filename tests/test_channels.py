@@ -214,3 +214,12 @@ def test_unstructured_pruning_on_top_of_channels(tmp_path):
     narrower = [layer.name for layer in pruned.layers
                 if type(layer).__name__ == "Conv2D" and layer.filters < full.get_layer(layer.name).filters]
     assert narrower  # thinner, not only sparse
+
+
+def test_tables_name_the_channel_pruning_chain():
+    from pipeline.export.variants import chain_of
+
+    assert chain_of("qat", True, "channels") == "channels -> QAT"
+    assert chain_of("float", True, "channels") == "channels"
+    assert chain_of("qat", True, "channels+unstructured") == "channels -> prune -> PQAT"
+    assert chain_of("qat", True) == "prune -> PQAT" and chain_of("qat", False, "channels") == "QAT"

@@ -64,8 +64,17 @@ SOURCES: Dict[str, Source] = {
 }
 
 
-def chain_of(source: str, pruned: bool) -> str:
-    """The chain behind ``source`` in words, e.g. "prune -> PQAT" or "cluster -> CQAT"."""
+def chain_of(source: str, pruned: bool, structure: str = "unstructured") -> str:
+    """The chain behind ``source`` in words, e.g. "prune -> PQAT" or "cluster -> CQAT".
+
+    ``structure`` is the recipe's ``prune.structure``: after channel pruning the float
+    and QAT sources start from the thinned model ("channels -> QAT"; "channels ->
+    prune -> PQAT" with unstructured pruning on top).
+    """
+    if pruned and structure.startswith("channels") and source in ("float", "qat"):
+        sparse = structure == "channels+unstructured"
+        thinned = "channels -> prune" if sparse else "channels"
+        return thinned if source == "float" else f"{thinned} -> {'PQAT' if sparse else 'QAT'}"
     return SOURCES[source].chain[1 if pruned else 0]
 
 
