@@ -135,7 +135,7 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
             deploy_variant=recipe.deploy_variant, labels=tuple(splits.labels), variants=variants,
             devices=devices, stages_run=tuple(stage.ran),
             init=InitWeights.from_dict(train["init"], "init") if "init" in train else None)
-        summary = _check_budgets(recipe, summary)
+        summary = _check_budgets(recipe, summary, devices_run=bool(devices), log=log)
         wall = time.perf_counter() - t0
         write_summary(summary, root)
         manifest.set("summary", {"stages_run": list(summary.stages_run), "wall_s": round(wall, 2),
@@ -331,9 +331,22 @@ def _variants(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dic
     return out
 
 
-def _check_budgets(recipe: Recipe, summary: BuildSummary) -> BuildSummary:
-    """``summary`` with the verdict of every budget of the recipe."""
-    checks = check_budgets(recipe.budgets, summary, recipe.devices.targets)
+def _check_budgets(recipe: Recipe, summary: BuildSummary, devices_run: bool = True,
+                   log: Log = print) -> BuildSummary:
+    """``summary`` with the verdict of every budget of the recipe.
+
+    A build without device runs (``--no-devices``) checks no device budget: there is
+    nothing to measure them on, which is neither a pass nor a miss; the log says so.
+    """
+    from pipeline.recipe.budgets import BUDGETS
+
+    budgets = recipe.budgets
+    if not devices_run:
+        skipped = [k for k in budgets if BUDGETS[k].scope == "device"]
+        if skipped:
+            log(f"[budgets] device budgets not checked (no device runs): {', '.join(skipped)}")
+        budgets = {k: v for k, v in budgets.items() if k not in skipped}
+    checks = check_budgets(budgets, summary, recipe.devices.targets)
     return dataclasses.replace(summary, budgets=tuple(c.to_result() for c in checks))
 
 

@@ -134,6 +134,17 @@ def test_rebuild_with_nothing_changed_runs_no_stage(smoke_build):
     assert again.summary.variants == smoke_build.summary.variants
 
 
+def test_a_build_without_devices_checks_no_device_budget(smoke_build, tmp_path):
+    # The default recipe's device budgets have nothing to be measured on: neither met nor missed.
+    out = tmp_path / "b"
+    shutil.copytree(smoke_build.root, out)
+    res = CliRunner().invoke(main, ["build", str(smoke_build.root / "recipe.yaml"), "--out", str(out), "--no-devices"])
+    assert res.exit_code == 0, res.output
+    assert ("[budgets] device budgets not checked (no device runs): max_latency_ms, max_minstructions, "
+            "max_memory_mb") in res.output
+    assert "max_latency_ms" not in json.loads((out / "summary.json").read_text())["budgets"].__repr__()
+
+
 def test_impossible_budget_fails_with_table_and_keeps_artifacts(smoke_build, tmp_path):
     out = tmp_path / "b"
     shutil.copytree(smoke_build.root, out)
