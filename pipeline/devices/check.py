@@ -194,8 +194,8 @@ def reference_outputs(model_path: Union[str, Path], x: np.ndarray, profile: Devi
     if untrusted:
         from pipeline.tflite.sandbox import host_outputs_untrusted
 
-        return host_outputs_untrusted(model_path, x, "xnnpack")
-    return host_outputs_for(model_path, x, "xnnpack")
+        return host_outputs_untrusted(model_path, x)
+    return host_outputs_for(model_path, x)
 
 
 def compare_outputs(device: np.ndarray, host: np.ndarray,

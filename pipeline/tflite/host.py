@@ -91,16 +91,10 @@ def is_quantized(model) -> bool:
                for t in model.tensors)
 
 
-def host_outputs_for(model_path: Union[str, Path], x: np.ndarray,
-                     reference: str = "xnnpack") -> np.ndarray:
-    """Raw outputs of the host's ai-edge-litert, one input per invoke as on the device.
-
-    Args:
-        reference: "xnnpack" (default delegates) or "builtin" (none).
-    """
-    if reference not in ("xnnpack", "builtin"):
-        raise ValueError(f"host reference {reference!r}; valid: xnnpack, builtin")
-    interp = make_interpreter(Path(model_path), delegates=reference == "xnnpack", threads=1)
+def host_outputs_for(model_path: Union[str, Path], x: np.ndarray) -> np.ndarray:
+    """Raw outputs of the host's ai-edge-litert (its default XNNPACK delegate), one input
+    per invoke as on the device."""
+    interp = make_interpreter(Path(model_path), delegates=True, threads=1)
     allocate(interp)
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     ys = []

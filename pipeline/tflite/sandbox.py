@@ -94,7 +94,7 @@ def run_untrusted(path: Union[str, Path], x: np.ndarray, batch_size: int = 64,
     return _in_child("run", Path(path), x, {"batch_size": int(batch_size)}, t)["y"]
 
 
-def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray, reference: str = "xnnpack",
+def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray,
                            timeout_s: Optional[float] = None,
                            model: Optional[TFLiteModel] = None) -> np.ndarray:
     """:func:`pipeline.tflite.host.host_outputs_for` of an untrusted model, in a child.
@@ -104,7 +104,7 @@ def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray, reference: str
     """
     _check(path, model)
     t = LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x) if timeout_s is None else timeout_s
-    return _in_child("host_outputs", Path(path), x, {"reference": reference}, t)["y"]
+    return _in_child("host_outputs", Path(path), x, {}, t)["y"]
 
 
 def _child_command(task: str, model: Path, work: Path) -> List[str]:
@@ -224,7 +224,7 @@ def _child_task(task: str, model: Path, work: Path) -> None:
     if task == "run":
         y = run_tflite(model, np.asarray(x), batch_size=options["batch_size"])
     else:
-        y = host_outputs_for(model, np.asarray(x), options["reference"])
+        y = host_outputs_for(model, np.asarray(x))
     np.save(work / "y.npy", y)
 
 
