@@ -153,7 +153,7 @@ class TrainConfig:
     """
 
     epochs: Any = None  # int, "auto", or None (by data set)
-    max_epochs: int = 40
+    max_epochs: int = 20
     min_epochs: int = 8
     patience: int = 5
     time_budget_s: Optional[float] = None
