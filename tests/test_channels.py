@@ -244,3 +244,26 @@ def test_criteria_comparison_thins_to_the_same_widths_and_ranks_inversely():
     assert [r["criterion"] for r in rows] == ["unpruned", *CRITERIA, *CONTROLS]
     assert all(0.0 <= r["top1_oneshot"] <= 100.0 for r in rows)
     assert "| inverse |" in format_rows(rows, 2)
+
+
+def test_layer_cost_splits_the_model_at_every_conv_and_differences_add_up():
+    """Per-segment device cost: a cut after each Conv2D's BN/activation, the head last;
+    the segment costs (prefix differences) add up to the whole model's cost."""
+    from pipeline.compress.layer_cost import cut_points, format_table, segment_costs
+
+    m = _model("mobilenet_v1")
+    cuts = cut_points(m)
+    assert cuts[0] == ("stem_conv", "stem_relu6") and cuts[-1][0] == "block13_pointwise_conv"
+    assert all(type(m.get_layer(end)).__name__ == "ReLU" for _, end in cuts)
+
+    def fake_cost(prefix):  # cost grows with the prefix: its parameters, plus a fixed part
+        n = float(prefix.count_params())
+        return {"instructions": 1000.0 + n, "latency_ms": 0.1 + n / 1e6}
+
+    rows = segment_costs(m, fake_cost)
+    assert [r["segment"] for r in rows] == [c[0] for c in cuts] + ["head"]
+    assert sum(r["instructions"] for r in rows) == pytest.approx(1000.0 + m.count_params())
+    assert sum(r["latency_share"] for r in rows) == pytest.approx(1.0)
+    assert rows[-1]["instructions"] == pytest.approx(m.get_layer("logits").count_params())
+    table = format_table(["a"], [rows], "pixel4")
+    assert "| head |" in table and "| **total** |" in table
