@@ -267,3 +267,19 @@ def test_layer_cost_splits_the_model_at_every_conv_and_differences_add_up():
     assert rows[-1]["instructions"] == pytest.approx(m.get_layer("logits").count_params())
     table = format_table(["a"], [rows], "pixel4")
     assert "| head |" in table and "| **total** |" in table
+
+
+def test_measurement_tools_refuse_bad_input_clearly(tmp_path, capsys):
+    """layer_cost and criteria: a missing file exits 2, a corrupt model file exits 1,
+    each with one line naming the file (no traceback)."""
+    from pipeline.compress import criteria, layer_cost
+
+    assert layer_cost.main([str(tmp_path / "nope.h5")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    assert layer_cost.main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "Traceback" not in err
+    assert criteria.main([str(tmp_path)]) == 2
+    assert "recipe.yaml does not exist" in capsys.readouterr().err

@@ -84,10 +84,11 @@ def main(argv=None) -> int:
     import argparse
     from pathlib import Path
 
+    from pipeline.compress.layer_cost import load_model_file
     from pipeline.data import load_dataset
+    from pipeline.errors import MobileModelError
     from pipeline.recipe.load import load_recipe
     from pipeline.train.fit import setup_tensorflow
-    from pipeline.train.keras_io import load_keras
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.compress.criteria", description=__doc__.split("\n\n")[0])
     ap.add_argument("build", type=Path, help="a build folder with recipe.yaml and keras/float.h5")
@@ -98,19 +99,22 @@ def main(argv=None) -> int:
         if need is not None and not need.is_file():
             print(f"error: {need} does not exist", file=sys.stderr)
             return 2
-    recipe = load_recipe(str(args.build / "recipe.yaml"))
-    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
-    model = load_keras(args.build / "keras" / "float.h5")
-    if args.widths_from:
-        thinned = load_keras(args.widths_from)
-        widths = {g.producer: g.channels for g in find_groups(thinned)}
-        what = f"the widths of {args.widths_from}"
-    else:
-        widths = halved_widths(model)
-        what = "every channel group halved"
-    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    rows = compare(model, splits, widths, recover_batches=args.batches, seed=recipe.seed,
-                   batch_size=recipe.train.batch_size, log=lambda s: print(s, file=sys.stderr))
+    try:
+        recipe = load_recipe(str(args.build / "recipe.yaml"))
+        setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+        model = load_model_file(args.build / "keras" / "float.h5")
+        if args.widths_from:
+            widths = {g.producer: g.channels for g in find_groups(load_model_file(args.widths_from))}
+            what = f"the widths of {args.widths_from}"
+        else:
+            widths = halved_widths(model)
+            what = "every channel group halved"
+        splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
+        rows = compare(model, splits, widths, recover_batches=args.batches, seed=recipe.seed,
+                       batch_size=recipe.train.batch_size, log=lambda s: print(s, file=sys.stderr))
+    except MobileModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{recipe.build_name}: {what}\n")
     print(format_rows(rows, args.batches))
     return 0
