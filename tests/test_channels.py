@@ -230,15 +230,15 @@ def test_criteria_comparison_thins_to_the_same_widths_and_ranks_inversely():
     and control thins to exactly those widths; the inverse control keeps the channels
     l1_bn ranks lowest; the table has a row per criterion."""
     from pipeline.compress.channels import CRITERIA
-    from pipeline.compress.criteria import CONTROLS, _keep, compare, format_rows, halved_widths
+    from pipeline.compress.criteria import CONTROLS, keep_indices, compare, format_rows, halved_widths
 
     m = _model("mobilenet_v1")
     widths = halved_widths(m)
     assert widths and all(w >= 8 and w % 8 == 0 for w in widths.values())
     g = next(g for g in find_groups(m) if g.producer in widths and widths[g.producer] < g.channels)
     scores = importance(m, g, "l1_bn")
-    inverse = _keep(m, widths, "inverse", 0)[g.producer]
-    top = _keep(m, widths, "l1_bn", 0)[g.producer]
+    inverse = keep_indices(m, widths, "inverse", 0)[g.producer]
+    top = keep_indices(m, widths, "l1_bn", 0)[g.producer]
     assert scores[inverse].max() <= scores[top].min()
     rows = compare(m, _splits(), widths, recover_batches=2, batch_size=8, eval_images=16, log=lambda s: None)
     assert [r["criterion"] for r in rows] == ["unpruned", *CRITERIA, *CONTROLS]

@@ -61,7 +61,7 @@ class Group:
     bn: str
 
 
-def _graph(model) -> Tuple[Dict[str, str], Dict[str, List[str]], Dict[str, List[str]]]:
+def layer_graph(model) -> Tuple[Dict[str, str], Dict[str, List[str]], Dict[str, List[str]]]:
     """(class name, inbound layer names, outbound layer names) of every layer of a functional model."""
     config = model.get_config()
     kinds, inbound, outbound = {}, {}, {n["config"]["name"]: [] for n in config["layers"]}
@@ -94,7 +94,7 @@ def find_groups(model) -> List[Group]:
     channel-wise layers only (no Add, Concatenate, Softmax, ...), and the producer
     is a plain Conv2D (not depthwise) with no groups.
     """
-    kinds, inbound, outbound = _graph(model)
+    kinds, inbound, outbound = layer_graph(model)
     layers = {layer.name: layer for layer in model.layers}
     groups = []
     for name, kind in kinds.items():

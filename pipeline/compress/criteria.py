@@ -37,7 +37,7 @@ def halved_widths(model) -> Dict[str, int]:
     return out
 
 
-def _keep(model, widths: Mapping[str, int], criterion: str, seed: int) -> Dict[str, np.ndarray]:
+def keep_indices(model, widths: Mapping[str, int], criterion: str, seed: int) -> Dict[str, np.ndarray]:
     groups = {g.producer: g for g in find_groups(model)}
     rng = np.random.default_rng(seed)
     keep = {}
@@ -58,15 +58,16 @@ def compare(model, splits, widths: Mapping[str, int], criteria: Sequence[str] = 
             recover_batches: int = 100, batch_size: int = 128, learning_rate: float = 1e-3,
             eval_images: int = 2000, seed: int = 0, log: Callable[[str], None] = print) -> List[Dict]:
     """One row per criterion: ``criterion``, ``top1_oneshot``, ``top1_recovered`` (validation %)."""
-    from pipeline.compress.netadapt import _evaluate, _recover
+    from pipeline.compress.netadapt import evaluate_loss_top1, recover_briefly
 
     x_eval, y_eval = splits.x_val[:eval_images], splits.y_val[:eval_images]
-    rows = [{"criterion": "unpruned", "top1_oneshot": _evaluate(model, x_eval, y_eval)[1], "top1_recovered": None}]
+    top1 = evaluate_loss_top1(model, x_eval, y_eval)[1]
+    rows = [{"criterion": "unpruned", "top1_oneshot": top1, "top1_recovered": None}]
     for criterion in criteria:
-        thinned = thin(model, _keep(model, widths, criterion, seed))
-        oneshot = _evaluate(thinned, x_eval, y_eval)[1]
-        _recover(thinned, splits, recover_batches, batch_size, learning_rate, seed)
-        recovered = _evaluate(thinned, x_eval, y_eval)[1]
+        thinned = thin(model, keep_indices(model, widths, criterion, seed))
+        oneshot = evaluate_loss_top1(thinned, x_eval, y_eval)[1]
+        recover_briefly(thinned, splits, recover_batches, batch_size, learning_rate, seed)
+        recovered = evaluate_loss_top1(thinned, x_eval, y_eval)[1]
         rows.append({"criterion": criterion, "top1_oneshot": oneshot, "top1_recovered": recovered})
         log(f"[criteria] {criterion}: one-shot {oneshot:.2f}%, after {recover_batches} batches {recovered:.2f}%")
     return rows

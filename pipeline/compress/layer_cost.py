@@ -21,7 +21,7 @@ build's float model before and its channel-pruned model after).
 import sys
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
-from pipeline.compress.channels import _graph
+from pipeline.compress.channels import layer_graph
 
 # Layers that stay with the conv before them in one segment.
 TRAILING = ("BatchNormalization", "ReLU", "Activation", "HardSwish")
@@ -34,7 +34,7 @@ def cut_points(model) -> List[Tuple[str, str]]:
 
     The cut follows the conv's chain of single-consumer BatchNorm/activation layers.
     """
-    kinds, _, outbound = _graph(model)
+    kinds, _, outbound = layer_graph(model)
     cuts = []
     for layer in model.layers:
         if type(layer).__name__ != "Conv2D":

@@ -171,14 +171,14 @@ def proposal_width(channels: int, per_channel: float, remove_macs: float) -> int
     return channels if width < floor else width
 
 
-def _evaluate(model, x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+def evaluate_loss_top1(model, x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
     # Eager batches: a fresh model per proposal would pay for tracing predict each time.
     probs = np.concatenate([model(x[i:i + 500], training=False).numpy() for i in range(0, len(x), 500)])
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))))
     return loss, float(np.mean(np.argmax(probs, axis=1) == y) * 100.0)
 
 
-def _recover(model, splits, batches: int, batch_size: int, learning_rate: float, seed: int) -> None:
+def recover_briefly(model, splits, batches: int, batch_size: int, learning_rate: float, seed: int) -> None:
     """A short fine-tune of the chosen proposal on a seeded draw of training images."""
     import tf_keras as keras
 
@@ -236,7 +236,7 @@ def run_schedule(model, splits, cfg: ScheduleConfig, work: Path, source_sha: str
         log(f"[channels] resuming after step {len(state['steps'])}")
     else:
         cost, fig = cfg.target.cost(model, log)
-        loss, top1 = _evaluate(model, x_eval, y_eval)
+        loss, top1 = evaluate_loss_top1(model, x_eval, y_eval)
         state = {"key": key, "start": {"cost": cost, **fig, "loss": loss, "top1": top1}, "steps": []}
     macs0 = state["start"]["macs"]
     last = state["steps"][-1] if state["steps"] else state["start"]
@@ -254,8 +254,8 @@ def run_schedule(model, splits, cfg: ScheduleConfig, work: Path, source_sha: str
                                       f"{cost:.4g} is above the budget {cfg.target.budget:.4g}")
         best = min(proposals, key=lambda p: (p["score"], p["cost"], p["layer"]))
         model = best.pop("model")
-        _recover(model, splits, cfg.recover_batches, cfg.batch_size, cfg.learning_rate, cfg.seed + k)
-        loss_after, top1_after = _evaluate(model, x_eval, y_eval)
+        recover_briefly(model, splits, cfg.recover_batches, cfg.batch_size, cfg.learning_rate, cfg.seed + k)
+        loss_after, top1_after = evaluate_loss_top1(model, x_eval, y_eval)
         record = {"step": k, "layer": best["layer"], "channels_before": best["channels_before"],
                   "channels_after": best["channels_after"], "cost_before": cost, "cost": best["cost"],
                   **{f: best[f] for f in ("macs", "latency_ms", "instructions", "cycles") if f in best},
@@ -294,7 +294,7 @@ def _proposals(model, cfg: ScheduleConfig, remove_macs: float, x_eval, y_eval, c
         saved = cost - c
         if saved <= 0:
             continue
-        p_loss, p_top1 = _evaluate(thinned, x_eval, y_eval)
+        p_loss, p_top1 = evaluate_loss_top1(thinned, x_eval, y_eval)
         out.append({"layer": g.producer, "channels_before": g.channels, "channels_after": width, "cost": c,
                     **fig, "loss": p_loss, "top1": p_top1,
                     "score": max(p_loss - loss, 0.0) / saved, "model": thinned})
