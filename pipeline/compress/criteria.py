@@ -85,11 +85,11 @@ def main(argv=None) -> int:
     import argparse
     from pathlib import Path
 
-    from pipeline.compress.layer_cost import load_model_file
     from pipeline.data import load_dataset
     from pipeline.errors import MobileModelError
     from pipeline.recipe.load import load_recipe
     from pipeline.train.fit import setup_tensorflow
+    from pipeline.train.keras_io import load_keras_file
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.compress.criteria", description=__doc__.split("\n\n")[0])
     ap.add_argument("build", type=Path, help="a build folder with recipe.yaml and keras/float.h5")
@@ -103,9 +103,9 @@ def main(argv=None) -> int:
     try:
         recipe = load_recipe(str(args.build / "recipe.yaml"))
         setup_tensorflow(recipe.seed, recipe.train.logical_devices)
-        model = load_model_file(args.build / "keras" / "float.h5")
+        model = load_keras_file(args.build / "keras" / "float.h5")
         if args.widths_from:
-            widths = {g.producer: g.channels for g in find_groups(load_model_file(args.widths_from))}
+            widths = {g.producer: g.channels for g in find_groups(load_keras_file(args.widths_from))}
             what = f"the widths of {args.widths_from}"
         else:
             widths = halved_widths(model)

@@ -89,18 +89,6 @@ def format_table(names: Sequence[str], tables: Sequence[List[Mapping[str, float]
     return "\n".join(lines)
 
 
-def load_model_file(path):
-    """A float Keras model from ``path``, or :class:`pipeline.errors.ModelFileError` naming the file."""
-    from pipeline.errors import ModelFileError
-    from pipeline.train.keras_io import load_keras
-
-    try:
-        return load_keras(path)
-    except Exception as e:  # h5py/Keras raise OSError, ValueError, KeyError... on a bad file
-        raise ModelFileError(f"{path}: not a Keras model file this tool can read ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
-
-
 def main(argv=None) -> int:
     import argparse
     from pathlib import Path
@@ -108,6 +96,7 @@ def main(argv=None) -> int:
     from pipeline.compress.netadapt import device_cost
     from pipeline.errors import MobileModelError
     from pipeline.train.fit import setup_tensorflow
+    from pipeline.train.keras_io import load_keras_file
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.compress.layer_cost", description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", type=Path, help="float Keras .h5 models (e.g. before and after pruning)")
@@ -122,7 +111,7 @@ def main(argv=None) -> int:
     if len(set(names)) < len(names):
         names = [str(p) for p in args.models]
     try:
-        models = [load_model_file(p) for p in args.models]
+        models = [load_keras_file(p) for p in args.models]
         for device in args.device or ["pixel4"]:
             def cost(m, device=device):
                 return device_cost(m, device, log=lambda s: print(s, file=sys.stderr))

@@ -27,3 +27,16 @@ def load_keras(path: Path, quantized: bool = False):
         with quantize_scope():
             return keras.models.load_model(str(path), compile=False)
     return keras.models.load_model(str(path), custom_objects=custom_objects(), compile=False)
+
+
+def load_keras_file(path: Path):
+    """:func:`load_keras` of a file a user named: an unreadable one is a
+    :class:`pipeline.errors.ModelFileError` naming it, not a traceback."""
+    from pipeline.errors import ModelFileError
+
+    try:
+        return load_keras(path)
+    except (OSError, ValueError, KeyError) as e:  # h5py: OSError; Keras: ValueError/KeyError on a bad config
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise ModelFileError(f"{path}: not a Keras model file this tool can read ({type(e).__name__}: {detail})") \
+            from None
