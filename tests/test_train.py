@@ -100,6 +100,22 @@ def test_warmup_then_cosine():
     assert float(warmup_cosine(1e-2, 100, 0)(0)) == pytest.approx(1e-2)  # no warm-up: starts at the peak
 
 
+def test_a_budget_brings_the_cosine_end_forward():
+    from pipeline.train.schedule import epochs_that_fit, warmup_cosine
+
+    # 1 epoch of 10 s run, 35 s budget: 2 more fit (the fit stops before an epoch
+    # that would end past the budget), never past the cap, never before what ran.
+    assert epochs_that_fit(1, 10.0, 10.0, 35.0, 20) == 3
+    assert epochs_that_fit(1, 10.0, 10.0, 1000.0, 20) == 20
+    assert epochs_that_fit(4, 50.0, 10.0, 35.0, 20) == 4
+    lr = warmup_cosine(1e-2, 100, 10)
+    assert lr.end_at(50) and float(lr(50)) == pytest.approx(0, abs=1e-9)
+    assert float(lr(30)) == pytest.approx(5e-3, rel=1e-3)  # halfway from step 10 to 50
+    assert not lr.end_at(80) and float(lr(50)) == pytest.approx(0, abs=1e-9)  # never later
+    assert float(lr(5)) == pytest.approx(5e-3)  # the warm-up is untouched
+    assert lr.get_config() == {"peak": 1e-2, "total": 50, "warm": 10}
+
+
 # -- the report ------------------------------------------------------------------
 
 
@@ -165,6 +181,38 @@ def test_early_stopping_restores_the_best_epoch():
         assert np.array_equal(now, best)
     _, acc = model.evaluate(splits.x_val, keras.utils.to_categorical(splits.y_val, 10), verbose=0)
     assert acc == pytest.approx(val[run["best_epoch"] - 1], abs=1e-6)
+
+
+@pytest.mark.integration
+def test_a_time_budget_ends_training_on_a_low_learning_rate(monkeypatch):
+    """Each epoch takes 10 s of a fake clock; with a 35 s budget three of ten run,
+    and the learning rate reaches 0 at the end of the third, not of the tenth."""
+    import tf_keras as keras
+
+    from pipeline.data import load_dataset
+    from pipeline.train import fit as fit_module
+    from pipeline.train.fit import compile_model, fit, setup_tensorflow, steps_per_epoch
+    from pipeline.train.zoo import build_model
+
+    recipe = Recipe.from_dict({"data": {"dataset": "digits", "train_samples": 64, "val_samples": 32}})
+    splits = load_dataset(recipe.data, (32, 32, 1), 0)
+    setup_tensorflow(0)
+    model = build_model("mobilenet_v1", 0.25, (32, 32, 1), 10)
+    per_epoch = steps_per_epoch(splits, 16)
+    schedule = compile_model(model, 1e-2, 10 * per_epoch)
+    clock = [0.0]
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: clock[0])
+
+    class Tick(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            clock[0] += 10.0
+
+    run = fit(model, splits, plan=Plan(10, time_budget_s=35.0), batch_size=16, label="t", callbacks=[Tick()],
+              lr_schedule=schedule, log=quiet)
+    assert run["epochs"] == 3 and run["stopped"] == "time_budget" and run["lr_end_epoch"] == 3
+    assert float(schedule(3 * per_epoch)) == pytest.approx(0, abs=1e-9)
+    assert float(model.optimizer.learning_rate) < 1e-2 * 0.05  # the last step's rate: near the end
+    assert run["history"]["lr"][2] < 0.5 * 1e-2  # unbudgeted, epoch 3 would start at ~0.9 of the peak
 
 
 @pytest.mark.integration

@@ -145,7 +145,8 @@ class TrainConfig:
     most ``max_epochs`` epochs and, when set, ``time_budget_s`` seconds (an epoch
     that would end past the budget is not started). Left unset, it is auto, except
     on the synthetic ``shapes`` set (:data:`SHAPES_EPOCHS`). Under ``auto`` the
-    cosine schedule spans ``max_epochs``.
+    cosine schedule spans ``max_epochs``; with ``time_budget_s`` its end moves, after
+    each epoch, to the last epoch the budget leaves room for.
 
     ``warmup_epochs``: the learning rate rises linearly from 0 over these epochs
     (at most a fifth of the run). ``label_smoothing``: 0 for none. ``class_weight``:

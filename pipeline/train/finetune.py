@@ -78,7 +78,8 @@ def _train(recipe: Recipe, splits, model, trainable: Iterable[str], learning_rat
         bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = layer.name in names and (train_batchnorm or not bn)
     plan = _plan(recipe, epochs)
-    compile_model(model, learning_rate, steps_for(splits, plan.epochs, t.batch_size), 0, t.label_smoothing)
+    schedule = compile_model(model, learning_rate, steps_for(splits, plan.epochs, t.batch_size), 0,
+                             t.label_smoothing)
     weights = class_weights(splits.y_train, splits.num_classes) if t.class_weight == "balanced" else None
     count = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     weighted = [x for x in model.layers if x.weights]
@@ -86,7 +87,8 @@ def _train(recipe: Recipe, splits, model, trainable: Iterable[str], learning_rat
         f"({count:,} weights), {'auto' if plan.auto else plan.epochs} epochs at learning rate {learning_rate:g}"
         f", batch norm {'trained' if train_batchnorm else 'frozen'}; train {len(splits.x_train)}")
     run = fit(model, splits, plan=plan, batch_size=t.batch_size, label=label, seed=recipe.seed,
-              augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), log=log)
+              augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), lr_schedule=schedule,
+              log=log)
     for layer in model.layers:
         layer.trainable = True
     return {**run, "trainable_layers": sorted(names), "trainable_weights": count}

@@ -97,15 +97,20 @@ def _progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], sec
 def compile_model(model, learning_rate: float, steps: int, warmup: int = 0,
                   label_smoothing: float = 0.0) -> None:
     """Adam along :func:`pipeline.train.schedule.warmup_cosine` over ``steps``;
-    cross-entropy on probabilities (one-hot with ``label_smoothing``, else sparse)."""
+    cross-entropy on probabilities (one-hot with ``label_smoothing``, else sparse).
+
+    Returns:
+        the learning-rate schedule (pass it to :func:`fit` so that a time budget can
+        bring its end forward)."""
     import tf_keras as keras
 
     from pipeline.train.schedule import warmup_cosine
 
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if label_smoothing
             else keras.losses.SparseCategoricalCrossentropy())
-    model.compile(optimizer=keras.optimizers.Adam(warmup_cosine(learning_rate, steps, warmup)),
-                  loss=loss, metrics=["accuracy"])
+    schedule = warmup_cosine(learning_rate, steps, warmup)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
+    return schedule
 
 
 def class_weights(y: np.ndarray, classes: int) -> Dict[int, float]:
@@ -116,7 +121,8 @@ def class_weights(y: np.ndarray, classes: int) -> Dict[int, float]:
 
 def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0,
         augment: Optional[AugmentConfig] = None, class_weight: Optional[Dict[int, float]] = None,
-        one_hot: bool = False, callbacks=(), log: Callable[[str], None] = print) -> Dict[str, Any]:
+        one_hot: bool = False, callbacks=(), lr_schedule=None,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Trains a compiled model on the train split, one epoch at a time, validating on the val split.
 
     Each epoch trains on a fresh shuffle (and, with ``augment`` enabled, freshly
@@ -125,16 +131,22 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     ``plan.auto`` training stops once validation top-1 has not improved for
     ``plan.patience`` epochs (and at least ``plan.min_epochs`` have run), and the
     weights of the best epoch are restored; any plan stops before an epoch that
-    would end past ``plan.time_budget_s`` (judged by the last epoch's length).
+    would end past ``plan.time_budget_s`` (judged by the last epoch's length). With a
+    budget and ``lr_schedule`` (:func:`compile_model`'s), the cosine's end is moved,
+    after each epoch, to the last epoch that fits the budget
+    (:func:`pipeline.train.schedule.epochs_that_fit`), so the learning rate reaches 0
+    where training will stop rather than at ``plan.epochs``.
 
     Returns:
         ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr; the same
         on a rerun), ``epoch_seconds`` (wall time per epoch), ``epochs`` (run),
         ``best_epoch`` (1-based, by validation top-1), ``restored`` (the weights are
         the best epoch's), ``stopped`` (``fixed``, ``patience``, ``max_epochs`` or
-        ``time_budget``), ``plan``.
+        ``time_budget``), ``plan``, ``lr_end_epoch`` (where the cosine ended:
+        ``plan.epochs`` unless a budget brought it forward).
     """
     from pipeline.data.augment import augment_images, epoch_rng
+    from pipeline.train.schedule import epochs_that_fit
 
     import tf_keras as keras
 
@@ -147,6 +159,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     stopped = "max_epochs" if plan.auto else "fixed"
     t0 = time.perf_counter()
     callbacks = list(callbacks)
+    lr_end = plan.epochs
+    per_epoch = steps_per_epoch(splits, batch_size)
     for epoch in range(plan.epochs):
         if plan.time_budget_s is not None and epoch:
             spent = time.perf_counter() - t0
@@ -175,6 +189,11 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
             if plan.auto:
                 best_weights = model.get_weights()
                 note = "  (best)"
+        if plan.time_budget_s is not None and lr_schedule is not None:
+            end = epochs_that_fit(epoch + 1, time.perf_counter() - t0, seconds, plan.time_budget_s, lr_end)
+            if end < lr_end and lr_schedule.end_at(end * per_epoch):
+                lr_end = end
+                note += f"  (budget: learning rate ends at epoch {end})"
         log(_progress_line(label, epoch, plan.epochs, logs, seconds, note))
         if plan.auto and epoch + 1 >= plan.min_epochs and epoch + 1 - best_epoch >= plan.patience:
             stopped = "patience"
@@ -185,7 +204,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         restored = True
         log(f"[{label}] restored the weights of epoch {best_epoch} (val top-1 {best * 100:.2f}%)")
     return {"history": history, "epoch_seconds": epoch_seconds, "epochs": len(history["loss"]),
-            "best_epoch": best_epoch, "restored": restored, "stopped": stopped, "plan": plan.to_dict()}
+            "best_epoch": best_epoch, "restored": restored, "stopped": stopped, "plan": plan.to_dict(),
+            "lr_end_epoch": lr_end}
 
 
 def steps_per_epoch(splits, batch_size: int) -> int:

@@ -9,7 +9,9 @@
   :data:`pipeline.compress.prune.PRUNE_END_FRACTION`) always finishes with epochs to
   recover; QAT, ~3x as slow an epoch, gets a tenth of the float epochs.
 * The learning rate (:func:`warmup_cosine`): linear warm-up from 0, then cosine decay
-  to 0 at the planned end (``max_epochs`` under auto).
+  to 0 at the planned end (``max_epochs`` under auto). Under a time budget the end
+  is brought forward to the last epoch that fits (:func:`epochs_that_fit`), so a
+  budget that stops training early still ends on a low learning rate.
 """
 
 import math
@@ -80,25 +82,49 @@ def warmup_steps(plan_steps: int, steps_per_epoch: int, warmup_epochs: int) -> i
     return min(warmup_epochs * steps_per_epoch, int(plan_steps * MAX_WARMUP_FRACTION))
 
 
+def epochs_that_fit(done: int, spent_s: float, last_epoch_s: float, budget_s: float, cap: int) -> int:
+    """The epoch a budgeted fit will end at: ``done`` epochs run in ``spent_s`` seconds,
+    plus as many more of the last one's length as fit in the rest of ``budget_s``
+    (the rule :func:`pipeline.train.fit.fit` stops by), at most ``cap``."""
+    if last_epoch_s <= 0:
+        return cap
+    more = int(max(budget_s - spent_s, 0.0) // last_epoch_s)
+    return max(done, min(cap, done + more))
+
+
 def warmup_cosine(peak: float, total_steps: int, warmup: int):
     """A Keras learning-rate schedule: 0 -> ``peak`` linearly over ``warmup`` steps, then
-    cosine decay to 0 at ``total_steps`` (and 0 after it)."""
+    cosine decay to 0 at ``total_steps`` (and 0 after it).
+
+    ``end_at(steps)`` moves the end earlier while training runs (the end is a
+    variable, read by the compiled train step); it never moves it later."""
     import tensorflow as tf
     import tf_keras as keras
 
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         def __init__(self, peak, total, warm):
-            self.peak, self.total, self.warm = float(peak), max(int(total), 1), int(warm)
+            self.peak, self.warm = float(peak), int(warm)
+            self.total = tf.Variable(float(max(int(total), 1)), trainable=False, dtype=tf.float32,
+                                     name="cosine_end_step")
+
+        def end_at(self, steps: int) -> bool:
+            """Ends the cosine at ``steps`` if that is earlier; True when it moved."""
+            steps = float(max(int(steps), self.warm + 1, 1))
+            if steps >= float(self.total.numpy()):
+                return False
+            self.total.assign(steps)
+            return True
 
         def __call__(self, step):
             step = tf.cast(step, tf.float32)
             warm = tf.constant(float(max(self.warm, 1)))
             rising = self.peak * step / warm
-            progress = tf.clip_by_value((step - self.warm) / float(max(self.total - self.warm, 1)), 0.0, 1.0)
+            span = tf.maximum(self.total - float(self.warm), 1.0)
+            progress = tf.clip_by_value((step - self.warm) / span, 0.0, 1.0)
             decaying = self.peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
             return tf.where(step < self.warm, rising, decaying)
 
         def get_config(self):
-            return {"peak": self.peak, "total": self.total, "warm": self.warm}
+            return {"peak": self.peak, "total": int(self.total.numpy()), "warm": self.warm}
 
     return WarmupCosine(peak, total_steps, warmup)

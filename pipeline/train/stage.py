@@ -43,7 +43,7 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
     warm = warmup_steps(total, steps_per_epoch(splits, t.batch_size), plan.warmup_epochs)
     with strategy.scope():
         model = build_float_model(recipe, splits.num_classes)
-        compile_model(model, t.learning_rate, total, warm, t.label_smoothing)
+        lr_schedule = compile_model(model, t.learning_rate, total, warm, t.label_smoothing)
     weights = class_weights(splits.y_train, splits.num_classes) if t.class_weight == "balanced" else None
     schedule = (f"auto (patience {plan.patience}, at most {plan.epochs} epochs"
                 + (f", {plan.time_budget_s:g} s" if plan.time_budget_s else "") + ")"
@@ -53,7 +53,8 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
         f" ({strategy.num_replicas_in_sync} replica(s)); {schedule}, warm-up {warm} steps, "
         f"augmentation {'on' if t.augment.enabled else 'off'}")
     run = fit(model, splits, plan=plan, batch_size=t.batch_size, label="train", seed=recipe.seed,
-              augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), log=log)
+              augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), lr_schedule=lr_schedule,
+              log=log)
     if run["epochs"] > 1 and run["best_epoch"] == run["epochs"]:
         log(f"[train] warning: the best validation top-1 came in the last epoch ({run['epochs']}): "
             "the model is probably still under-trained (raise train.max_epochs or train.epochs)")
