@@ -185,8 +185,9 @@ def test_early_stopping_restores_the_best_epoch():
 
 @pytest.mark.integration
 def test_a_time_budget_ends_training_on_a_low_learning_rate(monkeypatch):
-    """Each epoch takes 10 s of a fake clock; with a 35 s budget three of ten run,
-    and the learning rate reaches 0 at the end of the third, not of the tenth."""
+    """Each epoch takes 10 s of a fake clock (the first 20 s: tracing); with a 45 s
+    budget three of ten run, and the learning rate reaches 0 at the end of the
+    third, not of the tenth."""
     import tf_keras as keras
 
     from pipeline.data import load_dataset
@@ -205,14 +206,21 @@ def test_a_time_budget_ends_training_on_a_low_learning_rate(monkeypatch):
 
     class Tick(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            clock[0] += 10.0
+            clock[0] += 20.0 if epoch == 0 else 10.0
 
-    run = fit(model, splits, plan=Plan(10, time_budget_s=35.0), batch_size=16, label="t", callbacks=[Tick()],
+    run = fit(model, splits, plan=Plan(10, time_budget_s=45.0), batch_size=16, label="t", callbacks=[Tick()],
               lr_schedule=schedule, log=quiet)
     assert run["epochs"] == 3 and run["stopped"] == "time_budget" and run["lr_end_epoch"] == 3
     assert float(schedule(3 * per_epoch)) == pytest.approx(0, abs=1e-9)
     assert float(model.optimizer.learning_rate) < 1e-2 * 0.05  # the last step's rate: near the end
     assert run["history"]["lr"][2] < 0.5 * 1e-2  # unbudgeted, epoch 3 would start at ~0.9 of the peak
+    # A budget that leaves room for more epochs than the cosine spans: none runs past its end.
+    model = build_model("mobilenet_v1", 0.25, (32, 32, 1), 10)
+    schedule = compile_model(model, 1e-2, 4 * per_epoch)
+    clock[0] = 0.0
+    run = fit(model, splits, plan=Plan(4, time_budget_s=1e6), batch_size=16, label="t", callbacks=[Tick()],
+              lr_schedule=schedule, log=quiet)
+    assert run["epochs"] == 4 and run["stopped"] == "fixed" and run["lr_end_epoch"] == 4
 
 
 @pytest.mark.integration

@@ -133,9 +133,10 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     weights of the best epoch are restored; any plan stops before an epoch that
     would end past ``plan.time_budget_s`` (judged by the last epoch's length). With a
     budget and ``lr_schedule`` (:func:`compile_model`'s), the cosine's end is moved,
-    after each epoch, to the last epoch that fits the budget
+    after each epoch from the second on (the first one's time includes tracing), to
+    the last epoch that fits the budget
     (:func:`pipeline.train.schedule.epochs_that_fit`), so the learning rate reaches 0
-    where training will stop rather than at ``plan.epochs``.
+    where training stops rather than at ``plan.epochs``; no epoch runs past that end.
 
     Returns:
         ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr; the same
@@ -164,7 +165,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     for epoch in range(plan.epochs):
         if plan.time_budget_s is not None and epoch:
             spent = time.perf_counter() - t0
-            if spent + epoch_seconds[-1] > plan.time_budget_s:
+            if spent + epoch_seconds[-1] > plan.time_budget_s or epoch >= lr_end:
                 stopped = "time_budget"
                 break
         start = time.perf_counter()
@@ -173,7 +174,10 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         x = splits.x_train[order]
         if augment is not None:
             x = augment_images(x, augment, rng)
-        lr = float(np.asarray(model.optimizer.learning_rate))
+        # The rate of the epoch's first step (the optimizer's own attribute holds the last
+        # step's, from before a budget moved the cosine's end).
+        lr = (float(lr_schedule(model.optimizer.iterations)) if lr_schedule is not None
+              else float(np.asarray(model.optimizer.learning_rate)))
         logs = model.fit(x, y_train[order], validation_data=(splits.x_val, y_val), initial_epoch=epoch,
                          epochs=epoch + 1, batch_size=batch_size, shuffle=False, verbose=0,
                          class_weight=class_weight, callbacks=callbacks).history
@@ -189,7 +193,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
             if plan.auto:
                 best_weights = model.get_weights()
                 note = "  (best)"
-        if plan.time_budget_s is not None and lr_schedule is not None:
+        # Planned from the second epoch on: the first one's time includes tracing the step.
+        if plan.time_budget_s is not None and lr_schedule is not None and epoch:
             end = epochs_that_fit(epoch + 1, time.perf_counter() - t0, seconds, plan.time_budget_s, lr_end)
             if end < lr_end and lr_schedule.end_at(end * per_epoch):
                 lr_end = end
