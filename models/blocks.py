@@ -11,6 +11,8 @@ right only), which converts to a single TFLite op with no separate PAD.
 import tensorflow as tf
 import tf_keras as keras
 
+from models.rounding import make_divisible  # noqa: F401  (re-exported: the families import it from here)
+
 
 # Keras' default is 0.99 and tf_keras.applications uses 0.999: after a few short
 # epochs the moving statistics are still far off and evaluation sits at chance.
@@ -18,27 +20,6 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-3
 
 ACTIVATIONS = ("relu", "relu6", "hswish")
-
-
-def make_divisible(v, divisor=8, min_value=None):
-    """Rounds a channel count to the nearest multiple of ``divisor``.
-
-    The rule of the MobileNet reference code: never below ``min_value`` and never
-    more than 10% below ``v``.
-
-    Args:
-        v: the unrounded channel count (e.g. ``alpha * 32``).
-        divisor: the multiple to round to.
-        min_value: the smallest result allowed; defaults to ``divisor``.
-
-    Returns:
-        The rounded channel count (an int).
-    """
-    min_value = divisor if min_value is None else min_value
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 class HardSigmoid(keras.layers.Layer):

@@ -278,3 +278,18 @@ def test_runtime_order_follows_the_lineage():
     names = ["litert 2.3.0", "tflite-runtime 2.14.0", "litert 1.10.0", "tflite-runtime 2.5.0"]
     assert sorted(names, key=runtime_sort_key) == ["tflite-runtime 2.5.0", "tflite-runtime 2.14.0",
                                                    "litert 1.10.0", "litert 2.3.0"]
+
+
+def test_a_genotype_build_names_its_architecture_in_the_card(tmp_path):
+    from models.genotype import named
+
+    recipe, summary = fake_build(tmp_path, devices=False, deploy="float32")
+    g = named("mobilenet_v3_small", 0.5)
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, family="mbconv", alpha=1.0,
+                                                                   genotype=g.to_dict()))
+    write_bundle(recipe, tmp_path, summary, log=lambda m: None)
+    card = (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+    assert f"block-level genotype `{g.key()}`, {len(g.stages)} stages, 11 blocks" in card
+    assert f"    {g.text()}" in card
+    meta = json.loads((tmp_path / "bundle" / "metadata.json").read_text())
+    assert meta["architecture"]["genotype"] == g.to_dict()

@@ -50,6 +50,14 @@ def _intro(r, meta: Mapping[str, Any]) -> List[str]:
         f"{meta['size_bytes'] / 1024:.1f} KiB ({meta['gzip_bytes'] / 1024:.1f} KiB gzipped).",
         "",
     ]
+    if r.model.genotype:
+        from models.genotype import Genotype
+
+        g = Genotype.from_dict(r.model.genotype)
+        lines += [f"Architecture (block-level genotype `{g.key()}`, {len(g.stages)} stages, {g.blocks} blocks; "
+                  "each stage as k<kernel>e<expansion>x<depth>w<width>, se: squeeze-excite, hs: hard-swish, "
+                  "/s<stride>):", "", f"    {g.text()}", "",
+                  "The whole genotype is under `architecture.genotype` in `metadata.json`.", ""]
     if meta["smoke_build"]:
         lines += ["> **Smoke build**: tiny data and one epoch, for tests only. Do not deploy.", ""]
     return lines

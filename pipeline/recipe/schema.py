@@ -23,6 +23,8 @@ from pipeline.store.atomic import config_hash
 VARIANTS = tuple(VARIANT_REGISTRY.names())
 
 MODEL_FAMILIES = tuple(models.FAMILIES)
+#: The family of block-level architectures: ``model.genotype`` describes the network.
+GENOTYPE_FAMILY = "mbconv"
 DATASET_NAMES = ("shapes", "fashion-mnist", "digits", "folder")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 FIT_MODES = ("resize", "pad")
@@ -77,6 +79,11 @@ class ModelConfig:
     ``init``: weights to start from (:mod:`pipeline.train.transfer`): a build
     directory of this tool (its float model), or a Keras-applications MobileNet
     ``.h5`` weights file; None trains from random weights.
+
+    ``genotype``: with ``family: mbconv`` (:data:`GENOTYPE_FAMILY`), the block-level
+    architecture (:class:`models.genotype.Genotype`, as its ``to_dict`` writes it):
+    stem, stages (kernel, expand, depth, width, se, act, stride), head. Its widths
+    are absolute, so ``alpha`` must be 1.
     """
 
     family: str = "mobilenet_v2"
@@ -86,14 +93,31 @@ class ModelConfig:
     first_stride: int = 1
     dropout: float = 0.0
     init: Optional[str] = None
+    genotype: Optional[Dict[str, Any]] = None
 
     @property
     def input_shape(self) -> Tuple[int, int, int]:
         return (self.input_size, self.input_size, self.channels)
 
     def validate(self, where: str) -> None:
-        _choice(where, "family", self.family, MODEL_FAMILIES)
+        _choice(where, "family", self.family, MODEL_FAMILIES + (GENOTYPE_FAMILY,))
         _positive_number(where, "alpha", self.alpha)
+        if self.family == GENOTYPE_FAMILY:
+            from models.genotype import Genotype
+
+            if self.genotype is None:
+                raise ConfigError(f"{where}.genotype: family {GENOTYPE_FAMILY} needs a genotype (stem, stages, "
+                                  "head; see docs/search.md)")
+            try:
+                Genotype.from_dict(self.genotype)
+            except ValueError as e:
+                raise ConfigError(f"{where}.genotype: {e}") from None
+            if self.alpha != 1:
+                raise ConfigError(f"{where}.alpha: a genotype's widths are absolute; set alpha to 1 "
+                                  f"(got {self.alpha!r})")
+        elif self.genotype is not None:
+            raise ConfigError(f"{where}.genotype: only family {GENOTYPE_FAMILY} takes a genotype "
+                              f"(family is {self.family})")
         if not isinstance(self.input_size, int) or self.input_size < 32:
             raise ConfigError(f"{where}.input_size: expected an integer >= 32, got {self.input_size!r}")
         _choice(where, "channels", self.channels, (1, 3))

@@ -17,7 +17,7 @@ def build_float_model(recipe: Recipe, num_classes: int):
     from pipeline.train.zoo import build_model
 
     m = recipe.model
-    return build_model(m.family, m.alpha, m.input_shape, num_classes,
+    return build_model(m.family, m.alpha, m.input_shape, num_classes, genotype=m.genotype,
                        first_stride=m.first_stride, dropout=m.dropout)
 
 

@@ -16,9 +16,15 @@ def family_names() -> Tuple[str, ...]:
     return tuple(models.FAMILIES)
 
 
-def build_model(family: str, alpha: float, input_shape, classes: int, **kwargs):
-    """:func:`models.build_model`; raises ConfigError on an unknown family or a bad argument."""
+def build_model(family: str, alpha: float, input_shape, classes: int, genotype=None, **kwargs):
+    """:func:`models.build_model`, or :func:`models.genotype.build` for family ``mbconv``
+    (``genotype`` then names the network); raises ConfigError on an unknown family or a
+    bad argument."""
     try:
+        if genotype is not None:
+            from models.genotype import build
+
+            return build(genotype, input_shape, classes, **kwargs)
         return models.build_model(family, alpha, input_shape, classes, **kwargs)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

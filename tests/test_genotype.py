@@ -1,0 +1,136 @@
+"""Block-level genotypes (models/genotype.py) and the block search space
+(pipeline/search/blockspace.py): named points, the recipe round trip, bad genotypes,
+and sampled genotypes through QAT, int8 conversion and an emulated device."""
+
+import random
+
+import numpy as np
+import pytest
+import yaml
+
+from models.genotype import Genotype, Stage, build, named
+from pipeline.errors import ConfigError
+from pipeline.recipe.schema import Recipe
+from pipeline.search import blockspace
+
+
+def _layers(model):
+    return [(type(x).__name__, x.name, tuple(tuple(w.shape) for w in x.weights)) for x in model.layers]
+
+
+@pytest.mark.parametrize("family", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"])
+@pytest.mark.parametrize("alpha", [0.35, 0.75, 1.0])
+def test_hand_designed_families_are_named_points(family, alpha):
+    """The named genotype builds the family's own layers, names and weight shapes."""
+    import models
+
+    g = named(family, alpha)
+    own = models.build_model(family, alpha, (32, 32, 1), 10, first_stride=1)
+    assert _layers(build(g, (32, 32, 1), 10, first_stride=1)) == _layers(own)
+
+
+def test_mobilenet_v1_is_not_a_point():
+    with pytest.raises(ValueError, match="'mobilenet_v1' is not a named point.*valid: mobilenet_v2"):
+        named("mobilenet_v1", 1.0)
+
+
+def _recipe(genotype, **model):
+    return Recipe.from_dict({"name": "g", "model": {"family": "mbconv", "alpha": 1.0, "genotype": genotype,
+                                                    **model}})
+
+
+def test_genotype_round_trips_through_the_recipe():
+    for g in blockspace.sample_distinct(3, 5) + [named("mobilenet_v3_small", 0.75)]:
+        recipe = _recipe(g.to_dict())
+        again = Recipe.from_dict(yaml.safe_load(yaml.safe_dump(recipe.to_dict())))
+        assert again == recipe and Genotype.from_dict(again.model.genotype) == g
+        assert again.fingerprint() == recipe.fingerprint()
+    a, b = blockspace.sample_distinct(3, 2)
+    assert _recipe(a.to_dict()).fingerprint() != _recipe(b.to_dict()).fingerprint()  # stage caches differ
+    assert a.key() != b.key() and a.key() == Genotype.from_dict(a.to_dict()).key()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["stages"][1].update(kernel=4), r"recipe.model.genotype: genotype stage 2: kernel must be one of"),
+    (lambda d: d["stages"][0].update(depth=0), r"genotype stage 1: depth must be an integer from 1 to 8; got 0"),
+    (lambda d: d["stages"][2].update(act="gelu"), r"genotype stage 3: act must be one of relu, relu6, hswish"),
+    (lambda d: d["stages"][0].update(colour=1), r"genotype stage 1: unknown key\(s\) colour"),
+    (lambda d: d["stages"][4].pop("width"), r"genotype stage 5: missing width"),
+    (lambda d: d.update(stages=[]), r"genotype: stages must be a non-empty list"),
+    (lambda d: d.pop("head"), r"genotype: missing head"),
+    (lambda d: d.update(size=3), r"genotype: unknown key\(s\) size"),
+])
+def test_a_bad_genotype_is_named_in_the_error(edit, message):
+    d = blockspace.sample_distinct(0, 1)[0].to_dict()
+    edit(d)
+    with pytest.raises(ConfigError, match=message):
+        _recipe(d)
+
+
+def test_genotype_family_rules():
+    g = blockspace.sample_distinct(0, 1)[0].to_dict()
+    with pytest.raises(ConfigError, match="recipe.model.genotype: family mbconv needs a genotype"):
+        Recipe.from_dict({"model": {"family": "mbconv", "alpha": 1.0}})
+    with pytest.raises(ConfigError, match="recipe.model.alpha: a genotype's widths are absolute; set alpha to 1"):
+        _recipe(g, alpha=0.5)
+    with pytest.raises(ConfigError, match="only family mbconv takes a genotype .family is mobilenet_v2"):
+        Recipe.from_dict({"model": {"family": "mobilenet_v2", "genotype": g}})
+
+
+def test_block_space_choices():
+    rng = random.Random(0)
+    for _ in range(50):
+        g = blockspace.sample(rng)
+        assert len(g.stages) == len(blockspace.SKELETON) and g.downsampling == 16
+        for slot, stage in zip(blockspace.SKELETON, g.stages):
+            assert stage.stride == slot.stride and stage.kernel in blockspace.KERNELS
+            assert stage.expand in blockspace.EXPANSIONS and stage.depth in blockspace.DEPTHS
+        acts = [s.act for s in g.stages]
+        assert acts == sorted(acts, key=lambda a: a == "hswish")  # relu stages, then hard-swish ones
+    assert blockspace.space_size() == 144 ** 5 * 3
+    assert len({g.key() for g in blockspace.sample_distinct(1, 30)}) == 30
+    assert [g.key() for g in blockspace.sample_distinct(1, 5)] == [g.key() for g in blockspace.sample_distinct(1, 5)]
+    with pytest.raises(ValueError, match="stage 2 expand must be one of"):
+        blockspace.genotype_of([blockspace.StageChoice(3, 4, 1, 1.0, False),
+                                blockspace.StageChoice(3, 5, 1, 1.0, False)] + [
+                                   blockspace.StageChoice(3, 4, 1, 1.0, False)] * 3, 2)
+
+
+def test_a_genotype_without_a_feature_map_is_rejected():
+    g = Genotype(stem=16, stages=tuple(Stage(3, 4, 1, 16, stride=2) for _ in range(6)), head=64)
+    with pytest.raises(ValueError, match="leaves no feature map"):
+        build(g, (32, 32, 1), 10, first_stride=2)
+
+
+@pytest.mark.integration
+@pytest.mark.device
+def test_sampled_genotypes_qat_convert_to_int8_and_load_on_a_device(tmp_path):
+    """Each of a seeded sample builds, takes QAT (and one training step), converts
+    to full int8 with no float compute op, and runs on the emulated camera-a53
+    (its tflite-runtime 2.14: the oldest runtime of the profiles) agreeing with the host."""
+    import tf_keras as keras
+
+    from models.quantize import quantize_model
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.runtime import ensure_runtime
+    from pipeline.export.convert import convert_keras
+    from pipeline.export.variants import VARIANTS
+    from pipeline.tflite.reader import float_compute_ops, parse_tflite
+    from pipeline.train.fit import setup_tensorflow
+
+    setup_tensorflow(0)
+    runtime = ensure_runtime()
+    rng = np.random.default_rng(0)
+    shape = (32, 32, 1)
+    x = rng.random((8, *shape), dtype=np.float32)
+    for g in blockspace.sample_distinct(11, 3):
+        qat = quantize_model(build(g, shape, 10, first_stride=1), "default")
+        qat.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy", run_eagerly=True)
+        qat.train_on_batch(x[:4], rng.integers(0, 10, 4))
+        tflite = convert_keras(qat, VARIANTS.get("int8-qat"), x, int8_io=False)
+        assert float_compute_ops(parse_tflite(tflite, g.key())) == [], g.text()
+        path = tmp_path / f"{g.key()}.tflite"
+        path.write_bytes(tflite)
+        result = run_device_check(path, "camera-a53", x, runtime=runtime)
+        assert result.loaded, f"{g.text()}: {result.load_error}"
+        assert result.agreement is not None and result.agreement.top1_agreement == 1.0, g.text()
