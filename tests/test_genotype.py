@@ -134,3 +134,47 @@ def test_sampled_genotypes_qat_convert_to_int8_and_load_on_a_device(tmp_path):
         result = run_device_check(path, "camera-a53", x, runtime=runtime)
         assert result.loaded, f"{g.text()}: {result.load_error}"
         assert result.agreement is not None and result.agreement.top1_agreement == 1.0, g.text()
+
+
+@pytest.mark.integration
+@pytest.mark.device
+def test_a_named_genotype_costs_what_its_family_costs(tmp_path, monkeypatch):
+    """The cost tier measures a genotype by one emulated run, like a family x width
+    candidate: MobileNetV3-Small-0.5 as a genotype executes exactly the family's
+    instructions on pixel4, and a second call is served from the cache."""
+    from pipeline.latency import reference
+    from pipeline.search import cost as sc
+    from pipeline.search.space import Candidate
+
+    monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "latency")
+    recipe = Recipe.from_dict({"name": "g", "model": {"channels": 1, "first_stride": 1}})
+    family = sc.candidate_cost(recipe, Candidate("mobilenet_v3_small", 0.5, 32), "pixel4", "int8-qat", 10)
+    g = named("mobilenet_v3_small", 0.5)
+    point = sc.genotype_cost(recipe, g, 32, "pixel4", "int8-qat", 10)
+    assert point["candidate"] == f"{g.key()}-32" and not point["cached"] and point["loaded"]
+    assert point["instructions"] == family["instructions"] > 0
+    assert point["latency_ms"] == pytest.approx(family["latency_ms"])
+
+    def no_emulation(*a, **k):
+        raise AssertionError("the cost tier ran an emulation for a cached genotype")
+
+    monkeypatch.setattr(sc, "measure_cost", no_emulation)
+    again = sc.genotype_cost(recipe, Genotype.from_dict(g.to_dict()), 32, "pixel4", "int8-qat", 10)
+    assert again["cached"] and again["instructions"] == point["instructions"]
+
+
+def test_reference_model_spec_of_a_genotype():
+    from pipeline.latency.reference import ModelSpec, genotype_json
+
+    g = named("mobilenet_v3_small", 0.5)
+    spec = ModelSpec("mbconv", 1.0, 32, 10, "int8", channels=1, first_stride=1, genotype=genotype_json(g))
+    assert spec.label == f"mbconv-{g.key()}-32x32-10c-int8-1ch-s1" and spec.genotype_obj() == g
+    assert spec.key()["spec"]["genotype"] == genotype_json(g.to_dict())
+    assert "genotype" not in ModelSpec("mobilenet_v2", 0.35, 32, 10).key()["spec"]  # old cache keys unchanged
+    for kwargs in ({"family": "mbconv"}, {"family": "mobilenet_v2", "genotype": genotype_json(g)},
+                   {"family": "mbconv", "alpha": 0.5, "genotype": genotype_json(g)}):
+        with pytest.raises(ConfigError, match="a genotype goes with family mbconv at alpha 1"):
+            ModelSpec(**kwargs)
+    with pytest.raises(ConfigError, match="bad genotype: genotype stage 1: kernel"):
+        ModelSpec("mbconv", genotype='{"stem": 16, "head": 64, "stages": [{"kernel": 2, "expand": 1, '
+                                     '"depth": 1, "width": 16}]}')

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError
@@ -95,8 +95,13 @@ class ModelSpec:
         channels: input channels, 1 (grey) or 3.
         first_stride: stride of the stem convolution, 1 or 2 (the families' default).
 
+        genotype: with family ``mbconv``, the block-level architecture
+            (:class:`models.genotype.Genotype`) as its canonical JSON
+            (:func:`genotype_json`); alpha must then be 1.
+
     ``channels`` and ``first_stride`` enter the label and the cache key only when
-    they differ from 3 and 2, so entries of the full-size reference models stay valid.
+    they differ from 3 and 2, so entries of the full-size reference models stay valid;
+    so does ``genotype``, only when set.
     """
 
     family: str
@@ -106,11 +111,24 @@ class ModelSpec:
     variant: str = "float32"
     channels: int = 3
     first_stride: int = 2
+    genotype: Optional[str] = None
 
     def __post_init__(self):
+        from pipeline.recipe.schema import GENOTYPE_FAMILY
         from pipeline.train.zoo import family_names
 
-        if self.family not in family_names():
+        if self.family == GENOTYPE_FAMILY or self.genotype is not None:
+            from models.genotype import Genotype
+
+            if self.family != GENOTYPE_FAMILY or self.genotype is None or self.alpha != 1:
+                given = "set" if self.genotype else "unset"
+                raise ConfigError(f"a genotype goes with family {GENOTYPE_FAMILY} at alpha 1 (got family "
+                                  f"{self.family!r}, alpha {self.alpha!r}, genotype {given})")
+            try:
+                Genotype.from_dict(json.loads(self.genotype))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"bad genotype: {e}") from None
+        elif self.family not in family_names():
             raise ConfigError(f"unknown model family {self.family!r}; valid: {', '.join(family_names())}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
                 or not 0 < self.alpha <= 4:
@@ -146,13 +164,21 @@ class ModelSpec:
         extra = self._extra()
         tail = (f"-{extra['channels']}ch" if "channels" in extra else "") + \
                (f"-s{extra['first_stride']}" if "first_stride" in extra else "")
-        return (f"{self.family}-{self.alpha:g}-{self.input_size}x{self.input_size}-"
-                f"{self.classes}c-{self.variant}{tail}")
+        name = f"{self.family}-{self.genotype_obj().key()}" if self.genotype else f"{self.family}-{self.alpha:g}"
+        return f"{name}-{self.input_size}x{self.input_size}-{self.classes}c-{self.variant}{tail}"
+
+    def genotype_obj(self):
+        """The :class:`models.genotype.Genotype` of a genotype spec (None otherwise)."""
+        from models.genotype import Genotype
+
+        return Genotype.from_dict(json.loads(self.genotype)) if self.genotype else None
 
     def key(self) -> Dict[str, Any]:
         """What the converted file depends on (its cache key, with library versions)."""
-        spec = {k: v for k, v in asdict(self).items() if k not in ("channels", "first_stride")}
+        spec = {k: v for k, v in asdict(self).items() if k not in ("channels", "first_stride", "genotype")}
         spec.update(self._extra())
+        if self.genotype:
+            spec["genotype"] = self.genotype
         return {"spec": spec, "seed": SEED, "calibration_images": CALIBRATION_IMAGES,
                 "measure_version": MEASURE_VERSION, "sources": _sources_hash(),
                 "tensorflow": _dist_version("tensorflow"), "tf_keras": _dist_version("tf-keras")}
@@ -168,7 +194,7 @@ def _convert(spec: ModelSpec) -> bytes:
     from pipeline.train.zoo import build_model
 
     setup_tensorflow(SEED)
-    model = build_model(spec.family, spec.alpha, spec.input_shape, spec.classes,
+    model = build_model(spec.family, spec.alpha, spec.input_shape, spec.classes, genotype=spec.genotype_obj(),
                         first_stride=spec.first_stride)
     calibration = None
     variant = VARIANTS.get("float32")
@@ -187,6 +213,14 @@ def _convert(spec: ModelSpec) -> bytes:
         x = np.random.default_rng(SEED + 1).random((1, *spec.input_shape), dtype=np.float32)
         validate_conversion(tflite, model.predict(x, verbose=0), x, variant, spec.label)
     return tflite
+
+
+def genotype_json(genotype) -> str:
+    """The canonical JSON of a genotype (a :class:`models.genotype.Genotype` or its dict):
+    what :class:`ModelSpec` keeps, so that equal genotypes share cache entries."""
+    from models.genotype import Genotype
+
+    return json.dumps(Genotype.from_dict(genotype).to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def build_tflite(spec: ModelSpec, log: Log = noop) -> Path:

@@ -13,9 +13,10 @@ per architecture and core serves every search (kept in the latency cache,
 from typing import Any, Callable, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
-from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
+from pipeline.latency.reference import (ModelSpec, build_tflite, cached_entry, genotype_json, noop, run_key,
+                                        run_reference)
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
-from pipeline.recipe.schema import Recipe
+from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
 
 Log = Callable[[str], None]
@@ -75,12 +76,32 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
         DeviceUnavailableError: the emulated run failed.
     """
     check_variant(variant)
+    return spec_cost(recipe, candidate_spec(recipe, cand, classes, variant), cand.name, device, variant, log)
+
+
+def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, variant: str, classes: int,
+                  log: Log = noop) -> Dict[str, Any]:
+    """:func:`candidate_cost` of a block-level genotype (:class:`models.genotype.Genotype`
+    or its dict) at ``input_size``, with the recipe's channels, stem stride and threads.
+    The result's ``candidate`` is ``<genotype key>-<input size>``."""
+    from models.genotype import Genotype
+
+    check_variant(variant)
+    g = Genotype.from_dict(genotype)
+    spec = ModelSpec(GENOTYPE_FAMILY, 1.0, input_size, classes, SEARCH_VARIANTS[variant],
+                     channels=recipe.model.channels, first_stride=recipe.model.first_stride,
+                     genotype=genotype_json(g))
+    return spec_cost(recipe, spec, f"{g.key()}-{input_size}", device, variant, log)
+
+
+def spec_cost(recipe: Recipe, spec: ModelSpec, name: str, device: str, variant: str,
+              log: Log = noop) -> Dict[str, Any]:
+    """The priced, cached cost of reference model ``spec`` on ``device``, labelled ``name``."""
     profile = get_device(device)
-    spec = candidate_spec(recipe, cand, classes, variant)
     key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
     # measure_cost is looked up at call time, so tests can stand in for the emulator.
     raw, cached = cached_entry("search", spec, profile, key, "cost", lambda: measure_cost(spec, profile, log))
-    cost = {"candidate": cand.name, "device": profile.name, "variant": variant, **raw,
+    cost = {"candidate": name, "device": profile.name, "variant": variant, **raw,
             "cached": cached, "size_kb": raw["size_bytes"] / 1024}
     return price(cost, profile, spec.variant, recipe.devices.threads)
 
