@@ -220,8 +220,7 @@ def build(genotype, input_shape=(224, 224, 3), classes=1000, *, first_stride=2, 
     """
     import tf_keras as keras
 
-    from models.blocks import (BN_MOMENTUM, HardSwish, activation, classifier, conv_bn_act, inverted_residual,
-                               validate_build_args)
+    from models.blocks import BN_MOMENTUM, validate_build_args
 
     g = Genotype.from_dict(genotype)
     momentum = BN_MOMENTUM if bn_momentum is None else bn_momentum
@@ -231,23 +230,96 @@ def build(genotype, input_shape=(224, 224, 3), classes=1000, *, first_stride=2, 
         raise ValueError(f"genotype {g.key()}: input {input_shape[0]}x{input_shape[1]} with stem stride "
                          f"{first_stride} and stage strides {g.downsampling} leaves no feature map")
     inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = conv_bn_act(inputs, g.stem, 3, first_stride, g.stem_act, "stem", momentum)
-    block = 0
+    x = inputs
+    for part in parts(g, input_shape, classes, first_stride):
+        x = _apply(part, x, dropout, momentum)
+    return keras.Model(inputs, x, name=f"mbconv_{g.key()}")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of a genotype's network, as it runs: the stem, one block, or the head.
+
+    ``spec`` holds everything the piece's layers depend on (shapes, kernel, activation),
+    so two networks that share a part run the same layers for it; ``input_shape`` is
+    the (height, width, channels) the piece reads. :func:`parts` lists a network's
+    pieces in order and :func:`build_part` builds one alone.
+    """
+
+    kind: str                 # "stem", "block" or "head"
+    index: int                # block number (1-based) for a block, 0 otherwise
+    input_shape: Tuple[int, int, int]
+    spec: Tuple[Tuple[str, Any], ...]
+
+    def get(self, key: str):
+        return dict(self.spec)[key]
+
+    def key(self) -> str:
+        """A stable name of what the part computes (its kind, input shape and spec; not its position)."""
+        text = json.dumps({"kind": self.kind, "input": list(self.input_shape), **dict(self.spec)}, sort_keys=True)
+        return f"{self.kind}-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _out_size(size: int, stride: int) -> int:
+    return -(-size // stride)  # "same" padding
+
+
+def parts(genotype, input_shape, classes: int, first_stride: int = 2) -> Tuple[Part, ...]:
+    """The stem, every block and the head of ``genotype``'s network, in order.
+
+    Building them one after another (:func:`build`) is the network; built one by one
+    (:func:`build_part`), each is a model whose device cost is that piece's.
+    """
+    g = Genotype.from_dict(genotype)
+    h, w, c = (int(v) for v in input_shape)
+    h, w = _out_size(h, first_stride), _out_size(w, first_stride)
+    out = [Part("stem", 0, (int(input_shape[0]), int(input_shape[1]), c),
+                (("filters", g.stem), ("stride", int(first_stride)), ("act", g.stem_act)))]
+    channels, block = g.stem, 0
     for stage in g.stages:
         for repeat in range(stage.depth):
             block += 1
-            expanded = expanded_channels(x.shape[-1], stage.expand)
-            x = inverted_residual(x, expanded=expanded, filters=stage.width, kernel=stage.kernel,
-                                  stride=stage.stride if repeat == 0 else 1, act=stage.act,
-                                  se=make_divisible(expanded * SE_RATIO) if stage.se else 0,
-                                  name=f"block{block}", bn_momentum=momentum)
-    x = conv_bn_act(x, g.head, 1, 1, g.stem_act, "head", momentum)
+            stride = stage.stride if repeat == 0 else 1
+            expanded = expanded_channels(channels, stage.expand)
+            out.append(Part("block", block, (h, w, channels), (
+                ("expanded", expanded), ("filters", stage.width), ("kernel", stage.kernel), ("stride", stride),
+                ("act", stage.act), ("se", make_divisible(expanded * SE_RATIO) if stage.se else 0))))
+            h, w, channels = _out_size(h, stride), _out_size(w, stride), stage.width
+    out.append(Part("head", 0, (h, w, channels), (("filters", g.head), ("fc", g.head_fc), ("act", g.stem_act),
+                                                   ("classes", int(classes)))))
+    return tuple(out)
+
+
+def _apply(part: Part, x, dropout: float = 0.0, momentum=None):
+    """The layers of ``part`` on tensor ``x`` (named as in the whole network)."""
+    import tf_keras as keras
+
+    from models.blocks import (BN_MOMENTUM, HardSwish, activation, classifier, conv_bn_act,
+                               inverted_residual)
+
+    momentum = BN_MOMENTUM if momentum is None else momentum
+    spec = dict(part.spec)
+    if part.kind == "stem":
+        return conv_bn_act(x, spec["filters"], 3, spec["stride"], spec["act"], "stem", momentum)
+    if part.kind == "block":
+        return inverted_residual(x, expanded=spec["expanded"], filters=spec["filters"], kernel=spec["kernel"],
+                                 stride=spec["stride"], act=spec["act"], se=spec["se"], name=f"block{part.index}",
+                                 bn_momentum=momentum)
+    x = conv_bn_act(x, spec["filters"], 1, 1, spec["act"], "head", momentum)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    if g.head_fc:
-        x = keras.layers.Dense(g.head_fc, name="head_fc")(x)
-        x = (HardSwish(name="head_fc_hswish") if g.stem_act == "hswish"
-             else activation(g.stem_act, "head_fc_act"))(x)
-    return keras.Model(inputs, classifier(x, classes, dropout), name=f"mbconv_{g.key()}")
+    if spec["fc"]:
+        x = keras.layers.Dense(spec["fc"], name="head_fc")(x)
+        x = (HardSwish(name="head_fc_hswish") if spec["act"] == "hswish"
+             else activation(spec["act"], "head_fc_act"))(x)
+    return classifier(x, spec["classes"], dropout)
+
+
+def build_part(part: Part):
+    """``part`` alone as a ``keras.Model`` reading its input shape (random weights)."""
+    import tf_keras as keras
+
+    inputs = keras.Input(shape=part.input_shape, name="input")
+    return keras.Model(inputs, _apply(part, inputs), name=part.key().replace("-", "_"))
 
 
 def _v3_point(spec, alpha: float) -> Genotype:

@@ -178,3 +178,61 @@ def test_reference_model_spec_of_a_genotype():
     with pytest.raises(ConfigError, match="bad genotype: genotype stage 1: kernel"):
         ModelSpec("mbconv", genotype='{"stem": 16, "head": 64, "stages": [{"kernel": 2, "expand": 1, '
                                      '"depth": 1, "width": 16}]}')
+
+
+# -- the per-block table ---------------------------------------------------------------
+
+def test_a_network_is_its_parts_in_order():
+    from models.genotype import parts
+
+    g = blockspace.sample_distinct(2, 1)[0]
+    ps = parts(g, (32, 32, 1), 10, first_stride=1)
+    assert [p.kind for p in ps] == ["stem"] + ["block"] * g.blocks + ["head"]
+    assert ps[0].input_shape == (32, 32, 1) and ps[1].input_shape == (32, 32, 16)
+    assert ps[-1].input_shape == (2, 2, g.stages[-1].width) and ps[-1].get("classes") == 10
+    for a, b in zip(ps[1:-1], ps[2:]):  # each part reads what the one before writes
+        side = -(-a.input_shape[0] // a.get("stride"))
+        assert b.input_shape == (side, side, a.get("filters"))
+    # A part's key is what it computes, not where: the same block in two networks shares an entry.
+    other = Genotype(g.stem, g.stages[:1], head=64)
+    assert parts(other, (32, 32, 1), 10, 1)[1].key() == ps[1].key()
+    assert ps[1].key() != ps[2].key() or ps[1].spec == ps[2].spec
+
+
+def test_prediction_sums_the_parts_and_adds_the_overhead(monkeypatch):
+    from models.genotype import parts
+    from pipeline.search import blocktable as bt
+
+    seen = []
+
+    def fake_part_cost(part, device, log=None):
+        seen.append(part.key())
+        return {"instructions": 1000.0, "latency_cycles": 500.0, "latency_ms": 0.25, "cached": len(seen) > 3}
+
+    monkeypatch.setattr(bt, "part_cost", fake_part_cost)
+    g = blockspace.sample_distinct(2, 1)[0]
+    geometry = bt.Geometry(32, 1, 1, 10)
+    n = len(parts(g, geometry.input_shape, 10, 1))
+    pred = bt.predict(g, geometry, "pixel4", {"instructions": -50.0, "latency_cycles": 10.0, "latency_ms": 0.0})
+    assert pred == {"instructions": 1000.0 * n - 50, "latency_cycles": 500.0 * n + 10, "latency_ms": 0.25 * n,
+                    "parts": n, "parts_measured": 3}
+
+
+@pytest.mark.integration
+@pytest.mark.device
+def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch):
+    """One calibration genotype fixes the overhead; a held-out one's predicted cycles
+    and instructions on pixel4 are within 5% of its full emulation, and a second
+    prediction measures no part again."""
+    from pipeline.latency import reference
+    from pipeline.search import blocktable as bt
+
+    monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "latency")
+    calibration, held = blockspace.sample_distinct(7, 2)
+    result = bt.validate([calibration], [held], bt.Geometry(32, 1, 1, 10), "pixel4")
+    [row] = result["rows"]
+    assert abs(row["latency_cycles"]["error_pct"]) < 5 and abs(row["instructions"]["error_pct"]) < 5, row
+    again = bt.predict(held, bt.Geometry(32, 1, 1, 10), "pixel4", result["overhead"])
+    assert again["parts_measured"] == 0
+    assert again["latency_cycles"] == pytest.approx(row["latency_cycles"]["predicted"])
+    assert "| " + held.key() + " |" in bt.markdown(result)

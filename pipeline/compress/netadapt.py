@@ -22,8 +22,7 @@ step, and the same seed gives the same steps.
 
 import hashlib
 import math
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -75,26 +74,9 @@ def architecture_digest(model) -> str:
 
 
 def _measure(model, spec: ArchitectureSpec, profile, log: Log) -> Dict[str, Any]:
-    from pipeline.devices.check import run_device_check
-    from pipeline.devices.runtime import ensure_runtime
-    from pipeline.export.convert import convert_keras
-    from pipeline.export.variants import VARIANTS
-    from pipeline.latency.reference import CALIBRATION_IMAGES, SEED
-    from pipeline.native import captured_stderr
-    from pipeline.search.cost import run_cost
+    from pipeline.search.cost import measure_keras
 
-    shape = tuple(model.input_shape[1:])
-    rng = np.random.default_rng(SEED)
-    calibration = rng.random((CALIBRATION_IMAGES, *shape), dtype=np.float32)
-    with captured_stderr():
-        tflite = convert_keras(model, VARIANTS.get("int8-ptq"), calibration, int8_io=False)
-    runtime = ensure_runtime(progress=log)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{spec.label}.tflite"
-        path.write_bytes(tflite)
-        x = np.random.default_rng(SEED).random((1, *shape), dtype=np.float32)
-        res = run_device_check(path, replace(profile, default_threads=1), x, threads=1, runtime=runtime)
-        return run_cost(res, path)
+    return measure_keras(model, spec.label, profile, log=log)
 
 
 def device_cost(model, device: str, threads: int = 1, log: Log = print) -> Dict[str, Any]:

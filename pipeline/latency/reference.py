@@ -63,7 +63,8 @@ _MODEL_SOURCES = ("models", "pipeline/export/convert.py", "pipeline/export/varia
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _sources_hash() -> str:
+def sources_hash() -> str:
+    """A hash of the sources that shape a reference model's .tflite (``_MODEL_SOURCES``)."""
     h = hashlib.sha256()
     for entry in _MODEL_SOURCES:
         path = _REPO / entry
@@ -180,7 +181,7 @@ class ModelSpec:
         if self.genotype:
             spec["genotype"] = self.genotype
         return {"spec": spec, "seed": SEED, "calibration_images": CALIBRATION_IMAGES,
-                "measure_version": MEASURE_VERSION, "sources": _sources_hash(),
+                "measure_version": MEASURE_VERSION, "sources": sources_hash(),
                 "tensorflow": _dist_version("tensorflow"), "tf_keras": _dist_version("tf-keras")}
 
 

@@ -39,6 +39,37 @@ def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Di
     return run_cost(res, path)
 
 
+def measure_keras(model, label: str, profile: DeviceProfile, int8_io: bool = False,
+                  log: Log = noop) -> Dict[str, Any]:
+    """One emulated run of a Keras model's full-int8 conversion (random calibration
+    images; ``int8_io``: int8 input and output instead of float) on ``profile``'s core,
+    one thread: :func:`run_cost` of it (not cached)."""
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    import numpy as np
+
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.runtime import ensure_runtime
+    from pipeline.export.convert import convert_keras
+    from pipeline.export.variants import VARIANTS
+    from pipeline.latency.reference import CALIBRATION_IMAGES, SEED
+    from pipeline.native import captured_stderr
+
+    shape = tuple(model.input_shape[1:])
+    calibration = np.random.default_rng(SEED).random((CALIBRATION_IMAGES, *shape), dtype=np.float32)
+    with captured_stderr():
+        tflite = convert_keras(model, VARIANTS.get("int8-ptq"), calibration, int8_io=int8_io)
+    runtime = ensure_runtime(progress=log)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{label}.tflite"
+        path.write_bytes(tflite)
+        x = np.random.default_rng(SEED).random((1, *shape), dtype=np.float32)
+        res = run_device_check(path, replace(profile, default_threads=1), x, threads=1, runtime=runtime)
+        return run_cost(res, path)
+
+
 def run_cost(res, path) -> Dict[str, Any]:
     """What the cost tier keeps of one device check (``res``) of the file at ``path``:
     counts, block profile, graph bytes, memory, size, or why it did not load."""
@@ -76,7 +107,8 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
         DeviceUnavailableError: the emulated run failed.
     """
     check_variant(variant)
-    return spec_cost(recipe, candidate_spec(recipe, cand, classes, variant), cand.name, device, variant, log)
+    return spec_cost(candidate_spec(recipe, cand, classes, variant), cand.name, device, variant,
+                     recipe.devices.threads, log)
 
 
 def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, variant: str, classes: int,
@@ -91,19 +123,20 @@ def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, varian
     spec = ModelSpec(GENOTYPE_FAMILY, 1.0, input_size, classes, SEARCH_VARIANTS[variant],
                      channels=recipe.model.channels, first_stride=recipe.model.first_stride,
                      genotype=genotype_json(g))
-    return spec_cost(recipe, spec, f"{g.key()}-{input_size}", device, variant, log)
+    return spec_cost(spec, f"{g.key()}-{input_size}", device, variant, recipe.devices.threads, log)
 
 
-def spec_cost(recipe: Recipe, spec: ModelSpec, name: str, device: str, variant: str,
+def spec_cost(spec: ModelSpec, name: str, device: str, variant: str, threads: int,
               log: Log = noop) -> Dict[str, Any]:
-    """The priced, cached cost of reference model ``spec`` on ``device``, labelled ``name``."""
+    """The cost of reference model ``spec`` on ``device`` at ``threads``, labelled ``name``
+    (one emulated run, cached)."""
     profile = get_device(device)
     key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
     # measure_cost is looked up at call time, so tests can stand in for the emulator.
     raw, cached = cached_entry("search", spec, profile, key, "cost", lambda: measure_cost(spec, profile, log))
     cost = {"candidate": name, "device": profile.name, "variant": variant, **raw,
             "cached": cached, "size_kb": raw["size_bytes"] / 1024}
-    return price(cost, profile, spec.variant, recipe.devices.threads)
+    return price(cost, profile, spec.variant, threads)
 
 
 def price(cost: Dict[str, Any], profile: DeviceProfile, numeric: str, threads: int) -> Dict[str, Any]:

@@ -1,0 +1,235 @@
+"""A per-block cost table per device: a genotype's device cost as the sum of its parts.
+
+The network of a genotype is its stem, its blocks and its head
+(:func:`models.genotype.parts`). Each part is measured once per device core and
+runtime: built alone with random weights, converted to full int8 with int8 input
+and output (so no QUANTIZE/DEQUANTIZE of its own), run for one inference, one
+thread, on the emulated core, and priced by the same estimate as every device
+figure (:func:`pipeline.search.cost.run_cost`, :func:`pipeline.search.cost.price`).
+Entries are cached by what the part computes (kind, input shape, channels,
+kernel, activation...), so networks that share a part share its entry
+(``$MOBILE_MODEL_CACHE/latency/blocks/``).
+
+A candidate's predicted cost is the sum of its parts plus a per-model overhead:
+what a whole network costs beyond its parts (the float input's QUANTIZE and the
+output's DEQUANTIZE, one interpreter invocation instead of one per part). The
+overhead is measured, not guessed: the median of (full emulation - sum of parts)
+over calibration genotypes at the same input geometry (:func:`calibrate`).
+
+``python -m pipeline.search.blocktable --device D`` measures the overhead on
+calibration genotypes, then predicts held-out genotypes and compares each with its
+full emulation: instructions, single-thread cycles and latency, with the median and
+worst error.
+"""
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+
+Log = Callable[[str], None]
+
+#: Bump when what a part entry holds, or how a part is measured, changes.
+TABLE_VERSION = 1
+#: The figures a prediction sums.
+FIGURES = ("instructions", "latency_cycles", "latency_ms")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """Stands for one part in the latency cache (:func:`pipeline.latency.reference.cached_entry`)."""
+
+    part_key: str
+
+    @property
+    def label(self) -> str:
+        return f"part-{self.part_key}-int8"
+
+    def key(self) -> Dict[str, Any]:
+        from pipeline.latency.reference import SEED, sources_hash
+
+        import tensorflow as tf
+
+        return {"part": self.part_key, "table_version": TABLE_VERSION, "seed": SEED, "sources": sources_hash(),
+                "tensorflow": tf.__version__}
+
+
+def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
+    from models.genotype import build_part
+    from pipeline.latency.reference import SEED
+    from pipeline.search.cost import measure_keras
+    from pipeline.train.fit import setup_tensorflow
+
+    setup_tensorflow(SEED)
+    return measure_keras(build_part(part), part.key(), profile, int8_io=True, log=log)
+
+
+def part_cost(part, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
+    """The single-thread int8 cost of ``part`` (:class:`models.genotype.Part`) on ``device``, cached.
+
+    Raises:
+        RuntimeIncompatibleError: the device's runtime does not load the part.
+        DeviceUnavailableError: the emulated run failed.
+    """
+    from pipeline.devices.profiles import get_device
+    from pipeline.errors import RuntimeIncompatibleError
+    from pipeline.latency.reference import cached_entry, run_key
+    from pipeline.search.cost import COST_VERSION, price
+
+    profile = get_device(device)
+    spec = PartSpec(part.key())
+    key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+    raw, cached = cached_entry("blocks", spec, profile, key, "cost", lambda: _measure_part(part, profile, log))
+    if not raw["loaded"]:
+        raise RuntimeIncompatibleError(f"{device} does not load part {part.key()}: {raw['load_error']}")
+    return price(dict(raw, cached=cached), profile, "int8", 1)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a genotype's parts depend on besides the genotype: input size, channels,
+    stem stride, classes."""
+
+    input_size: int
+    channels: int = 1
+    first_stride: int = 1
+    classes: int = 10
+
+    @property
+    def input_shape(self):
+        return (self.input_size, self.input_size, self.channels)
+
+
+def sum_of_parts(genotype, geometry: Geometry, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
+    """The summed figures of ``genotype``'s parts on ``device`` and how many were measured now."""
+    from models.genotype import parts
+
+    out = {k: 0.0 for k in FIGURES}
+    measured = 0
+    ps = parts(genotype, geometry.input_shape, geometry.classes, geometry.first_stride)
+    for p in ps:
+        c = part_cost(p, device, log)
+        measured += not c["cached"]
+        for k in FIGURES:
+            out[k] += float(c[k])
+    return {**out, "parts": len(ps), "parts_measured": measured}
+
+
+def full_cost(genotype, geometry: Geometry, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
+    """One full emulation of ``genotype``'s int8 network at one thread (the search's cost tier, cached)."""
+    from models.genotype import Genotype
+    from pipeline.latency.reference import ModelSpec, genotype_json
+    from pipeline.recipe.schema import GENOTYPE_FAMILY
+    from pipeline.search.cost import spec_cost
+
+    g = Genotype.from_dict(genotype)
+    spec = ModelSpec(GENOTYPE_FAMILY, 1.0, geometry.input_size, geometry.classes, "int8",
+                     channels=geometry.channels, first_stride=geometry.first_stride, genotype=genotype_json(g))
+    return spec_cost(spec, f"{g.key()}-{geometry.input_size}", device, "int8-ptq", 1, log)
+
+
+def calibrate(genotypes: Sequence, geometry: Geometry, device: str, log: Log = lambda m: None) -> Dict[str, float]:
+    """The per-model overhead: per figure, the median of (full emulation - sum of parts)."""
+    diffs: Dict[str, List[float]] = {k: [] for k in FIGURES}
+    for g in genotypes:
+        full, summed = full_cost(g, geometry, device, log), sum_of_parts(g, geometry, device, log)
+        for k in FIGURES:
+            diffs[k].append(float(full[k]) - summed[k])
+    return {k: statistics.median(v) for k, v in diffs.items()}
+
+
+def predict(genotype, geometry: Geometry, device: str, overhead: Dict[str, float],
+            log: Log = lambda m: None) -> Dict[str, float]:
+    """The predicted single-thread cost of ``genotype``: its parts plus ``overhead``."""
+    summed = sum_of_parts(genotype, geometry, device, log)
+    return {**{k: summed[k] + overhead[k] for k in FIGURES}, "parts": summed["parts"],
+            "parts_measured": summed["parts_measured"]}
+
+
+def validate(calibration: Sequence, held_out: Sequence, geometry: Geometry, device: str,
+             log: Log = lambda m: None) -> Dict[str, Any]:
+    """Predicts each held-out genotype and compares it with its full emulation.
+
+    Returns:
+        ``overhead``, ``rows`` (per genotype: predicted, emulated, error % per figure)
+        and ``summary`` (per figure: median and worst absolute error %).
+    """
+    overhead = calibrate(calibration, geometry, device, log)
+    rows = []
+    for i, g in enumerate(held_out, 1):
+        pred, full = predict(g, geometry, device, overhead, log), full_cost(g, geometry, device, log)
+        row = {"genotype": g.key(), "text": g.text(), "parts": pred["parts"]}
+        for k in FIGURES:
+            row[k] = {"predicted": pred[k], "emulated": float(full[k]),
+                      "error_pct": (pred[k] - float(full[k])) / float(full[k]) * 100.0}
+        rows.append(row)
+        log(f"[blocks] {i}/{len(held_out)} {g.key()}: cycles predicted {pred['latency_cycles'] / 1e6:.3f} M, "
+            f"emulated {float(full['latency_cycles']) / 1e6:.3f} M ({row['latency_cycles']['error_pct']:+.2f}%)")
+    summary = {}
+    for k in FIGURES:
+        errors = [abs(r[k]["error_pct"]) for r in rows]
+        summary[k] = {"median_abs_error_pct": statistics.median(errors), "worst_abs_error_pct": max(errors)}
+    return {"device": device, "geometry": geometry.__dict__, "overhead": overhead, "rows": rows,
+            "summary": summary}
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The validation as a Markdown table."""
+    lines = [f"Per-block table on {result['device']} ({len(result['rows'])} held-out genotypes, "
+             f"input {result['geometry']['input_size']}x{result['geometry']['input_size']}"
+             f"x{result['geometry']['channels']}, stem stride {result['geometry']['first_stride']})", "",
+             "| genotype | parts | instructions pred / emulated (err %) | M cycles pred / emulated (err %) |"
+             " ms pred / emulated (err %) |", "|---|---:|---|---|---|"]
+    for r in result["rows"]:
+        i, c, m = r["instructions"], r["latency_cycles"], r["latency_ms"]
+        lines.append(f"| {r['genotype']} | {r['parts']} | {i['predicted']:,.0f} / {i['emulated']:,.0f} "
+                     f"({i['error_pct']:+.2f}) | {c['predicted'] / 1e6:.3f} / {c['emulated'] / 1e6:.3f} "
+                     f"({c['error_pct']:+.2f}) | {m['predicted']:.3f} / {m['emulated']:.3f} ({m['error_pct']:+.2f}) |")
+    lines.append("")
+    for k, s in result["summary"].items():
+        lines.append(f"- {k}: median |error| {s['median_abs_error_pct']:.2f}%, worst {s['worst_abs_error_pct']:.2f}%")
+    o = result["overhead"]
+    lines.append(f"- per-model overhead: {o['instructions']:+,.0f} instructions, {o['latency_cycles']:+,.0f} cycles, "
+                 f"{o['latency_ms']:+.4f} ms")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from pipeline.errors import MobileModelError
+    from pipeline.search.blockspace import sample_distinct
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.search.blocktable", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", required=True, help="device profile (e.g. pixel4, camera-a53)")
+    ap.add_argument("--input-size", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    ap.add_argument("--first-stride", type=int, default=1, choices=(1, 2))
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--calibrate", type=int, default=3, help="calibration genotypes (seed + 1000)")
+    ap.add_argument("--held-out", type=int, default=20, help="held-out genotypes compared with full emulation")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = ap.parse_args(argv)
+    geometry = Geometry(args.input_size, args.channels, args.first_stride, args.classes)
+    calibration = sample_distinct(args.seed + 1000, args.calibrate)
+    held = [g for g in sample_distinct(args.seed, args.held_out + args.calibrate)
+            if g.key() not in {c.key() for c in calibration}][:args.held_out]
+    try:
+        result = validate(calibration, held, geometry, args.device,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    except MobileModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(markdown(result), end="")
+    if args.json:
+        from pipeline.store.atomic import atomic_write_json
+
+        atomic_write_json(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
