@@ -213,9 +213,30 @@ def test_prediction_sums_the_parts_and_adds_the_overhead(monkeypatch):
     g = blockspace.sample_distinct(2, 1)[0]
     geometry = bt.Geometry(32, 1, 1, 10)
     n = len(parts(g, geometry.input_shape, 10, 1))
-    pred = bt.predict(g, geometry, "pixel4", {"instructions": -50.0, "latency_cycles": 10.0, "latency_ms": 0.0})
-    assert pred == {"instructions": 1000.0 * n - 50, "latency_cycles": 500.0 * n + 10, "latency_ms": 0.25 * n,
+    overhead = {"fixed": {"instructions": -50.0, "latency_cycles": 10.0, "latency_ms": 0.0},
+                "per_part": {"instructions": -2.0, "latency_cycles": 0.0, "latency_ms": 0.0}}
+    pred = bt.predict(g, geometry, "pixel4", overhead)
+    assert pred == {"instructions": 998.0 * n - 50, "latency_cycles": 500.0 * n + 10, "latency_ms": 0.25 * n,
                     "parts": n, "parts_measured": 3}
+
+
+def test_the_overhead_is_fitted_to_the_number_of_parts(monkeypatch):
+    from pipeline.search import blocktable as bt
+
+    # Stand-ins: a network of n parts costs 100 n summed, 100 n + 40 - 7 n in full.
+    genotypes = blockspace.sample_distinct(4, 3)
+    counts = {g.key(): g.blocks + 2 for g in genotypes}
+    assert len(set(counts.values())) > 1
+    monkeypatch.setattr(bt, "sum_of_parts", lambda g, *a, **k: {**{f: 100.0 * counts[g.key()] for f in bt.FIGURES},
+                                                                "parts": counts[g.key()], "parts_measured": 0})
+    monkeypatch.setattr(bt, "full_cost", lambda g, *a, **k: {f: 93.0 * counts[g.key()] + 40 for f in bt.FIGURES})
+    overhead = bt.calibrate(genotypes, bt.Geometry(32), "pixel4")
+    for f in bt.FIGURES:
+        assert overhead["fixed"][f] == pytest.approx(40) and overhead["per_part"][f] == pytest.approx(-7)
+    same = [genotypes[0]] * 2  # one part count: the mean difference, nothing per part
+    overhead = bt.calibrate(same, bt.Geometry(32), "pixel4")
+    assert overhead["per_part"]["instructions"] == 0.0
+    assert overhead["fixed"]["instructions"] == pytest.approx(40 - 7 * counts[genotypes[0].key()])
 
 
 @pytest.mark.integration

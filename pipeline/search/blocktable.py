@@ -12,9 +12,10 @@ kernel, activation...), so networks that share a part share its entry
 
 A candidate's predicted cost is the sum of its parts plus a per-model overhead:
 what a whole network costs beyond its parts (the float input's QUANTIZE and the
-output's DEQUANTIZE, one interpreter invocation instead of one per part). The
-overhead is measured, not guessed: the median of (full emulation - sum of parts)
-over calibration genotypes at the same input geometry (:func:`calibrate`).
+output's DEQUANTIZE; one interpreter invocation instead of one per part, so the
+overhead falls with the number of parts). The overhead is measured, not guessed:
+``fixed + per_part x parts``, fitted by least squares to (full emulation - sum of
+parts) over calibration genotypes at the same input geometry (:func:`calibrate`).
 
 ``python -m pipeline.search.blocktable --device D`` measures the overhead on
 calibration genotypes, then predicts held-out genotypes and compares each with its
@@ -25,7 +26,9 @@ worst error.
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
 
 
 Log = Callable[[str], None]
@@ -129,22 +132,41 @@ def full_cost(genotype, geometry: Geometry, device: str, log: Log = lambda m: No
     return spec_cost(spec, f"{g.key()}-{geometry.input_size}", device, "int8-ptq", 1, log)
 
 
-def calibrate(genotypes: Sequence, geometry: Geometry, device: str, log: Log = lambda m: None) -> Dict[str, float]:
-    """The per-model overhead: per figure, the median of (full emulation - sum of parts)."""
-    diffs: Dict[str, List[float]] = {k: [] for k in FIGURES}
+def calibrate(genotypes: Sequence, geometry: Geometry, device: str,
+              log: Log = lambda m: None) -> Dict[str, Dict[str, float]]:
+    """The per-model overhead, per figure: ``fixed + per_part x parts`` fitted by least
+    squares to (full emulation - sum of parts) over ``genotypes`` (``per_part`` is 0
+    when they all have as many parts: the mean difference then).
+
+    Returns:
+        ``{"fixed": {figure: value}, "per_part": {figure: value}}``.
+    """
+    counts, diffs = [], {k: [] for k in FIGURES}
     for g in genotypes:
         full, summed = full_cost(g, geometry, device, log), sum_of_parts(g, geometry, device, log)
+        counts.append(summed["parts"])
         for k in FIGURES:
             diffs[k].append(float(full[k]) - summed[k])
-    return {k: statistics.median(v) for k, v in diffs.items()}
+    n = np.asarray(counts, dtype=float)
+    fixed, per_part = {}, {}
+    for k in FIGURES:
+        d = np.asarray(diffs[k])
+        if len(set(counts)) < 2:
+            fixed[k], per_part[k] = float(d.mean()), 0.0
+        else:
+            (a, b), *_ = np.linalg.lstsq(np.vstack([np.ones_like(n), n]).T, d, rcond=None)
+            fixed[k], per_part[k] = float(a), float(b)
+    return {"fixed": fixed, "per_part": per_part}
 
 
-def predict(genotype, geometry: Geometry, device: str, overhead: Dict[str, float],
+def predict(genotype, geometry: Geometry, device: str, overhead: Dict[str, Dict[str, float]],
             log: Log = lambda m: None) -> Dict[str, float]:
-    """The predicted single-thread cost of ``genotype``: its parts plus ``overhead``."""
+    """The predicted single-thread cost of ``genotype``: its parts plus ``overhead``
+    (:func:`calibrate`'s)."""
     summed = sum_of_parts(genotype, geometry, device, log)
-    return {**{k: summed[k] + overhead[k] for k in FIGURES}, "parts": summed["parts"],
-            "parts_measured": summed["parts_measured"]}
+    n = summed["parts"]
+    return {**{k: summed[k] + overhead["fixed"][k] + overhead["per_part"][k] * n for k in FIGURES},
+            "parts": n, "parts_measured": summed["parts_measured"]}
 
 
 def validate(calibration: Sequence, held_out: Sequence, geometry: Geometry, device: str,
@@ -189,9 +211,10 @@ def markdown(result: Dict[str, Any]) -> str:
     lines.append("")
     for k, s in result["summary"].items():
         lines.append(f"- {k}: median |error| {s['median_abs_error_pct']:.2f}%, worst {s['worst_abs_error_pct']:.2f}%")
-    o = result["overhead"]
-    lines.append(f"- per-model overhead: {o['instructions']:+,.0f} instructions, {o['latency_cycles']:+,.0f} cycles, "
-                 f"{o['latency_ms']:+.4f} ms")
+    f, pp = result["overhead"]["fixed"], result["overhead"]["per_part"]
+    lines.append(f"- per-model overhead: {f['instructions']:+,.0f} {pp['instructions']:+,.0f}/part instructions, "
+                 f"{f['latency_cycles']:+,.0f} {pp['latency_cycles']:+,.0f}/part cycles, "
+                 f"{f['latency_ms']:+.4f} {pp['latency_ms']:+.5f}/part ms")
     return "\n".join(lines) + "\n"
 
 
