@@ -97,12 +97,13 @@ lint: $(STAMP)
 
 # The whole suite: unit, integration (real training/conversion on tiny models)
 # and device tests (real ARM runtime under qemu), after lint. Exit code 5 (no tests) fails.
-# JUnit XML of the run goes to build/test-results/ (CI uploads it and shows it as checks).
+# JUnit XML of the run goes to build/test-results/ (CI uploads it and shows it as checks);
+# the 20 slowest tests are listed at the end.
 TEST_RESULTS ?= build/test-results
 test: $(STAMP) lint system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	@mkdir -p $(TEST_RESULTS)
-	$(PY) -m pytest tests device_tests -p no:cacheprovider --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest tests device_tests -p no:cacheprovider --durations=20 --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 unit: $(STAMP)
