@@ -257,3 +257,10 @@ def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch):
     assert again["parts_measured"] == 0
     assert again["latency_cycles"] == pytest.approx(row["latency_cycles"]["predicted"])
     assert "| " + held.key() + " |" in bt.markdown(result)
+
+
+def test_the_block_table_command_names_an_unknown_device(capsys):
+    from pipeline.search import blocktable as bt
+
+    assert bt.main(["--device", "nope", "--calibrate", "1", "--held-out", "1"]) == 2
+    assert "error: unknown device 'nope'; valid: camera-a53" in capsys.readouterr().err

@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     from pipeline.search.blockspace import sample_distinct
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.search.blocktable", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", required=True, help="device profile (e.g. pixel4, camera-a53)")
+    ap.add_argument("--device", required=True, help="device profile (mobile-model devices lists them)")
     ap.add_argument("--input-size", type=int, default=32)
     ap.add_argument("--channels", type=int, default=1, choices=(1, 3))
     ap.add_argument("--first-stride", type=int, default=1, choices=(1, 2))
@@ -243,9 +243,9 @@ def main(argv=None) -> int:
     try:
         result = validate(calibration, held, geometry, args.device,
                           log=lambda m: print(m, file=sys.stderr, flush=True))
-    except MobileModelError as e:
+    except MobileModelError as e:  # unknown device: 2; no ARM runtime: 3 (the CLI's exit codes)
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     print(markdown(result), end="")
     if args.json:
         from pipeline.store.atomic import atomic_write_json
