@@ -42,7 +42,7 @@ def _write(tmp_path, text):
     ("name: x\nepochs: 3\n", "recipe: unknown key 'epochs'; valid keys: name, seed, data, model"),
     ("model: {famly: mobilenet_v2}\n", "recipe.model: unknown key 'famly'; valid keys: family, alpha"),
     ("model: {family: resnet50}\n", "recipe.model.family: expected one of mobilenet_v1, mobilenet_v2, "
-                                    "mobilenet_v3_small, mobilenet_v3_large; got 'resnet50'"),
+                                    "mobilenet_v3_small, mobilenet_v3_large, mbconv; got 'resnet50'"),
     ("model: {input_size: 16}\n", "recipe.model.input_size: expected an integer >= 32, got 16"),
     ("model: {channels: 2}\n", "recipe.model.channels: expected one of 1, 3; got 2"),
     ("train: {epochs: 0}\n", "recipe.train.epochs: expected a positive integer or 'auto', got 0"),
