@@ -129,6 +129,9 @@ def test_warning_when_the_best_epoch_is_the_last():
     record = BuildRecord(counts={}, prune=None, stages=(), versions={}, curves=(_curve([0.5, 0.6, 0.7]),))
     assert "best validation top-1 came in its last epoch (3); it is probably still under-trained" in \
         under_trained_warning(record)
+    budget = dataclasses.replace(_curve([0.5, 0.6, 0.7]), stopped="time_budget")
+    assert "(3), where `train.time_budget_s` stopped training" in under_trained_warning(
+        dataclasses.replace(record, curves=(budget,)))
     record = dataclasses.replace(record, curves=(_curve([0.5, 0.8, 0.7]), _curve([0.1, 0.2], "prune")))
     assert under_trained_warning(record) is None
 

@@ -111,6 +111,10 @@ def under_trained_warning(record: BuildRecord) -> Optional[str]:
     curve = next((c for c in record.curves if c.stage == "train"), None)
     if curve is None or not curve.best_is_last:
         return None
+    if curve.stopped == "time_budget":
+        return (f"**Warning: the float model's best validation top-1 came in its last epoch ({curve.epochs}), "
+                "where `train.time_budget_s` stopped training; it is probably still under-trained.** A larger "
+                "`train.time_budget_s` (or none) trains longer.")
     return (f"**Warning: the float model's best validation top-1 came in its last epoch ({curve.epochs}); it is "
             "probably still under-trained.** Train longer: `train.epochs: auto` with a larger `train.max_epochs` "
             "(or `train.time_budget_s`), or a larger fixed `train.epochs`.")

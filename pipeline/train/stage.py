@@ -56,8 +56,10 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
               augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), lr_schedule=lr_schedule,
               log=log)
     if run["epochs"] > 1 and run["best_epoch"] == run["epochs"]:
+        remedy = ("raise train.time_budget_s" if run["stopped"] == "time_budget"
+                  else "raise train.max_epochs or train.epochs")
         log(f"[train] warning: the best validation top-1 came in the last epoch ({run['epochs']}): "
-            "the model is probably still under-trained (raise train.max_epochs or train.epochs)")
+            f"the model is probably still under-trained ({remedy})")
     probs = model.predict(splits.x_test, batch_size=256, verbose=0)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
