@@ -178,10 +178,13 @@ class Genotype:
         return cls(stem=d["stem"], stages=tuple(Stage.from_dict(s, i) for i, s in enumerate(stages)),
                    head=d["head"], head_fc=d.get("head_fc", 0), stem_act=d.get("stem_act", "hswish"))
 
+    def json(self) -> str:
+        """The canonical JSON (sorted keys, no spaces): equal genotypes give equal text."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
     def key(self) -> str:
         """A short stable name: ``g`` and 10 hex digits of the canonical JSON's sha256."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return "g" + hashlib.sha256(text.encode()).hexdigest()[:10]
+        return "g" + hashlib.sha256(self.json().encode()).hexdigest()[:10]
 
     def text(self) -> str:
         """One line: each stage as ``k{kernel}e{expand}x{depth}w{width}[se][hs]/s{stride}``."""

@@ -98,7 +98,7 @@ class ModelSpec:
 
         genotype: with family ``mbconv``, the block-level architecture
             (:class:`models.genotype.Genotype`) as its canonical JSON
-            (:func:`genotype_json`); alpha must then be 1.
+            (:meth:`models.genotype.Genotype.json`); alpha must then be 1.
 
     ``channels`` and ``first_stride`` enter the label and the cache key only when
     they differ from 3 and 2, so entries of the full-size reference models stay valid;
@@ -214,14 +214,6 @@ def _convert(spec: ModelSpec) -> bytes:
         x = np.random.default_rng(SEED + 1).random((1, *spec.input_shape), dtype=np.float32)
         validate_conversion(tflite, model.predict(x, verbose=0), x, variant, spec.label)
     return tflite
-
-
-def genotype_json(genotype) -> str:
-    """The canonical JSON of a genotype (a :class:`models.genotype.Genotype` or its dict):
-    what :class:`ModelSpec` keeps, so that equal genotypes share cache entries."""
-    from models.genotype import Genotype
-
-    return json.dumps(Genotype.from_dict(genotype).to_dict(), sort_keys=True, separators=(",", ":"))
 
 
 def build_tflite(spec: ModelSpec, log: Log = noop) -> Path:

@@ -50,12 +50,14 @@ class PartSpec:
         return f"part-{self.part_key}-int8"
 
     def key(self) -> Dict[str, Any]:
+        from importlib import metadata
+
         from pipeline.latency.reference import SEED, sources_hash
 
-        import tensorflow as tf
-
+        # The installed version, without importing TensorFlow: a fully cached
+        # prediction then needs no TensorFlow at all.
         return {"part": self.part_key, "table_version": TABLE_VERSION, "seed": SEED, "sources": sources_hash(),
-                "tensorflow": tf.__version__}
+                "tensorflow": metadata.version("tensorflow")}
 
 
 def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
@@ -121,15 +123,11 @@ def sum_of_parts(genotype, geometry: Geometry, device: str, log: Log = lambda m:
 
 def full_cost(genotype, geometry: Geometry, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
     """One full emulation of ``genotype``'s int8 network at one thread (the search's cost tier, cached)."""
-    from models.genotype import Genotype
-    from pipeline.latency.reference import ModelSpec, genotype_json
-    from pipeline.recipe.schema import GENOTYPE_FAMILY
-    from pipeline.search.cost import spec_cost
+    from pipeline.search.cost import genotype_spec, spec_cost
 
-    g = Genotype.from_dict(genotype)
-    spec = ModelSpec(GENOTYPE_FAMILY, 1.0, geometry.input_size, geometry.classes, "int8",
-                     channels=geometry.channels, first_stride=geometry.first_stride, genotype=genotype_json(g))
-    return spec_cost(spec, f"{g.key()}-{geometry.input_size}", device, "int8-ptq", 1, log)
+    spec = genotype_spec(genotype, geometry.input_size, geometry.classes, "int8", geometry.channels,
+                         geometry.first_stride)
+    return spec_cost(spec, f"{spec.genotype_obj().key()}-{geometry.input_size}", device, "int8-ptq", 1, log)
 
 
 def calibrate(genotypes: Sequence, geometry: Geometry, device: str,

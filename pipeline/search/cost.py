@@ -13,8 +13,7 @@ per architecture and core serves every search (kept in the latency cache,
 from typing import Any, Callable, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
-from pipeline.latency.reference import (ModelSpec, build_tflite, cached_entry, genotype_json, noop, run_key,
-                                        run_reference)
+from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
@@ -116,14 +115,20 @@ def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, varian
     """:func:`candidate_cost` of a block-level genotype (:class:`models.genotype.Genotype`
     or its dict) at ``input_size``, with the recipe's channels, stem stride and threads.
     The result's ``candidate`` is ``<genotype key>-<input size>``."""
+    check_variant(variant)
+    spec = genotype_spec(genotype, input_size, classes, SEARCH_VARIANTS[variant], recipe.model.channels,
+                         recipe.model.first_stride)
+    return spec_cost(spec, f"{spec.genotype_obj().key()}-{input_size}", device, variant, recipe.devices.threads,
+                     log)
+
+
+def genotype_spec(genotype, input_size: int, classes: int, numeric: str, channels: int,
+                  first_stride: int) -> ModelSpec:
+    """The reference model of a genotype (``numeric``: "int8" or "float32")."""
     from models.genotype import Genotype
 
-    check_variant(variant)
-    g = Genotype.from_dict(genotype)
-    spec = ModelSpec(GENOTYPE_FAMILY, 1.0, input_size, classes, SEARCH_VARIANTS[variant],
-                     channels=recipe.model.channels, first_stride=recipe.model.first_stride,
-                     genotype=genotype_json(g))
-    return spec_cost(spec, f"{g.key()}-{input_size}", device, variant, recipe.devices.threads, log)
+    return ModelSpec(GENOTYPE_FAMILY, 1.0, input_size, classes, numeric, channels=channels,
+                     first_stride=first_stride, genotype=Genotype.from_dict(genotype).json())
 
 
 def spec_cost(spec: ModelSpec, name: str, device: str, variant: str, threads: int,
