@@ -22,18 +22,27 @@ from pipeline.search.space import SEARCH_VARIANTS
 @click.option("--variant", default="int8-qat", show_default=True, type=click.Choice(tuple(SEARCH_VARIANTS)),
               help="The deployed variant whose cost is budgeted.")
 @click.option("--trials", type=click.IntRange(min=1), help="Candidates to look at [recipe search.trials].")
+@click.option("--space", type=click.Choice(("grid", "blocks")),
+              help="Search space: the grid of hand-designed candidates or block-level genotypes "
+                   "[recipe search.space].")
+@click.option("--time-budget-s", type=click.FloatRange(min=0),
+              help="Wall seconds after which no new trial starts; 0: none [recipe search.time_budget_s].")
 @click.option("--smoke", is_flag=True, help="Tiny form of the recipe (few samples, one epoch).")
 @click.option("--out", type=click.Path(path_type=Path), help="Search directory [build/search/<recipe>-<device>].")
 @click.option("--no-final-build", is_flag=True, help="Write chosen.yaml but do not build it.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the search result as JSON on stdout.")
-def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smoke, out, no_final_build,
-           quiet, as_json):
+def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, space, time_budget_s, smoke, out,
+           no_final_build, quiet, as_json):
     """Find the most accurate model of RECIPE's search space that meets the budgets on DEVICE.
 
     Each candidate (family, width, input size) first gets its cost on the device from
     one emulated run (cached per architecture); only candidates within every budget
     are trained with the short proxy schedule, and the best few get the full recipe.
+    With --space blocks the candidates are block-level genotypes: the per-block
+    latency table screens each proposal, full emulation confirms it, and successive
+    halving trains the promising ones longer; the hand-designed grid is priced and
+    trained beside them as a reference.
     The chosen recipe is written as chosen.yaml and built. Rerunning the same command
     continues the stored study.
 
@@ -54,6 +63,11 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
             raise ConfigError(f"{flag}: expected a positive number, got {value!r}")
     budget = Budget(latency_ms, memory_mb, size_kb)
     r = load_recipe(recipe, smoke=smoke)
+    if space is not None or time_budget_s is not None:
+        import dataclasses
+
+        changes = {k: v for k, v in (("space", space), ("time_budget_s", time_budget_s)) if v is not None}
+        r = dataclasses.replace(r, search=dataclasses.replace(r.search, **changes)).validate()
     if variant not in r.convert.variants:
         raise ConfigError(f"--variant {variant!r} is not a variant recipe {r.name} builds; valid: "
                           f"{', '.join(v for v in r.convert.variants if v in SEARCH_VARIANTS)}")
@@ -65,6 +79,10 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, smok
     else:
         click.echo(f"\n## search {r.build_name} on {device}: {res.root} ({res.wall_s:.1f} s, "
                    f"{res.trials_run} trial(s) run, {res.trials_stored} stored)\n")
+        ph = res.phases
+        click.echo(f"phases: trials {ph.get('trial_phase_s', 0):.0f} s"
+                   + (f" (reference points {ph['reference_s']:.0f} s)" if "reference_s" in ph else "")
+                   + f", finalists {ph.get('finalists_s', 0):.0f} s, final build {ph.get('final_build_s', 0):.0f} s\n")
         click.echo(pareto_table(res.rows, variant))
         c = res.chosen
         fin = c.get("finalist") or {}

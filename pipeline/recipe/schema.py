@@ -33,6 +33,8 @@ CLUSTER_INITS = ("kmeans_plus_plus", "linear", "random", "density_based")
 #: ``epochs: auto``: train until validation top-1 stops improving (see TrainConfig).
 AUTO = "auto"
 CLASS_WEIGHTS = ("none", "balanced")
+#: ``search.space``: the grid of hand-designed candidates, or block-level genotypes.
+SEARCH_SPACES = ("grid", "blocks")
 #: Float epochs on the synthetic ``shapes`` set when the recipe leaves ``train.epochs``
 #: unset: its hand-tuned schedule (shapes is easy and rendered afresh, so auto buys little).
 SHAPES_EPOCHS = 4
@@ -376,6 +378,14 @@ class SearchConfig:
         proxy_epochs: float training epochs of the proxy schedule.
         proxy_train_samples: training images of the proxy schedule (0: the recipe's).
         finalists: best proxy candidates that get the full recipe.
+        space: ``grid`` (the family x width x input size candidates above) or
+            ``blocks`` (block-level genotypes, :mod:`pipeline.search.blockspace`, at
+            ``input_sizes``, with the grid's hand-designed candidates as named points).
+        time_budget_s: wall seconds of the trial phase after which no new trial
+            starts (0: no limit; the finalists and the chosen build come after it).
+        rungs, reduction: successive halving of the ``blocks`` space: rung ``r``
+            trains ``proxy_epochs x reduction**r`` epochs, and a candidate goes on to
+            the next rung only when it is in the best ``1/reduction`` of its rung.
     """
 
     families: Tuple[str, ...] = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small")
@@ -385,9 +395,22 @@ class SearchConfig:
     proxy_epochs: int = 1
     proxy_train_samples: int = 0
     finalists: int = 2
+    space: str = "grid"
+    time_budget_s: float = 0
+    rungs: int = 2
+    reduction: int = 3
 
     def validate(self, where: str) -> None:
         _choices(where, "families", self.families, MODEL_FAMILIES)
+        _choice(where, "space", self.space, SEARCH_SPACES)
+        if (isinstance(self.time_budget_s, bool) or not isinstance(self.time_budget_s, (int, float))
+                or not 0 <= self.time_budget_s < float("inf")):
+            raise ConfigError(f"{where}.time_budget_s: expected seconds >= 0 (0: no limit), "
+                              f"got {self.time_budget_s!r}")
+        _positive_int(where, "rungs", self.rungs)
+        _positive_int(where, "reduction", self.reduction)
+        if self.reduction < 2:
+            raise ConfigError(f"{where}.reduction: expected an integer >= 2, got {self.reduction!r}")
         if not self.alphas:
             raise ConfigError(f"{where}.alphas: expected at least one width multiplier")
         for a in self.alphas:

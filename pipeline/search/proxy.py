@@ -7,11 +7,11 @@ deploy variant's top-1 on the validation split picks the choice.
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from pipeline.recipe.schema import Recipe
 from pipeline.search.recipes import chosen_recipe, proxy_recipe
-from pipeline.search.space import Budget, Candidate
+from pipeline.search.space import Arch, Budget, Candidate
 
 Log = Callable[[str], None]
 
@@ -20,41 +20,61 @@ def _indent(log: Log) -> Log:
     return lambda m: log(f"  {m}")
 
 
-def proxy_accuracy(recipe: Recipe, cand: Candidate, root: Path, log: Log) -> Dict[str, Any]:
-    """Builds ``cand``'s proxy recipe under ``root/proxy/`` (float only, no devices).
+def proxy_dir(recipe: Recipe, name: str, root: Path, epochs: Optional[int] = None) -> Path:
+    """Where a candidate's proxy is built: ``proxy/<name>``, or ``proxy/<name>-e<epochs>``
+    for a longer rung than ``search.proxy_epochs``."""
+    if epochs is None or epochs == recipe.search.proxy_epochs:
+        return root / "proxy" / name
+    return root / "proxy" / f"{name}-e{epochs}"
+
+
+def proxy_accuracy(recipe: Recipe, cand: Union[Arch, Candidate], root: Path, log: Log,
+                   epochs: Optional[int] = None) -> Dict[str, Any]:
+    """Builds ``cand``'s proxy recipe (``epochs``, default ``search.proxy_epochs``) under
+    ``root/proxy/`` (float only, no devices).
 
     Returns:
         the proxy's validation and test top-1, parameters, MACs, directory and wall time.
     """
     from pipeline.build import build
 
-    out = root / "proxy" / cand.name
-    res = build(proxy_recipe(recipe, cand), out=out, log=_indent(log), run_devices=False)
+    out = proxy_dir(recipe, cand.name, root, epochs)
+    res = build(proxy_recipe(recipe, cand, epochs), out=out, log=_indent(log), run_devices=False)
     s = res.summary
     return {"proxy_val_top1": float(s.float_val_top1), "proxy_test_top1": float(s.float_top1),
             "params": int(s.params), "macs": int(s.macs), "proxy_dir": str(out),
             "proxy_wall_s": round(res.wall_s, 1)}
 
 
+def arch_of(row: Dict[str, Any]) -> Arch:
+    """The candidate of a search table row."""
+    return Arch(row["candidate"], dict(row["model"]))
+
+
 def finalists(recipe: Recipe, rows: Sequence[Dict[str, Any]], device: str, variant: str, budget: Budget,
               root: Path, log: Log) -> List[Dict[str, Any]]:
-    """Builds the full recipe of the best proxies (``recipe.search.finalists``), without devices."""
+    """Builds the full recipe of the best proxies (``recipe.search.finalists``), without devices.
+
+    The best are those of the highest successive-halving rung reached, by their top-1
+    at that rung (the grid has one rung).
+    """
     from pipeline.build import build
 
     trained = sorted((r for r in rows if r.get("proxy_val_top1") is not None),
-                     key=lambda r: (-r["proxy_val_top1"], r["latency_ms"]))
+                     key=lambda r: (-r.get("rung", 0), -r.get("rung_val_top1", r["proxy_val_top1"]),
+                                    r["latency_ms"]))
     out = []
     for r in trained[:recipe.search.finalists]:
-        cand = Candidate(r["family"], r["alpha"], r["input_size"])
-        full = chosen_recipe(recipe, cand, device, variant, budget)
-        where = root / "finalists" / cand.name
-        log(f"[search] finalist {cand.name}: full recipe -> {where}")
+        arch = arch_of(r)
+        full = chosen_recipe(recipe, arch, device, variant, budget)
+        where = root / "finalists" / arch.name
+        log(f"[search] finalist {arch.name}: full recipe -> {where}")
         res = build(full, out=where, log=_indent(log), run_devices=False)
         v = res.summary.variants[variant]
-        out.append({"candidate": cand.name, "dir": str(where), "val_top1": v.val_top1,
+        out.append({"candidate": arch.name, "dir": str(where), "val_top1": v.val_top1,
                     "test_top1": v.top1, "float_test_top1": res.summary.float_top1,
                     "size_kb": v.size_bytes / 1024, "latency_ms": r["latency_ms"]})
-        log(f"[search] finalist {cand.name}: {variant} val top-1 {out[-1]['val_top1']:.1f}%, "
+        log(f"[search] finalist {arch.name}: {variant} val top-1 {out[-1]['val_top1']:.1f}%, "
             f"test top-1 {v.top1:.1f}%")
     return out
 

@@ -1,29 +1,30 @@
 """The recipes a search builds: a candidate's short proxy recipe and its full chosen recipe."""
 
 import dataclasses
+from typing import Optional, Union
 
 import yaml
 
 from pipeline.recipe.schema import Recipe
-from pipeline.search.space import Budget, Candidate, check_variant
+from pipeline.search.space import Arch, Budget, Candidate, check_variant
 
 
-def proxy_recipe(recipe: Recipe, cand: Candidate) -> Recipe:
-    """The proxy schedule of ``cand``: float training only, short, no devices or budgets."""
+def proxy_recipe(recipe: Recipe, arch: Union[Arch, Candidate], epochs: Optional[int] = None) -> Recipe:
+    """The proxy schedule of ``arch``: float training only, short (``epochs``, default
+    ``search.proxy_epochs``), no devices or budgets."""
     r = dataclasses.replace
     s = recipe.search
     data = recipe.data if not s.proxy_train_samples else r(recipe.data, train_samples=s.proxy_train_samples)
-    return r(recipe, name=f"{recipe.name}-proxy", data=data,
-             model=r(recipe.model, family=cand.family, alpha=cand.alpha, input_size=cand.input_size),
-             train=r(recipe.train, epochs=s.proxy_epochs),
+    return r(recipe, name=f"{recipe.name}-proxy", data=data, model=r(recipe.model, **arch.model),
+             train=r(recipe.train, epochs=epochs or s.proxy_epochs),
              prune=r(recipe.prune, enabled=False), cluster=r(recipe.cluster, enabled=False),
              qat=r(recipe.qat, enabled=False),
              convert=r(recipe.convert, variants=("float32",)),
              devices=r(recipe.devices, targets=()), budgets={}, deploy_variant="float32").validate()
 
 
-def chosen_recipe(recipe: Recipe, cand: Candidate, device: str, variant: str, budget: Budget) -> Recipe:
-    """The full recipe of ``cand`` on ``device``: its model, the device as the only
+def chosen_recipe(recipe: Recipe, arch: Union[Arch, Candidate], device: str, variant: str, budget: Budget) -> Recipe:
+    """The full recipe of ``arch`` on ``device``: its model, the device as the only
     target, ``variant`` deployed and the budgets as recipe budgets (checked by the build).
 
     Raises:
@@ -38,8 +39,7 @@ def chosen_recipe(recipe: Recipe, cand: Candidate, device: str, variant: str, bu
     if budget.size_kb is not None:
         budgets.setdefault("max_size_kb", {})[variant] = budget.size_kb
     return r(recipe, name=f"{recipe.name}-{device}",
-             model=r(recipe.model, family=cand.family, alpha=cand.alpha, input_size=cand.input_size),
-             devices=r(recipe.devices, targets=(device,)), budgets=budgets,
+             model=r(recipe.model, **arch.model), devices=r(recipe.devices, targets=(device,)), budgets=budgets,
              deploy_variant=variant).validate()
 
 

@@ -30,6 +30,25 @@ class Candidate:
     def name(self) -> str:
         return f"{self.family}-{self.alpha:g}-{self.input_size}"
 
+    @property
+    def model(self) -> Dict[str, Any]:
+        """The recipe's ``model`` fields this candidate sets."""
+        return {"family": self.family, "alpha": float(self.alpha), "input_size": int(self.input_size),
+                "genotype": None}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A candidate as a name and the recipe ``model`` fields it sets: a grid candidate's
+    family, width and input size, or a block-level genotype (family ``mbconv``)."""
+
+    name: str
+    model: Dict[str, Any]
+
+    @classmethod
+    def of(cls, cand: "Candidate") -> "Arch":
+        return cls(cand.name, cand.model)
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -38,7 +38,8 @@ from pipeline.latency.reference import noop
 from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
-from pipeline.search.proxy import final_build as build_final, finalists, proxy_accuracy
+from pipeline.search.blockstudy import BlockPhase, reference_rows
+from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
 from pipeline.store.atomic import atomic_write_text
@@ -51,14 +52,15 @@ TPE_STARTUP = 10
 
 
 def default_search_dir(recipe: Recipe, device: str) -> Path:
-    """``build/search/<recipe>-<device>``."""
-    return Path("build") / "search" / f"{recipe.build_name}-{device}"
+    """``build/search/<recipe>-<device>`` (``-blocks`` appended for the block space)."""
+    suffix = "-blocks" if recipe.search.space == "blocks" else ""
+    return Path("build") / "search" / f"{recipe.build_name}-{device}{suffix}"
 
 
 def study_key(recipe: Recipe, device: str, variant: str, budget: Budget) -> str:
     """A hash of what the stored trials depend on (not ``trials`` nor ``finalists``)."""
     d = recipe.to_dict()
-    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists")}
+    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists", "time_budget_s")}
     text = json.dumps({"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
                        "cost_version": COST_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -81,6 +83,7 @@ class SearchResult:
     trials_run: int
     trials_stored: int
     wall_s: float
+    phases: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -97,7 +100,7 @@ def _done_states():
     return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: Path, log: Log):
+def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: Path, log: Log):
     """The study of this recipe, device, variant and budget (created or loaded)."""
     import optuna
     from optuna.trial import TrialState
@@ -108,11 +111,19 @@ def _open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root:
     # TPE, seeded. Its random start-up phase is replaced by distinct candidates in a seeded
     # random order (enqueued), so a small budget of trials never looks at one twice; when
     # the trials cover the space, every candidate is enqueued once (exhaustive).
-    sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+    pruner = None
+    if recipe.search.space == "blocks":
+        # Constraint-aware TPE (rejected proposals carry how far over budget they are)
+        # and successive halving of the trained ones (pipeline.search.blockstudy).
+        sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=recipe.search.proxy_epochs,
+                                                        reduction_factor=recipe.search.reduction)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
     others = [n for n in optuna.get_all_study_names(storage)
               if n != name] if (root / "study.db").exists() else []
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
-                                sampler=sampler, load_if_exists=True)
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
     if others:
         log(f"[search] {len(others)} stored stud(ies) with another recipe/budget/space are left "
             f"alone; this one is {name}")
@@ -197,7 +208,7 @@ def run_trials(recipe: Recipe, device: str, variant: str, budget: Budget, classe
     Returns:
         (the Optuna study, the number of trials this call ran).
     """
-    study = _open_study(recipe, device, variant, budget, root, log)
+    study = open_study(recipe, device, variant, budget, root, log)
     target, remaining = _enqueue(study, recipe, log)
     objective = _objective(study, recipe, device, variant, budget, classes, root, log)
 
@@ -214,22 +225,39 @@ def run_trials(recipe: Recipe, device: str, variant: str, budget: Budget, classe
     return study, ran
 
 
+def table_row(name: str, model: Dict[str, Any], kind: str, cost: Dict[str, Any], misses: List[str],
+              proxy: Optional[Dict[str, Any]] = None, **extra) -> Dict[str, Any]:
+    """One row of the search table: a candidate's model, cost, verdict and proxy figures."""
+    return {"candidate": name, "kind": kind, "model": model, "family": model["family"],
+            "alpha": float(model["alpha"]), "input_size": int(model["input_size"]),
+            "latency_ms": cost.get("latency_ms"), "latency_validated": cost.get("latency_validated"),
+            "memory_mb": cost.get("memory_mb"), "size_kb": cost.get("size_kb"),
+            "instructions": cost.get("instructions"), "loaded": cost.get("loaded"), "fits": not misses,
+            "misses": list(misses), **(proxy or {}), **extra}
+
+
 def rows_of(study) -> List[Dict[str, Any]]:
-    """One row per distinct candidate of the study, fastest first."""
+    """One row per distinct candidate of the study that got a device cost, fastest first."""
     rows: Dict[str, Dict[str, Any]] = {}
     for t in study.get_trials(deepcopy=False, states=_done_states()):
         name = t.user_attrs.get("candidate")
         if name in rows or "cost" not in t.user_attrs:
             continue
-        cost = t.user_attrs["cost"]
-        rows[name] = {"candidate": name, "trial": t.number, "family": t.params["family"],
-                      "alpha": float(t.params["alpha"]), "input_size": int(t.params["input_size"]),
-                      "latency_ms": cost.get("latency_ms"), "latency_validated": cost.get("latency_validated"),
-                      "memory_mb": cost.get("memory_mb"),
-                      "size_kb": cost.get("size_kb"), "instructions": cost.get("instructions"),
-                      "loaded": cost.get("loaded"), "fits": not t.user_attrs.get("misses"),
-                      "misses": t.user_attrs.get("misses", []), **t.user_attrs.get("proxy", {})}
-    return sorted(rows.values(), key=lambda r: (r["latency_ms"] is None, r["latency_ms"] or 0, r["candidate"]))
+        a = t.user_attrs
+        model = a.get("model") or Candidate(t.params["family"], float(t.params["alpha"]),
+                                            int(t.params["input_size"])).model
+        extra = {"trial": t.number}
+        if a.get("rungs"):  # successive halving: the highest rung reached and its top-1
+            epochs = sorted(a["rungs"], key=int)
+            extra.update(rungs=a["rungs"], rung=len(epochs) - 1, rung_val_top1=a["rungs"][epochs[-1]])
+        rows[name] = table_row(name, model, "searched" if a.get("model") else "grid", a["cost"],
+                               a.get("misses", []), a.get("proxy"), **extra)
+    return sort_rows(rows.values())
+
+
+def sort_rows(rows) -> List[Dict[str, Any]]:
+    """Fastest first; rows without a latency last."""
+    return sorted(rows, key=lambda r: (r["latency_ms"] is None, r["latency_ms"] or 0, r["candidate"]))
 
 
 # -- the search ---------------------------------------------------------------------
@@ -241,12 +269,16 @@ def search_command(recipe: Recipe, device: str, budget: Budget, variant: str) ->
         flags += f" --memory-mb {budget.memory_mb:g}"
     if budget.size_kb is not None:
         flags += f" --size-kb {budget.size_kb:g}"
+    if recipe.search.space != "grid":
+        flags += f" --space {recipe.search.space}"
+    if recipe.search.time_budget_s:
+        flags += f" --time-budget-s {recipe.search.time_budget_s:g}"
     return f"mobile-model search {recipe.name} --device {device} {flags} --variant {variant}"
 
 
 def _nothing_fits(recipe: Recipe, device: str, variant: str, budget: Budget, rows, root: Path):
     """Writes the outputs of a search where no candidate fits; returns the error to raise."""
-    loaded = [r for r in rows if r["loaded"] and r["latency_ms"] is not None]
+    loaded = [r for r in rows if r["loaded"] and r["latency_ms"] is not None and r["kind"] != "hand-designed"]
     cheapest = min(loaded, key=lambda r: r["latency_ms"]) if loaded else None
     what = (f"the cheapest, {cheapest['candidate']}, needs {cheapest['latency_ms']:.3f} ms, "
             f"{cheapest['memory_mb']:.2f} MiB, {cheapest['size_kb']:.1f} KiB"
@@ -254,6 +286,11 @@ def _nothing_fits(recipe: Recipe, device: str, variant: str, budget: Budget, row
     write_outputs(root, recipe, device, variant, budget, rows,
                   {"root": str(root), "device": device, "variant": variant,
                    "budget": budget.to_dict(), "rows": rows, "chosen": None})
+    if recipe.search.space == "blocks":
+        return BudgetExceededError(
+            f"no genotype fits {budget.text()} on {device}: {len(loaded)} emulated (more were rejected by the "
+            f"per-block table); {what} (table: {root / 'pareto.md'}); raise the number of trials or the "
+            "time budget, or loosen the budget")
     left = len(space(recipe)) - len(rows)
     return BudgetExceededError(
         f"no candidate fits {budget.text()} on {device}: {len(rows)} looked at; {what} "
@@ -262,27 +299,61 @@ def _nothing_fits(recipe: Recipe, device: str, variant: str, budget: Budget, row
 
 
 def _mark_front(rows) -> List[str]:
-    """Marks the rows on the Pareto front of the candidates that fit; returns their names."""
-    fits = [r for r in rows if r["fits"]]
-    front_idx = pareto_front([(r["latency_ms"], r["proxy_val_top1"]) for r in fits])
-    front = [fits[i]["candidate"] for i in front_idx]
-    for r in rows:
-        r["pareto"] = r["candidate"] in front
+    """Marks the rows on the Pareto front of the trained candidates of their kind (grid,
+    searched, hand-designed) by rung-0 proxy top-1; returns the names on the front of
+    the candidates the search chooses from (not the hand-designed reference)."""
+    front: List[str] = []
+    for kind in {r["kind"] for r in rows}:
+        fits = [r for r in rows if r["kind"] == kind and r["fits"] and r.get("proxy_val_top1") is not None]
+        names = [fits[i]["candidate"] for i in pareto_front([(r["latency_ms"], r["proxy_val_top1"]) for r in fits])]
+        for r in rows:
+            if r["kind"] == kind:
+                r["pareto"] = r["candidate"] in names
+        if kind != "hand-designed":
+            front += names
     return front
 
 
 def _write_chosen(recipe: Recipe, device: str, variant: str, budget: Budget, row, best, root: Path):
     """Writes ``chosen.yaml`` (the full recipe of the choice); returns (recipe, path)."""
-    cand = Candidate(row["family"], row["alpha"], row["input_size"])
-    chosen = chosen_recipe(recipe, cand, device, variant, budget)
+    arch = arch_of(row)
+    chosen = chosen_recipe(recipe, arch, device, variant, budget)
     path = root / "chosen.yaml"
+    what = arch.name
+    if arch.model.get("genotype"):
+        from models.genotype import Genotype
+
+        what += f" ({Genotype.from_dict(arch.model['genotype']).text()})"
     atomic_write_text(path, recipe_yaml(chosen, (
         f"mobile-model build {path}\n\n"
         f"Chosen by `{search_command(recipe, device, budget, variant)}`:\n"
-        f"{cand.name}, estimated {row['latency_ms']:.3f} ms, "
+        f"{what}, estimated {row['latency_ms']:.3f} ms, "
         f"{row['memory_mb']:.2f} MiB, {row['size_kb']:.1f} KiB on {device} (random-weight run);\n"
         f"{variant} top-1 {best['test_top1']:.2f}% (test) after the full recipe.")))
     return chosen, path
+
+
+def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root: Path,
+                log: Log, t0: float):
+    """The block space's trial phase, then the hand-designed reference; returns
+    (study, rows, phase counts)."""
+    study = open_study(recipe, device, variant, budget, root, log)
+    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log)
+    counts = phase.run(t0)
+    counts["trial_phase_s"] = round(time.perf_counter() - t0, 1)
+    stored = study.get_trials(deepcopy=False, states=_done_states())
+    counts["rejected_by_table"] = len({t.user_attrs.get("candidate") for t in stored
+                                       if t.user_attrs.get("rejected_by") == "table"})
+    counts["rejected_by_emulation"] = len({t.user_attrs.get("candidate") for t in stored
+                                           if t.user_attrs.get("rejected_by") == "emulation"})
+    log(f"[search] trial phase: {counts['trained']} trained this run, {counts['proposals']} proposal(s); "
+        f"stored: {counts['rejected_by_table']} rejected by the table, {counts['rejected_by_emulation']} "
+        f"by emulation ({counts['trial_phase_s']:.0f} s)")
+    t1 = time.perf_counter()
+    refs = [table_row(r["candidate"], r["model"], r["kind"], r["cost"], r["misses"], r.get("proxy"))
+            for r in reference_rows(recipe, device, variant, budget, classes, root, log)]
+    counts["reference_s"] = round(time.perf_counter() - t1, 1)
+    return study, sort_rows(rows_of(study) + refs), counts
 
 
 def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat",
@@ -291,7 +362,8 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
     """Finds the most accurate candidate of ``recipe.search`` within ``budget`` on ``device``.
 
     Args:
-        recipe: a validated recipe; its ``search`` section is the space and schedule.
+        recipe: a validated recipe; its ``search`` section is the space and schedule
+            (``space: grid`` or ``blocks``, :mod:`pipeline.search.blockstudy`).
         device: a device profile name.
         budget: latency (and optionally memory, size) limits for ``variant``.
         variant: the deployed variant whose cost is budgeted (``SEARCH_VARIANTS``).
@@ -317,26 +389,42 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
     if trials is not None:
         recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, trials=trials)).validate()
     root = Path(out) if out else default_search_dir(recipe, device)
+    blocks = recipe.search.space == "blocks"
     with build_lock(root):
         classes = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed).num_classes
-        log(f"[search] {recipe.build_name} on {device}: {len(space(recipe))} candidates, "
-            f"{recipe.search.trials} trial(s), {variant} within {budget.text()}")
-        study, ran = run_trials(recipe, device, variant, budget, classes, root, log)
-        rows = rows_of(study)
+        if blocks:
+            from pipeline.search.blockspace import space_size
+
+            log(f"[search] {recipe.build_name} on {device}: block-level genotypes ({space_size():,} per input "
+                f"size, {len(recipe.search.input_sizes)} size(s)), {recipe.search.trials} trained trial(s)"
+                + (f" or {recipe.search.time_budget_s:g} s" if recipe.search.time_budget_s else "")
+                + f", {variant} within {budget.text()}")
+            study, rows, counts = _block_rows(recipe, device, variant, budget, classes, root, log, t0)
+            ran = counts["proposals"]
+        else:
+            log(f"[search] {recipe.build_name} on {device}: {len(space(recipe))} candidates, "
+                f"{recipe.search.trials} trial(s), {variant} within {budget.text()}")
+            study, ran = run_trials(recipe, device, variant, budget, classes, root, log)
+            rows, counts = rows_of(study), {"trial_phase_s": round(time.perf_counter() - t0, 1)}
         front = _mark_front(rows)
-        if not any(r["fits"] for r in rows):
+        choosable = [r for r in rows if r["kind"] != "hand-designed"]
+        if not any(r["fits"] and r.get("proxy_val_top1") is not None for r in choosable):
             raise _nothing_fits(recipe, device, variant, budget, rows, root)
-        finals = finalists(recipe, rows, device, variant, budget, root, log)
+        t1 = time.perf_counter()
+        finals = finalists(recipe, choosable, device, variant, budget, root, log)
         best = max(finals, key=lambda f: (f["val_top1"], -f["latency_ms"]))
         by_name = {r["candidate"]: r for r in rows}
         for f in finals:
             by_name[f["candidate"]]["finalist"] = f
         row = by_name[best["candidate"]]
         chosen, chosen_path = _write_chosen(recipe, device, variant, budget, row, best, root)
+        counts["finalists_s"] = round(time.perf_counter() - t1, 1)
         log(f"[search] chosen: {row['candidate']} -> {chosen_path}")
+        t2 = time.perf_counter()
         final = build_final(chosen, Path(best["dir"]), device, variant, log) if final_build else None
+        counts["final_build_s"] = round(time.perf_counter() - t2, 1)
         result = SearchResult(root, device, variant, budget, rows, front, finals,
                               {**row, "recipe": recipe.name}, chosen_path, final, ran, len(study.trials),
-                              round(time.perf_counter() - t0, 1))
+                              round(time.perf_counter() - t0, 1), counts)
         write_outputs(root, recipe, device, variant, budget, rows, result.to_dict())
         return result

@@ -1,0 +1,273 @@
+"""The trial phase of a search over block-level genotypes (``search.space: blocks``).
+
+Each proposal of the study's sampler is a genotype of :mod:`pipeline.search.blockspace`
+at one of the recipe's input sizes. It passes three gates, cheapest first:
+
+1. **The per-block table** (:mod:`pipeline.search.blocktable`): the sum of the
+   genotype's cached part costs plus the per-model overhead predicts its
+   single-thread latency in milliseconds. A proposal predicted over the latency
+   budget by more than :data:`SCREEN_MARGIN` is rejected here: no conversion, no
+   emulation, no training. (The table stands for one-thread int8 runs; with more
+   threads, or a float variant, every proposal goes to gate 2.)
+2. **Full emulation** (:func:`pipeline.search.cost.genotype_cost`, cached): the
+   estimate every budget is checked against (latency at the recipe's threads,
+   memory, size, and whether the runtime loads it). Only a proposal within every
+   budget is trained, so no infeasible candidate is ever trained.
+3. **Successive halving**: rung ``r`` trains the proxy for ``proxy_epochs x
+   reduction**r`` epochs (from scratch, each rung its own cached build); Optuna's
+   :class:`~optuna.pruners.SuccessiveHalvingPruner` stops a candidate that is not in
+   the best ``1/reduction`` of its rung.
+
+The sampler is Optuna's TPE with constraints: a rejected proposal is stored as a
+pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget, so the sampler
+learns where the feasible region lies. ``search.trials`` counts trained candidates;
+proposals rejected at gate 1 or 2 are not counted. ``search.time_budget_s`` stops the
+phase: no trial starts after it is spent.
+
+The hand-designed candidates of the recipe's grid (family x width x input size) are
+reference points: priced by full emulation and, when they fit, trained with the
+same rung-0 proxy schedule, so the Pareto plot compares the searched front with the
+hand-designed one at equal latency. They are not finalists and their training does
+not count against the time budget.
+"""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
+from pipeline.search.blockspace import (DEPTHS, EXPANSIONS, HSWISH_FROM, KERNELS, SKELETON, WIDTH_MULTS,
+                                        StageChoice, genotype_of, sample_distinct)
+from pipeline.search.cost import candidate_cost, genotype_cost
+from pipeline.search.proxy import proxy_accuracy
+from pipeline.search.space import SEARCH_VARIANTS, Arch, Budget, space
+
+Log = Callable[[str], None]
+
+#: A proposal is rejected by the table only when predicted this much over the latency
+#: budget (the table's worst error against full emulation is well under it,
+#: docs/search.md); closer ones are emulated.
+SCREEN_MARGIN = 0.02
+#: Random proposals before TPE models the results (Optuna's default).
+TPE_STARTUP = 10
+#: Calibration genotypes of the table's per-model overhead (drawn from seed + 1000,
+#: as ``python -m pipeline.search.blocktable`` draws them).
+CALIBRATION = 3
+#: Proposals allowed per trained candidate before the phase gives up (a budget so
+#: tight that the sampler finds almost nothing within it).
+PROPOSALS_PER_TRIAL = 40
+
+
+def genotype_arch(genotype, input_size: int) -> Arch:
+    """A genotype at an input size as a search candidate (family ``mbconv``)."""
+    from models.genotype import Genotype
+
+    g = Genotype.from_dict(genotype)
+    return Arch(f"{g.key()}-{input_size}", {"family": GENOTYPE_FAMILY, "alpha": 1.0,
+                                            "input_size": int(input_size), "genotype": g.to_dict()})
+
+
+def suggest(trial, input_sizes) -> Tuple[Any, int]:
+    """The genotype and input size of an Optuna trial's per-stage choices."""
+    choices = []
+    for i in range(len(SKELETON)):
+        choices.append(StageChoice(
+            kernel=trial.suggest_categorical(f"s{i}_kernel", list(KERNELS)),
+            expand=trial.suggest_categorical(f"s{i}_expand", list(EXPANSIONS)),
+            depth=trial.suggest_categorical(f"s{i}_depth", list(DEPTHS)),
+            width_mult=trial.suggest_categorical(f"s{i}_width", list(WIDTH_MULTS)),
+            se=trial.suggest_categorical(f"s{i}_se", [False, True])))
+    hswish = trial.suggest_categorical("hswish_from", list(HSWISH_FROM))
+    size = trial.suggest_categorical("input_size", [int(n) for n in input_sizes])
+    return genotype_of(choices, hswish), int(size)
+
+
+def excess(cost: Dict[str, Any], budget: Budget) -> float:
+    """How far ``cost`` is over ``budget``: the largest ``measured / limit - 1`` (<= 0: fits;
+    1.0 for a model the device does not load)."""
+    if not cost.get("loaded") or cost.get("latency_ms") is None:
+        return 1.0
+    ratios = [cost["latency_ms"] / budget.latency_ms]
+    if budget.memory_mb is not None:
+        ratios.append(cost["memory_mb"] / budget.memory_mb)
+    if budget.size_kb is not None:
+        ratios.append(cost["size_kb"] / budget.size_kb)
+    return max(ratios) - 1.0
+
+
+class TableScreen:
+    """Gate 1: the per-block table's latency prediction, calibrated once per input size."""
+
+    def __init__(self, recipe: Recipe, device: str, variant: str, classes: int, budget: Budget, log: Log):
+        self.recipe, self.device, self.classes, self.budget, self.log = recipe, device, classes, budget, log
+        self.applies = recipe.devices.threads == 1 and SEARCH_VARIANTS[variant] == "int8"
+        self._overhead: Dict[int, Dict[str, Dict[str, float]]] = {}
+
+    def _geometry(self, input_size: int):
+        from pipeline.search.blocktable import Geometry
+
+        m = self.recipe.model
+        return Geometry(input_size, m.channels, m.first_stride, self.classes)
+
+    def predict(self, genotype, input_size: int) -> Optional[Dict[str, float]]:
+        """The table's prediction (None where the table does not apply)."""
+        from pipeline.search.blocktable import calibrate, predict
+
+        if not self.applies:
+            return None
+        geometry = self._geometry(input_size)
+        if input_size not in self._overhead:
+            self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
+                     f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")
+            self._overhead[input_size] = calibrate(sample_distinct(self.recipe.seed + 1000, CALIBRATION),
+                                                   geometry, self.device, self.log)
+        return predict(genotype, geometry, self.device, self._overhead[input_size], self.log)
+
+    def rejects(self, prediction: Optional[Dict[str, float]]) -> bool:
+        return prediction is not None and \
+            prediction["latency_ms"] > self.budget.latency_ms * (1 + SCREEN_MARGIN)
+
+
+def _cost_attrs(cost: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in cost.items() if k != "instructions_by_class"}
+
+
+class BlockPhase:
+    """The trial phase over genotypes: proposals, gates, rungs; results in the study."""
+
+    def __init__(self, study, recipe: Recipe, device: str, variant: str, budget: Budget, classes: int,
+                 root, log: Log, screen: Optional[TableScreen] = None):
+        self.study, self.recipe, self.device, self.variant = study, recipe, device, variant
+        self.budget, self.classes, self.root, self.log = budget, classes, root, log
+        self.screen = screen or TableScreen(recipe, device, variant, classes, budget, log)
+        s = recipe.search
+        self.epochs = [s.proxy_epochs * s.reduction ** r for r in range(s.rungs)]
+
+    def stored(self) -> Dict[str, Any]:
+        """Done trials by candidate name (the first of each)."""
+        from optuna.trial import TrialState
+
+        out: Dict[str, Any] = {}
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            out.setdefault(t.user_attrs.get("candidate"), t)
+        return out
+
+    def trained(self) -> int:
+        return sum(1 for t in self.stored().values() if t.user_attrs.get("rungs"))
+
+    def _reject(self, trial, misses: List[str], over: float, stage: str) -> None:
+        from optuna.trial import TrialState
+
+        trial.set_user_attr("misses", misses)
+        trial.set_user_attr("excess", over)
+        trial.set_constraint("budget", over)
+        trial.set_user_attr("rejected_by", stage)
+        self.study.tell(trial, state=TrialState.PRUNED)
+
+    def _train(self, trial, arch: Arch) -> None:
+        """Gate 3: the rungs of successive halving."""
+        from optuna.trial import TrialState
+
+        rungs: Dict[str, float] = {}
+        for r, epochs in enumerate(self.epochs):
+            acc = proxy_accuracy(self.recipe, arch, self.root, self.log, epochs)
+            rungs[str(epochs)] = acc["proxy_val_top1"]
+            if r == 0:
+                trial.set_user_attr("proxy", acc)
+            trial.set_user_attr("rungs", rungs)
+            trial.report(acc["proxy_val_top1"], epochs)
+            self.log(f"[search] trial {trial.number}: {arch.name}: rung {r} ({epochs} epochs) "
+                     f"val top-1 {acc['proxy_val_top1']:.1f}%")
+            if r + 1 < len(self.epochs) and trial.should_prune():
+                self.log(f"[search] trial {trial.number}: not in the best 1/{self.recipe.search.reduction} "
+                         f"of rung {r}: stopped")
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
+        self.study.tell(trial, acc["proxy_val_top1"])
+
+    def propose(self, trial) -> bool:
+        """One proposal through the gates; True when it was trained."""
+        from optuna.trial import TrialState
+
+        g, size = suggest(trial, self.recipe.search.input_sizes)
+        arch = genotype_arch(g, size)
+        trial.set_user_attr("candidate", arch.name)
+        trial.set_user_attr("model", arch.model)
+        prior = self.stored().get(arch.name)
+        if prior is not None:  # proposed again: its figures are known, nothing is counted
+            for k, v in prior.user_attrs.items():
+                if k != "candidate":
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", prior.number)
+            trial.set_constraint("budget", float(prior.user_attrs.get("excess", 0.0)))
+            if prior.state == TrialState.COMPLETE:
+                self.study.tell(trial, prior.value)
+            else:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            return False
+        pred = self.screen.predict(g, size)
+        if pred is not None:
+            trial.set_user_attr("predicted", {k: pred[k] for k in ("latency_ms", "latency_cycles", "parts")})
+            if self.screen.rejects(pred):
+                over = pred["latency_ms"] / self.budget.latency_ms - 1
+                self._reject(trial, [f"predicted latency {pred['latency_ms']:.3f} ms > "
+                                     f"{self.budget.latency_ms:g} ms (per-block table)"], over, "table")
+                self.log(f"[search] proposal {trial.number}: {arch.name}: table predicts "
+                         f"{pred['latency_ms']:.3f} ms -> over budget, not emulated")
+                return False
+        cost = genotype_cost(self.recipe, g, size, self.device, self.variant, self.classes, self.log)
+        trial.set_user_attr("cost", _cost_attrs(cost))
+        misses = self.budget.misses(cost)
+        if misses:
+            self._reject(trial, misses, excess(cost, self.budget), "emulation")
+            self.log(f"[search] proposal {trial.number}: {arch.name}: emulated -> over budget: "
+                     f"{'; '.join(misses)}")
+            return False
+        trial.set_user_attr("misses", [])
+        trial.set_user_attr("excess", excess(cost, self.budget))
+        trial.set_constraint("budget", min(excess(cost, self.budget), 0.0))
+        self.log(f"[search] trial {trial.number}: {arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, "
+                 f"{cost['memory_mb']:.2f} MiB, {cost['size_kb']:.1f} KiB -> fits, proxy training")
+        self._train(trial, arch)
+        return True
+
+    def run(self, t0: float) -> Dict[str, Any]:
+        """Proposes until ``search.trials`` candidates are trained, the time budget is spent
+        or too many proposals in a row miss. Returns counts of what happened."""
+        s = self.recipe.search
+        target = s.trials
+        done = self.trained()
+        if done:
+            self.log(f"[search] resuming {self.study.study_name}: {done} candidate(s) trained, "
+                     f"{max(target - done, 0)} to go")
+        proposals = trained = 0
+        out_of_time = False
+        while done + trained < target:
+            if s.time_budget_s and time.perf_counter() - t0 >= s.time_budget_s:
+                out_of_time = True
+                self.log(f"[search] time budget of {s.time_budget_s:g} s spent: no new trial")
+                break
+            if proposals >= PROPOSALS_PER_TRIAL * (trained + 1):
+                self.log(f"[search] {proposals} proposals, {trained} within the budget: giving up")
+                break
+            trial = self.study.ask()
+            proposals += 1
+            trained += self.propose(trial)
+        return {"proposals": proposals, "trained": trained, "out_of_time": out_of_time}
+
+
+def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root,
+                   log: Log) -> List[Dict[str, Any]]:
+    """The hand-designed candidates of the recipe's grid, priced and (when they fit)
+    trained with the rung-0 proxy schedule: the reference the searched genotypes are
+    compared with (cached: each cost once per core, each proxy build once)."""
+    rows = []
+    for cand in space(recipe):
+        cost = candidate_cost(recipe, cand, device, variant, classes, log)
+        misses = budget.misses(cost)
+        row = {"candidate": cand.name, "model": cand.model, "kind": "hand-designed",
+               "cost": _cost_attrs(cost), "misses": misses}
+        if not misses:
+            log(f"[search] hand-designed {cand.name}: {cost['latency_ms']:.3f} ms -> fits, proxy training")
+            row["proxy"] = proxy_accuracy(recipe, Arch.of(cand), root, log)
+        rows.append(row)
+    return rows

@@ -1,0 +1,189 @@
+"""The block-level search's trial phase (pipeline.search.blockstudy), with stand-ins.
+
+The per-block table, the emulated cost and the proxy training are replaced by
+stand-ins that record their calls, so the gates can be checked in seconds: a
+proposal the table prices over budget is never emulated nor trained; one the
+emulation prices over budget is never trained; ``trials`` counts trained
+candidates; successive halving trains the promoted ones longer.
+"""
+
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.recipe.load import load_recipe
+from pipeline.search import blockstudy as bs
+from pipeline.search import space as ss
+from pipeline.search import study as se
+
+RECIPE = {
+    "name": "blocks",
+    "data": {"dataset": "shapes", "train_samples": 256, "val_samples": 64, "test_samples": 128},
+    "model": {"family": "mobilenet_v2", "alpha": 0.35, "input_size": 32, "channels": 1, "first_stride": 1},
+    "convert": {"variants": ["float32", "int8-qat"]},
+    "search": {"space": "blocks", "input_sizes": [32], "trials": 4, "proxy_epochs": 1, "rungs": 2,
+               "reduction": 3, "finalists": 1},
+}
+
+
+def _recipe(tmp_path, **search):
+    data = {**RECIPE, "search": {**RECIPE["search"], **search}}
+    p = tmp_path / "blocks.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return load_recipe(p)
+
+
+def _ms(genotype) -> float:
+    """The stand-in latency: 0.1 ms per block (5 to 15 blocks in the space)."""
+    return 0.1 * genotype.blocks
+
+
+class StandInTable(bs.TableScreen):
+    """The table's prediction replaced by :func:`_ms`; its verdict (``rejects``) is the real one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.applies = True
+        self.predicted = []
+
+    def predict(self, genotype, input_size):
+        self.predicted.append(bs.genotype_arch(genotype, input_size).name)
+        return {"latency_ms": _ms(genotype), "latency_cycles": 1e6 * _ms(genotype), "parts": genotype.blocks + 2}
+
+
+@pytest.fixture
+def stand_ins(monkeypatch):
+    calls = {"emulated": [], "trained": []}
+
+    def fake_cost(recipe, genotype, input_size, device, variant, classes, log):
+        calls["emulated"].append((bs.genotype_arch(genotype, input_size).name, _ms(genotype)))
+        # The emulation is 1.5% slower than the table: proposals just under the table's
+        # margin are caught here.
+        return {"loaded": True, "latency_ms": _ms(genotype) * 1.015, "memory_mb": 1.0, "size_kb": 100.0,
+                "cached": False}
+
+    def fake_proxy(recipe, arch, root, log, epochs=None):
+        calls["trained"].append((arch.name, epochs))
+        # More accurate with fewer blocks and with more epochs (deterministic).
+        top1 = 50.0 + 2 * int(arch.name[1:3], 16) % 40 + epochs
+        return {"proxy_val_top1": float(top1), "proxy_test_top1": float(top1)}
+
+    monkeypatch.setattr(bs, "genotype_cost", fake_cost)
+    monkeypatch.setattr(bs, "proxy_accuracy", fake_proxy)
+    return calls
+
+
+def _phase(recipe, budget, root, logs):
+    study = se.open_study(recipe, "camera-a53", "int8-qat", budget, root, logs.append)
+    screen = StandInTable(recipe, "camera-a53", "int8-qat", 10, budget, logs.append)
+    return study, screen, bs.BlockPhase(study, recipe, "camera-a53", "int8-qat", budget, 10, root,
+                                        logs.append, screen=screen)
+
+
+def test_cost_screen_rejects_over_budget_candidates_without_training_them(tmp_path, stand_ins):
+    from optuna.trial import TrialState
+
+    recipe = _recipe(tmp_path)
+    budget = ss.Budget(0.85)  # up to 8 blocks by the table's margin; up to 8 by the emulation
+    logs = []
+    study, screen, phase = _phase(recipe, budget, tmp_path, logs)
+    counts = phase.run(0.0)
+
+    emulated = dict(stand_ins["emulated"])
+    trained = {name for name, _ in stand_ins["trained"]}
+    assert counts["trained"] == 4 == len(trained)  # trials counts trained candidates only
+    assert counts["proposals"] > 4  # ... and the rejected proposals are not counted
+    by_name = {t.user_attrs["candidate"]: t for t in study.trials}
+    table_rejected = [n for n, t in by_name.items() if t.user_attrs.get("rejected_by") == "table"]
+    assert table_rejected, "the uniform start-up proposals include genotypes of more than 9 blocks"
+    for name in table_rejected:
+        t = by_name[name]
+        assert name not in emulated and name not in trained  # neither emulated nor trained
+        assert t.state == TrialState.PRUNED and t.user_attrs["excess"] > 0
+        assert t.constraints["budget"] > 0  # the sampler sees it as infeasible
+        assert t.user_attrs["predicted"]["latency_ms"] > 0.85 * (1 + bs.SCREEN_MARGIN)
+        assert "per-block table" in t.user_attrs["misses"][0]
+    for name, ms in emulated.items():  # every emulated proposal passed the table
+        assert ms <= 0.85 * (1 + bs.SCREEN_MARGIN)
+    for name in trained:  # no infeasible candidate trained
+        assert emulated[name] * 1.015 <= 0.85
+        assert by_name[name].user_attrs["excess"] <= 0 and by_name[name].constraints["budget"] <= 0
+    caught = [n for n, ms in emulated.items() if ms * 1.015 > 0.85]
+    for name in caught:
+        assert name not in trained and by_name[name].user_attrs["rejected_by"] == "emulation"
+    # Successive halving: every trained candidate got rung 0 (1 epoch); the promoted
+    # ones rung 1 (3 epochs), and not all were promoted.
+    epochs = {}
+    for name, e in stand_ins["trained"]:
+        epochs.setdefault(name, []).append(e)
+    assert all(e[0] == 1 for e in epochs.values())
+    promoted = [n for n, e in epochs.items() if e == [1, 3]]
+    assert promoted and len(promoted) < len(epochs)
+    for name in promoted:
+        assert by_name[name].state == TrialState.COMPLETE and set(by_name[name].user_attrs["rungs"]) == {"1", "3"}
+
+    # The rows of the study: emulated candidates only, fastest first, rung figures kept.
+    rows = se.rows_of(study)
+    assert {r["candidate"] for r in rows} == set(emulated)
+    assert all(r["kind"] == "searched" and r["family"] == "mbconv" for r in rows)
+    assert {r["candidate"] for r in rows if r.get("rung") == 1} == set(promoted)
+
+    # The same phase again: the stored trials count, nothing is trained again.
+    before = len(stand_ins["trained"])
+    counts = bs.BlockPhase(study, recipe, "camera-a53", "int8-qat", budget, 10, tmp_path, logs.append,
+                           screen=screen).run(0.0)
+    assert counts["trained"] == 0 and len(stand_ins["trained"]) == before
+    assert any("4 candidate(s) trained" in m for m in logs)
+
+
+def test_time_budget_stops_the_phase(tmp_path, stand_ins):
+    import time
+
+    recipe = _recipe(tmp_path, time_budget_s=5)
+    logs = []
+    _, _, phase = _phase(recipe, ss.Budget(0.85), tmp_path, logs)
+    counts = phase.run(time.perf_counter() - 10)  # started 10 s ago: the budget is spent
+    assert counts == {"proposals": 0, "trained": 0, "out_of_time": True}
+    assert not stand_ins["emulated"] and not stand_ins["trained"]
+    assert any("time budget of 5 s spent" in m for m in logs)
+
+
+def test_a_budget_nothing_meets_gives_up(tmp_path, stand_ins):
+    recipe = _recipe(tmp_path, trials=1)
+    logs = []
+    _, _, phase = _phase(recipe, ss.Budget(0.3), tmp_path, logs)  # below the smallest genotype (5 blocks)
+    counts = phase.run(0.0)
+    assert counts["trained"] == 0 and counts["proposals"] == bs.PROPOSALS_PER_TRIAL
+    assert not stand_ins["emulated"] and not stand_ins["trained"]
+    assert any("giving up" in m for m in logs)
+
+
+def test_genotype_arch_is_a_buildable_recipe_model(tmp_path):
+    from models.genotype import Genotype
+    from pipeline.search.blockspace import sample_distinct
+    from pipeline.search.recipes import proxy_recipe
+
+    g = sample_distinct(3, 1)[0]
+    arch = bs.genotype_arch(g.to_dict(), 32)
+    assert arch.name == f"{g.key()}-32"
+    p = proxy_recipe(_recipe(tmp_path), arch, epochs=3)
+    assert p.model.family == "mbconv" and Genotype.from_dict(p.model.genotype) == g
+    assert p.train.epochs == 3 and p.convert.variants == ("float32",)
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"space": "cells"}, "search.space"),
+    ({"time_budget_s": -1}, "search.time_budget_s"),
+    ({"reduction": 1}, "search.reduction"),
+    ({"rungs": 0}, "search.rungs"),
+])
+def test_bad_block_search_settings_are_named(tmp_path, search, message):
+    with pytest.raises(ConfigError, match=message):
+        _recipe(tmp_path, **search)
+
+
+def test_excess_is_the_worst_budget_ratio():
+    b = ss.Budget(2.0, memory_mb=1.0, size_kb=100.0)
+    assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 1.5, "size_kb": 50.0}, b) == pytest.approx(0.5)
+    assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 0.5, "size_kb": 50.0}, b) == pytest.approx(-0.5)
+    assert bs.excess({"loaded": False}, b) == 1.0
