@@ -396,7 +396,7 @@ class SearchConfig:
     proxy_train_samples: int = 0
     finalists: int = 2
     space: str = "grid"
-    time_budget_s: float = 0
+    time_budget_s: float = 0.0
     rungs: int = 2
     reduction: int = 3
 
