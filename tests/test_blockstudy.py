@@ -187,3 +187,21 @@ def test_excess_is_the_worst_budget_ratio():
     assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 1.5, "size_kb": 50.0}, b) == pytest.approx(0.5)
     assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 0.5, "size_kb": 50.0}, b) == pytest.approx(-0.5)
     assert bs.excess({"loaded": False}, b) == 1.0
+
+
+def test_table_sends_a_genotype_it_mostly_lacks_to_full_emulation(tmp_path, monkeypatch):
+    from pipeline.search import blocktable
+    from pipeline.search.blockspace import sample_distinct
+
+    recipe = _recipe(tmp_path)
+    logs, predicted = [], []
+    monkeypatch.setattr(blocktable, "missing_parts", lambda g, geometry, device: bs.MEASURE_MISSING + 1)
+    monkeypatch.setattr(blocktable, "predict", lambda *a, **k: predicted.append(a) or {"latency_ms": 1.0})
+    screen = bs.TableScreen(recipe, "camera-a53", "int8-qat", 10, ss.Budget(0.85), logs.append)
+    assert screen.predict(sample_distinct(0, 1)[0], 32) is None and not predicted
+    assert any("lacks 3 parts" in m and "emulating it whole" in m for m in logs)
+    # Threads > 1: the table (one thread) does not apply at all.
+    import dataclasses
+    threaded = dataclasses.replace(recipe, devices=dataclasses.replace(recipe.devices, threads=2))
+    assert not bs.TableScreen(threaded, "camera-a53", "int8-qat", 10, ss.Budget(0.85), logs.append).applies
+    assert not bs.TableScreen(recipe, "camera-a53", "float32", 10, ss.Budget(0.85), logs.append).applies

@@ -241,6 +241,21 @@ def run_key(spec: ModelSpec, profile: DeviceProfile) -> Dict[str, Any]:
             "runtime_version": profile.runtime_version, "runtime_key": runtime_key()}
 
 
+def _entry_path(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) -> Path:
+    return cache_root() / kind / f"{spec.label}-{profile.qemu_cpu}-{profile.runtime}-{key_hash(key)}.json"
+
+
+def has_entry(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) -> bool:
+    """Whether :func:`cached_entry` would find ``key`` in the cache (nothing is computed)."""
+    path = _entry_path(kind, spec, profile, key)
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except ValueError:
+        return False
+
+
 def cached_entry(kind: str, spec: ModelSpec, profile: DeviceProfile, key: Dict[str, Any],
                  field: str, compute: Callable[[], Dict[str, Any]]) -> Tuple[Dict[str, Any], bool]:
     """The entry ``field`` of ``cache_root()/kind`` for ``key``, computed and kept if absent.
@@ -251,8 +266,7 @@ def cached_entry(kind: str, spec: ModelSpec, profile: DeviceProfile, key: Dict[s
     Returns:
         (the entry, whether it came from the cache).
     """
-    name = f"{spec.label}-{profile.qemu_cpu}-{profile.runtime}-{key_hash(key)}.json"
-    path = cache_root() / kind / name
+    path = _entry_path(kind, spec, profile, key)
     if path.is_file():
         data = json.loads(path.read_text())
         if data.get("key") == key:

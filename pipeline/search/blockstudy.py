@@ -8,7 +8,8 @@ at one of the recipe's input sizes. It passes three gates, cheapest first:
    single-thread latency in milliseconds. A proposal predicted over the latency
    budget by more than :data:`SCREEN_MARGIN` is rejected here: no conversion, no
    emulation, no training. (The table stands for one-thread int8 runs; with more
-   threads, or a float variant, every proposal goes to gate 2.)
+   threads, or a float variant, every proposal goes to gate 2; so does one whose
+   parts the table mostly lacks, :data:`MEASURE_MISSING`.)
 2. **Full emulation** (:func:`pipeline.search.cost.genotype_cost`, cached): the
    estimate every budget is checked against (latency at the recipe's threads,
    memory, size, and whether the runtime loads it). Only a proposal within every
@@ -47,6 +48,10 @@ Log = Callable[[str], None]
 #: budget (the table's worst error against full emulation is well under it,
 #: docs/search.md); closer ones are emulated.
 SCREEN_MARGIN = 0.02
+#: The table prices a proposal when it lacks at most this many of its parts (each
+#: measured then, ~4 s on 2 cores, and kept); with more missing, one full emulation
+#: (~5-10 s) is cheaper, so the proposal goes straight to gate 2.
+MEASURE_MISSING = 2
 #: Random proposals before TPE models the results (Optuna's default).
 TPE_STARTUP = 10
 #: Calibration genotypes of the table's per-model overhead (drawn from seed + 1000,
@@ -109,12 +114,18 @@ class TableScreen:
         return Geometry(input_size, m.channels, m.first_stride, self.classes)
 
     def predict(self, genotype, input_size: int) -> Optional[Dict[str, float]]:
-        """The table's prediction (None where the table does not apply)."""
-        from pipeline.search.blocktable import calibrate, predict
+        """The table's prediction; None where the table does not apply, or where it lacks
+        more than :data:`MEASURE_MISSING` of the genotype's parts (measuring them would
+        cost more than one full emulation)."""
+        from pipeline.search.blocktable import calibrate, missing_parts, predict
 
         if not self.applies:
             return None
         geometry = self._geometry(input_size)
+        missing = missing_parts(genotype, geometry, self.device)
+        if missing > MEASURE_MISSING:
+            self.log(f"[search] the per-block table lacks {missing} parts of {genotype.key()}: emulating it whole")
+            return None
         if input_size not in self._overhead:
             self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
                      f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")

@@ -70,21 +70,63 @@ def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
     return measure_keras(build_part(part), part.key(), profile, int8_io=True, log=log)
 
 
+#: Priced parts of this process by (part key, device): a search prices thousands of
+#: parts, most of them shared between genotypes, and pricing one reads its hot blocks'
+#: cached pipeline analyses (~0.1-1 s). The latency parameters do not change within a
+#: process, so a priced part stays valid; :func:`forget_priced` empties it.
+_PRICED: Dict[Any, Dict[str, Any]] = {}
+
+
+def forget_priced() -> None:
+    """Empties the in-process memo of priced parts."""
+    _PRICED.clear()
+
+
 def part_cost(part, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
-    """The single-thread int8 cost of ``part`` (:class:`models.genotype.Part`) on ``device``, cached.
+    """The single-thread int8 cost of ``part`` (:class:`models.genotype.Part`) on ``device``, cached
+    (on disk by what the part computes, and in this process once priced).
 
     Raises:
         RuntimeIncompatibleError: the device's runtime does not load the part.
         DeviceUnavailableError: the emulated run failed.
     """
+    memo = (part.key(), device)
+    if memo not in _PRICED:
+        priced = _part_cost(part, device, log)
+        _PRICED[memo] = dict(priced, cached=True)  # a second call measures nothing
+        return priced
+    return _PRICED[memo]
+
+
+def _part_key(part, device: str):
     from pipeline.devices.profiles import get_device
-    from pipeline.errors import RuntimeIncompatibleError
-    from pipeline.latency.reference import cached_entry, run_key
-    from pipeline.search.cost import COST_VERSION, price
+    from pipeline.latency.reference import run_key
+    from pipeline.search.cost import COST_VERSION
 
     profile = get_device(device)
     spec = PartSpec(part.key())
-    key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+    return profile, spec, {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+
+
+def missing_parts(genotype, geometry: "Geometry", device: str) -> int:
+    """How many of ``genotype``'s parts the table has not measured on ``device`` yet."""
+    from models.genotype import parts
+    from pipeline.latency.reference import has_entry
+
+    n = 0
+    for p in parts(genotype, geometry.input_shape, geometry.classes, geometry.first_stride):
+        if (p.key(), device) not in _PRICED:
+            profile, spec, key = _part_key(p, device)
+            n += not has_entry("blocks", spec, profile, key)
+    return n
+
+
+def _part_cost(part, device: str, log: Log) -> Dict[str, Any]:
+    from pipeline.errors import RuntimeIncompatibleError
+    from pipeline.latency.reference import cached_entry
+    from pipeline.search.cost import price
+
+    profile, spec, key = _part_key(part, device)
     raw, cached = cached_entry("blocks", spec, profile, key, "cost", lambda: _measure_part(part, profile, log))
     if not raw["loaded"]:
         raise RuntimeIncompatibleError(f"{device} does not load part {part.key()}: {raw['load_error']}")
