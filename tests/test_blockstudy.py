@@ -145,7 +145,7 @@ def test_time_budget_stops_the_phase(tmp_path, stand_ins):
     counts = phase.run(time.perf_counter() - 10)  # started 10 s ago: the budget is spent
     assert counts == {"proposals": 0, "trained": 0, "out_of_time": True}
     assert not stand_ins["emulated"] and not stand_ins["trained"]
-    assert any("time budget of 5 s spent" in m for m in logs)
+    assert any("time budget of 5 s: 10 s spent" in m for m in logs)
 
 
 def test_a_budget_nothing_meets_gives_up(tmp_path, stand_ins):
@@ -171,8 +171,34 @@ def test_genotype_arch_is_a_buildable_recipe_model(tmp_path):
     assert p.train.epochs == 3 and p.convert.variants == ("float32",)
 
 
+def test_time_budget_keeps_time_for_the_finalists(tmp_path, monkeypatch, stand_ins):
+    import time
+
+    walls = []
+
+    def slow_proxy(recipe, arch, root, log, epochs=None):
+        walls.append(epochs)
+        return {"proxy_val_top1": 90.0, "proxy_wall_s": 10.0 * epochs}
+
+    monkeypatch.setattr(bs, "proxy_accuracy", slow_proxy)
+    recipe = _recipe(tmp_path, time_budget_s=100)
+    logs = []
+    _, _, phase = _phase(recipe, ss.Budget(0.85), tmp_path, logs)
+    counts = phase.run(time.perf_counter())
+    # 10 s per proxy epoch: one finalist's full recipe is kept
+    # full_recipe_epochs x 10 s, plus FINAL_BUILD_S.
+    reserve = bs.full_recipe_epochs(recipe) * 10.0 + bs.FINAL_BUILD_S
+    assert phase.reserve_s() == pytest.approx(reserve) and reserve > 70
+    # So after the first trained candidate, neither its rung 1 (30 s) nor another
+    # trial (10 s) fits in 100 s.
+    assert counts["trained"] == 1 and counts["out_of_time"] and walls == [1]
+    assert any("rung 1 would not leave the finalists their time" in m for m in logs)
+    assert any("kept for the finalists and the chosen build" in m for m in logs)
+
+
 @pytest.mark.parametrize("search, message", [
     ({"space": "cells"}, "search.space"),
+    ({"space": "grid", "time_budget_s": 60}, "search.time_budget_s: applies to space: blocks"),
     ({"time_budget_s": -1}, "search.time_budget_s"),
     ({"reduction": 1}, "search.reduction"),
     ({"rungs": 0}, "search.rungs"),

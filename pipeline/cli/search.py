@@ -26,7 +26,8 @@ from pipeline.search.space import SEARCH_VARIANTS
               help="Search space: the grid of hand-designed candidates or block-level genotypes "
                    "[recipe search.space].")
 @click.option("--time-budget-s", type=click.FloatRange(min=0),
-              help="Wall seconds after which no new trial starts; 0: none [recipe search.time_budget_s].")
+              help="Wall seconds of the whole block search, finalists and chosen build included; "
+                   "0: none [recipe search.time_budget_s].")
 @click.option("--smoke", is_flag=True, help="Tiny form of the recipe (few samples, one epoch).")
 @click.option("--out", type=click.Path(path_type=Path), help="Search directory [build/search/<recipe>-<device>].")
 @click.option("--no-final-build", is_flag=True, help="Write chosen.yaml but do not build it.")

@@ -381,8 +381,9 @@ class SearchConfig:
         space: ``grid`` (the family x width x input size candidates above) or
             ``blocks`` (block-level genotypes, :mod:`pipeline.search.blockspace`, at
             ``input_sizes``, with the grid's hand-designed candidates as named points).
-        time_budget_s: wall seconds of the trial phase after which no new trial
-            starts (0: no limit; the finalists and the chosen build come after it).
+        time_budget_s: wall seconds of the whole ``blocks`` search, finalists and
+            chosen build included: a trial starts only when it and their estimated
+            time fit (0: no limit; :mod:`pipeline.search.blockstudy`).
         rungs, reduction: successive halving of the ``blocks`` space: rung ``r``
             trains ``proxy_epochs x reduction**r`` epochs, and a candidate goes on to
             the next rung only when it is in the best ``1/reduction`` of its rung.
@@ -407,6 +408,9 @@ class SearchConfig:
                 or not 0 <= self.time_budget_s < float("inf")):
             raise ConfigError(f"{where}.time_budget_s: expected seconds >= 0 (0: no limit), "
                               f"got {self.time_budget_s!r}")
+        if self.time_budget_s and self.space != "blocks":
+            raise ConfigError(f"{where}.time_budget_s: applies to space: blocks (the grid's trials "
+                              f"count candidates); got space: {self.space}")
         _positive_int(where, "rungs", self.rungs)
         _positive_int(where, "reduction", self.reduction)
         if self.reduction < 2:

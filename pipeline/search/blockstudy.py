@@ -22,8 +22,12 @@ at one of the recipe's input sizes. It passes three gates, cheapest first:
 The sampler is Optuna's TPE with constraints: a rejected proposal is stored as a
 pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget, so the sampler
 learns where the feasible region lies. ``search.trials`` counts trained candidates;
-proposals rejected at gate 1 or 2 are not counted. ``search.time_budget_s`` stops the
-phase: no trial starts after it is spent.
+proposals rejected at gate 1 or 2 are not counted.
+
+``search.time_budget_s`` is the whole search's wall time, finalists and chosen build
+included: no trial (and no rung) starts unless it and the estimated time of the
+finalists' full recipes (:meth:`BlockPhase.reserve_s`: their epochs at the measured
+seconds per proxy epoch) fit in what is left.
 
 The hand-designed candidates of the recipe's grid (family x width x input size) are
 reference points: priced by full emulation and, when they fit, trained with the
@@ -52,6 +56,11 @@ SCREEN_MARGIN = 0.02
 #: measured then, ~4 s on 2 cores, and kept); with more missing, one full emulation
 #: (~5-10 s) is cheaper, so the proposal goes straight to gate 2.
 MEASURE_MISSING = 2
+#: What a QAT epoch costs in float epochs (pipeline.train.schedule measured ~3).
+QAT_EPOCH_COST = 3
+#: Seconds kept for the chosen build's device checks, report and bundle (its
+#: training is the finalist's, cached).
+FINAL_BUILD_S = 30.0
 #: Random proposals before TPE models the results (Optuna's default).
 TPE_STARTUP = 10
 #: Calibration genotypes of the table's per-model overhead (drawn from seed + 1000,
@@ -152,6 +161,7 @@ class BlockPhase:
         self.screen = screen or TableScreen(recipe, device, variant, classes, budget, log)
         s = recipe.search
         self.epochs = [s.proxy_epochs * s.reduction ** r for r in range(s.rungs)]
+        self._walls: List[float] = []  # rung-0 proxy walls of this run
 
     def stored(self) -> Dict[str, Any]:
         """Done trials by candidate name (the first of each)."""
@@ -174,16 +184,38 @@ class BlockPhase:
         trial.set_user_attr("rejected_by", stage)
         self.study.tell(trial, state=TrialState.PRUNED)
 
-    def _train(self, trial, arch: Arch) -> None:
+    def epoch_s(self) -> float:
+        """Seconds per proxy epoch: the slowest rung-0 proxy stored (0 before any)."""
+        walls = [t.user_attrs.get("proxy", {}).get("proxy_wall_s", 0.0) for t in self.stored().values()]
+        return max(walls + self._walls, default=0.0) / self.recipe.search.proxy_epochs
+
+    def reserve_s(self) -> float:
+        """The time the finalists' full recipes and the chosen build are estimated to
+        need: ``finalists x`` the full recipe's epochs (:func:`full_recipe_epochs`) at
+        the proxy's seconds per epoch, plus :data:`FINAL_BUILD_S`."""
+        return self.recipe.search.finalists * full_recipe_epochs(self.recipe) * self.epoch_s() + FINAL_BUILD_S
+
+    def time_left(self, t0: float, needed_s: float = 0.0) -> bool:
+        """Whether ``needed_s`` more seconds and the reserve fit in the time budget."""
+        s = self.recipe.search
+        return not s.time_budget_s or time.perf_counter() - t0 + needed_s + self.reserve_s() < s.time_budget_s
+
+    def _train(self, trial, arch: Arch, t0: float = 0.0) -> None:
         """Gate 3: the rungs of successive halving."""
         from optuna.trial import TrialState
 
         rungs: Dict[str, float] = {}
         for r, epochs in enumerate(self.epochs):
+            if r and not self.time_left(t0, epochs * self.epoch_s()):
+                self.log(f"[search] trial {trial.number}: promoted, but rung {r} would not leave the "
+                         f"finalists their time: stopped at rung {r - 1}")
+                self.study.tell(trial, state=TrialState.PRUNED)
+                return
             acc = proxy_accuracy(self.recipe, arch, self.root, self.log, epochs)
             rungs[str(epochs)] = acc["proxy_val_top1"]
             if r == 0:
                 trial.set_user_attr("proxy", acc)
+                self._walls.append(float(acc.get("proxy_wall_s", 0.0)))
             trial.set_user_attr("rungs", rungs)
             trial.report(acc["proxy_val_top1"], epochs)
             self.log(f"[search] trial {trial.number}: {arch.name}: rung {r} ({epochs} epochs) "
@@ -195,7 +227,7 @@ class BlockPhase:
                 return
         self.study.tell(trial, acc["proxy_val_top1"])
 
-    def propose(self, trial) -> bool:
+    def propose(self, trial, t0: float = 0.0) -> bool:
         """One proposal through the gates; True when it was trained."""
         from optuna.trial import TrialState
 
@@ -238,7 +270,7 @@ class BlockPhase:
         trial.set_constraint("budget", min(excess(cost, self.budget), 0.0))
         self.log(f"[search] trial {trial.number}: {arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, "
                  f"{cost['memory_mb']:.2f} MiB, {cost['size_kb']:.1f} KiB -> fits, proxy training")
-        self._train(trial, arch)
+        self._train(trial, arch, t0)
         return True
 
     def run(self, t0: float) -> Dict[str, Any]:
@@ -253,17 +285,35 @@ class BlockPhase:
         proposals = trained = 0
         out_of_time = False
         while done + trained < target:
-            if s.time_budget_s and time.perf_counter() - t0 >= s.time_budget_s:
+            if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s()):
                 out_of_time = True
-                self.log(f"[search] time budget of {s.time_budget_s:g} s spent: no new trial")
+                self.log(f"[search] time budget of {s.time_budget_s:g} s: {time.perf_counter() - t0:.0f} s "
+                         f"spent, {self.reserve_s():.0f} s kept for the finalists and the chosen build: "
+                         "no new trial")
                 break
             if proposals >= PROPOSALS_PER_TRIAL * (trained + 1):
                 self.log(f"[search] {proposals} proposals, {trained} within the budget: giving up")
                 break
             trial = self.study.ask()
             proposals += 1
-            trained += self.propose(trial)
+            trained += self.propose(trial, t0)
         return {"proposals": proposals, "trained": trained, "out_of_time": out_of_time}
+
+
+def full_recipe_epochs(recipe: Recipe) -> float:
+    """A full build's training in float-epoch equivalents: the float epochs (the cap
+    under ``auto``), pruning's, QAT's at :data:`QAT_EPOCH_COST` each, clustering's."""
+    from pipeline.train.schedule import finetune_epochs, float_plan
+
+    epochs = float_plan(recipe).epochs
+    total = float(epochs)
+    if recipe.prune.enabled:
+        total += finetune_epochs(recipe.prune.epochs, epochs, "prune")
+    if recipe.qat.enabled:
+        total += QAT_EPOCH_COST * finetune_epochs(recipe.qat.epochs, epochs, "qat")
+    if recipe.cluster.enabled:
+        total += recipe.cluster.epochs
+    return total
 
 
 def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root,
