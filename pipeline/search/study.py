@@ -111,15 +111,14 @@ def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: 
     # TPE, seeded. Its random start-up phase is replaced by distinct candidates in a seeded
     # random order (enqueued), so a small budget of trials never looks at one twice; when
     # the trials cover the space, every candidate is enqueued once (exhaustive).
+    sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
     pruner = None
     if recipe.search.space == "blocks":
-        # Constraint-aware TPE (rejected proposals carry how far over budget they are)
-        # and successive halving of the trained ones (pipeline.search.blockstudy).
-        sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+        # The block space's rejected proposals carry a constraint (how far over budget),
+        # which TPE reads; the trained ones go through successive halving
+        # (pipeline.search.blockstudy).
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=recipe.search.proxy_epochs,
                                                         reduction_factor=recipe.search.reduction)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
     others = [n for n in optuna.get_all_study_names(storage)
               if n != name] if (root / "study.db").exists() else []
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
