@@ -35,6 +35,8 @@ Log = Callable[[str], None]
 MEASURE_VERSION = 2
 SEED = 0
 VARIANT_NAMES = ("float32", "int8")
+#: What a reference model may be: the published formats, and the QAT graph the search prices.
+SPEC_VARIANTS = VARIANT_NAMES + ("int8-qat",)
 # Random images given to the int8 converter as calibration data. Weights are random
 # too: the kernels XNNPACK / TFLite pick, and so the instructions, depend on shapes
 # and types, not on values.
@@ -91,8 +93,12 @@ class ModelSpec:
         alpha: width multiplier (> 0).
         input_size: square input side (>= 32).
         classes: output classes (>= 2).
-        variant: "float32" or "int8" (full integer, post-training quantization,
-            float input and output like the build's ``int8-ptq`` variant).
+        variant: "float32", "int8" (full integer, post-training quantization,
+            float input and output like the build's ``int8-ptq`` variant) or
+            "int8-qat" (the model wrapped for quantization-aware training, untrained,
+            then converted like the build's ``int8-qat`` variant: its graph, which
+            can hold ops post-training quantization folds away, such as the
+            hard-sigmoid's ADD after a squeeze-excite conv).
         channels: input channels, 1 (grey) or 3.
         first_stride: stride of the stem convolution, 1 or 2 (the families' default).
 
@@ -140,8 +146,8 @@ class ModelSpec:
             raise ConfigError(f"input size must be an integer in [32, 1024], got {self.input_size!r}")
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 2:
             raise ConfigError(f"classes must be an integer >= 2, got {self.classes!r}")
-        if self.variant not in VARIANT_NAMES:
-            raise ConfigError(f"variant {self.variant!r} is unknown; valid: {', '.join(VARIANT_NAMES)}")
+        if self.variant not in SPEC_VARIANTS:
+            raise ConfigError(f"variant {self.variant!r} is unknown; valid: {', '.join(SPEC_VARIANTS)}")
         if self.channels not in (1, 3) or isinstance(self.channels, bool):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.first_stride not in (1, 2) or isinstance(self.first_stride, bool):
@@ -199,10 +205,14 @@ def _convert(spec: ModelSpec) -> bytes:
                         first_stride=spec.first_stride)
     calibration = None
     variant = VARIANTS.get("float32")
-    if spec.variant == "int8":
-        variant = VARIANTS.get("int8-ptq")
+    if spec.variant in ("int8", "int8-qat"):
+        variant = VARIANTS.get("int8-ptq" if spec.variant == "int8" else "int8-qat")
         calibration = np.random.default_rng(SEED).random(
             (CALIBRATION_IMAGES, *spec.input_shape), dtype=np.float32)
+    if spec.variant == "int8-qat":
+        from pipeline.train.zoo import quantize_model
+
+        model = quantize_model(model)
     with captured_stderr():  # the converter's C++ chatter
         tflite = convert_keras(model, variant, calibration, int8_io=False)
     if spec.variant == "float32":

@@ -124,7 +124,7 @@ def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, varian
 
 def genotype_spec(genotype, input_size: int, classes: int, numeric: str, channels: int,
                   first_stride: int) -> ModelSpec:
-    """The reference model of a genotype (``numeric``: "int8" or "float32")."""
+    """The reference model of a genotype (``numeric``: "int8", "int8-qat" or "float32")."""
     from models.genotype import Genotype
 
     return ModelSpec(GENOTYPE_FAMILY, 1.0, input_size, classes, numeric, channels=channels,
@@ -154,7 +154,7 @@ def price(cost: Dict[str, Any], profile: DeviceProfile, numeric: str, threads: i
     cost = dict(cost, latency_ms=None, memory_mb=None)
     if cost["loaded"]:
         est = estimate_run(cost["block_profile"], GraphTraffic.from_dict(cost["traffic"]), profile,
-                           "int8" if numeric == "int8" else "float32", threads)
+                           "int8" if numeric.startswith("int8") else "float32", threads)
         cost.update(latency_ms=est["latency_ms"], latency_validated=est["validated"],
                     latency_model=est["pipeline_model"], latency_cycles=est["cycles_single_thread"])
         cost["memory_mb"] = cost["peak_memory_bytes"] / 2**20
