@@ -25,9 +25,12 @@ learns where the feasible region lies. ``search.trials`` counts trained candidat
 proposals rejected at gate 1 or 2 are not counted.
 
 ``search.time_budget_s`` is the whole search's wall time, finalists and chosen build
-included: no trial (and no rung) starts unless it and the estimated time of the
-finalists' full recipes (:meth:`BlockPhase.reserve_s`: their epochs at the measured
-seconds per proxy epoch) fit in what is left.
+included: proposals are priced while time is left, but no candidate is trained
+(and no rung starts) unless it and the estimated time of the finalists' full
+recipes it would make (:meth:`BlockPhase.reserve_s`: their epochs at the measured
+seconds per proxy epoch) fit in what is left. Before the first proxy is measured
+nothing is known of its speed, so the first candidate within budget is always
+trained.
 
 The hand-designed candidates of the recipe's grid (family x width x input size) are
 reference points: priced by full emulation and, when they fit, trained with the
@@ -165,6 +168,7 @@ class BlockPhase:
         s = recipe.search
         self.epochs = [s.proxy_epochs * s.reduction ** r for r in range(s.rungs)]
         self._walls: List[float] = []  # rung-0 proxy walls of this run
+        self.out_of_time = False
 
     def stored(self) -> Dict[str, Any]:
         """Done trials by candidate name (the first of each)."""
@@ -192,16 +196,20 @@ class BlockPhase:
         walls = [t.user_attrs.get("proxy", {}).get("proxy_wall_s", 0.0) for t in self.stored().values()]
         return max(walls + self._walls, default=0.0) / self.recipe.search.proxy_epochs
 
-    def reserve_s(self) -> float:
+    def reserve_s(self, extra: int = 0) -> float:
         """The time the finalists' full recipes and the chosen build are estimated to
-        need: ``finalists x`` the full recipe's epochs (:func:`full_recipe_epochs`) at
-        the proxy's seconds per epoch, plus :data:`FINAL_BUILD_S`."""
-        return self.recipe.search.finalists * full_recipe_epochs(self.recipe) * self.epoch_s() + FINAL_BUILD_S
+        need: one full recipe (:func:`full_recipe_epochs` at the proxy's seconds per
+        epoch) per finalist there will be, the stored trained candidates plus ``extra``
+        up to ``search.finalists``, plus :data:`FINAL_BUILD_S`."""
+        finalists = min(self.recipe.search.finalists, self.trained() + extra)
+        return finalists * full_recipe_epochs(self.recipe) * self.epoch_s() + FINAL_BUILD_S
 
-    def time_left(self, t0: float, needed_s: float = 0.0) -> bool:
-        """Whether ``needed_s`` more seconds and the reserve fit in the time budget."""
+    def time_left(self, t0: float, needed_s: float = 0.0, extra: int = 0) -> bool:
+        """Whether ``needed_s`` more seconds and the reserve (``extra`` more finalists)
+        fit in the time budget."""
         s = self.recipe.search
-        return not s.time_budget_s or time.perf_counter() - t0 + needed_s + self.reserve_s() < s.time_budget_s
+        return not s.time_budget_s or \
+            time.perf_counter() - t0 + needed_s + self.reserve_s(extra) < s.time_budget_s
 
     def _train(self, trial, arch: Arch, t0: float = 0.0) -> None:
         """Gate 3: the rungs of successive halving."""
@@ -209,7 +217,7 @@ class BlockPhase:
 
         rungs: Dict[str, float] = {}
         for r, epochs in enumerate(self.epochs):
-            if r and not self.time_left(t0, epochs * self.epoch_s()):
+            if r and not self.time_left(t0, epochs * self.epoch_s(), extra=1):
                 self.log(f"[search] trial {trial.number}: promoted, but rung {r} would not leave the "
                          f"finalists their time: stopped at rung {r - 1}")
                 self.study.tell(trial, state=TrialState.PRUNED)
@@ -271,8 +279,17 @@ class BlockPhase:
         trial.set_user_attr("misses", [])
         trial.set_user_attr("excess", excess(cost, self.budget))
         trial.set_constraint("budget", min(excess(cost, self.budget), 0.0))
-        self.log(f"[search] trial {trial.number}: {arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, "
-                 f"{cost['memory_mb']:.2f} MiB, {cost['size_kb']:.1f} KiB -> fits, proxy training")
+        what = (f"{arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, {cost['memory_mb']:.2f} MiB, "
+                f"{cost['size_kb']:.1f} KiB -> fits")
+        if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s(), extra=1):
+            # Training it would leave one more finalist than the time budget can build.
+            trial.set_user_attr("untrained", "time budget")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.out_of_time = True
+            self.log(f"[search] proposal {trial.number}: {what}, but training it would not leave the "
+                     "finalists their time: not trained")
+            return False
+        self.log(f"[search] trial {trial.number}: {what}, proxy training")
         self._train(trial, arch, t0)
         return True
 
@@ -286,10 +303,11 @@ class BlockPhase:
             self.log(f"[search] resuming {self.study.study_name}: {done} candidate(s) trained, "
                      f"{max(target - done, 0)} to go")
         proposals = trained = 0
-        out_of_time = False
-        while done + trained < target:
-            if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s()):
-                out_of_time = True
+        self.out_of_time = False
+        while done + trained < target and not self.out_of_time:
+            # Pricing a proposal is cheap; training one is checked in propose.
+            if not self.time_left(t0):
+                self.out_of_time = True
                 self.log(f"[search] time budget of {s.time_budget_s:g} s: {time.perf_counter() - t0:.0f} s "
                          f"spent, {self.reserve_s():.0f} s kept for the finalists and the chosen build: "
                          "no new trial")
@@ -300,7 +318,7 @@ class BlockPhase:
             trial = self.study.ask()
             proposals += 1
             trained += self.propose(trial, t0)
-        return {"proposals": proposals, "trained": trained, "out_of_time": out_of_time}
+        return {"proposals": proposals, "trained": trained, "out_of_time": self.out_of_time}
 
 
 def full_recipe_epochs(recipe: Recipe) -> float:
