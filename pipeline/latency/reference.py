@@ -255,34 +255,38 @@ def _entry_path(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) ->
     return cache_root() / kind / f"{spec.label}-{profile.qemu_cpu}-{profile.runtime}-{key_hash(key)}.json"
 
 
-def has_entry(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) -> bool:
-    """Whether :func:`cached_entry` would find ``key`` in the cache (nothing is computed)."""
+def _stored_entry(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The cache file's contents for ``key``; None when absent, unreadable or another key's."""
     path = _entry_path(kind, spec, profile, key)
     if not path.is_file():
-        return False
+        return None
     try:
-        return json.loads(path.read_text()).get("key") == key
+        data = json.loads(path.read_text())
     except ValueError:
-        return False
+        return None
+    return data if data.get("key") == key else None
+
+
+def has_entry(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any]) -> bool:
+    """Whether :func:`cached_entry` would find ``key`` in the cache (nothing is computed)."""
+    return _stored_entry(kind, spec, profile, key) is not None
 
 
 def cached_entry(kind: str, spec: ModelSpec, profile: DeviceProfile, key: Dict[str, Any],
                  field: str, compute: Callable[[], Dict[str, Any]]) -> Tuple[Dict[str, Any], bool]:
     """The entry ``field`` of ``cache_root()/kind`` for ``key``, computed and kept if absent.
 
-    An entry is reused only when its stored key equals ``key`` (a hash collision or a
-    stale file is recomputed).
+    An entry is reused only when its stored key equals ``key`` (a hash collision, a
+    stale or an unreadable file is recomputed).
 
     Returns:
         (the entry, whether it came from the cache).
     """
-    path = _entry_path(kind, spec, profile, key)
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if data.get("key") == key:
-            return data[field], True
+    data = _stored_entry(kind, spec, profile, key)
+    if data is not None:
+        return data[field], True
     entry = compute()
-    atomic_write_json(path, {"key": key, field: entry})
+    atomic_write_json(_entry_path(kind, spec, profile, key), {"key": key, field: entry})
     return entry, False
 
 

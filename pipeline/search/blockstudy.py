@@ -56,8 +56,9 @@ Log = Callable[[str], None]
 #: docs/search.md); closer ones are emulated.
 SCREEN_MARGIN = 0.02
 #: The table prices a proposal when it lacks at most this many of its parts (each
-#: measured then, ~4 s on 2 cores, and kept); with more missing, one full emulation
-#: (~5-10 s) is cheaper, so the proposal goes straight to gate 2.
+#: measured then, one conversion and emulation of its own, and kept); with more
+#: missing, one full emulation of the genotype (3-13 s in docs/search.md's runs) is
+#: cheaper, so the proposal goes straight to gate 2.
 MEASURE_MISSING = 2
 #: What a QAT epoch costs in float epochs (pipeline.train.schedule measured ~3).
 QAT_EPOCH_COST = 3
@@ -276,9 +277,10 @@ class BlockPhase:
             self.log(f"[search] proposal {trial.number}: {arch.name}: emulated -> over budget: "
                      f"{'; '.join(misses)}")
             return False
+        over = excess(cost, self.budget)
         trial.set_user_attr("misses", [])
-        trial.set_user_attr("excess", excess(cost, self.budget))
-        trial.set_constraint("budget", min(excess(cost, self.budget), 0.0))
+        trial.set_user_attr("excess", over)
+        trial.set_constraint("budget", min(over, 0.0))
         what = (f"{arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, {cost['memory_mb']:.2f} MiB, "
                 f"{cost['size_kb']:.1f} KiB -> fits")
         if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s(), extra=1):

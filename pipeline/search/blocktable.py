@@ -73,13 +73,8 @@ def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
 #: Priced parts of this process by (part key, device): a search prices thousands of
 #: parts, most of them shared between genotypes, and pricing one reads its hot blocks'
 #: cached pipeline analyses (~0.1-1 s). The latency parameters do not change within a
-#: process, so a priced part stays valid; :func:`forget_priced` empties it.
+#: process, so a priced part stays valid.
 _PRICED: Dict[Any, Dict[str, Any]] = {}
-
-
-def forget_priced() -> None:
-    """Empties the in-process memo of priced parts."""
-    _PRICED.clear()
 
 
 def part_cost(part, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
