@@ -53,12 +53,17 @@ class StandInTable(bs.TableScreen):
 
 @pytest.fixture
 def stand_ins(monkeypatch):
-    calls = {"emulated": [], "trained": []}
+    calls = {"emulated": [], "trained": [], "ptq": []}
 
     def fake_cost(recipe, genotype, input_size, device, variant, classes, log):
-        calls["emulated"].append((bs.genotype_arch(genotype, input_size).name, _ms(genotype)))
-        # The emulation is 1.5% slower than the table: proposals just under the table's
-        # margin are caught here.
+        name = bs.genotype_arch(genotype, input_size).name
+        if variant == "int8-ptq":  # the QAT graph's lower bound: the table's figure
+            calls["ptq"].append((name, _ms(genotype)))
+            return {"loaded": True, "latency_ms": _ms(genotype), "memory_mb": 1.0, "size_kb": 100.0,
+                    "cached": False}
+        calls["emulated"].append((name, _ms(genotype)))
+        # The QAT graph's emulation is 1.5% slower than the table: proposals just under
+        # the table's margin are caught here.
         return {"loaded": True, "latency_ms": _ms(genotype) * 1.015, "memory_mb": 1.0, "size_kb": 100.0,
                 "cached": False}
 
@@ -219,6 +224,35 @@ def test_excess_is_the_worst_budget_ratio():
     assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 1.5, "size_kb": 50.0}, b) == pytest.approx(0.5)
     assert bs.excess({"loaded": True, "latency_ms": 1.0, "memory_mb": 0.5, "size_kb": 50.0}, b) == pytest.approx(-0.5)
     assert bs.excess({"loaded": False}, b) == 1.0
+
+
+class NoTable(StandInTable):
+    """A table that lacks every proposal's parts: all go to emulation."""
+
+    def predict(self, genotype, input_size):
+        return None
+
+
+def test_ptq_lower_bound_rejects_before_the_qat_conversion(tmp_path, stand_ins):
+    recipe = _recipe(tmp_path, trials=2, rungs=1)
+    budget, logs = ss.Budget(LIMIT), []
+    study = se.open_study(recipe, "camera-a53", "int8-qat", budget, tmp_path, logs.append)
+    phase = bs.BlockPhase(study, recipe, "camera-a53", "int8-qat", budget, 10, tmp_path, logs.append,
+                          screen=NoTable(recipe, "camera-a53", "int8-qat", 10, budget, logs.append))
+    phase.run(0.0)
+    ptq, qat = dict(stand_ins["ptq"]), dict(stand_ins["emulated"])
+    trained = {name for name, _ in stand_ins["trained"]}
+    over = [n for n, ms in ptq.items() if ms > LIMIT * (1 + bs.SCREEN_MARGIN)]
+    assert over, "the uniform start-up proposals include genotypes of 9 blocks or more"
+    by_name = {t.user_attrs["candidate"]: t for t in study.trials}
+    for name in over:  # rejected on the PTQ graph: the QAT graph never converted, nothing trained
+        t = by_name[name]
+        assert name not in qat and name not in trained
+        assert t.user_attrs["rejected_by"] == "emulation" and t.constraints["budget"] > 0
+        assert "int8 PTQ graph" in t.user_attrs["misses"][0]
+    assert set(qat) == set(ptq) - set(over)  # the others are priced on their QAT graph
+    assert trained and all(qat[n] * 1.015 <= LIMIT for n in trained)
+    assert any("QAT graph not converted" in m for m in logs)
 
 
 def test_table_sends_a_genotype_it_mostly_lacks_to_full_emulation(tmp_path, monkeypatch):

@@ -87,13 +87,18 @@ def test_block_space_choices():
             assert stage.expand in blockspace.EXPANSIONS and stage.depth in blockspace.DEPTHS
         acts = [s.act for s in g.stages]
         assert acts == sorted(acts, key=lambda a: a == "hswish")  # relu stages, then hard-swish ones
-    assert blockspace.space_size() == 144 ** 5 * 3
+        assert g.stem in blockspace.STEMS and g.head in blockspace.HEADS and g.head_fc in blockspace.HEAD_FCS
+    frames = {(g.stem, g.head, g.head_fc) for g in blockspace.sample_distinct(0, 60)}
+    assert len(frames) == 12  # every stem x head x dense choice is drawn
+    assert blockspace.space_size() == 144 ** 5 * 3 * 12
     assert len({g.key() for g in blockspace.sample_distinct(1, 30)}) == 30
     assert [g.key() for g in blockspace.sample_distinct(1, 5)] == [g.key() for g in blockspace.sample_distinct(1, 5)]
     with pytest.raises(ValueError, match="stage 2 expand must be one of"):
         blockspace.genotype_of([blockspace.StageChoice(3, 4, 1, 1.0, False),
                                 blockspace.StageChoice(3, 5, 1, 1.0, False)] + [
                                    blockspace.StageChoice(3, 4, 1, 1.0, False)] * 3, 2)
+    with pytest.raises(ValueError, match="head_fc must be one of"):
+        blockspace.genotype_of([blockspace.StageChoice(3, 4, 1, 1.0, False)] * 5, 2, blockspace.Frame(head_fc=100))
 
 
 def test_a_genotype_without_a_feature_map_is_rejected():
