@@ -115,6 +115,7 @@ def test_cost_screen_rejects_over_budget_candidates_without_training_them(tmp_pa
         assert "per-block table" in t.user_attrs["misses"][0]
     for name, ms in emulated.items():  # every emulated proposal passed the table
         assert ms <= LIMIT * (1 + bs.SCREEN_MARGIN)
+    assert not stand_ins["ptq"]  # the table priced every proposal's PTQ graph: not emulated again
     for name in trained:  # no infeasible candidate trained
         assert emulated[name] * 1.015 <= LIMIT
         assert by_name[name].user_attrs["excess"] <= 0 and by_name[name].constraints["budget"] <= 0
