@@ -14,6 +14,15 @@ from pipeline.native import tf_environment
 
 tf_environment()
 os.environ.setdefault("PYTHONHASHSEED", "0")
+# Decoded images of the tests' folders go to a cache of this session's own (removed
+# when the session ends), not the user's; the tests of the cache set their own.
+if "MOBILE_MODEL_IMAGE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["MOBILE_MODEL_IMAGE_CACHE"] = tempfile.mkdtemp(prefix="mobile-model-test-images-")
+    atexit.register(shutil.rmtree, os.environ["MOBILE_MODEL_IMAGE_CACHE"], True)
 
 REPO = Path(__file__).resolve().parent
 

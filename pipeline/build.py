@@ -33,6 +33,7 @@ from pipeline.gate.budgets import check_budgets, format_budget_table
 from pipeline.recipe.schema import Recipe
 from pipeline.native import import_tensorflow
 from pipeline.store.manifest import Manifest
+from pipeline.store.memory import measure_stage
 from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
@@ -83,10 +84,18 @@ class StageRunner:
 
 
 def data_fingerprint(splits) -> str:
-    """sha256 over every split array and the labels: the data's identity for caching."""
+    """sha256 over every split and the labels: the data's identity for caching.
+
+    Images held in memory enter by their bytes; images in the decoded-image cache by
+    their files' content hashes (the cache key holds the decoding settings), so a
+    rerun over 40,000 photos reads no pixel to know that nothing changed."""
     h = hashlib.sha256()
     for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        arr = np.ascontiguousarray(getattr(splits, name))
+        value = getattr(splits, name)
+        if name.startswith("x_"):
+            value.update_hash(h, name)
+            continue
+        arr = np.ascontiguousarray(value)
         h.update(f"{name}{arr.dtype}{arr.shape}".encode())
         h.update(arr.tobytes())
     h.update("\n".join(splits.labels).encode())
@@ -159,8 +168,9 @@ def _prepare(recipe: Recipe, root: Path, log: Log) -> Tuple[Manifest, Any, str]:
     manifest = Manifest(root)
     atomic_write_text(root / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     log(f"[data] loading {recipe.data.dataset} for input {recipe.model.input_shape}")
-    splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    fp = data_fingerprint(splits)
+    with measure_stage() as measured:
+        splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed, log)
+        fp = data_fingerprint(splits)
     import_tensorflow()
     log(f"[data] train {len(splits.x_train)}, val {len(splits.x_val)}, test {len(splits.x_test)}, "
         f"{splits.num_classes} classes")
@@ -169,7 +179,7 @@ def _prepare(recipe: Recipe, root: Path, log: Log) -> Tuple[Manifest, Any, str]:
     manifest.set("data", {"fingerprint": fp, "labels": list(splits.labels),
                           "counts": {"train": len(splits.x_train), "val": len(splits.x_val),
                                      "test": len(splits.x_test)},
-                          "report": splits.report})
+                          "report": splits.report, "loading": splits.loading, **measured.record()})
     return manifest, splits, fp
 
 

@@ -100,9 +100,10 @@ def test_loader_contract(name, shape, tmp_path):
     assert s.num_classes == len(s.labels) >= 2
     assert all(isinstance(v, str) for v in s.labels) and len(set(s.labels)) == len(s.labels)
     for split in ("train", "val", "test"):
-        x, y = s.split(split)
-        assert x.dtype == np.float32 and x.flags.c_contiguous
-        assert x.shape == (len(y),) + shape
+        images, y = s.split(split)
+        x = np.asarray(images)
+        assert images.dtype == np.float32 and x.dtype == np.float32 and x.flags.c_contiguous
+        assert images.shape == x.shape == (len(y),) + shape
         assert 0 < len(y) <= getattr(cfg, f"{split}_samples")
         assert np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0
         assert x.max() > 0.0
@@ -175,7 +176,7 @@ def test_shapes_4500_images_at_32x32_in_under_5_seconds():
     assert s.labels == SHAPES_LABELS and s.num_classes == 10
     assert set(s.report["counts"]["train"].values()) == {300}  # balanced
     # Not degenerate: images vary, and so does each class.
-    assert s.x_train.std(axis=(1, 2, 3)).min() > 0.0
+    assert np.asarray(s.x_train).std(axis=(1, 2, 3)).min() > 0.0
     assert len({x.tobytes() for x in s.x_train}) == 3000
 
 

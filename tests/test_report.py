@@ -200,6 +200,43 @@ def test_channel_pruning_costs_per_layer_and_per_step(tmp_path):
     assert "| channels | 1 |" in md  # its fine-tune is a training stage with a curve
 
 
+def stages_section(md):
+    return md.split("## Stages", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize("peaks", [True, False], ids=["with-peaks", "older-manifest"])
+def test_stages_table_shows_wall_time_and_peak_memory(tmp_path, peaks):
+    """Each stage with its wall time and peak RSS, the data step first; an older manifest
+    (no peaks, a data record without figures) shows "-" and no data row."""
+    recipe, summary = fake_build(tmp_path)  # stages_run: train
+
+    def figures(wall, mb):
+        return {"wall_s": wall, "peak_rss_mb": mb} if peaks else {"wall_s": wall}
+
+    finished = "2026-01-01T10:00:00+0000"
+    data = {"counts": {"train": 40, "val": 20, "test": 50}, **(figures(1.5, 310.4) if peaks else {})}
+    (tmp_path / "manifest.json").write_text(json.dumps({"data": data, "stages": {
+        "train": {**figures(12.4, 812.4), "finished_at": finished},
+        "convert/int8-qat": {**figures(3.0, 1530.0), "finished_at": finished}}}))
+    write_report(recipe, tmp_path, summary, quiet)
+    md, html = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    section = stages_section(md)
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    assert "| stage | wall s | peak RSS MiB | this build | finished |" in section
+    assert '<th class="r">peak RSS MiB</th>' in html
+    if peaks:
+        assert rows == ["| data | 1.5 | 310 | ran |  |", f"| train | 12.4 | 812 | ran | {finished} |",
+                        f"| convert/int8-qat | 3.0 | 1,530 | cached | {finished} |"]
+        assert "2 stages, 1 run in this build, 17 s recorded, peak RSS 1,530 MiB" in section
+        assert '<td class="l">data</td><td class="r">1.5</td><td class="r">310</td>' in html
+    else:
+        assert rows == [f"| train | 12.4 | - | ran | {finished} |",
+                        f"| convert/int8-qat | 3.0 | - | cached | {finished} |"]
+        assert "2 stages, 1 run in this build, 15 s recorded:" in section
+        assert '<td class="l">train</td><td class="r">12.4</td><td class="r">-</td>' in html
+    assert '<td class="l muted">cached</td>' in html
+
+
 def test_without_devices_or_data_set(tmp_path):
     """The data set may be gone: the report reads the predictions evaluation saved."""
     recipe, summary = fake_build(tmp_path, devices=False)

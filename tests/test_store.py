@@ -12,6 +12,8 @@ from pipeline.errors import BuildLockedError
 from pipeline.store.manifest import Manifest
 from pipeline.store.atomic import atomic_path, atomic_write_bytes
 from pipeline.store.lock import build_lock
+from pipeline.store import memory
+from pipeline.store.memory import measure_stage, peak_rss_mb, reset_peak_rss
 from pipeline.store.reproduce import code_fingerprint, reproducibility_record
 
 
@@ -43,6 +45,71 @@ def test_stage_runs_once_then_caches(tmp_path):
     rec = json.loads((tmp_path / "manifest.json").read_text())["stages"]["s"]
     assert rec["outputs"]["out"]["path"] == "a.bin" and len(rec["outputs"]["out"]["sha256"]) == 64
     assert "tensorflow" in rec["versions"] and rec["wall_s"] >= 0
+
+
+MIB = 2 ** 20
+
+
+def _allocate(mib):
+    """Touches ``mib`` MiB (``b"x" * n`` writes every page; a zeroed buffer may never be resident)."""
+    return len(b"x" * (mib * MIB))
+
+
+def test_stage_records_its_peak_memory_and_a_cached_stage_keeps_it(tmp_path):
+    out = tmp_path / "a.bin"
+
+    def work():
+        atomic_write_bytes(out, b"data")
+        return {}
+
+    r1 = Manifest(tmp_path).run_stage("s", {}, {}, {"out": out}, work, log=lambda s: None)
+    rec = json.loads((tmp_path / "manifest.json").read_text())["stages"]["s"]
+    assert rec["peak_rss_mb"] > 0 and r1.peak_rss_mb == rec["peak_rss_mb"]
+    r2 = Manifest(tmp_path).run_stage("s", {}, {}, {"out": out}, work, log=lambda s: None)
+    assert (r2.cached, r2.peak_rss_mb, r2.wall_s) == (True, rec["peak_rss_mb"], rec["wall_s"])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak RSS counter is reset through Linux's /proc")
+def test_peak_memory_is_per_stage(tmp_path):
+    """A stage that holds 200 MiB reports it; the small stage after it does not inherit that peak."""
+    m = Manifest(tmp_path)
+
+    def stage(name, mib):
+        def work():
+            _allocate(mib)
+            atomic_write_bytes(tmp_path / name, b"")
+            return {}
+        return m.run_stage(name, {}, {}, {"out": tmp_path / name}, work, log=lambda s: None).peak_rss_mb
+
+    big, small = stage("big", 200), stage("small", 1)
+    assert big - small > 150, (big, small)
+    stages = Manifest(tmp_path).stages
+    assert (stages["big"]["peak_rss_mb"], stages["small"]["peak_rss_mb"]) == (big, small)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak RSS counter is reset through Linux's /proc")
+def test_measure_stage_outside_a_manifest_stage_and_nested():
+    """The data step measures itself with measure_stage; a nested measurement's reset does not
+    hide the outer block's earlier peak."""
+    with measure_stage() as outer:
+        _allocate(200)
+        with measure_stage() as inner:
+            _allocate(1)
+    assert outer.per_stage and inner.per_stage
+    assert outer.peak_rss_mb - inner.peak_rss_mb > 150, (outer, inner)
+    assert inner.wall_s <= outer.wall_s
+    assert set(outer.record()) == {"wall_s", "peak_rss_mb"}
+
+
+def test_without_proc_the_peak_is_the_process_peak(monkeypatch):
+    """Where /proc is unavailable, the figure is ru_maxrss (the peak since the process started)."""
+    monkeypatch.setattr(memory, "CLEAR_REFS", Path("/nonexistent/clear_refs"))
+    monkeypatch.setattr(memory, "STATUS", Path("/nonexistent/status"))
+    assert reset_peak_rss() is False
+    assert peak_rss_mb() > 0
+    with measure_stage() as m:
+        pass
+    assert not m.per_stage and m.peak_rss_mb > 0
 
 
 @pytest.mark.parametrize("change", ["config", "input", "output_damaged", "output_missing"])

@@ -18,10 +18,13 @@ from pipeline.errors import EXIT_GATE_FAILED
 @click.argument("recipe")
 @click.option("--smoke", is_flag=True, help="Tiny form of the recipe (32x32, few samples, one epoch).")
 @click.option("--out", type=click.Path(path_type=Path), help="Build directory [build/<recipe name>].")
+@click.option("--data", "data_path", type=click.Path(path_type=Path),
+              help="A folder of images, one sub-folder per class: the recipe's data becomes "
+                   "'dataset: folder, path: DATA' (e.g. build photos --data ~/my-photos).")
 @click.option("--no-devices", is_flag=True, help="Skip the emulated-device checks.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(recipe, smoke, out, no_devices, quiet, as_json):
+def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
 
     Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
@@ -31,7 +34,7 @@ def build(recipe, smoke, out, no_devices, quiet, as_json):
     from pipeline.build import budget_summary, build as run_build, summary_table
     from pipeline.recipe.load import load_recipe
 
-    r = load_recipe(recipe, smoke=smoke)
+    r = load_recipe(recipe, smoke=smoke, data_path=data_path)
     result = run_build(r, out=out, log=logger(quiet or as_json), run_devices=not no_devices)
     summary = result.summary
     if as_json:

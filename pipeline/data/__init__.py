@@ -1,10 +1,14 @@
 """Data sets: labelled images -> deterministic train/val/test splits.
 
-Every data set is a loader ``(cfg: DataConfig, input_shape, seed) -> Splits``
-registered in :data:`DATASETS`. Loaders are pure: the same config, input shape and
-seed give identical arrays, byte for byte; nothing is cached or written.
+Every data set is a loader ``(cfg: DataConfig, input_shape, seed, log) -> Splits``
+registered in :data:`DATASETS`. Loaders are deterministic: the same config, input
+shape and seed give identical images, byte for byte.
 
-Images come out as float32 NHWC in [0, 1] at the model's input shape; labels as
+Images come out as :class:`pipeline.data.images.ImageSet` at the model's input shape,
+read on demand as float32 NHWC in [0, 1]: the built-in sets hold theirs in memory;
+``folder`` decodes each file once into the uint8 image cache
+(:mod:`pipeline.data.cache`) and reads it from there, so memory does not grow with
+the number of photos and a rerun decodes nothing. Labels come out as
 int64 class indices into ``Splits.labels``. ``Splits.report`` is plain JSON-able
 data saying what was available, what was taken per class, what was skipped and
 what was converted; the data stage writes it into the manifest.
@@ -32,6 +36,8 @@ TensorFlow, so the CLI and the tests stay light.
 
 from typing import Callable, List, Sequence, Tuple
 
+from pipeline.data.images import ImageSet
+
 from pipeline.data.digits import load_digits
 from pipeline.data.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist, read_idx
 from pipeline.data.folder import ALPHA_BACKGROUND, IMAGE_SUFFIXES, load_folder
@@ -43,11 +49,11 @@ from pipeline.registry import Registry
 
 __all__ = [
     "ALPHA_BACKGROUND", "DATASETS", "FASHION_MNIST_DIR", "FASHION_MNIST_LABELS", "IMAGE_SUFFIXES", "Loader",
-    "SHAPES_LABELS", "SPLITS", "Splits", "describe_datasets", "load_dataset", "load_digits",
+    "ImageSet", "SHAPES_LABELS", "SPLITS", "Splits", "describe_datasets", "load_dataset", "load_digits",
     "load_fashion_mnist", "load_folder", "load_shapes", "read_idx", "render_shapes",
 ]
 
-Loader = Callable[[DataConfig, Tuple[int, int, int], int], Splits]
+Loader = Callable[[DataConfig, Tuple[int, int, int], int, Callable[[str], None]], Splits]
 
 DATASETS: Registry[Loader] = Registry("data set")
 # Registration order is the order of `mobile-model datasets` and of error messages.
@@ -57,16 +63,18 @@ DATASETS.register("digits", load_digits)
 DATASETS.register("folder", load_folder)
 
 
-def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int) -> Splits:
+def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int,
+                 log: Callable[[str], None] = lambda m: None) -> Splits:
     """Loads data set ``cfg.dataset`` at ``input_shape`` with splits drawn from ``seed``.
 
     Args:
         cfg: which data set, where its files are, samples per split, fit mode.
         input_shape: the model input ``(height, width, channels)``, channels 1 or 3.
         seed: non-negative integer; the same seed gives identical arrays.
+        log: progress lines (hashing and decoding a folder of photos).
 
     Returns:
-        Splits: float32 NHWC images in [0, 1], int64 labels, names, report.
+        Splits: images (float32 NHWC in [0, 1] when read), int64 labels, names, report.
 
     Raises:
         ConfigError: unknown data set, bad input shape, fit mode or seed.
@@ -78,7 +86,7 @@ def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int) -> Spli
     if cfg.fit not in ("resize", "pad"):
         raise ConfigError(f"data.fit: expected one of resize, pad; got {cfg.fit!r}")
     check_seed(seed)
-    splits = loader(cfg, shape, seed)
+    splits = loader(cfg, shape, seed, log)
     return splits if cfg.train_per_class is None else take_per_class(splits, cfg.train_per_class, seed)
 
 

@@ -12,8 +12,12 @@ to [0, 1]. A horizontal flip is off unless asked for: it turns digits and letter
 into other symbols.
 
 numpy only (no TensorFlow): the data package stays light and the transforms are
-testable without a model.
+testable without a model. Training draws an epoch's transforms up front
+(:func:`draw_augment`) and applies them batch by batch as the images stream in
+(:func:`apply_augment`): the same images as one call on the whole split.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,6 +26,48 @@ from pipeline.recipe.schema import AugmentConfig
 # Images per vectorised chunk: bounds the coordinate arrays (chunk x H x W float32)
 # at a few tens of MiB for a 64x64 input.
 _CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """The random transform of each of n images, drawn up front (see :func:`draw_augment`)."""
+
+    angle: np.ndarray
+    zoom: np.ndarray
+    shift: np.ndarray
+    flip: np.ndarray
+    delta: np.ndarray
+    factor: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.angle)
+
+
+def draw_augment(n: int, cfg: AugmentConfig, rng: np.random.Generator) -> AugmentDraw:
+    """Draws the transforms of ``n`` images, every parameter for all images in a fixed
+    order, so that applying them batch by batch gives what one call on all images gives."""
+    angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation, n))
+    zoom = rng.uniform(1.0 - cfg.zoom, 1.0 + cfg.zoom, n)
+    shift = rng.uniform(-cfg.shift, cfg.shift, (n, 2))
+    flip = rng.random(n) < 0.5 if cfg.hflip else np.zeros(n, bool)
+    delta = rng.uniform(-cfg.brightness, cfg.brightness, n)
+    factor = rng.uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast, n)
+    return AugmentDraw(angle, zoom, shift, flip, delta, factor)
+
+
+def apply_augment(x: np.ndarray, draw: AugmentDraw, start: int = 0) -> np.ndarray:
+    """``x`` (images ``start .. start + len(x)`` of the draw) transformed; ``x`` is not changed."""
+    n = len(x)
+    sl = slice(start, start + n)
+    angle, zoom, shift, flip = draw.angle[sl], draw.zoom[sl], draw.shift[sl], draw.flip[sl]
+    out = np.empty_like(x, dtype=np.float32)
+    for s in range(0, n, _CHUNK):
+        e = min(n, s + _CHUNK)
+        out[s:e] = _affine(x[s:e], angle[s:e], zoom[s:e], shift[s:e], flip[s:e])
+    mean = out.mean(axis=(1, 2, 3), keepdims=True)
+    out = (out - mean) * draw.factor[sl][:, None, None, None].astype(np.float32) + mean
+    out += draw.delta[sl][:, None, None, None].astype(np.float32)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def augment_images(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
@@ -37,22 +83,7 @@ def augment_images(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) 
     """
     if not cfg.enabled or len(x) == 0:
         return x
-    n = len(x)
-    # Draw every parameter up front, in a fixed order, so a chunk size never changes the result.
-    angle = np.deg2rad(rng.uniform(-cfg.rotation, cfg.rotation, n))
-    zoom = rng.uniform(1.0 - cfg.zoom, 1.0 + cfg.zoom, n)
-    shift = rng.uniform(-cfg.shift, cfg.shift, (n, 2))
-    flip = rng.random(n) < 0.5 if cfg.hflip else np.zeros(n, bool)
-    delta = rng.uniform(-cfg.brightness, cfg.brightness, n)
-    factor = rng.uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast, n)
-    out = np.empty_like(x, dtype=np.float32)
-    for s in range(0, n, _CHUNK):
-        e = min(n, s + _CHUNK)
-        out[s:e] = _affine(x[s:e], angle[s:e], zoom[s:e], shift[s:e], flip[s:e])
-    mean = out.mean(axis=(1, 2, 3), keepdims=True)
-    out = (out - mean) * factor[:, None, None, None].astype(np.float32) + mean
-    out += delta[:, None, None, None].astype(np.float32)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return apply_augment(x, draw_augment(len(x), cfg, rng))
 
 
 def _affine(x: np.ndarray, angle, zoom, shift, flip) -> np.ndarray:

@@ -13,7 +13,8 @@ from pipeline.data.splits import (SPLITS, TEST_FRACTION, VAL_FRACTION, Splits, a
 from pipeline.recipe.schema import DataConfig
 
 
-def load_digits(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -> Splits:
+def load_digits(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
+               log=None) -> Splits:
     """scikit-learn's bundled digits: 1797 8x8 images (16 grey levels), 10 classes, upscaled.
 
     No official split: each class is cut 70/15/15 into train/val/test.

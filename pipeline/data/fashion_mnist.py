@@ -31,7 +31,8 @@ FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 FASHION_VAL_FRACTION = 0.10
 
 
-def load_fashion_mnist(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -> Splits:
+def load_fashion_mnist(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
+               log=None) -> Splits:
     """Fashion-MNIST: 70k 28x28 grey clothing images, 10 classes, from IDX files.
 
     Reads ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,

@@ -21,7 +21,8 @@ SHAPES_LABELS = ("disc", "ring", "square", "frame", "triangle",
 SHAPES_COUNTS = {"train": 3000, "val": 500, "test": 1000}
 
 
-def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int) -> Splits:
+def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
+               log=None) -> Splits:
     """Generated shapes, 10 classes, with noise, clutter and occlusion (no files needed).
 
     Rendered directly at ``input_shape`` (height and width >= 32; 1 or 3 channels,

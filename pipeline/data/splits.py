@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from pipeline.data.images import ImageSet
 from pipeline.errors import ConfigError, DataError
 from pipeline.recipe.schema import DataConfig
 
@@ -30,25 +31,28 @@ TEST_FRACTION = 0.15
 class Splits:
     """Train/val/test arrays of one data set at the model's input shape.
 
-    ``x_*`` are float32 NHWC in [0, 1]; ``y_*`` are int64 indices into ``labels``.
+    ``x_*`` are :class:`pipeline.data.images.ImageSet` (read on demand as float32 NHWC
+    in [0, 1]); ``y_*`` are int64 indices into ``labels``.
     ``report`` is JSON-able: available and taken counts per class, skipped files,
     conversions.
     """
 
-    x_train: np.ndarray
+    x_train: ImageSet
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: ImageSet
     y_val: np.ndarray
-    x_test: np.ndarray
+    x_test: ImageSet
     y_test: np.ndarray
     labels: Tuple[str, ...]
     report: dict
+    #: How this load went (files hashed and decoded, seconds, rate): not part of the data's identity.
+    loading: dict = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def split(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    def split(self, name: str) -> Tuple[ImageSet, np.ndarray]:
         """``(x, y)`` of split ``name`` (train, val or test)."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; valid: {', '.join(SPLITS)}")
@@ -121,7 +125,7 @@ def take_per_class(splits: Splits, n: int, seed: int) -> Splits:
     report = dict(splits.report)
     report["train_per_class"] = n
     report["counts"] = {**report["counts"], "train": {lab: n for lab in splits.labels}}
-    return dataclasses.replace(splits, x_train=np.ascontiguousarray(splits.x_train[idx]),
+    return dataclasses.replace(splits, x_train=splits.x_train.subset(idx),
                                y_train=np.ascontiguousarray(splits.y_train[idx]), report=report)
 
 
@@ -151,7 +155,7 @@ def check_input_shape(shape) -> Tuple[int, int, int]:
     return h, w, c
 
 
-def assemble(name: str, parts, labels, input_shape, report: dict) -> Splits:
+def assemble(name: str, parts, labels, input_shape, report: dict, loading: Optional[dict] = None) -> Splits:
     for split in SPLITS:
         x, y = parts[split]
         if len(y) == 0:
@@ -165,7 +169,8 @@ def assemble(name: str, parts, labels, input_shape, report: dict) -> Splits:
             **report, "counts": counts}
     flat = {f"{k}_{split}": v for split in SPLITS for k, v in zip(("x", "y"), parts[split])}
     for split in SPLITS:
-        flat[f"x_{split}"] = np.ascontiguousarray(flat[f"x_{split}"], np.float32)
+        x = flat[f"x_{split}"]
+        flat[f"x_{split}"] = x if isinstance(x, ImageSet) else ImageSet.from_array(np.asarray(x, np.float32))
         flat[f"y_{split}"] = np.ascontiguousarray(flat[f"y_{split}"], np.int64)
-    return Splits(**flat, labels=tuple(labels), report=full)
+    return Splits(**flat, labels=tuple(labels), report=full, loading=loading or {})
 

@@ -109,11 +109,15 @@ class ChannelFigures:
 
 @dataclass(frozen=True)
 class StageTiming:
-    """One stage record of the manifest: wall time and when it finished."""
+    """One stage record of the manifest: wall time, peak resident memory (MiB) and when it finished.
+
+    ``peak_rss_mb`` is None in a record from before peaks were kept.
+    """
 
     name: str
     wall_s: float
     finished_at: str
+    peak_rss_mb: Optional[float] = None
 
 
 #: Stages that train, in the order the report shows their curves.
@@ -163,6 +167,7 @@ class BuildRecord:
     class_counts: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
     class_weight: Optional[Mapping[str, float]] = None
     channels: Optional[ChannelFigures] = None
+    data_step: Optional[StageTiming] = None  # loading the data, where its record has a wall time
 
 
 @dataclass(frozen=True)
@@ -232,6 +237,19 @@ def _curves(stages: Mapping[str, Any]) -> Tuple[StageCurve, ...]:
     return tuple(out)
 
 
+def _figure(value: Any) -> Optional[float]:
+    """A recorded number, or None where it is missing (an older manifest) or not a number."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _data_step(data_record: Mapping[str, Any]) -> Optional[StageTiming]:
+    wall = _figure(data_record.get("wall_s"))
+    if wall is None:
+        return None
+    return StageTiming("data", wall, str(data_record.get("finished_at") or ""),
+                       _figure(data_record.get("peak_rss_mb")))
+
+
 def read_build_record(root: Path) -> BuildRecord:
     """Parses ``root/manifest.json``; a missing or unreadable manifest reads as an empty one."""
     path = Path(root) / "manifest.json"
@@ -251,13 +269,15 @@ def read_build_record(root: Path) -> BuildRecord:
     return BuildRecord(
         counts=data_record.get("counts") or {},
         prune=_prune_figures(stages),
-        stages=tuple(StageTiming(name, rec.get("wall_s", 0), rec.get("finished_at", ""))
+        stages=tuple(StageTiming(name, _figure(rec.get("wall_s")) or 0.0, rec.get("finished_at", ""),
+                                 _figure(rec.get("peak_rss_mb")))
                      for name, rec in stages.items()),
         versions=versions,
         curves=_curves(stages),
         class_counts=(data_record.get("report") or {}).get("counts") or {},
         class_weight=train_metrics.get("class_weight"),
-        channels=_channel_figures(stages))
+        channels=_channel_figures(stages),
+        data_step=_data_step(data_record))
 
 
 def short_tensor_name(name: str) -> str:

@@ -3,9 +3,10 @@
 :func:`write_report` runs at the end of every build, before
 :func:`pipeline.publish.bundle.write_bundle`. It only renders what the build
 recorded: the :class:`pipeline.summary.BuildSummary`, ``manifest.json`` (data
-counts, stage timings, the prune stage's per-layer table), the kernels of the
-deploy variant's ``.tflite``, and the predictions evaluation saved on the test
-split (the confusion matrix). It never loads the data set or runs a model.
+counts, each stage's wall time and peak memory, the prune stage's per-layer
+table), the kernels of the deploy variant's ``.tflite``, and the predictions
+evaluation saved on the test split (the confusion matrix). It never loads the
+data set or runs a model.
 
 The report is one list of blocks (:mod:`pipeline.publish.document`) that renders
 to Markdown and to HTML (:mod:`pipeline.publish.html`); plots come from

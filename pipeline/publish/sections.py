@@ -13,7 +13,7 @@ from typing import List, Mapping, Optional, Tuple
 from pipeline.publish.bundle import Bundle
 from pipeline.publish.document import Cell, Doc, Plot, Table
 from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, ChannelFigures, Confusion, SparsityRow,
-                                      device_profile, most_confused)
+                                      StageTiming, device_profile, most_confused)
 from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
                               BuildSummary, DeviceSummary)
 
@@ -357,14 +357,27 @@ def _embedded_line(md) -> str:
             f"is the variant as built")
 
 
+def _stage_row(st: StageTiming, this_build: Cell) -> List[Cell]:
+    return [st.name, f"{st.wall_s:.1f}", _f(st.peak_rss_mb, ",.0f"), this_build, st.finished_at]
+
+
 def _stages(doc: Doc, s: BuildSummary, record: BuildRecord) -> None:
+    """Every step the manifest records: loading the data (first, where recorded), then each stage."""
     ran = set(s.stages_run)
-    rows = [[st.name, f"{st.wall_s:.1f}", "ran" if st.name in ran else ("cached", "muted"), st.finished_at]
-            for st in record.stages]
+    rows = [_stage_row(st, "ran" if st.name in ran else ("cached", "muted")) for st in record.stages]
+    steps = list(record.stages)
+    if record.data_step is not None:  # the data step runs in every build
+        rows.insert(0, _stage_row(record.data_step, "ran"))
+        steps.insert(0, record.data_step)
     doc.h(2, "Stages")
     if rows:
-        doc.details(f"{len(rows)} stages, {len(ran)} run in this build, "
-                    f"{sum(st.wall_s for st in record.stages):.0f} s recorded",
-                    Table(["stage", "wall s", "this build", "finished"], rows, "lrll"))
+        peaks = [st.peak_rss_mb for st in steps if st.peak_rss_mb is not None]
+        doc.details(f"{len(record.stages)} stages, {len(ran)} run in this build, "
+                    f"{sum(st.wall_s for st in steps):.0f} s recorded"
+                    + (f", peak RSS {max(peaks):,.0f} MiB" if peaks else ""),
+                    Table(["stage", "wall s", "peak RSS MiB", "this build", "finished"], rows, "lrrll"))
+        doc.p("Wall time and peak resident memory of the build process in each step, as recorded when the step ran "
+              "(a cached stage keeps the figures of the build that ran it); child processes, such as emulated device "
+              "runs, are not counted. \"-\": not recorded (a manifest from before peaks were kept).")
     if record.versions:
         doc.p("Libraries: " + ", ".join(f"{k} {v}" for k, v in record.versions.items()) + ".")

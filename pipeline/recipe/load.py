@@ -19,8 +19,11 @@ def preset_names():
     return sorted(q.stem for q in PRESETS.glob("*.yaml"))
 
 
-def load_recipe(path: "str | Path", smoke: bool = False) -> Recipe:
+def load_recipe(path: "str | Path", smoke: bool = False, data_path: "str | Path | None" = None) -> Recipe:
     """Loads a recipe YAML file (or an embedded recipe by name, e.g. ``default``).
+
+    ``data_path``, when given, replaces the recipe's data source with that folder of
+    images (``dataset: folder``, ``path: data_path``) before the recipe is validated.
 
     Raises:
         ConfigError: the file is missing, is not YAML, or holds invalid keys/values.
@@ -43,5 +46,8 @@ def load_recipe(path: "str | Path", smoke: bool = False) -> Recipe:
         raise ConfigError(f"recipe {p}: cannot read it ({exc.strerror})") from None
     if data is None:
         raise ConfigError(f"recipe {p}: file is empty")
+    if data_path is not None and isinstance(data, dict):
+        section = data.get("data") if isinstance(data.get("data"), dict) else {}
+        data = {**data, "data": {**section, "dataset": "folder", "path": str(data_path)}}
     recipe = Recipe.from_dict(data)
     return recipe.smoke() if smoke else recipe

@@ -1,7 +1,8 @@
 """The build manifest and stage caching.
 
 The manifest (``manifest.json``) holds one record per stage: its config, input and
-output sha256, library versions, wall time and metrics. A stage whose cache key
+output sha256, library versions, wall time, peak resident memory
+(:mod:`pipeline.store.memory`) and metrics. A stage whose cache key
 (config + input hashes + code version) matches its record, and whose outputs still
 hash as recorded, is not run again.
 """
@@ -14,6 +15,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from pipeline.errors import ModelFileError
 from pipeline.store.atomic import atomic_write_json, config_hash, sha256_file
+from pipeline.store.memory import measure_stage
 from pipeline.store.reproduce import library_versions
 
 # Bumped when a stage's code changes what it produces, so old caches are not reused.
@@ -54,9 +56,15 @@ def verify_recorded_models(root: Path) -> int:
 
 @dataclass
 class StageResult:
+    """What :meth:`Manifest.run_stage` returns; a cached stage has the figures of the run that made it.
+
+    ``peak_rss_mb`` is None for a cached stage recorded before peaks were kept.
+    """
+
     metrics: Dict[str, Any]
     cached: bool
     wall_s: float
+    peak_rss_mb: Optional[float] = None
 
 
 class Manifest:
@@ -139,17 +147,18 @@ class Manifest:
             extra_key: other things that determine the outputs (e.g. a data fingerprint).
 
         Returns:
-            StageResult with the metrics, whether it was cached, and wall time.
+            StageResult with the metrics, whether it was cached, wall time and the
+            peak resident memory of this process during ``fn`` (MiB; see
+            :func:`pipeline.store.memory.measure_stage` for what it covers).
         """
         input_hashes = {n: sha256_file(Path(p)) for n, p in inputs.items()}
         key = self.stage_key(config, input_hashes, extra_key)
         rec = self.cached(stage, key, outputs)
         if rec is not None:
             log(f"[{stage}] up to date (cached)")
-            return StageResult(rec.get("metrics", {}), True, rec.get("wall_s", 0.0))
-        t0 = time.perf_counter()
-        metrics = fn()
-        wall = time.perf_counter() - t0
+            return StageResult(rec.get("metrics", {}), True, rec.get("wall_s", 0.0), rec.get("peak_rss_mb"))
+        with measure_stage() as measured:
+            metrics = fn()
         missing = [n for n, p in outputs.items() if not Path(p).exists()]
         if missing:
             raise RuntimeError(f"stage {stage} did not write its outputs: {missing}")
@@ -159,9 +168,9 @@ class Manifest:
             "inputs": {n: {"path": self.rel(p), "sha256": input_hashes[n]} for n, p in inputs.items()},
             "outputs": {n: {"path": self.rel(p), "sha256": sha256_file(Path(p))} for n, p in outputs.items()},
             "versions": library_versions(),
-            "wall_s": round(wall, 3),
+            **measured.record(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "metrics": metrics,
         }
         self.save()
-        return StageResult(metrics, False, wall)
+        return StageResult(metrics, False, measured.wall_s, measured.record()["peak_rss_mb"])

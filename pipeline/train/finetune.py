@@ -28,6 +28,7 @@ from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, m
                                 steps_for)
 from pipeline.train.keras_io import load_keras, save_keras
 from pipeline.train.schedule import Plan
+from pipeline.train.stream import predict
 
 Log = Callable[[str], None]
 
@@ -151,7 +152,7 @@ def train_finetune(recipe: Recipe, splits, head_h5: Path, out: Path, preds_out: 
         model = load_keras(head_h5)
         run = _train(recipe, splits, model, finetune_layers(model, tr.finetune_blocks), tr.finetune_learning_rate,
                      tr.finetune_epochs, "transfer-finetune", tr.finetune_batchnorm, log)
-    probs = model.predict(splits.x_test, batch_size=256, verbose=0)
+    probs = predict(model, splits.x_test)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
         np.save(tmp, np.argmax(probs, axis=1).astype(np.int64))

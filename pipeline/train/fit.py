@@ -125,6 +125,9 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Trains a compiled model on the train split, one epoch at a time, validating on the val split.
 
+    Images stream from the split batch by batch (:mod:`pipeline.train.stream`); under
+    a multi-worker strategy each worker reads its own share of every epoch.
+
     Each epoch trains on a fresh shuffle (and, with ``augment`` enabled, freshly
     augmented images) of the train split, drawn from ``seed``, ``label`` and the
     epoch (:func:`pipeline.data.augment.epoch_rng`): the same on a rerun. Under
@@ -146,8 +149,9 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         ``time_budget``), ``plan``, ``lr_end_epoch`` (where the cosine ended:
         ``plan.epochs`` unless a budget brought it forward).
     """
-    from pipeline.data.augment import augment_images, epoch_rng
+    from pipeline.data.augment import draw_augment, epoch_rng
     from pipeline.train.schedule import epochs_that_fit
+    from pipeline.train.stream import eval_dataset, train_dataset, worker_share
 
     import tf_keras as keras
 
@@ -162,6 +166,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     callbacks = list(callbacks)
     lr_end = plan.epochs
     per_epoch = steps_per_epoch(splits, batch_size)
+    share = worker_share()
+    val_data = eval_dataset(splits.x_val, y_val, batch_size=256)
     for epoch in range(plan.epochs):
         if plan.time_budget_s is not None and epoch:
             spent = time.perf_counter() - t0
@@ -171,16 +177,14 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         start = time.perf_counter()
         rng = epoch_rng(seed, label, epoch)
         order = rng.permutation(len(splits.x_train))
-        x = splits.x_train[order]
-        if augment is not None:
-            x = augment_images(x, augment, rng)
+        draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
+        epoch_data = train_dataset(splits.x_train, y_train, order, batch_size, draw, share)
         # The rate of the epoch's first step (the optimizer's own attribute holds the last
         # step's, from before a budget moved the cosine's end).
         lr = (float(lr_schedule(model.optimizer.iterations)) if lr_schedule is not None
               else float(np.asarray(model.optimizer.learning_rate)))
-        logs = model.fit(x, y_train[order], validation_data=(splits.x_val, y_val), initial_epoch=epoch,
-                         epochs=epoch + 1, batch_size=batch_size, shuffle=False, verbose=0,
-                         class_weight=class_weight, callbacks=callbacks).history
+        logs = model.fit(epoch_data, validation_data=val_data, initial_epoch=epoch,
+                         epochs=epoch + 1, verbose=0, class_weight=class_weight, callbacks=callbacks).history
         logs = {k: float(v[-1]) for k, v in logs.items()}
         seconds = time.perf_counter() - start
         for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
@@ -221,7 +225,9 @@ def steps_for(splits, epochs: int, batch_size: int) -> int:
     return epochs * steps_per_epoch(splits, batch_size)
 
 
-def keras_top1(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
-    """Top-1 accuracy (percent) of a Keras model."""
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
+def keras_top1(model, x, y: np.ndarray, batch_size: int = 256) -> float:
+    """Top-1 accuracy (percent) of a Keras model on images ``x`` (an ImageSet or an array)."""
+    from pipeline.train.stream import predict
+
+    probs = predict(model, x, batch_size)
     return float(np.mean(np.argmax(probs, axis=1) == y) * 100.0)

@@ -11,6 +11,7 @@ from pipeline.store.atomic import atomic_path
 from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, make_strategy, setup_tensorflow,
                                 steps_for, steps_per_epoch)
 from pipeline.train.schedule import float_plan, warmup_steps
+from pipeline.train.stream import predict
 
 
 def build_float_model(recipe: Recipe, num_classes: int):
@@ -60,7 +61,7 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
                   else "raise train.max_epochs or train.epochs")
         log(f"[train] warning: the best validation top-1 came in the last epoch ({run['epochs']}): "
             f"the model is probably still under-trained ({remedy})")
-    probs = model.predict(splits.x_test, batch_size=256, verbose=0)
+    probs = predict(model, splits.x_test)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
         np.save(tmp, np.argmax(probs, axis=1).astype(np.int64))

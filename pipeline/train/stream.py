@@ -1,0 +1,103 @@
+"""tf.data pipelines over an :class:`pipeline.data.images.ImageSet`: how every stage feeds Keras.
+
+Training, validation, prediction and top-1 read images batch by batch from the
+split (memory or the decoded-image cache), never a whole split at once. A Python
+generator reads each batch (one ``pread`` per cached image) and applies the epoch's
+augmentation (drawn up front, so a batch size or a worker count never changes the
+images); ``prefetch`` overlaps that with the model's step.
+
+Under ``MultiWorkerMirroredStrategy`` (``train.strategy: multi-worker``) each worker
+reads only its own share of each epoch (:func:`worker_share`): TensorFlow's
+auto-sharding is off, and worker i of n takes every n-th image of the epoch's order.
+"""
+
+import json
+import os
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+from pipeline.data.augment import AugmentDraw, apply_augment
+from pipeline.data.images import ImageSet
+
+
+def worker_share() -> Tuple[int, int]:
+    """``(this worker's index, number of workers)`` from TF_CONFIG; ``(0, 1)`` without a cluster."""
+    try:
+        cfg = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
+        workers = len(cfg.get("cluster", {}).get("worker", []))
+        task = cfg.get("task", {})
+    except (ValueError, AttributeError):
+        return 0, 1
+    if workers > 1 and task.get("type") == "worker":
+        return int(task.get("index", 0)), workers
+    return 0, 1
+
+
+def _dataset(gen, shape, y_shape, y_dtype):
+    import tensorflow as tf
+
+    sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None, *y_shape), y_dtype))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    options = tf.data.Options()
+    # Sharding is ours (worker_share): each worker's generator already reads only its images.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def train_dataset(images: ImageSet, y: np.ndarray, order: np.ndarray, batch_size: int,
+                  augment: Optional[AugmentDraw] = None, share: Tuple[int, int] = (0, 1)):
+    """One epoch of ``(x, y)`` batches in ``order``, augmented by ``augment`` (drawn for ``order``).
+
+    With ``share = (i, n)``, n > 1, the worker reads every n-th position of ``order``
+    from i, all workers the same number of images, in batches of ``batch_size // n``
+    (the global batch stays ``batch_size``).
+    """
+    import tensorflow as tf
+
+    index, count = share
+    positions = np.arange(len(order))
+    if count > 1:
+        per_worker = len(order) // count
+        positions = positions[index::count][:per_worker]
+        batch_size = max(1, batch_size // count)
+
+    def gen() -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        for s in range(0, len(positions), batch_size):
+            pos = positions[s:s + batch_size]
+            idx = order[pos]
+            x = images[idx]
+            if augment is not None:
+                x = apply_augment(x, _draw_at(augment, pos))
+            yield x, y[idx]
+
+    y_dtype = tf.float32 if y.ndim > 1 else tf.int64
+    return _dataset(gen, images.image_shape, y.shape[1:], y_dtype)
+
+
+def _draw_at(draw: AugmentDraw, pos: np.ndarray) -> AugmentDraw:
+    return AugmentDraw(*(getattr(draw, f)[pos] for f in ("angle", "zoom", "shift", "flip", "delta", "factor")))
+
+
+def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: int = 256):
+    """``(x, y)`` batches (or ``(x, 0)`` without labels) in stored order, for evaluation and prediction."""
+    import tensorflow as tf
+
+    labels = np.zeros(len(images), np.int64) if y is None else np.asarray(y)
+
+    def gen():
+        for s in range(0, len(images), batch_size):
+            yield images[s:s + batch_size], labels[s:s + batch_size]
+
+    y_dtype = tf.float32 if labels.ndim > 1 else tf.int64
+    return _dataset(gen, images.image_shape, labels.shape[1:], y_dtype)
+
+
+def predict(model, images, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs on ``images`` (an ImageSet, streamed; or an array)."""
+    if not isinstance(images, ImageSet):
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    if not len(images):
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    ds = eval_dataset(images, batch_size=batch_size).map(lambda x, y: x)
+    return model.predict(ds, verbose=0)
