@@ -195,3 +195,41 @@ def test_worker_share_reads_tf_config(monkeypatch):
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     assert worker_share() == (1, 2)
+
+
+@pytest.mark.integration
+def test_two_local_workers_each_read_their_own_half(tmp_path):
+    """MultiWorkerMirroredStrategy over two processes on 127.0.0.1 (TF_CONFIG): each
+    worker reads only its share of the training images, the two shares are disjoint."""
+    import socket
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "data", per_class={"a": 30, "b": 30}, size=(40, 40))
+    _load(root, shape=(32, 32, 3))  # decoded once, before the workers start
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    child = Path(__file__).with_name("multiworker_child.py")
+    procs = []
+    for i in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        procs.append(subprocess.Popen([sys.executable, str(child), str(root), str(tmp_path)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    reads = [json.loads((tmp_path / f"read-{i}.json").read_text()) for i in range(2)]
+    assert all(r["replicas"] == 2 for r in reads)
+    halves = [set(r["read"]) for r in reads]
+    assert halves[0] and halves[1] and not halves[0] & halves[1]
+    # Each read its half of the training images (and the full validation and test splits,
+    # read through their own ImageSets, which are not recorded here).
+    assert len(halves[0]) == len(halves[1]) == reads[0]["train"] // 2

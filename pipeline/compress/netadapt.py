@@ -164,13 +164,14 @@ def recover_briefly(model, splits, batches: int, batch_size: int, learning_rate:
     """A short fine-tune of the chosen proposal on a seeded draw of training images."""
     import tf_keras as keras
 
+    from pipeline.train.stream import train_dataset
+
     if batches <= 0:
         return
     n = min(len(splits.x_train), batches * batch_size)
     idx = np.random.default_rng(seed).choice(len(splits.x_train), n, replace=False)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
-    model.fit(splits.x_train[idx], splits.y_train[idx], batch_size=batch_size, epochs=1, shuffle=False,
-              verbose=0)
+    model.fit(train_dataset(splits.x_train, splits.y_train, idx, batch_size), epochs=1, verbose=0)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 """tf.data pipelines over an :class:`pipeline.data.images.ImageSet`: how every stage feeds Keras.
 
-Training, validation, prediction and top-1 read images batch by batch from the
-split (memory or the decoded-image cache), never a whole split at once. A Python
-generator reads each batch (one ``pread`` per cached image) and applies the epoch's
-augmentation (drawn up front, so a batch size or a worker count never changes the
-images); ``prefetch`` overlaps that with the model's step.
+Training, validation, prediction and top-1 read photos from the decoded-image cache
+batch by batch, never a whole split at once: a Python generator reads each batch
+(one ``pread`` per image) and applies the epoch's augmentation (drawn up front, so a
+batch size or a worker count never changes the images); ``prefetch`` overlaps that
+with the model's step. The built-in sets, small and already in memory, are
+augmented a whole epoch at a time and sliced into batches by ``tf.data`` itself (a
+generator's per-batch Python costs more than their small steps do).
 
 Under ``MultiWorkerMirroredStrategy`` (``train.strategy: multi-worker``) each worker
 reads only its own share of each epoch (:func:`worker_share`): TensorFlow's
@@ -34,11 +36,15 @@ def worker_share() -> Tuple[int, int]:
     return 0, 1
 
 
-def _dataset(gen, shape, y_shape, y_dtype):
+def _dataset(gen, shape, y_shape, y_dtype, arrays=None, batch_size=None):
+    """From ``gen`` (batches read on demand), or from ``arrays`` (x, y) held in memory."""
     import tensorflow as tf
 
-    sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None, *y_shape), y_dtype))
-    ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+    if arrays is not None:
+        ds = tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
+    else:
+        sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None, *y_shape), y_dtype))
+        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     options = tf.data.Options()
     # Sharding is ours (worker_share): each worker's generator already reads only its images.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -72,7 +78,12 @@ def train_dataset(images: ImageSet, y: np.ndarray, order: np.ndarray, batch_size
             yield x, y[idx]
 
     y_dtype = tf.float32 if y.ndim > 1 else tf.int64
-    return _dataset(gen, images.image_shape, y.shape[1:], y_dtype)
+    arrays = None
+    if images.in_memory:  # small built-in sets: the epoch's images at once, sliced by tf.data
+        idx = order[positions]
+        x = images[idx]
+        arrays = (x if augment is None else apply_augment(x, _draw_at(augment, positions)), y[idx])
+    return _dataset(gen, images.image_shape, y.shape[1:], y_dtype, arrays, batch_size)
 
 
 def _draw_at(draw: AugmentDraw, pos: np.ndarray) -> AugmentDraw:
@@ -90,13 +101,14 @@ def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: i
             yield images[s:s + batch_size], labels[s:s + batch_size]
 
     y_dtype = tf.float32 if labels.ndim > 1 else tf.int64
-    return _dataset(gen, images.image_shape, labels.shape[1:], y_dtype)
+    arrays = (images[:], labels) if images.in_memory else None
+    return _dataset(gen, images.image_shape, labels.shape[1:], y_dtype, arrays, batch_size)
 
 
 def predict(model, images, batch_size: int = 256) -> np.ndarray:
     """The model's outputs on ``images`` (an ImageSet, streamed; or an array)."""
-    if not isinstance(images, ImageSet):
-        return model.predict(images, batch_size=batch_size, verbose=0)
+    if not isinstance(images, ImageSet) or images.in_memory:
+        return model.predict(images[:], batch_size=batch_size, verbose=0)
     if not len(images):
         return np.zeros((0, *model.output_shape[1:]), np.float32)
     ds = eval_dataset(images, batch_size=batch_size).map(lambda x, y: x)
