@@ -33,7 +33,7 @@ from pipeline.gate.budgets import check_budgets, format_budget_table
 from pipeline.recipe.schema import Recipe
 from pipeline.native import import_tensorflow
 from pipeline.store.manifest import Manifest
-from pipeline.store.memory import measure_stage
+from pipeline.store.memory import measure_stage, process_peak_rss_mb
 from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
@@ -148,7 +148,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
         wall = time.perf_counter() - t0
         write_summary(summary, root)
         manifest.set("summary", {"stages_run": list(summary.stages_run), "wall_s": round(wall, 2),
-                                 "budgets_ok": summary.budgets_ok})
+                                 "budgets_ok": summary.budgets_ok,
+                                 "peak_rss_mb": round(process_peak_rss_mb(), 1)})
         _publish(recipe, root, summary, log)
         return BuildResult(root, summary, wall)
 

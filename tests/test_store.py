@@ -101,6 +101,18 @@ def test_measure_stage_outside_a_manifest_stage_and_nested():
     assert set(outer.record()) == {"wall_s", "peak_rss_mb"}
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the peak RSS counter is reset through Linux's /proc")
+def test_the_whole_process_peak_survives_the_per_stage_resets():
+    """The build's summary records the process's peak: a later stage's reset must not lose an
+    earlier stage's 200 MiB (the kernel's own ru_maxrss does lose it)."""
+    with measure_stage() as big:
+        _allocate(200)
+    with measure_stage() as small:
+        _allocate(1)
+    assert big.peak_rss_mb - small.peak_rss_mb > 150
+    assert memory.process_peak_rss_mb() >= big.peak_rss_mb
+
+
 def test_without_proc_the_peak_is_the_process_peak(monkeypatch):
     """Where /proc is unavailable, the figure is ru_maxrss (the peak since the process started)."""
     monkeypatch.setattr(memory, "CLEAR_REFS", Path("/nonexistent/clear_refs"))

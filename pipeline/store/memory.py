@@ -32,6 +32,19 @@ STATUS = Path("/proc/self/status")
 _RESET_PEAK = "5"
 
 
+# The highest peak read before any reset: what the process has held at most, whatever the resets.
+_process_peak_kib = 0
+
+
+def process_peak_rss_mb() -> float:
+    """The peak resident memory of this process since it started, in MiB, across every
+    :func:`reset_peak_rss` (each reset first folds the peak so far into this figure).
+
+    A reset also resets the kernel's ``ru_maxrss`` of this process (both read the same
+    high-water mark), so this, not ``getrusage``, is the whole-build peak."""
+    return max(_process_peak_kib / 1024, peak_rss_mb())
+
+
 def reset_peak_rss() -> bool:
     """Resets this process's peak RSS counter (``VmHWM``) to its current RSS.
 
@@ -41,6 +54,8 @@ def reset_peak_rss() -> bool:
         container): :func:`peak_rss_mb` then reads the peak since the process
         started. Never raises: a build does not fail for want of a memory figure.
     """
+    global _process_peak_kib
+    _process_peak_kib = max(_process_peak_kib, _vm_hwm_kib() or 0)
     try:
         with open(CLEAR_REFS, "w") as f:
             f.write(_RESET_PEAK)
