@@ -233,3 +233,22 @@ def test_two_local_workers_each_read_their_own_half(tmp_path):
     # Each read its half of the training images (and the full validation and test splits,
     # read through their own ImageSets, which are not recorded here).
     assert len(halves[0]) == len(halves[1]) == reads[0]["train"] // 2
+
+
+def test_decoding_processes_work_from_a_script_without_a_main_guard(tmp_path):
+    """The decoding processes are fresh interpreters: a user's plain script that calls the
+    loader (no ``if __name__ == "__main__"``) is not run again by them."""
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "data", per_class={"a": 40, "b": 40}, size=(40, 30))
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from pipeline.data import load_dataset\n"
+        "from pipeline.recipe.schema import DataConfig\n"
+        f"s = load_dataset(DataConfig(dataset='folder', path={str(root)!r}), (24, 24, 3), 0)\n"
+        "print('workers', s.loading['workers'], 'decoded', s.loading['decoded'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == f"workers {min(2, image_cache._cores())} decoded 80"

@@ -7,7 +7,8 @@ A folder of photos is read in three steps:
    (the folder's file index, ``files/<folder key>.json``).
 2. **Decode** (:func:`decode_missing`): only files whose content hash is not yet in
    the cache for these settings (input size, channels, fit, decoder version) are
-   decoded, on every core (a process pool), CHUNK files a task; each task writes one
+   decoded, on every core (a decoding process per core,
+   :mod:`pipeline.data.decode_worker`), up to CHUNK files a task; each task writes one
    chunk, ``<settings>/chunk-<id>.npy`` (uint8 NHWC) and then
    ``chunk-<id>.json`` (the content hash, source mode and conversions of every
    image, and the error of every file that could not be decoded). Both are written
@@ -28,11 +29,13 @@ Location: ``$MOBILE_MODEL_IMAGE_CACHE``, else ``$MOBILE_MODEL_CACHE/images`` (de
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import threading
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -226,27 +229,80 @@ def decode_missing(store: Store, items: Sequence[Tuple[Path, str]], fit: str, lo
     n_workers = min(len(tasks), cores)
     log(f"[data] decoding {len(todo):,} image(s) to {store.shape[0]}x{store.shape[1]}x{store.shape[2]} "
         f"({fit}) on {n_workers} process(es) into {store.directory}")
-    t0, done, last = time.perf_counter(), 0, 0.0
-    args = [(task, store.shape, fit, str(store.directory)) for task in tasks]
+    t0 = time.perf_counter()
     try:
         if n_workers == 1:
-            for a in args:
-                done += _decode_chunk(*a)
+            for task in tasks:
+                decode_chunk(task, store.shape, fit, str(store.directory))
         else:
-            with ProcessPoolExecutor(n_workers, mp_context=get_context("spawn")) as pool:
-                for count in pool.map(_decode_chunk, *zip(*args)):
-                    done += count
-                    now = time.perf_counter()
-                    if now - last > 5 or done == len(todo):
-                        last = now
-                        log(f"[data] decoded {done:,}/{len(todo):,} images ({done / (now - t0):.0f}/s)")
+            _decode_in_workers(tasks, n_workers, store, fit, len(todo), t0, log)
     except OSError as exc:
         raise DataError(f"could not write the image cache in {store.directory} ({exc.strerror or exc}); "
-                        "nothing partial was kept: free space (or set MOBILE_MODEL_CACHE) and rerun") from None
+                        "nothing partial was kept: free space (or set MOBILE_MODEL_IMAGE_CACHE) and rerun") from None
     seconds = time.perf_counter() - t0
     store.reload()
     return {"decoded": len(todo), "seconds": round(seconds, 3),
             "images_per_s": round(len(todo) / seconds, 1) if seconds else 0.0, "workers": n_workers}
+
+
+def _decode_in_workers(tasks, n_workers: int, store: Store, fit: str, total: int, t0: float, log: Log) -> None:
+    """Runs the tasks in ``n_workers`` decoding processes (:mod:`pipeline.data.decode_worker`),
+    task i in process i mod n; logs progress about every 5 s.
+
+    Raises:
+        OSError: a process could not write its chunk (the reason it gave).
+    """
+    procs = []
+    for i in range(n_workers):
+        job = {"tasks": tasks[i::n_workers], "shape": list(store.shape), "fit": fit,
+               "directory": str(store.directory)}
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.data.decode_worker"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_worker_env())
+        proc.stdin.write(json.dumps(job))
+        proc.stdin.close()
+        procs.append(proc)
+    done, last, failures = [0], [0.0], []
+    lock = threading.Lock()
+
+    def follow(proc) -> None:
+        for line in proc.stdout:
+            if line.startswith("done "):
+                with lock:
+                    done[0] += int(line.split()[1])
+                    now = time.perf_counter()
+                    if now - last[0] > 5 or done[0] == total:
+                        last[0] = now
+                        log(f"[data] decoded {done[0]:,}/{total:,} images ({done[0] / (now - t0):.0f}/s)")
+            elif line.startswith("error "):
+                failures.append(line[6:].strip())
+
+    readers = [threading.Thread(target=follow, args=(p,), daemon=True) for p in procs]
+    try:
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        for p in procs:
+            p.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    if failures:
+        raise OSError(failures[0])
+    broken = [p for p in procs if p.returncode != 0]
+    if broken:
+        err = broken[0].stderr.read().strip().splitlines()
+        raise RuntimeError(f"an image decoding process failed (exit {broken[0].returncode}): "
+                           f"{err[-1] if err else 'no message'}")
+
+
+def _worker_env() -> Dict[str, str]:
+    """This environment, with this package importable in the child whatever its working directory."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
 
 
 def _cores() -> int:
@@ -256,7 +312,7 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _decode_chunk(task: Sequence[Tuple[str, str]], shape, fit: str, directory: str) -> int:
+def decode_chunk(task: Sequence[Tuple[str, str]], shape, fit: str, directory: str) -> int:
     """Decodes one task's files and writes its chunk (data first, record last). Returns the file count."""
     Image.MAX_IMAGE_PIXELS = None  # our own check (MAX_PIXELS) runs first, naming the file
     keys, meta, errors, images = [], {}, {}, []
