@@ -91,7 +91,7 @@ def float_h5(workdir, splits):
     setup_tensorflow(0)
     model = _tiny_model(splits.num_classes)
     compile_model(model, 3e-3, 4)
-    model.fit(splits.x_train, splits.y_train, epochs=1, batch_size=32, verbose=0)
+    model.fit(np.asarray(splits.x_train), splits.y_train, epochs=1, batch_size=32, verbose=0)
     path = workdir / "float.h5"
     save_keras(model, path)
     return path

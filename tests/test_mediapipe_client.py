@@ -27,7 +27,7 @@ def test_images(smoke_build):
     recipe = load_recipe("default", smoke=True)
     shape = (recipe.model.input_size, recipe.model.input_size, recipe.model.channels)
     splits = load_dataset(recipe.data, shape, recipe.seed)
-    pixels = np.clip(np.round(splits.x_test * 255), 0, 255).astype(np.uint8)
+    pixels = np.clip(np.round(np.asarray(splits.x_test) * 255), 0, 255).astype(np.uint8)
     return pixels, splits.y_test
 
 

@@ -182,7 +182,7 @@ def test_early_stopping_restores_the_best_epoch():
     assert run["restored"] and run["stopped"] in ("patience", "max_epochs")
     for now, best in zip(model.get_weights(), snapshots[run["best_epoch"] - 1]):
         assert np.array_equal(now, best)
-    _, acc = model.evaluate(splits.x_val, keras.utils.to_categorical(splits.y_val, 10), verbose=0)
+    _, acc = model.evaluate(np.asarray(splits.x_val), keras.utils.to_categorical(splits.y_val, 10), verbose=0)
     assert acc == pytest.approx(val[run["best_epoch"] - 1], abs=1e-6)
 
 

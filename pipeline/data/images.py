@@ -199,3 +199,8 @@ class ImageSet:
     def describe(self) -> Dict[str, object]:
         return {"images": len(self), "shape": list(self.image_shape),
                 "source": "memory" if self.in_memory else "cache"}
+
+
+def as_image_set(x) -> ImageSet:
+    """``x`` if it is an ImageSet, else an in-memory one over the array ``x`` (NHWC)."""
+    return x if isinstance(x, ImageSet) else ImageSet.from_array(np.asarray(x))

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 
 from pipeline.data.augment import AugmentDraw, apply_augment
-from pipeline.data.images import ImageSet
+from pipeline.data.images import ImageSet, as_image_set
 
 
 def worker_share() -> Tuple[int, int]:
@@ -61,6 +61,7 @@ def train_dataset(images: ImageSet, y: np.ndarray, order: np.ndarray, batch_size
     """
     import tensorflow as tf
 
+    images = as_image_set(images)
     index, count = share
     positions = np.arange(len(order))
     if count > 1:
@@ -94,6 +95,7 @@ def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: i
     """``(x, y)`` batches (or ``(x, 0)`` without labels) in stored order, for evaluation and prediction."""
     import tensorflow as tf
 
+    images = as_image_set(images)
     labels = np.zeros(len(images), np.int64) if y is None else np.asarray(y)
 
     def gen():
