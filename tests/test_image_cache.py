@@ -220,7 +220,7 @@ def test_two_local_workers_each_read_their_own_half(tmp_path):
         procs.append(subprocess.Popen([sys.executable, str(child), str(root), str(tmp_path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        outs = [p.communicate(timeout=300)[0] for p in procs]
+        outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
