@@ -85,13 +85,17 @@ def test_every_bad_file_is_listed_once_and_not_decoded_again(tmp_path):
     (root / "dog" / "empty.png").write_bytes(b"")
     good = save(tmp_path / "x.jpg", Image.new("RGB", (64, 64), (9, 9, 9)))
     (root / "eel" / "cut.jpg").write_bytes(good.read_bytes()[:200])
+    written = []
     for attempt in range(2):
         with pytest.raises(DataError) as err:
             _load(root)
         text = str(err.value)
         assert text.startswith("3 unreadable image files in ")
         assert "cat/broken.jpg: " in text and "dog/empty.png: zero-byte file" in text and "eel/cut.jpg: " in text
-    # The second load hashed nothing and decoded nothing: the errors came from the cache.
+        written.append({p: p.stat().st_mtime_ns for p in (tmp_path / "image-cache").rglob("*.json")})
+    # The second load hashed nothing and decoded nothing: no index or chunk record was
+    # written again, and the errors came from the cache.
+    assert written[0] == written[1]
     index = json.loads(next((tmp_path / "image-cache" / "files").glob("*.json")).read_text())
     assert len(index["files"]) == 33
 

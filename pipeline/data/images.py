@@ -22,7 +22,7 @@ So no stage holds a whole split of photos in memory; at most a batch.
 
 import hashlib
 import os
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -98,10 +98,6 @@ class ImageSet:
     @property
     def in_memory(self) -> bool:
         return self._array is not None
-
-    @property
-    def nbytes_uint8(self) -> int:
-        return len(self) * int(np.prod(self.image_shape))
 
     def __getitem__(self, key) -> np.ndarray:
         """Reads images: ``x[i]``, ``x[a:b]``, ``x[idx]``; a tuple's first item picks the
@@ -195,10 +191,6 @@ class ImageSet:
             return
         h.update(f"{name}uint8{self.shape}".encode())
         h.update("\n".join(self._keys).encode())
-
-    def describe(self) -> Dict[str, object]:
-        return {"images": len(self), "shape": list(self.image_shape),
-                "source": "memory" if self.in_memory else "cache"}
 
 
 def as_image_set(x) -> ImageSet:

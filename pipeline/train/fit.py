@@ -123,10 +123,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         augment: Optional[AugmentConfig] = None, class_weight: Optional[Dict[int, float]] = None,
         one_hot: bool = False, callbacks=(), lr_schedule=None,
         log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Trains a compiled model on the train split, one epoch at a time, validating on the val split.
-
-    Images stream from the split batch by batch (:mod:`pipeline.train.stream`); under
-    a multi-worker strategy each worker reads its own share of every epoch.
+    """Trains a compiled model on the train split, one epoch at a time (streamed:
+    :func:`pipeline.train.stream.epoch_dataset`), validating on the val split.
 
     Each epoch trains on a fresh shuffle (and, with ``augment`` enabled, freshly
     augmented images) of the train split, drawn from ``seed``, ``label`` and the
@@ -149,9 +147,8 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         ``time_budget``), ``plan``, ``lr_end_epoch`` (where the cosine ended:
         ``plan.epochs`` unless a budget brought it forward).
     """
-    from pipeline.data.augment import draw_augment, epoch_rng
     from pipeline.train.schedule import epochs_that_fit
-    from pipeline.train.stream import eval_dataset, train_dataset, worker_share
+    from pipeline.train.stream import epoch_dataset, eval_dataset
 
     import tf_keras as keras
 
@@ -166,7 +163,6 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     callbacks = list(callbacks)
     lr_end = plan.epochs
     per_epoch = steps_per_epoch(splits, batch_size)
-    share = worker_share()
     val_data = eval_dataset(splits.x_val, y_val, batch_size=256)
     for epoch in range(plan.epochs):
         if plan.time_budget_s is not None and epoch:
@@ -175,10 +171,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
                 stopped = "time_budget"
                 break
         start = time.perf_counter()
-        rng = epoch_rng(seed, label, epoch)
-        order = rng.permutation(len(splits.x_train))
-        draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
-        epoch_data = train_dataset(splits.x_train, y_train, order, batch_size, draw, share)
+        epoch_data = epoch_dataset(splits.x_train, y_train, batch_size, seed, label, epoch, augment)
         # The rate of the epoch's first step (the optimizer's own attribute holds the last
         # step's, from before a budget moved the cosine's end).
         lr = (float(lr_schedule(model.optimizer.iterations)) if lr_schedule is not None

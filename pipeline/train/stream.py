@@ -13,14 +13,16 @@ reads only its own share of each epoch (:func:`worker_share`): TensorFlow's
 auto-sharding is off, and worker i of n takes every n-th image of the epoch's order.
 """
 
+import dataclasses
 import json
 import os
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from pipeline.data.augment import AugmentDraw, apply_augment
+from pipeline.data.augment import AugmentDraw, apply_augment, draw_augment, epoch_rng
 from pipeline.data.images import ImageSet, as_image_set
+from pipeline.recipe.schema import AugmentConfig
 
 
 def worker_share() -> Tuple[int, int]:
@@ -88,7 +90,18 @@ def train_dataset(images: ImageSet, y: np.ndarray, order: np.ndarray, batch_size
 
 
 def _draw_at(draw: AugmentDraw, pos: np.ndarray) -> AugmentDraw:
-    return AugmentDraw(*(getattr(draw, f)[pos] for f in ("angle", "zoom", "shift", "flip", "delta", "factor")))
+    return AugmentDraw(*(getattr(draw, f.name)[pos] for f in dataclasses.fields(draw)))
+
+
+def epoch_dataset(images: ImageSet, y: np.ndarray, batch_size: int, seed: int, label: str, epoch: int,
+                  augment: Optional[AugmentConfig] = None):
+    """Epoch ``epoch`` of stage ``label``: a shuffle of the split and, with ``augment``
+    enabled, the transforms of its images, both drawn from (seed, label, epoch)
+    (:func:`pipeline.data.augment.epoch_rng`); this worker's share under multi-worker."""
+    rng = epoch_rng(seed, label, epoch)
+    order = rng.permutation(len(images))
+    draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
+    return train_dataset(images, y, order, batch_size, draw, worker_share())
 
 
 def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: int = 256):
