@@ -127,7 +127,7 @@ device-test: $(STAMP) system-deps mediapipe-env
 
 bench: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build
-	$(PY) -m pipeline.bench $(RECIPE)
+	$(PY) -m benchmarks.build_bench $(RECIPE)
 
 # Build RECIPE and gate it against its baseline: exit 1 on a regression or a missed
 # budget, 2 on unusable input (e.g. no baseline yet: see baselines/README.md).

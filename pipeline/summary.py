@@ -127,7 +127,7 @@ class VariantSummary(Record):
         return self.output.dtype in ("int8", "uint8")
 
 
-#: The keys :func:`pipeline.latency.model.attach_latency` sets on a device result, which
+#: The keys :func:`pipeline.latency.estimate.attach_latency` sets on a device result, which
 #: are also the :class:`DeviceSummary` fields of its estimate (all None without one).
 LATENCY_FIELDS = ("latency_ms", "latency_validated", "latency_model", "latency_cycles", "latency_ipc")
 #: The table columns of :meth:`LatencyEstimate.cells`, in order, and their alignment.
@@ -172,7 +172,7 @@ class LatencyEstimate:
 
     @classmethod
     def from_result(cls, result: Mapping[str, Any]) -> "LatencyEstimate":
-        """The estimate :func:`pipeline.latency.model.attach_latency` added to a result dict."""
+        """The estimate :func:`pipeline.latency.estimate.attach_latency` added to a result dict."""
         return cls(*(result[k] for k in LATENCY_FIELDS))
 
     @property
@@ -208,7 +208,7 @@ def unvalidated_note(estimates: Iterable[LatencyEstimate]) -> Optional[str]:
 
 @dataclass(frozen=True)
 class DeviceSummary(Record):
-    """What one variant did on one emulated device (see :mod:`pipeline.devices.matrix`).
+    """What one variant did on one emulated device (see :mod:`pipeline.build.matrix`).
 
     The ``latency_*`` fields (:data:`LATENCY_FIELDS`) are estimated afresh each build
     from the recorded run; they are None in summaries written before they existed.

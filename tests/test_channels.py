@@ -230,7 +230,7 @@ def test_criteria_comparison_thins_to_the_same_widths_and_ranks_inversely():
     and control thins to exactly those widths; the inverse control keeps the channels
     l1_bn ranks lowest; the table has a row per criterion."""
     from pipeline.compress.channels import CRITERIA
-    from pipeline.compress.criteria import CONTROLS, keep_indices, compare, format_rows, halved_widths
+    from benchmarks.channel_criteria import CONTROLS, keep_indices, compare, format_rows, halved_widths
 
     m = _model("mobilenet_v1")
     widths = halved_widths(m)
@@ -249,7 +249,7 @@ def test_criteria_comparison_thins_to_the_same_widths_and_ranks_inversely():
 def test_layer_cost_splits_the_model_at_every_conv_and_differences_add_up():
     """Per-segment device cost: a cut after each Conv2D's BN/activation, the head last;
     the segment costs (prefix differences) add up to the whole model's cost."""
-    from pipeline.compress.layer_cost import cut_points, format_table, segment_costs
+    from benchmarks.layer_cost import cut_points, format_table, segment_costs
 
     m = _model("mobilenet_v1")
     cuts = cut_points(m)
@@ -272,7 +272,7 @@ def test_layer_cost_splits_the_model_at_every_conv_and_differences_add_up():
 def test_measurement_tools_refuse_bad_input_clearly(tmp_path, capsys):
     """layer_cost and criteria: a missing file exits 2, a corrupt model file exits 1,
     each with one line naming the file (no traceback)."""
-    from pipeline.compress import criteria, layer_cost
+    from benchmarks import channel_criteria as criteria, layer_cost
 
     assert layer_cost.main([str(tmp_path / "nope.h5")]) == 2
     assert "no such model file" in capsys.readouterr().err

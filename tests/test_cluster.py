@@ -392,7 +392,7 @@ def test_evaluate_and_budgets_gate_on_the_int8_pcqat_file(evaluated):
 
 @pytest.mark.integration
 def test_summary_shows_distinct_values_per_kernel(evaluated):
-    from pipeline.build import summary_table
+    from pipeline.cli.tables import summary_table
 
     variants = {v: {**m, "chain": f"{CHAIN_CASES[v]} chain"} for v, m in evaluated.items()}
     text = summary_table(summary_of(variants))

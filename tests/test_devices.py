@@ -664,7 +664,7 @@ def loaded_result() -> DeviceResult:
 
 
 def test_the_matrix_estimates_from_the_full_result_and_records_no_latency(monkeypatch):
-    from pipeline.devices.matrix import device_metrics, stage_record, with_latency
+    from pipeline.build.matrix import device_metrics, stage_record, with_latency
     from pipeline.latency import estimate
     from pipeline.summary import LATENCY_FIELDS, DeviceSummary
 
@@ -690,7 +690,7 @@ def test_the_matrix_estimates_from_the_full_result_and_records_no_latency(monkey
 def test_device_table_shows_latency_provenance_and_marks_unvalidated(validated):
     import dataclasses
 
-    from pipeline.devices.matrix import device_metrics, device_table
+    from pipeline.build.matrix import device_metrics, device_table
     from pipeline.summary import UNVALIDATED_NOTE, BuildSummary
 
     m = dataclasses.replace(device_metrics(loaded_result().to_dict()), **provenance(validated))
@@ -891,7 +891,7 @@ def test_a_runtime_that_crashes_on_the_model_is_a_result_not_an_outage(monkeypat
     """A guest that dies on SIGSEGV is the model's problem on that runtime: the build
     records it like an unloadable model, ``device run`` names it; exit 3 is kept for
     a runtime that is not there or output that makes no sense."""
-    from pipeline.devices.matrix import device_metrics, device_table
+    from pipeline.build.matrix import device_metrics, device_table
     from pipeline.devices import check
 
     crash = "qemu: uncaught target signal 11 (Segmentation fault) - core dumped\n"

@@ -16,7 +16,7 @@ import yaml
 from pipeline.devices.profiles import DEVICES, PROFILE_DIR, get_device
 from pipeline.errors import ConfigError
 from pipeline.latency import calibration_report as report
-from pipeline.latency import fit as cal
+from pipeline.latency import calibration as cal
 from pipeline.latency import mca
 from pipeline.latency import params as lp
 from pipeline.latency import published as pub

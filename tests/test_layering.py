@@ -119,11 +119,19 @@ def test_layering_contracts_name_every_top_level_module():
     top |= {f"pipeline.{p.parent.name}" for p in pipeline.glob("*/__init__.py")}
     assert {"pipeline.cli", "pipeline.store", "pipeline.errors"} <= top
     contracts = _contracts()
-    cli = contracts["nothing imports pipeline.cli"]
-    assert _modules(cli, "forbidden_modules") == {"pipeline.cli"}
-    assert _modules(cli, "source_modules") == top - {"pipeline.cli"} | {"models"}
-    store = contracts["pipeline.store imports no other pipeline package than pipeline.errors"]
-    assert _modules(store, "source_modules") == {"pipeline.store"}
-    assert _modules(store, "forbidden_modules") == top - {"pipeline.store", "pipeline.errors"} | {"models"}
+    layers = contracts["the package layers, top to bottom (a package imports only packages below it)"]
+    assert layers["type"] == "layers"
+    listed = [m.strip() for line in layers["layers"].split("\n") for m in line.split("|") if m.strip()]
+    assert len(listed) == len(set(listed)), f"a module is in two layers: {listed}"
+    assert set(listed) == top | {"models"}
     leaf = contracts["models imports nothing from pipeline"]
     assert (_modules(leaf, "source_modules"), _modules(leaf, "forbidden_modules")) == ({"models"}, {"pipeline"})
+
+
+def test_publish_is_forbidden_to_load_data_or_run_a_model():
+    """Reports and bundles render recorded figures; lint-imports checks the whole
+    import chain (publish -> export.evaluate -> tflite.host counts too)."""
+    publish = _contracts()["pipeline.publish renders recorded figures: it never loads data or runs a model on the host"]
+    assert publish["type"] == "forbidden"
+    assert _modules(publish, "source_modules") == {"pipeline.publish"}
+    assert {"pipeline.data", "pipeline.tflite.host", "pipeline.train"} <= _modules(publish, "forbidden_modules")

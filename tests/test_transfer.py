@@ -66,7 +66,7 @@ def ours(family, alpha, channels=1, first_stride=1, classes=10):
 
 
 def load(model, path, labels=LABELS):
-    from pipeline.train.transfer import load_init, read_source
+    from pipeline.train.init_weights import load_init, read_source
 
     return load_init(model, read_source(str(path)), labels)
 
@@ -188,7 +188,7 @@ def test_previous_build_of_another_width_is_refused_naming_the_layer(tmp_path):
 
 
 def test_init_path_errors(tmp_path):
-    from pipeline.train.transfer import resolve_init
+    from pipeline.train.init_weights import resolve_init
 
     with pytest.raises(ConfigError, match=r"recipe\.model\.init: .*nowhere does not exist"):
         resolve_init(str(tmp_path / "nowhere"))
@@ -200,7 +200,7 @@ def test_init_path_errors(tmp_path):
 
 
 def test_finetune_layers_top_blocks():
-    from pipeline.train.finetune import finetune_layers
+    from pipeline.train.transfer import finetune_layers
 
     model = ours("mobilenet_v2", 0.35)
     names = finetune_layers(model, 2)
@@ -298,7 +298,7 @@ def test_build_from_a_previous_build_records_both_stages_and_the_start_file(tmp_
 
 def test_fewshot_table_rows_and_a_refused_conversion():
     from pipeline.recipe.schema import Recipe
-    from pipeline.train.fewshot import FewShotRow, fewshot_markdown, fewshot_recipe, fewshot_table
+    from pipeline.transfer_table import FewShotRow, fewshot_markdown, fewshot_recipe, fewshot_table
 
     r = Recipe.from_dict({"name": "t", "model": {"init": "build/x"}})
     assert fewshot_recipe(r, 5, "scratch").model.init is None

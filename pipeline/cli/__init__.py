@@ -18,7 +18,7 @@ from pipeline.cli.gate import baseline, compare, report
 from pipeline.cli.info import datasets, evaluate, inspect, models
 from pipeline.cli.latency import calibrate, estimate
 from pipeline.cli.search import search
-from pipeline.cli.transfer import transfer_table
+from pipeline.cli.transfer_table import transfer_table
 from pipeline.errors import MobileModelError
 from pipeline.native import tf_environment
 

@@ -31,7 +31,8 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     still written); 2 bad recipe, data or model; 3 device runtime unavailable;
     4 internal error (traceback in the log file named).
     """
-    from pipeline.build import budget_summary, build as run_build, summary_table
+    from pipeline.build import build as run_build
+    from pipeline.cli.tables import budget_summary, summary_table
     from pipeline.recipe.load import load_recipe
 
     r = load_recipe(recipe, smoke=smoke, data_path=data_path)
@@ -44,7 +45,7 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
                    f"{len(summary.stages_run)} stage(s) run)\n")
         click.echo(summary_table(summary))
         if summary.devices:
-            from pipeline.devices.matrix import device_table
+            from pipeline.build.matrix import device_table
 
             click.echo("\n" + device_table(summary))
         click.echo("\n### budgets\n")

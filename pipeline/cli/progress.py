@@ -6,7 +6,7 @@ one bar line is redrawn for the long loops the pipeline announces:
 
 * training epochs: ``[<stage>] epoch i/N ...`` (``pipeline.train.fit``);
 * the device matrix: ``[devices] K run(s) on emulated ARM ...`` then one
-  ``[device/<device>/<variant>] ...`` per finished run (``pipeline.devices.matrix``);
+  ``[device/<device>/<variant>] ...`` per finished run (``pipeline.build.matrix``);
 * search trials: ``[search] ... T trial(s) ...`` then ``[search] trial n: ...``
   (``pipeline.search.study``).
 

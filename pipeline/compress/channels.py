@@ -24,7 +24,6 @@ producers change), so layer names, classes and custom layers stay those of the
 family, and it saves, reloads, quantizes and converts like the unpruned model.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
@@ -180,12 +179,6 @@ def keep_top(scores: np.ndarray, n: int) -> np.ndarray:
 def widths(model) -> Dict[str, int]:
     """Channels of every prunable group's producer: the architecture a schedule changes."""
     return {g.producer: g.channels for g in find_groups(model)}
-
-
-def architecture_key(model) -> str:
-    """A canonical string of the model's layer config (its architecture, not its weights)."""
-    config = model.get_config()
-    return json.dumps(config, sort_keys=True, default=str)
 
 
 def thin(model, keep: Mapping[str, Sequence[int]]):

@@ -9,7 +9,7 @@ importance criterion, and measures two things:
   validation split (no fine-tuning per proposal);
 - cost: the *device* cost of that exact architecture: its int8 conversion run once
   on the emulated core, priced by the same estimate as every device figure
-  (:func:`pipeline.search.cost.run_cost` and :func:`pipeline.search.cost.price`, the
+  (:func:`pipeline.latency.device_cost.run_cost` and :func:`pipeline.latency.device_cost.price`, the
   search's cost tier), cached per architecture, core and runtime; or its MACs when
   the target is a MACs fraction.
 
@@ -74,7 +74,7 @@ def architecture_digest(model) -> str:
 
 
 def _measure(model, spec: ArchitectureSpec, profile, log: Log) -> Dict[str, Any]:
-    from pipeline.search.cost import measure_keras
+    from pipeline.latency.device_cost import measure_keras
 
     return measure_keras(model, spec.label, profile, log=log)
 
@@ -83,7 +83,7 @@ def device_cost(model, device: str, threads: int = 1, log: Log = print) -> Dict[
     """The int8 cost of ``model``'s architecture on ``device``, from one emulated run, cached.
 
     Returns:
-        The search cost tier's entry (:func:`pipeline.search.cost.price`): ``latency_ms``,
+        The search cost tier's entry (:func:`pipeline.latency.device_cost.price`): ``latency_ms``,
         ``latency_cycles``, ``instructions``, ``size_bytes``, ... and ``cached``.
 
     Raises:
@@ -94,7 +94,7 @@ def device_cost(model, device: str, threads: int = 1, log: Log = print) -> Dict[
     from pipeline.devices.profiles import get_device
     from pipeline.errors import RuntimeIncompatibleError
     from pipeline.latency.reference import cached_entry, run_key
-    from pipeline.search.cost import COST_VERSION, price
+    from pipeline.latency.device_cost import COST_VERSION, price
 
     profile = get_device(device)
     spec = ArchitectureSpec(architecture_digest(model))

@@ -66,25 +66,6 @@ def layer_table(before: Dict[str, Any], after: Dict[str, Any]) -> List[Dict[str,
     return rows
 
 
-def format_layer_table(metrics: Dict[str, Any]) -> str:
-    """The per-layer table and the schedule's steps of a ``channels`` stage, as markdown."""
-    lines = ["| layer | channels | MACs before | MACs after | share before | share after |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in metrics["layers"]:
-        ch = "" if r["channels_before"] is None else f"{r['channels_before']} -> {r['channels_after']}"
-        lines.append(f"| {r['layer']} | {ch} | {r['macs_before']:,} | {r['macs_after']:,} | "
-                     f"{r['share_before']:.1%} | {r['share_after']:.1%} |")
-    kind = metrics["target"]["kind"]
-    lines += ["", f"| step | layer | channels | {kind} before | {kind} after | instructions | "
-                  "val top-1 one-shot | after recovery |", "|---:|---|---|---:|---:|---:|---:|---:|"]
-    for s in metrics["steps"]:
-        ins = f"{s['instructions']:,}" if s.get("instructions") else ""
-        lines.append(f"| {s['step']} | {s['layer']} | {s['channels_before']} -> {s['channels_after']} | "
-                     f"{s['cost_before']:.4g} | {s['cost']:.4g} | {ins} | {s['top1_oneshot']:.2f}% | "
-                     f"{s['top1']:.2f}% |")
-    return "\n".join(lines)
-
-
 def schedule_config(recipe: Recipe, float_macs: int):
     """The schedule the recipe asks for (target, criterion, step, seed)."""
     from pipeline.compress.netadapt import ScheduleConfig, Target

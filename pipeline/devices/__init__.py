@@ -2,7 +2,7 @@
 
 Modules (host side unless noted):
     targets       emulated cores and guest runtimes (pure data)
-    profiles      device profiles (profiles/*.yaml), DEVICES registry, get_device()
+    profiles      device profiles (profile_data/*.yaml), DEVICES registry, get_device()
     runtime       builds/caches the arm64 userland, wheels and qemu plugin: ensure_runtime()
     guest_runner  the script run inside the emulated python (guest)
     runner        drives qemu: run_on_device() -> DeviceRun (raw files)

@@ -1,4 +1,4 @@
-"""Device profiles: one YAML file per device in ``profiles/``, validated strictly.
+"""Device profiles: one YAML file per device in ``profile_data/``, validated strictly.
 
 A profile is data, not code: which qemu CPU model emulates the device's big core,
 what the guest's /proc/cpuinfo says, how many big cores and what clock and RAM the
@@ -20,7 +20,7 @@ from pipeline.devices.targets import CORES, RUNTIMES
 from pipeline.errors import ConfigError
 from pipeline.registry import Registry
 
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parent / "profile_data"
 
 # LLVM 19 AArch64 -mcpu names and the scheduling model each uses (as measured with
 # llvm-mca-19: every cortex-a57..a78 name shares the Cortex-A57 model; docs/latency.md).

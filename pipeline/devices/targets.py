@@ -1,6 +1,6 @@
 """What the emulated devices can be: emulated CPU cores and guest runtimes (pure data).
 
-Device profiles (``profiles/*.yaml``) pick one entry of each table; the runtime
+Device profiles (``profile_data/*.yaml``) pick one entry of each table; the runtime
 builder (``runtime.py``) builds exactly what these tables describe, and their
 contents are part of its cache key.
 """

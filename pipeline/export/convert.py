@@ -78,13 +78,13 @@ def validate_conversion(tflite: bytes, keras_probs: np.ndarray, x: np.ndarray, v
 
 
 def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits, out: Path,
-                    log: Callable[[str], None] = print, base: Optional[Path] = None) -> Dict:
+                    log: Callable[[str], None] = print, model=None) -> Dict:
     """Converts the Keras model at ``source_path`` to ``variant_name``, validates, writes ``out``.
 
     Args:
-        base: for the CQAT/PCQAT variants, ``source_path`` holds only weights and
-            ``base`` is the clustered model they were trained from (those models
-            reload only by rebuilding: :func:`pipeline.compress.cluster.load_cluster_qat`).
+        model: the model at ``source_path`` when the caller rebuilt it: the CQAT/PCQAT
+            sources hold only weights and reload only by rebuilding the clustered model
+            (:func:`pipeline.compress.cluster.load_cluster_qat`). Else it is loaded here.
 
     Returns:
         metrics: validation figures and the converted size.
@@ -94,11 +94,7 @@ def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits
 
     variant = VARIANTS.get(variant_name)
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
-    if base is not None:
-        from pipeline.compress.cluster import load_cluster_qat
-
-        model = load_cluster_qat(base, source_path, variant.source)
-    else:
+    if model is None:
         model = load_keras(source_path, quantized=variant.source != "float")
     c = recipe.convert
     calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None

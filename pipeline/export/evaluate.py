@@ -1,18 +1,13 @@
 """Host evaluation of a TFLite variant with the LiteRT interpreter."""
 
-import gzip
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 
+from pipeline.store.atomic import gzip_size
 from pipeline.tflite.reader import PRUNABLE_OPS, WEIGHT_OPS, read_tflite, weight_kernels, zero_fraction
 from pipeline.tflite.host import run_tflite
-
-
-def gzip_size(data: bytes) -> int:
-    """Compressed size at gzip level 9 with a fixed mtime (reproducible)."""
-    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 def unique_values_per_kernel(model, ops=WEIGHT_OPS) -> Dict[str, int]:

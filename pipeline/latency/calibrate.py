@@ -1,6 +1,6 @@
 """Calibrating the latency model and writing what it found.
 
-:func:`calibrate` (from :mod:`pipeline.latency.fit`) measures and fits;
+:func:`calibrate` (from :mod:`pipeline.latency.calibration`) measures and fits;
 :func:`write_calibration` writes the fitted parameters (``params.yaml``, see
 :mod:`pipeline.latency.params`) and the report (``report.md``, ``calibration.json``)
 to a directory the user chooses, by default the user cache
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from pipeline.latency.calibration_report import write_report
-from pipeline.latency.fit import Calibration, calibrate
+from pipeline.latency.calibration import Calibration, calibrate
 from pipeline.latency.params import PARAMS_NAME, write_params
 from pipeline.latency.reference import cache_root, noop
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.devices.profiles import DEVICES, get_device
-from pipeline.latency.fit import SPLITS, Calibration, breakdown, error_summary
+from pipeline.latency.calibration import SPLITS, Calibration, breakdown, error_summary
 from pipeline.latency.model import PARAM_KEYS
 from pipeline.latency.published import PUBLISHED_ORDER
 from pipeline.latency.reference import VARIANT_NAMES

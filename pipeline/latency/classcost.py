@@ -4,7 +4,7 @@ It priced an inference as ``sum over instruction classes c of cost_c * count_c``
 with two costs per core type (multiplies, the rest), fitted by non-negative least
 squares on relative error. Two costs cannot see a microarchitecture: the fitted
 costs flip between core types (collinear features), and estimates on devices
-outside the fit were off by up to 2x. :mod:`pipeline.latency.fit` cross-validates it
+outside the fit were off by up to 2x. :mod:`pipeline.latency.calibration` cross-validates it
 next to the pipeline model; nothing estimates with it.
 """
 

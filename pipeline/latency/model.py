@@ -23,7 +23,7 @@ The latency of one inference on ``T`` threads of a device is::
   and cross the device's memory bus (``dram_gbps``), shared by every thread.
 
 ``a``, ``b`` and ``c`` are three numbers for all devices together, fitted by
-``mobile-model calibrate`` on published latencies (:mod:`pipeline.latency.fit`);
+``mobile-model calibrate`` on published latencies (:mod:`pipeline.latency.calibration`);
 everything per device is a datasheet figure of its profile. The parameters are data
 (:mod:`pipeline.latency.params`). See docs/latency.md for the measured errors.
 
@@ -200,8 +200,3 @@ def predict(core_cycles: float, ops: int, dram_bytes: float, device: Device,
     overhead = params["op_overhead_cycles"] * ops * t / (clock * 1e6)
     memory = params["memory_scale"] * dram_bytes / (device.dram_gbps * 1e6)
     return Breakdown(compute + overhead + memory, compute, overhead, memory, t, clock)
-
-
-def variant_of(quantized: bool) -> str:
-    """The numeric format validation is kept for: "int8" for integer kernels, else "float32"."""
-    return "int8" if quantized else "float32"

@@ -17,7 +17,7 @@ Estimates read, in this order (:func:`params_file`):
 2. ``params.yaml`` in the user cache (``$MOBILE_MODEL_CACHE/latency``, default
    ``~/.cache/mobile-model/latency``), which ``mobile-model calibrate`` writes by
    default;
-3. the parameters shipped with the package (``params/default.yaml``).
+3. the parameters shipped with the package (``params_data/default.yaml``).
 
 The installed package is never written to.
 """
@@ -36,7 +36,7 @@ from pipeline.store.atomic import atomic_write_text
 
 PARAMS_ENV = "MOBILE_MODEL_LATENCY_PARAMS"
 PARAMS_NAME = "params.yaml"
-DEFAULT_PARAMS = Path(__file__).resolve().parent / "params" / "default.yaml"
+DEFAULT_PARAMS = Path(__file__).resolve().parent / "params_data" / "default.yaml"
 
 # Where a parameters file came from (the ``params_source`` of an estimate).
 SOURCE_ENV, SOURCE_USER, SOURCE_PACKAGE = "environment", "user cache", "package"

@@ -36,9 +36,6 @@ PUBLISHED_RUNTIMES = {"xnnpack-2020": "litert", "tflite-2019": "tflite-runtime"}
 PUBLISHED_VARIANTS = {"float32": "float32", "int8_qat": "int8", "int8_ptq": "int8"}
 # The published order of the four models, slowest first (every column of the table).
 PUBLISHED_ORDER = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
-# Published int8 speed-ups on the Pixel 2 (one big core), model_optimization.md: float
-# 124 -> int8 QAT 64 ms (V1) and 89 -> 54 ms (V2), both on TFLite's 2019 builtin kernels.
-PUBLISHED_SPEEDUP = {"mobilenet_v1": (124.0, 64.0), "mobilenet_v2": (89.0, 54.0)}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from pipeline.export.evaluate import gzip_size
+from pipeline.store.atomic import gzip_size
 from pipeline.publish.model_card import MODEL_FILE, PLAIN_MODEL_FILE, model_card
 from pipeline.publish.records import device_profile, in_recipe_order
 from pipeline.publish.tflite_metadata import LABELS_FILE, embed_metadata

@@ -80,10 +80,6 @@ def cache_dir() -> Path:
     return cache_root() / SPEC.name
 
 
-def env_key() -> str:
-    return SPEC.key()
-
-
 def ensure_env(progress: Optional[Progress] = _stderr, force: bool = False) -> MediaPipeEnv:
     """Returns the MediaPipe environment, building it first if this key is not cached yet.
 

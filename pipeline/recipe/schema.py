@@ -78,7 +78,7 @@ class DataConfig:
 class ModelConfig:
     """Model family, width multiplier and input geometry.
 
-    ``init``: weights to start from (:mod:`pipeline.train.transfer`): a build
+    ``init``: weights to start from (:mod:`pipeline.train.init_weights`): a build
     directory of this tool (its float model), or a Keras-applications MobileNet
     ``.h5`` weights file; None trains from random weights.
 
@@ -222,7 +222,7 @@ class TrainConfig:
 # channels+unstructured: the thinned model is then magnitude-pruned to target_sparsity (or m_by_n).
 @dataclass(frozen=True)
 class TransferConfig:
-    """How a model that starts from ``model.init`` is trained (:mod:`pipeline.train.finetune`).
+    """How a model that starts from ``model.init`` is trained (:mod:`pipeline.train.transfer`).
 
     Two phases, each a cached stage: ``head`` trains only the layers the start
     file did not provide (the new classifier) with the rest frozen, batch-norm

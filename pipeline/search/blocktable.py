@@ -5,7 +5,7 @@ The network of a genotype is its stem, its blocks and its head
 runtime: built alone with random weights, converted to full int8 with int8 input
 and output (so no QUANTIZE/DEQUANTIZE of its own), run for one inference, one
 thread, on the emulated core, and priced by the same estimate as every device
-figure (:func:`pipeline.search.cost.run_cost`, :func:`pipeline.search.cost.price`).
+figure (:func:`pipeline.latency.device_cost.run_cost`, :func:`pipeline.latency.device_cost.price`).
 Entries are cached by what the part computes (kind, input shape, channels,
 kernel, activation...), so networks that share a part share its entry
 (``$MOBILE_MODEL_CACHE/latency/blocks/``).
@@ -63,7 +63,7 @@ class PartSpec:
 def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
     from models.genotype import build_part
     from pipeline.latency.reference import SEED
-    from pipeline.search.cost import measure_keras
+    from pipeline.latency.device_cost import measure_keras
     from pipeline.train.fit import setup_tensorflow
 
     setup_tensorflow(SEED)
@@ -96,7 +96,7 @@ def part_cost(part, device: str, log: Log = lambda m: None) -> Dict[str, Any]:
 def _part_key(part, device: str):
     from pipeline.devices.profiles import get_device
     from pipeline.latency.reference import run_key
-    from pipeline.search.cost import COST_VERSION
+    from pipeline.latency.device_cost import COST_VERSION
 
     profile = get_device(device)
     spec = PartSpec(part.key())
@@ -119,7 +119,7 @@ def missing_parts(genotype, geometry: "Geometry", device: str) -> int:
 def _part_cost(part, device: str, log: Log) -> Dict[str, Any]:
     from pipeline.errors import RuntimeIncompatibleError
     from pipeline.latency.reference import cached_entry
-    from pipeline.search.cost import price
+    from pipeline.latency.device_cost import price
 
     profile, spec, key = _part_key(part, device)
     raw, cached = cached_entry("blocks", spec, profile, key, "cost", lambda: _measure_part(part, profile, log))

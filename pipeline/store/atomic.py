@@ -5,6 +5,7 @@ into place, so a killed build never leaves a half-written file under a final nam
 """
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -18,6 +19,11 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def gzip_size(data: bytes) -> int:
+    """Compressed size at gzip level 9 with a fixed mtime (reproducible)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 def sha256_bytes(data: bytes) -> str:

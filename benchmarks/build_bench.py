@@ -4,7 +4,7 @@ Prints, for the build of a recipe (built first if needed, cached otherwise):
 host LiteRT throughput of every variant relative to float32 (timed back to back
 in this process, so machine noise mostly cancels), file and gzip size ratios,
 and the deterministic instructions per inference on each emulated device; then
-the latency estimate's own cost (:mod:`pipeline.latency.bench`; ``--no-latency``
+the latency estimate's own cost (:mod:`benchmarks.latency_overhead`; ``--no-latency``
 leaves it out).
 """
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from pipeline.build import build
     from pipeline.recipe.load import load_recipe
     from pipeline.data import load_dataset
-    from pipeline.devices.matrix import device_table
+    from pipeline.build.matrix import device_table
 
     args = argv if argv is not None else sys.argv[1:]
     names = [a for a in args if not a.startswith("--")]
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     if summary.devices:
         print("\n" + device_table(summary))
     if "--no-latency" not in args:
-        from pipeline.latency.bench import latency_bench
+        from benchmarks.latency_overhead import latency_bench
 
         print("\n" + latency_bench(log=lambda s: print(s, file=sys.stderr)), flush=True)
     return 0

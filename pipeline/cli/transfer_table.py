@@ -33,7 +33,7 @@ def transfer_table(recipe, per_class, out, smoke, run_devices, quiet, as_json):
     """Build RECIPE (one with model.init) at N training images per class, from its
     starting weights and from scratch, and print top-1 side by side (Markdown)."""
     from pipeline.recipe.load import load_recipe
-    from pipeline.train.fewshot import fewshot_markdown, fewshot_table
+    from pipeline.transfer_table import fewshot_markdown, fewshot_table
 
     r = load_recipe(recipe, smoke=smoke)
     rows = fewshot_table(r, per_class, out, run_devices=run_devices, log=logger(quiet or as_json))

@@ -1,6 +1,6 @@
 """Device cost per layer, from emulated runs of the model's prefixes.
 
-``python -m pipeline.compress.layer_cost MODEL.h5 [MODEL2.h5 ...] [--device pixel4]``
+``python -m benchmarks.layer_cost MODEL.h5 [MODEL2.h5 ...] [--device pixel4]``
 
 The emulated run counts whole inferences, not operators. To split a model's device
 cost by layer, this cuts the model after every Conv2D (with the BatchNorm and
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from pipeline.train.fit import setup_tensorflow
     from pipeline.train.keras_io import load_keras_file
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.compress.layer_cost", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.layer_cost", description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", type=Path, help="float Keras .h5 models (e.g. before and after pruning)")
     ap.add_argument("--device", action="append", help="device profile (repeatable; default pixel4)")
     args = ap.parse_args(argv)

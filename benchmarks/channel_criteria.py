@@ -1,6 +1,6 @@
 """Which channel importance criterion works: a measurement on a build's float model.
 
-``python -m pipeline.compress.criteria BUILD_DIR [--widths-from MODEL.h5] [--batches N]``
+``python -m benchmarks.channel_criteria BUILD_DIR [--widths-from MODEL.h5] [--batches N]``
 
 For each criterion of :data:`pipeline.compress.channels.CRITERIA`, and for two
 controls (``random``: channels drawn at random, seeded; ``inverse``: the *least*
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     from pipeline.train.fit import setup_tensorflow
     from pipeline.train.keras_io import load_keras_file
 
-    ap = argparse.ArgumentParser(prog="python -m pipeline.compress.criteria", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.channel_criteria", description=__doc__.split("\n\n")[0])
     ap.add_argument("build", type=Path, help="a build folder with recipe.yaml and keras/float.h5")
     ap.add_argument("--widths-from", type=Path, help="a thinned model whose channel widths to prune to")
     ap.add_argument("--batches", type=int, default=100, help="recovery batches after thinning (default 100)")

@@ -141,7 +141,7 @@ def with_latency(m: DeviceSummary, result: Dict[str, Any], device: str, threads:
     Args:
         m: the device stage's recorded figures.
         result: the run's full :class:`pipeline.devices.check.DeviceResult` dict, which
-            :func:`pipeline.latency.model.attach_latency` reads and fills.
+            :func:`pipeline.latency.estimate.attach_latency` reads and fills.
     """
     from pipeline.latency.estimate import attach_latency
 
