@@ -93,7 +93,7 @@ mobile-model: $(STAMP) system-deps mediapipe-env
 lint: $(STAMP)
 	@$(VENV)/bin/lint-imports --no-cache || { echo "error: make lint: import layering broken (see above and .importlinter)" >&2; exit 1; }
 	@$(PY) -m pytest tests/test_layering.py -q -p no:cacheprovider || { echo "error: make lint: tests/test_layering.py failed: a private name imported across modules, or a module missing from .importlinter (see above)" >&2; exit 1; }
-	@$(VENV)/bin/ruff check --no-cache pipeline models tests device_tests conftest.py || { echo "error: make lint: ruff findings (see above; rules in pyproject.toml)" >&2; exit 1; }
+	@$(VENV)/bin/ruff check --no-cache pipeline models tests device_tests benchmarks conftest.py || { echo "error: make lint: ruff findings (see above; rules in pyproject.toml)" >&2; exit 1; }
 
 # The whole suite: unit, integration (real training/conversion on tiny models)
 # and device tests (real ARM runtime under qemu), after lint. Exit code 5 (no tests) fails.

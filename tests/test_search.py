@@ -395,3 +395,28 @@ def test_trials_resume_and_changed_budget_is_its_own_study(tmp_path, tiny, monke
     assert sorted(trained) == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
     assert len(optuna.get_all_study_names(storage)) == 2
     assert len(optuna.load_study(study_name=name, storage=storage).trials) == 3
+
+
+def test_search_json_prints_the_outcome_when_nothing_fits(tmp_path, monkeypatch):
+    """--json: a script reads stdout whatever happens; with no candidate within budget
+    it gets the rows, chosen null and the reason, and the exit code is 1."""
+    def over_budget(recipe, cand, device, variant, classes, log):
+        return {"candidate": cand.name, "loaded": True, "memory_mb": 1.0, "size_kb": 100.0, "cached": True,
+                "latency_ms": {"mobilenet_v2-0.35-32": 0.7, "mobilenet_v2-0.75-32": 1.5}[cand.name]}
+
+    def never_trained(recipe, cand, root, log):
+        raise AssertionError("a candidate over budget was trained")
+
+    monkeypatch.setattr(se, "candidate_cost", over_budget)
+    monkeypatch.setattr(se, "proxy_accuracy", never_trained)
+    from pipeline.cli import main
+
+    res = CliRunner(mix_stderr=False).invoke(main, ["search", str(_write(tmp_path)), "--device", "pixel4",
+                                                    "--latency-ms", "0.5", "--json", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 1, res.output
+    out = json.loads(res.stdout)
+    assert out["chosen"] is None and out["device"] == "pixel4"
+    assert sorted(r["candidate"] for r in out["rows"]) == ["mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"]
+    assert out["reason"].startswith("no candidate fits 0.5 ms on pixel4: 2 looked at; the cheapest, "
+                                    "mobilenet_v2-0.35-32, needs 0.700 ms")
+    assert "error: no candidate fits" in res.stderr

@@ -128,7 +128,7 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
             results[dev][v] = with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"),
                                             json.loads(out_of[(dev, v)].read_text()), dev, d.threads)
             if (dev, v) in futures:
-                log(f"[device/{dev}/{v}] " + _line(results[dev][v]))
+                log(f"[device/{dev}/{v}] " + _line(v, results[dev][v]))
     finally:
         if futures:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -149,7 +149,7 @@ def with_latency(m: DeviceSummary, result: Dict[str, Any], device: str, threads:
     return dataclasses.replace(m, threads=threads, **{k: result[k] for k in LATENCY_FIELDS})
 
 
-def _line(m: DeviceSummary) -> str:
+def _line(variant: str, m: DeviceSummary) -> str:
     if not m.loaded:
         op = f" {m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else ""
         return f"NOT LOADABLE{op}: {(m.load_error or '').splitlines()[0][:120]}"
@@ -157,9 +157,18 @@ def _line(m: DeviceSummary) -> str:
              f"{m.instructions_per_inference / 1e6:.2f} M instr/inference"
              if m.instructions_per_inference else "",
              f"~{m.latency.text()}" if m.latency_ms else "",
-             f"bit-exact {m.exact_fraction:.0%}" if m.integer_output else
+             f"bit-exact {m.exact_fraction:.0%}" if _integer_compute(variant, m) else
              f"max |diff| {m.max_abs_diff:.2g}" if m.max_abs_diff is not None else ""]
     return ", ".join(p for p in parts if p)
+
+
+def _integer_compute(variant: str, m: DeviceSummary) -> bool:
+    """Whether ``variant`` computes in integers end to end (full-integer variants, whatever
+    their input and output type), so that its device output should match the host's bit for bit."""
+    from pipeline.export.variants import VARIANTS
+
+    full_integer = variant in VARIANTS.names() and VARIANTS.get(variant).full_integer
+    return m.exact_fraction is not None and (m.integer_output or full_integer)
 
 
 def device_table(summary: BuildSummary) -> str:
@@ -181,8 +190,10 @@ def device_table(summary: BuildSummary) -> str:
                 continue
             instr = m.instructions_per_inference / 1e6 if m.instructions_per_inference else None
             mem = m.peak_memory_bytes / 2 ** 20 if m.peak_memory_bytes else None
-            # The device's output dtype is the model's (outputs are compared like for like).
-            exact = f(m.exact_fraction, ".0%") if m.integer_output else "n/a (float)"
+            # Outputs are compared like for like with the host's. An integer model's output
+            # is bit-exact or not even when dequantized to float; a float model's is not
+            # expected to be (other kernels round differently): its max |diff| says more.
+            exact = f(m.exact_fraction, ".0%") if _integer_compute(v, m) else "n/a (float)"
             lines.append(f"| {dev} | {v} | yes | {f(m.top1, '.1f')} | {f(instr, '.3f')} | "
                          + " | ".join(m.latency.cells())
                          + f" | {exact} | {f(m.max_abs_diff, '.2g')} | {f(mem, '.2f')} |")

@@ -51,7 +51,7 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, spac
     chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable;
     4 internal error.
     """
-    from pipeline.errors import ConfigError
+    from pipeline.errors import BudgetExceededError, ConfigError
     from pipeline.recipe.load import load_recipe
     from pipeline.search.pareto import pareto_table
     from pipeline.search.space import Budget
@@ -73,8 +73,14 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, spac
         raise ConfigError(f"--variant {variant!r} is not a variant recipe {r.name} builds; valid: "
                           f"{', '.join(v for v in r.convert.variants if v in SEARCH_VARIANTS)}")
     log = logger(quiet or as_json)
-    res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
-                     final_build=not no_final_build)
+    try:
+        res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
+                         final_build=not no_final_build)
+    except BudgetExceededError as e:
+        if as_json and getattr(e, "result", None) is not None:
+            # A script reads the outcome on stdout either way: here with chosen null and the reason.
+            click.echo(json.dumps(e.result, indent=2, default=str))
+        raise
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2, default=str))
     else:

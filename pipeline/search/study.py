@@ -282,19 +282,22 @@ def _nothing_fits(recipe: Recipe, device: str, variant: str, budget: Budget, row
     what = (f"the cheapest, {cheapest['candidate']}, needs {cheapest['latency_ms']:.3f} ms, "
             f"{cheapest['memory_mb']:.2f} MiB, {cheapest['size_kb']:.1f} KiB"
             if cheapest else "none loaded on the device")
-    write_outputs(root, recipe, device, variant, budget, rows,
-                  {"root": str(root), "device": device, "variant": variant,
-                   "budget": budget.to_dict(), "rows": rows, "chosen": None})
+    result = {"root": str(root), "device": device, "variant": variant,
+              "budget": budget.to_dict(), "rows": rows, "chosen": None}
+    write_outputs(root, recipe, device, variant, budget, rows, result)
     if recipe.search.space == "blocks":
-        return BudgetExceededError(
+        error = BudgetExceededError(
             f"no genotype fits {budget.text()} on {device}: {len(loaded)} emulated (more were rejected by the "
             f"per-block table); {what} (table: {root / 'pareto.md'}); raise the number of trials or the "
             "time budget, or loosen the budget")
-    left = len(space(recipe)) - len(rows)
-    return BudgetExceededError(
-        f"no candidate fits {budget.text()} on {device}: {len(rows)} looked at; {what} "
-        f"(table: {root / 'pareto.md'})"
-        + ("" if left <= 0 else f"; {left} more in the space (raise the number of trials)"))
+    else:
+        left = len(space(recipe)) - len(rows)
+        error = BudgetExceededError(
+            f"no candidate fits {budget.text()} on {device}: {len(rows)} looked at; {what} "
+            f"(table: {root / 'pareto.md'})"
+            + ("" if left <= 0 else f"; {left} more in the space (raise the number of trials)"))
+    error.result = {**result, "reason": str(error)}  # what `search --json` prints
+    return error
 
 
 def _mark_front(rows) -> List[str]:
