@@ -37,7 +37,7 @@ from pipeline.store.memory import measure_stage, process_peak_rss_mb
 from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
-from pipeline.export.variants import VARIANTS, chain_of
+from pipeline.variants import VARIANTS, chain_of
 from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, InitWeights,
                               VariantSummary, write_summary)
 
@@ -239,7 +239,7 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     resolved lengths and the augmentation every fine-tune trains with.
 
     Returns:
-        For each source name (:data:`pipeline.export.variants.SOURCES`), the files the
+        For each source name (:data:`pipeline.variants.SOURCES`), the files the
         converter reads: ``{"keras": model.h5}``, or for CQAT/PCQAT, whose models
         only reload by rebuilding, ``{"keras": weights.h5, "base": clustered.h5}``.
     """

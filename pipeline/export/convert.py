@@ -1,6 +1,6 @@
 """Conversion to TFLite, one variant at a time, always validated against Keras.
 
-Each variant is a row of :data:`pipeline.export.variants.VARIANTS`; a model that fails
+Each variant is a row of :data:`pipeline.variants.VARIANTS`; a model that fails
 validation is never written.
 """
 
@@ -15,7 +15,7 @@ from pipeline.native import captured_stderr
 from pipeline.store.atomic import atomic_write_bytes
 from pipeline.tflite.reader import float_compute_ops, parse_tflite
 from pipeline.tflite.host import run_tflite
-from pipeline.export.variants import VARIANTS, Variant
+from pipeline.variants import VARIANTS, Variant
 
 
 def convert_keras(model, variant: Variant, calibration: Optional[np.ndarray], int8_io: bool) -> bytes:

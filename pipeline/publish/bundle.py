@@ -212,7 +212,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         model_bytes: the deploy variant as built (``model_without_metadata.tflite``).
         embedded: :func:`pipeline.publish.tflite_metadata.embed_metadata`'s result for it.
     """
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     variant = summary.deploy_variant
     v = summary.variants[variant]

@@ -15,10 +15,10 @@ from typing import Any, Dict, Optional, Tuple
 
 import models
 from pipeline.errors import ConfigError
-from pipeline.export.variants import DEFAULT_VARIANTS, SOURCES
-from pipeline.export.variants import VARIANTS as VARIANT_REGISTRY
 from pipeline.plain import from_plain, to_plain
 from pipeline.store.atomic import config_hash
+from pipeline.variants import DEFAULT_VARIANTS, SOURCES
+from pipeline.variants import VARIANTS as VARIANT_REGISTRY
 
 VARIANTS = tuple(VARIANT_REGISTRY.names())
 

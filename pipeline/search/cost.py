@@ -52,7 +52,7 @@ def measure_keras(model, label: str, profile: DeviceProfile, int8_io: bool = Fal
     from pipeline.devices.check import run_device_check
     from pipeline.devices.runtime import ensure_runtime
     from pipeline.export.convert import convert_keras
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
     from pipeline.latency.reference import CALIBRATION_IMAGES, SEED
     from pipeline.native import captured_stderr
 
