@@ -46,6 +46,7 @@ from pipeline.data.images import ChunkFile, ImageSet
 from pipeline.data.resize import channel_note, fit_images
 from pipeline.errors import DataError
 from pipeline.store.atomic import atomic_path, atomic_write_text
+from pipeline.vocabulary import FIT_MODES, check_implements
 
 Log = Callable[[str], None]
 
@@ -431,9 +432,15 @@ def _fit(im: Image.Image, h: int, w: int, fit: str) -> Image.Image:
     """``resize`` stretches to h x w; ``pad`` keeps the aspect ratio (whole-factor pixel
     replication when enlarging, else a triangle-filter shrink) on a black canvas.
     The same rules as :func:`pipeline.data.resize.fit_images`, in Pillow."""
+    return PIL_FITS[fit](im, h, w)
+
+
+def _pil_resize(im: Image.Image, h: int, w: int) -> Image.Image:
+    return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
+
+
+def _pil_pad(im: Image.Image, h: int, w: int) -> Image.Image:
     w0, h0 = im.size
-    if fit == "resize":
-        return im if (w0, h0) == (w, h) else im.resize((w, h), Image.BILINEAR)
     k = min(h // h0, w // w0)
     if k >= 1:
         y = im.resize((w0 * k, h0 * k), Image.NEAREST) if k > 1 else im
@@ -443,6 +450,11 @@ def _fit(im: Image.Image, h: int, w: int, fit: str) -> Image.Image:
     canvas = Image.new(im.mode, (w, h), 0)
     canvas.paste(y, ((w - y.width) // 2, (h - y.height) // 2))
     return canvas
+
+
+#: Fit mode -> how a Pillow image is fitted (the same rules as pipeline.data.resize.FITS).
+PIL_FITS = {"resize": _pil_resize, "pad": _pil_pad}
+check_implements(FIT_MODES, PIL_FITS, "pipeline.data.cache")
 
 
 # Messages ----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import models
+from pipeline import vocabulary
 from pipeline.errors import ConfigError
 from pipeline.plain import from_plain, to_plain
 from pipeline.store.atomic import config_hash
@@ -25,9 +26,9 @@ VARIANTS = tuple(VARIANT_REGISTRY.names())
 MODEL_FAMILIES = tuple(models.FAMILIES)
 #: The family of block-level architectures: ``model.genotype`` describes the network.
 GENOTYPE_FAMILY = "mbconv"
-DATASET_NAMES = ("shapes", "fashion-mnist", "digits", "folder")
+DATASET_NAMES = tuple(vocabulary.DATASETS.names())
 STRATEGIES = ("default", "mirrored", "multi-worker")
-FIT_MODES = ("resize", "pad")
+FIT_MODES = tuple(vocabulary.FIT_MODES.names())
 # tfmot's CentroidInitialization names, lower-case.
 CLUSTER_INITS = ("kmeans_plus_plus", "linear", "random", "density_based")
 #: ``epochs: auto``: train until validation top-1 stops improving (see TrainConfig).
@@ -252,7 +253,7 @@ class TransferConfig:
 
 
 PRUNE_STRUCTURES = ("unstructured", "channels", "channels+unstructured")
-CHANNEL_CRITERIA = ("l1_bn", "l1", "bn_scale")  # pipeline.compress.channels.importance
+CHANNEL_CRITERIA = tuple(vocabulary.CHANNEL_CRITERIA.names())
 # Keys only channel pruning reads (the unstructured prune stage's cache key leaves them out).
 CHANNEL_KEYS = ("structure", "target_macs", "target_latency_ms", "target_device", "criterion", "step")
 
