@@ -40,8 +40,7 @@ from pipeline.store.reproduce import reproducibility_record
 from pipeline.variants import VARIANTS, chain_of
 from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, InitWeights,
                               VariantSummary, write_summary)
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 @dataclass

@@ -47,6 +47,7 @@ from pipeline.data.splits import SPLITS, Splits, check_input_shape, check_seed, 
 from pipeline import vocabulary
 from pipeline.recipe.schema import DataConfig
 from pipeline.registry import Registry
+from pipeline.errors import Log
 
 __all__ = [
     "ALPHA_BACKGROUND", "DATASETS", "FASHION_MNIST_DIR", "FASHION_MNIST_LABELS", "IMAGE_SUFFIXES", "Loader",
@@ -54,7 +55,7 @@ __all__ = [
     "load_fashion_mnist", "load_folder", "load_shapes", "read_idx", "render_shapes",
 ]
 
-Loader = Callable[[DataConfig, Tuple[int, int, int], int, Callable[[str], None]], Splits]
+Loader = Callable[[DataConfig, Tuple[int, int, int], int, Log], Splits]
 
 _LOADERS = {"shapes": load_shapes, "fashion-mnist": load_fashion_mnist, "digits": load_digits,
             "folder": load_folder}
@@ -66,7 +67,7 @@ for _name in vocabulary.DATASETS:
 
 
 def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int,
-                 log: Callable[[str], None] = lambda m: None) -> Splits:
+                 log: Log = lambda m: None) -> Splits:
     """Loads data set ``cfg.dataset`` at ``input_shape`` with splits drawn from ``seed``.
 
     Args:

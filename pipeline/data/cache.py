@@ -37,18 +37,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.data.images import ChunkFile, ImageSet
 from pipeline.data.resize import channel_note, fit_images
-from pipeline.errors import DataError
+from pipeline.errors import DataError, Log
 from pipeline.store.atomic import atomic_path, atomic_write_text
 from pipeline.vocabulary import FIT_MODES, check_implements
 
-Log = Callable[[str], None]
 
 #: Bumped whenever decoding changes what a cached image holds (it is part of the cache key).
 DECODER_VERSION = 1

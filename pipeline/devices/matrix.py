@@ -12,15 +12,14 @@ import hashlib
 import json
 import multiprocessing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
 from pipeline.summary import LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary, VariantSummary
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 def device_metrics(result: Dict[str, Any]) -> DeviceSummary:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.devices.profiles import DEVICES, DeviceProfile, get_device
 from pipeline.devices.targets import RUNTIMES
-from pipeline.errors import ConfigError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, Log, RuntimeIncompatibleError
 from pipeline.latency import classcost
 from pipeline.latency.model import PARAM_KEYS, Device, LatencyParams, predict
 from pipeline.latency.published import (PUBLISHED_FORMATS, PUBLISHED_ORDER, PUBLISHED_RUNTIMES,
@@ -25,7 +25,6 @@ from pipeline.latency.published import (PUBLISHED_FORMATS, PUBLISHED_ORDER, PUBL
 from pipeline.latency.reference import ModelSpec, measure, noop
 from pipeline.latency.traffic import GraphTraffic
 
-Log = Callable[[str], None]
 FULL_SIZE = dict(alpha=1.0, input_size=224, classes=1000)
 
 

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Log
 from pipeline.devices.parse import CLASSES
 from pipeline.latency.published import PUBLISHED_FORMATS
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
 from pipeline.variants import VARIANTS, reference_name
 
-Log = Callable[[str], None]
 
 # Bump when building, converting or running reference models changes what a cached
 # entry holds (so stale entries are not reused).

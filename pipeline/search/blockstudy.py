@@ -47,7 +47,7 @@ not count against the time budget.
 """
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.blockspace import (DEPTHS, EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON,
@@ -56,8 +56,8 @@ from pipeline.search.cost import candidate_cost, genotype_cost
 from pipeline.search.proxy import proxy_accuracy
 from pipeline.search.space import Arch, Budget, space
 from pipeline.variants import VARIANTS
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 #: A proposal is rejected by the table only when predicted this much over the latency
 #: budget (the table's worst error against full emulation is well under it,

@@ -10,15 +10,15 @@ per architecture and core serves every search (kept in the latency cache,
 ``search/``).
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 # Bump when what a cost entry holds changes.
 COST_VERSION = 2

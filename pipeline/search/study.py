@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from pipeline.errors import BudgetExceededError
+from pipeline.errors import BudgetExceededError, Log
 from pipeline.latency.reference import noop
 from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
@@ -45,7 +45,6 @@ from pipeline.search.space import Budget, Candidate, check_variant, space
 from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 
-Log = Callable[[str], None]
 
 # Trials of distinct random candidates before TPE models the results (Optuna's default).
 TPE_STARTUP = 10

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from pipeline.errors import DeviceUnavailableError
-
-Progress = Callable[[str], None]
+from pipeline.errors import DeviceUnavailableError, Log
 
 
 def _quiet(msg: str) -> None:
@@ -148,7 +146,7 @@ def _run(cmd: List[str], spec: EnvSpec, what: str, timeout: float = 1200) -> Non
         raise DeviceUnavailableError(f"building the {spec.name} environment: {what} failed: {tail}")
 
 
-def _build(spec: EnvSpec, final: Path, progress: Progress) -> None:
+def _build(spec: EnvSpec, final: Path, progress: Log) -> None:
     t0 = time.monotonic()
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -173,7 +171,7 @@ def _build(spec: EnvSpec, final: Path, progress: Progress) -> None:
     progress(f"built {final} in {time.monotonic() - t0:.0f} s")
 
 
-def ensure(spec: EnvSpec, progress: Optional[Progress] = None, force: bool = False) -> IsolatedEnv:
+def ensure(spec: EnvSpec, progress: Optional[Log] = None, force: bool = False) -> IsolatedEnv:
     """The environment of ``spec``, built first if its key is not cached yet.
 
     Cheap when it exists (a hash and a directory check).
