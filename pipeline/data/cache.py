@@ -45,7 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pipeline.data.images import ChunkFile, ImageSet
 from pipeline.data.resize import channel_note, fit_images
 from pipeline.errors import DataError, Log
-from pipeline.store.atomic import atomic_path, atomic_write_text
+from pipeline.store.atomic import atomic_path, atomic_write_text, json_hash, short_hash
 from pipeline.vocabulary import FIT_MODES, check_implements
 
 
@@ -77,8 +77,7 @@ def cache_root() -> Path:
 def settings_key(shape: Tuple[int, int, int], fit: str) -> str:
     """The cache directory name of images decoded to ``shape`` by ``fit``."""
     h, w, c = shape
-    text = json.dumps({"shape": [h, w, c], "fit": fit, "decoder": DECODER_VERSION}, sort_keys=True)
-    return f"{h}x{w}x{c}-{fit}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"{h}x{w}x{c}-{fit}-{json_hash({'shape': [h, w, c], 'fit': fit, 'decoder': DECODER_VERSION}, 12)}"
 
 
 # Step 1: the file index --------------------------------------------------------------------
@@ -91,7 +90,7 @@ def index_files(root: Path, paths: Sequence[Path],
         (hashes in the order of ``paths``, None for a file that cannot be read; how many
         files were hashed; ``{position: why}`` of the files that cannot be read).
     """
-    index_path = cache_root() / "files" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]}.json"
+    index_path = cache_root() / "files" / f"{short_hash(str(root.resolve()), 24)}.json"
     try:
         known = json.loads(index_path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -325,7 +324,7 @@ def decode_chunk(task: Sequence[Tuple[str, str]], shape, fit: str, directory: st
         keys.append(key)
         meta[key] = [mode, conv]
         images.append(arr)
-    chunk_id = hashlib.sha256("\n".join(k for _, k in task).encode()).hexdigest()[:20]
+    chunk_id = short_hash("\n".join(k for _, k in task), 20)
     base = Path(directory) / f"chunk-{chunk_id}"
     data = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
     with atomic_path(base.with_suffix(".npy"), suffix=".npy") as tmp:

@@ -23,7 +23,6 @@ Command line (what ``make arm-runtime`` calls)::
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 from pipeline.devices.targets import CORES, GUEST_CPU_KHZ, GUEST_CPUS, RUNTIMES, cpuinfo_text
 from pipeline.errors import DeviceUnavailableError, Log
+from pipeline.store.atomic import json_hash
 
 # Bump when the build procedure changes in a way the other key inputs do not show.
 BUILDER_VERSION = 1
@@ -182,8 +182,7 @@ def key_inputs() -> dict:
 
 
 def runtime_key() -> str:
-    blob = json.dumps(key_inputs(), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json_hash(key_inputs(), 16)
 
 
 def _missing(tools) -> List[str]:

@@ -15,7 +15,6 @@ calibration (:func:`measure`, instruction counts) and the search's cost tier
         search/<key>.json          one emulated run as the search's cost tier keeps it
 """
 
-import hashlib
 import json
 import os
 import time
@@ -27,7 +26,7 @@ from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError, Log
 from pipeline.devices.parse import CLASSES
 from pipeline.latency.published import PUBLISHED_FORMATS
-from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.store.atomic import atomic_write_bytes, atomic_write_json, json_hash, short_hash
 from pipeline.variants import VARIANTS, reference_name
 
 
@@ -60,7 +59,7 @@ def cache_root() -> Path:
 
 def key_hash(obj: Any) -> str:
     """A short hash of a JSON-serialisable cache key (part of a cache file name)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+    return json_hash(obj, 20)
 
 
 # Source files that shape a reference model's .tflite: a change to any of them makes
@@ -71,12 +70,12 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def sources_hash() -> str:
     """A hash of the sources that shape a reference model's .tflite (``_MODEL_SOURCES``)."""
-    h = hashlib.sha256()
+    parts = []
     for entry in _MODEL_SOURCES:
         path = _REPO / entry
         for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+            parts.append(f.name.encode() + b"\0" + f.read_bytes())
+    return short_hash(b"".join(parts), 16)
 
 
 def _dist_version(name: str) -> str:

@@ -16,7 +16,6 @@ The environment is used by running a script with its own Python as a subprocess.
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from pipeline.errors import DeviceUnavailableError, Log
+from pipeline.store.atomic import json_hash
 
 
 def _quiet(msg: str) -> None:
@@ -78,7 +78,7 @@ class EnvSpec:
                 "platform": sys.platform}
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.key_inputs(), sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(self.key_inputs(), 16)
 
     def cache_dir(self) -> Path:
         return cache_root() / self.name
