@@ -18,12 +18,13 @@ Prints a markdown table; nothing is written to the build.
 """
 
 import sys
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.compress.channels import CRITERIA, MIN_CHANNELS, find_groups, importance, keep_top, thin
 from pipeline.compress.netadapt import GRANULARITY
+from pipeline.errors import Log
 
 CONTROLS = ("random", "inverse")
 
@@ -56,7 +57,7 @@ def keep_indices(model, widths: Mapping[str, int], criterion: str, seed: int) ->
 
 def compare(model, splits, widths: Mapping[str, int], criteria: Sequence[str] = CRITERIA + CONTROLS,
             recover_batches: int = 100, batch_size: int = 128, learning_rate: float = 1e-3,
-            eval_images: int = 2000, seed: int = 0, log: Callable[[str], None] = print) -> List[Dict]:
+            eval_images: int = 2000, seed: int = 0, log: Log = print) -> List[Dict]:
     """One row per criterion: ``criterion``, ``top1_oneshot``, ``top1_recovered`` (validation %)."""
     from pipeline.compress.netadapt import evaluate_loss_top1, recover_briefly
 

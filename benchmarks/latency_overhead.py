@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Sequence
+from typing import Iterator, List, Sequence
 
 from pipeline.devices.profiles import get_device
 from pipeline.latency.reference import ModelSpec, measure, noop
+from pipeline.errors import Log
 
 #: Profiles whose scheduling models the bench prices with (an in-order and a wide core).
 BENCH_DEVICES = ("camera-a53", "pixel4")
@@ -56,7 +57,7 @@ def _price_uncached(block_profile, profile) -> dict:
     return stats
 
 
-def mca_time_table(log: Callable[[str], None] = noop) -> List[str]:
+def mca_time_table(log: Log = noop) -> List[str]:
     """Markdown rows: uncached llvm-mca seconds per reference model and scheduling model."""
     rows = ["| model | device (model) | hot blocks | llvm-mc + llvm-mca s |", "|---|---|---:|---:|"]
     for name in BENCH_DEVICES:
@@ -84,7 +85,7 @@ def _timed_run(spec: ModelSpec, profile, profile_from: int) -> float:
     return run.wall_s
 
 
-def profile_overhead(log: Callable[[str], None] = noop, device: str = "pixel4") -> List[str]:
+def profile_overhead(log: Log = noop, device: str = "pixel4") -> List[str]:
     """Markdown lines: a device run's wall time with and without the block profile."""
     from pipeline.devices.parse import FIRST_INFERENCE_REGION
 
@@ -128,7 +129,7 @@ def cached_estimate_seconds(device: str = "pixel4", family: str = "mobilenet_v2"
     return times
 
 
-def latency_bench(log: Callable[[str], None] = noop) -> str:
+def latency_bench(log: Log = noop) -> str:
     """The whole latency section of ``make bench``, as markdown."""
     lines = ["## latency estimate: its own cost", ""]
     times = cached_estimate_seconds()

@@ -56,7 +56,7 @@ def test_outputs_agree_with_host(device_build, variant, device):
     output quantization step apart (measured: 99-100% of outputs bit-exact; the rest 1 LSB).
     The legacy tflite-runtime 2.14 int8 kernels differ more from today's host kernels
     (measured on the pruned default model: 27% bit-exact, same class on 99%)."""
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     r = _result(device_build, device, variant)
     if not r.loaded:  # nothing ran, so nothing to compare; the load test names the op

@@ -4,7 +4,16 @@ Every error a user can cause derives from :class:`MobileModelError`; the CLI map
 each to one clear line and its ``exit_code``, one of the codes below. Anything
 else is a bug: the CLI prints one line, writes the traceback to a log file and
 exits with :data:`EXIT_INTERNAL_ERROR`.
+
+It also defines :data:`Log`, the type of the progress logs that long work reports
+through: this module is the bottom of the package, so every layer can name it.
 """
+
+from typing import Callable
+
+#: A progress log: called with one line of text, returns nothing (the CLI passes one
+#: that prints, or one that drops everything under ``-q``).
+Log = Callable[[str], None]
 
 #: Success (a model that does not load on a device is a result: still 0).
 EXIT_OK = 0

@@ -23,6 +23,20 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar,
 from pipeline.errors import DataError
 from pipeline.plain import from_plain, to_plain
 
+
+def predictions_path(tflite: Path) -> Path:
+    """Where host evaluation (:func:`pipeline.export.evaluate.evaluate_tflite`) saves the
+    predictions of ``tflite``: ``<variant>.pred.npy`` beside it."""
+    tflite = Path(tflite)
+    return tflite.with_name(f"{tflite.stem}.pred.npy")
+
+
+def labels_path(predictions: Path) -> Path:
+    """Where host evaluation saves the test labels (int64 ``.npy``, in test order):
+    ``test_labels.npy`` beside the predictions, the same file for every variant."""
+    return Path(predictions).with_name("test_labels.npy")
+
+
 #: Bumped whenever a field is added, removed or changes meaning.
 SCHEMA_VERSION = 1
 SUMMARY_FILE = "summary.json"

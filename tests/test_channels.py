@@ -217,7 +217,7 @@ def test_unstructured_pruning_on_top_of_channels(tmp_path):
 
 
 def test_tables_name_the_channel_pruning_chain():
-    from pipeline.export.variants import chain_of
+    from pipeline.variants import chain_of
 
     assert chain_of("qat", True, "channels") == "channels -> QAT"
     assert chain_of("float", True, "channels") == "channels"

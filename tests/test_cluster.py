@@ -17,7 +17,7 @@ import pytest
 from pipeline.recipe.schema import DataConfig, Recipe
 from pipeline.recipe.load import load_recipe
 from pipeline.errors import ConfigError
-from pipeline.export.variants import VARIANTS
+from pipeline.variants import VARIANTS
 
 CLUSTERS = 8
 DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=64)

@@ -119,7 +119,7 @@ def test_sampled_genotypes_qat_convert_to_int8_and_load_on_a_device(tmp_path):
     from pipeline.devices.check import run_device_check
     from pipeline.devices.runtime import ensure_runtime
     from pipeline.export.convert import convert_keras
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
     from pipeline.tflite.reader import float_compute_ops, parse_tflite
     from pipeline.train.fit import setup_tensorflow
 

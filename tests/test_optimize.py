@@ -101,7 +101,7 @@ def chain(workdir, splits, float_model):
     from pipeline.compress.prune import prune_model
     from pipeline.compress.qat import qat_model
     from pipeline.tflite.reader import parse_tflite
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     cache = {}
 

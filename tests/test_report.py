@@ -362,7 +362,7 @@ def test_smoke_build_report_bundle_and_self_compare(smoke_build):
 
 def test_every_variant_has_its_own_colour():
     from pipeline.publish.plots import VARIANT_COLORS
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     assert set(VARIANT_COLORS) == set(VARIANTS.names())
     assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)

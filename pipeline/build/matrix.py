@@ -12,15 +12,14 @@ import hashlib
 import json
 import multiprocessing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
 from pipeline.summary import LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary, VariantSummary
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 def device_metrics(result: Dict[str, Any]) -> DeviceSummary:
@@ -165,7 +164,7 @@ def _line(variant: str, m: DeviceSummary) -> str:
 def _integer_compute(variant: str, m: DeviceSummary) -> bool:
     """Whether ``variant`` computes in integers end to end (full-integer variants, whatever
     their input and output type), so that its device output should match the host's bit for bit."""
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     full_integer = variant in VARIANTS.names() and VARIANTS.get(variant).full_integer
     return m.exact_fraction is not None and (m.integer_output or full_integer)

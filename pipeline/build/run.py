@@ -30,8 +30,7 @@ from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
 from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, InitWeights,
                               write_summary)
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn
 
 import click
 
-from pipeline.errors import EXIT_INTERNAL_ERROR, MobileModelError
+from pipeline.errors import EXIT_INTERNAL_ERROR, Log, MobileModelError
 
 #: Exit code after SIGINT (Ctrl-C) outside a build's own handler, as a shell reports it (128 + 2).
 EXIT_INTERRUPTED = 130
@@ -75,7 +75,7 @@ def interrupted() -> NoReturn:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def logger(quiet: bool) -> Callable[[str], None]:
+def logger(quiet: bool) -> Log:
     """A progress logger on stderr: lines with a progress bar on a terminal, plain lines
     otherwise (:mod:`pipeline.cli.progress`), nothing when ``quiet`` (``-q`` or ``--json``)."""
     from pipeline.cli.progress import progress_log

@@ -14,6 +14,7 @@ import click
 from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import MobileModelError, RuntimeIncompatibleError
+from pipeline.latency.published import PUBLISHED_FORMATS
 from pipeline.summary import LatencyEstimate
 
 
@@ -88,7 +89,7 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
 @click.option("--input-size", type=click.IntRange(32, 1024), default=224, show_default=True,
               help="Square input side (3 channels).")
 @click.option("--classes", type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option("--variant", type=click.Choice(["float32", "int8"]), default="float32",
+@click.option("--variant", type=click.Choice(PUBLISHED_FORMATS), default="float32",
               show_default=True, help="float32, or int8 (full integer, post-training).")
 @click.option("--device", "device_name", required=True, type=click.Choice(DEVICES.names()),
               help="Device profile.")

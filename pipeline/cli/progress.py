@@ -17,7 +17,8 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Set, TextIO
+from typing import Optional, Set, TextIO
+from pipeline.errors import Log
 
 EPOCH = re.compile(r"^\[(?P<label>[^\]/]+)\] epoch (?P<done>\d+)/(?P<total>\d+)\b")
 DEVICES_START = re.compile(r"^\[devices\] (?P<total>\d+) run\(s\) on emulated ARM")
@@ -96,7 +97,7 @@ class TerminalProgress:
             self.bar.done = len(self.bar.seen)
 
 
-def progress_log(stream: Optional[TextIO] = None) -> Callable[[str], None]:
+def progress_log(stream: Optional[TextIO] = None) -> Log:
     """The log callable of a command that is not quiet (``-q``/``--json`` print nothing:
     :func:`pipeline.cli.common.logger`).
 

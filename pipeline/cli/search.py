@@ -10,6 +10,7 @@ import click
 from pipeline.cli.common import logger
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import EXIT_GATE_FAILED
+from pipeline.recipe.schema import SEARCH_SPACES
 from pipeline.search.space import SEARCH_VARIANTS
 
 
@@ -22,7 +23,7 @@ from pipeline.search.space import SEARCH_VARIANTS
 @click.option("--variant", default="int8-qat", show_default=True, type=click.Choice(tuple(SEARCH_VARIANTS)),
               help="The deployed variant whose cost is budgeted.")
 @click.option("--trials", type=click.IntRange(min=1), help="Candidates to look at [recipe search.trials].")
-@click.option("--space", type=click.Choice(("grid", "blocks")),
+@click.option("--space", type=click.Choice(SEARCH_SPACES),
               help="Search space: the grid of hand-designed candidates or block-level genotypes "
                    "[recipe search.space].")
 @click.option("--time-budget-s", type=click.FloatRange(min=0),

@@ -2,7 +2,7 @@
 
 from typing import Sequence
 
-from pipeline.export.variants import VARIANTS
+from pipeline.variants import VARIANTS
 from pipeline.gate.budgets import format_budget_table
 from pipeline.summary import BudgetResult, BuildSummary
 

@@ -29,11 +29,13 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from pipeline.vocabulary import CHANNEL_CRITERIA, check_implements
+
 # Layers a channel passes through unchanged (one in, one out, per channel).
 CHANNELWISE = ("BatchNormalization", "ReLU", "Activation", "HardSwish", "HardSigmoid",
                "GlobalAveragePooling2D", "Dropout", "DepthwiseConv2D", "Multiply")
 CONSUMERS = ("Conv2D", "Dense")
-CRITERIA = ("l1", "bn_scale", "l1_bn")
+CRITERIA = tuple(CHANNEL_CRITERIA.names())
 # Channels a group always keeps (XNNPACK packs int8 channels by 8 or 16; fewer
 # than this many is also where accuracy falls off a cliff).
 MIN_CHANNELS = 8
@@ -157,17 +159,37 @@ def importance(model, group: Group, criterion: str) -> np.ndarray:
     """
     if criterion not in CRITERIA:
         raise ValueError(f"channel importance criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
+    return SCORES[criterion](model, group, criterion)
+
+
+def _filter_l1(model, group: Group, criterion: str) -> np.ndarray:
     kernel = model.get_layer(group.producer).get_weights()[0]
-    l1 = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
-    if criterion == "l1":
-        return l1
+    return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def _batchnorm(model, group: Group, criterion: str):
+    """The BatchNorm layer after the producer, and its gamma and moving variance."""
     if not group.bn:
         raise ValueError(f"criterion {criterion!r} needs a BatchNorm after {group.producer}")
     bn = model.get_layer(group.bn)
     gamma, _, _, var = bn.get_weights()
-    if criterion == "bn_scale":
-        return np.abs(gamma)
+    return bn, gamma, var
+
+
+def _bn_scale(model, group: Group, criterion: str) -> np.ndarray:
+    _, gamma, _ = _batchnorm(model, group, criterion)
+    return np.abs(gamma)
+
+
+def _l1_bn(model, group: Group, criterion: str) -> np.ndarray:
+    l1 = _filter_l1(model, group, criterion)
+    bn, gamma, var = _batchnorm(model, group, criterion)
     return np.abs(gamma) / np.sqrt(var + bn.epsilon) * l1
+
+
+#: Criterion -> its per-channel score (see :func:`importance`).
+SCORES = {"l1": _filter_l1, "bn_scale": _bn_scale, "l1_bn": _l1_bn}
+check_implements(CHANNEL_CRITERIA, SCORES, "pipeline.compress.channels")
 
 
 def keep_top(scores: np.ndarray, n: int) -> np.ndarray:

@@ -6,7 +6,7 @@ Two techniques, each run by :func:`pipeline.compress.runner.fine_tune` in its fi
     cqat:     load clustered -> quantize_model(cqat | pcqat) -> fit -> save_weights (.h5)
               -> rebuild (load_cluster_qat) and check
 
-The chains they make, one TFLite variant each (see :mod:`pipeline.export.variants`):
+The chains they make, one TFLite variant each (see :mod:`pipeline.variants`):
 
     int8-cqat:   float -> cluster -> CQAT
     int8-pcqat:  float -> prune -> cluster (sparsity-preserving) -> PCQAT

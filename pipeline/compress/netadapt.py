@@ -24,15 +24,14 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from pipeline.compress.channels import MIN_CHANNELS, Group, find_groups, thin_by_scores
-from pipeline.errors import BudgetExceededError
+from pipeline.errors import BudgetExceededError, Log
 from pipeline.store.atomic import atomic_write_json, config_hash
 
-Log = Callable[[str], None]
 
 # Channels are removed in multiples of this: XNNPACK's int8 kernels pack output
 # channels by 8 (or 16), so a width between two multiples costs as much as the next one.

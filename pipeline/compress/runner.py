@@ -16,7 +16,7 @@ strip, how to save and reload, what to measure. See :mod:`pipeline.compress.prun
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, m
                                 steps_for)
 from pipeline.train.schedule import Plan
 from pipeline.train.keras_io import load_keras, save_keras
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 # Facts a technique records while wrapping (e.g. the input's sparsity, the layers it
 # wrapped) and reads back when it describes the run and measures its result.

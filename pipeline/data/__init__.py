@@ -41,11 +41,13 @@ from pipeline.data.images import ImageSet
 from pipeline.data.digits import load_digits
 from pipeline.data.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_LABELS, load_fashion_mnist, read_idx
 from pipeline.data.folder import ALPHA_BACKGROUND, IMAGE_SUFFIXES, load_folder
+from pipeline.data.resize import check_fit
 from pipeline.data.shapes import SHAPES_LABELS, load_shapes, render_shapes
 from pipeline.data.splits import SPLITS, Splits, check_input_shape, check_seed, take_per_class
-from pipeline.errors import ConfigError
+from pipeline import vocabulary
 from pipeline.recipe.schema import DataConfig
 from pipeline.registry import Registry
+from pipeline.errors import Log
 
 __all__ = [
     "ALPHA_BACKGROUND", "DATASETS", "FASHION_MNIST_DIR", "FASHION_MNIST_LABELS", "IMAGE_SUFFIXES", "Loader",
@@ -53,18 +55,19 @@ __all__ = [
     "load_fashion_mnist", "load_folder", "load_shapes", "read_idx", "render_shapes",
 ]
 
-Loader = Callable[[DataConfig, Tuple[int, int, int], int, Callable[[str], None]], Splits]
+Loader = Callable[[DataConfig, Tuple[int, int, int], int, Log], Splits]
 
-DATASETS: Registry[Loader] = Registry("data set")
-# Registration order is the order of `mobile-model datasets` and of error messages.
-DATASETS.register("shapes", load_shapes)
-DATASETS.register("fashion-mnist", load_fashion_mnist)
-DATASETS.register("digits", load_digits)
-DATASETS.register("folder", load_folder)
+_LOADERS = {"shapes": load_shapes, "fashion-mnist": load_fashion_mnist, "digits": load_digits,
+            "folder": load_folder}
+vocabulary.check_implements(vocabulary.DATASETS, _LOADERS, "pipeline.data")
+DATASETS: Registry[Loader] = Registry(vocabulary.DATASETS.kind)
+# Registered in the vocabulary's order: that of `mobile-model datasets` and of error messages.
+for _name in vocabulary.DATASETS:
+    DATASETS.register(_name, _LOADERS[_name])
 
 
 def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int,
-                 log: Callable[[str], None] = lambda m: None) -> Splits:
+                 log: Log = lambda m: None) -> Splits:
     """Loads data set ``cfg.dataset`` at ``input_shape`` with splits drawn from ``seed``.
 
     Args:
@@ -83,8 +86,7 @@ def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int,
     """
     loader = DATASETS.get(cfg.dataset)
     shape = check_input_shape(input_shape)
-    if cfg.fit not in ("resize", "pad"):
-        raise ConfigError(f"data.fit: expected one of resize, pad; got {cfg.fit!r}")
+    check_fit(cfg.fit)
     check_seed(seed)
     splits = loader(cfg, shape, seed, log)
     return splits if cfg.train_per_class is None else take_per_class(splits, cfg.train_per_class, seed)
@@ -92,4 +94,4 @@ def load_dataset(cfg: DataConfig, input_shape: Sequence[int], seed: int,
 
 def describe_datasets() -> List[Tuple[str, str]]:
     """``(name, one-line description)`` of every registered data set, for CLI help."""
-    return [(name, (fn.__doc__ or "").strip().splitlines()[0]) for name, fn in DATASETS.items()]
+    return [(name, vocabulary.DATASETS.get(name)) for name in DATASETS]

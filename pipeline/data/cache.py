@@ -37,17 +37,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.data.images import ChunkFile, ImageSet
 from pipeline.data.resize import channel_note, fit_images
-from pipeline.errors import DataError
-from pipeline.store.atomic import atomic_path, atomic_write_text
+from pipeline.errors import DataError, Log
+from pipeline.store.atomic import atomic_path, atomic_write_text, json_hash, short_hash
+from pipeline.vocabulary import FIT_MODES, check_implements
 
-Log = Callable[[str], None]
 
 #: Bumped whenever decoding changes what a cached image holds (it is part of the cache key).
 DECODER_VERSION = 1
@@ -77,8 +77,7 @@ def cache_root() -> Path:
 def settings_key(shape: Tuple[int, int, int], fit: str) -> str:
     """The cache directory name of images decoded to ``shape`` by ``fit``."""
     h, w, c = shape
-    text = json.dumps({"shape": [h, w, c], "fit": fit, "decoder": DECODER_VERSION}, sort_keys=True)
-    return f"{h}x{w}x{c}-{fit}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"{h}x{w}x{c}-{fit}-{json_hash({'shape': [h, w, c], 'fit': fit, 'decoder': DECODER_VERSION}, 12)}"
 
 
 # Step 1: the file index --------------------------------------------------------------------
@@ -91,7 +90,7 @@ def index_files(root: Path, paths: Sequence[Path],
         (hashes in the order of ``paths``, None for a file that cannot be read; how many
         files were hashed; ``{position: why}`` of the files that cannot be read).
     """
-    index_path = cache_root() / "files" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:24]}.json"
+    index_path = cache_root() / "files" / f"{short_hash(str(root.resolve()), 24)}.json"
     try:
         known = json.loads(index_path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -325,7 +324,7 @@ def decode_chunk(task: Sequence[Tuple[str, str]], shape, fit: str, directory: st
         keys.append(key)
         meta[key] = [mode, conv]
         images.append(arr)
-    chunk_id = hashlib.sha256("\n".join(k for _, k in task).encode()).hexdigest()[:20]
+    chunk_id = short_hash("\n".join(k for _, k in task), 20)
     base = Path(directory) / f"chunk-{chunk_id}"
     data = np.stack(images) if images else np.zeros((0, *shape), np.uint8)
     with atomic_path(base.with_suffix(".npy"), suffix=".npy") as tmp:
@@ -431,9 +430,15 @@ def _fit(im: Image.Image, h: int, w: int, fit: str) -> Image.Image:
     """``resize`` stretches to h x w; ``pad`` keeps the aspect ratio (whole-factor pixel
     replication when enlarging, else a triangle-filter shrink) on a black canvas.
     The same rules as :func:`pipeline.data.resize.fit_images`, in Pillow."""
+    return PIL_FITS[fit](im, h, w)
+
+
+def _pil_resize(im: Image.Image, h: int, w: int) -> Image.Image:
+    return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR)
+
+
+def _pil_pad(im: Image.Image, h: int, w: int) -> Image.Image:
     w0, h0 = im.size
-    if fit == "resize":
-        return im if (w0, h0) == (w, h) else im.resize((w, h), Image.BILINEAR)
     k = min(h // h0, w // w0)
     if k >= 1:
         y = im.resize((w0 * k, h0 * k), Image.NEAREST) if k > 1 else im
@@ -443,6 +448,11 @@ def _fit(im: Image.Image, h: int, w: int, fit: str) -> Image.Image:
     canvas = Image.new(im.mode, (w, h), 0)
     canvas.paste(y, ((w - y.width) // 2, (h - y.height) // 2))
     return canvas
+
+
+#: Fit mode -> how a Pillow image is fitted (the same rules as pipeline.data.resize.FITS).
+PIL_FITS = {"resize": _pil_resize, "pad": _pil_pad}
+check_implements(FIT_MODES, PIL_FITS, "pipeline.data.cache")
 
 
 # Messages ----------------------------------------------------------------------------------

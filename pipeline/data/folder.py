@@ -7,14 +7,14 @@ cut 70/15/15 into train/val/test.
 
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
 from pipeline.data.cache import ALPHA_BACKGROUND, Store, decode_missing, index_files, listing, shown
 from pipeline.data.splits import (SPLITS, TEST_FRACTION, VAL_FRACTION, Splits, assemble, check_input_shape, partition,
                                   requested_counts, stream_rng, take_stratified)
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, Log
 from pipeline.recipe.schema import DataConfig
 
 #: File types the ``folder`` data set reads; anything else is skipped and reported.
@@ -22,7 +22,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def load_folder(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
-                log: Callable[[str], None] = lambda m: None) -> Splits:
+                log: Log = lambda m: None) -> Splits:
     """Your images: one sub-folder per class of .jpg/.jpeg/.png files under data.path.
 
     Class names are the sorted sub-folder names. Each class is cut 70/15/15 into

@@ -9,6 +9,7 @@ from typing import Dict
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.vocabulary import FIT_MODES, check_implements
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -44,27 +45,40 @@ def fit_images(x: np.ndarray, input_shape, fit: str) -> np.ndarray:
     fit, then centres the image on a zero (black) canvas. Channels pass through.
     """
     h, w = int(input_shape[0]), int(input_shape[1])
-    n, h0, w0, c = x.shape
-    if fit not in ("resize", "pad"):
-        raise ConfigError(f"data.fit: expected one of resize, pad; got {fit!r}")
-    if fit == "resize":
-        out = resize_images(x, h, w)
-    else:
-        k = min(h // h0, w // w0)
-        if k >= 1:
-            y = np.repeat(np.repeat(x, k, axis=1), k, axis=2) if k > 1 else x
-        else:
-            s = min(h / h0, w / w0)
-            y = resize_images(x, max(1, round(h0 * s)), max(1, round(w0 * s)))
-        out = np.zeros((n, h, w, c), np.float32)
-        top, left = (h - y.shape[1]) // 2, (w - y.shape[2]) // 2
-        out[:, top:top + y.shape[1], left:left + y.shape[2]] = y
+    c = x.shape[3]
+    check_fit(fit)
+    out = FITS[fit](x, h, w)
     c_out = int(input_shape[2]) if len(input_shape) > 2 else c
     if c == 1 and c_out == 3:
         out = np.repeat(out, 3, axis=3)
     elif c == 3 and c_out == 1:
         out = _to_grey(out)
     return out.astype(np.float32, copy=False)
+
+
+def check_fit(fit: str) -> None:
+    """Raises ConfigError unless ``fit`` is a fit mode (:data:`pipeline.vocabulary.FIT_MODES`)."""
+    if fit not in FIT_MODES:
+        raise ConfigError(f"data.fit: expected one of {', '.join(FIT_MODES.names())}; got {fit!r}")
+
+
+def _pad(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    n, h0, w0, c = x.shape
+    k = min(h // h0, w // w0)
+    if k >= 1:
+        y = np.repeat(np.repeat(x, k, axis=1), k, axis=2) if k > 1 else x
+    else:
+        s = min(h / h0, w / w0)
+        y = resize_images(x, max(1, round(h0 * s)), max(1, round(w0 * s)))
+    out = np.zeros((n, h, w, c), np.float32)
+    top, left = (h - y.shape[1]) // 2, (w - y.shape[2]) // 2
+    out[:, top:top + y.shape[1], left:left + y.shape[2]] = y
+    return out
+
+
+#: Fit mode -> how float images are fitted (the Pillow twin is pipeline.data.cache.PIL_FITS).
+FITS = {"resize": resize_images, "pad": _pad}
+check_implements(FIT_MODES, FITS, "pipeline.data.resize")
 
 
 def _to_grey(x: np.ndarray) -> np.ndarray:

@@ -20,12 +20,12 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from pipeline.devices.targets import RUNTIMES, GuestRuntime
-from pipeline.errors import DeviceOutputError
+from pipeline.errors import DeviceOutputError, Log
 from pipeline.store.isolated_env import EnvSpec, IsolatedEnv, ensure, env_main
 
 GUEST_RUNNER = Path(__file__).resolve().parent / "guest_runner.py"
@@ -35,8 +35,6 @@ TWIN_PYTHON = (3, 11)
 #: Seconds allowed to load a model, and per input, in a host environment.
 LOAD_TIMEOUT_S = 120.0
 PER_INPUT_TIMEOUT_S = 2.0
-
-Progress = Callable[[str], None]
 
 
 def host_version(distribution: str) -> Optional[str]:
@@ -74,13 +72,13 @@ def twin_specs() -> List[EnvSpec]:
     return [twin_spec(r) for r in RUNTIMES.values() if needs_twin(r)]
 
 
-def ensure_twins(progress: Optional[Progress] = None) -> List[IsolatedEnv]:
+def ensure_twins(progress: Optional[Log] = None) -> List[IsolatedEnv]:
     """Builds (once, cached) every host environment the device runtimes need."""
     return [ensure(spec, progress=progress) for spec in twin_specs()]
 
 
 def twin_outputs(model_path: Path, x: np.ndarray, runtime: GuestRuntime, threads: int = 1,
-                 progress: Optional[Progress] = None) -> np.ndarray:
+                 progress: Optional[Log] = None) -> np.ndarray:
     """Raw outputs of ``runtime`` (x86_64 build) on ``x``, one input per invoke as on the device.
 
     Raises:

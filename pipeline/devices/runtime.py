@@ -23,7 +23,6 @@ Command line (what ``make arm-runtime`` calls)::
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -33,10 +32,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from pipeline.devices.targets import CORES, GUEST_CPU_KHZ, GUEST_CPUS, RUNTIMES, cpuinfo_text
-from pipeline.errors import DeviceUnavailableError
+from pipeline.errors import DeviceUnavailableError, Log
+from pipeline.store.atomic import json_hash
 
 # Bump when the build procedure changes in a way the other key inputs do not show.
 BUILDER_VERSION = 1
@@ -66,8 +66,6 @@ BUILD_TOOLS = (
     ("/usr/include/stdio.h", "libc6-dev"),
 )
 RUN_TOOLS = (("qemu-aarch64", "qemu-user"),)
-
-Progress = Callable[[str], None]
 
 
 def _stderr(msg: str) -> None:
@@ -184,8 +182,7 @@ def key_inputs() -> dict:
 
 
 def runtime_key() -> str:
-    blob = json.dumps(key_inputs(), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json_hash(key_inputs(), 16)
 
 
 def _missing(tools) -> List[str]:
@@ -197,7 +194,7 @@ def _missing(tools) -> List[str]:
     return missing
 
 
-def ensure_host_tools(tools=BUILD_TOOLS, progress: Progress = _stderr) -> None:
+def ensure_host_tools(tools=BUILD_TOOLS, progress: Log = _stderr) -> None:
     """Installs missing Debian packages with apt-get when root.
 
     Raises:
@@ -243,7 +240,7 @@ def _run(cmd: Sequence, what: str, timeout: float = 900, **kwargs) -> subprocess
 
 
 class _Steps:
-    def __init__(self, total: int, progress: Progress):
+    def __init__(self, total: int, progress: Log):
         self.total, self.progress, self.n = total, progress, 0
         self.t0 = time.monotonic()
 
@@ -315,7 +312,7 @@ def _make_sysroots(root: Path) -> None:
                 path.write_text(text + "\n")
 
 
-def _precompile(runtime: ArmRuntime, progress: Progress) -> None:
+def _precompile(runtime: ArmRuntime, progress: Log) -> None:
     """Writes .pyc files for the guest stdlib and wheels (start-up under emulation)."""
     dirs = [runtime.rootfs / "usr" / "lib" / f"python{GUEST_PYTHON[0]}.{GUEST_PYTHON[1]}",
             runtime.rootfs / "usr" / "lib" / "python3" / "dist-packages"]
@@ -379,7 +376,7 @@ def _qemu_version() -> str:
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
 
 
-def _build(final: Path, key: str, progress: Progress, mirror: str) -> None:
+def _build(final: Path, key: str, progress: Log, mirror: str) -> None:
     base = final.parent
     tmp = base / f".tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -421,7 +418,7 @@ def _build(final: Path, key: str, progress: Progress, mirror: str) -> None:
     progress(f"built {final} in {time.monotonic() - step.t0:.0f} s")
 
 
-def ensure_runtime(progress: Optional[Progress] = _stderr, force: bool = False) -> ArmRuntime:
+def ensure_runtime(progress: Optional[Log] = _stderr, force: bool = False) -> ArmRuntime:
     """Returns the ARM runtime, building it first if this key is not cached yet.
 
     Idempotent and cheap when the runtime exists (a hash of a few small inputs and

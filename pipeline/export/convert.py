@@ -1,21 +1,21 @@
 """Conversion to TFLite, one variant at a time, always validated against Keras.
 
-Each variant is a row of :data:`pipeline.export.variants.VARIANTS`; a model that fails
+Each variant is a row of :data:`pipeline.variants.VARIANTS`; a model that fails
 validation is never written.
 """
 
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
 from pipeline.recipe.schema import Recipe
-from pipeline.errors import ConversionMismatchError
+from pipeline.errors import ConversionMismatchError, Log
 from pipeline.native import captured_stderr
 from pipeline.store.atomic import atomic_write_bytes
 from pipeline.tflite.reader import float_compute_ops, parse_tflite
 from pipeline.tflite.host import run_tflite
-from pipeline.export.variants import VARIANTS, Variant
+from pipeline.variants import VARIANTS, Variant
 
 
 def convert_keras(model, variant: Variant, calibration: Optional[np.ndarray], int8_io: bool) -> bytes:
@@ -78,7 +78,7 @@ def validate_conversion(tflite: bytes, keras_probs: np.ndarray, x: np.ndarray, v
 
 
 def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits, out: Path,
-                    log: Callable[[str], None] = print, model=None) -> Dict:
+                    log: Log = print, model=None) -> Dict:
     """Converts the Keras model at ``source_path`` to ``variant_name``, validates, writes ``out``.
 
     Args:

@@ -6,6 +6,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from pipeline.store.atomic import gzip_size
+from pipeline.summary import labels_path, predictions_path
 from pipeline.tflite.reader import PRUNABLE_OPS, WEIGHT_OPS, read_tflite, weight_kernels, zero_fraction
 from pipeline.tflite.host import run_tflite
 
@@ -56,18 +57,6 @@ def kernel_report(model) -> list:
     return [{"layer": layer_name(name), "op": op, "params": int(arr.size),
              "zeros": float(np.count_nonzero(arr == 0) / arr.size), "unique_per_channel": uniq[name]}
             for op, name, arr in weight_kernels(model)]
-
-
-def predictions_path(tflite: Path) -> Path:
-    """Where :func:`evaluate_tflite` saves the predictions of ``tflite``: ``<variant>.pred.npy`` beside it."""
-    tflite = Path(tflite)
-    return tflite.with_name(f"{tflite.stem}.pred.npy")
-
-
-def labels_path(predictions: Path) -> Path:
-    """Where :func:`evaluate_tflite` saves the test labels (int64 ``.npy``, in test order):
-    ``test_labels.npy`` beside the predictions, the same file for every variant."""
-    return Path(predictions).with_name("test_labels.npy")
 
 
 def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, float_top1_classes: np.ndarray,

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from pipeline.recipe.budgets import BUDGETS
 from pipeline.summary import UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult, BuildSummary
+from pipeline.table import Table
 
 Measure = Callable[[BuildSummary, str], Optional[float]]
 
@@ -117,14 +118,14 @@ def _unvalidated(summary: BuildSummary, device: str) -> bool:
 
 def format_budget_table(checks: Sequence[Union[BudgetCheck, BudgetResult]]) -> str:
     """A Markdown table: budget, subject, limit, measured, verdict."""
-    lines = ["| budget | subject | limit | measured | result |", "|---|---|---|---|---|"]
+    rows = []
     for c in checks:
         op = "<=" if c.direction == "max" else ">="
         measured = "not measured" if c.measured is None else f"{c.measured:.4g} {c.unit}"
         if c.unvalidated and c.measured is not None:
             measured += f" {UNVALIDATED_MARK}"
-        lines.append(f"| {c.budget} | {c.subject} | {op} {c.limit:g} {c.unit} | {measured} | "
-                     f"{'ok' if c.ok else 'MISSED'} |")
+        rows.append([c.budget, c.subject, f"{op} {c.limit:g} {c.unit}", measured, "ok" if c.ok else "MISSED"])
+    lines = Table(["budget", "subject", "limit", "measured", "result"], rows, "lllll").markdown()
     if any(c.unvalidated for c in checks):
         lines += ["", UNVALIDATED_NOTE]
     return "\n".join(lines)

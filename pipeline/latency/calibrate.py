@@ -11,14 +11,14 @@ written to.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from pipeline.latency.calibration_report import write_report
 from pipeline.latency.calibration import Calibration, calibrate
 from pipeline.latency.params import PARAMS_NAME, write_params
 from pipeline.latency.reference import cache_root, noop
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 __all__ = ["CalibrationFiles", "calibrate", "default_out_dir", "write_calibration"]
 

@@ -17,15 +17,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from pipeline.devices.profiles import DEVICES, DeviceProfile, get_device
 from pipeline.devices.targets import RUNTIMES
-from pipeline.errors import ConfigError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, Log, RuntimeIncompatibleError
 from pipeline.latency import classcost
 from pipeline.latency.model import PARAM_KEYS, Device, LatencyParams, predict
-from pipeline.latency.published import (PUBLISHED_ORDER, PUBLISHED_RUNTIMES, PUBLISHED_VARIANTS,
-                                        PublishedPoint, load_multi_thread, load_published)
-from pipeline.latency.reference import VARIANT_NAMES, ModelSpec, measure, noop
+from pipeline.latency.published import (PUBLISHED_FORMATS, PUBLISHED_ORDER, PUBLISHED_RUNTIMES,
+                                        PUBLISHED_VARIANTS, PublishedPoint, load_multi_thread, load_published)
+from pipeline.latency.reference import ModelSpec, measure, noop
 from pipeline.latency.traffic import GraphTraffic
 
-Log = Callable[[str], None]
 FULL_SIZE = dict(alpha=1.0, input_size=224, classes=1000)
 
 
@@ -193,7 +192,7 @@ def validated_cores(points: Sequence[Point]) -> Dict[str, Tuple[str, ...]]:
     out: Dict[str, set] = {}
     for p in points:
         out.setdefault(p.core, set()).add(p.variant)
-    return {core: tuple(v for v in VARIANT_NAMES if v in got) for core, got in sorted(out.items())}
+    return {core: tuple(v for v in PUBLISHED_FORMATS if v in got) for core, got in sorted(out.items())}
 
 
 # -- the first model, as a comparison row ----------------------------------------------
@@ -250,7 +249,7 @@ def estimate_matrix(params: LatencyParams, log: Log = noop, runtime=None) -> Lis
     for name in DEVICES.names():
         profile = get_device(name)
         for family in PUBLISHED_ORDER:
-            for variant in VARIANT_NAMES:
+            for variant in PUBLISHED_FORMATS:
                 spec = ModelSpec(family, variant=variant, **FULL_SIZE)
                 row = {"device": name, "family": family, "variant": variant,
                        "runtime": f"{profile.runtime} {profile.runtime_version}",

@@ -7,8 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from pipeline.devices.profiles import DEVICES, get_device
 from pipeline.latency.calibration import SPLITS, Calibration, breakdown, error_summary
 from pipeline.latency.model import PARAM_KEYS
-from pipeline.latency.published import PUBLISHED_ORDER
-from pipeline.latency.reference import VARIANT_NAMES
+from pipeline.latency.published import PUBLISHED_FORMATS, PUBLISHED_ORDER
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
 
 # What the calibration must meet, leave-one-device-out over the published points (fractions).
@@ -20,7 +19,7 @@ def order_check(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """Per device and variant: do the estimates rank the families as published?"""
     out = []
     for device in DEVICES.names():
-        for variant in VARIANT_NAMES:
+        for variant in PUBLISHED_FORMATS:
             est = {r["family"]: r.get("latency_ms") for r in rows
                    if r["device"] == device and r["variant"] == variant and r.get("loaded")}
             if len(est) != len(PUBLISHED_ORDER) or any(v is None for v in est.values()):
@@ -135,12 +134,12 @@ def _matrix(data: Mapping[str, Any]) -> List[str]:
     if not data["matrix"]:
         return []
     out = ["", "## Estimates, full-size models, one thread (ms)", "",
-           "| device | model | " + " | ".join(f"{f} {v}" for f in PUBLISHED_ORDER for v in VARIANT_NAMES) + " |",
-           "|---|---|" + "---:|" * (len(PUBLISHED_ORDER) * len(VARIANT_NAMES))]
+           "| device | model | " + " | ".join(f"{f} {v}" for f in PUBLISHED_ORDER for v in PUBLISHED_FORMATS) + " |",
+           "|---|---|" + "---:|" * (len(PUBLISHED_ORDER) * len(PUBLISHED_FORMATS))]
     for device in DEVICES.names():
         rows = {(r["family"], r["variant"]): r for r in data["matrix"] if r["device"] == device}
         if rows:
-            cells = [_matrix_cell(rows.get((f, v))) for f in PUBLISHED_ORDER for v in VARIANT_NAMES]
+            cells = [_matrix_cell(rows.get((f, v))) for f in PUBLISHED_ORDER for v in PUBLISHED_FORMATS]
             out.append(f"| {device} | {get_device(device).sched_model} | " + " | ".join(cells) + " |")
     out += ["", "\\* unvalidated: no published point of this core and numeric format was in the fit."]
     if data["order_check"]:

@@ -6,13 +6,12 @@ bytes, peak memory and file size; :func:`price` turns it into latency and memory
 the current parameters, so a cached entry is re-priced when they change.
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.latency.reference import noop
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 # Bump when what a cost entry holds changes.
 COST_VERSION = 2
@@ -32,7 +31,7 @@ def measure_keras(model, label: str, profile: DeviceProfile, int8_io: bool = Fal
     from pipeline.devices.check import run_device_check
     from pipeline.devices.runtime import ensure_runtime
     from pipeline.export.convert import convert_keras
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
     from pipeline.latency.reference import CALIBRATION_IMAGES, SEED
     from pipeline.native import captured_stderr
 

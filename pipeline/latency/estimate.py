@@ -13,14 +13,13 @@ in the fit or its check.
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.model import Device, LatencyParams, predict, threads_used
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
 from pipeline.summary import LATENCY_FIELDS
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 def numeric_format(model) -> str:
@@ -85,8 +84,6 @@ def estimate_run(block_profile: Mapping[str, Any], traffic: GraphTraffic, profil
 def _numbers(params: LatencyParams) -> Dict[str, float]:
     return {"compute_scale": params.compute_scale, "op_overhead_cycles": params.op_overhead_cycles,
             "memory_scale": params.memory_scale}
-
-
 
 
 def attach_latency(result: Dict[str, Any], device: str, threads: int) -> None:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError
+from pipeline.variants import VARIANTS, published_name
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 PUBLISHED_CSV = DATA_DIR / "published_latency.csv"
@@ -31,9 +32,12 @@ MULTI_THREAD_HEADER = ("model", "device", "latency_ms")
 # kernels (it never applies XNNPACK to int8). Neither is the same code as in the
 # source; the residuals of the fit include that difference.
 PUBLISHED_RUNTIMES = {"xnnpack-2020": "litert", "tflite-2019": "tflite-runtime"}
-# A QAT model and a PTQ model of the same architecture convert to the same ops and
-# types, so they run the same kernels: PTQ with random calibration stands in for QAT.
-PUBLISHED_VARIANTS = {"float32": "float32", "int8_qat": "int8", "int8_ptq": "int8"}
+# Published variant (as the tables spell it) -> its number format. A QAT model and a
+# PTQ model of the same architecture convert to the same ops and types, so they run
+# the same kernels: PTQ with random calibration stands in for QAT.
+PUBLISHED_VARIANTS = {published_name(v): VARIANTS.get(v).number_format for v in ("float32", "int8-qat", "int8-ptq")}
+#: The number formats of published points, the formats an estimate can be validated for.
+PUBLISHED_FORMATS = tuple(dict.fromkeys(PUBLISHED_VARIANTS.values()))
 # The published order of the four models, slowest first (every column of the table).
 PUBLISHED_ORDER = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 

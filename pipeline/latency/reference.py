@@ -15,7 +15,6 @@ calibration (:func:`measure`, instruction counts) and the search's cost tier
         search/<key>.json          one emulated run as the search's cost tier keeps it
 """
 
-import hashlib
 import json
 import os
 import time
@@ -24,19 +23,23 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Log
 from pipeline.devices.parse import CLASSES
-from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
+from pipeline.latency.published import PUBLISHED_FORMATS
+from pipeline.store.atomic import atomic_write_bytes, atomic_write_json, json_hash, short_hash
+from pipeline.variants import VARIANTS, reference_name
 
-Log = Callable[[str], None]
 
 # Bump when building, converting or running reference models changes what a cached
 # entry holds (so stale entries are not reused).
 MEASURE_VERSION = 2
 SEED = 0
-VARIANT_NAMES = ("float32", "int8")
-#: What a reference model may be: the published formats, and the QAT graph the search prices.
-SPEC_VARIANTS = VARIANT_NAMES + ("int8-qat",)
+#: What a reference model may be (``ModelSpec.variant``) -> the build variant it is
+#: converted as: the published formats, and the QAT graph the search prices.
+REFERENCE_VARIANTS = {reference_name(v): v for v in ("float32", "int8-ptq", "int8-qat")}
+SPEC_VARIANTS = tuple(REFERENCE_VARIANTS)
+if SPEC_VARIANTS[:len(PUBLISHED_FORMATS)] != PUBLISHED_FORMATS:
+    raise ValueError(f"reference models {SPEC_VARIANTS} do not cover the published formats {PUBLISHED_FORMATS}")
 # Random images given to the int8 converter as calibration data. Weights are random
 # too: the kernels XNNPACK / TFLite pick, and so the instructions, depend on shapes
 # and types, not on values.
@@ -56,23 +59,23 @@ def cache_root() -> Path:
 
 def key_hash(obj: Any) -> str:
     """A short hash of a JSON-serialisable cache key (part of a cache file name)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+    return json_hash(obj, 20)
 
 
 # Source files that shape a reference model's .tflite: a change to any of them makes
 # cached models and runs stale.
-_MODEL_SOURCES = ("models", "pipeline/export/convert.py", "pipeline/export/variants.py")
+_MODEL_SOURCES = ("models", "pipeline/export/convert.py", "pipeline/variants.py")
 _REPO = Path(__file__).resolve().parents[2]
 
 
 def sources_hash() -> str:
     """A hash of the sources that shape a reference model's .tflite (``_MODEL_SOURCES``)."""
-    h = hashlib.sha256()
+    parts = []
     for entry in _MODEL_SOURCES:
         path = _REPO / entry
         for f in sorted(path.glob("*.py")) if path.is_dir() else [path]:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+            parts.append(f.name.encode() + b"\0" + f.read_bytes())
+    return short_hash(b"".join(parts), 16)
 
 
 def _dist_version(name: str) -> str:
@@ -195,7 +198,6 @@ def _convert(spec: ModelSpec) -> bytes:
     import numpy as np
 
     from pipeline.export.convert import convert_keras
-    from pipeline.export.variants import VARIANTS
     from pipeline.native import captured_stderr
     from pipeline.train.fit import setup_tensorflow
     from pipeline.train.zoo import build_model
@@ -204,12 +206,11 @@ def _convert(spec: ModelSpec) -> bytes:
     model = build_model(spec.family, spec.alpha, spec.input_shape, spec.classes, genotype=spec.genotype_obj(),
                         first_stride=spec.first_stride)
     calibration = None
-    variant = VARIANTS.get("float32")
-    if spec.variant in ("int8", "int8-qat"):
-        variant = VARIANTS.get("int8-ptq" if spec.variant == "int8" else "int8-qat")
+    variant = VARIANTS.get(REFERENCE_VARIANTS[spec.variant])
+    if variant.full_integer:
         calibration = np.random.default_rng(SEED).random(
             (CALIBRATION_IMAGES, *spec.input_shape), dtype=np.float32)
-    if spec.variant == "int8-qat":
+    if variant.source == "qat":
         from pipeline.train.zoo import quantize_model
 
         model = quantize_model(model)

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from pipeline.store.atomic import gzip_size
 from pipeline.publish.model_card import MODEL_FILE, PLAIN_MODEL_FILE, model_card
@@ -40,8 +40,8 @@ from pipeline.publish.tflite_metadata import LABELS_FILE, embed_metadata
 from pipeline.store.atomic import atomic_write_bytes, sha256_bytes
 from pipeline.summary import BuildSummary, DeviceSummary, TensorIO
 from pipeline.tflite.reader import parse_tflite, read_tflite
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 BUNDLE_FORMAT = "mobile-model-bundle"
 BUNDLE_VERSION = 1
@@ -212,7 +212,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         model_bytes: the deploy variant as built (``model_without_metadata.tflite``).
         embedded: :func:`pipeline.publish.tflite_metadata.embed_metadata`'s result for it.
     """
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     variant = summary.deploy_variant
     v = summary.variants[variant]

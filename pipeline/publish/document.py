@@ -6,22 +6,11 @@ and :func:`pipeline.publish.html.render_html` turn the same blocks into
 """
 
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence, Tuple, Union
+from typing import Any, List, Sequence, Tuple
 
-Cell = Union[str, Tuple[str, str]]  # text, or (text, css class: "ok" | "bad" | "muted" | "good" | "wrap")
+from pipeline.table import Cell, Table, cell_text
 
-
-@dataclass
-class Table:
-    """A table: ``align`` has one char per column, "l" or "r"; default: first left, rest right."""
-
-    headers: List[str]
-    rows: List[List[Cell]]
-    align: str = ""
-
-    @property
-    def alignment(self) -> str:
-        return self.align or "l" + "r" * (len(self.headers) - 1)
+__all__ = ["Cell", "Doc", "Plot", "Table", "cell_text", "render_markdown"]
 
 
 @dataclass
@@ -59,21 +48,8 @@ class Doc:
         self.blocks.append(("details", (summary, t)))
 
 
-def cell_text(c: Cell) -> str:
-    """The text of a cell, without its style."""
-    return c[0] if isinstance(c, tuple) else c
-
-
-def _md_cell(c: Cell) -> str:
-    text = cell_text(c).replace("|", "\\|")
-    return f"**{text}**" if isinstance(c, tuple) and c[1] == "bad" and text else text
-
-
 def _md_table(t: Table) -> List[str]:
-    out = ["| " + " | ".join(t.headers) + " |",
-           "|" + "|".join("---:" if a == "r" else "---" for a in t.alignment) + "|"]
-    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
-    return out + [""]
+    return t.markdown() + [""]
 
 
 def render_markdown(doc: Doc) -> str:

@@ -22,9 +22,10 @@ Command line (what ``make mediapipe-env`` calls)::
 
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from pipeline.store.isolated_env import EnvSpec, IsolatedEnv, cache_root, ensure, env_main
+from pipeline.errors import Log
 
 PYTHON = (3, 11)
 # mediapipe 0.10.21 and the versions pip resolved for what it imports (pip freeze of a
@@ -53,8 +54,6 @@ SPEC = EnvSpec(name="mediapipe-env", requirements=REQUIREMENTS, python=PYTHON, s
                make_target="mediapipe-env", builder_version=2, pip_options=("--no-deps",),
                env=(("GLOG_minloglevel", "2"),))  # MediaPipe's C++ logs on every task creation
 
-Progress = Callable[[str], None]
-
 
 def _stderr(msg: str) -> None:
     print(f"mediapipe-env: {msg}", file=sys.stderr, flush=True)
@@ -80,7 +79,7 @@ def cache_dir() -> Path:
     return cache_root() / SPEC.name
 
 
-def ensure_env(progress: Optional[Progress] = _stderr, force: bool = False) -> MediaPipeEnv:
+def ensure_env(progress: Optional[Log] = _stderr, force: bool = False) -> MediaPipeEnv:
     """Returns the MediaPipe environment, building it first if this key is not cached yet.
 
     Raises:

@@ -375,7 +375,7 @@ def saved_confusion(root: Path, summary: BuildSummary) -> Confusion:
     Raises:
         DataError: a file is missing or unreadable, or the two do not match.
     """
-    from pipeline.export.evaluate import labels_path
+    from pipeline.summary import labels_path
 
     # The summary records the path as the build saw it (maybe relative to its working
     # directory); the file lives in the build's tflite/, which may have moved since.

@@ -14,9 +14,9 @@ to Markdown and to HTML (:mod:`pipeline.publish.html`); plots come from
 """
 
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, Log
 from pipeline.publish.bundle import assemble_bundle, write_bundle
 from pipeline.publish.document import Plot, render_markdown
 from pipeline.publish.html import render_html
@@ -26,8 +26,6 @@ from pipeline.publish.records import in_recipe_order, read_build_record, saved_c
 from pipeline.publish.sections import ReportInputs, build_document
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.summary import BuildSummary
-
-Log = Callable[[str], None]
 
 
 def _gather(recipe, root: Path, summary: BuildSummary) -> ReportInputs:

@@ -84,7 +84,7 @@ def _overview(doc: Doc, inputs: ReportInputs) -> None:
 
 
 def _variants(doc: Doc, s: BuildSummary) -> None:
-    from pipeline.export.variants import VARIANTS
+    from pipeline.variants import VARIANTS
 
     doc.h(2, "Variants (host)")
     base = s.variants["float32"].size_bytes if "float32" in s.variants else None

@@ -47,16 +47,17 @@ not count against the time budget.
 """
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.blockspace import (DEPTHS, EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON,
                                         STEMS, WIDTH_MULTS, Frame, StageChoice, genotype_of, sample_distinct)
 from pipeline.search.cost import candidate_cost, genotype_cost
 from pipeline.search.proxy import proxy_accuracy
-from pipeline.search.space import SEARCH_VARIANTS, Arch, Budget, space
+from pipeline.search.space import Arch, Budget, space
+from pipeline.variants import VARIANTS
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 #: A proposal is rejected by the table only when predicted this much over the latency
 #: budget (the table's worst error against full emulation is well under it,
@@ -130,7 +131,7 @@ class TableScreen:
         # The parts are PTQ int8; a QAT graph holds those ops and perhaps more (the
         # hard-sigmoid's ADD), so the table is a lower bound for int8-qat: a
         # rejection stays right, and emulation prices what passes.
-        self.applies = recipe.devices.threads == 1 and SEARCH_VARIANTS[variant] in ("int8", "int8-qat")
+        self.applies = recipe.devices.threads == 1 and VARIANTS.get(variant).full_integer
         self._overhead: Dict[int, Dict[str, Dict[str, float]]] = {}
 
     def _geometry(self, input_size: int):
@@ -253,7 +254,7 @@ class BlockPhase:
         """For int8-qat: whether the proposal's int8 PTQ graph, a lower bound of its QAT
         graph's latency, is already over budget by more than :data:`SCREEN_MARGIN`
         (then it is rejected here, and the QAT graph is never converted)."""
-        if SEARCH_VARIANTS[self.variant] != "int8-qat":
+        if VARIANTS.get(self.variant).source != "qat":
             return False
         lower = genotype_cost(self.recipe, genotype, size, self.device, "int8-ptq", self.classes, self.log)
         if not lower.get("loaded") or lower.get("latency_ms") is None:

@@ -26,12 +26,11 @@ worst error.
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
+from pipeline.errors import Log
 
-
-Log = Callable[[str], None]
 
 #: Bump when what a part entry holds, or how a part is measured, changes.
 TABLE_VERSION = 1

@@ -10,15 +10,15 @@ per architecture and core serves every search (kept in the latency cache,
 ``search/``).
 """
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.device_cost import COST_VERSION, price, run_cost
 from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
+from pipeline.errors import Log
 
-Log = Callable[[str], None]
 
 
 
@@ -34,10 +34,6 @@ def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Di
     log(f"[search] emulating {spec.label} on {profile.qemu_cpu} ({profile.runtime})")
     res, path = run_reference(spec, profile, log)
     return run_cost(res, path)
-
-
-
-
 
 
 def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, classes: int,

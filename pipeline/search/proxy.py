@@ -7,13 +7,12 @@ deploy variant's top-1 on the validation split picks the choice.
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from pipeline.recipe.schema import Recipe
 from pipeline.search.recipes import chosen_recipe, proxy_recipe
 from pipeline.search.space import Arch, Budget, Candidate
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 
 def _indent(log: Log) -> Log:

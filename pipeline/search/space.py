@@ -7,12 +7,14 @@ from typing import Any, Dict, List, Optional
 
 from pipeline.errors import ConfigError
 from pipeline.recipe.schema import Recipe
+from pipeline.variants import reference_name
 
-# Variants the cost tier can stand for: the numeric format of the reference model
-# it converts. The QAT reference is the untrained model wrapped for QAT: its graph
-# can differ from the PTQ one (a squeeze-excite's hard-sigmoid keeps its ADD, which
-# post-training quantization folds into the conv), so each is priced as converted.
-SEARCH_VARIANTS = {"int8-qat": "int8-qat", "int8-ptq": "int8", "float32": "float32"}
+# Variants the cost tier can stand for -> the reference model it converts
+# (:func:`pipeline.variants.reference_name`). The QAT reference is the untrained model
+# wrapped for QAT: its graph can differ from the PTQ one (a squeeze-excite's
+# hard-sigmoid keeps its ADD, which post-training quantization folds into the conv),
+# so each is priced as converted.
+SEARCH_VARIANTS = {v: reference_name(v) for v in ("int8-qat", "int8-ptq", "float32")}
 
 # How each budget is named in messages.
 _BUDGET_NAMES = {"latency_ms": "latency budget (ms)", "memory_mb": "memory budget (MiB)",

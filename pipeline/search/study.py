@@ -25,15 +25,13 @@ Layout of a search directory (default ``build/search/<recipe>-<device>/``)::
 """
 
 import dataclasses
-import hashlib
-import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from pipeline.errors import BudgetExceededError
+from pipeline.errors import BudgetExceededError, Log
 from pipeline.latency.reference import noop
 from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
@@ -42,10 +40,9 @@ from pipeline.search.blockstudy import BlockPhase, reference_rows
 from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
-from pipeline.store.atomic import atomic_write_text
+from pipeline.store.atomic import atomic_write_text, json_hash
 from pipeline.store.lock import build_lock
 
-Log = Callable[[str], None]
 
 # Trials of distinct random candidates before TPE models the results (Optuna's default).
 TPE_STARTUP = 10
@@ -61,9 +58,8 @@ def study_key(recipe: Recipe, device: str, variant: str, budget: Budget) -> str:
     """A hash of what the stored trials depend on (not ``trials`` nor ``finalists``)."""
     d = recipe.to_dict()
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists", "time_budget_s")}
-    text = json.dumps({"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
-                       "cost_version": COST_VERSION}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return json_hash({"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
+                      "cost_version": COST_VERSION}, 12)
 
 
 @dataclass

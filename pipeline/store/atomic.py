@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Union
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -78,7 +78,22 @@ def _json_default(o: Any) -> Any:
 
 
 
+def short_hash(data: Union[str, bytes], length: int) -> str:
+    """The first ``length`` hex digits of the sha256 of ``data`` (text is hashed as UTF-8).
+
+    Every cache key and short name of the package comes from here; each caller keeps
+    the length its keys were first written with, so existing caches stay valid.
+    """
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
+
+
+def json_hash(obj: Any, length: int, compact: bool = False) -> str:
+    """:func:`short_hash` of ``obj`` as JSON with sorted keys (``str()`` of what JSON cannot
+    hold); ``compact``: without spaces after separators."""
+    separators = (",", ":") if compact else None
+    return short_hash(json.dumps(obj, sort_keys=True, separators=separators, default=str), length)
+
+
 def config_hash(obj: Any) -> str:
-    """sha256 (first 16 hex) of canonical JSON of ``obj``."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """sha256 (first 16 hex) of canonical (compact) JSON of ``obj``."""
+    return json_hash(obj, 16, compact=True)

@@ -16,7 +16,6 @@ The environment is used by running a script with its own Python as a subprocess.
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -27,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from pipeline.errors import DeviceUnavailableError
-
-Progress = Callable[[str], None]
+from pipeline.errors import DeviceUnavailableError, Log
+from pipeline.store.atomic import json_hash
 
 
 def _quiet(msg: str) -> None:
@@ -80,7 +78,7 @@ class EnvSpec:
                 "platform": sys.platform}
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.key_inputs(), sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(self.key_inputs(), 16)
 
     def cache_dir(self) -> Path:
         return cache_root() / self.name
@@ -148,7 +146,7 @@ def _run(cmd: List[str], spec: EnvSpec, what: str, timeout: float = 1200) -> Non
         raise DeviceUnavailableError(f"building the {spec.name} environment: {what} failed: {tail}")
 
 
-def _build(spec: EnvSpec, final: Path, progress: Progress) -> None:
+def _build(spec: EnvSpec, final: Path, progress: Log) -> None:
     t0 = time.monotonic()
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -173,7 +171,7 @@ def _build(spec: EnvSpec, final: Path, progress: Progress) -> None:
     progress(f"built {final} in {time.monotonic() - t0:.0f} s")
 
 
-def ensure(spec: EnvSpec, progress: Optional[Progress] = None, force: bool = False) -> IsolatedEnv:
+def ensure(spec: EnvSpec, progress: Optional[Log] = None, force: bool = False) -> IsolatedEnv:
     """The environment of ``spec``, built first if its key is not cached yet.
 
     Cheap when it exists (a hash and a directory check).

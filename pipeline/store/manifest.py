@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from pipeline.errors import ModelFileError
+from pipeline.errors import Log, ModelFileError
 from pipeline.store.atomic import atomic_write_json, config_hash, sha256_file
 from pipeline.store.memory import measure_stage
 from pipeline.store.reproduce import library_versions
@@ -51,7 +51,6 @@ def verify_recorded_models(root: Path) -> int:
             raise ModelFileError(f"{p}: sha256 differs from the one recorded in {root / 'manifest.json'} "
                                  "(changed after the build); rebuild, or check it with `mobile-model inspect`")
     return len(files)
-
 
 
 @dataclass
@@ -134,7 +133,7 @@ class Manifest:
         outputs: Mapping[str, Path],
         fn: Callable[[], Dict[str, Any]],
         extra_key: Any = None,
-        log: Callable[[str], None] = print,
+        log: Log = print,
     ) -> StageResult:
         """Runs ``fn`` unless the stage is cached; records it in the manifest.
 

@@ -1,7 +1,7 @@
 """The float training stage."""
 
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, m
                                 steps_for, steps_per_epoch)
 from pipeline.train.schedule import float_plan, warmup_steps
 from pipeline.train.stream import predict
+from pipeline.errors import Log
 
 
 def build_float_model(recipe: Recipe, num_classes: int):
@@ -23,7 +24,7 @@ def build_float_model(recipe: Recipe, num_classes: int):
 
 
 def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
-                log: Callable[[str], None] = print) -> Dict:
+                log: Log = print) -> Dict:
     """Trains the recipe's model from scratch (:func:`pipeline.train.schedule.float_plan`).
 
     Writes the Keras model to ``out`` and its test-split top-1 classes to

@@ -18,7 +18,7 @@ Both save every layer trainable again, so later stages train the whole model.
 
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable
+from typing import Dict, Iterable
 
 import numpy as np
 
@@ -29,8 +29,7 @@ from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, m
 from pipeline.train.keras_io import load_keras, save_keras
 from pipeline.train.schedule import Plan
 from pipeline.train.stream import predict
-
-Log = Callable[[str], None]
+from pipeline.errors import Log
 
 _BLOCK = re.compile(r"block(\d+)_")
 

@@ -1,7 +1,10 @@
 """The TFLite variants a build can produce: a plain registry of how each is made.
 
-Each row says which Keras model a variant converts (its *source*), how the
-converter is set up, and how the result is validated on a fixed batch against Keras.
+Each row says which Keras model a variant converts (its *source*), the number format
+it computes in, how the converter is set up, and how the result is validated on a
+fixed batch against Keras. Every other spelling of a variant is derived from this
+table: :func:`published_name` (``int8_qat``, as published tables and files spell
+it) and :func:`reference_name` (what a latency reference model is converted as).
 
 Sources (:data:`SOURCES`), each made by the build only when a requested variant needs it:
 
@@ -24,21 +27,31 @@ class Variant:
 
     Attributes:
         source: which Keras model it converts: a key of :data:`SOURCES`.
+        number_format: what it stores and computes in, one of :data:`NUMBER_FORMATS`:
+            ``float16`` restricts weights to float16; ``int8`` is int8 everywhere
+            (representative data; int8 builtins only).
         optimize: apply ``Optimize.DEFAULT``.
-        float16: restrict weights to float16.
-        full_integer: int8 everywhere (representative data; int8 builtins only).
         max_abs_diff: validation tolerance on probabilities (float variants).
         min_agreement: validation floor on top-1 agreement with Keras (quantized variants).
     """
 
     name: str
     source: str
+    number_format: str
     optimize: bool = False
-    float16: bool = False
-    full_integer: bool = False
     max_abs_diff: Optional[float] = None
     min_agreement: Optional[float] = None
     description: str = ""
+
+    @property
+    def float16(self) -> bool:
+        """Whether the converter restricts weights to float16."""
+        return self.number_format == "float16"
+
+    @property
+    def full_integer(self) -> bool:
+        """Whether the model is int8 everywhere (representative data; int8 builtins only)."""
+        return self.number_format == "int8"
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class Source:
     needs: Tuple[str, ...]
     chain: Tuple[str, str]
 
+
+#: Number formats: float32; float16 weights (float32 compute); hybrid: int8 weights,
+#: float activations (dynamic range); int8: integer weights and activations.
+NUMBER_FORMATS = ("float32", "float16", "hybrid", "int8")
 
 SOURCES: Dict[str, Source] = {
     "float": Source((), ("float", "prune")),
@@ -80,26 +97,44 @@ def chain_of(source: str, pruned: bool, structure: str = "unstructured") -> str:
 
 VARIANTS: Registry[Variant] = Registry("variant")
 for _v in (
-    Variant("float32", "float", max_abs_diff=1e-4, description="float32, as trained"),
-    Variant("float16", "float", optimize=True, float16=True, max_abs_diff=2e-2,
+    Variant("float32", "float", "float32", max_abs_diff=1e-4, description="float32, as trained"),
+    Variant("float16", "float", "float16", optimize=True, max_abs_diff=2e-2,
             description="float16 weights, float compute"),
-    Variant("dynamic", "float", optimize=True, min_agreement=0.9,
+    Variant("dynamic", "float", "hybrid", optimize=True, min_agreement=0.9,
             description="dynamic-range: int8 weights, float activations"),
-    Variant("int8-ptq", "float", optimize=True, full_integer=True, min_agreement=0.8,
+    Variant("int8-ptq", "float", "int8", optimize=True, min_agreement=0.8,
             description="full integer, post-training quantization"),
-    Variant("int8-qat", "qat", optimize=True, full_integer=True, min_agreement=0.8,
+    Variant("int8-qat", "qat", "int8", optimize=True, min_agreement=0.8,
             description="full integer, from the quantization-aware-trained model "
                         "(prune-preserving QAT of the pruned model when pruning is on)"),
-    Variant("int8-cqat", "cqat", optimize=True, full_integer=True, min_agreement=0.8,
+    Variant("int8-cqat", "cqat", "int8", optimize=True, min_agreement=0.8,
             description="full integer, weight clustering then cluster-preserving QAT"),
-    Variant("int8-pcqat", "pcqat", optimize=True, full_integer=True, min_agreement=0.8,
+    Variant("int8-pcqat", "pcqat", "int8", optimize=True, min_agreement=0.8,
             description="full integer, pruning, sparsity-preserving clustering, then "
                         "sparsity- and cluster-preserving QAT"),
 ):
     if _v.source not in SOURCES:
         raise ValueError(f"variant {_v.name!r}: unknown source {_v.source!r}")
+    if _v.number_format not in NUMBER_FORMATS:
+        raise ValueError(f"variant {_v.name!r}: unknown number format {_v.number_format!r}")
     VARIANTS.register(_v.name, _v)
 
 # What a recipe builds when it does not list its variants: the clustered chains
 # need their own stages and settings, so they are asked for by name.
 DEFAULT_VARIANTS = ("float32", "float16", "dynamic", "int8-ptq", "int8-qat")
+
+
+def published_name(name: str) -> str:
+    """How published tables and the files that copy them spell variant ``name``: ``int8_qat``."""
+    return VARIANTS.get(name).name.replace("-", "_")
+
+
+def reference_name(name: str) -> str:
+    """What a latency reference model converted as variant ``name`` is called.
+
+    A conversion of the float model is named by its number format (``int8`` for
+    ``int8-ptq``); any other source by the variant's own name (``int8-qat``: the QAT
+    graph can hold ops that post-training quantization folds away).
+    """
+    v = VARIANTS.get(name)
+    return v.number_format if v.source == "float" else v.name
