@@ -18,7 +18,7 @@ unvalidated one is marked alike everywhere.
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from pipeline.errors import DataError
 from pipeline.plain import from_plain, to_plain
@@ -35,6 +35,29 @@ def labels_path(predictions: Path) -> Path:
     """Where host evaluation saves the test labels (int64 ``.npy``, in test order):
     ``test_labels.npy`` beside the predictions, the same file for every variant."""
     return Path(predictions).with_name("test_labels.npy")
+
+
+#: A fixed-length schedule whose last epoch beats every earlier one by less than this
+#: (validation top-1 points) has reached the plateau of its decaying learning rate; by
+#: more, it was still learning when it ended.
+STILL_LEARNING_POINTS = 0.5
+
+
+def still_learning(val_accuracy: Sequence[float], fixed: bool) -> bool:
+    """Whether training ended while validation top-1 was still rising (more epochs would
+    probably help): the last epoch is the best and, for a fixed-length schedule, beats
+    every earlier one by at least :data:`STILL_LEARNING_POINTS`. A schedule cut short
+    (``max_epochs`` or a time budget) on its best epoch never showed a plateau: any
+    last-epoch best counts.
+
+    Args:
+        val_accuracy: validation top-1 per epoch, as fractions (as Keras logs them).
+        fixed: the schedule ran its fixed number of epochs (``stopped == "fixed"``).
+    """
+    h = [float(v) for v in val_accuracy]
+    if len(h) < 2 or h[-1] <= max(h[:-1]):
+        return False
+    return not fixed or (h[-1] - max(h[:-1])) * 100 >= STILL_LEARNING_POINTS
 
 
 #: Bumped whenever a field is added, removed or changes meaning.

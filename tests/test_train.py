@@ -10,6 +10,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.publish.records import BuildRecord, Confusion, StageCurve, most_confused
 from pipeline.publish.sections import under_trained_warning
+from pipeline.summary import still_learning
 from pipeline.recipe.schema import AUTO, SHAPES_EPOCHS, Recipe
 from pipeline.train.schedule import Plan, finetune_epochs, float_plan, warmup_steps
 
@@ -125,15 +126,35 @@ def _curve(val, stage="train"):
                       "max_epochs", True, False)
 
 
-def test_warning_when_the_best_epoch_is_the_last():
+def test_warning_when_validation_top1_was_still_rising_at_the_end():
     record = BuildRecord(counts={}, prune=None, stages=(), versions={}, curves=(_curve([0.5, 0.6, 0.7]),))
-    assert "best validation top-1 came in its last epoch (3); it is probably still under-trained" in \
+    assert "validation top-1 was still rising in its last epoch (3); it is probably under-trained" in \
         under_trained_warning(record)
     budget = dataclasses.replace(_curve([0.5, 0.6, 0.7]), stopped="time_budget")
     assert "(3), where `train.time_budget_s` stopped training" in under_trained_warning(
         dataclasses.replace(record, curves=(budget,)))
     record = dataclasses.replace(record, curves=(_curve([0.5, 0.8, 0.7]), _curve([0.1, 0.2], "prune")))
     assert under_trained_warning(record) is None
+    # A fixed schedule: the plateau of its decaying learning rate is not under-training;
+    # a last epoch that still gains half a point or more is.
+    plateau = dataclasses.replace(_curve([0.5, 0.962, 0.964]), stopped="fixed")
+    assert under_trained_warning(dataclasses.replace(record, curves=(plateau,))) is None
+    rising = dataclasses.replace(_curve([0.5, 0.892, 0.9]), stopped="fixed")
+    assert "still rising in its last epoch (3)" in under_trained_warning(dataclasses.replace(record, curves=(rising,)))
+    # Early stopping cut short by max_epochs on its best epoch: any gain counts.
+    assert "still rising" in under_trained_warning(dataclasses.replace(record, curves=(_curve([0.5, 0.962, 0.964]),)))
+
+
+@pytest.mark.parametrize("history, fixed, expected", [
+    ([0.9], False, False),                    # one epoch tells nothing
+    ([0.5, 0.9, 0.9], False, False),          # a tie is not a rise
+    ([0.5, 0.9, 0.904], True, False),         # 0.4 points: the plateau
+    ([0.5, 0.9, 0.905], True, True),          # 0.5 points: still learning
+    ([0.5, 0.9, 0.901], False, True),         # cut short by max_epochs or the time budget
+    ([0.5, 0.95, 0.9], True, False),          # the best was earlier
+])
+def test_still_learning(history, fixed, expected):
+    assert still_learning(history, fixed) is expected
 
 
 def test_most_confused_pairs():

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.summary import BuildSummary
+from pipeline.summary import BuildSummary, still_learning
 
 DEPTHWISE_NOTE = "DepthwiseConv2D kernels are never pruned (tfmot has no prunable weights for them)"
 
@@ -150,9 +150,9 @@ class StageCurve:
         return len(self.loss)
 
     @property
-    def best_is_last(self) -> bool:
-        """The best validation top-1 came in the last epoch: more epochs would probably help."""
-        return self.epochs > 0 and self.best_epoch == self.epochs
+    def still_learning(self) -> bool:
+        """Validation top-1 was still rising when training ended (:func:`pipeline.summary.still_learning`)."""
+        return still_learning(self.val_accuracy, fixed=self.stopped == "fixed")
 
 
 @dataclass(frozen=True)

@@ -107,16 +107,16 @@ STOPPED = {"fixed": "fixed length", "patience": "no improvement (patience)", "ma
 
 
 def under_trained_warning(record: BuildRecord) -> Optional[str]:
-    """The warning line when float training's best validation epoch was its last, or None."""
+    """The warning line when float training ended while validation top-1 was still rising, or None."""
     curve = next((c for c in record.curves if c.stage == "train"), None)
-    if curve is None or not curve.best_is_last:
+    if curve is None or not curve.still_learning:
         return None
     if curve.stopped == "time_budget":
-        return (f"**Warning: the float model's best validation top-1 came in its last epoch ({curve.epochs}), "
-                "where `train.time_budget_s` stopped training; it is probably still under-trained.** A larger "
+        return (f"**Warning: the float model's validation top-1 was still rising in its last epoch ({curve.epochs}), "
+                "where `train.time_budget_s` stopped training; it is probably under-trained.** A larger "
                 "`train.time_budget_s` (or none) trains longer.")
-    return (f"**Warning: the float model's best validation top-1 came in its last epoch ({curve.epochs}); it is "
-            "probably still under-trained.** Train longer: `train.epochs: auto` with a larger `train.max_epochs` "
+    return (f"**Warning: the float model's validation top-1 was still rising in its last epoch ({curve.epochs}); "
+            "it is probably under-trained.** Train longer: `train.epochs: auto` with a larger `train.max_epochs` "
             "(or `train.time_budget_s`), or a larger fixed `train.epochs`.")
 
 

@@ -13,6 +13,7 @@ from pipeline.train.fit import (class_weights, compile_model, fit, keras_top1, m
 from pipeline.train.schedule import float_plan, warmup_steps
 from pipeline.train.stream import predict
 from pipeline.errors import Log
+from pipeline.summary import still_learning
 
 
 def build_float_model(recipe: Recipe, num_classes: int):
@@ -57,11 +58,11 @@ def train_float(recipe: Recipe, splits, out: Path, preds_out: Path,
     run = fit(model, splits, plan=plan, batch_size=t.batch_size, label="train", seed=recipe.seed,
               augment=t.augment, class_weight=weights, one_hot=bool(t.label_smoothing), lr_schedule=lr_schedule,
               log=log)
-    if run["epochs"] > 1 and run["best_epoch"] == run["epochs"]:
+    if still_learning(run["history"]["val_accuracy"], fixed=run["stopped"] == "fixed"):
         remedy = ("raise train.time_budget_s" if run["stopped"] == "time_budget"
                   else "raise train.max_epochs or train.epochs")
-        log(f"[train] warning: the best validation top-1 came in the last epoch ({run['epochs']}): "
-            f"the model is probably still under-trained ({remedy})")
+        log(f"[train] warning: validation top-1 was still rising in the last epoch ({run['epochs']}): "
+            f"the model is probably under-trained ({remedy})")
     probs = predict(model, splits.x_test)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
