@@ -2,13 +2,15 @@
 
 Reads what the pipeline needs from a ``.tflite`` file without handing it to a
 runtime first: operator codes with versions, tensors with dtypes, shapes and
-quantization, operators, and constant buffers. Every offset is checked against
-the file size, so a truncated or hostile file raises :class:`ModelFileError`
-instead of crashing or reading out of bounds.
-
-Field numbers follow the public TFLite schema (tensorflow/lite/schema/schema.fbs).
+quantization, operators, and constant buffers. The file is read through the
+generated TFLite schema (``ai_edge_litert.schema_py_generated``), whose enums
+give the op and tensor type names; since the generated reader trusts every
+offset, :func:`pipeline.tflite.verify.check_model` first checks that all it will
+read lies inside the file, so a truncated or hostile file raises
+:class:`ModelFileError` instead of crashing or reading out of bounds.
 """
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,25 +19,28 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from pipeline.errors import ModelFileError
+from pipeline.tflite.verify import check_model, schema
 
-# TensorType enum of the schema -> (name, numpy dtype or None)
-TENSOR_TYPES = {
-    0: ("float32", np.float32), 1: ("float16", np.float16), 2: ("int32", np.int32),
-    3: ("uint8", np.uint8), 4: ("int64", np.int64), 5: ("string", None), 6: ("bool", np.bool_),
-    7: ("int16", np.int16), 8: ("complex64", np.complex64), 9: ("int8", np.int8),
-    10: ("float64", np.float64), 11: ("complex128", np.complex128), 12: ("uint64", np.uint64),
-    13: ("resource", None), 14: ("variant", None), 15: ("uint32", np.uint32), 16: ("uint16", np.uint16),
-    17: ("int4", None),
-}
 FLOAT_TYPES = ("float32", "float16", "float64")
-MAX_ELEMENTS = 1 << 28  # no real model has a vector this long; guards against absurd lengths
+# Tensor types (lower-case TensorType names) whose constants numpy holds as they are
+# stored; the others (string, int4, bfloat16, float8, resource, ...) have no constant array.
+NUMPY_DTYPES = {name: np.dtype(name) for name in (
+    "float32", "float16", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "uint64", "bool", "complex64", "complex128")}
 
 
+def _enum_names(enum) -> Dict[int, str]:
+    return {v: k for k, v in vars(enum).items() if not k.startswith("_") and isinstance(v, int)}
+
+
+@functools.lru_cache(maxsize=None)
 def _builtin_names() -> Dict[int, str]:
-    from ai_edge_litert import schema_py_generated as schema
+    return _enum_names(schema().BuiltinOperator)
 
-    ops = schema.BuiltinOperator
-    return {v: k for k, v in vars(ops).items() if not k.startswith("_") and isinstance(v, int)}
+
+@functools.lru_cache(maxsize=None)
+def _type_names() -> Dict[int, str]:
+    return {code: name.lower() for code, name in _enum_names(schema().TensorType).items()}
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,20 @@ class Operator:
     outputs: Tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class OpCode:
+    """An entry of the model's operator code table."""
+
+    builtin: str  # BuiltinOperator name ("CONV_2D", "CUSTOM"), or BUILTIN_<n> for a code unknown to the schema
+    version: int
+    custom_code: Optional[str] = None  # the custom op's name (CUSTOM only; "" when the file gives none)
+
+    @property
+    def name(self) -> str:
+        """The name operators carry: the builtin name, or ``CUSTOM:<custom code>``."""
+        return f"CUSTOM:{self.custom_code or ''}" if self.builtin == "CUSTOM" else self.builtin
+
+
 @dataclass
 class TFLiteModel:
     """The parts of a TFLite model the pipeline reads."""
@@ -75,12 +94,13 @@ class TFLiteModel:
     outputs: Tuple[int, ...]
     buffers: List[bytes] = field(repr=False)
     num_subgraphs: int = 1
+    op_codes: List[OpCode] = field(default_factory=list)  # the operator code table in full; opcodes: (name, version)
 
     def constant(self, tensor_index: int) -> Optional[np.ndarray]:
         """The constant data of a tensor as a numpy array, or None if it has none."""
         t = self.tensors[tensor_index]
         data = self.buffers[t.buffer] if 0 < t.buffer < len(self.buffers) else b""
-        np_dtype = TENSOR_TYPES.get(_type_code(t.dtype), (None, None))[1]
+        np_dtype = NUMPY_DTYPES.get(t.dtype)
         if not data or np_dtype is None:
             return None
         if any(d < 0 for d in t.shape):
@@ -102,172 +122,88 @@ class TFLiteModel:
         return None
 
 
-def _type_code(name: str) -> int:
-    for code, (n, _) in TENSOR_TYPES.items():
-        if n == name:
-            return code
-    return -1
-
-
-class _Reader:
-    def __init__(self, buf: bytes):
-        self.buf = buf
-        self.n = len(buf)
-
-    def _need(self, pos: int, size: int, what: str) -> None:
-        if pos < 0 or pos + size > self.n:
-            raise ModelFileError(f"truncated or corrupt model: {what} at byte {pos} lies outside the "
-                                 f"{self.n}-byte file")
-
-    def _unpack(self, fmt: str, pos: int, what: str):
-        self._need(pos, struct.calcsize(fmt), what)
-        return struct.unpack_from(fmt, self.buf, pos)[0]
-
-    def u8(self, pos):
-        return self._unpack("<B", pos, "byte")
-
-    def u16(self, pos):
-        return self._unpack("<H", pos, "u16")
-
-    def i32(self, pos):
-        return self._unpack("<i", pos, "i32")
-
-    def u32(self, pos):
-        return self._unpack("<I", pos, "u32")
-
-    def table(self, pos: int) -> "_Table":
-        vt = pos - self.i32(pos)
-        vt_size = self.u16(vt)
-        if vt_size < 4 or vt_size % 2:
-            raise ModelFileError(f"corrupt model: bad vtable size {vt_size} at byte {vt}")
-        self._need(vt, vt_size, "vtable")
-        return _Table(self, pos, vt, vt_size)
-
-    def vector(self, pos: int, elem_size: int) -> Tuple[int, int]:
-        length = self.u32(pos)
-        if length > MAX_ELEMENTS:
-            raise ModelFileError(f"corrupt model: vector of {length} elements at byte {pos}")
-        self._need(pos + 4, length * elem_size, "vector")
-        return pos + 4, length
-
-
-class _Table:
-    def __init__(self, r: _Reader, pos: int, vt: int, vt_size: int):
-        self.r, self.pos, self.vt, self.vt_size = r, pos, vt, vt_size
-
-    def _field(self, i: int) -> int:
-        off_pos = 4 + 2 * i
-        if off_pos >= self.vt_size:
-            return 0
-        off = self.r.u16(self.vt + off_pos)
-        return self.pos + off if off else 0
-
-    def scalar(self, i: int, fmt: str, default=0):
-        p = self._field(i)
-        if not p:
-            return default
-        size = struct.calcsize(fmt)
-        self.r._need(p, size, "field")
-        return struct.unpack_from("<" + fmt, self.r.buf, p)[0]
-
-    def _ref(self, i: int) -> int:
-        p = self._field(i)
-        return p + self.r.u32(p) if p else 0
-
-    def table(self, i: int) -> Optional["_Table"]:
-        p = self._ref(i)
-        return self.r.table(p) if p else None
-
-    def tables(self, i: int) -> List["_Table"]:
-        p = self._ref(i)
-        if not p:
-            return []
-        start, n = self.r.vector(p, 4)
-        return [self.r.table(start + 4 * k + self.r.u32(start + 4 * k)) for k in range(n)]
-
-    def scalars(self, i: int, fmt: str) -> Tuple:
-        p = self._ref(i)
-        if not p:
-            return ()
-        size = struct.calcsize(fmt)
-        start, n = self.r.vector(p, size)
-        return struct.unpack_from(f"<{n}{fmt}", self.r.buf, start)
-
-    def bytes_(self, i: int) -> bytes:
-        p = self._ref(i)
-        if not p:
-            return b""
-        start, n = self.r.vector(p, 1)
-        return bytes(self.r.buf[start:start + n])
-
-    def string(self, i: int) -> str:
-        return self.bytes_(i).decode("utf-8", errors="replace")
-
-
 def parse_tflite(data: bytes, source: str = "model") -> TFLiteModel:
     """Parses TFLite flatbuffer bytes.
 
     Raises:
-        ModelFileError: not a TFLite file (identifier), or any structure lies outside the file.
+        ModelFileError: not a TFLite file (identifier), any structure lies outside the
+            file, or an index (buffer, opcode, tensor) points past its table.
     """
     if len(data) < 8:
         raise ModelFileError(f"{source}: not a TFLite model ({len(data)} bytes; too short for a flatbuffer)")
     if data[4:8] != b"TFL3":
         raise ModelFileError(f"{source}: not a TFLite model (file identifier {data[4:8]!r}, expected b'TFL3')")
+    data = bytes(data)
     try:
-        return _parse(_Reader(data), source)
+        check_model(data)
+        return _parse(data)
     except ModelFileError as exc:
         raise ModelFileError(f"{source}: {exc}") from None
     except (struct.error, UnicodeDecodeError, ValueError, IndexError) as exc:
         raise ModelFileError(f"{source}: corrupt TFLite model ({exc})") from None
 
 
-def _parse(r: _Reader, source: str) -> TFLiteModel:
-    names = _builtin_names()
-    model = r.table(r.u32(0))
-    opcodes = []
-    for oc in model.tables(1):
-        code = max(oc.scalar(0, "b", 0), oc.scalar(3, "i", 0))
-        name = "CUSTOM:" + oc.string(1) if code == 32 else names.get(code, f"BUILTIN_{code}")
-        opcodes.append((name, oc.scalar(2, "i", 1)))
-    buffers = []
-    for b in model.tables(4):
-        data = b.bytes_(0)
-        offset, size = b.scalar(1, "Q", 0), b.scalar(2, "Q", 0)
-        if not data and offset > 1:
-            r._need(offset, size, "external buffer")
-            data = bytes(r.buf[offset:offset + size])
-        buffers.append(data)
-    subgraphs = model.tables(2)
-    if not subgraphs:
+def _text(raw: Optional[bytes]) -> str:
+    return (raw or b"").decode("utf-8", errors="replace")
+
+
+def _ints(array) -> Tuple:
+    """A generated ``...AsNumpy()`` vector as a tuple of Python numbers (the generated code gives 0 when absent)."""
+    return () if isinstance(array, int) else tuple(array.tolist())
+
+
+def _op_code(oc) -> OpCode:
+    code = max(oc.DeprecatedBuiltinCode(), oc.BuiltinCode())
+    custom = _text(oc.CustomCode()) if code == schema().BuiltinOperator.CUSTOM else None
+    return OpCode(_builtin_names().get(code, f"BUILTIN_{code}"), oc.Version(), custom)
+
+
+def _buffer(b, data: bytes) -> bytes:
+    inline = b.DataAsNumpy()
+    if not isinstance(inline, int) and inline.size:
+        return inline.tobytes()
+    offset, size = b.Offset(), b.Size()
+    return data[offset:offset + size] if offset > 1 else b""  # check_model checked the range
+
+
+def _tensor(i: int, t, n_buffers: int) -> Tensor:
+    q = t.Quantization()
+    quant = Quantization(_ints(q.ScaleAsNumpy()), _ints(q.ZeroPointAsNumpy()),
+                         q.QuantizedDimension()) if q is not None else Quantization()
+    type_code, buf_idx = t.Type(), t.Buffer()
+    if buf_idx >= max(n_buffers, 1):
+        raise ModelFileError(f"tensor {i} refers to buffer {buf_idx} of {n_buffers}")
+    return Tensor(i, _text(t.Name()), _ints(t.ShapeAsNumpy()),
+                  _type_names().get(type_code, f"type{type_code}"), buf_idx, quant)
+
+
+def _operator(o, op_codes: List[OpCode], n_tensors: int) -> Operator:
+    idx = o.OpcodeIndex()
+    if idx >= len(op_codes):
+        raise ModelFileError(f"operator refers to opcode {idx} of {len(op_codes)}")
+    ins, outs = _ints(o.InputsAsNumpy()), _ints(o.OutputsAsNumpy())
+    for t_idx in ins + outs:
+        if t_idx >= n_tensors or t_idx < -1:
+            raise ModelFileError(f"operator {op_codes[idx].name} refers to tensor {t_idx} of {n_tensors}")
+    return Operator(op_codes[idx].name, op_codes[idx].version, ins, outs)
+
+
+def _parse(data: bytes) -> TFLiteModel:
+    """Reads a model that :func:`check_model` has checked."""
+    model = schema().Model.GetRootAs(data, 0)
+    op_codes = [_op_code(model.OperatorCodes(k)) for k in range(model.OperatorCodesLength())]
+    buffers = [_buffer(model.Buffers(k), data) for k in range(model.BuffersLength())]
+    if not model.SubgraphsLength():
         raise ModelFileError("model has no subgraph")
-    sg = subgraphs[0]
-    tensors = []
-    for i, t in enumerate(sg.tables(0)):
-        q = t.table(4)
-        quant = Quantization(tuple(q.scalars(2, "f")), tuple(q.scalars(3, "q")), q.scalar(6, "i", 0)) \
-            if q else Quantization()
-        type_code = t.scalar(1, "b", 0)
-        buf_idx = t.scalar(2, "I", 0)
-        if buf_idx >= max(len(buffers), 1):
-            raise ModelFileError(f"tensor {i} refers to buffer {buf_idx} of {len(buffers)}")
-        tensors.append(Tensor(i, t.string(3), tuple(t.scalars(0, "i")),
-                              TENSOR_TYPES.get(type_code, (f"type{type_code}", None))[0], buf_idx, quant))
-    operators = []
-    for o in sg.tables(3):
-        idx = o.scalar(0, "I", 0)
-        if idx >= len(opcodes):
-            raise ModelFileError(f"operator refers to opcode {idx} of {len(opcodes)}")
-        ins, outs = tuple(o.scalars(1, "i")), tuple(o.scalars(2, "i"))
-        for t_idx in ins + outs:
-            if t_idx >= len(tensors) or t_idx < -1:
-                raise ModelFileError(f"operator {opcodes[idx][0]} refers to tensor {t_idx} of {len(tensors)}")
-        operators.append(Operator(opcodes[idx][0], opcodes[idx][1], ins, outs))
-    inputs, outputs = tuple(sg.scalars(1, "i")), tuple(sg.scalars(2, "i"))
+    sg = model.Subgraphs(0)
+    tensors = [_tensor(k, sg.Tensors(k), len(buffers)) for k in range(sg.TensorsLength())]
+    operators = [_operator(sg.Operators(k), op_codes, len(tensors)) for k in range(sg.OperatorsLength())]
+    inputs, outputs = _ints(sg.InputsAsNumpy()), _ints(sg.OutputsAsNumpy())
     for t_idx in inputs + outputs:
         if not 0 <= t_idx < len(tensors):
             raise ModelFileError(f"graph input/output refers to tensor {t_idx} of {len(tensors)}")
-    return TFLiteModel(r.n, opcodes, tensors, operators, inputs, outputs, buffers, len(subgraphs))
+    return TFLiteModel(len(data), [(c.name, c.version) for c in op_codes], tensors, operators, inputs, outputs,
+                       buffers, model.SubgraphsLength(), op_codes)
 
 
 def read_tflite(path: "str | Path") -> TFLiteModel:
