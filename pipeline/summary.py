@@ -136,7 +136,10 @@ class VariantSummary(Record):
     (``.npy``, int64), in test order, for confusion matrices and per-class figures.
     ``val_top1`` is the top-1 on the validation split, for choices that must not
     look at the test split (the search's finalists); None in summaries written
-    before it was measured.
+    before it was measured. ``source_top1`` is the test top-1 of the Keras model the
+    variant was converted from (the trained or compressed float model; the QAT,
+    CQAT or PCQAT model), so that conversion is judged against its own input; None
+    where that stage recorded none, or in older summaries.
     """
 
     top1: float
@@ -157,6 +160,7 @@ class VariantSummary(Record):
     chain: str
     predictions: str
     val_top1: Optional[float] = None
+    source_top1: Optional[float] = None
 
     @property
     def integer_output(self) -> bool:
