@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError
-from pipeline.devices.parse import CLASSES
+from pipeline.devices.insn_counts import CLASSES
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_json
 
 Log = Callable[[str], None]
