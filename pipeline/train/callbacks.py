@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from pipeline.native import tf_environment
+from pipeline.train.fit import progress_line
 from pipeline.train.schedule import Plan, epochs_that_fit
 
 tf_environment()  # before TensorFlow's first import
@@ -124,10 +125,3 @@ class EpochRecord(keras.callbacks.Callback):
         if self.budget is not None and self.budget.moved:
             note += f"  (budget: learning rate ends at epoch {self.budget.end})"
         self.log(progress_line(self.label, epoch, self.plan.epochs, logs, seconds, note))
-
-
-def progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], seconds: float,
-                  note: str = "") -> str:
-    """``[label] epoch i/cap  loss ...  accuracy ...  val_loss ...  val_accuracy ...  (s)note``."""
-    parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs]
-    return f"[{label}] epoch {epoch + 1}/{cap}  {'  '.join(parts)}  ({seconds:.1f} s){note}"

@@ -88,6 +88,13 @@ def _new_strategy(cfg: TrainConfig):
     raise ConfigError(f"recipe.train.strategy: unknown strategy {cfg.strategy!r}")
 
 
+def progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], seconds: float,
+                  note: str = "") -> str:
+    """``[label] epoch i/cap  loss ...  accuracy ...  val_loss ...  val_accuracy ...  (s)note``."""
+    parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs]
+    return f"[{label}] epoch {epoch + 1}/{cap}  {'  '.join(parts)}  ({seconds:.1f} s){note}"
+
+
 def compile_model(model, learning_rate: float, steps: int, warmup: int = 0,
                   label_smoothing: float = 0.0) -> None:
     """Adam along :func:`pipeline.train.schedule.warmup_cosine` over ``steps``;
