@@ -41,7 +41,7 @@ class PatienceStopping(keras.callbacks.EarlyStopping):
 
     @property
     def stopped(self) -> bool:
-        """Whether the patience ran out (Keras never stops after the first epoch)."""
+        """Whether the patience ran out (Keras never stops at the first epoch, 0)."""
         return self.stopped_epoch > 0
 
 

@@ -179,7 +179,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
             break
     ours.on_train_end()  # restores the best epoch's weights under plan.auto
     epochs = len(record.history["loss"])
-    restored = plan.auto and record.best_epoch != epochs
+    restored = plan.auto and 0 < record.best_epoch < epochs
     if restored:
         log(f"[{label}] restored the weights of epoch {record.best_epoch} (val top-1 {record.best * 100:.2f}%)")
     stopped = ("patience" if patience is not None and patience.stopped
