@@ -87,7 +87,7 @@ def _timed_run(spec: ModelSpec, profile, profile_from: int) -> float:
 
 def profile_overhead(log: Log = noop, device: str = "pixel4") -> List[str]:
     """Markdown lines: a device run's wall time with and without the block profile."""
-    from pipeline.devices.parse import FIRST_INFERENCE_REGION
+    from pipeline.devices.insn_counts import FIRST_INFERENCE_REGION
 
     profile = get_device(device)
     spec = OVERHEAD_SPEC

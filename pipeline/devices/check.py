@@ -17,9 +17,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from pipeline.devices.host_twin import needs_twin, twin_outputs, twin_reference
-from pipeline.devices.parse import (BlockProfile, HotProfile, InsnCounts, block_profile,
-                                    inference_counts, parse_guest_result, parse_insn_counts,
-                                    rejoin)
+from pipeline.devices.blocks import BlockProfile, HotProfile, block_profile, rejoin
+from pipeline.devices.guest_result import parse_guest_result
+from pipeline.devices.insn_counts import InsnCounts, inference_counts, parse_insn_counts
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.devices.runner import DeviceRun, run_on_device
 from pipeline.devices.runtime import ArmRuntime
@@ -89,9 +89,9 @@ class DeviceResult:
     (~100-350x slower than the device, and noisy): not latency.
 
     ``blocks`` is the block profile of the measured inferences, straight-line
-    blocks re-joined (:func:`pipeline.devices.parse.rejoin`); None unless the run
+    blocks re-joined (:func:`pipeline.devices.blocks.rejoin`); None unless the run
     loaded the model on one thread. :meth:`to_dict` stores only its hot part
-    (``block_profile``, see :class:`pipeline.devices.parse.HotProfile`).
+    (``block_profile``, see :class:`pipeline.devices.blocks.HotProfile`).
     """
 
     device: str

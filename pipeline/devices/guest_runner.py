@@ -2,7 +2,7 @@
 
 Stand-alone on purpose: the guest has only the standard library, numpy and one
 TFLite runtime on its path, never the ``pipeline`` package. The host side is
-``runner.py``; ``parse.py`` reads what this writes.
+``runner.py``; ``guest_result.py`` reads what this writes.
 
     python3 guest_runner.py --runtime litert --model M.tflite --inputs x.npy \
         --outputs y.npy --result result.json --threads 1

@@ -1,7 +1,8 @@
 """Host side of a device run: drive qemu-aarch64 over guest_runner.py, collect files.
 
 Running is kept apart from reading: :func:`run_on_device` returns the raw files of
-one emulated process (:class:`DeviceRun`); ``parse.py`` turns them into results.
+one emulated process (:class:`DeviceRun`); the parsers (``insn_counts.py``,
+``guest_result.py``) turn them into results.
 """
 
 import os
@@ -16,7 +17,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from pipeline.devices.parse import FIRST_INFERENCE_REGION
+from pipeline.devices.insn_counts import FIRST_INFERENCE_REGION
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.devices.runtime import ArmRuntime, ensure_runtime
 from pipeline.errors import ConfigError, DeviceUnavailableError, ModelFileError

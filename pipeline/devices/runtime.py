@@ -357,7 +357,7 @@ print(numpy.__version__)
 
 def _smoke_test(runtime: ArmRuntime) -> Dict[str, str]:
     """Imports each runtime in the guest under the plugin; returns numpy versions."""
-    from pipeline.devices.parse import parse_insn_counts
+    from pipeline.devices.insn_counts import parse_insn_counts
 
     versions = {}
     with tempfile.TemporaryDirectory(prefix="mm-arm-smoke-") as tmp:

@@ -11,7 +11,7 @@ next to the pipeline model; nothing estimates with it.
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from pipeline.devices.parse import CLASSES
+from pipeline.devices.insn_counts import CLASSES
 from pipeline.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ at the hot blocks' mean IPC.
 
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from pipeline.devices.parse import HotProfile
+from pipeline.devices.blocks import HotProfile
 from pipeline.devices.targets import CORES
 from pipeline.errors import ConfigError
 from pipeline.latency.model import CoreCycles

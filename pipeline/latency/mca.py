@@ -1,8 +1,9 @@
 """Prices A64 basic blocks with LLVM's pipeline models (llvm-mc and llvm-mca of LLVM 19).
 
 A block is the list of 32-bit instruction words the qemu plugin recorded for one
-translated block. :func:`disassemble_blocks` decodes the words of many blocks in one
-``llvm-mc`` process; :func:`price_blocks` times each block in one ``llvm-mca`` process
+translated block. :func:`pipeline.latency.llvm_mc.disassemble_blocks` decodes the
+words of many blocks in one ``llvm-mc`` process; :func:`price_blocks` times each
+block in one ``llvm-mca`` process
 (a code region per block) as the steady-state cycles of one execution of the block,
 and keeps each block's result on disk::
 
@@ -17,11 +18,9 @@ a BL/BLR is priced as a plain branch here and counted in :attr:`BlockTiming.call
 so that the caller prices the call itself apart.
 """
 
-import bisect
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -29,11 +28,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline.errors import ConfigError, DeviceOutputError, DeviceUnavailableError
+from pipeline.latency.llvm_mc import (LLVM_MAJOR, SOURCE_LINE, TRIPLE, block_name, check_blocks, disassemble_timed,
+                                      find_tool, mattr_args, mattr_text, tool_version)
+# Importable from here as before the disassembler had its own module.
+from pipeline.latency.llvm_mc import disassemble, disassemble_blocks  # noqa: F401
 from pipeline.latency.reference import cache_root, key_hash
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
 
-LLVM_MAJOR = 19
-DEBIAN_PACKAGE = f"llvm-{LLVM_MAJOR}"
 # Bump when what a cache entry holds, or how it is computed, changes.
 CACHE_VERSION = 2
 # llvm-mca runs each block this many times back to back; cycles per iteration are
@@ -60,10 +61,6 @@ _EXPECTED_NOTICES = (
     "warning: found a return instruction in the input assembly sequence.",
     "note: program counter updates are ignored.",
 )
-_TRIPLE = "aarch64"
-_WORD_MAX = 0xFFFF_FFFF
-_ENCODING = re.compile(r"//\s*encoding:\s*\[([^\]]*)\]")
-_SOURCE_LINE = re.compile(r"<stdin>:(\d+):\d+:")
 _MCA_INSTRUCTION = re.compile(r"note: instruction:\s*(.*)")
 
 
@@ -144,38 +141,6 @@ class McaResult:
     stats: McaStats
 
 
-def find_tool(name: str, search_path: Optional[str] = None) -> str:
-    """The path of LLVM 19's ``name`` ("llvm-mca", "llvm-mc").
-
-    ``name-19`` is preferred; a plain ``name`` is accepted only if its ``--version``
-    says LLVM 19 (another version has other scheduling models).
-
-    Args:
-        name: the unversioned tool name.
-        search_path: a PATH to search instead of the environment's.
-
-    Raises:
-        DeviceUnavailableError: no LLVM 19 build of the tool is found; the message
-            names the Debian package and ``make system-deps``.
-    """
-    versioned = shutil.which(f"{name}-{LLVM_MAJOR}", path=search_path)
-    if versioned:
-        return versioned
-    plain = shutil.which(name, path=search_path)
-    if plain and f"LLVM version {LLVM_MAJOR}." in _run_version(plain):
-        return plain
-    found = f" (the {name} on PATH is not LLVM {LLVM_MAJOR})" if plain else ""
-    raise DeviceUnavailableError(
-        f"{name}-{LLVM_MAJOR} not found{found}: pricing blocks needs LLVM {LLVM_MAJOR}'s "
-        f"pipeline models; install the Debian package {DEBIAN_PACKAGE} "
-        f"(as root: make system-deps, or apt-get install {DEBIAN_PACKAGE})")
-
-
-def _run_version(tool: str) -> str:
-    done = subprocess.run([tool, "--version"], capture_output=True, text=True)
-    return done.stdout
-
-
 def mca_version(tool: str) -> str:
     """The ``--version`` text of the llvm-mca at ``tool``, remembered on disk.
 
@@ -187,7 +152,7 @@ def mca_version(tool: str) -> str:
     memo = _cache_dir() / "tools" / f"{key_hash([str(real), st.st_size, st.st_mtime_ns])}.txt"
     if memo.exists():
         return memo.read_text()
-    version = _run_version(str(real)).strip()
+    version = tool_version(str(real)).strip()
     if f"LLVM version {LLVM_MAJOR}." not in version:
         raise DeviceUnavailableError(f"{real} --version does not say LLVM {LLVM_MAJOR}: {version[:200]!r}")
     atomic_write_text(memo, version)
@@ -196,132 +161,6 @@ def mca_version(tool: str) -> str:
 
 def _cache_dir() -> Path:
     return cache_root() / "mca"
-
-
-def _check_blocks(blocks: Sequence[Sequence[int]], addresses: Optional[Sequence[int]]) -> None:
-    """Raises ConfigError unless every block is a non-empty list of 32-bit words."""
-    if addresses is not None and len(addresses) != len(blocks):
-        raise ConfigError(f"{len(addresses)} block addresses given for {len(blocks)} blocks")
-    for i, words in enumerate(blocks):
-        if len(words) == 0:
-            raise ConfigError(f"block {_block_name(i, addresses)} has no instruction words")
-        bad = [w for w in words if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= _WORD_MAX]
-        if bad:
-            raise ConfigError(f"block {_block_name(i, addresses)}: instruction words are integers in "
-                              f"[0, 0xffffffff], got {bad[0]!r}")
-
-
-def _block_name(i: int, addresses: Optional[Sequence[int]]) -> str:
-    return f"{i} at {addresses[i]:#x}" if addresses is not None else str(i)
-
-
-def _mattr_args(mattr: Sequence[str]) -> List[str]:
-    return [f"-mattr={','.join(mattr)}"] if mattr else []
-
-
-def _mattr_text(mattr: Sequence[str]) -> str:
-    return f"-mattr={','.join(mattr)}" if mattr else "no -mattr"
-
-
-def disassemble(words: Sequence[int], mattr: Sequence[str] = (), address: Optional[int] = None) -> List[str]:
-    """The assembly text of one block's words, one instruction per word.
-
-    Args:
-        words: 32-bit A64 instruction words, in execution order.
-        mattr: LLVM -mattr features the words may need ("+dotprod", "+fullfp16").
-        address: the block's guest address, named in errors.
-
-    Raises:
-        ConfigError: a word is not a 32-bit integer, or no words are given.
-        DeviceOutputError: a word does not decode with ``mattr`` (an invalid word,
-            or one that needs a feature not in ``mattr``); the message names the
-            word, the block and the -mattr.
-        DeviceUnavailableError: llvm-mc-19 is not installed.
-    """
-    return disassemble_blocks([words], mattr, None if address is None else [address])[0]
-
-
-def disassemble_blocks(blocks: Sequence[Sequence[int]], mattr: Sequence[str] = (),
-                       addresses: Optional[Sequence[int]] = None) -> List[List[str]]:
-    """:func:`disassemble` for many blocks in one llvm-mc process.
-
-    All words go to llvm-mc one per input line; with ``--show-encoding`` each decoded
-    instruction carries its bytes, which must repeat the words in order, so a word
-    that llvm-mc skips (it only warns) cannot shift the others.
-
-    Raises:
-        as :func:`disassemble`.
-    """
-    _check_blocks(blocks, addresses)
-    texts, _ = _disassemble(blocks, tuple(mattr), addresses)
-    return texts
-
-
-def _disassemble(blocks: Sequence[Sequence[int]], mattr: Tuple[str, ...],
-                 addresses: Optional[Sequence[int]]) -> Tuple[List[List[str]], float]:
-    """The blocks' instruction texts and the seconds llvm-mc took."""
-    words = [w for block in blocks for w in block]
-    source = "".join(" ".join(f"0x{b:02x}" for b in w.to_bytes(4, "little")) + "\n" for w in words)
-    command = [find_tool("llvm-mc"), "--disassemble", "--show-encoding", f"-triple={_TRIPLE}", *_mattr_args(mattr)]
-    start = time.perf_counter()
-    done = subprocess.run(command, input=source, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    where = _word_locator(blocks, addresses, mattr)
-    problems = [line for line in done.stderr.splitlines() if line.strip()]
-    if problems or done.returncode != 0:
-        raise _mc_error(problems, done.returncode, where, mattr)
-    insns = _decoded(done.stdout, words, where)
-    texts, at = [], 0
-    for block in blocks:
-        texts.append(insns[at:at + len(block)])
-        at += len(block)
-    return texts, seconds
-
-
-def _mc_error(problems: Sequence[str], returncode: int, where, mattr: Tuple[str, ...]) -> Exception:
-    """The error for llvm-mc's stderr: llvm-mc only warns of a word it cannot decode, and skips it."""
-    first = problems[0] if problems else f"exit {returncode}"
-    if "not a recognized" in first:
-        return ConfigError(f"llvm-mc does not know a feature of {_mattr_text(mattr)}: {first}")
-    at = _SOURCE_LINE.match(first)
-    if at:
-        return DeviceOutputError(f"llvm-mc cannot decode {where(int(at.group(1)) - 1)}: "
-                                 f"{first.split(': ', 2)[-1]} (not an A64 instruction, or one that needs a "
-                                 f"feature missing from the -mattr, e.g. +dotprod for sdot)")
-    return DeviceOutputError(f"llvm-mc failed with {_mattr_text(mattr)}: {' | '.join(problems[:3]) or first}")
-
-
-def _word_locator(blocks, addresses, mattr):
-    """A function naming the n-th word of all blocks: its hex, block and -mattr."""
-    starts, at = [], 0
-    for block in blocks:
-        starts.append(at)
-        at += len(block)
-
-    def where(n: int) -> str:
-        i = bisect.bisect_right(starts, n) - 1
-        return (f"word 0x{blocks[i][n - starts[i]]:08x} (instruction {n - starts[i]} of block "
-                f"{_block_name(i, addresses)}) with {_mattr_text(mattr)}")
-    return where
-
-
-def _decoded(stdout: str, words: Sequence[int], where) -> List[str]:
-    """The instruction texts of llvm-mc's output, checked word by word against ``words``."""
-    insns = []
-    for line in stdout.splitlines():
-        found = _ENCODING.search(line)
-        if not found:
-            continue  # ".text", or a comment line such as "// =0xfffffffe"
-        n = len(insns)
-        encoded = bytes(int(b, 16) for b in found.group(1).split(","))
-        if n >= len(words) or encoded != words[n].to_bytes(4, "little"):
-            got = f"0x{int.from_bytes(encoded, 'little'):08x}"
-            raise DeviceOutputError(f"llvm-mc decoded {got} where {where(min(n, len(words) - 1))} was expected")
-        insns.append(line[:line.index("//")].strip())
-    if len(insns) != len(words):
-        raise DeviceOutputError(f"llvm-mc decoded {len(insns)} instructions of {len(words)} words; "
-                                f"{where(len(insns))} is missing")
-    return insns
 
 
 # LSE atomics (ARMv8.1): CAS/CASP, SWP, LD<op>/ST<op> with acquire/release and size
@@ -379,7 +218,7 @@ def price_blocks(blocks: Sequence[Sequence[int]], model: SchedModel,
             the blocks holding it).
         DeviceUnavailableError: llvm-mc-19 or llvm-mca-19 is not installed.
     """
-    _check_blocks(blocks, addresses)
+    check_blocks(blocks, addresses)
     version = mca_version(find_tool("llvm-mca"))
     keys = [_cache_key(words, model, version) for words in blocks]
     paths = [_cache_dir() / f"{key_hash(key)}.json" for key in keys]
@@ -409,7 +248,7 @@ def block_cycles(blocks: Sequence[Sequence[int]], model: SchedModel,
 def _analyse(blocks: Sequence[Sequence[int]], model: SchedModel,
              addresses: Optional[Sequence[int]]) -> Tuple[List[BlockTiming], float]:
     """Timings of ``blocks`` from llvm-mc and llvm-mca (no cache), and the seconds they took."""
-    texts, mc_seconds = _disassemble(blocks, model.mattr, addresses)
+    texts, mc_seconds = disassemble_timed(blocks, model.mattr, addresses)
     lines, owners = _mca_source(texts, addresses)
     start = time.perf_counter()
     report = _run_mca(lines, owners, model)
@@ -428,7 +267,7 @@ def _mca_source(texts: Sequence[Sequence[str]], addresses: Optional[Sequence[int
     """llvm-mca's input lines (a code region ``b<i>`` per block) and, per line, what it is."""
     lines, owners = [], []
     for i, insns in enumerate(texts):
-        block = f"block {_block_name(i, addresses)}"
+        block = f"block {block_name(i, addresses)}"
         scheduled = ["nop" if _is_atomic(text) else text for text in insns]
         lines += [f"# LLVM-MCA-BEGIN b{i}", *scheduled, f"# LLVM-MCA-END b{i}"]
         owners += [block, *(f"{block}, instruction {k}: {text!r}" for k, text in enumerate(insns)), block]
@@ -455,15 +294,15 @@ def _run_mca(lines: Sequence[str], owners: Sequence[str], model: SchedModel) -> 
             scheduling model.
         DeviceOutputError: anything on stderr but the expected notices, or a failed run.
     """
-    command = [find_tool("llvm-mca"), f"-mtriple={_TRIPLE}", f"-mcpu={model.mcpu}", *_mattr_args(model.mattr),
+    command = [find_tool("llvm-mca"), f"-mtriple={TRIPLE}", f"-mcpu={model.mcpu}", *mattr_args(model.mattr),
                f"--iterations={ITERATIONS}", f"--call-latency={CALL_LATENCY}", "--json",
                "--instruction-info=false", "--resource-pressure=false", "-"]
     done = subprocess.run(command, input="\n".join(lines) + "\n", capture_output=True, text=True)
     problems = [line for line in done.stderr.splitlines() if line.strip() and line.strip() not in _EXPECTED_NOTICES]
     if any("not a recognized" in line or "scheduling information" in line for line in problems):
-        raise ConfigError(f"llvm-mca cannot use -mcpu={model.mcpu} {_mattr_text(model.mattr)}: {problems[0]}")
+        raise ConfigError(f"llvm-mca cannot use -mcpu={model.mcpu} {mattr_text(model.mattr)}: {problems[0]}")
     if problems or done.returncode != 0:
-        raise DeviceOutputError(f"llvm-mca -mcpu={model.mcpu} {_mattr_text(model.mattr)} "
+        raise DeviceOutputError(f"llvm-mca -mcpu={model.mcpu} {mattr_text(model.mattr)} "
                                 f"(exit {done.returncode}): {_explain(problems, lines, owners)}")
     return json.loads(done.stdout)
 
@@ -475,7 +314,7 @@ def _explain(problems: Sequence[str], lines: Sequence[str], owners: Sequence[str
     # Not llvm-mca's advice to skip what it cannot schedule: that would price a block
     # without some of its instructions.
     first = problems[0].split(", use -skip-unsupported-instructions")[0]
-    at = _SOURCE_LINE.match(first)
+    at = SOURCE_LINE.match(first)
     if at:
         return f"{owners[int(at.group(1)) - 1]}: {first.split(': ', 1)[-1]}"
     notes = [m.group(1).strip() for m in map(_MCA_INSTRUCTION.search, problems) if m]

@@ -1,7 +1,7 @@
 """Estimated latency: the core's pipeline model plus the device's memory system.
 
 One emulated, single-threaded inference gives the executed instruction stream as
-translated blocks with execution counts (the qemu plugin, ``pipeline.devices.parse``).
+translated blocks with execution counts (the qemu plugin, ``pipeline.devices.insn_counts``).
 The latency of one inference on ``T`` threads of a device is::
 
     core cycles  C = sum over hot blocks of count x cycles per iteration (llvm-mca,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError, Log
-from pipeline.devices.parse import CLASSES
+from pipeline.devices.insn_counts import CLASSES
 from pipeline.latency.published import PUBLISHED_FORMATS
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_json, json_hash, short_hash
 from pipeline.variants import VARIANTS, reference_name

@@ -6,7 +6,7 @@ early stopping, the distribution strategy and the progress output.
 """
 
 import os
-import time
+import time  # noqa: F401 (tests reach time.perf_counter, which the callbacks read, through here)
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
@@ -88,8 +88,9 @@ def _new_strategy(cfg: TrainConfig):
     raise ConfigError(f"recipe.train.strategy: unknown strategy {cfg.strategy!r}")
 
 
-def _progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], seconds: float,
-                   note: str = "") -> str:
+def progress_line(label: str, epoch: int, cap: int, logs: Dict[str, float], seconds: float,
+                  note: str = "") -> str:
+    """``[label] epoch i/cap  loss ...  accuracy ...  val_loss ...  val_accuracy ...  (s)note``."""
     parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs]
     return f"[{label}] epoch {epoch + 1}/{cap}  {'  '.join(parts)}  ({seconds:.1f} s){note}"
 
@@ -138,6 +139,12 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     the last epoch that fits the budget
     (:func:`pipeline.train.schedule.epochs_that_fit`), so the learning rate reaches 0
     where training stops rather than at ``plan.epochs``; no epoch runs past that end.
+    These are Keras callbacks (:mod:`pipeline.train.callbacks`), run after ``callbacks``.
+
+    One ``model.fit`` per epoch, because each epoch is its own dataset: in one stream
+    of all epochs, a MirroredStrategy would split the batches across its replicas
+    differently (its re-batching runs across the epochs' ends), so the weights would
+    not be those of a rerun that trains epoch by epoch.
 
     Returns:
         ``history`` (per epoch: loss, accuracy, val_loss, val_accuracy, lr; the same
@@ -147,67 +154,40 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         ``time_budget``), ``plan``, ``lr_end_epoch`` (where the cosine ended:
         ``plan.epochs`` unless a budget brought it forward).
     """
-    from pipeline.train.schedule import epochs_that_fit
+    from pipeline.train.callbacks import EpochRecord, PatienceStopping, TimeBudget
     from pipeline.train.stream import epoch_dataset, eval_dataset
 
     import tf_keras as keras
 
     y_train = keras.utils.to_categorical(splits.y_train, splits.num_classes) if one_hot else splits.y_train
     y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes) if one_hot else splits.y_val
-    # Only deterministic figures in the history (a rerun gives the same); wall times apart.
-    history: Dict[str, list] = {k: [] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "lr")}
-    epoch_seconds: list = []
-    best, best_epoch, best_weights = -1.0, 0, None
-    stopped = "max_epochs" if plan.auto else "fixed"
-    t0 = time.perf_counter()
-    callbacks = list(callbacks)
-    lr_end = plan.epochs
-    per_epoch = steps_per_epoch(splits, batch_size)
     val_data = eval_dataset(splits.x_val, y_val, batch_size=256)
+    patience = PatienceStopping(plan) if plan.auto else None
+    budget = (TimeBudget(plan.time_budget_s, plan.epochs, lr_schedule, steps_per_epoch(splits, batch_size))
+              if plan.time_budget_s is not None else None)
+    record = EpochRecord(label, plan, lr_schedule, budget, log)
+    # Driven here rather than by model.fit, which would start them afresh every epoch.
+    ours = keras.callbacks.CallbackList([c for c in (patience, budget, record) if c is not None], model=model)
+    ours.on_train_begin()
     for epoch in range(plan.epochs):
-        if plan.time_budget_s is not None and epoch:
-            spent = time.perf_counter() - t0
-            if spent + epoch_seconds[-1] > plan.time_budget_s or epoch >= lr_end:
-                stopped = "time_budget"
-                break
-        start = time.perf_counter()
+        ours.on_epoch_begin(epoch)
         epoch_data = epoch_dataset(splits.x_train, y_train, batch_size, seed, label, epoch, augment)
-        # The rate of the epoch's first step (the optimizer's own attribute holds the last
-        # step's, from before a budget moved the cosine's end).
-        lr = (float(lr_schedule(model.optimizer.iterations)) if lr_schedule is not None
-              else float(np.asarray(model.optimizer.learning_rate)))
-        logs = model.fit(epoch_data, validation_data=val_data, initial_epoch=epoch,
-                         epochs=epoch + 1, verbose=0, class_weight=class_weight, callbacks=callbacks).history
-        logs = {k: float(v[-1]) for k, v in logs.items()}
-        seconds = time.perf_counter() - start
-        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            history[k].append(logs[k])
-        history["lr"].append(lr)
-        epoch_seconds.append(round(seconds, 2))
-        note = ""
-        if logs["val_accuracy"] > best:
-            best, best_epoch = logs["val_accuracy"], epoch + 1
-            if plan.auto:
-                best_weights = model.get_weights()
-                note = "  (best)"
-        # Planned from the second epoch on: the first one's time includes tracing the step.
-        if plan.time_budget_s is not None and lr_schedule is not None and epoch:
-            end = epochs_that_fit(epoch + 1, time.perf_counter() - t0, seconds, plan.time_budget_s, lr_end)
-            if end < lr_end and lr_schedule.end_at(end * per_epoch):
-                lr_end = end
-                note += f"  (budget: learning rate ends at epoch {end})"
-        log(_progress_line(label, epoch, plan.epochs, logs, seconds, note))
-        if plan.auto and epoch + 1 >= plan.min_epochs and epoch + 1 - best_epoch >= plan.patience:
-            stopped = "patience"
+        logs = model.fit(epoch_data, validation_data=val_data, initial_epoch=epoch, epochs=epoch + 1,
+                         verbose=0, class_weight=class_weight, callbacks=list(callbacks)).history
+        ours.on_epoch_end(epoch, {k: float(v[-1]) for k, v in logs.items()})
+        if model.stop_training:
             break
-    restored = False
-    if plan.auto and best_weights is not None and best_epoch != len(history["loss"]):
-        model.set_weights(best_weights)
-        restored = True
-        log(f"[{label}] restored the weights of epoch {best_epoch} (val top-1 {best * 100:.2f}%)")
-    return {"history": history, "epoch_seconds": epoch_seconds, "epochs": len(history["loss"]),
-            "best_epoch": best_epoch, "restored": restored, "stopped": stopped, "plan": plan.to_dict(),
-            "lr_end_epoch": lr_end}
+    ours.on_train_end()  # restores the best epoch's weights under plan.auto
+    epochs = len(record.history["loss"])
+    restored = plan.auto and 0 < record.best_epoch < epochs
+    if restored:
+        log(f"[{label}] restored the weights of epoch {record.best_epoch} (val top-1 {record.best * 100:.2f}%)")
+    stopped = ("patience" if patience is not None and patience.stopped
+               else "time_budget" if budget is not None and budget.stopped
+               else "max_epochs" if plan.auto else "fixed")
+    return {"history": record.history, "epoch_seconds": record.epoch_seconds, "epochs": epochs,
+            "best_epoch": record.best_epoch, "restored": restored, "stopped": stopped, "plan": plan.to_dict(),
+            "lr_end_epoch": budget.end if budget is not None else plan.epochs}
 
 
 def steps_per_epoch(splits, batch_size: int) -> int:

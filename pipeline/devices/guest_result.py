@@ -1,0 +1,178 @@
+"""The guest's ``result.json`` (``guest_runner.py``, format "mm-guest-result 1"), and a
+runtime's load error text, e.g. "Didn't find op for builtin opcode 'FULLY_CONNECTED'
+version '12'", parsed.
+
+A pure parser (``runner.py`` drives qemu): anything that does not match exactly
+(a missing or unknown key, a wrongly typed value) raises :class:`DeviceOutputError`.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from pipeline.devices.checked_json import no_extra, take
+from pipeline.devices.insn_counts import FIRST_INFERENCE_REGION, MARKER_REGION, WARMUP_REGION
+from pipeline.errors import DeviceOutputError
+
+GUEST_FORMAT = "mm-guest-result 1"
+
+
+@dataclass(frozen=True)
+class LoadError:
+    """Why a runtime refused a model; ``op``/``version`` when the message names them."""
+
+    message: str
+    op: Optional[str] = None
+    version: Optional[int] = None
+
+
+_LOAD_ERRORS = (
+    (re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'"), True),
+    (re.compile(r"Encountered unresolved custom op: ([\w.\-]+)"), False),
+    (re.compile(r"Op builtin_code out of range: (\d+)"), False),
+)
+
+
+def parse_load_error(message: str) -> LoadError:
+    """Extracts the op (and version) a runtime could not resolve from its message.
+
+    The message is kept whole; ``op`` and ``version`` stay None when it names no op
+    (e.g. a corrupt file), which is a fact about the message, not a parse failure.
+    An op known only by number is named ``builtin_code <n>``.
+    """
+    text = message.strip()
+    if not text:
+        raise DeviceOutputError("load error: empty message")
+    for pattern, versioned in _LOAD_ERRORS:
+        m = pattern.search(text)
+        if m:
+            if versioned:
+                return LoadError(text, m.group(1), int(m.group(2)))
+            op = m.group(1)
+            return LoadError(text, f"builtin_code {op}" if op.isdigit() else op)
+    return LoadError(text)
+
+
+@dataclass(frozen=True)
+class TensorIO:
+    """A model input or output as the guest runtime reports it."""
+
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    """The guest's ``result.json``. Fields after ``load_error`` are set iff loaded."""
+
+    runtime: str
+    runtime_version: str
+    numpy_version: str
+    threads: int
+    loaded: bool
+    load_error: Optional[LoadError]
+    input: Optional[TensorIO] = None
+    output: Optional[TensorIO] = None
+    tensors: Tuple[TensorInfo, ...] = ()
+    samples: int = 0
+    wall_s: Tuple[float, ...] = ()
+
+
+def _shape(value, where: str) -> Tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                              for v in value):
+        raise DeviceOutputError(f"{where}: shape {value!r} is not a list of ints")
+    return tuple(value)
+
+
+def _io(obj, where: str) -> TensorIO:
+    if not isinstance(obj, dict):
+        raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
+    keys = ("name", "shape", "dtype", "scale", "zero_point")
+    no_extra(obj, keys, where)
+    return TensorIO(name=take(obj, "name", str, where),
+                    shape=_shape(take(obj, "shape", list, where), where),
+                    dtype=take(obj, "dtype", str, where),
+                    scale=float(take(obj, "scale", (int, float), where)),
+                    zero_point=take(obj, "zero_point", int, where))
+
+
+def _tensor(obj, where: str) -> TensorInfo:
+    if not isinstance(obj, dict):
+        raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
+    keys = ("index", "name", "shape", "dtype", "nbytes")
+    no_extra(obj, keys, where)
+    info = TensorInfo(index=take(obj, "index", int, where), name=take(obj, "name", str, where),
+                      shape=_shape(take(obj, "shape", list, where), where),
+                      dtype=take(obj, "dtype", str, where),
+                      nbytes=take(obj, "nbytes", int, where))
+    if info.nbytes < 0:
+        raise DeviceOutputError(f"{where}: negative nbytes {info.nbytes}")
+    return info
+
+
+_BASE_KEYS = ("format", "runtime", "runtime_version", "numpy_version", "threads", "loaded",
+              "load_error")
+_RUN_KEYS = ("input", "output", "tensors", "samples", "wall_s", "regions")
+_REGION_ROLES = {"marker_overhead": MARKER_REGION, "warmup": WARMUP_REGION,
+                 "first_inference": FIRST_INFERENCE_REGION}
+
+
+def parse_guest_result(text: str) -> GuestResult:
+    """Parses the guest's result.json.
+
+    Raises:
+        DeviceOutputError: not JSON, another format, a missing or unexpected key, a
+            wrongly typed value, or a list whose length disagrees with ``samples``.
+    """
+    where = "guest result"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DeviceOutputError(f"{where}: not JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DeviceOutputError(f"{where}: expected a JSON object")
+    fmt = take(obj, "format", str, where)
+    if fmt != GUEST_FORMAT:
+        raise DeviceOutputError(f"{where}: format {fmt!r}, expected {GUEST_FORMAT!r}")
+    loaded = take(obj, "loaded", bool, where)
+    no_extra(obj, _BASE_KEYS + (_RUN_KEYS if loaded else ()), where)
+    base = dict(runtime=take(obj, "runtime", str, where),
+                runtime_version=take(obj, "runtime_version", str, where),
+                numpy_version=take(obj, "numpy_version", str, where),
+                threads=take(obj, "threads", int, where), loaded=loaded)
+    if not loaded:
+        message = take(obj, "load_error", str, where)
+        return GuestResult(load_error=parse_load_error(message), **base)
+    if obj.get("load_error") is not None:
+        raise DeviceOutputError(f"{where}: loaded, yet load_error is {obj['load_error']!r}")
+    samples = take(obj, "samples", int, where)
+    if samples < 1:
+        raise DeviceOutputError(f"{where}: samples is {samples}, expected at least 1")
+    wall = take(obj, "wall_s", list, where)
+    if len(wall) != samples or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                       and v >= 0 for v in wall):
+        raise DeviceOutputError(f"{where}: wall_s must hold {samples} non-negative numbers")
+    regions = take(obj, "regions", dict, where)
+    if regions != _REGION_ROLES:
+        raise DeviceOutputError(f"{where}: regions {regions!r}, expected {_REGION_ROLES!r}")
+    tensors = take(obj, "tensors", list, where)
+    return GuestResult(
+        load_error=None,
+        input=_io(take(obj, "input", dict, where), f"{where} input"),
+        output=_io(take(obj, "output", dict, where), f"{where} output"),
+        tensors=tuple(_tensor(t, f"{where} tensor {i}") for i, t in enumerate(tensors)),
+        samples=samples, wall_s=tuple(float(v) for v in wall), **base)
