@@ -1,0 +1,336 @@
+"""The stages of a build as data: what each starts from, makes, runs and is cached by.
+
+The float model comes from ``train`` (from scratch) or the two transfer stages
+(``model.init``). The compression stages are rows of :data:`COMPRESS_STAGES`, run in
+table order, each only when the recipe asks for it and a requested variant's source
+needs it. Each row names the model it starts from and the model it makes; the
+models of one build are held by name in :class:`Models`:
+
+    trained         the float model as trained (``keras/float.h5``)
+    compressed      the float model after channel and/or magnitude pruning, else
+                    ``trained``: the ``float`` source of the variants
+    <row name>      what that row made (``keras/<name>.h5``, or the weights of a
+                    clustered QAT model, ``keras/<name>-weights.h5``)
+
+Every row is keyed by its recipe section(s) and :func:`fit_key` (how every fine-tune
+trains), plus what the row adds; the manifest re-runs a row when its key or its
+input file changes.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from pipeline.variants import VARIANTS
+from pipeline.recipe.schema import Recipe
+from pipeline.store.manifest import Manifest
+from pipeline.errors import Log
+
+# Cache-key versions. Each is part of its stages' keys: bump one when what its
+# stages make changes for the same recipe, so that cached results are not reused.
+
+# Training: epoch at a time, with augmentation, early stopping and warm-up (train
+# and every compression fine-tune).
+FIT_VERSION = 2
+# evaluate/<variant>: the figures include the per-kernel table ("kernels") and the
+# validation top-1 ("val"); records made before either lack them.
+EVALUATE_KEY = {"kernels": True, "val": True}
+
+
+class StageRunner:
+    """Runs named stages of one build through its manifest, keyed also by the data."""
+
+    def __init__(self, manifest: Manifest, data_fp: str, log: Log):
+        self.manifest, self.data_fp, self.log = manifest, data_fp, log
+        self.ran: List[str] = []
+
+    def __call__(self, name: str, config: Any, inputs: Dict[str, Path], outputs: Dict[str, Path],
+                 fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        res = self.manifest.run_stage(name, config, inputs, outputs, fn, extra_key=self.data_fp, log=self.log)
+        if not res.cached:
+            self.ran.append(name)
+        return res.metrics
+
+    def is_cached(self, name: str, config: Any, inputs: Dict[str, Path], outputs: Dict[str, Path]) -> bool:
+        return self.manifest.is_cached(name, config, inputs, outputs, extra_key=self.data_fp)
+
+
+@dataclass(frozen=True)
+class FloatFigures:
+    """What the float stage(s) report that the rest of the build reads.
+
+    Attributes:
+        epochs: epochs trained (head and fine-tune together after a transfer); the
+            ``auto`` fine-tune lengths follow it.
+        init: the starting weights' record (``model.init``), else None.
+    """
+
+    test_top1: float
+    val_top1: float
+    params: int
+    macs: int
+    epochs: Optional[int] = None
+    init: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def from_metrics(cls, m: Dict[str, Any]) -> "FloatFigures":
+        return cls(float(m["test_top1"]), float(m["val_top1"]), int(m["params"]), int(m["macs"]),
+                   m.get("epochs"), m.get("init"))
+
+
+def float_stage(recipe: Recipe, splits, stage: StageRunner, keras_dir: Path, log: Log) -> FloatFigures:
+    """The float Keras model (``keras/float.h5``) and its test predictions.
+
+    From scratch: the ``train`` stage. From ``model.init``: the ``transfer-head`` and
+    ``transfer-finetune`` stages (:mod:`pipeline.train.transfer`).
+    """
+    from pipeline.train.schedule import float_plan
+    from pipeline.train.stage import train_float
+
+    if recipe.model.init:
+        from pipeline.train.transfer import transfer_stages
+
+        return FloatFigures.from_metrics(transfer_stages(recipe, splits, stage, keras_dir, log))
+    float_h5, preds = keras_dir / "float.h5", keras_dir / "float_test_pred.npy"
+    cfg = recipe.to_dict()
+    model = {k: v for k, v in cfg["model"].items() if k != "init"}  # unset here; keeps older keys valid
+    # "plan": the schedule as resolved (train.epochs unset depends on the data set).
+    model_cfg = {"seed": recipe.seed, "model": model, "train": cfg["train"],
+                 "plan": float_plan(recipe).to_dict(), "fit": FIT_VERSION}
+    return FloatFigures.from_metrics(stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
+                                           lambda: train_float(recipe, splits, float_h5, preds, log)))
+
+
+def fit_key(recipe: Recipe) -> Dict[str, Any]:
+    """Key parts of every compression fine-tune: it trains epoch by epoch with the float
+    stage's batch size, augmentation and class weights."""
+    return {"batch": recipe.train.batch_size, "augment": recipe.to_dict()["train"]["augment"],
+            "class_weight": recipe.train.class_weight, "fit": FIT_VERSION}
+
+
+def _channels(recipe, splits, src, out, log):
+    from pipeline.compress.structured import channel_prune_model
+
+    return channel_prune_model(recipe, splits, src, out, log)
+
+
+def _prune(recipe, splits, src, out, log):
+    from pipeline.compress.prune import prune_model
+
+    return prune_model(recipe, splits, src, out, log)
+
+
+def _qat(recipe, splits, src, out, log):
+    from pipeline.compress.qat import qat_model
+
+    return qat_model(recipe, splits, src, out, log)
+
+
+def _cluster(sparse: bool):
+    def run(recipe, splits, src, out, log):
+        from pipeline.compress.cluster import cluster_model
+
+        return cluster_model(recipe, splits, src, out, sparse and recipe.prune.unstructured, log)
+    return run
+
+
+def _cluster_qat(scheme: str):
+    def run(recipe, splits, src, out, log):
+        from pipeline.compress.cluster import cluster_qat_model
+
+        return cluster_qat_model(recipe, splits, src, out, scheme, log)
+    return run
+
+
+def _prune_key(r: Recipe) -> Dict[str, Any]:
+    from pipeline.recipe.schema import CHANNEL_KEYS
+
+    return {"prune": {k: v for k, v in r.to_dict()["prune"].items() if k not in CHANNEL_KEYS}}
+
+
+@dataclass(frozen=True)
+class CompressStage:
+    """One compression stage.
+
+    Attributes:
+        name: the manifest's stage name; its model is ``keras/<name>.h5`` (or
+            ``keras/<name>-weights.h5`` when ``weights_only``).
+        start: the model it starts from (a name of :class:`Models`).
+        run: ``(recipe, splits, start file, out file, log) -> metrics``.
+        key: the stage's key parts besides :func:`fit_key`.
+        wanted: whether the recipe asks for it, given the variant sources needed.
+        compresses: its model becomes ``compressed`` (the ``float`` source).
+        weights_only: it saves weights; the model reloads by rebuilding ``start``
+            (clustered QAT), so its source is ``{"keras": weights, "base": start}``.
+        source: the variant source (:data:`pipeline.variants.SOURCES`) it makes.
+    """
+
+    name: str
+    start: str
+    run: Callable[..., Dict[str, Any]]
+    key: Callable[[Recipe], Dict[str, Any]]
+    wanted: Callable[[Recipe, frozenset], bool]
+    compresses: bool = False
+    weights_only: bool = False
+    source: Optional[str] = None
+
+
+COMPRESS_STAGES: Tuple[CompressStage, ...] = (
+    # Thinner, not sparse: every later stage starts from it as from the float model.
+    CompressStage("channels", "trained", _channels,
+                  lambda r: {"prune": r.to_dict()["prune"], "threads": r.devices.threads},
+                  lambda r, needed: r.prune.channels, compresses=True),
+    # Magnitude pruning of the float model, or of the thinned one (channels+unstructured).
+    CompressStage("prune", "compressed", _prune, _prune_key,
+                  lambda r, needed: r.prune.unstructured, compresses=True),
+    # PQAT of the pruned model, or plain QAT of the float (or thinned) one.
+    CompressStage("qat", "compressed", _qat,
+                  lambda r: {"qat": r.to_dict()["qat"], "preserve_sparsity": r.prune.unstructured},
+                  lambda r, needed: "qat" in needed, source="qat"),
+    CompressStage("cluster", "trained", _cluster(sparse=False),
+                  lambda r: {"cluster": r.to_dict()["cluster"], "preserve_sparsity": False},
+                  lambda r, needed: "cqat" in needed),
+    CompressStage("cqat", "cluster", _cluster_qat("cqat"),
+                  lambda r: {"qat": r.to_dict()["qat"], "scheme": "cqat", "clusters": r.cluster.clusters},
+                  lambda r, needed: "cqat" in needed, weights_only=True, source="cqat"),
+    # Sparsity-preserving clustering of the pruned (or thinned) model.
+    CompressStage("cluster-pruned", "compressed", _cluster(sparse=True),
+                  lambda r: {"cluster": r.to_dict()["cluster"], "preserve_sparsity": r.prune.unstructured},
+                  lambda r, needed: "pcqat" in needed),
+    CompressStage("pcqat", "cluster-pruned", _cluster_qat("pcqat"),
+                  lambda r: {"qat": r.to_dict()["qat"], "scheme": "pcqat", "clusters": r.cluster.clusters},
+                  lambda r, needed: "pcqat" in needed, weights_only=True, source="pcqat"),
+)
+
+
+@dataclass
+class Models:
+    """The Keras files of one build by name (see the module docstring), and the
+    variant sources the converter reads."""
+
+    files: Dict[str, Path]
+    sources: Dict[str, Dict[str, Path]]
+
+
+def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
+                    log: Log, float_epochs: Optional[int] = None) -> Dict[str, Dict[str, Path]]:
+    """Runs the rows of :data:`COMPRESS_STAGES` the requested variants need.
+
+    ``prune.epochs`` and ``qat.epochs`` set to ``auto`` follow ``float_epochs`` (the
+    epochs float training ran; :func:`pipeline.train.schedule.finetune_epochs`); the
+    stage keys hold the resolved lengths.
+
+    Returns:
+        For each source name (:data:`pipeline.variants.SOURCES`), the files the
+        converter reads: ``{"keras": model.h5}``, or for CQAT/PCQAT, whose models
+        only reload by rebuilding, ``{"keras": weights.h5, "base": clustered.h5}``.
+    """
+    from pipeline.train.schedule import finetune_epochs
+
+    r = dataclasses.replace
+    recipe = r(recipe, prune=r(recipe.prune, epochs=finetune_epochs(recipe.prune.epochs, float_epochs, "prune")),
+               qat=r(recipe.qat, epochs=finetune_epochs(recipe.qat.epochs, float_epochs, "qat")))
+    needed = frozenset(VARIANTS.get(v).source for v in recipe.convert.variants)
+    models = Models({"trained": float_h5, "compressed": float_h5}, {})
+    common = fit_key(recipe)
+    for row in COMPRESS_STAGES:
+        if not row.wanted(recipe, needed):
+            continue
+        src = models.files[row.start]
+        out = keras_dir / (f"{row.name}-weights.h5" if row.weights_only else f"{row.name}.h5")
+        output = {"weights" if row.weights_only else "model": out}
+        stage(row.name, {**row.key(recipe), **common}, {"keras": src}, output,
+              lambda row=row, src=src, out=out: row.run(recipe, splits, src, out, log))
+        models.files[row.name] = out
+        if row.compresses:
+            models.files["compressed"] = out
+        if row.source:
+            models.sources[row.source] = {"keras": out, "base": src} if row.weights_only else {"keras": out}
+    return {"float": {"keras": models.files["compressed"]}, **models.sources}
+
+
+def source_stages(recipe: Recipe) -> Dict[str, str]:
+    """The stage that made each variant source of ``recipe``: ``float`` from the last
+    compressing row that runs (else the float stage), the others from their row."""
+    needed = frozenset(VARIANTS.get(v).source for v in recipe.convert.variants)
+    made = {"float": "transfer-finetune" if recipe.model.init else "train"}
+    for row in COMPRESS_STAGES:
+        if row.wanted(recipe, needed):
+            if row.compresses:
+                made["float"] = row.name
+            if row.source:
+                made[row.source] = row.name
+    return made
+
+
+def source_top1(stage: StageRunner, name: str) -> Optional[float]:
+    """The test top-1 that stage ``name`` recorded for its Keras model, if it recorded one."""
+    top1 = stage.manifest.stages.get(name, {}).get("metrics", {}).get("test_top1")
+    return None if top1 is None else float(top1)
+
+
+def thinned_macs(recipe: Recipe, stage: StageRunner) -> Optional[int]:
+    """The MACs of the channel-pruned model, when the recipe thins channels (its
+    ``channels`` stage ran or was cached in this build)."""
+    return int(stage.manifest.stages["channels"]["metrics"]["macs"]) if recipe.prune.channels else None
+
+
+def _rebuilt(recipe: Recipe, variant, files: Dict[str, Path]):
+    """For CQAT/PCQAT (weights only), the clustered model rebuilt with those weights;
+    None for a source the converter loads from its file."""
+    if "base" not in files:
+        return None
+    from pipeline.compress.cluster import load_cluster_qat
+    from pipeline.train.fit import setup_tensorflow
+
+    setup_tensorflow(recipe.seed, recipe.train.logical_devices)
+    return load_cluster_qat(files["base"], files["keras"], variant.source)
+
+
+def variant_stages(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str, Dict[str, Path]],
+                   figures: FloatFigures, root: Path, log: Log) -> Dict[str, Any]:
+    """The ``convert/<variant>`` and ``evaluate/<variant>`` stages of every variant, in recipe order.
+
+    Evaluation saves each variant's test predictions (``tflite/<variant>.pred.npy``)
+    beside its ``.tflite`` file, and the test labels (``tflite/test_labels.npy``, the
+    same file for every variant), for later stages to read.
+
+    Returns:
+        ``{variant: VariantSummary}``.
+    """
+    import numpy as np
+
+    from pipeline.export.convert import convert_variant
+    from pipeline.export.evaluate import evaluate_tflite, labels_path, predictions_path
+    from pipeline.variants import chain_of
+    from pipeline.summary import VariantSummary
+
+    # A channel-pruned model computes fewer MACs than the float one (CQAT starts from float).
+    thinned = thinned_macs(recipe, stage)
+    made_by = source_stages(recipe)
+    float_pred = root / "keras" / "float_test_pred.npy"
+    float_classes = np.load(float_pred)
+    convert_cfg = recipe.to_dict()["convert"]
+    out = {}
+    for name in recipe.convert.variants:
+        variant = VARIANTS.get(name)
+        src = sources[variant.source]  # {"keras": model or weights[, "base": model]}
+        tfl = root / "tflite" / f"{name}.tflite"
+        pred = predictions_path(tfl)
+        validation = stage(f"convert/{name}", {"variant": name, "convert": convert_cfg, "seed": recipe.seed},
+                           src, {"tflite": tfl},
+                           lambda: convert_variant(recipe, name, src["keras"], splits, tfl, log,
+                                                   model=_rebuilt(recipe, variant, src)))
+        evaluation = stage(f"evaluate/{name}", {"variant": name, **EVALUATE_KEY},
+                           {"tflite": tfl, "float_pred": float_pred},
+                           {"predictions": pred, "labels": labels_path(pred)},
+                           lambda: evaluate_tflite(tfl, splits.x_test, splits.y_test, float_classes, pred,
+                                                   splits.x_val, splits.y_val))
+        # Paths are this build directory's, whatever directory a cached record was made in.
+        out[name] = VariantSummary.from_dict(
+            {**evaluation, "predictions": str(pred), "validation": validation,
+             "macs": thinned if thinned and variant.source != "cqat" else figures.macs, "path": str(tfl),
+             "source_top1": source_top1(stage, made_by[variant.source]),
+             "chain": chain_of(variant.source, recipe.prune.enabled, recipe.prune.structure)}, f"evaluate/{name}")
+    return out
