@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     from pipeline.recipe.load import load_recipe
     from pipeline.data import load_dataset
     from pipeline.build.matrix import device_table
+    from pipeline.table import Table
 
     args = argv if argv is not None else sys.argv[1:]
     names = [a for a in args if not a.startswith("--")]
@@ -47,12 +48,12 @@ def main(argv=None) -> int:
     base = summary.variants["float32"]
     ref = _throughput(base.path, x)
     print(f"## bench: {recipe.build_name} ({len(x)} images, host LiteRT, 1 thread)\n")
-    print("| variant | images/s vs float32 | size vs float32 | gzip vs float32 |")
-    print("|---|---:|---:|---:|")
+    rows = []
     for name, v in summary.variants.items():
         speed = 1.0 if name == "float32" else _throughput(v.path, x) / ref
-        print(f"| {name} | {speed:.2f}x | {v.size_bytes / base.size_bytes:.3f}x | "
-              f"{v.gzip_bytes / base.gzip_bytes:.3f}x |")
+        rows.append([name, f"{speed:.2f}x", f"{v.size_bytes / base.size_bytes:.3f}x",
+                     f"{v.gzip_bytes / base.gzip_bytes:.3f}x"])
+    print("\n".join(Table(["variant", "images/s vs float32", "size vs float32", "gzip vs float32"], rows).markdown()))
     if summary.devices:
         print("\n" + device_table(summary))
     if "--no-latency" not in args:

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.compress.channels import CRITERIA, MIN_CHANNELS, find_groups, importance, keep_top, thin
 from pipeline.compress.netadapt import GRANULARITY
 from pipeline.errors import Log
+from pipeline.table import Table
 
 CONTROLS = ("random", "inverse")
 
@@ -75,11 +76,10 @@ def compare(model, splits, widths: Mapping[str, int], criteria: Sequence[str] = 
 
 
 def format_rows(rows: Sequence[Mapping], recover_batches: int) -> str:
-    lines = [f"| criterion | val top-1 one-shot | after {recover_batches} recovery batches |", "|---|---:|---:|"]
-    for r in rows:
-        rec = "-" if r["top1_recovered"] is None else f"{r['top1_recovered']:.2f}%"
-        lines.append(f"| {r['criterion']} | {r['top1_oneshot']:.2f}% | {rec} |")
-    return "\n".join(lines)
+    cells = [[r["criterion"], f"{r['top1_oneshot']:.2f}%",
+              "-" if r["top1_recovered"] is None else f"{r['top1_recovered']:.2f}%"] for r in rows]
+    return "\n".join(Table(["criterion", "val top-1 one-shot", f"after {recover_batches} recovery batches"],
+                           cells).markdown())
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ from typing import Iterator, List, Sequence
 from pipeline.devices.profiles import get_device
 from pipeline.latency.reference import ModelSpec, measure, noop
 from pipeline.errors import Log
+from pipeline.table import Table
 
 #: Profiles whose scheduling models the bench prices with (an in-order and a wide core).
 BENCH_DEVICES = ("camera-a53", "pixel4")
@@ -59,7 +60,7 @@ def _price_uncached(block_profile, profile) -> dict:
 
 def mca_time_table(log: Log = noop) -> List[str]:
     """Markdown rows: uncached llvm-mca seconds per reference model and scheduling model."""
-    rows = ["| model | device (model) | hot blocks | llvm-mc + llvm-mca s |", "|---|---|---:|---:|"]
+    rows = []
     for name in BENCH_DEVICES:
         profile = get_device(name)
         for family in FAMILIES:
@@ -67,9 +68,9 @@ def mca_time_table(log: Log = noop) -> List[str]:
                 spec = ModelSpec(family, variant=variant)
                 m = measure(spec, profile, log)
                 stats = _price_uncached(m.block_profile, profile)
-                rows.append(f"| {spec.label} | {name} ({profile.sched_model}) | "
-                            f"{len(m.block_profile['hot'])} | {stats['llvm_seconds']:.2f} |")
-    return rows
+                rows.append([spec.label, f"{name} ({profile.sched_model})", str(len(m.block_profile["hot"])),
+                             f"{stats['llvm_seconds']:.2f}"])
+    return Table(["model", "device (model)", "hot blocks", "llvm-mc + llvm-mca s"], rows, "llrr").markdown()
 
 
 def _timed_run(spec: ModelSpec, profile, profile_from: int) -> float:
@@ -103,13 +104,12 @@ def profile_overhead(log: Log = noop, device: str = "pixel4") -> List[str]:
         f"Device run of {spec.label} on {device} (one warm-up and one measured inference, "
         f"best of {OVERHEAD_REPEATS}):",
         "",
-        "| | seconds | vs run without the profile |",
-        "|---|---:|---:|",
-        f"| run, blocks not profiled | {base:.1f} | 1.00x |",
-        f"| run, blocks profiled | {profiled:.1f} | {profiled / base:.2f}x |",
-        f"| + llvm-mca pricing, uncached | {mca:.1f} | {mca / base:.2f}x |",
-        f"| per-block analysis in all | {profiled - base + mca:.1f} | "
-        f"+{100 * (profiled - base + mca) / base:.0f}% |",
+        *Table(["", "seconds", "vs run without the profile"], [
+            ["run, blocks not profiled", f"{base:.1f}", "1.00x"],
+            ["run, blocks profiled", f"{profiled:.1f}", f"{profiled / base:.2f}x"],
+            ["+ llvm-mca pricing, uncached", f"{mca:.1f}", f"{mca / base:.2f}x"],
+            ["per-block analysis in all", f"{profiled - base + mca:.1f}",
+             f"+{100 * (profiled - base + mca) / base:.0f}%"]]).markdown(),
     ]
 
 

@@ -22,6 +22,7 @@ import sys
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 from pipeline.compress.channels import layer_graph
+from pipeline.table import Table
 
 # Layers that stay with the conv before them in one segment.
 TRAILING = ("BatchNormalization", "ReLU", "Activation", "HardSwish")
@@ -69,24 +70,23 @@ def segment_costs(model, cost: CostFn) -> List[Dict[str, float]]:
 
 def format_table(names: Sequence[str], tables: Sequence[List[Mapping[str, float]]], device: str) -> str:
     """Segments as rows, each model's instructions / latency / latency share as columns."""
-    head = "| segment | " + " | ".join(f"{n}: instructions | {n}: est. ms | {n}: latency share" for n in names) + " |"
-    lines = [f"Device cost per segment on {device} (int8, one thread; prefix differences)\n", head,
-             "|---|" + "---:|---:|---:|" * len(names)]
+    headers = ["segment"] + [f"{n}: {what}" for n in names for what in ("instructions", "est. ms", "latency share")]
     by_model = [{r["segment"]: r for r in t} for t in tables]
     order = [r["segment"] for r in tables[0]]
     for t in tables[1:]:
         order += [r["segment"] for r in t if r["segment"] not in order]
-    totals = [sum(r["instructions"] for r in t) for t in tables]
+    rows = []
     for seg in order:
-        cells = []
-        for rows in by_model:
-            r = rows.get(seg)
-            cells.append("- | - | -" if r is None else
-                         f"{r['instructions']:,.0f} | {r['latency_ms']:.3f} | {r['latency_share'] * 100:.1f}%")
-        lines.append(f"| {seg} | " + " | ".join(cells) + " |")
-    lines.append("| **total** | " + " | ".join(
-        f"{tot:,.0f} | {sum(r['latency_ms'] for r in t):.3f} | 100%" for tot, t in zip(totals, tables)) + " |")
-    return "\n".join(lines)
+        cells = [seg]
+        for by_segment in by_model:
+            r = by_segment.get(seg)
+            cells += (["-", "-", "-"] if r is None else
+                      [f"{r['instructions']:,.0f}", f"{r['latency_ms']:.3f}", f"{r['latency_share'] * 100:.1f}%"])
+        rows.append(cells)
+    rows.append(["**total**"] + [cell for t in tables for cell in (
+        f"{sum(r['instructions'] for r in t):,.0f}", f"{sum(r['latency_ms'] for r in t):.3f}", "100%")])
+    return "\n".join([f"Device cost per segment on {device} (int8, one thread; prefix differences)\n",
+                      *Table(headers, rows).markdown()])
 
 
 def main(argv=None) -> int:

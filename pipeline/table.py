@@ -24,7 +24,11 @@ def _md_cell(c: Cell) -> str:
 
 @dataclass
 class Table:
-    """A table: ``align`` has one char per column, "l" or "r"; default: first left, rest right."""
+    """A table: ``align`` has one char per column, "l" or "r"; default: first left, rest right.
+
+    A row may be shorter than ``headers``: its last cells are left empty (a message that
+    spans the rest of the row, e.g. why a variant does not load).
+    """
 
     headers: List[str]
     rows: List[List[Cell]]
@@ -36,7 +40,8 @@ class Table:
 
     def markdown(self) -> List[str]:
         """The Markdown lines: header, alignment row, one line per row ("|" in a cell escaped,
-        cells styled "bad" in bold)."""
+        cells styled "bad" in bold; the missing cells of a short row written ``| |``)."""
         out = ["| " + " | ".join(self.headers) + " |",
                "|" + "|".join("---:" if a == "r" else "---" for a in self.alignment) + "|"]
-        return out + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in self.rows]
+        return out + ["| " + " | ".join(_md_cell(c) for c in row) + " |" + " |" * (len(self.headers) - len(row))
+                      for row in self.rows]

@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 from pipeline.errors import ConfigError, ConversionMismatchError
 from pipeline.recipe.schema import Recipe
+from pipeline.table import Table
 
 MODES = ("scratch", "transfer")
 
@@ -82,19 +83,18 @@ def fewshot_markdown(rows: Sequence[FewShotRow]) -> str:
     """The table: per N, scratch and transfer top-1 (float, deploy variant, device) and the gain."""
     variant = rows[0].deploy_variant if rows else "int8"
     device = next((r.device for r in rows if r.device), None)
-    dev_cols = f" | scratch {device} % | transfer {device} %" if device else ""
-    lines = [f"| images per class | scratch float % | transfer float % | scratch {variant} % | "
-             f"transfer {variant} % | gain ({variant}) | transfer float -> {variant}{dev_cols} |",
-             "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if device else "")]
+    headers = ["images per class", "scratch float %", "transfer float %", f"scratch {variant} %",
+               f"transfer {variant} %", f"gain ({variant})", f"transfer float -> {variant}"]
+    if device:
+        headers += [f"scratch {device} %", f"transfer {device} %"]
     by = {(r.per_class, r.mode): r for r in rows}
+    cells = []
     for n in sorted({r.per_class for r in rows}):
         s, t = by[(n, "scratch")], by[(n, "transfer")]
-        cells = [f"{n}", f"{s.float_top1:.1f}", f"{t.float_top1:.1f}", _deploy(s), _deploy(t),
-                 _diff(t.deploy_top1, s.deploy_top1), _diff(t.deploy_top1, t.float_top1)]
-        if device:
-            cells += [_pct(s.device_top1), _pct(t.device_top1)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append([f"{n}", f"{s.float_top1:.1f}", f"{t.float_top1:.1f}", _deploy(s), _deploy(t),
+                      _diff(t.deploy_top1, s.deploy_top1), _diff(t.deploy_top1, t.float_top1)]
+                     + ([_pct(s.device_top1), _pct(t.device_top1)] if device else []))
+    return "\n".join(Table(headers, cells, "r" * len(headers)).markdown())
 
 
 def _deploy(row: FewShotRow) -> str:

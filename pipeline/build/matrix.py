@@ -18,7 +18,9 @@ import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
-from pipeline.summary import LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary, VariantSummary
+from pipeline.summary import (LATENCY_ALIGN, LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary,
+                              VariantSummary)
+from pipeline.table import Table
 from pipeline.errors import Log
 
 
@@ -173,19 +175,16 @@ def _integer_compute(variant: str, m: DeviceSummary) -> bool:
 def device_table(summary: BuildSummary) -> str:
     """Markdown table: one row per device x variant of ``summary``, with the latency's
     provenance and, when a latency is unvalidated, the footnote of its mark."""
-    lines = ["| device | variant | loads | top-1 % | M instr / inference | " + " | ".join(LATENCY_HEADERS)
-             + " | bit-exact | max abs diff | memory MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-
     def f(val, fmt):
         return format(val, fmt) if val is not None else "-"
 
+    rows = []
     for dev, per_variant in summary.devices.items():
         for v, m in per_variant.items():
             if not m.loaded:
                 first = ((m.load_error or "?").splitlines() or ["?"])[0]
                 op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else first.split(":")[0][:60]
-                lines.append(f"| {dev} | {v} | no ({op}) |" + " |" * (5 + len(LATENCY_HEADERS)))
+                rows.append([dev, v, f"no ({op})"])
                 continue
             instr = m.instructions_per_inference / 1e6 if m.instructions_per_inference else None
             mem = m.peak_memory_bytes / 2 ** 20 if m.peak_memory_bytes else None
@@ -193,7 +192,8 @@ def device_table(summary: BuildSummary) -> str:
             # is bit-exact or not even when dequantized to float; a float model's is not
             # expected to be (other kernels round differently): its max |diff| says more.
             exact = f(m.exact_fraction, ".0%") if _integer_compute(v, m) else "n/a (float)"
-            lines.append(f"| {dev} | {v} | yes | {f(m.top1, '.1f')} | {f(instr, '.3f')} | "
-                         + " | ".join(m.latency.cells())
-                         + f" | {exact} | {f(m.max_abs_diff, '.2g')} | {f(mem, '.2f')} |")
+            rows.append([dev, v, "yes", f(m.top1, ".1f"), f(instr, ".3f"), *m.latency.cells(), exact,
+                         f(m.max_abs_diff, ".2g"), f(mem, ".2f")])
+    lines = Table(["device", "variant", "loads", "top-1 %", "M instr / inference", *LATENCY_HEADERS, "bit-exact",
+                   "max abs diff", "memory MiB"], rows, "lllrr" + LATENCY_ALIGN + "rrr").markdown()
     return "\n".join(lines) + (f"\n\n{summary.latency_note}" if summary.latency_note else "")

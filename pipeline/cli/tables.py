@@ -2,9 +2,11 @@
 
 from typing import Sequence
 
-from pipeline.variants import VARIANTS
 from pipeline.gate.budgets import format_budget_table
+from pipeline.publish.variant_table import TERMINAL_COLUMNS, variant_table
 from pipeline.summary import BudgetResult, BuildSummary
+from pipeline.table import Table
+from pipeline.variants import VARIANTS
 
 
 def summary_table(summary: BuildSummary) -> str:
@@ -13,14 +15,7 @@ def summary_table(summary: BuildSummary) -> str:
     variant was built, the per-kernel table of every full-integer variant."""
     lines = [f"float Keras top-1: {summary.float_top1:.2f}%   params {summary.params:,}   "
              f"MACs {summary.macs:,}",
-             "",
-             "| variant | from | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) | "
-             "distinct/channel (max) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, v in summary.variants.items():
-        lines.append(f"| {name} | {v.chain} | {v.size_bytes / 1024:.1f} | "
-                     f"{v.gzip_bytes / 1024:.1f} | {v.top1:.2f} | {v.agreement_with_float:.2f} | "
-                     f"{v.zeros_prunable:.1%} | {v.max_unique_per_kernel} |")
+             "", *variant_table(summary, TERMINAL_COLUMNS).markdown()]
     table = kernel_summary(summary)
     return "\n".join(lines) + (f"\n\n{table}" if table else "")
 
@@ -33,18 +28,17 @@ def kernel_summary(summary: BuildSummary) -> str:
     if not any(VARIANTS.get(name).source in ("cqat", "pcqat") for name in variants):
         return ""
     by_layer = {name: {k.layer: k for k in v.kernels} for name, v in variants.items()}
-    head = " | ".join(f"{name} zeros / distinct" for name in variants)
-    lines = ["Per kernel (int8 files): zeros, and most distinct values in any output channel",
-             "",
-             f"| kernel | op | params | {head} |",
-             "|---|---|---:|" + "---:|" * len(variants)]
+    rows = []
     for row in next(iter(variants.values())).kernels:
         cells = []
         for kernels in by_layer.values():
             k = kernels.get(row.layer)
             cells.append(f"{k.zeros:.0%} / {k.unique_per_channel}" if k else "")
-        lines.append(f"| {row.layer} | {row.op} | {row.params:,} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+        rows.append([row.layer, row.op, f"{row.params:,}", *cells])
+    table = Table(["kernel", "op", "params"] + [f"{name} zeros / distinct" for name in variants], rows,
+                  "llr" + "r" * len(variants))
+    return "\n".join(["Per kernel (int8 files): zeros, and most distinct values in any output channel", "",
+                      *table.markdown()])
 
 
 def budget_summary(budgets: Sequence[BudgetResult]) -> str:

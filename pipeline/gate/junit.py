@@ -7,6 +7,7 @@ from xml.sax.saxutils import quoteattr
 from pipeline.gate.compare import IMPROVED, MISSING, NEW, OK, REGRESSION, SKIPPED, Check, Comparison, union
 from pipeline.gate.thresholds import DEVICE_METRICS, HOST_METRICS, THRESHOLDS, format_value
 from pipeline.store.atomic import atomic_write_text
+from pipeline.table import Table
 
 MARK = {REGRESSION: " **REGRESSED**", MISSING: " **MISSING**", IMPROVED: " _improved_", OK: "", SKIPPED: "",
         NEW: " _new_"}
@@ -48,28 +49,26 @@ def format_markdown(comp: Comparison) -> str:
     index = {(c.where, c.variant, c.metric): c for c in comp.checks}
     host = HOST_METRICS
     variants = union(comp.baseline.variants, comp.current.variants)
-    lines += ["| host | " + " | ".join(m.label for m in host) + " |",
-              "|---|" + "---:|" * len(host)]
+    rows = []
     for v in variants:
         pres = index.get(("host", v, "present"))
-        if pres is not None:
-            lines.append(f"| {v} | {pres.status.upper()}: {pres.message} |" + " |" * (len(host) - 1))
-            continue
-        lines.append(f"| {v} | " + " | ".join(_cell(index.get(("host", v, m.key))) for m in host) + " |")
+        rows.append([v, f"{pres.status.upper()}: {pres.message}"] if pres is not None else
+                    [v] + [_cell(index.get(("host", v, m.key))) for m in host])
+    lines += Table(["host"] + [m.label for m in host], rows).markdown()
     devs = union(comp.baseline.devices, comp.current.devices)
     if devs:
         dev_m = DEVICE_METRICS
-        lines += ["", "| device | variant | loads | " + " | ".join(m.label for m in dev_m) + " |",
-                  "|---|---|---|" + "---:|" * len(dev_m)]
+        rows = []
         for dev in devs:
             pres = index.get((dev, "*", "present"))
             if pres is not None:
-                lines.append(f"| {dev} | * | {pres.status.upper()}: {pres.message} |" + " |" * len(dev_m))
+                rows.append([dev, "*", f"{pres.status.upper()}: {pres.message}"])
                 continue
             for v in union(comp.baseline.devices.get(dev, {}), comp.current.devices.get(dev, {})):
-                cells = [_cell(index.get((dev, v, "loads")))]
-                cells += [_cell(index.get((dev, v, m.key))) for m in dev_m]
-                lines.append(f"| {dev} | {v} | " + " | ".join(cells) + " |")
+                rows.append([dev, v, _cell(index.get((dev, v, "loads")))]
+                            + [_cell(index.get((dev, v, m.key))) for m in dev_m])
+        lines += [""] + Table(["device", "variant", "loads"] + [m.label for m in dev_m], rows,
+                              "lll" + "r" * len(dev_m)).markdown()
     if regs:
         lines += ["", "**Regressions**", ""]
         lines += [f"- {c.where} / {c.variant}: {c.label}: {c.message}" for c in regs]

@@ -9,6 +9,7 @@ from pipeline.latency.calibration import SPLITS, Calibration, breakdown, error_s
 from pipeline.latency.model import PARAM_KEYS
 from pipeline.latency.published import PUBLISHED_FORMATS, PUBLISHED_ORDER
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
+from pipeline.table import Table
 
 # What the calibration must meet, leave-one-device-out over the published points (fractions).
 LODO_MEDIAN_MAX, LODO_WORST_MAX = 0.10, 0.25
@@ -76,17 +77,20 @@ def _apct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _summary_row(label: str, s: Mapping[str, Any]) -> str:
-    return (f"| {label} | {s['points']} | {_apct(s['median_abs_error'])} | {_apct(s['worst_abs_error'])} | "
-            f"{s['worst_point'] or '-'} |")
+def _summary_row(label: str, s: Mapping[str, Any]) -> List[str]:
+    return [label, str(s["points"]), _apct(s["median_abs_error"]), _apct(s["worst_abs_error"]),
+            s["worst_point"] or "-"]
+
+
+def _error_table(first: str, points: str, rows: List[List[str]]) -> List[str]:
+    return Table([first, points, "median abs error", "worst", "worst point"], rows, "lrrrl").markdown()
 
 
 def _errors(title: str, split: Mapping[str, Any]) -> List[str]:
-    out = ["", f"### {title}", "", "| subset | points | median abs error | worst | worst point |",
-           "|---|---:|---:|---:|---|", _summary_row("all", split["all"])]
+    rows = [_summary_row("all", split["all"])]
     for name in ("variant", "core", "threads"):
-        out += [_summary_row(g, s) for g, s in split[name].items()]
-    return out
+        rows += [_summary_row(g, s) for g, s in split[name].items()]
+    return ["", f"### {title}", ""] + _error_table("subset", "points", rows)
 
 
 def _summary(data: Mapping[str, Any]) -> List[str]:
@@ -103,23 +107,22 @@ def _summary(data: Mapping[str, Any]) -> List[str]:
     for name, split in data["held_out"].items():
         out += _errors(name, split)
     out += ["", "### Comparison: the first model (two costs per class and core type), single-thread points",
-            "", "| split | points predicted | median abs error | worst | worst point |", "|---|---:|---:|---:|---|"]
-    out += [_summary_row(name, split["all"]) for name, split in data["first_model_held_out"].items()]
+            ""]
+    out += _error_table("split", "points predicted", [_summary_row(name, split["all"])
+                                  for name, split in data["first_model_held_out"].items()])
     out += ["", "Points whose core type has too few other points cannot be predicted by the first model "
             "and are missing from its rows."]
     return out
 
 
 def _points(data: Mapping[str, Any]) -> List[str]:
-    out = ["", "## Each point", "",
-           "| point | core (model) | measured ms | M instr | IPC | ops | DRAM MB | fit-all | LOPO | LODO | LOAO |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for p in data["points"]:
-        out.append(f"| {p['point']} | {p['core']} ({p['sched_model']}) | {p['measured_ms']:g} | "
-                   f"{p['instructions'] / 1e6:.1f} | {p['ipc']:.2f} | {p['ops']} | {p['dram_bytes'] / 1e6:.1f} | "
-                   f"{_pct(p['fit_all_error'])} | {_pct(p['leave-one-point-out_error'])} | "
-                   f"{_pct(p['leave-one-device-out_error'])} | {_pct(p['leave-one-architecture-out_error'])} |")
-    return out
+    rows = [[p["point"], f"{p['core']} ({p['sched_model']})", f"{p['measured_ms']:g}", f"{p['instructions'] / 1e6:.1f}",
+             f"{p['ipc']:.2f}", str(p["ops"]), f"{p['dram_bytes'] / 1e6:.1f}", _pct(p["fit_all_error"]),
+             _pct(p["leave-one-point-out_error"]), _pct(p["leave-one-device-out_error"]),
+             _pct(p["leave-one-architecture-out_error"])] for p in data["points"]]
+    return ["", "## Each point", ""] + Table(
+        ["point", "core (model)", "measured ms", "M instr", "IPC", "ops", "DRAM MB", "fit-all", "LOPO", "LODO", "LOAO"],
+        rows, "ll" + "r" * 9).markdown()
 
 
 def _matrix_cell(r: Optional[Mapping[str, Any]]) -> str:
@@ -133,29 +136,28 @@ def _matrix_cell(r: Optional[Mapping[str, Any]]) -> str:
 def _matrix(data: Mapping[str, Any]) -> List[str]:
     if not data["matrix"]:
         return []
-    out = ["", "## Estimates, full-size models, one thread (ms)", "",
-           "| device | model | " + " | ".join(f"{f} {v}" for f in PUBLISHED_ORDER for v in PUBLISHED_FORMATS) + " |",
-           "|---|---|" + "---:|" * (len(PUBLISHED_ORDER) * len(PUBLISHED_FORMATS))]
+    columns = [(f, v) for f in PUBLISHED_ORDER for v in PUBLISHED_FORMATS]
+    rows = []
     for device in DEVICES.names():
-        rows = {(r["family"], r["variant"]): r for r in data["matrix"] if r["device"] == device}
-        if rows:
-            cells = [_matrix_cell(rows.get((f, v))) for f in PUBLISHED_ORDER for v in PUBLISHED_FORMATS]
-            out.append(f"| {device} | {get_device(device).sched_model} | " + " | ".join(cells) + " |")
+        found = {(r["family"], r["variant"]): r for r in data["matrix"] if r["device"] == device}
+        if found:
+            rows.append([device, get_device(device).sched_model] + [_matrix_cell(found.get(c)) for c in columns])
+    out = ["", "## Estimates, full-size models, one thread (ms)", ""]
+    out += Table(["device", "model"] + [f"{f} {v}" for f, v in columns], rows, "ll" + "r" * len(columns)).markdown()
     out += ["", "\\* unvalidated: no published point of this core and numeric format was in the fit."]
     if data["order_check"]:
-        out += ["", "## Order of the four models per device (estimates, one thread)", "",
-                "| device | variant | estimated order, slowest first | as published |", "|---|---|---|---|"]
-        out += [f"| {r['device']} | {r['variant']} | {' > '.join(r['order'])} | "
-                f"{'yes' if r['as_published'] else 'NO'} |" for r in data["order_check"]]
+        out += ["", "## Order of the four models per device (estimates, one thread)", ""]
+        out += Table(["device", "variant", "estimated order, slowest first", "as published"],
+                     [[r["device"], r["variant"], " > ".join(r["order"]), "yes" if r["as_published"] else "NO"]
+                      for r in data["order_check"]], "llll").markdown()
     return out
 
 
 def _sources(data: Mapping[str, Any]) -> List[str]:
-    out = ["", "## Published points", "", "| model | variant | device | ms | runtime | source |",
-           "|---|---|---|---:|---|---|"]
-    out += [f"| {p['model']} | {p['variant']} | {p['device']} | {p['latency_ms']:g} | {p['runtime']} | "
-            f"{p['source']} |" for p in data["published"]]
-    return out
+    rows = [[p["model"], p["variant"], p["device"], f"{p['latency_ms']:g}", p["runtime"], p["source"]]
+            for p in data["published"]]
+    return ["", "## Published points", ""] + Table(["model", "variant", "device", "ms", "runtime", "source"],
+                                                   rows, "lllrll").markdown()
 
 
 def report_markdown(data: Mapping[str, Any]) -> str:

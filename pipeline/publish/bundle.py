@@ -37,6 +37,7 @@ from pipeline.store.atomic import gzip_size
 from pipeline.publish.model_card import MODEL_FILE, PLAIN_MODEL_FILE, model_card
 from pipeline.publish.records import device_profile, in_recipe_order
 from pipeline.publish.tflite_metadata import LABELS_FILE, embed_metadata
+from pipeline.publish.variant_table import variant_description
 from pipeline.store.atomic import atomic_write_bytes, sha256_bytes
 from pipeline.summary import BuildSummary, DeviceSummary, TensorIO
 from pipeline.tflite.reader import parse_tflite, read_tflite
@@ -212,8 +213,6 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         model_bytes: the deploy variant as built (``model_without_metadata.tflite``).
         embedded: :func:`pipeline.publish.tflite_metadata.embed_metadata`'s result for it.
     """
-    from pipeline.variants import VARIANTS
-
     variant = summary.deploy_variant
     v = summary.variants[variant]
     model = parse_tflite(model_bytes, variant)
@@ -224,7 +223,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         "model_file": MODEL_FILE,
         "model_without_metadata_file": PLAIN_MODEL_FILE,
         "variant": variant,
-        "variant_description": VARIANTS.get(variant).description if variant in VARIANTS.names() else "",
+        "variant_description": variant_description(variant),
         "sha256": sha256_bytes(model_bytes),
         "size_bytes": len(model_bytes),
         "gzip_bytes": gzip_size(model_bytes),

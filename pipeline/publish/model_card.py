@@ -6,7 +6,8 @@ and the recipe, so the card and the metadata never disagree.
 
 from typing import Any, List, Mapping, Optional
 
-from pipeline.summary import LATENCY_HEADERS, LatencyEstimate, unvalidated_note
+from pipeline.summary import LATENCY_ALIGN, LATENCY_HEADERS, LatencyEstimate, unvalidated_note
+from pipeline.table import Table
 
 # The model's file names inside bundle/: with embedded TFLite metadata, and as built.
 MODEL_FILE = "model.tflite"
@@ -98,10 +99,8 @@ def _training(r, meta: Mapping[str, Any]) -> List[str]:
         *_init(r, meta["init"]),
         "## Accuracy (test split, host runtime)",
         "",
-        "| model | top-1 % |",
-        "|---|---:|",
-        f"| float Keras | {_fmt(acc['float_top1'], '.2f')} |",
-        f"| {meta['variant']} (this file) | {_fmt(acc['top1'], '.2f')} |",
+        *Table(["model", "top-1 %"], [["float Keras", _fmt(acc["float_top1"], ".2f")],
+                                      [f"{meta['variant']} (this file)", _fmt(acc["top1"], ".2f")]]).markdown(),
         "",
         f"Agreement with the float model: {_fmt(acc['agreement_with_float'], '.2f')}% of "
         f"{acc['test_samples']} test images.",
@@ -181,16 +180,15 @@ def _runtimes(meta: Mapping[str, Any]) -> List[str]:
     devs = meta["devices"]
     if not devs:
         return lines + ["No emulated-device results in this build.", ""]
-    lines += ["| device | runtime | loads | top-1 % | M instr / inference | " + " | ".join(LATENCY_HEADERS)
-              + " | memory MiB |",
-              "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
     estimates = {name: _estimate(d) for name, d in devs.items()}
+    rows = []
     for name, d in devs.items():
         loads = "yes" if d["loads"] else f"no ({d['load_error_op']} v{d['load_error_op_version']})"
-        lines.append(f"| {name}: {d['description'] or ''} | {d['runtime']} | {loads} | "
-                     f"{_fmt(d['top1'], '.1f')} | {_fmt(d['instructions_per_inference'], '.3f', 1e-6)} | "
-                     + " | ".join(estimates[name].cells())
-                     + f" | {_fmt(d['peak_memory_bytes'], '.2f', 1 / 2 ** 20)} |")
+        rows.append([f"{name}: {d['description'] or ''}", d["runtime"], loads, _fmt(d["top1"], ".1f"),
+                     _fmt(d["instructions_per_inference"], ".3f", 1e-6), *estimates[name].cells(),
+                     _fmt(d["peak_memory_bytes"], ".2f", 1 / 2 ** 20)])
+    lines += Table(["device", "runtime", "loads", "top-1 %", "M instr / inference", *LATENCY_HEADERS, "memory MiB"],
+                   rows, "lllrr" + LATENCY_ALIGN + "r").markdown()
     note = unvalidated_note(estimates.values())
     if note:
         lines += ["", note]

@@ -12,6 +12,7 @@ from typing import List, Mapping, Optional, Tuple
 
 from pipeline.publish.bundle import Bundle
 from pipeline.publish.document import Cell, Doc, Plot, Table
+from pipeline.publish.variant_table import REPORT_COLUMNS, variant_table
 from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, ChannelFigures, Confusion, SparsityRow,
                                       StageTiming, device_profile, most_confused)
 from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
@@ -84,20 +85,8 @@ def _overview(doc: Doc, inputs: ReportInputs) -> None:
 
 
 def _variants(doc: Doc, s: BuildSummary) -> None:
-    from pipeline.variants import VARIANTS
-
     doc.h(2, "Variants (host)")
-    base = s.variants["float32"].size_bytes if "float32" in s.variants else None
-    rows = []
-    for v, m in s.variants.items():
-        rows.append([f"**{v}**" if v == s.deploy_variant else v,
-                     (VARIANTS.get(v).description if v in VARIANTS.names() else "", "wrap"),
-                     f"{m.size_bytes / 1024:,.1f}", f"{m.gzip_bytes / 1024:,.1f}",
-                     f"{m.size_bytes / base:.2f}" if base else "-",
-                     f"{m.top1:.2f}", _f(m.top1 - s.float_top1, "+.2f"), f"{m.agreement_with_float:.1f}",
-                     f"{m.zeros_prunable:.1%}", f"{m.input.dtype} / {m.output.dtype}", str(len(m.ops))])
-    doc.table(Table(["variant", "what", "size KiB", "gzip KiB", "x float32", "top-1 %", "vs float",
-                     "agree %", "zeros (prunable)", "in / out", "ops"], rows, "llrrrrrrrlr"))
+    doc.table(variant_table(s, REPORT_COLUMNS))
     doc.p(f"Float Keras top-1: {_f(s.float_top1, '.2f')}% on the test split "
           f"({next(iter(s.variants.values())).samples} images).")
 

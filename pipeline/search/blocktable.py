@@ -30,6 +30,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 from pipeline.errors import Log
+from pipeline.table import Table
 
 
 #: Bump when what a part entry holds, or how a part is measured, changes.
@@ -234,14 +235,16 @@ def markdown(result: Dict[str, Any]) -> str:
     """The validation as a Markdown table."""
     lines = [f"Per-block table on {result['device']} ({len(result['rows'])} held-out genotypes, "
              f"input {result['geometry']['input_size']}x{result['geometry']['input_size']}"
-             f"x{result['geometry']['channels']}, stem stride {result['geometry']['first_stride']})", "",
-             "| genotype | parts | instructions pred / emulated (err %) | M cycles pred / emulated (err %) |"
-             " ms pred / emulated (err %) |", "|---|---:|---|---|---|"]
+             f"x{result['geometry']['channels']}, stem stride {result['geometry']['first_stride']})", ""]
+    rows = []
     for r in result["rows"]:
         i, c, m = r["instructions"], r["latency_cycles"], r["latency_ms"]
-        lines.append(f"| {r['genotype']} | {r['parts']} | {i['predicted']:,.0f} / {i['emulated']:,.0f} "
-                     f"({i['error_pct']:+.2f}) | {c['predicted'] / 1e6:.3f} / {c['emulated'] / 1e6:.3f} "
-                     f"({c['error_pct']:+.2f}) | {m['predicted']:.3f} / {m['emulated']:.3f} ({m['error_pct']:+.2f}) |")
+        rows.append([r["genotype"], str(r["parts"]),
+                     f"{i['predicted']:,.0f} / {i['emulated']:,.0f} ({i['error_pct']:+.2f})",
+                     f"{c['predicted'] / 1e6:.3f} / {c['emulated'] / 1e6:.3f} ({c['error_pct']:+.2f})",
+                     f"{m['predicted']:.3f} / {m['emulated']:.3f} ({m['error_pct']:+.2f})"])
+    lines += Table(["genotype", "parts", "instructions pred / emulated (err %)", "M cycles pred / emulated (err %)",
+                    "ms pred / emulated (err %)"], rows, "lrlll").markdown()
     lines.append("")
     for k, s in result["summary"].items():
         lines.append(f"- {k}: median |error| {s['median_abs_error_pct']:.2f}%, worst {s['worst_abs_error_pct']:.2f}%")

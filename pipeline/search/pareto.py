@@ -8,6 +8,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.search.space import Budget
 from pipeline.summary import UNVALIDATED_MARK, UNVALIDATED_NOTE
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
+from pipeline.table import Table
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -36,11 +37,12 @@ def pareto_table(rows: Sequence[Dict[str, Any]], variant: str) -> str:
         return "-" if v is None else format(v, fmt)
 
     kinds = any(r.get("kind", "grid") != "grid" for r in rows)
-    lines = ["| candidate | " + ("kind | " if kinds else "") + "est. latency ms | memory MiB | size KiB | fits | "
-             "proxy val top-1 % | " + ("rung: epochs, val top-1 % | " if kinds else "")
-             + f"Pareto | full {variant} test top-1 % |",
-             "|---|" + ("---|" if kinds else "") + "---:|---:|---:|---|---:|" + ("---|" if kinds else "") + "---|---:|"]
+    headers = (["candidate"] + (["kind"] if kinds else []) + ["est. latency ms", "memory MiB", "size KiB", "fits",
+               "proxy val top-1 %"] + (["rung: epochs, val top-1 %"] if kinds else [])
+               + ["Pareto", f"full {variant} test top-1 %"])
+    align = "l" + ("l" if kinds else "") + "rrrlr" + ("l" if kinds else "") + "lr"
     unvalidated = False
+    cells = []
     for r in rows:
         fin = r.get("finalist")
         fits = "yes" if r["fits"] else "no: " + "; ".join(r["misses"])
@@ -48,16 +50,17 @@ def pareto_table(rows: Sequence[Dict[str, Any]], variant: str) -> str:
         if r["latency_ms"] is not None and r.get("latency_validated") is False:
             latency += UNVALIDATED_MARK
             unvalidated = True
-        rung = ""
+        rung = []
         if r.get("rungs"):
             last = max(r["rungs"], key=int)
-            rung = f"{r['rung']}: {last}, {r['rungs'][last]:.1f} | "
+            rung = [f"{r['rung']}: {last}, {r['rungs'][last]:.1f}"]
         elif kinds:
-            rung = "- | "
-        lines.append(f"| {r['candidate']} | " + (f"{r.get('kind', 'grid')} | " if kinds else "")
-                     + f"{latency} | {f(r['memory_mb'], '.3f')} | "
-                     f"{f(r['size_kb'], '.1f')} | {fits} | {f(r.get('proxy_val_top1'), '.1f')} | {rung}"
-                     f"{'yes' if r.get('pareto') else ''} | {f(fin and fin['test_top1'], '.2f')} |")
+            rung = ["-"]
+        cells.append([r["candidate"]] + ([r.get("kind", "grid")] if kinds else [])
+                     + [latency, f(r["memory_mb"], ".3f"), f(r["size_kb"], ".1f"), fits,
+                        f(r.get("proxy_val_top1"), ".1f")] + rung
+                     + ["yes" if r.get("pareto") else "", f(fin and fin["test_top1"], ".2f")])
+    lines = Table(headers, cells, align).markdown()
     if unvalidated:
         lines += ["", UNVALIDATED_NOTE]
     return "\n".join(lines)
