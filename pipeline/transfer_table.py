@@ -14,8 +14,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
+from pipeline.errors import Log
 from pipeline.errors import ConfigError, ConversionMismatchError
 from pipeline.recipe.schema import Recipe
 from pipeline.table import Table
@@ -48,7 +49,7 @@ def fewshot_recipe(recipe: Recipe, per_class: int, mode: str) -> Recipe:
 
 
 def fewshot_table(recipe: Recipe, per_class: Sequence[int], out: Path, run_devices: bool = False,
-                  log: Callable[[str], None] = print) -> List[FewShotRow]:
+                  log: Log = print) -> List[FewShotRow]:
     """Builds the recipe at each N per class, from scratch and by transfer.
 
     Raises:

@@ -17,7 +17,7 @@ def _summary() -> BuildSummary:
                           "validation": {"validation_max_abs_diff": 0.0, "validation_agreement": 1.0,
                                          "validation_samples": 16, "size_bytes": size},
                           "macs": 1000, "path": f"tflite/{name}.tflite", "chain": "float", "samples": 100,
-                          "predictions": f"tflite/{name}.pred.npy"}
+                          "predictions": f"tflite/{name}.pred.npy", "source_top1": 91.25 if name == "float32" else None}
     return BuildSummary.from_dict({
         "recipe": "t", "float_top1": 91.25, "params": 1000, "macs": 1000, "deploy_variant": "int8-qat",
         "labels": [str(i) for i in range(10)], "variants": variants, "devices": {}, "budgets": [],
@@ -33,13 +33,16 @@ def test_the_terminal_and_the_report_show_one_variant_table():
     s = _summary()
     assert set(TERMINAL_COLUMNS) | set(REPORT_COLUMNS) <= set(COLUMNS)
     terminal = variant_table(s, TERMINAL_COLUMNS).markdown()
-    assert terminal[:2] == ["| variant | from | size KiB | gzip KiB | top-1 % | agree w/ float % | zeros (prunable) | "
-                            "distinct/channel (max) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    assert terminal[2] == "| float32 | float | 1171.9 | 585.9 | 91.00 | 99.12 | 50.0% | 256 |"
+    assert terminal[:2] == ["| variant | from | size KiB | gzip KiB | top-1 % | vs source | agree w/ float % | "
+                            "zeros (prunable) | distinct/channel (max) |",
+                            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    # vs source: top-1 against the Keras model the variant was converted from; "-" where none was recorded.
+    assert terminal[2] == "| float32 | float | 1171.9 | 585.9 | 91.00 | -0.25 | 99.12 | 50.0% | 256 |"
+    assert terminal[3] == "| int8-qat | float | 293.0 | 146.5 | 90.50 | - | 99.12 | 50.0% | 256 |"
     report = variant_table(s, REPORT_COLUMNS)  # the report's "Variants (host)" table
     assert report.headers == ["variant", "what", "size KiB", "gzip KiB", "x float32", "top-1 %", "vs float",
-                              "agree %", "zeros (prunable)", "in / out", "ops"]
+                              "vs source", "agree %", "zeros (prunable)", "in / out", "ops"]
     assert report.rows[1][:2] == ["**int8-qat**", (variant_description("int8-qat"), "wrap")]
-    assert report.markdown()[2] == ("| float32 | float32, as trained | 1,171.9 | 585.9 | 1.00 | 91.00 | -0.25 | 99.1 | "
-                                    "50.0% | float32 / float32 | 2 |")
+    assert report.markdown()[2] == ("| float32 | float32, as trained | 1,171.9 | 585.9 | 1.00 | 91.00 | -0.25 | "
+                                    "-0.25 | 99.1 | 50.0% | float32 / float32 | 2 |")
     assert variant_description("no-such-variant") == ""

@@ -46,6 +46,9 @@ COLUMNS: Dict[str, Column] = {
     "x float32": Column("x float32", "r", lambda s, n, m: _float32_ratio(s, m)),
     "top-1 %": Column("top-1 %", "r", lambda s, n, m: f"{m.top1:.2f}"),
     "vs float": Column("vs float", "r", lambda s, n, m: f"{m.top1 - s.float_top1:+.2f}"),
+    # Conversion judged against its own input: the Keras model the variant was converted from.
+    "vs source": Column("vs source", "r",
+                        lambda s, n, m: "-" if m.source_top1 is None else f"{m.top1 - m.source_top1:+.2f}"),
     "agree w/ float %": Column("agree w/ float %", "r", lambda s, n, m: f"{m.agreement_with_float:.2f}"),
     "agree %": Column("agree %", "r", lambda s, n, m: f"{m.agreement_with_float:.1f}"),
     "zeros (prunable)": Column("zeros (prunable)", "r", lambda s, n, m: f"{m.zeros_prunable:.1%}"),
@@ -55,11 +58,11 @@ COLUMNS: Dict[str, Column] = {
 }
 
 #: What ``mobile-model build`` prints.
-TERMINAL_COLUMNS = ("variant", "from", "size KiB", "gzip KiB", "top-1 %", "agree w/ float %", "zeros (prunable)",
-                    "distinct/channel (max)")
+TERMINAL_COLUMNS = ("variant", "from", "size KiB", "gzip KiB", "top-1 %", "vs source", "agree w/ float %",
+                    "zeros (prunable)", "distinct/channel (max)")
 #: What the report's "Variants (host)" section shows.
 REPORT_COLUMNS = ("variant, deploy in bold", "what", "size KiB, thousands", "gzip KiB, thousands", "x float32",
-                  "top-1 %", "vs float", "agree %", "zeros (prunable)", "in / out", "ops")
+                  "top-1 %", "vs float", "vs source", "agree %", "zeros (prunable)", "in / out", "ops")
 
 
 def variant_table(summary: BuildSummary, columns: Sequence[str]) -> Table:

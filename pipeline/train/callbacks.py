@@ -7,10 +7,11 @@ command's ``--help`` may import this module).
 """
 
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
+from pipeline.errors import Log
 from pipeline.native import tf_environment
 from pipeline.train.fit import progress_line
 from pipeline.train.schedule import Plan, epochs_that_fit
@@ -95,7 +96,7 @@ class EpochRecord(keras.callbacks.Callback):
     """
 
     def __init__(self, label: str, plan: Plan, lr_schedule=None, budget: Optional[TimeBudget] = None,
-                 log: Callable[[str], None] = print):
+                 log: Log = print):
         super().__init__()
         self.label, self.plan, self.lr_schedule, self.budget, self.log = label, plan, lr_schedule, budget, log
 

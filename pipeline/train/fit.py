@@ -7,10 +7,11 @@ early stopping, the distribution strategy and the progress output.
 
 import os
 import time  # noqa: F401 (tests reach time.perf_counter, which the callbacks read, through here)
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
+from pipeline.errors import Log
 from pipeline.recipe.schema import AugmentConfig, TrainConfig
 from pipeline.train.schedule import Plan
 from pipeline.errors import ConfigError
@@ -123,7 +124,7 @@ def class_weights(y: np.ndarray, classes: int) -> Dict[int, float]:
 def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0,
         augment: Optional[AugmentConfig] = None, class_weight: Optional[Dict[int, float]] = None,
         one_hot: bool = False, callbacks=(), lr_schedule=None,
-        log: Callable[[str], None] = print) -> Dict[str, Any]:
+        log: Log = print) -> Dict[str, Any]:
     """Trains a compiled model on the train split, one epoch at a time (streamed:
     :func:`pipeline.train.stream.epoch_dataset`), validating on the val split.
 
