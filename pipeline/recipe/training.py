@@ -19,7 +19,9 @@ FIT_MODES = tuple(vocabulary.FIT_MODES.names())
 CLASS_WEIGHTS = ("none", "balanced")
 #: Float epochs on the synthetic ``shapes`` set when the recipe leaves ``train.epochs``
 #: unset: its hand-tuned schedule (shapes is easy and rendered afresh, so auto buys little).
-SHAPES_EPOCHS = 4
+#: The default recipe's V2-0.35 converges in it: validation top-1 plateaus at 96.4-96.6%
+#: from epoch 7 of 10 (test 94.0%); 4 epochs stopped at 90.0% while still rising.
+SHAPES_EPOCHS = 10
 
 
 @dataclass(frozen=True)
