@@ -65,7 +65,7 @@ def test_runtime_rejection_is_a_clear_error_naming_the_file():
 def test_a_tensor_name_that_is_not_utf8_is_a_clear_error():
     # In process, LiteRT's Python wrapper raises UnicodeDecodeError from get_input_details.
     bad = FIX / "bad_utf8_tensor_name.tflite"
-    res = CliRunner().invoke(main, ["inspect", str(bad)])
+    res = CliRunner().invoke(main, ["inspect", "--load", str(bad)])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output == (f"error: {bad}: the TFLite runtime rejected this model: UnicodeDecodeError: 'utf-8' "
                           "codec can't decode byte 0xff in position 21: invalid start byte\n")
@@ -91,11 +91,11 @@ def test_a_crash_of_the_runtime_is_a_clear_error(monkeypatch):
                             "process; the file is malformed or hostile: reading tensor 3")
 
 
-def test_inspect_loads_in_isolation_and_rejects_what_the_runtime_rejects():
-    ok = CliRunner().invoke(main, ["inspect", str(SEED_INT8)])
+def test_inspect_load_loads_in_isolation_and_rejects_what_the_runtime_rejects():
+    ok = CliRunner().invoke(main, ["inspect", "--load", str(SEED_INT8)])
     assert ok.exit_code == 0, ok.output
     assert "host LiteRT: loads and allocates (5 ops, isolated process)" in ok.output
-    bad = CliRunner().invoke(main, ["inspect", str(IM2COL)])
+    bad = CliRunner().invoke(main, ["inspect", "--load", str(IM2COL)])
     assert bad.exit_code == 2
     assert bad.output.startswith(f"error: {IM2COL}: the TFLite runtime rejected this model: RuntimeError: "
                                  "Conv im2col elements")

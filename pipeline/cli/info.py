@@ -51,11 +51,17 @@ def datasets(as_json):
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
-def inspect(model, as_json):
-    """Show a .tflite model: ops with versions, tensors, inputs/outputs, size."""
+@click.option("--load", is_flag=True, help="Also load it into the host LiteRT (in an isolated process).")
+def inspect(model, as_json, load):
+    """Show a .tflite model without running it: ops with versions, custom ops, inputs/outputs
+    with quantization, size, and which device runtimes can load it (or what they lack)."""
+    from pipeline.devices.op_support import load_verdicts
     from pipeline.tflite.inspect import describe_model, format_description
+    from pipeline.tflite.reader import read_tflite
 
-    desc = describe_model(model)
+    parsed = read_tflite(model)
+    desc = describe_model(model, load=load, model=parsed)
+    desc["runtimes"] = load_verdicts(parsed)
     if as_json:
         echo_json(desc)
     else:

@@ -1,8 +1,11 @@
 """Inspecting and evaluating a ``.tflite`` file given by a user.
 
-Such a file is untrusted: it is read by the bounds-checked parser and handed to
-LiteRT only in a child process (:mod:`pipeline.tflite.sandbox`), so a malformed or
-hostile file gives a clear :class:`ModelFileError` instead of a crash or a hang.
+Such a file is untrusted. :func:`describe_model` only reads it, with the
+bounds-checked parser: no runtime sees the file, so a model with custom ops the
+runtimes lack is described like any other. Evaluation (and ``describe_model`` with
+``load``) hands it to LiteRT only in a child process (:mod:`pipeline.tflite.sandbox`),
+so a malformed or hostile file gives a clear :class:`ModelFileError` instead of a
+crash or a hang.
 """
 
 from pathlib import Path
@@ -12,21 +15,24 @@ import numpy as np
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.tflite.sandbox import load_check, run_untrusted
-from pipeline.tflite.reader import read_tflite
+from pipeline.tflite.reader import TFLiteModel, read_tflite
 
 
-def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
-    """Ops with versions, tensors, inputs/outputs with quantization, and size.
+def describe_model(path: Path, load: bool = False, model: Optional[TFLiteModel] = None) -> Dict[str, Any]:
+    """Ops with versions, custom ops, tensors, inputs/outputs with quantization, and size.
+
+    Read from the file alone unless ``load``.
 
     Args:
         load: also have the host runtime (LiteRT) load the file and allocate its
             tensors, in an isolated child process.
+        model: the file as already parsed (read otherwise).
 
     Raises:
         ModelFileError: missing, truncated or not a TFLite file, or (with ``load``)
             the runtime rejects it, crashes on it or times out.
     """
-    m = read_tflite(path)
+    m = model if model is not None else read_tflite(path)
     runtime = None
     if load:
         info = load_check(path, model=m)
@@ -37,7 +43,8 @@ def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
         q = t.quantization
         return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype,
                 "scale": [float(s) for s in q.scale[:4]], "zero_point": [int(z) for z in q.zero_point[:4]],
-                "per_channel": len(q.scale) > 1}
+                "per_channel": len(q.scale) > 1, "channels": len(q.scale),
+                "quantized_dimension": q.quantized_dimension}
 
     counts: Dict[str, int] = {}
     for op in m.operators:
@@ -52,6 +59,8 @@ def describe_model(path: Path, load: bool = True) -> Dict[str, Any]:
         "subgraphs": m.num_subgraphs,
         "operators": len(m.operators),
         "ops": counts,
+        "op_codes": [{"op": c.name, "version": c.version} for c in m.op_codes],
+        "custom_ops": sorted({c.custom_code or "" for c in m.op_codes if c.builtin == "CUSTOM"}),
         "tensor_dtypes": dtypes,
         "inputs": [tensor(i) for i in m.inputs],
         "outputs": [tensor(i) for i in m.outputs],
@@ -64,15 +73,39 @@ def format_description(d: Dict[str, Any]) -> str:
     lines = [f"{d['path']}: {d['size_bytes']:,} bytes, {d['operators']} operators, {d['subgraphs']} subgraph(s)"]
     for kind in ("inputs", "outputs"):
         for t in d[kind]:
-            q = f" scale {t['scale'][0]:.6g} zero_point {t['zero_point'][0]}" if t["scale"] else ""
-            lines.append(f"  {kind[:-1]:<7}{t['name']}: {t['dtype']} {t['shape']}{q}")
+            lines.append(f"  {kind[:-1]:<7}{t['name']}: {t['dtype']} {t['shape']}{_quantization(t)}")
     lines.append("  ops:")
     for op, n in sorted(d["ops"].items()):
-        lines.append(f"    {op:<32}x{n}")
+        lines.append(f"    {op:<31} x{n}")
+    if d.get("custom_ops"):
+        lines.append("  custom ops: " + ", ".join(d["custom_ops"]))
     lines.append("  tensor dtypes: " + ", ".join(f"{k} x{v}" for k, v in sorted(d["tensor_dtypes"].items())))
+    if d.get("runtimes"):
+        lines.append("  device runtimes (read from the file, never run):")
+        for r in d["runtimes"]:
+            lines.append(f"    {r['runtime'] + ' ' + r['version']:<24}{_verdict(r)}  [{', '.join(r['devices'])}]")
     if d.get("host_runtime"):
         lines.append(f"  host LiteRT: loads and allocates ({d['host_runtime']['ops']} ops, isolated process)")
     return "\n".join(lines)
+
+
+def _quantization(t: Dict[str, Any]) -> str:
+    if not t["scale"]:
+        return ""
+    if t["per_channel"]:
+        return f" per-channel ({t['channels']} scales, axis {t['quantized_dimension']})"
+    return f" scale {t['scale'][0]:.6g} zero_point {t['zero_point'][0]}"
+
+
+def _verdict(r: Dict[str, Any]) -> str:
+    if r["loads"] is None:
+        return r["reason"]
+    if r["loads"]:
+        return "loads"
+    text = "cannot load: lacks " + ", ".join(r["lacks"])
+    if all(m.startswith("custom op ") for m in r["lacks"]):
+        text += " (with the op resolver alone; a delegate, e.g. the default XNNPACK, may still take those nodes)"
+    return text
 
 
 #: Images per sandboxed evaluation run (at 224x224x3 float32, 0.6 MiB each).
