@@ -42,3 +42,26 @@ def smoke_build(tmp_path_factory):
 def smoke_tflite(smoke_build):
     """Paths of the smoke build's .tflite files by variant."""
     return {v: Path(m.path) for v, m in smoke_build.summary.variants.items()}
+
+
+@pytest.fixture(scope="session")
+def shapes_splits():
+    """``shapes_splits(data, shape=(32, 32, 1), seed=0)``: the splits of a ``DataConfig``,
+    loaded once per session (several modules train on the same small shapes sets)."""
+    from pipeline.data import load_dataset
+
+    cache = {}
+
+    def get(data, shape=(32, 32, 1), seed=0):
+        key = (data, tuple(shape), seed)
+        if key not in cache:
+            cache[key] = load_dataset(data, tuple(shape), seed=seed)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def workdir(request, tmp_path_factory):
+    """A temporary directory shared by the tests of one module (its artifacts built once)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])

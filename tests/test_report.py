@@ -18,7 +18,7 @@ from pipeline.publish.records import short_tensor_name
 from pipeline.publish.report import rewrite_report, write_report
 from pipeline.recipe.schema import Recipe
 from pipeline.summary import UNVALIDATED_NOTE, BudgetResult
-from tests.test_bundle import LABELS, LATENCY_MODEL, fake_build
+from tests.helpers.fake_builds import LABELS, LATENCY_MODEL, fake_build
 
 PLOTS = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
 # matplotlib 3.10 still calls pyparsing names that pyparsing 3.3 deprecates: not ours to fix.
