@@ -26,6 +26,49 @@ if "MOBILE_MODEL_IMAGE_CACHE" not in os.environ:
 
 REPO = Path(__file__).resolve().parent
 
+#: Fixtures that run the ARM runtime under qemu: a test using one is a ``device`` test.
+QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if QEMU_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.device)
+
+
+_current = {"item": None}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current["item"] = item
+
+
+def pytest_runtest_teardown(item):
+    _current["item"] = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def qemu_needs_the_device_marker():
+    """Fails a test without the ``device`` marker the moment it starts qemu in this process
+    (directly or through a fixture it uses), so ``-m "not device"`` never runs the ARM runtime."""
+    import subprocess
+    import types
+
+    from pipeline.devices import runner
+
+    def run(command, *args, **kwargs):
+        item = _current["item"]
+        if item is not None and item.get_closest_marker("device") is None:
+            pytest.fail(f"{item.nodeid} runs the ARM runtime under qemu: mark it @pytest.mark.device")
+        return subprocess.run(command, *args, **kwargs)
+
+    # The runner's own view of subprocess (where it starts qemu), nobody else's.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(runner, "subprocess", types.SimpleNamespace(**{**vars(subprocess), "run": run}))
+    yield
+    mp.undo()
+
 
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory):
@@ -42,3 +85,26 @@ def smoke_build(tmp_path_factory):
 def smoke_tflite(smoke_build):
     """Paths of the smoke build's .tflite files by variant."""
     return {v: Path(m.path) for v, m in smoke_build.summary.variants.items()}
+
+
+@pytest.fixture(scope="session")
+def shapes_splits():
+    """``shapes_splits(data, shape=(32, 32, 1), seed=0)``: the splits of a ``DataConfig``,
+    loaded once per session (several modules train on the same small shapes sets)."""
+    from pipeline.data import load_dataset
+
+    cache = {}
+
+    def get(data, shape=(32, 32, 1), seed=0):
+        key = (data, tuple(shape), seed)
+        if key not in cache:
+            cache[key] = load_dataset(data, tuple(shape), seed=seed)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def workdir(request, tmp_path_factory):
+    """A temporary directory shared by the tests of one module (its artifacts built once)."""
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])

@@ -54,3 +54,40 @@ def device_build(request) -> Dict[str, Any]:
         out = request.getfixturevalue("tmp_path_factory").mktemp("device-build") / "b"
         result = build(suite_recipe(), out=out, log=lambda s: None)
     return {"root": result.root, "summary": result.summary, "recipe": suite_recipe()}
+
+
+@pytest.fixture(scope="session")
+def expected_load(device_build):
+    """``expected_load(variant, device)`` -> ``(loads, load_error)`` as the device's runtime
+    decides it: the runtime and version its profile names, asked on the host (its x86_64
+    build, through the same guest runner), never the emulated run's own verdict."""
+    import numpy as np
+
+    from pipeline.devices.host_twin import needs_twin, twin_outputs
+    from pipeline.devices.profiles import get_device
+    from pipeline.devices.targets import RUNTIMES
+    from pipeline.errors import DeviceOutputError
+    from pipeline.tflite.host import allocate, make_interpreter
+
+    summary, recipe = device_build["summary"], device_build["recipe"]
+    x = np.zeros((1, *recipe.model.input_shape), np.float32)
+    cache = {}
+
+    def get(variant, device):
+        profile = get_device(device)
+        runtime = RUNTIMES[profile.runtime]
+        assert runtime.version == profile.runtime_version, (device, runtime)
+        key = (variant, runtime.name)
+        if key not in cache:
+            path = summary.variants[variant].path
+            try:
+                if needs_twin(runtime):
+                    twin_outputs(Path(path), x, runtime)
+                else:  # the pipeline's own interpreter is this runtime and version
+                    allocate(make_interpreter(Path(path).read_bytes(), delegates=False))
+                cache[key] = (True, None)
+            except (DeviceOutputError, RuntimeError, ValueError) as exc:
+                cache[key] = (False, str(exc))
+        return cache[key]
+
+    return get

@@ -26,21 +26,30 @@ def _result(device_build, device, variant) -> DeviceSummary:
     return per_device[device][variant]
 
 
-def test_loads_unless_the_runtime_lacks_an_op(device_build, variant, device):
+def test_loads_exactly_where_its_runtime_supports_every_op(device_build, expected_load, variant, device):
+    """The emulated device loads the variant exactly when the runtime its profile names
+    (same version, built for the host) does; where it does not, both name the same op
+    and version, and only a legacy runtime may refuse a model the build made."""
+    from pipeline.devices.guest_result import parse_load_error
+
     r = _result(device_build, device, variant)
-    if r.loaded:
+    loads, host_error = expected_load(variant, device)
+    assert r.loaded == loads, (r.load_error, host_error)
+    if loads:
         return
-    # Only a legacy runtime may refuse a model, and it must say which op and version.
-    assert get_device(device).runtime != "litert", r.load_error
+    assert get_device(device).runtime != "litert", host_error
+    expected = parse_load_error(host_error)
     assert r.load_error_op and r.load_error_op_version, r.load_error
+    assert (r.load_error_op, r.load_error_op_version) == (expected.op, expected.version), (r.load_error, host_error)
 
 
-def test_device_accuracy_matches_host(device_build, variant, device):
+def test_device_accuracy_matches_host(device_build, expected_load, variant, device):
     from pipeline.data import load_dataset
 
     r = _result(device_build, device, variant)
+    assert r.loaded == expected_load(variant, device)[0], r.load_error
     if not r.loaded:
-        assert get_device(device).runtime != "litert" and r.top1 is None, r
+        assert r.top1 is None, r
         return
     recipe = device_build["recipe"]
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
@@ -51,7 +60,7 @@ def test_device_accuracy_matches_host(device_build, variant, device):
     assert r.top1 >= host_top1 - TOP1_TOLERANCE, (r.top1, host_top1)
 
 
-def test_outputs_agree_with_host(device_build, variant, device):
+def test_outputs_agree_with_host(device_build, expected_load, variant, device):
     """float32: within 1e-4. Full-integer: the same class, and on LiteRT devices at most one
     output quantization step apart (measured: 99-100% of outputs bit-exact; the rest 1 LSB).
     The legacy tflite-runtime 2.14 int8 kernels differ more from today's host kernels
@@ -59,6 +68,7 @@ def test_outputs_agree_with_host(device_build, variant, device):
     from pipeline.variants import VARIANTS
 
     r = _result(device_build, device, variant)
+    assert r.loaded == expected_load(variant, device)[0], r.load_error
     if not r.loaded:  # nothing ran, so nothing to compare; the load test names the op
         assert r.exact_fraction is None and r.instructions_per_inference is None, r
         return
@@ -73,8 +83,9 @@ def test_outputs_agree_with_host(device_build, variant, device):
         assert r.top1_agreement >= 0.95, r
 
 
-def test_cost_and_memory_within_budgets(device_build, variant, device):
+def test_cost_and_memory_within_budgets(device_build, expected_load, variant, device):
     r = _result(device_build, device, variant)
+    assert r.loaded == expected_load(variant, device)[0], r.load_error
     if not r.loaded:
         assert r.peak_memory_bytes is None, r
         return
@@ -102,12 +113,15 @@ def test_instruction_count_repeats_exactly(device_build, device):
     assert again.instructions_median == r.instructions_per_inference
 
 
-def test_every_registered_device_runs_the_deploy_variant(device_build):
-    """Registry coverage: each profile, not only the recipe's targets, runs the model."""
+def test_every_registered_device_runs_the_deploy_variant(device_build, expected_load):
+    """Registry coverage: each profile, not only the recipe's targets, loads the deploy
+    variant where its runtime supports every op, and then runs it."""
     from pipeline.devices.check import run_device_check
 
-    path = device_build["summary"].variants[device_build["recipe"].deploy_variant].path
+    variant = device_build["recipe"].deploy_variant
+    path = device_build["summary"].variants[variant].path
     x = np.random.default_rng(0).random((2, *device_build["recipe"].model.input_shape), dtype=np.float32)
     for name in DEVICES.names():
         r = run_device_check(path, name, x)
-        assert r.loaded and r.instructions_median > 0, (name, r.load_error)
+        assert r.loaded == expected_load(variant, name)[0], (name, r.load_error)
+        assert not r.loaded or r.instructions_median > 0, name

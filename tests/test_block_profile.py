@@ -1,7 +1,7 @@
 """Tests of the block profile: the plugin's block lines, their checks, re-joining, hot blocks.
 
 ``data/insn_count_v2.txt`` is recorded plugin output, trimmed: the tiny float32 conv
-model of test_devices.py (32x32x3: stem conv, depthwise, pointwise, pool, dense) run
+model of test_device_emulated.py (32x32x3: stem conv, depthwise, pointwise, pool, dense) run
 with one input on pixel4 (cortex-a76, ai-edge-litert), regions 0-2 as guest_runner.py
 marks them. Of the run's 1,523 blocks, 16 are kept: the hottest XNNPACK kernel blocks,
 a block QEMU split at a page boundary (0x5508f73fec | 0x5508f74000), two it split at
@@ -11,7 +11,7 @@ end line were recomputed for the kept blocks (classes from a64_classes.h), so th
 passes every check a whole run passes.
 
 Tests marked ``device`` run the plugin under qemu-aarch64 (the ARM runtime is built on
-first use, see test_devices.py).
+first use, see test_device_emulated.py).
 """
 
 import json
@@ -24,8 +24,8 @@ import pytest
 
 from pipeline.devices import runtime as rt
 from pipeline.devices.check import DeviceResult
-from pipeline.devices.parse import (Block, BlockProfile, HotProfile, block_profile, hot_blocks, is_branch,
-                                    parse_insn_counts, rejoin)
+from pipeline.devices.blocks import BlockProfile, HotProfile, block_profile, hot_blocks, is_branch, rejoin
+from pipeline.devices.insn_counts import Block, parse_insn_counts
 from pipeline.errors import ConfigError, DeviceOutputError
 
 FIXTURE = Path(__file__).parent / "data" / "insn_count_v2.txt"

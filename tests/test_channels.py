@@ -184,7 +184,7 @@ def test_unstructured_pruning_on_top_of_channels(tmp_path):
     recipe = Recipe.from_dict({
         "name": "tiny", "data": {"dataset": "shapes"},
         "model": {"family": "mobilenet_v1", "alpha": 0.35, "first_stride": 1},
-        "prune": {"enabled": True, "structure": "channels+unstructured", "target_macs": 0.8, "step": 0.1,
+        "prune": {"enabled": True, "structure": "channels+unstructured", "target_macs": 0.8, "step": 0.2,
                   "target_sparsity": 0.5},
         "convert": {"variants": ["int8-qat"]}}).smoke()
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)

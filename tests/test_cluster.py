@@ -18,6 +18,7 @@ from pipeline.recipe.schema import DataConfig, Recipe
 from pipeline.recipe.load import load_recipe
 from pipeline.errors import ConfigError
 from pipeline.variants import VARIANTS
+from tests.helpers.stages import quiet
 
 CLUSTERS = 8
 DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=64)
@@ -44,10 +45,6 @@ def make_recipe(*, clusters=CLUSTERS, per_channel=False, init="kmeans_plus_plus"
     ).validate()
 
 
-def _quiet(line):
-    pass
-
-
 def _tiny_model(num_classes):
     """conv 3x3 (72 weights) -> depthwise 3x3 -> conv 1x1 (128) -> dense (160)."""
     import tf_keras as keras
@@ -71,15 +68,8 @@ def _tiny_model(num_classes):
 
 
 @pytest.fixture(scope="module")
-def splits():
-    from pipeline.data import load_dataset
-
-    return load_dataset(DATA, (32, 32, 1), seed=0)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cluster")
+def splits(shapes_splits):
+    return shapes_splits(DATA)
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +108,14 @@ def chains(workdir, splits, float_h5):
     recipe = make_recipe()
     d = workdir
     out = {}
-    clustered = cluster_model(recipe, splits, float_h5, d / "cluster.h5", False, _quiet)
-    cqat = cluster_qat_model(recipe, splits, d / "cluster.h5", d / "cqat-weights.h5", "cqat", _quiet)
+    clustered = cluster_model(recipe, splits, float_h5, d / "cluster.h5", False, quiet)
+    cqat = cluster_qat_model(recipe, splits, d / "cluster.h5", d / "cqat-weights.h5", "cqat", quiet)
     data, model = _int8(d / "cqat-weights.h5", splits, "int8-cqat", d / "cluster.h5", "cqat")
     out["cqat"] = SimpleNamespace(cluster=clustered, qat=cqat, tflite=model, data=data,
                                   clustered_h5=d / "cluster.h5", weights=d / "cqat-weights.h5")
-    prune_model(recipe, splits, float_h5, d / "pruned.h5", _quiet)
-    pclustered = cluster_model(recipe, splits, d / "pruned.h5", d / "cluster-pruned.h5", True, _quiet)
-    pcqat = cluster_qat_model(recipe, splits, d / "cluster-pruned.h5", d / "pcqat-weights.h5", "pcqat", _quiet)
+    prune_model(recipe, splits, float_h5, d / "pruned.h5", quiet)
+    pclustered = cluster_model(recipe, splits, d / "pruned.h5", d / "cluster-pruned.h5", True, quiet)
+    pcqat = cluster_qat_model(recipe, splits, d / "cluster-pruned.h5", d / "pcqat-weights.h5", "pcqat", quiet)
     data, model = _int8(d / "pcqat-weights.h5", splits, "int8-pcqat", d / "cluster-pruned.h5", "pcqat")
     out["pcqat"] = SimpleNamespace(cluster=pclustered, qat=pcqat, tflite=model, data=data,
                                    clustered_h5=d / "cluster-pruned.h5", weights=d / "pcqat-weights.h5")
@@ -209,7 +199,7 @@ def test_optimize_runs_only_the_stages_the_variants_need(tmp_path):
         base = make_recipe()
         recipe = r(base, prune=r(base.prune, **prune), convert=r(base.convert, variants=variants),
                    deploy_variant=variants[-1]).validate()
-        sources = compress_stages(recipe, None, stage, tmp_path / "float.h5", tmp_path, _quiet)
+        sources = compress_stages(recipe, None, stage, tmp_path / "float.h5", tmp_path, quiet)
         return [c[0] for c in calls], {k: {n: p.name for n, p in v.items()} for k, v in sources.items()}
 
     names, sources = run(("float32", "int8-cqat"), enabled=False)
@@ -229,7 +219,7 @@ def test_cluster_qat_names_a_bad_scheme_before_training(tmp_path):
     from pipeline.compress.cluster import cluster_qat_model
 
     with pytest.raises(ConfigError, match="cluster-preserving QAT scheme: expected one of cqat, pcqat, got 'pqat'"):
-        cluster_qat_model(make_recipe(), None, tmp_path / "cluster.h5", tmp_path / "w.h5", "pqat", _quiet)
+        cluster_qat_model(make_recipe(), None, tmp_path / "cluster.h5", tmp_path / "w.h5", "pqat", quiet)
 
 
 @pytest.mark.integration
@@ -246,7 +236,7 @@ def test_runner_refuses_a_file_that_does_not_reload_to_the_trained_model(splits,
     out = workdir / "qat-bad-reload.h5"
     with pytest.raises(RuntimeError, match=r"QAT model .*qat-bad-reload.h5 does not reload faithfully: "
                                            r"outputs differ by .* on 32 validation images"):
-        fine_tune(make_recipe(), splits, float_h5, out, technique, _quiet)
+        fine_tune(make_recipe(), splits, float_h5, out, technique, quiet)
 
 
 # -- clustering -------------------------------------------------------------------------
@@ -274,7 +264,7 @@ def test_per_channel_clustering_bounds_each_output_channel(splits, workdir, floa
 
     recipe = make_recipe(clusters=4, per_channel=True, init="linear")
     out = workdir / "cluster-per-channel.h5"
-    m = cluster_model(recipe, splits, float_h5, out, False, _quiet)
+    m = cluster_model(recipe, splits, float_h5, out, False, quiet)
     kernels = _keras_kernels(out)
     for name in ("stem_conv", "pw_conv"):  # Conv2D: 4 values per output channel (last axis) ...
         channels = kernels[name].reshape(-1, kernels[name].shape[-1]).T

@@ -18,7 +18,7 @@ from pipeline.data import (DATASETS, FASHION_MNIST_DIR, FASHION_MNIST_LABELS, SH
                            fashion_mnist, load_dataset, read_idx)
 from pipeline.errors import ConfigError, DataError
 from pipeline.recipe.schema import DataConfig
-from tests.test_data_folder import folder_cfg, make_folder
+from tests.helpers.folders import folder_cfg, make_folder
 
 SMALL = dict(train_samples=40, val_samples=20, test_samples=20)
 

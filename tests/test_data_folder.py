@@ -1,7 +1,7 @@
 """Tests of the ``folder`` data set: layouts it refuses, images it reads and converts.
 
-Class folders and images are generated in tmp dirs; ``make_folder`` and
-``folder_cfg`` also serve the loader table of ``tests/test_data.py``.
+Class folders and images are generated in tmp dirs (``tests/helpers/folders.py``, also
+used by the loader table of ``tests/test_data.py``).
 """
 
 import os
@@ -14,27 +14,7 @@ from PIL import Image
 from pipeline.data import Splits, load_dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.recipe.schema import DataConfig
-
-
-def save(path: Path, img: Image.Image, **kwargs) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **kwargs)
-    return path
-
-
-def make_folder(root: Path, per_class=None, size=(12, 10)) -> Path:
-    """One sub-folder per class of RGB PNGs of flat colour (j + 1, 60 * k + 10, 200)
-    for image j of class k: a test can tell which file, and which class, a sample is."""
-    per_class = per_class or {"cat": 10, "dog": 10, "eel": 10}
-    for k, (name, n) in enumerate(per_class.items()):
-        for j in range(n):
-            colour = (j + 1, 60 * k + 10, 200)
-            save(root / name / f"img{j:03d}.png", Image.new("RGB", size, colour))
-    return root
-
-
-def folder_cfg(root: Path, **kw) -> DataConfig:
-    return DataConfig(dataset="folder", path=str(root), **kw)
+from tests.helpers.folders import folder_cfg, make_folder, save
 
 
 def folder_error(root: Path) -> str:

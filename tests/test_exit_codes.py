@@ -177,7 +177,7 @@ def test_a_regression_exits_1(tmp_path):
 
 
 def test_baseline_json_describes_the_written_file(tmp_path):
-    from tests.test_compare import make_summary, write_build
+    from tests.helpers.summaries import make_summary, write_build
 
     build = write_build(tmp_path / "b", make_summary())
     out = tmp_path / "base.json"

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.data import ImageSet, load_dataset
 from pipeline.data import cache as image_cache
 from pipeline.errors import DataError
-from tests.test_data_folder import folder_cfg, make_folder, save
+from tests.helpers.folders import folder_cfg, make_folder, save
 
 
 @pytest.fixture(autouse=True)

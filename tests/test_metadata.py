@@ -12,7 +12,7 @@ from pipeline.publish.mediapipe_env import REQUIREMENTS, MediaPipeEnv, ensure_en
 from pipeline.publish.tflite_metadata import embed_metadata, read_metadata, rgb_front
 from pipeline.tflite.host import run_tflite
 from pipeline.tflite.reader import parse_tflite
-from tests.test_bundle import LABELS, tiny_tflite
+from tests.helpers.fake_builds import LABELS, tiny_tflite
 
 
 @pytest.fixture(scope="module")

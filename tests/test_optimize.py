@@ -1,11 +1,14 @@
-"""Pruning and (prune-preserving) QAT stages on tiny models of every registered family.
+"""Pruning and (prune-preserving) QAT stages on tiny models.
 
-Each family runs the chain float -> prune (50%, 1 epoch) -> PQAT (1 epoch) -> full-int8
-TFLite once per module (``_chain``); the tests then check sparsity at every step:
-Keras kernels after pruning, the reloaded QAT ``.h5``, and the int8 flatbuffer.
+The chain float -> prune (50%, 1 epoch) -> PQAT (1 epoch) -> full-int8 TFLite runs once
+per module for each family of ``CHAIN_FAMILIES`` (``chain``); the tests then check
+sparsity at every step: Keras kernels after pruning, the reloaded QAT ``.h5``, and the
+int8 flatbuffer. Those families hold every layer kind of every registered family
+(``test_the_chained_families_hold_every_layer_kind``), which is what pruning and
+quantization act on; the default recipe's MobileNetV2 runs the same chain in the
+session smoke build (``tests/test_build.py``).
 """
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -18,58 +21,21 @@ import numpy as np
 import pytest
 
 from models import FAMILIES
-from pipeline.recipe.schema import DataConfig, Recipe
+from tests.helpers.stages import DATA, FAMILY_CASES, KEPT, TARGET, make_recipe, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# One row per registered family; test_every_family_has_a_case fails when one is missing.
-FAMILY_CASES = {
-    "mobilenet_v1": dict(alpha=0.25),
-    "mobilenet_v2": dict(alpha=0.25),
-    "mobilenet_v3_small": dict(alpha=0.25),
-    "mobilenet_v3_large": dict(alpha=0.25),
-}
-TARGET = 0.5
-# 50% per layer is exact up to rounding of tiny kernels; PQAT and the int8 file must keep it.
-KEPT = 0.45
-
-DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=32)
-
-
-def make_recipe(family, *, prune=True, m_by_n=None, strategy="default", logical_devices=0):
-    """The smallest recipe that exercises a stage: 32x32x1, batch 32, one epoch each."""
-    case = FAMILY_CASES.get(family)
-    if case is None:
-        pytest.fail(f"model family {family!r} has no case in FAMILY_CASES of tests/test_optimize.py")
-    base = Recipe(name="optimize-test", seed=0)
-    r = dataclasses.replace
-    return r(
-        base,
-        data=DATA,
-        model=r(base.model, family=family, alpha=case["alpha"], input_size=32, channels=1),
-        train=r(base.train, epochs=1, batch_size=32, strategy=strategy, logical_devices=logical_devices),
-        prune=r(base.prune, enabled=prune, target_sparsity=TARGET, m_by_n=m_by_n, epochs=1),
-        qat=r(base.qat, enabled=True, epochs=1),
-    ).validate()
-
-
-def _quiet(line):
-    pass
+# V1: the plain depthwise-separable stack (conv, depthwise, dense, ReLU6); V3-Small adds
+# residual adds, squeeze-excite (conv with ReLU, hard-sigmoid, multiply) and hard-swish.
+CHAIN_FAMILIES = ("mobilenet_v1", "mobilenet_v3_small")
 
 
 # -- shared artifacts ----------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def splits():
-    from pipeline.data import load_dataset
-
-    return load_dataset(DATA, (32, 32, 1), seed=0)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("optimize")
+def splits(shapes_splits):
+    return shapes_splits(DATA)
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +77,8 @@ def chain(workdir, splits, float_model):
             d = workdir / family
             src = float_model(family)
             pruned, qat = d / "pruned.h5", d / "qat.h5"
-            prune_m = prune_model(recipe, splits, src, pruned, _quiet)
-            qat_m = qat_model(recipe, splits, pruned, qat, _quiet)
+            prune_m = prune_model(recipe, splits, src, pruned, quiet)
+            qat_m = qat_model(recipe, splits, pruned, qat, quiet)
             reloaded = load_keras(qat, quantized=True)
             tflite = convert_keras(reloaded, VARIANTS.get("int8-qat"), splits.x_train[:32], int8_io=False)
             cache[family] = SimpleNamespace(recipe=recipe, float=src, pruned=pruned, qat=qat,
@@ -144,6 +110,30 @@ def test_every_family_has_a_case():
     stale = sorted(set(FAMILY_CASES) - set(list(FAMILIES)))
     assert not missing, f"registered families without a test case: {missing}"
     assert not stale, f"test cases for unregistered families: {stale}"
+
+
+def _layer_kinds(model):
+    """(layer class, activation) of every layer: what pruning and quantization act on."""
+    kinds = set()
+    for layer in model.layers:
+        activation = layer.get_config().get("activation")
+        kinds.add((type(layer).__name__, activation if isinstance(activation, str) else None))
+    return kinds
+
+
+def test_the_chained_families_hold_every_layer_kind():
+    """The prune -> PQAT -> int8 tests run on ``CHAIN_FAMILIES`` only: every layer kind of
+    every registered family occurs in one of them, so no family has a layer they skip."""
+    from models import build_model
+
+    kinds = {f: _layer_kinds(build_model(f, FAMILY_CASES[f]["alpha"], (32, 32, 1), 10, first_stride=1))
+             for f in FAMILIES}
+    chained = set().union(*(kinds[f] for f in CHAIN_FAMILIES))
+    for family in FAMILIES:
+        missing = kinds[family] - chained
+        assert not missing, f"{family} has layer kinds no chained family has: {sorted(missing)}"
+    assert {("DepthwiseConv2D", "linear"), ("Dense", "linear"), ("HardSwish", None), ("Multiply", None),
+            ("Add", None)} <= chained
 
 
 @pytest.mark.parametrize("total", [1, 2, 3, 4, 7, 10, 94, 999, 12345])
@@ -195,7 +185,7 @@ def test_kernel_table_lists_depthwise_as_never_pruned():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", CHAIN_FAMILIES)
 def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
     from pipeline.train.keras_io import load_keras
 
@@ -220,7 +210,7 @@ def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", CHAIN_FAMILIES)
 def test_pqat_keeps_sparsity_and_reloads(family, chain):
     from pipeline.compress.kernels import kernel_table, prunable_sparsity
 
@@ -236,7 +226,7 @@ def test_pqat_keeps_sparsity_and_reloads(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", CHAIN_FAMILIES)
 def test_pqat_int8_file_keeps_sparsity(family, chain):
     from pipeline.tflite.reader import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
 
@@ -255,7 +245,7 @@ def test_prune_is_deterministic(chain, splits, workdir):
 
     first = chain("mobilenet_v1")
     again = workdir / "mobilenet_v1" / "pruned-again.h5"
-    metrics = prune_model(first.recipe, splits, first.float, again, _quiet)
+    metrics = prune_model(first.recipe, splits, first.float, again, quiet)
     assert metrics["history"] == first.prune["history"]
     for a, b in zip(load_keras(first.pruned).get_weights(), load_keras(again).get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -272,7 +262,7 @@ def test_prune_2_by_4(splits, workdir, float_model):
     family = "mobilenet_v1"
     recipe = make_recipe(family, m_by_n=(2, 4))
     out = workdir / family / "pruned-2x4.h5"
-    metrics = prune_model(recipe, splits, float_model(family), out, _quiet)
+    metrics = prune_model(recipe, splits, float_model(family), out, quiet)
     assert metrics["m_by_n"] == [2, 4] and metrics["target_sparsity"] == 0.5
     checked, dense = [], []
     for name, kind, kernel in _kernels(load_keras(out)):
@@ -301,7 +291,7 @@ def test_qat_default_scheme_from_float(splits, workdir, float_model):
     family = "mobilenet_v1"
     recipe = make_recipe(family, prune=False)
     out = workdir / family / "qat-default.h5"
-    m = qat_model(recipe, splits, float_model(family), out, _quiet)
+    m = qat_model(recipe, splits, float_model(family), out, quiet)
     assert m["scheme"] == "default" and m["scheme_class"] == "Default8BitQuantizeScheme"
     assert m["sparsity"] < 0.01 and m["reload_max_abs_diff"] <= 1e-5
     assert not any(r["pruned"] for r in m["layers"])
@@ -315,7 +305,7 @@ def test_qat_default_scheme_from_float(splits, workdir, float_model):
 _MIRRORED = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from tests.test_optimize import DATA, make_recipe
+    from tests.helpers.stages import DATA, make_recipe
     from pipeline.train.fit import setup_tensorflow
 
     recipe = make_recipe("mobilenet_v1", strategy="mirrored", logical_devices=2)

@@ -2,7 +2,7 @@
 
 Unit tests (Pareto front, budgets, study keys, recipes, CLI errors) need neither
 TensorFlow training nor qemu. The integration test runs a real search on a tiny
-space (MobileNetV2 at two widths, 32x32x1, smoke-sized data) on pixel4: emulated
+space (MobileNetV2 at two widths, 32x32x1, 128 training images) on pixel4: emulated
 cost runs, proxy training, one finalist built with devices, then a resumed run.
 """
 
@@ -24,12 +24,12 @@ from pipeline.errors import BudgetExceededError, ConfigError
 
 TINY = {
     "name": "tiny",
-    "data": {"dataset": "shapes", "train_samples": 256, "val_samples": 64, "test_samples": 128},
+    "data": {"dataset": "shapes", "train_samples": 128, "val_samples": 32, "test_samples": 32},
     "model": {"family": "mobilenet_v2", "alpha": 0.35, "input_size": 32, "channels": 1, "first_stride": 1},
     "train": {"epochs": 1, "batch_size": 32},
     "qat": {"enabled": True, "epochs": 1},
-    "convert": {"variants": ["float32", "int8-qat"], "calibration_samples": 32, "validation_samples": 16},
-    "devices": {"samples": 16},
+    "convert": {"variants": ["float32", "int8-qat"], "calibration_samples": 16, "validation_samples": 8},
+    "devices": {"samples": 4},
     "search": {"families": ["mobilenet_v2"], "alphas": [0.35, 0.75], "input_sizes": [32], "trials": 2,
                "proxy_epochs": 1, "finalists": 1},
 }

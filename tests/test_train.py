@@ -215,7 +215,7 @@ def test_a_time_budget_ends_training_on_a_low_learning_rate(monkeypatch):
     import tf_keras as keras
 
     from pipeline.data import load_dataset
-    from pipeline.train import fit as fit_module
+    from pipeline.train import callbacks as callbacks_module
     from pipeline.train.fit import compile_model, fit, setup_tensorflow, steps_per_epoch
     from pipeline.train.zoo import build_model
 
@@ -226,7 +226,7 @@ def test_a_time_budget_ends_training_on_a_low_learning_rate(monkeypatch):
     per_epoch = steps_per_epoch(splits, 16)
     schedule = compile_model(model, 1e-2, 10 * per_epoch)
     clock = [0.0]
-    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(callbacks_module.time, "perf_counter", lambda: clock[0])
 
     class Tick(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

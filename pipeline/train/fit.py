@@ -6,7 +6,7 @@ early stopping, the distribution strategy and the progress output.
 """
 
 import os
-import time  # noqa: F401 (tests reach time.perf_counter, which the callbacks read, through here)
+
 from typing import Any, Dict, Optional
 
 import numpy as np
