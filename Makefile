@@ -19,6 +19,9 @@ RECIPE_NAME  = $(basename $(notdir $(RECIPE)))
 BASELINE    ?= baselines/$(RECIPE_NAME).json
 COMPARE_ARGS ?=
 PYTEST_ARGS ?=
+# make test runs the suite in this many pytest-xdist workers, whole modules per worker
+# (module fixtures are built once); 0 runs it in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: mobile-model test lint unit fuzz device-test arm-runtime mediapipe-env system-deps bench check-regressions accept-baseline clean help
 
@@ -103,7 +106,7 @@ TEST_RESULTS ?= build/test-results
 test: $(STAMP) lint system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	@mkdir -p $(TEST_RESULTS)
-	$(PY) -m pytest tests device_tests -p no:cacheprovider --durations=20 --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest tests device_tests -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --durations=20 --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 unit: $(STAMP)

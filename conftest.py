@@ -72,13 +72,32 @@ def qemu_needs_the_device_marker():
 
 @pytest.fixture(scope="session")
 def smoke_build(tmp_path_factory):
-    """A real build of ``default --smoke``, device checks included."""
+    """A real build of ``default --smoke``, device checks included.
+
+    Under pytest-xdist (``make test`` runs two workers) the workers share one build:
+    the first to take the lock builds it and saves the result; the others wait, then
+    read that result (the build directory is the same)."""
+    import fcntl
+    import os
+    import pickle
+
     from pipeline.build import build
     from pipeline.recipe.load import load_recipe
 
-    out = tmp_path_factory.mktemp("smoke") / "default-smoke"
-    recipe = load_recipe("default", smoke=True)
-    return build(recipe, out=out, log=lambda s: None, run_devices=True)
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "smoke"
+    shared.mkdir(parents=True, exist_ok=True)
+    saved = shared / "result.pickle"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if saved.exists():
+            return pickle.loads(saved.read_bytes())
+        result = build(load_recipe("default", smoke=True), out=shared / "default-smoke", log=lambda s: None,
+                       run_devices=True)
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(saved)
+        return result
 
 
 @pytest.fixture(scope="session")

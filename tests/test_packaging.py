@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Set, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = {"pipeline", "models", "tests", "device_tests", "conftest"}
+OURS = {"pipeline", "models", "tests", "device_tests", "conftest", "benchmarks"}
 # Data folders and the files the package must ship from each (setup.cfg package_data).
 DATA_DIRS = {
     "pipeline/recipe/presets": "*.yaml",
-    "pipeline/devices/profiles": "*.yaml",
+    "pipeline/devices/profile_data": "*.yaml",
     "pipeline/devices/plugin": "*.[ch]",
     "pipeline/latency/data": "*.csv",
-    "pipeline/latency/params": "*.yaml",
+    "pipeline/latency/params_data": "*.yaml",
 }
 
 
