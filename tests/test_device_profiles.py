@@ -113,7 +113,7 @@ def test_profile_validation_messages(data, message):
 
 
 def test_profile_accepts_unquoted_hex_part(tmp_path):
-    text = (Path(__file__).resolve().parents[1] / "pipeline" / "devices" / "profiles"
+    text = (Path(__file__).resolve().parents[1] / "pipeline" / "devices" / "profile_data"
             / "pixel4.yaml").read_text()
     text = text.replace('cpu_part: "0xd0b"', "cpu_part: 0xd0b")
     (tmp_path / "pixel4.yaml").write_text(text)

@@ -85,7 +85,7 @@ def test_json_commands_print_no_progress(tmp_path):
 
 def test_the_line_formats_the_bar_follows_are_those_the_pipeline_writes():
     fit = (REPO / "pipeline" / "train" / "fit.py").read_text()
-    matrix = (REPO / "pipeline" / "devices" / "matrix.py").read_text()
+    matrix = (REPO / "pipeline" / "build" / "matrix.py").read_text()
     study = (REPO / "pipeline" / "search" / "study.py").read_text()
     assert 'f"[{label}] epoch {epoch + 1}/{cap}' in fit
     assert 'f"[devices] {len(pending)} run(s) on emulated ARM' in matrix

@@ -9,8 +9,8 @@ models of one build are held by name in :class:`Models`:
     trained         the float model as trained (``keras/float.h5``)
     compressed      the float model after channel and/or magnitude pruning, else
                     ``trained``: the ``float`` source of the variants
-    <row name>      what that row made (``keras/<name>.h5``, or the weights of a
-                    clustered QAT model, ``keras/<name>-weights.h5``)
+    <row name>      what that row made (its ``file`` under ``keras/``: a model, or the
+                    weights of a clustered QAT model)
 
 Every row is keyed by its recipe section(s) and :func:`fit_key` (how every fine-tune
 trains), plus what the row adds; the manifest re-runs a row when its key or its
@@ -154,8 +154,8 @@ class CompressStage:
     """One compression stage.
 
     Attributes:
-        name: the manifest's stage name; its model is ``keras/<name>.h5`` (or
-            ``keras/<name>-weights.h5`` when ``weights_only``).
+        name: the manifest's stage name.
+        file: what it writes under ``keras/``: a model, or only weights when ``weights_only``.
         start: the model it starts from (a name of :class:`Models`).
         run: ``(recipe, splits, start file, out file, log) -> metrics``.
         key: the stage's key parts besides :func:`fit_key`.
@@ -167,6 +167,7 @@ class CompressStage:
     """
 
     name: str
+    file: str
     start: str
     run: Callable[..., Dict[str, Any]]
     key: Callable[[Recipe], Dict[str, Any]]
@@ -178,27 +179,27 @@ class CompressStage:
 
 COMPRESS_STAGES: Tuple[CompressStage, ...] = (
     # Thinner, not sparse: every later stage starts from it as from the float model.
-    CompressStage("channels", "trained", _channels,
+    CompressStage("channels", "channels.h5", "trained", _channels,
                   lambda r: {"prune": r.to_dict()["prune"], "threads": r.devices.threads},
                   lambda r, needed: r.prune.channels, compresses=True),
     # Magnitude pruning of the float model, or of the thinned one (channels+unstructured).
-    CompressStage("prune", "compressed", _prune, _prune_key,
+    CompressStage("prune", "pruned.h5", "compressed", _prune, _prune_key,
                   lambda r, needed: r.prune.unstructured, compresses=True),
     # PQAT of the pruned model, or plain QAT of the float (or thinned) one.
-    CompressStage("qat", "compressed", _qat,
+    CompressStage("qat", "qat.h5", "compressed", _qat,
                   lambda r: {"qat": r.to_dict()["qat"], "preserve_sparsity": r.prune.unstructured},
                   lambda r, needed: "qat" in needed, source="qat"),
-    CompressStage("cluster", "trained", _cluster(sparse=False),
+    CompressStage("cluster", "cluster.h5", "trained", _cluster(sparse=False),
                   lambda r: {"cluster": r.to_dict()["cluster"], "preserve_sparsity": False},
                   lambda r, needed: "cqat" in needed),
-    CompressStage("cqat", "cluster", _cluster_qat("cqat"),
+    CompressStage("cqat", "cqat-weights.h5", "cluster", _cluster_qat("cqat"),
                   lambda r: {"qat": r.to_dict()["qat"], "scheme": "cqat", "clusters": r.cluster.clusters},
                   lambda r, needed: "cqat" in needed, weights_only=True, source="cqat"),
     # Sparsity-preserving clustering of the pruned (or thinned) model.
-    CompressStage("cluster-pruned", "compressed", _cluster(sparse=True),
+    CompressStage("cluster-pruned", "cluster-pruned.h5", "compressed", _cluster(sparse=True),
                   lambda r: {"cluster": r.to_dict()["cluster"], "preserve_sparsity": r.prune.unstructured},
                   lambda r, needed: "pcqat" in needed),
-    CompressStage("pcqat", "cluster-pruned", _cluster_qat("pcqat"),
+    CompressStage("pcqat", "pcqat-weights.h5", "cluster-pruned", _cluster_qat("pcqat"),
                   lambda r: {"qat": r.to_dict()["qat"], "scheme": "pcqat", "clusters": r.cluster.clusters},
                   lambda r, needed: "pcqat" in needed, weights_only=True, source="pcqat"),
 )
@@ -238,7 +239,7 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
         if not row.wanted(recipe, needed):
             continue
         src = models.files[row.start]
-        out = keras_dir / (f"{row.name}-weights.h5" if row.weights_only else f"{row.name}.h5")
+        out = keras_dir / row.file
         output = {"weights" if row.weights_only else "model": out}
         stage(row.name, {**row.key(recipe), **common}, {"keras": src}, output,
               lambda row=row, src=src, out=out: row.run(recipe, splits, src, out, log))
