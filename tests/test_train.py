@@ -82,6 +82,27 @@ def test_compress_stages_key_on_the_resolved_lengths(tmp_path):
     assert seen["prune"]["augment"] == recipe.to_dict()["train"]["augment"]
 
 
+@pytest.mark.parametrize("change, expected", [
+    ({}, {"float": "prune", "qat": "qat"}),  # the default recipe: prune, then PQAT
+    ({"prune": {"enabled": False}}, {"float": "train", "qat": "qat"}),
+    ({"prune": {"structure": "channels+unstructured", "target_macs": 0.8}}, {"float": "prune", "qat": "qat"}),
+    ({"prune": {"structure": "channels", "target_macs": 0.8}}, {"float": "channels", "qat": "qat"}),
+    ({"convert": {"variants": ["float32", "int8-cqat", "int8-pcqat"]}, "cluster": {"enabled": True},
+      "deploy_variant": "int8-cqat"},
+     {"float": "prune", "cqat": "cqat", "pcqat": "pcqat"}),
+])
+def test_each_variant_source_is_judged_against_the_stage_that_made_it(change, expected):
+    """source_top1 reads the test top-1 of the stage whose model a variant converts."""
+    from pipeline.build.stages import source_stages
+    from pipeline.recipe.load import load_recipe
+
+    data = load_recipe("default").to_dict()
+    data["budgets"] = {}
+    for section, values in change.items():
+        data[section] = {**data[section], **values} if isinstance(values, dict) else values
+    assert source_stages(Recipe.from_dict(data)) == expected
+
+
 def test_balanced_class_weights():
     from pipeline.train.fit import class_weights
 

@@ -4,7 +4,7 @@ The float model comes from ``train`` (from scratch) or the two transfer stages
 (``model.init``). The compression stages are rows of :data:`COMPRESS_STAGES`, run in
 table order, each only when the recipe asks for it and a requested variant's source
 needs it. Each row names the model it starts from and the model it makes; the
-models of one build are held by name in :class:`Models`:
+models of one build are held by name:
 
     trained         the float model as trained (``keras/float.h5``)
     compressed      the float model after channel and/or magnitude pruning, else
@@ -156,7 +156,7 @@ class CompressStage:
     Attributes:
         name: the manifest's stage name.
         file: what it writes under ``keras/``: a model, or only weights when ``weights_only``.
-        start: the model it starts from (a name of :class:`Models`).
+        start: the model it starts from (a name in the module docstring's list).
         run: ``(recipe, splits, start file, out file, log) -> metrics``.
         key: the stage's key parts besides :func:`fit_key`.
         wanted: whether the recipe asks for it, given the variant sources needed.
@@ -205,13 +205,10 @@ COMPRESS_STAGES: Tuple[CompressStage, ...] = (
 )
 
 
-@dataclass
-class Models:
-    """The Keras files of one build by name (see the module docstring), and the
-    variant sources the converter reads."""
-
-    files: Dict[str, Path]
-    sources: Dict[str, Dict[str, Path]]
+def wanted_rows(recipe: Recipe) -> Tuple[CompressStage, ...]:
+    """The rows of :data:`COMPRESS_STAGES` that ``recipe`` runs, in table order."""
+    needed = frozenset(VARIANTS.get(v).source for v in recipe.convert.variants)
+    return tuple(row for row in COMPRESS_STAGES if row.wanted(recipe, needed))
 
 
 def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Path,
@@ -232,36 +229,31 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     r = dataclasses.replace
     recipe = r(recipe, prune=r(recipe.prune, epochs=finetune_epochs(recipe.prune.epochs, float_epochs, "prune")),
                qat=r(recipe.qat, epochs=finetune_epochs(recipe.qat.epochs, float_epochs, "qat")))
-    needed = frozenset(VARIANTS.get(v).source for v in recipe.convert.variants)
-    models = Models({"trained": float_h5, "compressed": float_h5}, {})
+    files = {"trained": float_h5, "compressed": float_h5}  # the build's models by name
+    sources: Dict[str, Dict[str, Path]] = {}
     common = fit_key(recipe)
-    for row in COMPRESS_STAGES:
-        if not row.wanted(recipe, needed):
-            continue
-        src = models.files[row.start]
-        out = keras_dir / row.file
+    for row in wanted_rows(recipe):
+        src, out = files[row.start], keras_dir / row.file
         output = {"weights" if row.weights_only else "model": out}
         stage(row.name, {**row.key(recipe), **common}, {"keras": src}, output,
               lambda row=row, src=src, out=out: row.run(recipe, splits, src, out, log))
-        models.files[row.name] = out
+        files[row.name] = out
         if row.compresses:
-            models.files["compressed"] = out
+            files["compressed"] = out
         if row.source:
-            models.sources[row.source] = {"keras": out, "base": src} if row.weights_only else {"keras": out}
-    return {"float": {"keras": models.files["compressed"]}, **models.sources}
+            sources[row.source] = {"keras": out, "base": src} if row.weights_only else {"keras": out}
+    return {"float": {"keras": files["compressed"]}, **sources}
 
 
 def source_stages(recipe: Recipe) -> Dict[str, str]:
     """The stage that made each variant source of ``recipe``: ``float`` from the last
     compressing row that runs (else the float stage), the others from their row."""
-    needed = frozenset(VARIANTS.get(v).source for v in recipe.convert.variants)
     made = {"float": "transfer-finetune" if recipe.model.init else "train"}
-    for row in COMPRESS_STAGES:
-        if row.wanted(recipe, needed):
-            if row.compresses:
-                made["float"] = row.name
-            if row.source:
-                made[row.source] = row.name
+    for row in wanted_rows(recipe):
+        if row.compresses:
+            made["float"] = row.name
+        if row.source:
+            made[row.source] = row.name
     return made
 
 
