@@ -211,6 +211,21 @@ def test_device_table_shows_latency_provenance_and_marks_unvalidated(validated):
     assert header.count("|") == rule.count("|") == table.splitlines()[-1 if validated else -3].count("|")
 
 
+def test_device_table_shows_bit_exactness_of_full_integer_variants_with_float_output():
+    """An int8 model with float input and output is compared bit for bit like any integer
+    model; a float model's column says n/a (other kernels round differently)."""
+    import dataclasses
+
+    from pipeline.build.matrix import device_metrics, device_table
+    from pipeline.summary import BuildSummary
+
+    m = dataclasses.replace(device_metrics(loaded_result().to_dict()), output_dtype="float32", exact_fraction=0.99)
+    summary = BuildSummary(recipe="t", float_top1=0.0, params=0, macs=0, deploy_variant="int8-qat", labels=(),
+                           variants={}, devices={"pixel4": {"int8-qat": m, "float32": m}})
+    rows = {line.split(" | ")[1]: line for line in device_table(summary).splitlines()[2:4]}
+    assert "| 99% |" in rows["int8-qat"] and "| n/a (float) |" in rows["float32"]
+
+
 @pytest.mark.parametrize("latency, text", [
     (provenance(False), f"estimated latency   6.65 ms ({MODEL}: 16,100,000 cycles on 1 thread, IPC 1.85; "
                         "UNVALIDATED: no published measurement of this core and numeric format was in the "
