@@ -30,10 +30,35 @@ REPO = Path(__file__).resolve().parent
 QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
 
 
+#: Test modules that take longest on two workers (measured, slowest first, from
+#: ``--durations`` of a fresh clone's ``make test``). They run first, each module on
+#: one worker (``--dist loadfile --loadscope-no-reorder``), so that the other worker
+#: fills in with short modules at the end instead of waiting for a long one; the
+#: device matrix goes first because it makes the shared smoke build, which the later
+#: modules then read without waiting. The order only schedules: a stale entry costs
+#: time, never a result.
+SLOWEST_FIRST = (
+    "device_tests/test_device_matrix.py",
+    "tests/test_optimize.py",
+    "tests/test_channels.py",
+    "tests/test_genotype.py",
+    "tests/test_robustness.py",
+    "tests/test_search.py",
+    "tests/test_train.py",
+    "tests/test_transfer.py",
+    "tests/test_models.py",
+    "tests/test_image_cache.py",
+    "tests/test_cluster.py",
+    "tests/test_device_emulated.py",
+)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if QEMU_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.device)
+    rank = {module: i for i, module in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable
 
 
 _current = {"item": None}
