@@ -255,7 +255,7 @@ def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch):
     from pipeline.search import blocktable as bt
 
     monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "latency")
-    calibration, held = blockspace.sample_distinct(7, 2)
+    calibration, held = blockspace.sample_distinct(5, 2)  # 7 and 9 blocks: few parts to emulate
     result = bt.validate([calibration], [held], bt.Geometry(32, 1, 1, 10), "pixel4")
     [row] = result["rows"]
     assert abs(row["latency_cycles"]["error_pct"]) < 5 and abs(row["instructions"]["error_pct"]) < 5, row
