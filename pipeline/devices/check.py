@@ -376,7 +376,7 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         err = guest.load_error
         return DeviceResult(loaded=False, load_error=err.message, load_error_op=err.op,
                             load_error_op_version=err.version,
-                            verdict=not_loadable(guest.runtime, guest.runtime_version, _lacks(err)), **base)
+                            verdict=not_loadable(guest.runtime, guest.runtime_version, what_it_lacks(err)), **base)
     if host is None:
         host = as_arrays(reference_outputs(model_path, xs, profile))
     return _measured(run, guest, model, profile, xs, y, host,
@@ -396,7 +396,7 @@ def lacks_custom_op(model, profile: DeviceProfile) -> bool:
     return not all(ops.custom.get(name) for name in custom)
 
 
-def _lacks(err: LoadError) -> str:
+def what_it_lacks(err: LoadError) -> str:
     """What a load error says the runtime lacks: "custom op X", "op X version N", or its first line."""
     if err.op and err.version:
         return f"op {err.op} version {err.version}"
@@ -413,7 +413,7 @@ def _refused_on_host(error: str, profile: DeviceProfile, threads: Optional[int],
         runtime=profile.runtime, runtime_version=profile.runtime_version,
         threads=threads or profile.default_threads, loaded=False, load_error=err.message,
         load_error_op=err.op, load_error_op_version=err.version,
-        verdict=not_loadable(profile.runtime, profile.runtime_version, _lacks(err)),
+        verdict=not_loadable(profile.runtime, profile.runtime_version, what_it_lacks(err)),
         verdict_source=f"host reference ({host_reference(profile)}), not emulated", **base)
 
 
