@@ -125,3 +125,20 @@ def test_instruction_counts_repeat_exactly(corpus, profile_name):
     again = run_device_check(MODELS[name], profile_name, random_inputs(read_tflite(MODELS[name]), 1))
     assert again.instructions_per_inference == first.instructions_per_inference, name
     assert again.instructions_by_class == first.instructions_by_class, name
+
+
+@pytest.mark.parametrize("profile_name", DEVICES)
+def test_tflite_detection_postprocess_runs(tmp_path, profile_name):
+    """The custom op TFLite registers itself loads on every device; its four outputs (two
+    inputs in) match the host's (measured: bit-exact on both)."""
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.model_io import random_inputs
+    from pipeline.tflite.reader import read_tflite
+    from tests.helpers.detection import detection_model
+
+    path = detection_model(tmp_path / "det.tflite")
+    r = run_device_check(path, profile_name, random_inputs(read_tflite(path), 2))
+    assert r.loaded and r.verdict == "loads", r.load_error
+    assert [o.name for o in r.outputs] == ["detection_boxes", "detection_classes", "detection_scores",
+                                           "num_detections"]
+    assert all(o.max_rel_diff <= FLOAT_REL for o in r.outputs), r.outputs

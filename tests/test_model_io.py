@@ -158,3 +158,18 @@ def test_device_run_inputs_npz_errors_exit_2(tmp_path):
     res = CliRunner().invoke(main, ["device", "run", "--device", "pixel4", str(seed), "--inputs", str(path)])
     assert res.exit_code == 2
     assert res.output.startswith(f"error: {path}: no array for input tensor ") and "Traceback" not in res.output
+
+
+def test_tflite_detection_postprocess_is_not_a_missing_op(tmp_path):
+    """TFLite registers TFLite_Detection_PostProcess itself: no runtime lacks it, and the
+    host reference runs its two inputs to four outputs."""
+    from pipeline.devices.check import lacks_custom_op, reference_outputs
+    from pipeline.devices.profiles import get_device
+    from pipeline.tflite.reader import read_tflite
+    from tests.helpers.detection import detection_model
+
+    path = detection_model(tmp_path / "det.tflite")
+    model = read_tflite(path)
+    assert not any(lacks_custom_op(model, get_device(d)) for d in ("pixel4", "camera-a53"))
+    boxes, classes, scores, count = reference_outputs(path, random_inputs(model, 2), get_device("pixel4"))
+    assert boxes.shape == (2, 3, 4) and classes.shape == scores.shape == (2, 3) and list(count) == [3, 3]
