@@ -9,7 +9,7 @@ fixture). docs/devices.md has the table these runs give.
 Agreement, as measured on this corpus: both devices' host references are their own
 runtime and version (ai-edge-litert 2.3.0; tflite-runtime 2.14.0 built for x86_64),
 yet float outputs are bit-exact only where no kernel differs by instruction set (one
-model of 11 on camera-a53): both runtimes hand float models to XNNPACK, whose x86
+of the 9 models camera-a53 loads): both runtimes hand float models to XNNPACK, whose x86
 (AVX/FMA) and ARM (NEON) kernels round differently. So every float output must lie
 within ``FLOAT_REL`` of the output's largest host magnitude: measured at most 1.7e-4
 (pose_landmark_full's 256x256 segmentation logits, on both devices), 1e-5 or less for

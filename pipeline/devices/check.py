@@ -223,8 +223,9 @@ def reference_outputs(model_path: Union[str, Path], x: Union[np.ndarray, Sequenc
 def reference_run(model_path: Union[str, Path], xs: Sequence[np.ndarray], profile: DeviceProfile,
                   untrusted: bool = False) -> Tuple[Optional[str], Tuple[np.ndarray, ...]]:
     """``(None, outputs)`` of the host reference (one array per output), or ``(its load
-    error, ())`` when it does not load the model for lack of a custom op (the
-    device's runtime of the same version does not either)."""
+    error, ())`` when it does not load the model: any load error of a device runtime's
+    host build; for the pipeline's own interpreter only a custom op that neither its
+    kernels nor its delegate have (other errors raise)."""
     runtime = RUNTIMES[profile.runtime]
     if needs_twin(runtime):
         return twin_run(Path(model_path), xs, runtime)
@@ -338,14 +339,7 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
     model_path = Path(model_path).resolve()
     model = read_tflite(model_path)
     y = None if y is None else np.asarray(y)
-    if isinstance(x, np.ndarray):
-        validate_inputs(model, x, y, model_path.name)
-        xs: Sequence[np.ndarray] = [x]
-    else:
-        xs = [np.asarray(a) for a in x]
-        validate_named_inputs(model, xs, model_path.name)
-        if y is not None:
-            validate_inputs(model, xs[0], y, model_path.name)
+    xs = _checked_inputs(model, x, y, model_path.name)
     samples = len(xs[0])
     host = None if host_outputs is None else as_arrays(host_outputs)
     base = dict(device=profile.name, qemu_cpu=profile.qemu_cpu, model=str(model_path),
@@ -354,15 +348,8 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         error, host = reference_run(model_path, xs, profile, untrusted)
         if error is not None:
             return _refused_on_host(error, profile, threads, base)
-    if runtime is None:
-        from pipeline.devices import runtime as arm
-
-        runtime = arm.ensure_runtime(progress=progress and (lambda m: progress(f"arm-runtime: {m}")))
-    if progress:
-        progress(f"{profile.name}: running {samples} inputs through {model_path.name} on "
-                 f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...")
-    run = run_on_device(model_path, profile, x if isinstance(x, np.ndarray) else xs, threads=threads,
-                        runtime=runtime, timeout_s=timeout_s)
+    run = _emulated(model_path, profile, x if isinstance(x, np.ndarray) else xs, threads, runtime, timeout_s,
+                    progress)
     crash = guest_crash(run)
     if crash:
         return _crashed(run, crash, profile, threads or profile.default_threads, base)
@@ -381,6 +368,32 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
         host = as_arrays(reference_outputs(model_path, xs, profile))
     return _measured(run, guest, model, profile, xs, y, host,
                      host_reference(profile) if host_outputs is None else "given", base)
+
+
+def _emulated(model_path: Path, profile: DeviceProfile, x, threads: Optional[int], runtime: Optional[ArmRuntime],
+              timeout_s: Optional[float], progress: Optional[Log]) -> DeviceRun:
+    """The emulated run, the ARM runtime built first if need be (progress told of both)."""
+    if runtime is None:
+        from pipeline.devices import runtime as arm
+
+        runtime = arm.ensure_runtime(progress=progress and (lambda m: progress(f"arm-runtime: {m}")))
+    if progress:
+        samples = len(x) if isinstance(x, np.ndarray) else len(x[0])
+        progress(f"{profile.name}: running {samples} inputs through {model_path.name} on "
+                 f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...")
+    return run_on_device(model_path, profile, x, threads=threads, runtime=runtime, timeout_s=timeout_s)
+
+
+def _checked_inputs(model, x, y: Optional[np.ndarray], source: str) -> Sequence[np.ndarray]:
+    """One array per model input, checked against the model (and the labels)."""
+    if isinstance(x, np.ndarray):
+        validate_inputs(model, x, y, source)
+        return [x]
+    xs = [np.asarray(a) for a in x]
+    validate_named_inputs(model, xs, source)
+    if y is not None:
+        validate_inputs(model, xs[0], y, source)
+    return xs
 
 
 def lacks_custom_op(model, profile: DeviceProfile) -> bool:

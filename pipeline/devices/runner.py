@@ -99,11 +99,8 @@ def run_on_device(model_path: Union[str, Path], profile: DeviceProfile,
     model_path = Path(model_path).resolve()
     if not model_path.is_file():
         raise ModelFileError(f"model file {model_path} does not exist")
-    xs = [np.asarray(x)] if isinstance(x, np.ndarray) else [np.asarray(a) for a in x]
-    if not xs or any(a.ndim < 1 or len(a) == 0 for a in xs):
-        raise ConfigError(f"device run needs at least one input, got shapes {[list(a.shape) for a in xs]}")
-    # One input and one output travel as .npy (the first format); others as .npz.
-    single = single_io(model_path)
+    xs = _input_list(x)
+    single = single_io(model_path)  # one input and one output travel as .npy, others as .npz
     threads = profile.default_threads if threads is None else threads
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
@@ -151,6 +148,13 @@ def run_on_device(model_path: Union[str, Path], profile: DeviceProfile,
                          result_text=read(paths["result.json"]),
                          counts_text=read(paths["counts.txt"]),
                          outputs=None if ys is None else (ys[0] if single else tuple(ys)), wall_s=wall)
+
+
+def _input_list(x) -> list:
+    xs = [np.asarray(x)] if isinstance(x, np.ndarray) else [np.asarray(a) for a in x]
+    if not xs or any(a.ndim < 1 or len(a) == 0 for a in xs):
+        raise ConfigError(f"device run needs at least one input, got shapes {[list(a.shape) for a in xs]}")
+    return xs
 
 
 def single_io(model_path: Path) -> bool:
