@@ -129,7 +129,8 @@ def test_cli_device_run_needs_one_input_source(tmp_path):
     for extra in ([], ["--random", "2", "--data", str(tmp_path / "d.npz")]):
         res = CliRunner().invoke(device, ["run", "--device", "pixel4", str(model), *extra])
         assert res.exit_code == 2
-        assert res.output.strip() == "error: give exactly one of --recipe RECIPE, --data NPZ or --random N"
+        assert res.output.strip() == ("error: give exactly one of --recipe RECIPE, --data NPZ, --inputs NPZ "
+                                      "or --random N")
 
 
 def test_cli_device_run_unknown_device(tmp_path):

@@ -115,7 +115,7 @@ def test_parse_load_error_names_op_and_version():
 
 
 @pytest.mark.parametrize("msg, op", [
-    ("Encountered unresolved custom op: MyOp.\nNode number 3 (MyOp) failed to prepare.", "MyOp."),
+    ("Encountered unresolved custom op: MyOp.\nNode number 3 (MyOp) failed to prepare.", "MyOp"),
     ("Op builtin_code out of range: 150. Are you using old TFLite binary with newer model?",
      "builtin_code 150"),
     ("Could not open 'x.tflite'.", None),
@@ -170,7 +170,7 @@ def test_parse_guest_result_not_loaded():
 @pytest.mark.parametrize("text, message", [
     ("{", "guest result: not JSON"),
     ("[]", "guest result: expected a JSON object"),
-    (guest_json(format="mm-guest-result 2"), "format 'mm-guest-result 2', expected"),
+    (guest_json(format="mm-guest-result 3"), "format 'mm-guest-result 3', expected"),
     (guest_json(loaded="yes"), "'loaded' is 'yes', expected bool"),
     (guest_json(threads=True), "'threads' is True, expected int"),
     (guest_json(extra=1), "unexpected keys ['extra']"),

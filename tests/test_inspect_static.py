@@ -16,21 +16,16 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.devices import op_support
 from pipeline.devices.targets import RUNTIMES
-from pipeline.publish.mediapipe_env import SPEC as MEDIAPIPE_SPEC
 from pipeline.tflite.reader import read_tflite
 from pipeline.tflite.verify import schema
+from tests.helpers.mediapipe import mediapipe_models
 
 FIX = Path(__file__).resolve().parent / "fuzz_regressions"
 SEEDS = [FIX / "seed_float32.tflite", FIX / "seed_int8.tflite"]
 
 
 def _mediapipe_models():
-    root = MEDIAPIPE_SPEC.cache_dir() / MEDIAPIPE_SPEC.key()
-    assert root.is_dir(), (f"no MediaPipe environment at {root}; build it with "
-                           f"'make {MEDIAPIPE_SPEC.make_target}'")
-    models = sorted(root.glob("venv/lib/python*/site-packages/mediapipe/**/*.tflite"))
-    assert len(models) == 14, f"expected the 14 models of the MediaPipe wheel under {root}, found {len(models)}"
-    return models
+    return mediapipe_models()
 
 
 def _inspect(path, *args):

@@ -5,9 +5,8 @@ Added to the main CLI group with ``main.add_command(devices)`` and
 command bodies so that ``--help`` stays instant.
 """
 
-import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import click
 
@@ -77,34 +76,27 @@ def recipe_inputs(model_path: Path, recipe_name: str, smoke: bool, samples: int)
     return splits.x_test[:samples], splits.y_test[:samples]
 
 
-def random_inputs(model_path: Path, n: int):
-    """``n`` random float inputs in [0, 1) of the model's input shape (seed 0)."""
-    import numpy as np
-
-    from pipeline.tflite.reader import read_tflite
-
-    model = read_tflite(model_path)
-    if len(model.inputs) != 1:
-        raise ConfigError(f"{model_path.name} has {len(model.inputs)} inputs; expected one")
-    shape = model.tensors[model.inputs[0]].shape[1:]
-    return np.random.default_rng(0).random((n, *shape), dtype=np.float32)
-
-
 def format_result(r, latency: LatencyEstimate) -> str:
     """What ``device run`` prints for a :class:`pipeline.devices.check.DeviceResult` and its estimate."""
     lines = [f"{r.device} ({r.qemu_cpu}, {r.runtime} {r.runtime_version}, "
              f"{r.threads} thread{'s' if r.threads != 1 else ''}): {Path(r.model).name}"]
     if not r.loaded:
-        op = f" [{r.load_error_op} v{r.load_error_op_version}]" if r.load_error_op else ""
-        first = r.load_error.splitlines()[0] if r.load_error else ""
-        lines.append(f"  NOT LOADABLE{op}: {first}")
+        if r.load_error_op and r.load_error_op_version:
+            first = r.load_error.splitlines()[0] if r.load_error else ""
+            lines.append(f"  NOT LOADABLE [{r.load_error_op} v{r.load_error_op_version}]: {first}")
+        else:
+            lines.append(f"  NOT LOADABLE: {r.verdict}")
+        if r.verdict_source != "device":
+            lines.append(f"  (decided by the {r.verdict_source})")
         return "\n".join(lines)
     if r.top1 is not None:
         lines.append(f"  top-1               {r.top1:.2f}% on {r.samples} samples")
     a = r.agreement
-    lines.append(f"  vs host ({a.host_reference}) {a.exact_count}/{a.samples} bit-exact, "
-                 f"max |diff| {a.max_abs_diff:g} ({a.dtype}), top-1 agreement "
-                 f"{a.top1_agreement:.4f}")
+    if a is not None:
+        lines.append(f"  vs host ({a.host_reference}) {a.exact_count}/{a.samples} bit-exact, "
+                     f"max |diff| {a.max_abs_diff:g} ({a.dtype}), top-1 agreement "
+                     f"{a.top1_agreement:.4f}")
+    lines.extend(output_rows(r))
     lines.append(f"  instructions/image  {r.instructions_median:,} (median"
                  f"{'' if r.counts_exact else ', NOT repeatable: threads > 1'})")
     classes = ", ".join(f"{k} {v:,}" for k, v in r.instructions_by_class.items())
@@ -118,6 +110,34 @@ def format_result(r, latency: LatencyEstimate) -> str:
     return "\n".join(lines)
 
 
+def output_rows(r) -> List[str]:
+    """One row per model output: its comparison with the host over every sample."""
+    if not r.outputs:
+        return []
+    width = max(len(o.name) for o in r.outputs)
+    rows = [f"  outputs vs host     {len(r.outputs)} output{'s' if len(r.outputs) != 1 else ''}, "
+            f"{r.samples} sample{'s' if r.samples != 1 else ''}"]
+    for o in r.outputs:
+        rows.append(f"    {o.name:<{width}}  {o.dtype:<7} {str(list(o.shape)):<16} "
+                    f"{o.exact_count}/{o.samples} bit-exact, max |diff| {o.max_abs_diff:.3g}, "
+                    f"max rel {o.max_rel_diff:.3g}")
+    return rows
+
+
+def model_inputs(model: Path, parsed, data_path, inputs_path, recipe_name, smoke, random_n, samples,
+                 low: float, high: float):
+    """``(x, y)`` for ``device run``: one array and labels (classifier data) or one array per input."""
+    from pipeline.devices.model_io import load_named_inputs, random_inputs
+
+    if data_path is not None:
+        return load_npz_inputs(data_path, samples)
+    if recipe_name is not None:
+        return recipe_inputs(model, recipe_name, smoke, samples)
+    if inputs_path is not None:
+        return load_named_inputs(inputs_path, parsed, samples), None
+    return random_inputs(parsed, random_n, low, high), None
+
+
 @device.command("run")
 @click.option("--device", "device_name", required=True, type=click.Choice(DEVICES.names()),
               help="Device profile to emulate.")
@@ -127,59 +147,49 @@ def format_result(r, latency: LatencyEstimate) -> str:
 @click.option("--recipe", "recipe_name",
               help="Use the test split of this recipe (YAML path or embedded name).")
 @click.option("--smoke", is_flag=True, help="With --recipe: its smoke form.")
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="An .npz with one array per model input, keyed by input tensor name "
+                   "(samples first).")
 @click.option("--random", "random_n", type=click.IntRange(min=1),
-              help="Run N random inputs instead of data (no accuracy).")
+              help="Run N random inputs instead of data (no accuracy; seed 0).")
+@click.option("--range", "value_range", type=(float, float), default=(0.0, 1.0), show_default=True,
+              help="With --random: the float range [LOW, HIGH) of float and quantized inputs.")
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Use at most this many samples of --data.")
+              help="Use at most this many samples of --data or --inputs.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads (default: the profile's; counts repeat exactly "
                    "only with 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def device_run(device_name: str, model: Path, data_path: Optional[Path],
-               recipe_name: Optional[str], smoke: bool, random_n: Optional[int], samples: int, threads: Optional[int],
-               as_json: bool, quiet: bool) -> None:
+def device_run(device_name: str, model: Path, data_path: Optional[Path], inputs_path: Optional[Path],
+               recipe_name: Optional[str], smoke: bool, random_n: Optional[int], value_range: Tuple[float, float],
+               samples: int, threads: Optional[int], as_json: bool, quiet: bool) -> None:
     """Run MODEL.tflite on an emulated device and check it against the host.
 
-    A model that the device's runtime does not load is a result (printed, with the op
-    and version it lacks; ``loaded: false`` in JSON), exit 0; a model the host cannot
-    read or load is bad input, exit 2.
+    Any model: every input gets random values (--random) or the arrays of --inputs; every
+    output is compared with the host's. A model that the device's runtime does not load
+    is a result (printed, with the op it lacks, custom ops included; ``loaded: false`` in
+    JSON), exit 0; a model the host cannot read, or inputs that do not fit it, are bad
+    input, exit 2.
     """
     try:
-        if sum(v is not None for v in (data_path, recipe_name, random_n)) != 1:
-            raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ or --random N")
-        from pipeline.devices.check import host_reference, reference_outputs, run_device_check, validate_inputs
-        from pipeline.devices.runtime import ensure_runtime
+        if sum(v is not None for v in (data_path, inputs_path, recipe_name, random_n)) != 1:
+            raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ, --inputs NPZ or --random N")
+        from pipeline.devices.check import run_device_check, validate_inputs
         from pipeline.tflite.reader import read_tflite
 
         # An untrusted model: structure checked here, then loaded and run by the host
         # runtime in an isolated child, before any (slow) runtime build or emulated run.
         parsed = read_tflite(model)
-        if data_path is not None:
-            x, y = load_npz_inputs(data_path, samples)
-        elif recipe_name is not None:
-            x, y = recipe_inputs(model, recipe_name, smoke, samples)
-        else:
-            x, y = random_inputs(model, random_n), None
-        validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
+        x, y = model_inputs(model, parsed, data_path, inputs_path, recipe_name, smoke, random_n, samples,
+                            *value_range)
+        if not isinstance(x, list):  # one array of classifier data (lists are checked as read)
+            validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
         profile = DEVICES.get(device_name)
-        reference = host_reference(profile)
-        # The pipeline's own interpreter runs an untrusted model in an isolated child;
-        # a device runtime's host build (a process of its own) runs after the device
-        # loaded the model, so a model that runtime cannot load stays a result.
-        host = None if reference != "xnnpack" else reference_outputs(model, x, profile, untrusted=True)
         quiet = quiet or as_json
-        runtime = ensure_runtime(progress=None if quiet else
-                                 (lambda m: click.echo(f"arm-runtime: {m}", err=True)))
-        if not quiet:
-            click.echo(f"{profile.name}: running {len(x)} inputs through {model.name} on "
-                       f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...",
-                       err=True)
-        result = run_device_check(model, profile, x, y, threads=threads, runtime=runtime,
-                                  host_outputs=host)
-        if result.agreement is not None:
-            result = dataclasses.replace(result, agreement=dataclasses.replace(
-                result.agreement, host_reference=reference))
+        # The pipeline's own interpreter runs the untrusted model in an isolated child.
+        result = run_device_check(model, profile, x, y, threads=threads, untrusted=True,
+                                  progress=None if quiet else (lambda m: click.echo(m, err=True)))
         from pipeline.latency.estimate import attach_latency
 
         data = result.to_dict()

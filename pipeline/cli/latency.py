@@ -13,7 +13,7 @@ import click
 
 from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
-from pipeline.errors import MobileModelError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, MobileModelError, RuntimeIncompatibleError
 from pipeline.latency.published import PUBLISHED_FORMATS
 from pipeline.summary import LatencyEstimate
 
@@ -83,8 +83,10 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
 
 
 @click.command("estimate")
-@click.option("--model", "family", required=True, type=click.Choice(_families()),
-              help="Model family.")
+@click.option("--model", "family", type=click.Choice(_families()),
+              help="Model family (or --model-file).")
+@click.option("--model-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Any .tflite file instead of a family (run once on the device, random inputs).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Width multiplier.")
 @click.option("--input-size", type=click.IntRange(32, 1024), default=224, show_default=True,
               help="Square input side (3 channels).")
@@ -97,30 +99,41 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
               help="Interpreter threads on the device (useful up to its big cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def estimate(family: str, alpha: float, input_size: int, classes: int, variant: str,
-             device_name: str, threads: int, as_json: bool, quiet: bool) -> None:
-    """Estimated latency of a model on a device (random weights; emulated run cached).
+def estimate(family: Optional[str], model_file: Optional[Path], alpha: float, input_size: int, classes: int,
+             variant: str, device_name: str, threads: int, as_json: bool, quiet: bool) -> None:
+    """Estimated latency of a model on a device: a family (random weights; emulated run
+    cached) or any .tflite file (--model-file; run once).
 
-    A model the device's runtime does not load is a result (no latency), exit 0.
+    A model the device's runtime does not load is a result (no latency, the op it
+    lacks), exit 0; an unreadable file is bad input, exit 2.
     """
     try:
-        from pipeline.latency.estimate import estimate_model
+        from pipeline.latency.estimate import estimate_file, estimate_model
         from pipeline.latency.reference import ModelSpec
 
-        spec = ModelSpec(family, alpha, input_size, classes, variant)
+        if (family is None) == (model_file is None):
+            raise ConfigError("give exactly one of --model FAMILY or --model-file PATH")
+        log = logger(quiet or as_json)
+        if model_file is not None:
+            label = model_file.name
+            run = lambda: estimate_file(model_file, device_name, threads, log=log)  # noqa: E731
+        else:
+            spec = ModelSpec(family, alpha, input_size, classes, variant)
+            label = spec.label
+            run = lambda: estimate_model(spec, device_name, threads, log=log)  # noqa: E731
         try:
-            r = estimate_model(spec, device_name, threads, log=logger(quiet or as_json))
+            r = run()
         except RuntimeIncompatibleError as e:
             if as_json:
-                click.echo(json.dumps({"device": device_name, "model": spec.label, "loaded": False,
+                click.echo(json.dumps({"device": device_name, "model": label, "loaded": False,
                                        "load_error": str(e)}, indent=2))
             else:
-                click.echo(f"{device_name}: {spec.label}: NOT LOADABLE: {e}")
+                click.echo(f"{device_name}: {label}: NOT LOADABLE: {e}")
             return
         if as_json:
             click.echo(json.dumps(r, indent=2))
             return
-        click.echo(_format_estimate(r, spec.label))
+        click.echo(_format_estimate(r, label))
     except MobileModelError as e:
         fail(e)
 

@@ -12,21 +12,23 @@ import signal
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from pipeline.devices.host_twin import needs_twin, twin_outputs, twin_reference
+from pipeline.devices.host_twin import needs_twin, twin_reference, twin_run
 from pipeline.devices.blocks import BlockProfile, HotProfile, block_profile, rejoin
-from pipeline.devices.guest_result import parse_guest_result
+from pipeline.devices.guest_result import LoadError, parse_guest_result, parse_load_error
 from pipeline.devices.insn_counts import InsnCounts, inference_counts, parse_insn_counts
+from pipeline.devices.model_io import (OutputAgreement, as_arrays, compare_all, not_loadable,
+                                       validate_named_inputs)
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.devices.runner import DeviceRun, run_on_device
 from pipeline.devices.runtime import ArmRuntime
 from pipeline.devices.targets import RUNTIMES
-from pipeline.errors import ConfigError, DeviceOutputError, ModelFileError, RuntimeIncompatibleError
+from pipeline.errors import ConfigError, DeviceOutputError, Log, ModelFileError, RuntimeIncompatibleError
 from pipeline.store.atomic import sha256_file
-from pipeline.tflite.host import host_outputs_for
+from pipeline.tflite.host import host_outputs_all
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ class DeviceResult:
     run to run when ``counts_exact`` (one thread). Wall times are under emulation
     (~100-350x slower than the device, and noisy): not latency.
 
+    ``verdict`` is "loads" or :func:`pipeline.devices.model_io.not_loadable`'s text;
+    ``verdict_source`` says who decided it: "device" (the emulated run), or the host
+    reference of the same runtime and version, asked before any emulation when the
+    runtime's op resolver lacks a custom op of the model. ``inputs`` lists the model's
+    inputs as the runtime saw them; ``outputs`` compares every output with the host's
+    (:class:`~pipeline.devices.model_io.OutputAgreement`). ``agreement`` and ``top1``
+    are kept for a model of one output (``top1`` given labels).
+
     ``blocks`` is the block profile of the measured inferences, straight-line
     blocks re-joined (:func:`pipeline.devices.blocks.rejoin`); None unless the run
     loaded the model on one thread. :meth:`to_dict` stores only its hot part
@@ -119,11 +129,16 @@ class DeviceResult:
     memory: Optional[MemoryEstimate] = None
     command: str = ""
     blocks: Optional[BlockProfile] = field(default=None, repr=False)
+    verdict: str = ""
+    verdict_source: str = "device"
+    inputs: Tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
+    outputs: Tuple[OutputAgreement, ...] = ()
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready; ``blocks`` (thousands of blocks) is stored as its hot part only."""
         d = asdict(replace(self, blocks=None))
         del d["blocks"]
+        d["inputs"] = [dict(i) for i in self.inputs]
         d["instructions_per_inference"] = list(self.instructions_per_inference)
         d["instructions_by_class"] = dict(self.instructions_by_class)
         d["block_profile"] = None if self.blocks is None else HotProfile.of(self.blocks).to_dict()
@@ -148,15 +163,19 @@ class DeviceResult:
 
 
 def validate_inputs(model, x: np.ndarray, y: Optional[np.ndarray], source: str) -> None:
-    """Checks device-check inputs against the model (one input/output, shape, dtype, labels).
+    """Checks one array of float inputs (a model of one input) and labels against the model.
+
+    Models of several inputs take one array per input
+    (:func:`pipeline.devices.model_io.validate_named_inputs`).
 
     Raises:
-        ModelFileError: the model has more than one input or output.
+        ModelFileError: the model has more than one input, or labels for several outputs.
         ConfigError: inputs of the wrong shape or dtype, none at all, or labels of another length.
     """
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ModelFileError(f"{source}: device checks need one input and one output, the model "
-                             f"has {len(model.inputs)} inputs and {len(model.outputs)} outputs")
+    if len(model.inputs) != 1 or (y is not None and len(model.outputs) != 1):
+        raise ModelFileError(f"{source}: one array of inputs (and labels) needs a model of one input "
+                             f"(and one output); the model has {len(model.inputs)} inputs and "
+                             f"{len(model.outputs)} outputs: give one array per input by name")
     want = tuple(model.tensors[model.inputs[0]].shape[1:])
     if x.ndim < 1 or tuple(x.shape[1:]) != want:
         raise ConfigError(f"inputs have shape {list(x.shape[1:])} per sample; {source} "
@@ -179,23 +198,49 @@ def host_reference(profile: DeviceProfile) -> str:
     return twin_reference(runtime) if needs_twin(runtime) else "xnnpack"
 
 
-def reference_outputs(model_path: Union[str, Path], x: np.ndarray, profile: DeviceProfile,
-                      untrusted: bool = False) -> np.ndarray:
+def reference_outputs(model_path: Union[str, Path], x: Union[np.ndarray, Sequence[np.ndarray]],
+                      profile: DeviceProfile, untrusted: bool = False
+                      ) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
     """The outputs of :func:`host_reference`'s runtime on ``x``, one input per invoke.
 
     Args:
+        x: one array (returns the model's first output), or one array per model input
+            (returns one array per output).
         untrusted: run the pipeline's own interpreter in an isolated child
             (:mod:`pipeline.tflite.sandbox`); the device runtime's host build always
             runs in a process of its own.
+
+    Raises:
+        DeviceOutputError / RuntimeIncompatibleError: the reference runtime does not load the model.
     """
+    error, ys = reference_run(model_path, [x] if isinstance(x, np.ndarray) else list(x), profile, untrusted)
+    if error is not None:
+        raise DeviceOutputError(f"the host reference {host_reference(profile)} does not load "
+                                f"{Path(model_path).name}: {error}")
+    return ys[0] if isinstance(x, np.ndarray) else ys
+
+
+def reference_run(model_path: Union[str, Path], xs: Sequence[np.ndarray], profile: DeviceProfile,
+                  untrusted: bool = False) -> Tuple[Optional[str], Tuple[np.ndarray, ...]]:
+    """``(None, outputs)`` of the host reference (one array per output), or ``(its load
+    error, ())`` when it does not load the model: any load error of a device runtime's
+    host build; for the pipeline's own interpreter only a custom op that neither its
+    kernels nor its delegate have (other errors raise)."""
     runtime = RUNTIMES[profile.runtime]
     if needs_twin(runtime):
-        return twin_outputs(Path(model_path), x, runtime)
-    if untrusted:
-        from pipeline.tflite.sandbox import host_outputs_untrusted
+        return twin_run(Path(model_path), xs, runtime)
+    try:
+        if untrusted:
+            from pipeline.tflite.sandbox import host_outputs_untrusted
 
-        return host_outputs_untrusted(model_path, x)
-    return host_outputs_for(model_path, x)
+            return None, tuple(host_outputs_untrusted(model_path, list(xs)))
+        return None, tuple(host_outputs_all(model_path, xs))
+    except RuntimeIncompatibleError as e:
+        return str(e), ()
+    except (RuntimeError, ValueError) as e:
+        if "unresolved custom op" not in str(e):
+            raise
+        return str(e).strip(), ()
 
 
 def compare_outputs(device: np.ndarray, host: np.ndarray,
@@ -246,33 +291,43 @@ def guest_crash(run: DeviceRun) -> Optional[str]:
 
 
 def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile, str],
-                     x: np.ndarray, y: Optional[np.ndarray] = None,
-                     threads: Optional[int] = None, host_outputs: Optional[np.ndarray] = None,
-                     runtime: Optional[ArmRuntime] = None,
-                     timeout_s: Optional[float] = None) -> DeviceResult:
+                     x: Union[np.ndarray, Sequence[np.ndarray]], y: Optional[np.ndarray] = None,
+                     threads: Optional[int] = None,
+                     host_outputs: Union[np.ndarray, Sequence[np.ndarray], None] = None,
+                     runtime: Optional[ArmRuntime] = None, timeout_s: Optional[float] = None,
+                     untrusted: bool = False, progress: Optional[Log] = None) -> DeviceResult:
     """Runs a model on an emulated device and checks it against the host.
 
     Args:
-        model_path: the .tflite file (one input, one output).
+        model_path: the .tflite file (any number of inputs and outputs).
         profile: a device profile or its registry name.
-        x: float inputs in [0, 1], shape (N, *input_shape[1:]); integer models get
-            them quantized with the model's input scale/zero point (in the guest).
-        y: integer labels for top-1 accuracy, or None.
+        x: one array of float inputs in [0, 1], shape (N, *input_shape[1:]), for a
+            model of one input; or one array per model input in the model's order
+            (:mod:`pipeline.devices.model_io`). Quantized integer inputs get floats
+            quantized with their scale/zero point (in the guest).
+        y: integer labels for top-1 accuracy (a model of one output), or None.
         threads: interpreter threads (default: the profile's default_threads).
-        host_outputs: the host's raw outputs on ``x`` (reference "given"); when
-            None, computed on the host by the device's runtime and version (see
-            :func:`host_reference`).
-        runtime: a built ARM runtime (default: built/cached on first use).
+        host_outputs: the host's raw outputs on ``x`` (reference "given"), one array
+            or one per output; when None, computed on the host by the device's runtime
+            and version (see :func:`host_reference`).
+        runtime: a built ARM runtime (default: built/cached on first use, after the
+            host reference ran, so a model the host rejects never waits for it).
         timeout_s: limit for the emulated process (default scales with N).
+        untrusted: run the pipeline's own interpreter on the model in an isolated child.
+        progress: told of the ARM runtime's build (when it is built here) and of the
+            emulated run.
 
     Returns:
         A DeviceResult; a model the device runtime cannot load, or crashes on
         (SIGSEGV and the like, see :data:`CRASH_SIGNALS`), is a result with
-        ``loaded=False`` (see :meth:`DeviceResult.require_loaded`), not an error.
+        ``loaded=False`` (see :meth:`DeviceResult.require_loaded`), not an error. A
+        custom op that the runtime's op resolver lacks (:mod:`pipeline.devices.op_support`)
+        is first put to the host reference, the same runtime and version: if it cannot
+        load the model either, that is the verdict, and nothing is emulated.
 
     Raises:
-        ModelFileError: missing or unreadable model, or not one input/one output.
-        ConfigError: inputs/labels/host outputs of the wrong shape or dtype.
+        ModelFileError: missing or unreadable model, or one array for a model of several inputs.
+        ConfigError / DataError: inputs/labels/host outputs of the wrong shape or dtype.
         DeviceUnavailableError: no runtime, a timeout, a guest that failed
             without crashing, or malformed output (DeviceOutputError), which
             includes a block profile that does not add up or whose code the
@@ -283,63 +338,133 @@ def run_device_check(model_path: Union[str, Path], profile: Union[DeviceProfile,
     profile = get_device(profile) if isinstance(profile, str) else profile
     model_path = Path(model_path).resolve()
     model = read_tflite(model_path)
-    x = np.asarray(x)
     y = None if y is None else np.asarray(y)
-    validate_inputs(model, x, y, model_path.name)
-
-    run = run_on_device(model_path, profile, x, threads=threads, runtime=runtime,
-                        timeout_s=timeout_s)
+    xs = _checked_inputs(model, x, y, model_path.name)
+    samples = len(xs[0])
+    host = None if host_outputs is None else as_arrays(host_outputs)
+    base = dict(device=profile.name, qemu_cpu=profile.qemu_cpu, model=str(model_path),
+                model_sha256=sha256_file(model_path), samples=samples)
+    if host is None and (host_reference(profile) == "xnnpack" or lacks_custom_op(model, profile)):
+        error, host = reference_run(model_path, xs, profile, untrusted)
+        if error is not None:
+            return _refused_on_host(error, profile, threads, base)
+    run = _emulated(model_path, profile, x if isinstance(x, np.ndarray) else xs, threads, runtime, timeout_s,
+                    progress)
     crash = guest_crash(run)
     if crash:
-        return _crashed(run, crash, profile, model_path, threads or profile.default_threads, len(x))
+        return _crashed(run, crash, profile, threads or profile.default_threads, base)
     if run.returncode != 0 or run.result_text is None:
         raise DeviceOutputError(_failure(run, profile, model_path))
     guest = parse_guest_result(run.result_text)
-    base = dict(device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=guest.runtime,
-                runtime_version=guest.runtime_version, model=str(model_path),
-                model_sha256=sha256_file(model_path), threads=guest.threads, samples=len(x),
+    base.update(runtime=guest.runtime, runtime_version=guest.runtime_version, threads=guest.threads,
                 counts_exact=guest.threads == 1, process_wall_s=round(run.wall_s, 3),
                 command=run.command_line())
     if not guest.loaded:
         err = guest.load_error
         return DeviceResult(loaded=False, load_error=err.message, load_error_op=err.op,
-                            load_error_op_version=err.version, **base)
-    return _measured(run, guest, model, model_path, profile, x, y, host_outputs, base)
+                            load_error_op_version=err.version,
+                            verdict=not_loadable(guest.runtime, guest.runtime_version, what_it_lacks(err)), **base)
+    if host is None:
+        host = as_arrays(reference_outputs(model_path, xs, profile))
+    return _measured(run, guest, model, profile, xs, y, host,
+                     host_reference(profile) if host_outputs is None else "given", base)
 
 
-def _crashed(run: DeviceRun, crash: str, profile: DeviceProfile, model_path: Path, threads: int,
-             samples: int) -> DeviceResult:
+def _emulated(model_path: Path, profile: DeviceProfile, x, threads: Optional[int], runtime: Optional[ArmRuntime],
+              timeout_s: Optional[float], progress: Optional[Log]) -> DeviceRun:
+    """The emulated run, the ARM runtime built first if need be (progress told of both)."""
+    if runtime is None:
+        from pipeline.devices import runtime as arm
+
+        runtime = arm.ensure_runtime(progress=progress and (lambda m: progress(f"arm-runtime: {m}")))
+    if progress:
+        samples = len(x) if isinstance(x, np.ndarray) else len(x[0])
+        progress(f"{profile.name}: running {samples} inputs through {model_path.name} on "
+                 f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version})...")
+    return run_on_device(model_path, profile, x, threads=threads, runtime=runtime, timeout_s=timeout_s)
+
+
+def _checked_inputs(model, x, y: Optional[np.ndarray], source: str) -> Sequence[np.ndarray]:
+    """One array per model input, checked against the model (and the labels)."""
+    if isinstance(x, np.ndarray):
+        validate_inputs(model, x, y, source)
+        return [x]
+    xs = [np.asarray(a) for a in x]
+    validate_named_inputs(model, xs, source)
+    if y is not None:
+        validate_inputs(model, xs[0], y, source)
+    return xs
+
+
+def lacks_custom_op(model, profile: DeviceProfile) -> bool:
+    """Whether the op resolver of ``profile``'s runtime lacks a custom op of ``model``, as
+    its host build answers (:mod:`pipeline.devices.op_support`); False where none is built."""
+    from pipeline.devices import op_support
+
+    runtime = RUNTIMES[profile.runtime]
+    custom = sorted({c.custom_code or "" for c in model.op_codes if c.builtin == op_support.CUSTOM})
+    if not custom or not op_support.available(runtime):
+        return False
+    ops = op_support.runtime_ops(runtime, custom)
+    return not all(ops.custom.get(name) for name in custom)
+
+
+def what_it_lacks(err: LoadError) -> str:
+    """What a load error says the runtime lacks: "custom op X", "op X version N", or its first line."""
+    if err.op and err.version:
+        return f"op {err.op} version {err.version}"
+    if err.op and not err.op.startswith("builtin_code"):
+        return f"custom op {err.op}"
+    return err.op or err.message.splitlines()[0]
+
+
+def _refused_on_host(error: str, profile: DeviceProfile, threads: Optional[int],
+                     base: Dict[str, Any]) -> DeviceResult:
+    """The verdict of the host reference (same runtime and version) on a model it cannot load."""
+    err = parse_load_error(error.split(": the host runtime cannot load this model: ")[-1])
+    return DeviceResult(
+        runtime=profile.runtime, runtime_version=profile.runtime_version,
+        threads=threads or profile.default_threads, loaded=False, load_error=err.message,
+        load_error_op=err.op, load_error_op_version=err.version,
+        verdict=not_loadable(profile.runtime, profile.runtime_version, what_it_lacks(err)),
+        verdict_source=f"host reference ({host_reference(profile)}), not emulated", **base)
+
+
+def _crashed(run: DeviceRun, crash: str, profile: DeviceProfile, threads: int,
+             base: Dict[str, Any]) -> DeviceResult:
     """The result of a runtime that crashed on the model: does not load."""
     tail = " | ".join(run.stderr.strip().splitlines()[-2:]) or "no output"
     return DeviceResult(
-        device=profile.name, qemu_cpu=profile.qemu_cpu, runtime=profile.runtime,
-        runtime_version=profile.runtime_version, model=str(model_path),
-        model_sha256=sha256_file(model_path), threads=threads, samples=samples, loaded=False,
+        runtime=profile.runtime, runtime_version=profile.runtime_version, threads=threads, loaded=False,
         load_error=f"the runtime crashed on this model ({crash}): {tail}",
-        process_wall_s=round(run.wall_s, 3), command=run.command_line())
+        verdict=not_loadable(profile.runtime, profile.runtime_version, f"the runtime crashed ({crash})"),
+        process_wall_s=round(run.wall_s, 3), command=run.command_line(), **base)
 
 
-def _measured(run: DeviceRun, guest, model, model_path: Path, profile: DeviceProfile, x: np.ndarray,
-              y: Optional[np.ndarray], host_outputs: Optional[np.ndarray], base: Dict[str, Any]) -> DeviceResult:
-    """The result of a run that loaded: counts, outputs against the host, top-1, memory."""
+def _measured(run: DeviceRun, guest, model, profile: DeviceProfile, xs: Sequence[np.ndarray],
+              y: Optional[np.ndarray], host: Tuple[np.ndarray, ...], reference: str,
+              base: Dict[str, Any]) -> DeviceResult:
+    """The result of a run that loaded: counts, every output against the host, top-1, memory."""
     if run.counts_text is None:
         raise DeviceOutputError(f"{profile.name}: the plugin wrote no instruction counts")
     counts_file = parse_insn_counts(run.counts_text)
+    samples = len(xs[0])
     counts = inference_counts(counts_file, guest.samples)
-    if run.outputs is None or len(run.outputs) != len(x) or guest.samples != len(x):
-        got = 0 if run.outputs is None else len(run.outputs)
+    outputs = None if run.outputs is None else as_arrays(run.outputs)
+    if (outputs is None or len(outputs) != len(guest.outputs) or guest.samples != samples
+            or any(len(o) != samples for o in outputs)):
+        got = 0 if outputs is None else min(len(o) for o in outputs)
         raise DeviceOutputError(f"{profile.name}: guest returned outputs for {got} of "
-                                f"{len(x)} inputs")
-    outputs = run.outputs
-    reference = host_reference(profile)
-    host = (reference_outputs(model_path, x, profile) if host_outputs is None
-            else np.asarray(host_outputs))
+                                f"{samples} inputs")
     median = counts.median
+    single = len(outputs) == 1
     return DeviceResult(
-        loaded=True,
-        top1=None if y is None else 100.0 * float(np.mean(
-            outputs.reshape(len(x), -1).argmax(axis=1) == y.reshape(-1))),
-        agreement=compare_outputs(outputs, host, reference if host_outputs is None else "given"),
+        loaded=True, verdict="loads",
+        top1=None if y is None or not single else 100.0 * float(np.mean(
+            outputs[0].reshape(samples, -1).argmax(axis=1) == y.reshape(-1))),
+        agreement=compare_outputs(outputs[0], host[0], reference) if single else None,
+        outputs=compare_all([o.name for o in guest.outputs], outputs, host),
+        inputs=tuple(asdict(i) for i in guest.inputs),
         instructions_median=median.total,
         instructions_per_inference=counts.totals,
         instructions_by_class=median.to_dict(),

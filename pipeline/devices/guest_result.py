@@ -1,4 +1,5 @@
-"""The guest's ``result.json`` (``guest_runner.py``, format "mm-guest-result 1"), and a
+"""The guest's ``result.json`` (``guest_runner.py``, format "mm-guest-result 2", or 1 from
+a runner of one input and one output), and a
 runtime's load error text, e.g. "Didn't find op for builtin opcode 'FULLY_CONNECTED'
 version '12'", parsed.
 
@@ -15,7 +16,9 @@ from pipeline.devices.checked_json import no_extra, take
 from pipeline.devices.insn_counts import FIRST_INFERENCE_REGION, MARKER_REGION, WARMUP_REGION
 from pipeline.errors import DeviceOutputError
 
-GUEST_FORMAT = "mm-guest-result 1"
+GUEST_FORMAT = "mm-guest-result 2"
+#: The first format: one ``input`` and one ``output`` instead of the lists of format 2.
+SINGLE_IO_FORMAT = "mm-guest-result 1"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def parse_load_error(message: str) -> LoadError:
         if m:
             if versioned:
                 return LoadError(text, m.group(1), int(m.group(2)))
-            op = m.group(1)
+            op = m.group(1).rstrip(".")  # the sentence's full stop, not the name's
             return LoadError(text, f"builtin_code {op}" if op.isdigit() else op)
     return LoadError(text)
 
@@ -76,7 +79,11 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class GuestResult:
-    """The guest's ``result.json``. Fields after ``load_error`` are set iff loaded."""
+    """The guest's ``result.json``. Fields after ``load_error`` are set iff loaded.
+
+    ``inputs``/``outputs`` list every model input and output in the model's order;
+    ``input``/``output`` are the first of each.
+    """
 
     runtime: str
     runtime_version: str
@@ -84,11 +91,19 @@ class GuestResult:
     threads: int
     loaded: bool
     load_error: Optional[LoadError]
-    input: Optional[TensorIO] = None
-    output: Optional[TensorIO] = None
+    inputs: Tuple[TensorIO, ...] = ()
+    outputs: Tuple[TensorIO, ...] = ()
     tensors: Tuple[TensorInfo, ...] = ()
     samples: int = 0
     wall_s: Tuple[float, ...] = ()
+
+    @property
+    def input(self) -> Optional[TensorIO]:
+        return self.inputs[0] if self.inputs else None
+
+    @property
+    def output(self) -> Optional[TensorIO]:
+        return self.outputs[0] if self.outputs else None
 
 
 def _shape(value, where: str) -> Tuple[int, ...]:
@@ -110,6 +125,12 @@ def _io(obj, where: str) -> TensorIO:
                     zero_point=take(obj, "zero_point", int, where))
 
 
+def _io_list(items, where: str) -> Tuple[TensorIO, ...]:
+    if not items:
+        raise DeviceOutputError(f"{where}s: none listed")
+    return tuple(_io(o, f"{where} {i}") for i, o in enumerate(items))
+
+
 def _tensor(obj, where: str) -> TensorInfo:
     if not isinstance(obj, dict):
         raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
@@ -126,7 +147,8 @@ def _tensor(obj, where: str) -> TensorInfo:
 
 _BASE_KEYS = ("format", "runtime", "runtime_version", "numpy_version", "threads", "loaded",
               "load_error")
-_RUN_KEYS = ("input", "output", "tensors", "samples", "wall_s", "regions")
+_RUN_KEYS = ("inputs", "outputs", "tensors", "samples", "wall_s", "regions")
+_SINGLE_IO_KEYS = ("input", "output", "tensors", "samples", "wall_s", "regions")
 _REGION_ROLES = {"marker_overhead": MARKER_REGION, "warmup": WARMUP_REGION,
                  "first_inference": FIRST_INFERENCE_REGION}
 
@@ -146,10 +168,12 @@ def parse_guest_result(text: str) -> GuestResult:
     if not isinstance(obj, dict):
         raise DeviceOutputError(f"{where}: expected a JSON object")
     fmt = take(obj, "format", str, where)
-    if fmt != GUEST_FORMAT:
-        raise DeviceOutputError(f"{where}: format {fmt!r}, expected {GUEST_FORMAT!r}")
+    if fmt not in (GUEST_FORMAT, SINGLE_IO_FORMAT):
+        raise DeviceOutputError(f"{where}: format {fmt!r}, expected {GUEST_FORMAT!r} "
+                                f"(or {SINGLE_IO_FORMAT!r})")
     loaded = take(obj, "loaded", bool, where)
-    no_extra(obj, _BASE_KEYS + (_RUN_KEYS if loaded else ()), where)
+    single = fmt == SINGLE_IO_FORMAT
+    no_extra(obj, _BASE_KEYS + ((_SINGLE_IO_KEYS if single else _RUN_KEYS) if loaded else ()), where)
     base = dict(runtime=take(obj, "runtime", str, where),
                 runtime_version=take(obj, "runtime_version", str, where),
                 numpy_version=take(obj, "numpy_version", str, where),
@@ -170,9 +194,13 @@ def parse_guest_result(text: str) -> GuestResult:
     if regions != _REGION_ROLES:
         raise DeviceOutputError(f"{where}: regions {regions!r}, expected {_REGION_ROLES!r}")
     tensors = take(obj, "tensors", list, where)
+    if single:
+        inputs = (_io(take(obj, "input", dict, where), f"{where} input"),)
+        outputs = (_io(take(obj, "output", dict, where), f"{where} output"),)
+    else:
+        inputs, outputs = (_io_list(take(obj, kind, list, where), f"{where} {kind[:-1]}")
+                           for kind in ("inputs", "outputs"))
     return GuestResult(
-        load_error=None,
-        input=_io(take(obj, "input", dict, where), f"{where} input"),
-        output=_io(take(obj, "output", dict, where), f"{where} output"),
+        load_error=None, inputs=inputs, outputs=outputs,
         tensors=tuple(_tensor(t, f"{where} tensor {i}") for i, t in enumerate(tensors)),
         samples=samples, wall_s=tuple(float(v) for v in wall), **base)

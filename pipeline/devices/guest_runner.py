@@ -7,10 +7,13 @@ TFLite runtime on its path, never the ``pipeline`` package. The host side is
     python3 guest_runner.py --runtime litert --model M.tflite --inputs x.npy \
         --outputs y.npy --result result.json --threads 1
 
-It writes ``result.json`` (format "mm-guest-result 1") and, when the model ran,
-the outputs as one .npy (raw output dtype, one row per input). A model the runtime
-cannot load is reported as data (``loaded: false`` with the runtime's message), not
-as a crash. Anything else that goes wrong ends the process with a traceback, and
+Inputs and outputs are one ``.npy`` for a model of one input and one output; an ``.npz``
+(arrays ``input_0``, ``input_1``, ... in the model's input order; outputs likewise
+``output_0``, ...) when the path ends in ``.npz``. Each array has one row per sample.
+It writes ``result.json`` (format "mm-guest-result 2": every input and output with its
+quantization) and, when the model ran, the raw outputs (their own dtypes). A model the
+runtime cannot load is reported as data (``loaded: false`` with the runtime's message),
+not as a crash. Anything else that goes wrong ends the process with a traceback, and
 the host reports it.
 
 Instruction-count regions (seen by the qemu plugin insn_count) are marked with
@@ -28,7 +31,7 @@ import time
 
 MAGIC_BEGIN = 0x6D6D5F7200000001  # must match insn_count.c
 MAGIC_END = 0x6D6D5F7200000002
-FORMAT = "mm-guest-result 1"
+FORMAT = "mm-guest-result 2"
 MODULES = {"litert": ("ai_edge_litert.interpreter", "ai-edge-litert"),
            "tflite-runtime": ("tflite_runtime.interpreter", "tflite-runtime")}
 
@@ -59,6 +62,26 @@ def quantize(x, detail, np):
         info = np.iinfo(dtype)
         return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
     return x.astype(dtype)
+
+
+def load_arrays(path, prefix, np):
+    """The arrays of an .npy (one) or an .npz (``<prefix>_0``, ``<prefix>_1``, ...)."""
+    if not path.endswith(".npz"):
+        return [np.load(path)]
+    with np.load(path) as data:
+        return [data[f"{prefix}_{i}"] for i in range(len(data.files))]
+
+
+def save_arrays(path, prefix, arrays, np):
+    if path.endswith(".npz"):
+        np.savez(path, **{f"{prefix}_{i}": a for i, a in enumerate(arrays)})
+    else:
+        np.save(path, arrays[0])
+
+
+def set_inputs(interp, inputs, xs, i):
+    for d, a in zip(inputs, xs):
+        interp.set_tensor(d["index"], a[i:i + 1])
 
 
 def write_json(path, obj):
@@ -104,43 +127,44 @@ def main(argv=None):
         return 0
 
     inputs, outputs = interp.get_input_details(), interp.get_output_details()
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise SystemExit(f"device runs need one input and one output; the model has "
-                         f"{len(inputs)} inputs and {len(outputs)} outputs")
-    inp, out = inputs[0], outputs[0]
-    x = quantize(np.load(args.inputs), inp, np)
-    if tuple(x.shape[1:]) != tuple(inp["shape"][1:]):
-        raise SystemExit(f"inputs have shape {list(x.shape[1:])} per sample, the model "
-                         f"wants {[int(v) for v in inp['shape'][1:]]}")
+    xs = [quantize(a, d, np) for a, d in zip(load_arrays(args.inputs, "input", np), inputs)]
+    if len(xs) != len(inputs):
+        raise SystemExit(f"{len(xs)} input arrays for {len(inputs)} model inputs")
+    for a, d in zip(xs, inputs):
+        if tuple(a.shape[1:]) != tuple(d["shape"][1:]):
+            raise SystemExit(f"input {d['name']!r} has shape {list(a.shape[1:])} per sample, the "
+                             f"model wants {[int(v) for v in d['shape'][1:]]}")
+    samples = len(xs[0])
 
     mark(MAGIC_BEGIN)
     mark(MAGIC_END)
-    interp.set_tensor(inp["index"], x[:1])
+    set_inputs(interp, inputs, xs, 0)
     mark(MAGIC_BEGIN)
     interp.invoke()
     mark(MAGIC_END)
 
-    ys, wall = [], []
-    for i in range(len(x)):
-        interp.set_tensor(inp["index"], x[i:i + 1])
+    ys, wall = [[] for _ in outputs], []
+    for i in range(samples):
+        set_inputs(interp, inputs, xs, i)
         t0 = time.perf_counter()
         mark(MAGIC_BEGIN)
         interp.invoke()
         mark(MAGIC_END)
         wall.append(time.perf_counter() - t0)
-        ys.append(interp.get_tensor(out["index"])[0].copy())
-    np.save(args.outputs, np.stack(ys) if ys else np.zeros((0,) + tuple(out["shape"][1:])))
+        for k, out in enumerate(outputs):
+            ys[k].append(interp.get_tensor(out["index"])[0].copy())
+    save_arrays(args.outputs, "output", [np.stack(y) for y in ys], np)
 
     result.update({
         "loaded": True,
-        "input": io_detail(inp),
-        "output": io_detail(out),
+        "inputs": [io_detail(d) for d in inputs],
+        "outputs": [io_detail(d) for d in outputs],
         "tensors": [{"index": int(t["index"]), "name": t["name"],
                      "shape": [int(v) for v in t["shape"]], "dtype": t["dtype"].__name__,
                      "nbytes": int(np.prod(t["shape"], dtype=np.int64))
                      * np.dtype(t["dtype"]).itemsize}
                     for t in interp.get_tensor_details()],
-        "samples": len(x),
+        "samples": samples,
         "wall_s": wall,
         "regions": {"marker_overhead": 0, "warmup": 1, "first_inference": 2},
     })

@@ -20,10 +20,11 @@ import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipeline.devices.runner import load_arrays, save_arrays, single_io
 from pipeline.devices.targets import RUNTIMES, GuestRuntime
 from pipeline.errors import DeviceOutputError, Log
 from pipeline.store.isolated_env import EnvSpec, IsolatedEnv, ensure, env_main
@@ -77,33 +78,59 @@ def ensure_twins(progress: Optional[Log] = None) -> List[IsolatedEnv]:
     return [ensure(spec, progress=progress) for spec in twin_specs()]
 
 
-def twin_outputs(model_path: Path, x: np.ndarray, runtime: GuestRuntime, threads: int = 1,
-                 progress: Optional[Log] = None) -> np.ndarray:
+def twin_outputs(model_path: Path, x: Union[np.ndarray, Sequence[np.ndarray]], runtime: GuestRuntime,
+                 threads: int = 1, progress: Optional[Log] = None) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
     """Raw outputs of ``runtime`` (x86_64 build) on ``x``, one input per invoke as on the device.
+
+    Args:
+        x: one array (a model of one input), or one per input in the model's order.
+
+    Returns:
+        One array for a model of one input and one output, else one per output.
 
     Raises:
         DeviceOutputError: the host build of the runtime does not load the model (the
             device's did) or returned outputs for the wrong number of inputs.
         DeviceUnavailableError: the environment could not be built, or the run failed.
     """
+    error, ys = twin_run(model_path, x, runtime, threads, progress)
+    if error is not None:
+        raise DeviceOutputError(f"the host reference {twin_reference(runtime)} does not load "
+                                f"{Path(model_path).name}: {error}")
+    return ys[0] if single_io(Path(model_path)) else ys
+
+
+def twin_run(model_path: Path, x: Union[np.ndarray, Sequence[np.ndarray]], runtime: GuestRuntime,
+             threads: int = 1, progress: Optional[Log] = None
+             ) -> Tuple[Optional[str], Tuple[np.ndarray, ...]]:
+    """``(load error, ())`` when the host build of ``runtime`` does not load the model, else
+    ``(None, outputs)`` with one array per output (see :func:`twin_outputs`).
+
+    Raises:
+        DeviceOutputError: outputs for the wrong number of inputs.
+        DeviceUnavailableError: the environment could not be built, or the run failed.
+    """
     env = ensure(twin_spec(runtime), progress=progress)
+    model_path = Path(model_path).resolve()
+    xs = [x] if isinstance(x, np.ndarray) else list(x)
+    ext = "npy" if single_io(model_path) else "npz"
     with tempfile.TemporaryDirectory(prefix="mobile-model-twin-") as tmp:
         work = Path(tmp)
-        np.save(work / "x.npy", np.ascontiguousarray(x, np.float32))
-        env.run([str(GUEST_RUNNER), "--runtime", runtime.name, "--model", str(Path(model_path).resolve()),
-                 "--inputs", str(work / "x.npy"), "--outputs", str(work / "y.npy"),
+        save_arrays(work / f"x.{ext}", "input", [a if a.dtype.kind in "iub" else np.ascontiguousarray(a, np.float32)
+                                                 for a in xs])
+        env.run([str(GUEST_RUNNER), "--runtime", runtime.name, "--model", str(model_path),
+                 "--inputs", str(work / f"x.{ext}"), "--outputs", str(work / f"y.{ext}"),
                  "--result", str(work / "result.json"), "--threads", str(threads)],
-                f"the host reference ({twin_reference(runtime)}) on {Path(model_path).name}",
-                timeout=LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x), json_output=False)
+                f"the host reference ({twin_reference(runtime)}) on {model_path.name}",
+                timeout=LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(xs[0]), json_output=False)
         result = json.loads((work / "result.json").read_text())
         if not result["loaded"]:
-            raise DeviceOutputError(f"the host reference {twin_reference(runtime)} does not load "
-                                    f"{Path(model_path).name}: {result['load_error']}")
-        y = np.load(work / "y.npy")
-    if len(y) != len(x):
+            return result["load_error"], ()
+        ys = load_arrays(work / f"y.{ext}", "output")
+    if any(len(y) != len(xs[0]) for y in ys):
         raise DeviceOutputError(f"the host reference {twin_reference(runtime)} returned outputs for "
-                                f"{len(y)} of {len(x)} inputs")
-    return y
+                                f"{len(ys[0])} of {len(xs[0])} inputs")
+    return None, ys
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -141,3 +141,47 @@ def estimate_model(spec, device: Union[str, DeviceProfile], threads: int = 1, lo
     })
     return est
 
+
+
+def estimate_file(path: Union[str, Path], device: Union[str, DeviceProfile], threads: int = 1,
+                  log: Log = None) -> Dict[str, Any]:
+    """Estimated latency of any ``.tflite`` file on ``device``: the keys of :func:`estimate_model`.
+
+    Runs the file once on the device's emulated core (one random input per model input,
+    seed 0, one thread; not cached) and prices that run. The file is untrusted: checked
+    by the reader, then run by the host runtime only in an isolated child.
+
+    Raises:
+        ModelFileError: a missing, unreadable or malformed file.
+        RuntimeIncompatibleError: the device's runtime cannot load the model (its verdict).
+        ConfigError: unknown device, bad threads, a bad parameters file.
+        DeviceUnavailableError: the emulated run or LLVM failed.
+    """
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.model_io import random_inputs
+    from pipeline.errors import RuntimeIncompatibleError
+    from pipeline.tflite.reader import read_tflite
+
+    log = log or (lambda s: None)
+    t0 = time.monotonic()
+    profile = get_device(device) if isinstance(device, str) else device
+    threads_used(threads, profile.cores)
+    path = Path(path)
+    model = read_tflite(path)
+    log(f"[latency] {profile.name}: running {path.name} once on {profile.qemu_cpu}")
+    r = run_device_check(path, profile, random_inputs(model, 1), threads=1, untrusted=True)
+    if not r.loaded:
+        raise RuntimeIncompatibleError(f"{path.name}: {r.verdict}")
+    stats: Dict[str, Any] = {}
+    variant = numeric_format(model)
+    est = estimate_run(r.to_dict()["block_profile"], graph_traffic(model), profile, variant, threads,
+                       stats=stats)
+    if not est["validated"]:
+        log(f"[latency] {profile.name}: no published {variant} point of a {profile.core} core "
+            f"was in the fit: the estimate is unvalidated")
+    est.update({
+        "device": profile.name, "qemu_cpu": profile.qemu_cpu, "runtime": f"{r.runtime} {r.runtime_version}",
+        "model": str(path.resolve()), "model_sha256": r.model_sha256, "cached": False,
+        "llvm_mca": stats, "model_file": str(path.resolve()), "wall_s": round(time.monotonic() - t0, 3),
+    })
+    return est

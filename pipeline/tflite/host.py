@@ -6,7 +6,7 @@ always see float probabilities.
 """
 
 from pathlib import Path
-from typing import Union
+from typing import List, Sequence, Union
 
 import numpy as np
 
@@ -93,13 +93,26 @@ def is_quantized(model) -> bool:
 
 def host_outputs_for(model_path: Union[str, Path], x: np.ndarray) -> np.ndarray:
     """Raw outputs of the host's ai-edge-litert (its default XNNPACK delegate), one input
-    per invoke as on the device."""
+    per invoke as on the device (the model's first input and output)."""
+    return host_outputs_all(model_path, [x])[0]
+
+
+def host_outputs_all(model_path: Union[str, Path], xs: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """:func:`host_outputs_for` of any model: one array per input in, one per output out.
+
+    Float arrays for an integer input are quantized with its scale and zero point;
+    arrays of the input's own dtype are passed as they are.
+    """
     interp = make_interpreter(Path(model_path), delegates=True, threads=1)
     allocate(interp)
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    ys = []
-    for i in range(len(x)):
-        interp.set_tensor(inp["index"], quantize_input(x[i:i + 1], inp))
+    inputs, outputs = interp.get_input_details(), interp.get_output_details()
+    ys: List[list] = [[] for _ in outputs]
+    for i in range(len(xs[0])):
+        for d, x in zip(inputs, xs):
+            a = x[i:i + 1]
+            interp.set_tensor(d["index"], a.astype(d["dtype"]) if a.dtype.kind in "iub"
+                              else quantize_input(a, d))
         interp.invoke()
-        ys.append(interp.get_tensor(out["index"])[0].copy())
-    return np.stack(ys)
+        for k, d in enumerate(outputs):
+            ys[k].append(interp.get_tensor(d["index"])[0].copy())
+    return [np.stack(y) for y in ys]

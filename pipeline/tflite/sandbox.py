@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from pipeline.errors import ModelFileError
+from pipeline.errors import ModelFileError, RuntimeIncompatibleError
 from pipeline.tflite.reader import TFLiteModel, read_tflite
 
 #: Seconds a child may take to load and allocate a model (a real one takes < 1 s).
@@ -94,17 +94,29 @@ def run_untrusted(path: Union[str, Path], x: np.ndarray, batch_size: int = 64,
     return _in_child("run", Path(path), x, {"batch_size": int(batch_size)}, t)["y"]
 
 
-def host_outputs_untrusted(path: Union[str, Path], x: np.ndarray,
+def host_outputs_untrusted(path: Union[str, Path], x: Union[np.ndarray, Sequence[np.ndarray]],
                            timeout_s: Optional[float] = None,
-                           model: Optional[TFLiteModel] = None) -> np.ndarray:
+                           model: Optional[TFLiteModel] = None) -> Union[np.ndarray, List[np.ndarray]]:
     """:func:`pipeline.tflite.host.host_outputs_for` of an untrusted model, in a child.
 
+    Args:
+        x: one array (the model's first input; returns its first output), or one array
+            per input in the model's order (returns one array per output,
+            :func:`pipeline.tflite.host.host_outputs_all`).
+
+    A custom op that the builtin kernels lack is left to the default delegate
+    (XNNPACK takes some of MediaPipe's), as the device runtime does.
+
     Raises:
+        RuntimeIncompatibleError: neither the op resolver nor the delegate has a custom op
+            of the model; the message holds the runtime's ("unresolved custom op: NAME").
         ModelFileError: as :func:`load_check`.
     """
     _check(path, model)
-    t = LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(x) if timeout_s is None else timeout_s
-    return _in_child("host_outputs", Path(path), x, {}, t)["y"]
+    xs = [x] if isinstance(x, np.ndarray) else list(x)
+    t = LOAD_TIMEOUT_S + PER_INPUT_TIMEOUT_S * len(xs[0]) if timeout_s is None else timeout_s
+    ys = _in_child("host_outputs", Path(path), xs, {}, t)["y"]
+    return ys[0] if isinstance(x, np.ndarray) else ys
 
 
 def _child_command(task: str, model: Path, work: Path) -> List[str]:
@@ -126,14 +138,16 @@ def _limit_self(parent: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
-def _in_child(task: str, model: Path, x: Optional[np.ndarray], options: Dict[str, Any],
+def _in_child(task: str, model: Path, x: Union[np.ndarray, List[np.ndarray], None], options: Dict[str, Any],
               timeout_s: float) -> Dict[str, Any]:
     if not model.is_file():
         raise ModelFileError(f"model file not found: {model}")
     with tempfile.TemporaryDirectory(prefix="mobile-model-load-") as tmp:
         work = Path(tmp)
         (work / "options.json").write_text(json.dumps(options))
-        if x is not None:
+        if isinstance(x, list):
+            np.savez(work / "x.npz", **{f"input_{i}": a for i, a in enumerate(x)})
+        elif x is not None:
             np.save(work / "x.npy", np.ascontiguousarray(x, np.float32))
         env = {**os.environ, "PYTHONPATH": _package_root() + os.pathsep + os.environ.get("PYTHONPATH", "")}
         proc = subprocess.Popen(_child_command(task, model.resolve(), work), stdin=subprocess.DEVNULL,
@@ -176,6 +190,8 @@ def child_result(task: str, model: Path, rc: int, stderr: str, work: Path) -> Di
     if rc != 0 or err_file.exists():
         if err_file.exists():
             err = json.loads(err_file.read_text())
+            if err.get("kind") == "UnresolvedCustomOp":
+                raise RuntimeIncompatibleError(f"{model}: the host runtime cannot load this model: {err['error']}")
             if err.get("kind") == "MemoryError":  # an allocation past the address-space cap
                 raise ModelFileError(f"{model}: the TFLite runtime ran out of memory on this model "
                                      f"(cap {CHILD_ADDRESS_SPACE >> 30} GiB); the file may be malformed or hostile")
@@ -185,6 +201,9 @@ def child_result(task: str, model: Path, rc: int, stderr: str, work: Path) -> Di
     out: Dict[str, Any] = {}
     if task == "load":
         out["info"] = json.loads((work / "info.json").read_text())
+    elif (work / "y.npz").exists():
+        with np.load(work / "y.npz") as data:
+            out["y"] = [data[f"output_{i}"] for i in range(len(data.files))]
     else:
         out["y"] = np.load(work / "y.npy")
     return out
@@ -196,6 +215,10 @@ def _tail(stderr: str) -> str:
 
 
 # -- the child -------------------------------------------------------------------
+
+
+class _UnresolvedCustomOp(Exception):
+    """Neither the builtin kernels nor the default delegate take a custom op of the model."""
 
 
 def _describe(interp) -> Dict[str, Any]:
@@ -213,12 +236,34 @@ def _child_task(task: str, model: Path, work: Path) -> None:
     # Every task first prepares the model with the builtin kernels (no delegate):
     # XNNPACK would take over ops whose builtin kernel rejects a malformed model.
     interp = make_interpreter(model, delegates=False, threads=1)
-    interp.allocate_tensors()
-    info = _describe(interp)
-    info["ops"] = [d["op_name"] for d in interp._get_ops_details()]
-    (work / "info.json").write_text(json.dumps(info))
-    del interp
+    try:
+        interp.allocate_tensors()
+    except RuntimeError as exc:
+        # Host outputs, like the device, leave a custom op the builtin kernels lack to
+        # the default delegate (XNNPACK has some of MediaPipe's); the delegate checks
+        # the nodes it takes. Loading (inspect --load) stays with the builtin kernels.
+        if task != "host_outputs" or "unresolved custom op" not in str(exc):
+            raise
+        interp = None
+    if interp is not None:
+        info = _describe(interp)
+        info["ops"] = [d["op_name"] for d in interp._get_ops_details()]
+        (work / "info.json").write_text(json.dumps(info))
+        del interp
     if task == "load":
+        return
+    if (work / "x.npz").exists():
+        from pipeline.tflite.host import host_outputs_all
+
+        with np.load(work / "x.npz") as data:
+            xs = [data[f"input_{i}"] for i in range(len(data.files))]
+        try:
+            ys = host_outputs_all(model, xs)
+        except RuntimeError as exc:
+            if "unresolved custom op" in str(exc):
+                raise _UnresolvedCustomOp(str(exc).strip()) from None
+            raise
+        np.savez(work / "y.npz", **{f"output_{i}": y for i, y in enumerate(ys)})
         return
     x = np.load(work / "x.npy", mmap_mode="r")
     if task == "run":
@@ -242,6 +287,10 @@ def _child_main(argv: Sequence[str]) -> int:
         return 2
     try:
         _child_task(task, model, work)
+    except _UnresolvedCustomOp as exc:
+        (work / "error.json").write_text(json.dumps({"error": str(exc).splitlines()[0],
+                                                     "kind": "UnresolvedCustomOp"}))
+        return 1
     except (ValueError, RuntimeError, MemoryError, IndexError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         (work / "error.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {first}",
