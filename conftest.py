@@ -40,6 +40,7 @@ QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
 SLOWEST_FIRST = (
     "device_tests/test_device_matrix.py",
     "tests/test_optimize.py",
+    "device_tests/test_mediapipe_corpus.py",
     "tests/test_channels.py",
     "tests/test_genotype.py",
     "tests/test_robustness.py",
