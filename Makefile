@@ -106,7 +106,7 @@ TEST_RESULTS ?= build/test-results
 test: $(STAMP) lint system-deps mediapipe-env
 	$(PY) -m pipeline.devices.runtime build
 	@mkdir -p $(TEST_RESULTS)
-	$(PY) -m pytest tests device_tests -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --loadscope-no-reorder --durations=25 --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest tests device_tests -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 --junitxml=$(TEST_RESULTS)/pytest.xml $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
 unit: $(STAMP)

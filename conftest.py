@@ -32,7 +32,7 @@ QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
 
 #: Test modules that take longest on two workers (measured, slowest first, from
 #: ``--durations`` of a fresh clone's ``make test``). They run first, each module on
-#: one worker (``--dist loadfile --loadscope-no-reorder``), so that the other worker
+#: one worker (``--dist loadfile --no-loadscope-reorder``), so that the other worker
 #: fills in with short modules at the end instead of waiting for a long one; the
 #: device matrix goes first because it makes the shared smoke build, which the later
 #: modules then read without waiting. The order only schedules: a stale entry costs
