@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from models import FAMILIES
+from pipeline.recipe.training import GENOTYPE_FAMILY
 from tests.helpers.stages import DATA, FAMILY_CASES, KEPT, TARGET, make_recipe, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,19 +240,22 @@ def test_pqat_int8_file_keeps_sparsity(family, chain):
 
 
 @pytest.mark.integration
-def test_prune_is_deterministic(chain, splits, workdir):
+def test_prune_is_deterministic(splits, workdir, float_model):
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.prune import prune_model
 
-    first = chain("mobilenet_v1")
-    again = workdir / "mobilenet_v1" / "pruned-again.h5"
-    metrics = prune_model(first.recipe, splits, first.float, again, quiet)
-    assert metrics["history"] == first.prune["history"]
-    for a, b in zip(load_keras(first.pruned).get_weights(), load_keras(again).get_weights()):
+    recipe = make_recipe(GENOTYPE_FAMILY)  # the tiny genotype: determinism is no family's
+    d = workdir / GENOTYPE_FAMILY
+    first = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-1.h5", quiet)
+    again = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-2.h5", quiet)
+    assert again["history"] == first["history"]
+    weights = [load_keras(d / f"pruned-{i}.h5").get_weights() for i in (1, 2)]
+    assert len(weights[0]) == len(weights[1]) > 0
+    for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
 
 
-# -- one family: 2:4, plain QAT --------------------------------------------------------
+# -- the tiny genotype: 2:4, plain QAT --------------------------------------------------------
 
 
 @pytest.mark.integration
@@ -259,7 +263,7 @@ def test_prune_2_by_4(splits, workdir, float_model):
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.prune import prune_model
 
-    family = "mobilenet_v1"
+    family = GENOTYPE_FAMILY  # the tiny genotype: 1x1 and 3x3 convs, a dense classifier
     recipe = make_recipe(family, m_by_n=(2, 4))
     out = workdir / family / "pruned-2x4.h5"
     metrics = prune_model(recipe, splits, float_model(family), out, quiet)
@@ -280,7 +284,9 @@ def test_prune_2_by_4(splits, workdir, float_model):
         assert zeros.min() >= 2, f"{name} ({kernel.shape}): a group of 4 has {zeros.min()} zeros"
         checked.append(name)
     assert dense == ["stem_conv"]
-    assert len(checked) >= 13 and "logits" in checked  # 13 pointwise convs + the classifier
+    # Every pointwise conv (block project/expand, squeeze-excite, head) and the classifier.
+    assert checked == ["block1_project_conv", "block2_expand_conv", "block2_se_squeeze", "block2_se_excite",
+                       "block2_project_conv", "head_conv", "logits"]
 
 
 @pytest.mark.integration
@@ -288,7 +294,7 @@ def test_qat_default_scheme_from_float(splits, workdir, float_model):
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.qat import qat_model
 
-    family = "mobilenet_v1"
+    family = GENOTYPE_FAMILY  # the tiny genotype
     recipe = make_recipe(family, prune=False)
     out = workdir / family / "qat-default.h5"
     m = qat_model(recipe, splits, float_model(family), out, quiet)
@@ -308,7 +314,7 @@ _MIRRORED = textwrap.dedent("""
     from tests.helpers.stages import DATA, make_recipe
     from pipeline.train.fit import setup_tensorflow
 
-    recipe = make_recipe("mobilenet_v1", strategy="mirrored", logical_devices=2)
+    recipe = make_recipe("mbconv", strategy="mirrored", logical_devices=2)  # the tiny genotype
     # Split the CPU before anything makes TensorFlow create its devices.
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     from pipeline.data import load_dataset
