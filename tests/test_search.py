@@ -35,6 +35,12 @@ TINY = {
 }
 
 
+#: The real search's space: MobileNetV1 (about half the layers of V2, so half the graph
+#: building); what that test checks belongs to no family.
+TINY_V1 = {**TINY, "model": {**TINY["model"], "family": "mobilenet_v1", "alpha": 0.25},
+           "search": {**TINY["search"], "families": ["mobilenet_v1"], "alphas": [0.25, 0.75]}}
+
+
 def _write(tmp_path, data=TINY, name="tiny.yaml") -> Path:
     p = tmp_path / name
     p.write_text(yaml.safe_dump(data))
@@ -270,7 +276,7 @@ def latency_cache(tmp_path_factory):
 @pytest.mark.integration
 @pytest.mark.device
 def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
-    tiny = load_recipe(_write(tmp_path))
+    tiny = load_recipe(_write(tmp_path, TINY_V1))
     cands = ss.space(tiny)
     # Tier 1, cold then cached: the second call never emulates.
     cold = [sc.candidate_cost(tiny, c, "pixel4", "int8-qat", 10) for c in cands]
@@ -293,23 +299,23 @@ def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
     logs = []
     res = se.search(tiny, "pixel4", budget, out=out, log=logs.append)
     by = {r["candidate"]: r for r in res.rows}
-    assert set(by) == {"mobilenet_v2-0.35-32", "mobilenet_v2-0.75-32"}
-    assert by["mobilenet_v2-0.75-32"]["fits"] is False
-    assert by["mobilenet_v2-0.75-32"]["misses"][0].startswith("latency ")
-    assert by["mobilenet_v2-0.75-32"].get("proxy_val_top1") is None
-    assert not (out / "proxy" / "mobilenet_v2-0.75-32").exists()  # never trained
-    assert not (out / "finalists" / "mobilenet_v2-0.75-32").exists()
-    assert by["mobilenet_v2-0.75-32"]["latency_ms"] == pytest.approx(big["latency_ms"])
-    assert 0 <= by["mobilenet_v2-0.35-32"]["proxy_val_top1"] <= 100
-    assert res.front == ["mobilenet_v2-0.35-32"]
-    assert res.chosen["candidate"] == "mobilenet_v2-0.35-32" and res.trials_run == 2
+    assert set(by) == {"mobilenet_v1-0.25-32", "mobilenet_v1-0.75-32"}
+    assert by["mobilenet_v1-0.75-32"]["fits"] is False
+    assert by["mobilenet_v1-0.75-32"]["misses"][0].startswith("latency ")
+    assert by["mobilenet_v1-0.75-32"].get("proxy_val_top1") is None
+    assert not (out / "proxy" / "mobilenet_v1-0.75-32").exists()  # never trained
+    assert not (out / "finalists" / "mobilenet_v1-0.75-32").exists()
+    assert by["mobilenet_v1-0.75-32"]["latency_ms"] == pytest.approx(big["latency_ms"])
+    assert 0 <= by["mobilenet_v1-0.25-32"]["proxy_val_top1"] <= 100
+    assert res.front == ["mobilenet_v1-0.25-32"]
+    assert res.chosen["candidate"] == "mobilenet_v1-0.25-32" and res.trials_run == 2
 
     # Outputs: table, plot, JSON, and a chosen recipe ready for `mobile-model build`.
-    assert "| mobilenet_v2-0.75-32 |" in (out / "pareto.md").read_text()
+    assert "| mobilenet_v1-0.75-32 |" in (out / "pareto.md").read_text()
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "search.json").read_text())["chosen"]["candidate"] == "mobilenet_v2-0.35-32"
+    assert json.loads((out / "search.json").read_text())["chosen"]["candidate"] == "mobilenet_v1-0.25-32"
     chosen = load_recipe(res.chosen_recipe)
-    assert (chosen.model.family, chosen.model.alpha, chosen.model.input_size) == ("mobilenet_v2", 0.35, 32)
+    assert (chosen.model.family, chosen.model.alpha, chosen.model.input_size) == ("mobilenet_v1", 0.25, 32)
     assert chosen.devices.targets == ("pixel4",) and chosen.budgets["max_latency_ms"] == {"pixel4": budget.latency_ms}
     # Its full build ran the device check on the trained model and met the budget.
     assert res.final["budgets_ok"], res.final["budgets"]
@@ -328,7 +334,7 @@ def test_search_on_a_tiny_space(tmp_path, latency_cache, monkeypatch):
     # A budget nothing meets: a clear error naming the cheapest candidate (costs cached).
     with pytest.raises(BudgetExceededError) as e:
         se.search(tiny, "pixel4", ss.Budget(0.001), out=tmp_path / "none")
-    assert (f"no candidate fits 0.001 ms on pixel4: 2 looked at; the cheapest, mobilenet_v2-0.35-32, "
+    assert (f"no candidate fits 0.001 ms on pixel4: 2 looked at; the cheapest, mobilenet_v1-0.25-32, "
             f"needs {small['latency_ms']:.3f} ms") in str(e.value)
     assert not (tmp_path / "none" / "proxy").exists()
 
