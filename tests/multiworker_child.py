@@ -2,9 +2,10 @@
 
     python tests/multiworker_child.py DATA_DIR OUT_DIR   (TF_CONFIG in the environment)
 
-Trains the default recipe's smoke model on DATA_DIR under MultiWorkerMirroredStrategy
-and writes OUT_DIR/read-<index>.json: the content hash of every training image this
-worker read, and the strategy's replica count.
+Trains the default smoke recipe, with the tiny block genotype of tests/helpers/stages.py,
+on DATA_DIR under MultiWorkerMirroredStrategy and writes OUT_DIR/read-<index>.json:
+the content hash of every training image this worker read, and the strategy's replica
+count.
 """
 
 import dataclasses
@@ -23,12 +24,18 @@ tf_environment()
 def main(data: str, out: str) -> None:
     from pipeline.data import ImageSet, load_dataset
     from pipeline.recipe.load import load_recipe
+    from pipeline.recipe.training import GENOTYPE_FAMILY
     from pipeline.train.stage import train_float
+    from tests.helpers.stages import TINY_GENOTYPE
 
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     r = load_recipe("default", smoke=True, data_path=data)
     r = dataclasses.replace(r, train=dataclasses.replace(r.train, strategy="multi-worker", epochs=1,
-                                                         augment=dataclasses.replace(r.train.augment, enabled=False)))
+                                                         augment=dataclasses.replace(r.train.augment, enabled=False)),
+                            # The tiny block genotype: which images a worker reads is no
+                            # model's, and the two workers build and trace it quickly.
+                            model=dataclasses.replace(r.model, family=GENOTYPE_FAMILY, alpha=1.0,
+                                                      genotype=TINY_GENOTYPE)).validate()
     splits = load_dataset(r.data, r.model.input_shape, r.seed)
     read = set()
 
