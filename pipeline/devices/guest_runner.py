@@ -50,6 +50,36 @@ def io_detail(d):
             "zero_point": int(zero_point)}
 
 
+def tensor_list(interp, np):
+    """Index, name, shape, dtype and size of every tensor, as get_tensor_details() has them.
+
+    Read one field at a time through the wrapper: get_tensor_details() also reads each
+    tensor's sparsity parameters, which crashes tflite-runtime 2.14 on ARM (SIGSEGV) on
+    some models (MediaPipe's pose_detection, face_detection_full_range_sparse). Tensors
+    without a type or a shape are left out, as get_tensor_details() leaves them out.
+    """
+    raw = interp._interpreter
+
+    def call(name, *args):
+        try:
+            return getattr(raw, name)(*args, 0)  # the subgraph index, where the wrapper takes one
+        except TypeError:
+            return getattr(raw, name)(*args)
+
+    tensors = []
+    for i in range(call("NumTensors")):
+        try:
+            dtype = call("TensorType", i)
+            shape = [int(v) for v in call("TensorSize", i)] if dtype else None
+        except ValueError:  # "Tensor with no shape found": get_tensor_details() skips it too
+            continue
+        if not dtype:
+            continue
+        tensors.append({"index": i, "name": call("TensorName", i), "shape": shape, "dtype": dtype.__name__,
+                        "nbytes": int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize})
+    return tensors
+
+
 def quantize(x, detail, np):
     """Float inputs -> the model's input dtype, as pipeline.tflite.host does on the host."""
     dtype = detail["dtype"]
@@ -159,11 +189,7 @@ def main(argv=None):
         "loaded": True,
         "inputs": [io_detail(d) for d in inputs],
         "outputs": [io_detail(d) for d in outputs],
-        "tensors": [{"index": int(t["index"]), "name": t["name"],
-                     "shape": [int(v) for v in t["shape"]], "dtype": t["dtype"].__name__,
-                     "nbytes": int(np.prod(t["shape"], dtype=np.int64))
-                     * np.dtype(t["dtype"]).itemsize}
-                    for t in interp.get_tensor_details()],
+        "tensors": tensor_list(interp, np),
         "samples": samples,
         "wall_s": wall,
         "regions": {"marker_overhead": 0, "warmup": 1, "first_inference": 2},
