@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 from pipeline.devices.checked_json import no_extra, take
 from pipeline.devices.insn_counts import FIRST_INFERENCE_REGION, MARKER_REGION, WARMUP_REGION
+from pipeline.devices.model_io import TensorSpec  # an input or output, as the guest runtime reports it
 from pipeline.errors import DeviceOutputError
 
 GUEST_FORMAT = "mm-guest-result 2"
@@ -57,16 +58,6 @@ def parse_load_error(message: str) -> LoadError:
     return LoadError(text)
 
 
-@dataclass(frozen=True)
-class TensorIO:
-    """A model input or output as the guest runtime reports it."""
-
-    name: str
-    shape: Tuple[int, ...]
-    dtype: str
-    scale: float
-    zero_point: int
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -91,18 +82,18 @@ class GuestResult:
     threads: int
     loaded: bool
     load_error: Optional[LoadError]
-    inputs: Tuple[TensorIO, ...] = ()
-    outputs: Tuple[TensorIO, ...] = ()
+    inputs: Tuple[TensorSpec, ...] = ()
+    outputs: Tuple[TensorSpec, ...] = ()
     tensors: Tuple[TensorInfo, ...] = ()
     samples: int = 0
     wall_s: Tuple[float, ...] = ()
 
     @property
-    def input(self) -> Optional[TensorIO]:
+    def input(self) -> Optional[TensorSpec]:
         return self.inputs[0] if self.inputs else None
 
     @property
-    def output(self) -> Optional[TensorIO]:
+    def output(self) -> Optional[TensorSpec]:
         return self.outputs[0] if self.outputs else None
 
 
@@ -113,19 +104,19 @@ def _shape(value, where: str) -> Tuple[int, ...]:
     return tuple(value)
 
 
-def _io(obj, where: str) -> TensorIO:
+def _io(obj, where: str) -> TensorSpec:
     if not isinstance(obj, dict):
         raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
     keys = ("name", "shape", "dtype", "scale", "zero_point")
     no_extra(obj, keys, where)
-    return TensorIO(name=take(obj, "name", str, where),
+    return TensorSpec(name=take(obj, "name", str, where),
                     shape=_shape(take(obj, "shape", list, where), where),
                     dtype=take(obj, "dtype", str, where),
                     scale=float(take(obj, "scale", (int, float), where)),
                     zero_point=take(obj, "zero_point", int, where))
 
 
-def _io_list(items, where: str) -> Tuple[TensorIO, ...]:
+def _io_list(items, where: str) -> Tuple[TensorSpec, ...]:
     if not items:
         raise DeviceOutputError(f"{where}s: none listed")
     return tuple(_io(o, f"{where} {i}") for i, o in enumerate(items))
