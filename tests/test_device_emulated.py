@@ -172,15 +172,16 @@ def test_dynamic_range_model_not_loadable_on_camera(arm_runtime, tiny_models):
 
 @pytest.mark.integration
 def test_the_host_twin_runs_the_device_runtime_and_reports_what_it_cannot_load(tiny_models):
-    from pipeline.devices.host_twin import twin_outputs
-    from pipeline.devices.targets import RUNTIMES
+    from pipeline.devices.check import host_reference, reference_outputs
+    from pipeline.devices.profiles import get_device
     from pipeline.tflite.host import host_outputs_for
 
     paths, x, _ = tiny_models
-    runtime = RUNTIMES["tflite-runtime"]
-    y = twin_outputs(paths["int8"], x, runtime)
+    camera = get_device("camera-a53")  # tflite-runtime 2.14: its host twin is the reference
+    assert host_reference(camera) == "tflite-runtime 2.14.0 x86_64"
+    y = reference_outputs(paths["int8"], x, camera)
     assert y.shape == host_outputs_for(paths["int8"], x).shape and y.dtype == np.int8
     # tflite-runtime 2.14 has no FULLY_CONNECTED version 12: neither build loads it.
     with pytest.raises(DeviceOutputError, match=r"tflite-runtime 2.14.0 \S+ does not load .*dynamic.*"
                                                 r"FULLY_CONNECTED' version '12'"):
-        twin_outputs(paths["dynamic"], x, runtime)
+        reference_outputs(paths["dynamic"], x, camera)

@@ -175,7 +175,7 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path], inputs_
     try:
         if sum(v is not None for v in (data_path, inputs_path, recipe_name, random_n)) != 1:
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ, --inputs NPZ or --random N")
-        from pipeline.devices.check import run_device_check, validate_inputs
+        from pipeline.devices.check import run_device_check
         from pipeline.tflite.reader import read_tflite
 
         # An untrusted model: structure checked here, then loaded and run by the host
@@ -183,11 +183,10 @@ def device_run(device_name: str, model: Path, data_path: Optional[Path], inputs_
         parsed = read_tflite(model)
         x, y = model_inputs(model, parsed, data_path, inputs_path, recipe_name, smoke, random_n, samples,
                             *value_range)
-        if not isinstance(x, list):  # one array of classifier data (lists are checked as read)
-            validate_inputs(parsed, x, y, model.name)  # before the inputs reach any runtime
         profile = DEVICES.get(device_name)
         quiet = quiet or as_json
-        # The pipeline's own interpreter runs the untrusted model in an isolated child.
+        # Inputs are checked against the model before any runtime sees them; the
+        # pipeline's own interpreter runs the untrusted model in an isolated child.
         result = run_device_check(model, profile, x, y, threads=threads, untrusted=True,
                                   progress=None if quiet else (lambda m: click.echo(m, err=True)))
         from pipeline.latency.estimate import attach_latency

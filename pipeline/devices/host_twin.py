@@ -78,33 +78,13 @@ def ensure_twins(progress: Optional[Log] = None) -> List[IsolatedEnv]:
     return [ensure(spec, progress=progress) for spec in twin_specs()]
 
 
-def twin_outputs(model_path: Path, x: Union[np.ndarray, Sequence[np.ndarray]], runtime: GuestRuntime,
-                 threads: int = 1, progress: Optional[Log] = None) -> Union[np.ndarray, Tuple[np.ndarray, ...]]:
-    """Raw outputs of ``runtime`` (x86_64 build) on ``x``, one input per invoke as on the device.
-
-    Args:
-        x: one array (a model of one input), or one per input in the model's order.
-
-    Returns:
-        One array for a model of one input and one output, else one per output.
-
-    Raises:
-        DeviceOutputError: the host build of the runtime does not load the model (the
-            device's did) or returned outputs for the wrong number of inputs.
-        DeviceUnavailableError: the environment could not be built, or the run failed.
-    """
-    error, ys = twin_run(model_path, x, runtime, threads, progress)
-    if error is not None:
-        raise DeviceOutputError(f"the host reference {twin_reference(runtime)} does not load "
-                                f"{Path(model_path).name}: {error}")
-    return ys[0] if single_io(Path(model_path)) else ys
-
-
 def twin_run(model_path: Path, x: Union[np.ndarray, Sequence[np.ndarray]], runtime: GuestRuntime,
              threads: int = 1, progress: Optional[Log] = None
              ) -> Tuple[Optional[str], Tuple[np.ndarray, ...]]:
-    """``(load error, ())`` when the host build of ``runtime`` does not load the model, else
-    ``(None, outputs)`` with one array per output (see :func:`twin_outputs`).
+    """Raw outputs of ``runtime`` (x86_64 build) on ``x``, one input per invoke as on the
+    device: ``(None, outputs)`` with one array per output, or ``(load error, ())`` when
+    the host build does not load the model. ``x`` is one array (a model of one input) or
+    one per input in the model's order.
 
     Raises:
         DeviceOutputError: outputs for the wrong number of inputs.

@@ -142,7 +142,6 @@ def estimate_model(spec, device: Union[str, DeviceProfile], threads: int = 1, lo
     return est
 
 
-
 def estimate_file(path: Union[str, Path], device: Union[str, DeviceProfile], threads: int = 1,
                   log: Log = None) -> Dict[str, Any]:
     """Estimated latency of any ``.tflite`` file on ``device``: the keys of :func:`estimate_model`.
