@@ -63,7 +63,7 @@ def expected_load(device_build):
     build, through the same guest runner), never the emulated run's own verdict."""
     import numpy as np
 
-    from pipeline.devices.host_twin import needs_twin, twin_outputs
+    from pipeline.devices.host_twin import needs_twin, twin_run
     from pipeline.devices.profiles import get_device
     from pipeline.devices.targets import RUNTIMES
     from pipeline.errors import DeviceOutputError
@@ -82,10 +82,11 @@ def expected_load(device_build):
             path = summary.variants[variant].path
             try:
                 if needs_twin(runtime):
-                    twin_outputs(Path(path), x, runtime)
+                    load_error, _ = twin_run(Path(path), x, runtime)
                 else:  # the pipeline's own interpreter is this runtime and version
                     allocate(make_interpreter(Path(path).read_bytes(), delegates=False))
-                cache[key] = (True, None)
+                    load_error = None
+                cache[key] = (load_error is None, load_error)
             except (DeviceOutputError, RuntimeError, ValueError) as exc:
                 cache[key] = (False, str(exc))
         return cache[key]
