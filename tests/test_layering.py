@@ -1,8 +1,12 @@
-"""Layering checks that import-linter does not make: private names and contract coverage.
+"""Layering checks that import-linter does not make: private names, imports that resolve,
+and contract coverage.
 
 * No module imports a private name (leading underscore, not a dunder) of another
   module of ``pipeline`` or ``models``: a helper that is genuinely shared is made
   public, or moved.
+* Every ``from <our module> import name`` names something that module defines, imports
+  or has as a submodule, including imports deferred inside functions, which nothing
+  else checks before the function runs.
 * The contracts of ``.importlinter`` name every top-level module of ``pipeline``,
   so a new package is covered from its first commit.
 
@@ -135,3 +139,77 @@ def test_publish_is_forbidden_to_load_data_or_run_a_model():
     assert publish["type"] == "forbidden"
     assert _modules(publish, "source_modules") == {"pipeline.publish"}
     assert {"pipeline.data", "pipeline.tflite.host", "pipeline.train"} <= _modules(publish, "forbidden_modules")
+
+
+def top_level_names(source: str) -> set:
+    """Names a module defines or imports at its top level (``if``/``try`` blocks included),
+    and the names a module-level ``__getattr__`` compares against (lazy attributes)."""
+    names = set()
+    body = list(ast.parse(source).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            if node.name == "__getattr__":
+                names |= {c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            body += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            body += [s for h in getattr(node, "handlers", []) for s in h.body]
+    return names
+
+
+def _module_file(module: str):
+    base = REPO.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_imports(source: str, module: str, is_package: bool = False) -> List[str]:
+    """``"line: from X import y"`` for each name of our packages that ``source`` imports and
+    that module ``X`` neither defines nor has as a submodule. Imports inside functions
+    count: nothing else finds them before the function runs."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        target = _imported_module(node, module, is_package)
+        if target.split(".")[0] not in OUR_PACKAGES:
+            continue
+        path = _module_file(target)
+        if path is None:
+            found.append(f"{node.lineno}: from {target} (no such module)")
+            continue
+        defined = top_level_names(path.read_text())
+        for alias in node.names:
+            if alias.name != "*" and alias.name not in defined and _module_file(f"{target}.{alias.name}") is None:
+                found.append(f"{node.lineno}: from {target} import {alias.name}")
+    return found
+
+
+def test_every_import_of_our_modules_names_something_that_exists():
+    violations = []
+    for entry in SCANNED + ("benchmarks",):
+        root = REPO / entry
+        files = [root] if root.is_file() else sorted(root.rglob("*.py"))
+        for path in files:
+            found = missing_imports(path.read_text(), module_name(path), path.name == "__init__.py")
+            violations += [f"{path.relative_to(REPO)}:{v}" for v in found]
+    assert not violations, "imports of names that do not exist:\n" + "\n".join(violations)
+
+
+def test_missing_import_checker():
+    assert missing_imports("def f():\n    from pipeline.errors import NoSuchName", "tests.t") == [
+        "2: from pipeline.errors import NoSuchName"]
+    assert missing_imports("from pipeline.nosuch import x", "tests.t") == ["1: from pipeline.nosuch (no such module)"]
+    assert missing_imports("from pipeline.devices import host_twin\nfrom pipeline.errors import DeviceOutputError",
+                           "tests.t") == []
+    assert "LAZY" in top_level_names("def __getattr__(name):\n    if name == 'LAZY':\n        return 1")
+    assert top_level_names("try:\n    import a.b as c\nexcept ImportError:\n    d = 1\nif X:\n    def e(): pass") \
+        == {"c", "d", "e"}
