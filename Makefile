@@ -28,7 +28,7 @@ PYTEST_WORKERS ?= 2
 help:
 	@echo "make mobile-model   build the embedded default recipe (RECIPE=path to override)"
 	@echo "make test           the full test suite (what CI runs), after make lint"
-	@echo "make lint           layering contracts (.importlinter), private imports, ruff (pyproject.toml)"
+	@echo "make lint           layering contracts (.importlinter), private and unresolved imports, ruff (pyproject.toml)"
 	@echo "make fuzz           longer fuzzing of model loading and recipe parsing (FUZZ_EXAMPLES=5000)"
 	@echo "make device-test    device_tests/ over a built recipe (RECIPE=...)"
 	@echo "make arm-runtime    build/refresh the cached ARM userland, runtimes and qemu plugin"
@@ -95,7 +95,7 @@ mobile-model: $(STAMP) system-deps mediapipe-env
 # (pyproject.toml [tool.ruff]). Seconds; `make test` runs it first.
 lint: $(STAMP)
 	@$(VENV)/bin/lint-imports --no-cache || { echo "error: make lint: import layering broken (see above and .importlinter)" >&2; exit 1; }
-	@$(PY) -m pytest tests/test_layering.py -q -p no:cacheprovider || { echo "error: make lint: tests/test_layering.py failed: a private name imported across modules, or a module missing from .importlinter (see above)" >&2; exit 1; }
+	@$(PY) -m pytest tests/test_layering.py -q -p no:cacheprovider || { echo "error: make lint: tests/test_layering.py failed: a private name imported across modules, an import of a name that does not exist, or a module missing from .importlinter (see above)" >&2; exit 1; }
 	@$(VENV)/bin/ruff check --no-cache pipeline models tests device_tests benchmarks conftest.py || { echo "error: make lint: ruff findings (see above; rules in pyproject.toml)" >&2; exit 1; }
 
 # The whole suite: unit, integration (real training/conversion on tiny models)
