@@ -15,16 +15,21 @@ importance criterion, and measures two things:
 
 It keeps the proposal that loses least loss per unit of cost saved, fine-tunes it
 briefly (``recover_batches`` batches) and records the step. It stops when the cost
-is within the budget. Steps are written to a work folder as they finish (the model
-after each step and ``state.json``), so an interrupted schedule resumes at its last
-step, and the same seed gives the same steps.
+is within the budget. The last step does not overshoot by a whole step: when the
+kept proposal's cost is below the budget, its width is bisected between the
+group's current width and the proposal's (whole multiples of :data:`GRANULARITY`
+channels, at most log2 of their number probes, each priced like a proposal) for
+the widest one that still meets the budget (:func:`bisect_width`). Steps are
+written to a work folder as they finish (the model after each step and
+``state.json``), so an interrupted schedule resumes at its last step, and the same
+seed gives the same steps (each step's recovery reseeds every generator).
 """
 
 import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -38,7 +43,8 @@ from pipeline.store.atomic import atomic_write_json, config_hash
 GRANULARITY = 8
 # Validation images each proposal is scored on.
 EVAL_IMAGES = 2000
-STATE_VERSION = 1
+# 2: the last step's width is bisected onto the budget; recovery reseeds every generator.
+STATE_VERSION = 2
 
 
 # -- device cost ----------------------------------------------------------------------
@@ -152,6 +158,36 @@ def proposal_width(channels: int, per_channel: float, remove_macs: float) -> int
     return channels if width < floor else width
 
 
+def bisect_width(channels: int, proposed: int, cost_of: Callable[[int], float],
+                 budget: float) -> Tuple[int, List[Dict[str, Any]]]:
+    """The widest width between ``proposed`` and ``channels`` whose cost meets ``budget``.
+
+    The candidates are the multiples of :data:`GRANULARITY` strictly between the two:
+    ``proposed`` is known to meet the budget and ``channels`` (the group's width now)
+    not to. Cost falls as the width does, so a binary search finds the widest
+    candidate that meets the budget in at most ``ceil(log2(candidates + 1))`` probes.
+
+    Args:
+        channels: the group's width now (its cost is above the budget).
+        proposed: the proposal's width, a multiple of :data:`GRANULARITY` (its cost meets it).
+        cost_of: width -> cost of the model with the group at that width.
+        budget: the cost to meet.
+
+    Returns:
+        (the width, the probes in order: ``{"channels", "cost", "meets"}``); ``proposed``
+        when no candidate meets the budget.
+    """
+    candidates = list(range(proposed + GRANULARITY, channels, GRANULARITY))
+    lo, hi, probes = -1, len(candidates), []  # candidates[lo] meets (or proposed); candidates[hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        cost = float(cost_of(candidates[mid]))
+        meets = cost <= budget
+        probes.append({"channels": candidates[mid], "cost": cost, "meets": meets})
+        lo, hi = (mid, hi) if meets else (lo, mid)
+    return (candidates[lo] if lo >= 0 else proposed), probes
+
+
 def evaluate_loss_top1(model, x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
     # Eager batches: a fresh model per proposal would pay for tracing predict each time.
     probs = np.concatenate([model(x[i:i + 500], training=False).numpy() for i in range(0, len(x), 500)])
@@ -160,13 +196,18 @@ def evaluate_loss_top1(model, x: np.ndarray, y: np.ndarray) -> Tuple[float, floa
 
 
 def recover_briefly(model, splits, batches: int, batch_size: int, learning_rate: float, seed: int) -> None:
-    """A short fine-tune of the chosen proposal on a seeded draw of training images."""
+    """A short fine-tune of the chosen proposal on a seeded draw of training images.
+
+    Every generator (Python, NumPy, TensorFlow: dropout) is reseeded with ``seed``, so
+    the step trains alike whatever ran before it (a resumed schedule, another stage).
+    """
     import tf_keras as keras
 
     from pipeline.train.stream import train_dataset
 
     if batches <= 0:
         return
+    keras.utils.set_random_seed(seed)
     n = min(len(splits.x_train), batches * batch_size)
     idx = np.random.default_rng(seed).choice(len(splits.x_train), n, replace=False)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
@@ -235,16 +276,20 @@ def run_schedule(model, splits, cfg: ScheduleConfig, work: Path, source_sha: str
             raise BudgetExceededError(f"channel pruning: every layer is at its narrowest and the cost "
                                       f"{cost:.4g} is above the budget {cfg.target.budget:.4g}")
         best = min(proposals, key=lambda p: (p["score"], p["cost"], p["layer"]))
+        probes: List[Dict[str, Any]] = []
+        if best["cost"] < cfg.target.budget:
+            best, probes = _land_on_budget(model, best, cfg, x_eval, y_eval, log)
         model = best.pop("model")
         recover_briefly(model, splits, cfg.recover_batches, cfg.batch_size, cfg.learning_rate, cfg.seed + k)
         loss_after, top1_after = evaluate_loss_top1(model, x_eval, y_eval)
         record = {"step": k, "layer": best["layer"], "channels_before": best["channels_before"],
-                  "channels_after": best["channels_after"], "cost_before": cost, "cost": best["cost"],
+                  "channels_after": best["channels_after"], "channels_proposed": best["channels_proposed"],
+                  "cost_before": cost, "cost": best["cost"],
                   **{f: best[f] for f in ("macs", "latency_ms", "instructions", "cycles") if f in best},
                   "loss_oneshot": best["loss"], "top1_oneshot": best["top1"], "loss": loss_after,
                   "top1": top1_after, "score": best["score"], "model": f"step{k:02d}.h5",
                   "proposals": [{f: p[f] for f in ("layer", "channels_after", "cost", "loss", "score")}
-                                for p in proposals]}
+                                for p in proposals], "probes": probes}
         save_keras(model, work / record["model"])
         state["steps"].append(record)
         atomic_write_json(state_path, state)
@@ -277,10 +322,34 @@ def _proposals(model, cfg: ScheduleConfig, remove_macs: float, x_eval, y_eval, c
         if saved <= 0:
             continue
         p_loss, p_top1 = evaluate_loss_top1(thinned, x_eval, y_eval)
-        out.append({"layer": g.producer, "channels_before": g.channels, "channels_after": width, "cost": c,
+        out.append({"layer": g.producer, "channels_before": g.channels, "channels_after": width,
+                    "channels_proposed": width, "cost": c,
                     **fig, "loss": p_loss, "top1": p_top1,
                     "score": max(p_loss - loss, 0.0) / saved, "model": thinned})
     return out
+
+
+def _land_on_budget(model, best: Dict[str, Any], cfg: ScheduleConfig, x_eval, y_eval,
+                    log: Log) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """``best`` (a proposal below the budget) at the widest width that still meets the
+    budget (:func:`bisect_width`, each probe priced like a proposal), and the probes."""
+    meeting: Dict[int, Tuple[Any, float, Dict[str, Any]]] = {}
+
+    def cost_of(width: int) -> float:
+        thinned = thin_by_scores(model, {best["layer"]: width}, cfg.criterion)
+        c, fig = cfg.target.cost(thinned, log)
+        if c <= cfg.target.budget:
+            meeting[width] = (thinned, c, fig)
+        return c
+
+    width, probes = bisect_width(best["channels_before"], best["channels_after"], cost_of, cfg.target.budget)
+    if width == best["channels_after"]:
+        return best, probes
+    thinned, c, fig = meeting[width]
+    loss, top1 = evaluate_loss_top1(thinned, x_eval, y_eval)
+    log(f"[channels] {best['layer']}: {best['channels_after']} channels would take the cost to "
+        f"{best['cost']:.4g}; {width} meet the budget at {c:.4g} ({len(probes)} probes)")
+    return {**best, "channels_after": width, "cost": c, **fig, "loss": loss, "top1": top1, "model": thinned}, probes
 
 
 def _plain(cfg: ScheduleConfig) -> Dict[str, Any]:

@@ -1,0 +1,147 @@
+"""The channel-pruning schedule lands on its target and is repeatable; the thinned
+model's fine-tune (``prune.epochs: auto``) is chosen on validation.
+
+Tiny block genotype, MACs targets: the schedule's logic is the same as with a device
+latency target, without an emulated run per architecture."""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from pipeline.compress.netadapt import GRANULARITY, ScheduleConfig, Target, bisect_width, run_schedule
+from tests.helpers.stages import TINY_GENOTYPE, make_recipe, quiet
+
+# The head conv: 64 channels, each 8 of them about 2.4% of the model's MACs, so whole
+# multiples of 8 can land within 3% of a budget.
+HEAD = "head_conv"
+
+
+@dataclass
+class _Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray = None
+    y_test: np.ndarray = None
+    num_classes: int = 10
+
+
+def _splits():
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 32, 32, 1), dtype=np.float32)
+    y = (x[:, :16].mean(axis=(1, 2, 3)) > 0.5).astype(np.int64) + 2 * (x[:, :, :16].mean(axis=(1, 2, 3)) > .5)
+    return _Splits(x[:64], y[:64], x[64:], y[64:])
+
+
+def _tiny(seed=0):
+    from models import genotype
+    from pipeline.train.fit import setup_tensorflow
+
+    setup_tensorflow(seed)
+    return genotype.build(TINY_GENOTYPE, (32, 32, 1), 10, first_stride=1)
+
+
+def _config(macs0, layers=(HEAD,), fraction=0.9, step=0.05):
+    return ScheduleConfig(Target("macs", fraction * macs0), "l1_bn", step=step, seed=0, recover_batches=2,
+                          batch_size=16, eval_images=32, layers=layers)
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    """The tiny genotype, its MACs, the config and one run of the schedule (model, result)."""
+    from models.macs import count_macs
+
+    m = _tiny()
+    macs0 = count_macs(m)
+    cfg = _config(macs0)
+    thinned, res = run_schedule(m, _splits(), cfg, tmp_path_factory.mktemp("steps"), "src", quiet)
+    return m, macs0, cfg, thinned, res
+
+
+def test_bisection_finds_the_widest_width_that_meets_the_budget():
+    """On a stand-in cost (10 per channel): the widest multiple of 8 under the budget,
+    in at most log2(candidates + 1) probes; the proposal when none is wider."""
+    probed = []
+
+    def cost_of(width):
+        probed.append(width)
+        return 10.0 * width
+
+    width, probes = bisect_width(128, 8, cost_of, 555.0)
+    assert width == 48 and [p["channels"] for p in probes] == probed
+    assert len(probes) <= math.ceil(math.log2(len(range(16, 128, GRANULARITY)) + 1))
+    assert all(p["meets"] == (p["cost"] <= 555.0) for p in probes)
+    assert bisect_width(128, 8, cost_of, 85.0) == (8, [{"channels": c, "cost": 10.0 * c, "meets": False}
+                                                       for c in (64, 32, 16)])
+    assert bisect_width(128, 8, cost_of, 1275.0)[0] == 120
+    assert bisect_width(16, 8, cost_of, 100.0) == (8, [])  # no width between the two: no probe
+
+
+def test_last_step_lands_within_3_percent_of_a_macs_target(scheduled):
+    """Whole steps would overshoot the budget by more than 3%; the last step's width is
+    bisected to the widest multiple of 8 that meets it, and lands within 3%."""
+    from models.macs import count_macs
+    from pipeline.compress.channels import thin_by_scores
+
+    m, macs0, cfg, thinned, res = scheduled
+    budget = cfg.target.budget
+    last = res["steps"][-1]
+    proposed = next(p for p in last["proposals"] if p["layer"] == last["layer"])
+    assert proposed["cost"] < 0.97 * budget  # the whole step would have overshot
+    assert last["channels_proposed"] == proposed["channels_after"] < last["channels_after"] < last["channels_before"]
+    assert last["probes"] and last["channels_after"] in [p["channels"] for p in last["probes"] if p["meets"]]
+    assert len(last["probes"]) <= math.ceil(math.log2((last["channels_before"] - proposed["channels_after"])
+                                                      // GRANULARITY))
+    assert 0.97 * budget <= last["cost"] <= budget
+    assert count_macs(thinned) == last["cost"] == res["end"]["cost"]
+    assert thinned.get_layer(HEAD).filters == last["channels_after"]
+    # 8 channels more would have missed the budget: the thinnest cut that meets it.
+    wider = thin_by_scores(m, {HEAD: last["channels_after"] + GRANULARITY}, "l1_bn")
+    assert count_macs(wider) > budget
+    # Steps that did not reach the budget are not bisected.
+    assert all(not s["probes"] and s["channels_after"] == s["channels_proposed"] for s in res["steps"][:-1])
+
+
+def test_same_seed_gives_the_same_widths_and_steps(scheduled, tmp_path):
+    """A second run in a fresh folder (after other work moved every generator) thins to the
+    same widths through identical step records."""
+    from pipeline.compress.channels import widths
+
+    m, macs0, cfg, thinned, res = scheduled
+    np.random.default_rng().random()  # other work in between
+    np.random.random(7)
+    again, res2 = run_schedule(m, _splits(), cfg, tmp_path, "src", quiet)
+    assert res2["steps_run"] == len(res["steps"]) >= 2
+    assert widths(again) == widths(thinned)
+    assert res2["steps"] == res["steps"] and res2["end"] == res["end"]
+
+
+def test_prune_epochs_auto_is_the_channels_fine_tunes_own(tmp_path):
+    """``prune.epochs: auto``: the channels row keys and runs an early-stopping plan, while
+    magnitude pruning on top still gets the length that follows the float epochs; an
+    unknown value is one error naming what is allowed."""
+    import dataclasses
+
+    from pipeline.build.stages import compress_stages
+    from pipeline.errors import ConfigError
+    from pipeline.recipe.schema import Recipe
+    from pipeline.train.schedule import RECOVERY_MAX_EPOCHS, RECOVERY_PATIENCE, recovery_plan
+
+    r = dataclasses.replace
+    base = make_recipe("mbconv")
+    recipe = r(base, prune=r(base.prune, structure="channels+unstructured", target_macs=0.8, epochs="auto"))
+    keys = {}
+    compress_stages(recipe.validate(), None, lambda name, config, i, o, fn: keys.setdefault(name, config) and {},
+                    tmp_path / "float.h5", tmp_path, quiet, float_epochs=30)
+    assert keys["channels"]["recovery"] == {"epochs": "auto", "max_epochs": RECOVERY_MAX_EPOCHS,
+                                            "patience": RECOVERY_PATIENCE, "min_epochs": 1, "time_budget_s": None,
+                                            "warmup_epochs": 0}
+    assert keys["channels"]["prune"]["epochs"] == "auto" and keys["prune"]["prune"]["epochs"] == 10
+    assert recovery_plan(3).to_dict()["epochs"] == 3 and not recovery_plan(3).auto
+    with pytest.raises(ConfigError, match=r"recipe.prune.epochs: expected a positive integer or 'auto', "
+                                          r"got 'forever'"):
+        Recipe.from_dict({"name": "x", "prune": {"enabled": True, "structure": "channels", "target_macs": 0.5,
+                                                 "epochs": "forever"}})
