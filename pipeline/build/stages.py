@@ -143,6 +143,15 @@ def _cluster_qat(scheme: str):
     return run
 
 
+def _channels_key(r: Recipe) -> Dict[str, Any]:
+    from pipeline.compress.netadapt import STATE_VERSION
+    from pipeline.train.schedule import recovery_plan
+
+    # The fine-tune's plan as resolved, and the schedule's version (what a step does).
+    return {"prune": r.to_dict()["prune"], "threads": r.devices.threads,
+            "recovery": recovery_plan(r.prune.epochs).to_dict(), "schedule": STATE_VERSION}
+
+
 def _prune_key(r: Recipe) -> Dict[str, Any]:
     from pipeline.recipe.schema import CHANNEL_KEYS
 
@@ -164,6 +173,9 @@ class CompressStage:
         weights_only: it saves weights; the model reloads by rebuilding ``start``
             (clustered QAT), so its source is ``{"keras": weights, "base": start}``.
         source: the variant source (:data:`pipeline.variants.SOURCES`) it makes.
+        own_epochs: it reads ``prune.epochs`` as the recipe has it (its ``auto`` is early
+            stopping, :func:`pipeline.train.schedule.recovery_plan`), not as resolved from
+            the float epochs.
     """
 
     name: str
@@ -175,13 +187,13 @@ class CompressStage:
     compresses: bool = False
     weights_only: bool = False
     source: Optional[str] = None
+    own_epochs: bool = False
 
 
 COMPRESS_STAGES: Tuple[CompressStage, ...] = (
     # Thinner, not sparse: every later stage starts from it as from the float model.
-    CompressStage("channels", "channels.h5", "trained", _channels,
-                  lambda r: {"prune": r.to_dict()["prune"], "threads": r.devices.threads},
-                  lambda r, needed: r.prune.channels, compresses=True),
+    CompressStage("channels", "channels.h5", "trained", _channels, _channels_key,
+                  lambda r, needed: r.prune.channels, compresses=True, own_epochs=True),
     # Magnitude pruning of the float model, or of the thinned one (channels+unstructured).
     CompressStage("prune", "pruned.h5", "compressed", _prune, _prune_key,
                   lambda r, needed: r.prune.unstructured, compresses=True),
@@ -217,7 +229,8 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
 
     ``prune.epochs`` and ``qat.epochs`` set to ``auto`` follow ``float_epochs`` (the
     epochs float training ran; :func:`pipeline.train.schedule.finetune_epochs`); the
-    stage keys hold the resolved lengths.
+    stage keys hold the resolved lengths. A row with ``own_epochs`` (channel pruning's
+    fine-tune, whose ``auto`` stops on validation) reads ``prune.epochs`` as asked.
 
     Returns:
         For each source name (:data:`pipeline.variants.SOURCES`), the files the
@@ -227,6 +240,7 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     from pipeline.train.schedule import finetune_epochs
 
     r = dataclasses.replace
+    asked = recipe.prune
     recipe = r(recipe, prune=r(recipe.prune, epochs=finetune_epochs(recipe.prune.epochs, float_epochs, "prune")),
                qat=r(recipe.qat, epochs=finetune_epochs(recipe.qat.epochs, float_epochs, "qat")))
     files = {"trained": float_h5, "compressed": float_h5}  # the build's models by name
@@ -235,8 +249,9 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     for row in wanted_rows(recipe):
         src, out = files[row.start], keras_dir / row.file
         output = {"weights" if row.weights_only else "model": out}
-        stage(row.name, {**row.key(recipe), **common}, {"keras": src}, output,
-              lambda row=row, src=src, out=out: row.run(recipe, splits, src, out, log))
+        rr = r(recipe, prune=asked) if row.own_epochs else recipe
+        stage(row.name, {**row.key(rr), **common}, {"keras": src}, output,
+              lambda row=row, rr=rr, src=src, out=out: row.run(rr, splits, src, out, log))
         files[row.name] = out
         if row.compresses:
             files["compressed"] = out

@@ -51,6 +51,10 @@ class Technique:
     epochs: int
     learning_rate: float
 
+    def plan(self) -> Plan:
+        """How the fit runs: ``epochs`` epochs, no early stopping, by default."""
+        return Plan(self.epochs)
+
     def wrap(self, model, steps: int) -> Tuple[Any, Facts]:
         """The model to train (called inside the strategy scope) and the facts to keep."""
         raise NotImplementedError
@@ -105,7 +109,9 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
         metrics: the technique's own (:meth:`Technique.measure`), then
         ``val_top1``/``test_top1`` (percent, of the trained model),
         ``reload_max_abs_diff`` (when the technique reloads), ``history`` (per epoch),
-        ``epochs``, ``best_epoch`` (by validation top-1), ``replicas``.
+        ``epochs``, ``best_epoch`` (by validation top-1), ``replicas``; under an ``auto``
+        plan (:meth:`Technique.plan`) also ``plan``, ``stopped`` and ``restored`` (as
+        :func:`pipeline.train.fit.fit` returns them).
 
     Raises:
         RuntimeError: the saved file does not reload to the trained model's outputs,
@@ -114,17 +120,19 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
     t = recipe.train
     setup_tensorflow(recipe.seed, t.logical_devices)
     strategy = make_strategy(t)
-    steps = steps_for(splits, technique.epochs, t.batch_size)
+    plan = technique.plan()
+    steps = steps_for(splits, plan.epochs, t.batch_size)
     with strategy.scope():
         model = load_keras(src)
         wrapped, facts = technique.wrap(model, steps)
         compile_model(wrapped, technique.learning_rate, steps)
     replicas = int(strategy.num_replicas_in_sync)
     log(f"[{technique.label}] {technique.describe(steps, facts)}, {replicas} replica(s)")
-    # The float stage's augmentation and class weights; a fixed length, no early stopping
-    # (restoring an earlier epoch would undo a pruning schedule that had not finished).
+    # The float stage's augmentation and class weights; the technique's plan: a fixed length
+    # unless it says otherwise (restoring an earlier epoch would undo a pruning schedule
+    # that had not finished).
     weights = class_weights(splits.y_train, splits.num_classes) if t.class_weight == "balanced" else None
-    run = fit(wrapped, splits, plan=Plan(technique.epochs), batch_size=t.batch_size, label=technique.label,
+    run = fit(wrapped, splits, plan=plan, batch_size=t.batch_size, label=technique.label,
               seed=recipe.seed, augment=t.augment, class_weight=weights, callbacks=technique.callbacks(), log=log)
     with strategy.scope():
         trained = technique.strip(wrapped)
@@ -145,6 +153,8 @@ def fine_tune(recipe: Recipe, splits, src: Path, out: Path, technique: Technique
     metrics["history"] = run["history"]
     metrics["epochs"] = run["epochs"]
     metrics["best_epoch"] = run["best_epoch"]
+    if plan.auto:
+        metrics.update(plan=run["plan"], stopped=run["stopped"], restored=run["restored"])
     metrics["replicas"] = replicas
     log(f"[{technique.label}] {technique.summary(metrics)}; "
         f"val top-1 {metrics['val_top1']:.2f}%, test top-1 {metrics['test_top1']:.2f}%")

@@ -2,7 +2,9 @@
 
     load float -> schedule (pipeline.compress.netadapt: thin step by step until the
     target's budget is met) -> fine-tune the thinned model (the one runner,
-    pipeline.compress.runner.fine_tune) -> save (.h5)
+    pipeline.compress.runner.fine_tune; ``prune.epochs: auto``: until validation
+    top-1 stops improving, best epoch restored, pipeline.train.schedule.recovery_plan)
+    -> save (.h5)
 
 The result is a plain float model of the same family with fewer channels; QAT,
 clustering, every variant and the device matrix take it as they take the float model.
@@ -16,21 +18,34 @@ from typing import Any, Dict, List
 
 from pipeline.compress.runner import Facts, Log, Technique, fine_tune
 from pipeline.recipe.schema import Recipe
+from pipeline.train.schedule import Plan
 
 
 @dataclass(frozen=True)
 class ThinnedFineTune(Technique):
-    """Fine-tunes an already thinned model: nothing to wrap or strip; measures its layers."""
+    """Fine-tunes an already thinned model: nothing to wrap or strip; measures its layers.
+
+    ``auto``: stop once validation top-1 has not improved for ``patience`` epochs and keep
+    the best epoch's weights (``epochs`` is then the cap).
+    """
 
     epochs: int
     learning_rate: float
     before: Any  # the per-layer MACs and widths of the unpruned model
     label: str = "channels"
+    auto: bool = False
+    patience: int = 0
+
+    def plan(self) -> Plan:
+        return Plan(self.epochs, self.auto, self.patience if self.auto else 0)
 
     def wrap(self, model, steps: int):
         return model, {"steps": steps}
 
     def describe(self, steps: int, facts: Facts) -> str:
+        if self.auto:
+            return (f"fine-tuning the thinned model until validation top-1 stops improving "
+                    f"(patience {self.patience}, at most {self.epochs} epochs, {steps} steps)")
         return f"fine-tuning the thinned model, {steps} steps"
 
     def measure(self, saved, facts: Facts) -> Dict:
@@ -83,15 +98,19 @@ def channel_prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log =
     """Channel-prunes the float Keras model at ``src`` to the recipe's target; writes ``out``.
 
     The schedule's steps are kept in ``<out stem>-steps/`` (resumable); the thinned
-    model is then fine-tuned ``recipe.prune.epochs`` at ``recipe.prune.learning_rate``.
+    model is then fine-tuned at ``recipe.prune.learning_rate`` for ``recipe.prune.epochs``
+    epochs, or under ``auto`` until validation top-1 stops improving
+    (:func:`pipeline.train.schedule.recovery_plan`).
 
     Returns:
         metrics: ``target`` (kind, budget, device), ``start``/``end`` (cost figures of the
         unpruned and scheduled architectures), ``steps`` (one record per step: layer,
-        channels, cost before/after, one-shot and recovered val top-1, every proposal),
+        channels, cost before/after, one-shot and recovered val top-1, every proposal,
+        the probes that bisected the last step's width),
         ``steps_run``, ``layers`` (per-layer channels/MACs before and after), ``macs``,
         ``macs_fraction``, ``params``, ``schedule_s``, then the runner's figures
-        (``val_top1``, ``test_top1``, ``history``...).
+        (``val_top1``, ``test_top1``, ``history``, ``best_epoch``; under ``auto`` ``plan``,
+        ``stopped``, ``restored``...).
 
     Raises:
         BudgetExceededError: the budget cannot be met by thinning.
@@ -105,6 +124,7 @@ def channel_prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log =
     from pipeline.store.atomic import sha256_file
     from pipeline.train.fit import setup_tensorflow
     from pipeline.train.keras_io import load_keras, save_keras
+    from pipeline.train.schedule import recovery_plan
 
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     model = load_keras(src)
@@ -117,8 +137,9 @@ def channel_prune_model(recipe: Recipe, splits, src: Path, out: Path, log: Log =
     schedule_s = time.monotonic() - t0
     scheduled = work / "scheduled.h5"
     save_keras(thinned, scheduled)
-    technique = ThinnedFineTune(epochs=recipe.prune.epochs, learning_rate=recipe.prune.learning_rate,
-                                before=before)
+    plan = recovery_plan(recipe.prune.epochs)
+    technique = ThinnedFineTune(epochs=plan.epochs, learning_rate=recipe.prune.learning_rate, before=before,
+                                auto=plan.auto, patience=plan.patience)
     metrics = fine_tune(recipe, splits, scheduled, out, technique, log)
     metrics.update(target=asdict(cfg.target), criterion=cfg.criterion, schedule_s=round(schedule_s, 1),
                    macs_fraction=metrics["macs"] / float_macs, float_macs=float_macs, **sched)

@@ -8,6 +8,11 @@
   its polynomial schedule (which ends at 80% of its steps,
   :data:`pipeline.compress.prune.PRUNE_END_FRACTION`) always finishes with epochs to
   recover; QAT, ~3x as slow an epoch, gets a tenth of the float epochs.
+* The fine-tune of a channel-pruned model (:func:`recovery_plan`): a fixed number of
+  epochs, or ``auto``: chosen on validation like float training's ``auto`` (stop once
+  validation top-1 has not improved for :data:`RECOVERY_PATIENCE` epochs, keep the
+  best epoch's weights), at most :data:`RECOVERY_MAX_EPOCHS`. Unlike magnitude
+  pruning it has no schedule that an earlier epoch would leave unfinished.
 * The learning rate (:func:`warmup_cosine`): linear warm-up from 0, then cosine decay
   to 0 at the planned end (``max_epochs`` under auto). Under a time budget the end
   is brought forward to the last epoch that fits (:func:`epochs_that_fit`), so a
@@ -26,6 +31,10 @@ from pipeline.recipe.schema import AUTO, Recipe
 MIN_PRUNE_EPOCHS, MAX_PRUNE_EPOCHS, PRUNE_FRACTION = 4, 10, 1 / 3
 #: QAT epochs: a tenth of the float epochs, from 1 to 3 (a QAT epoch costs ~3 float ones).
 MIN_QAT_EPOCHS, MAX_QAT_EPOCHS, QAT_FRACTION = 1, 3, 0.1
+#: Channel-pruning recovery under ``auto``: at most 4 epochs (the length ``auto`` gives a
+#: prune fine-tune after a short float training, :data:`MIN_PRUNE_EPOCHS`), stopped once 2
+#: epochs in a row bring no better validation top-1 (one epoch's dip can be noise).
+RECOVERY_MAX_EPOCHS, RECOVERY_PATIENCE = 4, 2
 #: Warm-up is at most this fraction of the planned steps.
 MAX_WARMUP_FRACTION = 0.2
 
@@ -75,6 +84,19 @@ def finetune_epochs(asked, float_epochs: Optional[int], kind: str) -> int:
     if not float_epochs:
         return lo
     return max(lo, min(hi, math.ceil(float_epochs * fraction)))
+
+
+def recovery_plan(asked) -> Plan:
+    """The fine-tune plan of a channel-pruned model.
+
+    Args:
+        asked: the recipe's ``prune.epochs``: a number (a fixed length), or ``"auto"``
+            (early stopping on validation top-1 with the best epoch restored, at most
+            :data:`RECOVERY_MAX_EPOCHS`; the cosine spans the cap).
+    """
+    if asked == AUTO:
+        return Plan(RECOVERY_MAX_EPOCHS, True, RECOVERY_PATIENCE, 1)
+    return Plan(int(asked))
 
 
 def warmup_steps(plan_steps: int, steps_per_epoch: int, warmup_epochs: int) -> int:
