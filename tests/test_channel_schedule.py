@@ -145,3 +145,49 @@ def test_prune_epochs_auto_is_the_channels_fine_tunes_own(tmp_path):
                                           r"got 'forever'"):
         Recipe.from_dict({"name": "x", "prune": {"enabled": True, "structure": "channels", "target_macs": 0.5,
                                                  "epochs": "forever"}})
+
+
+def test_auto_fine_tune_stops_on_patience_and_restores_the_best(tmp_path):
+    """``prune.epochs: auto`` on the thinned model: once validation top-1 falls (here the
+    classifier is switched to a wrong class after the first epoch), training stops after
+    the patience, and the saved model has the best epoch's weights and top-1."""
+    import tf_keras as keras
+
+    from pipeline.compress.runner import fine_tune
+    from pipeline.compress.structured import ThinnedFineTune, architecture
+    from pipeline.train.keras_io import load_keras, save_keras
+    from pipeline.train.schedule import recovery_plan
+
+    def predict_class(model, c):
+        logits = model.get_layer("logits")
+        k, b = logits.get_weights()
+        logits.set_weights([np.zeros_like(k), np.where(np.arange(len(b)) == c, 10.0, 0.0)])
+
+    m = _tiny()
+    predict_class(m, 0)  # every image is class 0, and the model starts out right on all
+    src = tmp_path / "src.h5"
+    save_keras(m, src)
+    x = np.random.default_rng(1).random((96, 32, 32, 1), dtype=np.float32)
+    y = np.zeros(96, np.int64)
+    splits = _Splits(x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:])
+
+    class WrongFromEpoch2(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                predict_class(self.model, 1)
+
+    @dataclass(frozen=True)
+    class Worsening(ThinnedFineTune):
+        def callbacks(self):
+            return (WrongFromEpoch2(),)
+
+    plan = recovery_plan("auto")
+    technique = Worsening(epochs=plan.epochs, learning_rate=1e-6, before=architecture(m), auto=True,
+                          patience=plan.patience)
+    metrics = fine_tune(make_recipe("mbconv"), splits, src, tmp_path / "out.h5", technique, quiet)
+    val = metrics["history"]["val_accuracy"]
+    assert metrics["epochs"] == len(val) == 1 + plan.patience < plan.epochs
+    assert metrics["stopped"] == "patience" and metrics["restored"] and metrics["best_epoch"] == 1
+    assert val == [1.0] + [0.0] * plan.patience
+    assert metrics["val_top1"] == metrics["test_top1"] == 100.0
+    assert np.argmax(load_keras(tmp_path / "out.h5").get_layer("logits").get_weights()[1]) == 0
