@@ -191,3 +191,28 @@ def test_auto_fine_tune_stops_on_patience_and_restores_the_best(tmp_path):
     assert val == [1.0] + [0.0] * plan.patience
     assert metrics["val_top1"] == metrics["test_top1"] == 100.0
     assert np.argmax(load_keras(tmp_path / "out.h5").get_layer("logits").get_weights()[1]) == 0
+
+
+def test_report_names_the_bisected_step(tmp_path):
+    """The report's step table shows a bisected step's width with the proposal's, and says why."""
+    import json
+
+    from pipeline.publish.report import write_report
+    from tests.helpers.fake_builds import fake_build
+
+    recipe, summary = fake_build(tmp_path)
+    step = {"layer": HEAD, "macs": 0, "proposals": [], "score": 0.1, "loss_oneshot": 0.5, "top1_oneshot": 80.0,
+            "loss": 0.4, "top1": 85.0}
+    steps = [dict(step, step=1, channels_before=64, channels_after=40, channels_proposed=40, cost_before=1000,
+                  cost=900, probes=[]),
+             dict(step, step=2, channels_before=40, channels_after=24, channels_proposed=16, cost_before=900,
+                  cost=880, probes=[{"channels": 24, "cost": 880, "meets": True}])]
+    metrics = {"target": {"kind": "macs", "budget": 890, "device": None, "threads": 1}, "criterion": "l1_bn",
+               "schedule_s": 3.0, "float_macs": 1000, "macs": 880, "layers": [], "steps": steps,
+               "start": {"cost": 1000, "macs": 1000, "loss": .4, "top1": 86.0}, "end": dict(steps[-1])}
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {"channels": {"wall_s": 4.0, "metrics": metrics}}}))
+    write_report(recipe, tmp_path, summary, quiet)
+    section = (tmp_path / "report.md").read_text().split("## Channel pruning")[1].split("\n## ")[0]
+    assert f"| 1 | {HEAD} | 64 -> 40 |" in section
+    assert f"| 2 | {HEAD} | 40 -> 24 (proposed 16) |" in section
+    assert "its width was bisected (multiples of 8 channels) to the widest that meets the budget" in section

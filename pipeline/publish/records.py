@@ -61,7 +61,9 @@ class ChannelStep:
 
     ``cost_before``/``cost`` are in the target's unit (MACs, or estimated int8 ms on
     the target device); ``instructions`` is the target device's int8 count per
-    inference after the step (None for a MACs target).
+    inference after the step (None for a MACs target). ``channels_proposed``: the
+    proposal's width, narrower than ``channels_after`` when the step's width was
+    bisected onto the budget (None in records made before the bisection).
     """
 
     step: int
@@ -76,6 +78,7 @@ class ChannelStep:
     top1_oneshot: float
     loss: float
     top1: float
+    channels_proposed: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,8 @@ def _channel_figures(stages: Mapping[str, Any]) -> Optional[ChannelFigures]:
         step=int(s["step"]), layer=s["layer"], channels_before=int(s["channels_before"]),
         channels_after=int(s["channels_after"]), cost_before=float(s["cost_before"]), cost=float(s["cost"]),
         macs=s.get("macs"), instructions=s.get("instructions"), loss_oneshot=float(s["loss_oneshot"]),
-        top1_oneshot=float(s["top1_oneshot"]), loss=float(s["loss"]), top1=float(s["top1"]))
+        top1_oneshot=float(s["top1_oneshot"]), loss=float(s["loss"]), top1=float(s["top1"]),
+        channels_proposed=s.get("channels_proposed"))
         for s in metrics["steps"])
     layers = tuple(ChannelLayer(r["layer"], r.get("channels_before"), r.get("channels_after"), int(r["macs_before"]),
                                 int(r["macs_after"])) for r in metrics.get("layers") or ())

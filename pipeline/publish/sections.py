@@ -269,7 +269,9 @@ def _channels(doc: Doc, ch: ChannelFigures) -> None:
     doc.p("The last two columns are measured: the cost each step saved, summed over the steps that thinned the "
           "layer. Per-layer device instructions are not measured: the emulated run counts instructions for whole "
           "inferences, not per operator.")
-    rows = [[str(s.step), s.layer, f"{s.channels_before} -> {s.channels_after}", _cost(ch.kind, s.cost_before),
+    bisected = [s for s in ch.steps if s.channels_proposed is not None and s.channels_proposed != s.channels_after]
+    rows = [[str(s.step), s.layer, f"{s.channels_before} -> {s.channels_after}"
+             + (f" (proposed {s.channels_proposed})" if s in bisected else ""), _cost(ch.kind, s.cost_before),
              _cost(ch.kind, s.cost), _f(s.instructions, ",.0f"), f"{s.loss_oneshot:.4f}", f"{s.loss:.4f}",
              f"{s.top1_oneshot:.2f}", f"{s.top1:.2f}"] for s in ch.steps]
     doc.table(Table(["step", "layer", "channels", "cost before", "cost after", "instructions",
@@ -277,7 +279,9 @@ def _channels(doc: Doc, ch: ChannelFigures) -> None:
                     rows, "lllrrrrrrr"))
     doc.p(f"Cost in {unit}. Each step thinned the layer whose proposal gained least validation loss per unit of cost "
           "saved (one-shot: thinned, not trained), then trained it briefly (recovered); validation on the "
-          "schedule's fixed slice of the validation split.")
+          "schedule's fixed slice of the validation split."
+          + (" The proposal of the step that reached the budget would have gone below it: its width was bisected "
+             "(multiples of 8 channels) to the widest that meets the budget." if bisected else ""))
 
 
 def _sparsity(doc: Doc, inputs: ReportInputs) -> None:
