@@ -97,6 +97,42 @@ class InitWeights(Record):
     family: str
 
 
+#: The stages that can make the float model, in the order a reader looks for them: the
+#: choice between a transferred and a scratch model when both were trained, else the
+#: fine-tune of a transferred model, else training from scratch.
+FLOAT_STAGES = ("float-choice", "transfer-finetune", "train")
+
+
+def float_stage_name(stages) -> str:
+    """Which of :data:`FLOAT_STAGES` made the float model, given the stage names a manifest holds."""
+    return next((name for name in FLOAT_STAGES if name in stages), "train")
+
+
+@dataclass(frozen=True)
+class FloatChoice(Record):
+    """Transfer against scratch when a build trained both (``transfer.choose: best``):
+    which was kept (``transfer`` or ``scratch``, the higher validation top-1, ties to
+    ``transfer``) and each one's validation and test top-1 (percent)."""
+
+    kept: str
+    transfer_val_top1: float
+    scratch_val_top1: float
+    transfer_test_top1: float
+    scratch_test_top1: float
+
+    @property
+    def margin(self) -> float:
+        """Validation top-1 of the kept model less the other's (points, >= 0)."""
+        return abs(self.transfer_val_top1 - self.scratch_val_top1)
+
+    def line(self) -> str:
+        other = "scratch" if self.kept == "transfer" else "transfer"
+        return (f"Kept the {'transferred' if self.kept == 'transfer' else 'from-scratch'} float model: validation "
+                f"top-1 {max(self.transfer_val_top1, self.scratch_val_top1):.2f}% against {other}'s "
+                f"{min(self.transfer_val_top1, self.scratch_val_top1):.2f}% ({self.margin:+.2f} points; test top-1 "
+                f"transfer {self.transfer_test_top1:.2f}%, scratch {self.scratch_test_top1:.2f}%).")
+
+
 @dataclass(frozen=True)
 class TensorIO(Record):
     """An input or output tensor of a ``.tflite`` file: dtype, shape and quantization."""
@@ -322,6 +358,7 @@ class BuildSummary(Record):
         budgets: every budget verdict of the recipe.
         stages_run: the stages this build ran (not cached), in order.
         init: the weights the float model started from, or None (trained from scratch).
+        float_choice: transfer against scratch, when the build trained both; else None.
     """
 
     recipe: str
@@ -336,6 +373,7 @@ class BuildSummary(Record):
     budgets: Tuple[BudgetResult, ...] = ()
     stages_run: Tuple[str, ...] = ()
     init: Optional[InitWeights] = None
+    float_choice: Optional[FloatChoice] = None
     schema_version: int = SCHEMA_VERSION
 
     def device(self, device: str, variant: Optional[str] = None) -> Optional[DeviceSummary]:

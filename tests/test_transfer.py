@@ -241,14 +241,28 @@ def test_train_per_class_beyond_a_class_is_a_data_error():
 def test_transfer_recipe_is_validated():
     from pipeline.recipe.schema import Recipe
 
-    with pytest.raises(ConfigError, match=r"recipe\.transfer\.finetune_blocks: expected a positive integer"):
-        Recipe.from_dict({"transfer": {"finetune_blocks": 0}})
+    with pytest.raises(ConfigError, match=r"recipe\.transfer\.finetune_blocks: expected 'all' or a positive integer "
+                                          r"\(or a list of them\), got 0"):
+        Recipe.from_dict({"transfer": {"finetune_blocks": [4, 0]}})
+    with pytest.raises(ConfigError, match=r"recipe\.transfer\.finetune_learning_rate: expected a positive number"):
+        Recipe.from_dict({"transfer": {"finetune_learning_rate": [1e-3, -1]}})
+    with pytest.raises(ConfigError, match=r"recipe\.transfer\.finetune_learning_rate: duplicate entries"):
+        Recipe.from_dict({"transfer": {"finetune_learning_rate": [1e-3, 0.001]}})
+    with pytest.raises(ConfigError, match=r"recipe\.transfer\.choose: expected one of auto, best, transfer, scratch; "
+                                          r"got 'both'"):
+        Recipe.from_dict({"transfer": {"choose": "both"}})
     with pytest.raises(ConfigError, match=r"recipe\.transfer\.head_epochs: expected a positive integer or 'auto'"):
         Recipe.from_dict({"transfer": {"head_epochs": 0}})
     with pytest.raises(ConfigError, match=r"recipe\.data\.train_per_class: expected a positive integer"):
         Recipe.from_dict({"data": {"train_per_class": 0}})
     r = Recipe.from_dict({"model": {"init": "build/x"}, "transfer": {"finetune_blocks": 3}})
     assert Recipe.from_dict(r.to_dict()) == r and r.smoke().transfer.head_epochs == 1
+    # Lists round-trip; every (learning rate, blocks) pair is a candidate; the smoke form tries the first.
+    r = Recipe.from_dict({"model": {"init": "build/x"},
+                          "transfer": {"finetune_learning_rate": [3e-4, 1e-3], "finetune_blocks": ["all", 4]}})
+    assert Recipe.from_dict(r.to_dict()) == r and r.transfer.finetune_blocks == ("all", 4)
+    assert r.transfer.candidates() == [(3e-4, "all"), (3e-4, 4), (1e-3, "all"), (1e-3, 4)]
+    assert r.smoke().transfer.candidates() == [(3e-4, "all")]
 
 
 # -- the stages, end to end -------------------------------------------------------------
@@ -265,7 +279,10 @@ def test_build_from_a_previous_build_records_both_stages_and_the_start_file(tmp_
         "name": "transfer-smoke", "data": {"dataset": "digits", "train_per_class": 3, "val_samples": 40,
                                            "test_samples": 40},
         "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 32, "channels": 1, "init": str(root)},
-        "train": {"batch_size": 16}, "transfer": {"head_epochs": 1, "finetune_epochs": 1},
+        "train": {"batch_size": 16},
+        # One fine-tune, no scratch model beside it (tests/test_transfer_choice.py has both).
+        "transfer": {"head_epochs": 1, "finetune_epochs": 1, "finetune_learning_rate": 3e-4,
+                     "finetune_blocks": "all", "choose": "transfer"},
         "qat": {"enabled": False}, "convert": {"variants": ["float32"]},
         "deploy_variant": "float32"})
     out = tmp_path / "b"
@@ -304,9 +321,16 @@ def test_fewshot_table_rows_and_a_refused_conversion():
     assert fewshot_recipe(r, 5, "scratch").model.init is None
     assert fewshot_recipe(r, 5, "transfer").data.train_per_class == 5
     assert fewshot_recipe(r, 5, "transfer").name == "t-n5-transfer"
-    rows = [FewShotRow(10, "scratch", 9.8, None, "int8-qat", None, None, "b/s", "agrees on 71.9%"),
-            FewShotRow(10, "transfer", 74.7, 74.5, "int8-qat", None, None, "b/t")]
+    # The transfer row is the transferred model whatever the recipe's choose says.
+    assert fewshot_recipe(r, 5, "transfer").transfer.choose == "transfer"
+    rows = [FewShotRow(10, "scratch", 9.8, 11.0, None, "int8-qat", None, None, "b/s", "agrees on 71.9%"),
+            FewShotRow(10, "transfer", 74.7, 70.0, 74.5, "int8-qat", None, None, "b/t"),
+            FewShotRow(20, "scratch", 80.1, 81.0, 80.0, "int8-qat", None, None, "b/s20"),
+            FewShotRow(20, "transfer", 78.0, 79.5, 77.9, "int8-qat", None, None, "b/t20")]
     table = fewshot_markdown(rows)
-    assert "| 10 | 9.8 | 74.7 | refused (int8 disagrees with float) | 74.5 | - | -0.2 |" in table
+    assert ("| 10 | 9.8 | 74.7 | refused (int8 disagrees with float) | 74.5 | - | -0.2 | transfer (70.0 val): 74.5 |"
+            in table)
+    # At 20 per class scratch validates higher: choose: best keeps it.
+    assert "| 20 | 80.1 | 78.0 | 80.0 | 77.9 | -2.1 | -0.1 | scratch (81.0 val): 80.0 |" in table
     with pytest.raises(ConfigError, match=r"recipe\.model\.init: the scratch/transfer table needs"):
         fewshot_table(Recipe(), [5], "build")

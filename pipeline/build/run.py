@@ -28,7 +28,7 @@ from pipeline.store.memory import measure_stage, process_peak_rss_mb
 from pipeline.store.atomic import atomic_write_text
 from pipeline.store.lock import build_lock
 from pipeline.store.reproduce import reproducibility_record
-from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, InitWeights,
+from pipeline.summary import (SUMMARY_FILE, BudgetResult, BuildSummary, DeviceSummary, FloatChoice, InitWeights,
                               write_summary)
 from pipeline.errors import Log
 
@@ -111,7 +111,8 @@ def build(recipe: Recipe, out: Optional[Path] = None, log: Log = print,
             params=figures.params, macs=figures.macs,
             deploy_variant=recipe.deploy_variant, labels=tuple(splits.labels), variants=variants,
             devices=devices, stages_run=tuple(stage.ran),
-            init=InitWeights.from_dict(figures.init, "init") if figures.init is not None else None)
+            init=InitWeights.from_dict(figures.init, "init") if figures.init is not None else None,
+            float_choice=FloatChoice.from_dict(figures.choice, "float_choice") if figures.choice else None)
         summary = _check_budgets(recipe, summary, devices_run=bool(devices), log=log)
         wall = time.perf_counter() - t0
         write_summary(summary, root)

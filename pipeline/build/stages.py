@@ -64,6 +64,10 @@ class FloatFigures:
         epochs: epochs trained (head and fine-tune together after a transfer); the
             ``auto`` fine-tune lengths follow it.
         init: the starting weights' record (``model.init``), else None.
+        choice: transfer against scratch (:class:`pipeline.summary.FloatChoice` as a
+            dict) when both were trained, else None.
+        stage: the stage that made ``keras/float.h5`` (one of
+            :data:`pipeline.summary.FLOAT_STAGES`).
     """
 
     test_top1: float
@@ -72,34 +76,73 @@ class FloatFigures:
     macs: int
     epochs: Optional[int] = None
     init: Optional[Dict[str, Any]] = None
+    choice: Optional[Dict[str, Any]] = None
+    stage: str = "train"
 
     @classmethod
-    def from_metrics(cls, m: Dict[str, Any]) -> "FloatFigures":
+    def from_metrics(cls, m: Dict[str, Any], stage: str) -> "FloatFigures":
         return cls(float(m["test_top1"]), float(m["val_top1"]), int(m["params"]), int(m["macs"]),
-                   m.get("epochs"), m.get("init"))
+                   m.get("epochs"), m.get("init"), m.get("choice"), stage)
+
+
+def float_mode(recipe: Recipe, splits) -> str:
+    """``scratch``, ``transfer`` or ``best`` (both, the better kept): ``transfer.choose``
+    with ``auto`` resolved on the training split's smallest class."""
+    import numpy as np
+
+    if not recipe.model.init:
+        return "scratch"
+    choose = recipe.transfer.choose
+    if choose != "auto":
+        return choose
+    smallest = int(np.bincount(np.asarray(splits.y_train), minlength=splits.num_classes).min())
+    return "best" if smallest <= recipe.transfer.few_per_class else "transfer"
 
 
 def float_stage(recipe: Recipe, splits, stage: StageRunner, keras_dir: Path, log: Log) -> FloatFigures:
     """The float Keras model (``keras/float.h5``) and its test predictions.
 
     From scratch: the ``train`` stage. From ``model.init``: the ``transfer-head`` and
-    ``transfer-finetune`` stages (:mod:`pipeline.train.transfer`).
+    ``transfer-finetune`` stages (:mod:`pipeline.train.transfer`); with
+    ``transfer.choose`` resolving to ``best``, the ``train`` stage too, then the
+    ``float-choice`` stage keeps the one with the higher validation top-1.
     """
+    from pipeline.train.transfer import keep_better, transfer_stages
+
+    mode = float_mode(recipe, splits)
+    if mode == "scratch":
+        if recipe.model.init:
+            log(f"[train] transfer.choose: scratch: training from random weights (model.init {recipe.model.init} "
+                "is not used)")
+        return FloatFigures.from_metrics(_scratch_stage(recipe, splits, stage, keras_dir, "float", log), "train")
+    if mode == "transfer":
+        return FloatFigures.from_metrics(transfer_stages(recipe, splits, stage, keras_dir, log),
+                                         "transfer-finetune")
+    log(f"[train] transfer.choose: {recipe.transfer.choose}: training by transfer and from scratch, keeping the "
+        "better on validation")
+    transferred = transfer_stages(recipe, splits, stage, keras_dir, log, out="transfer")
+    scratch = _scratch_stage(recipe, splits, stage, keras_dir, "scratch", log)
+    files = {m: {"model": keras_dir / f"{m}.h5", "test_pred": keras_dir / f"{m}_test_pred.npy"}
+             for m in ("transfer", "scratch", "float")}
+    chosen = stage("float-choice", {"choose": recipe.transfer.choose},
+                   {f"{m}_{k}": p for m in ("transfer", "scratch") for k, p in files[m].items()}, files["float"],
+                   lambda: keep_better(transferred, scratch, files, log))
+    return FloatFigures.from_metrics(chosen, "float-choice")
+
+
+def _scratch_stage(recipe: Recipe, splits, stage: StageRunner, keras_dir: Path, name: str, log: Log):
+    """The ``train`` stage: the recipe's model from random weights, to ``keras/<name>.h5``."""
     from pipeline.train.schedule import float_plan
     from pipeline.train.stage import train_float
 
-    if recipe.model.init:
-        from pipeline.train.transfer import transfer_stages
-
-        return FloatFigures.from_metrics(transfer_stages(recipe, splits, stage, keras_dir, log))
-    float_h5, preds = keras_dir / "float.h5", keras_dir / "float_test_pred.npy"
+    model_h5, preds = keras_dir / f"{name}.h5", keras_dir / f"{name}_test_pred.npy"
     cfg = recipe.to_dict()
-    model = {k: v for k, v in cfg["model"].items() if k != "init"}  # unset here; keeps older keys valid
+    model = {k: v for k, v in cfg["model"].items() if k != "init"}  # not used here; keeps older keys valid
     # "plan": the schedule as resolved (train.epochs unset depends on the data set).
     model_cfg = {"seed": recipe.seed, "model": model, "train": cfg["train"],
                  "plan": float_plan(recipe).to_dict(), "fit": FIT_VERSION}
-    return FloatFigures.from_metrics(stage("train", model_cfg, {}, {"model": float_h5, "test_pred": preds},
-                                           lambda: train_float(recipe, splits, float_h5, preds, log)))
+    return stage("train", model_cfg, {}, {"model": model_h5, "test_pred": preds},
+                 lambda: train_float(recipe, splits, model_h5, preds, log))
 
 
 def fit_key(recipe: Recipe) -> Dict[str, Any]:
@@ -260,10 +303,11 @@ def compress_stages(recipe: Recipe, splits, stage, float_h5: Path, keras_dir: Pa
     return {"float": {"keras": files["compressed"]}, **sources}
 
 
-def source_stages(recipe: Recipe) -> Dict[str, str]:
+def source_stages(recipe: Recipe, float_made_by: str) -> Dict[str, str]:
     """The stage that made each variant source of ``recipe``: ``float`` from the last
-    compressing row that runs (else the float stage), the others from their row."""
-    made = {"float": "transfer-finetune" if recipe.model.init else "train"}
+    compressing row that runs (else ``float_made_by``, the float stage), the others
+    from their row."""
+    made = {"float": float_made_by}
     for row in wanted_rows(recipe):
         if row.compresses:
             made["float"] = row.name
@@ -316,7 +360,7 @@ def variant_stages(recipe: Recipe, splits, stage: StageRunner, sources: Dict[str
 
     # A channel-pruned model computes fewer MACs than the float one (CQAT starts from float).
     thinned = thinned_macs(recipe, stage)
-    made_by = source_stages(recipe)
+    made_by = source_stages(recipe, figures.stage)
     float_pred = root / "keras" / "float_test_pred.npy"
     float_classes = np.load(float_pred)
     convert_cfg = recipe.to_dict()["convert"]

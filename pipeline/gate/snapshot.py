@@ -28,7 +28,7 @@ import yaml
 from pipeline.errors import DataError, UnusableInputError
 from pipeline.gate.thresholds import validate_thresholds
 from pipeline.store.atomic import sha256_file
-from pipeline.summary import SUMMARY_FILE, BuildSummary, DeviceSummary, Record, load_summary
+from pipeline.summary import SUMMARY_FILE, BuildSummary, DeviceSummary, Record, float_stage_name, load_summary
 
 BASELINE_FORMAT = "mobile-model-baseline"
 BASELINE_VERSION = 1
@@ -245,8 +245,7 @@ def _from_manifest(data: Dict[str, Any], source: str, root: Path, role: str) -> 
         keep_d = set(_mapping(recipe.get("devices"), "recipe.devices").get("targets") or devices)
         variants = {v: r for v, r in variants.items() if v in keep_v}
         devices = {d: {v: r for v, r in per.items() if v in keep_v} for d, per in devices.items() if d in keep_d}
-    # A model trained from model.init has its float figures in "transfer-finetune".
-    float_stage = "train" if "train" in stages or "transfer-finetune" not in stages else "transfer-finetune"
+    float_stage = float_stage_name(stages)
     train = _mapping(stages.get(float_stage), f"{where}: stages.{float_stage}").get("metrics") or {}
     float_top1 = _number(train.get("test_top1"), f"{where}: stages.{float_stage}.metrics.test_top1")
     name = (recipe or {}).get("name") or "?"

@@ -247,6 +247,7 @@ def bundle_metadata(recipe, summary: BuildSummary, model_bytes: bytes,
         "tflite_metadata": _embedded_summary(embedded),
         "smoke_build": bool(recipe.smoke_form),
         "init": summary.init.to_dict() if summary.init else None,
+        "float_choice": summary.float_choice.to_dict() if summary.float_choice else None,
     }
 
 

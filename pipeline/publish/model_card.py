@@ -6,7 +6,8 @@ and the recipe, so the card and the metadata never disagree.
 
 from typing import Any, List, Mapping, Optional
 
-from pipeline.summary import LATENCY_ALIGN, LATENCY_HEADERS, LatencyEstimate, unvalidated_note
+from pipeline.recipe.training import as_list
+from pipeline.summary import LATENCY_ALIGN, LATENCY_HEADERS, FloatChoice, LatencyEstimate, unvalidated_note
 from pipeline.table import Table
 
 # The model's file names inside bundle/: with embedded TFLite metadata, and as built.
@@ -72,17 +73,23 @@ def _epochs(r) -> str:
             f"at most {r.train.max_epochs} epochs), best epoch kept")
 
 
-def _init(r, init: Optional[Mapping[str, Any]]) -> List[str]:
-    """The starting weights of a transferred model (``model.init``), or nothing."""
+def _init(r, init: Optional[Mapping[str, Any]], choice: Optional[Mapping[str, Any]] = None) -> List[str]:
+    """The starting weights of a transferred model (``model.init``) and, when a scratch
+    model was trained beside it, which of the two was kept; or nothing."""
+    lines = []
+    if choice:
+        lines += [FloatChoice.from_dict(choice, "float_choice").line(), ""]
     if not init:
-        return []
+        return lines
     t = r.transfer
-    blocks = "every layer" if t.finetune_blocks == "all" else f"the top {t.finetune_blocks} blocks"
+    rates = ", ".join(f"{rate:g}" for rate in as_list(t.finetune_learning_rate))
+    blocks = " or ".join("every layer" if b == "all" else f"the top {b} blocks" for b in as_list(t.finetune_blocks))
+    tried = " (each combination tried, the best on validation kept)" if len(t.candidates()) > 1 else ""
     return [f"Started from `{init['path']}` ({init['kind']}, {init['family']}; sha256 `{init['sha256']}`): "
             f"new classifier trained with the rest frozen ({t.head_epochs} epochs), then {blocks} "
-            f"fine-tuned ({t.finetune_epochs} epochs at learning rate {t.finetune_learning_rate:g})"
+            f"fine-tuned ({t.finetune_epochs} epochs at learning rate {rates}){tried}"
             + (f"; {r.data.train_per_class} training images per class" if r.data.train_per_class else "") + ".",
-            ""]
+            ""] + lines
 
 
 def _training(r, meta: Mapping[str, Any]) -> List[str]:
@@ -96,7 +103,7 @@ def _training(r, meta: Mapping[str, Any]) -> List[str]:
         + (f", magnitude pruning to {r.prune.target_sparsity:.0%} of Conv2D/Dense weights" if r.prune.enabled else "")
         + (", quantization-aware training" if r.qat.enabled else "") + ".",
         "",
-        *_init(r, meta["init"]),
+        *_init(r, meta["init"], meta.get("float_choice")),
         "## Accuracy (test split, host runtime)",
         "",
         *Table(["model", "top-1 %"], [["float Keras", _fmt(acc["float_top1"], ".2f")],

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.summary import BuildSummary, still_learning
+from pipeline.summary import BuildSummary, float_stage_name, still_learning
 
 DEPTHWISE_NOTE = "DepthwiseConv2D kernels are never pruned (tfmot has no prunable weights for them)"
 
@@ -268,8 +268,7 @@ def read_build_record(root: Path) -> BuildRecord:
     stages = {name: rec for name, rec in (data.get("stages") or {}).items() if isinstance(rec, dict)}
     versions = next((rec["versions"] for rec in stages.values() if rec.get("versions")), {})
     data_record = data.get("data") or {}
-    # A model trained from model.init has transfer stages in place of "train".
-    train_metrics = (stages.get("train") or stages.get("transfer-finetune") or {}).get("metrics") or {}
+    train_metrics = (stages.get(float_stage_name(stages)) or {}).get("metrics") or {}
     return BuildRecord(
         counts=data_record.get("counts") or {},
         prune=_prune_figures(stages),

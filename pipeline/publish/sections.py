@@ -89,6 +89,8 @@ def _variants(doc: Doc, s: BuildSummary) -> None:
     doc.table(variant_table(s, REPORT_COLUMNS))
     doc.p(f"Float Keras top-1: {_f(s.float_top1, '.2f')}% on the test split "
           f"({next(iter(s.variants.values())).samples} images).")
+    if s.float_choice:  # transfer.choose: best
+        doc.p(s.float_choice.line())
 
 
 STOPPED = {"fixed": "fixed length", "patience": "no improvement (patience)", "max_epochs": "max_epochs reached",

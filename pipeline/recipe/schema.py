@@ -104,7 +104,9 @@ class Recipe:
                    val_samples=64, test_samples=128),
             model=r(self.model, input_size=32),
             train=r(self.train, epochs=1, batch_size=32),
-            transfer=r(self.transfer, head_epochs=1, finetune_epochs=1),
+            transfer=r(self.transfer, head_epochs=1, finetune_epochs=1,  # one fine-tune: its first candidate
+                         finetune_learning_rate=self.transfer.candidates()[0][0],
+                         finetune_blocks=self.transfer.candidates()[0][1]),
             prune=r(self.prune, epochs=1),
             qat=r(self.qat, epochs=1),
             cluster=r(self.cluster, epochs=1),

@@ -199,6 +199,15 @@ class TrainConfig:
         return self.epochs
 
 
+#: ``transfer.choose``: which float model the build goes on with.
+TRANSFER_CHOICES = ("auto", "best", "transfer", "scratch")
+
+
+def as_list(value) -> list:
+    """A recipe value that may be one item or a list of them, as a list."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     """How a model that starts from ``model.init`` is trained (:mod:`pipeline.train.transfer`).
@@ -207,24 +216,65 @@ class TransferConfig:
     file did not provide (the new classifier) with the rest frozen, batch-norm
     statistics included; ``finetune`` then trains the top ``finetune_blocks`` blocks
     (``all``: every layer) plus the head at a lower learning rate, batch norm
-    frozen unless ``finetune_batchnorm``. Epochs: a number, or ``auto`` (train
-    until validation top-1 stops improving, as ``train.epochs: auto``; at most
-    ``train.max_epochs``). Batch size, augmentation, label smoothing and class
-    weights are ``train``'s.
+    frozen unless ``finetune_batchnorm``. ``finetune_learning_rate`` and
+    ``finetune_blocks`` may each be a list: every combination is fine-tuned from the
+    head phase's model and the one with the best validation top-1 is kept. Epochs: a
+    number, or ``auto`` (train until validation top-1 stops improving, as
+    ``train.epochs: auto``; at most ``train.max_epochs``). Batch size, augmentation,
+    label smoothing and class weights are ``train``'s.
+
+    ``choose`` says which float model the rest of the build starts from:
+
+    * ``best``: the model is also trained from scratch (the ``train`` stage, with the
+      recipe's ``train`` schedule), and the one with the higher validation top-1 is
+      kept (ties go to the transferred one); the report says which, and by how much;
+    * ``auto`` (the default): ``best`` when the smallest class of the training split has
+      at most ``few_per_class`` images, where a start file helps most and can also hurt
+      most (features that do not fit the new images), and a scratch model is cheap
+      to train; ``transfer`` otherwise;
+    * ``transfer`` / ``scratch``: that one, without the other.
     """
 
     head_epochs: Any = 10
     head_learning_rate: float = 3e-3
-    finetune_epochs: Any = 10
-    finetune_learning_rate: float = 3e-4
-    finetune_blocks: Any = "all"
+    finetune_epochs: Any = AUTO
+    finetune_learning_rate: Any = (3e-4, 1e-3)
+    finetune_blocks: Any = ("all", 4)
     finetune_batchnorm: bool = False
+    choose: str = "auto"
+    few_per_class: int = 100
+
+    def __post_init__(self):
+        # A list from YAML/JSON becomes a tuple: the recipe stays hashable and equal
+        # to itself after a round trip through plain data.
+        for key in ("finetune_learning_rate", "finetune_blocks"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
 
     def validate(self, where: str) -> None:
         check_epochs(where, "head_epochs", self.head_epochs)
         check_epochs(where, "finetune_epochs", self.finetune_epochs)
         check_positive_number(where, "head_learning_rate", self.head_learning_rate)
-        check_positive_number(where, "finetune_learning_rate", self.finetune_learning_rate)
-        if self.finetune_blocks != "all":
-            check_positive_int(where, "finetune_blocks", self.finetune_blocks)
+        rates, blocks = as_list(self.finetune_learning_rate), as_list(self.finetune_blocks)
+        if not rates or not blocks:
+            raise ConfigError(f"{where}: finetune_learning_rate and finetune_blocks need at least one value each")
+        for rate in rates:
+            check_positive_number(where, "finetune_learning_rate", rate)
+        for b in blocks:
+            if b != "all":
+                try:
+                    check_positive_int(where, "finetune_blocks", b)
+                except ConfigError:
+                    raise ConfigError(f"{where}.finetune_blocks: expected 'all' or a positive integer "
+                                      f"(or a list of them), got {b!r}") from None
+        for key, values in (("finetune_learning_rate", rates), ("finetune_blocks", blocks)):
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{key}: duplicate entries in {values}")
         check_bool(where, "finetune_batchnorm", self.finetune_batchnorm)
+        check_choice(where, "choose", self.choose, TRANSFER_CHOICES)
+        check_positive_int(where, "few_per_class", self.few_per_class)
+
+    def candidates(self) -> list:
+        """``(learning rate, blocks)`` of each fine-tune tried, in the recipe's order."""
+        return [(float(rate), b) for rate in as_list(self.finetune_learning_rate)
+                for b in as_list(self.finetune_blocks)]

@@ -34,8 +34,10 @@ from pipeline.errors import Log
 _BLOCK = re.compile(r"block(\d+)_")
 
 
-def transfer_stages(recipe: Recipe, splits, stage, keras_dir: Path, log: Log) -> Dict:
-    """Runs the ``transfer-head`` and ``transfer-finetune`` stages (cached through ``stage``).
+def transfer_stages(recipe: Recipe, splits, stage, keras_dir: Path, log: Log, out: str = "float") -> Dict:
+    """Runs the ``transfer-head`` and ``transfer-finetune`` stages (cached through ``stage``);
+    the fine-tuned model goes to ``keras/<out>.h5``, its test predictions to
+    ``keras/<out>_test_pred.npy``.
 
     Returns:
         The fine-tune stage's figures (those of the float ``train`` stage) plus
@@ -49,8 +51,8 @@ def transfer_stages(recipe: Recipe, splits, stage, keras_dir: Path, log: Log) ->
     model = {k: v for k, v in cfg["model"].items() if k != "init"}  # the file itself is an input
     common = {"seed": recipe.seed, "model": model, "train": cfg["train"], "fit": 2}
     head_keys = ("head_epochs", "head_learning_rate")
-    head_h5, float_h5 = keras_dir / "head.h5", keras_dir / "float.h5"
-    preds = keras_dir / "float_test_pred.npy"
+    head_h5, float_h5 = keras_dir / "head.h5", keras_dir / f"{out}.h5"
+    preds = keras_dir / f"{out}_test_pred.npy"
     head = stage("transfer-head", {**common, "transfer": {k: cfg["transfer"][k] for k in head_keys}},
                  {"init": init}, {"model": head_h5}, lambda: train_head(recipe, splits, init, head_h5, log))
     tuned = stage("transfer-finetune", {**common, "transfer": cfg["transfer"]}, {"keras": head_h5},
@@ -58,6 +60,37 @@ def transfer_stages(recipe: Recipe, splits, stage, keras_dir: Path, log: Log) ->
                   lambda: train_finetune(recipe, splits, head_h5, float_h5, preds, log))
     return {**tuned, "epochs": head["epochs"] + tuned["epochs"], "init": head["transfer"]["source"],
             "head": {"epochs": head["epochs"], "val_top1": head["val_top1"], "transfer": head["transfer"]}}
+
+
+def keep_better(transferred: Dict, scratch: Dict, files: Dict[str, Dict[str, Path]], log: Log = print) -> Dict:
+    """The ``float-choice`` stage: copies the transferred or the scratch model (and its test
+    predictions) to the float files, whichever has the higher validation top-1 (ties to
+    the transferred one).
+
+    Args:
+        transferred, scratch: the two float stages' figures.
+        files: ``{"transfer" | "scratch" | "float": {"model": path, "test_pred": path}}``.
+
+    Returns:
+        The kept stage's figures, with ``choice`` (:class:`pipeline.summary.FloatChoice`
+        as a dict) and ``init`` only when the transferred model is kept.
+    """
+    import shutil
+
+    from pipeline.summary import FloatChoice
+
+    kept = "transfer" if transferred["val_top1"] >= scratch["val_top1"] else "scratch"
+    choice = FloatChoice(kept, float(transferred["val_top1"]), float(scratch["val_top1"]),
+                         float(transferred["test_top1"]), float(scratch["test_top1"]))
+    log(f"[float-choice] {choice.line()}")
+    for key, path in files["float"].items():
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            shutil.copyfile(files[kept][key], tmp)
+    figures = dict(transferred if kept == "transfer" else scratch)
+    if kept == "scratch":
+        figures.pop("init", None)
+        figures.pop("head", None)
+    return {**figures, "choice": choice.to_dict()}
 
 
 def _plan(recipe: Recipe, epochs) -> Plan:
@@ -134,30 +167,51 @@ def finetune_layers(model, blocks) -> list:
 
 
 def train_finetune(recipe: Recipe, splits, head_h5: Path, out: Path, preds_out: Path, log: Log = print) -> Dict:
-    """The fine-tune phase: the head phase's model, its top blocks (or all) trained at a lower rate.
+    """The fine-tune phase: from the head phase's model, each candidate of
+    ``transfer.candidates()`` (learning rate, top blocks or all) is trained, and the one
+    with the best validation top-1 is kept (the first of equals).
 
-    Writes the float model to ``out`` and its test-split top-1 classes to ``preds_out``.
+    Writes the kept float model to ``out`` and its test-split top-1 classes to ``preds_out``.
 
     Returns:
         The figures of :func:`pipeline.train.stage.train_float` (history, epochs,
-        val/test top-1, params, MACs, replicas).
+        val/test top-1, params, MACs, replicas) for the kept candidate, and
+        ``candidates``: learning rate, blocks, epochs and validation top-1 of each tried.
     """
     from models.macs import count_macs, count_params
 
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     strategy = make_strategy(recipe.train)
     tr = recipe.transfer
-    with strategy.scope():
-        model = load_keras(head_h5)
-        run = _train(recipe, splits, model, finetune_layers(model, tr.finetune_blocks), tr.finetune_learning_rate,
-                     tr.finetune_epochs, "transfer-finetune", tr.finetune_batchnorm, log)
+    candidates = tr.candidates()
+    tried, best = [], None
+    for k, (rate, blocks) in enumerate(candidates):
+        setup_tensorflow(recipe.seed, recipe.train.logical_devices)  # each candidate from the same seed
+        label = "transfer-finetune" + (f" {k + 1}/{len(candidates)}" if len(candidates) > 1 else "")
+        with strategy.scope():
+            model = load_keras(head_h5)
+            run = _train(recipe, splits, model, finetune_layers(model, blocks), rate, tr.finetune_epochs, label,
+                         tr.finetune_batchnorm, log)
+        val = keras_top1(model, splits.x_val, splits.y_val)
+        tried.append({"learning_rate": rate, "blocks": blocks, "epochs": run["epochs"],
+                      "best_epoch": run.get("best_epoch"), "val_top1": val})
+        if best is None or val > best[0]:
+            best = (val, k, model, run)
+    val, kept, model, run = best
+    if len(candidates) > 1:
+        others = ", ".join(f"{t['val_top1']:.2f}%" for i, t in enumerate(tried) if i != kept)
+        log(f"[transfer-finetune] kept candidate {kept + 1} of {len(candidates)} (learning rate "
+            f"{tried[kept]['learning_rate']:g}, blocks {tried[kept]['blocks']}): validation top-1 {val:.2f}% "
+            f"(the others: {others})")
     probs = predict(model, splits.x_test)
     save_keras(model, out)
     with atomic_path(preds_out, suffix=".npy") as tmp:
         np.save(tmp, np.argmax(probs, axis=1).astype(np.int64))
     return {
         **run,
-        "val_top1": keras_top1(model, splits.x_val, splits.y_val),
+        "candidates": tried,
+        "kept_candidate": kept,
+        "val_top1": val,
         "test_top1": float(np.mean(np.argmax(probs, axis=1) == splits.y_test) * 100.0),
         "params": count_params(model),
         "macs": count_macs(model),
