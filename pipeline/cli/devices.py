@@ -177,7 +177,7 @@ def model_inputs(model: Path, parsed, data_path, inputs_path, recipe_name, smoke
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Use at most this many samples of --data or --inputs.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Interpreter threads (default: the profile's; counts repeat exactly "
+              help="Interpreter threads (default: the profile's, or 1 with --target alone; counts repeat exactly "
                    "only with 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")

@@ -14,7 +14,20 @@ from pipeline.errors import ConfigError, MobileModelError
 
 
 def _ms(seconds: Optional[float]) -> str:
-    return "-" if seconds is None else f"{1000 * seconds:.3f} ms"
+    if seconds is None:
+        return "-"
+    return f"{1000 * seconds:.3f} ms" if seconds >= 1e-3 else f"{1e6 * seconds:.1f} us"
+
+
+def profile_line(name: str, m) -> str:
+    """The emulated profile named beside the target: what it stands for, and where it differs."""
+    from pipeline.devices.profiles import DEVICES
+
+    p = DEVICES.get(name)
+    differs = ("" if (p.runtime, p.runtime_version) == (m.runtime, m.runtime_version)
+               else f"; the board ran {m.runtime} {m.runtime_version}")
+    return (f"  profile             {p.name}: {p.description} ({p.runtime} {p.runtime_version}{differs}); "
+            f"its emulated figures: mobile-model device run --device {p.name}")
 
 
 def format_measurement(m) -> str:
@@ -24,8 +37,7 @@ def format_measurement(m) -> str:
     lines = [f"{m.target} ({m.runtime} {m.runtime_version}, {s['threads']} thread"
              f"{'s' if s['threads'] != 1 else ''}, {cores}): {Path(m.model).name} [{m.number_format}]"]
     if m.profile:
-        lines.append(f"  profile             {m.profile} (emulated figures: mobile-model device run "
-                     f"--device {m.profile})")
+        lines.append(profile_line(m.profile, m))
     d = m.device
     if d is not None:
         lines.append(f"  device              {d.model or '-'}; cpu {d.cpu or '-'}; {d.machine}, kernel {d.kernel}, "
@@ -39,7 +51,8 @@ def format_measurement(m) -> str:
               f"  warm-up mean        {_ms(t.warmup_mean_s)} over {t.warmup_runs} run(s)",
               f"  inference           mean {_ms(t.mean_s)}, std {_ms(t.std_s)}, min {_ms(t.min_s)}, "
               f"max {_ms(t.max_s)} over {t.runs} runs (measured)",
-              f"  peak memory         {t.peak_rss_kib / 1024:.2f} MiB resident (the whole process)"]
+              "  peak memory         " + ("not reported" if t.peak_rss_kib is None else
+                                          f"{t.peak_rss_kib / 1024:.2f} MiB resident (the whole process)")]
     if m.outputs:
         lines.append(f"  outputs vs host     ({m.host_reference}) {m.samples} sample(s)")
         width = max(len(o.name) for o in m.outputs)
@@ -78,6 +91,10 @@ def run_on_target(model: Path, target_text: str, profile: Optional[str], identit
 
     target = parse_target(target_text)
     say = None if quiet or as_json else (lambda m: click.echo(m, err=True))
+    if threads is None and profile is not None:
+        from pipeline.devices.profiles import DEVICES
+
+        threads = DEVICES.get(profile).default_threads
     settings = Settings(threads=threads or 1, runs=runs, warmup=warmup,
                         cores=None if cores is None else parse_cores(cores),
                         remote_python=None if isinstance(target, AdbTarget) else remote_python).validate()

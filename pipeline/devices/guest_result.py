@@ -76,7 +76,8 @@ class Timing:
     ``init_s`` is load + allocate; ``first_inference_s`` the first invoke; the warm-up
     mean is over ``warmup_runs`` further invokes (None when none); mean/std/min/max
     over ``runs`` invokes of the first input. ``peak_rss_kib`` is the process's peak
-    resident memory (``ru_maxrss``); ``cpus_allowed`` the CPUs it could run on.
+    resident memory (``ru_maxrss``; from another tool: its peak footprint, None where it
+    reports none); ``cpus_allowed`` the CPUs it could run on (None: not known).
     """
 
     init_s: float
@@ -88,7 +89,7 @@ class Timing:
     std_s: float
     min_s: float
     max_s: float
-    peak_rss_kib: int
+    peak_rss_kib: Optional[int]
     cpus_allowed: Optional[Tuple[int, ...]]
 
 

@@ -48,7 +48,8 @@ def row_of(m: Measurement) -> Dict[str, str]:
             "model_sha256": m.model_sha256, "number_format": m.number_format,
             "init_ms": _ms(t.init_s), "first_inference_ms": _ms(t.first_inference_s),
             "warmup_mean_ms": _ms(t.warmup_mean_s), "mean_ms": _ms(t.mean_s), "std_ms": _ms(t.std_s),
-            "min_ms": _ms(t.min_s), "max_ms": _ms(t.max_s), "peak_rss_mib": f"{t.peak_rss_kib / 1024:.2f}",
+            "min_ms": _ms(t.min_s), "max_ms": _ms(t.max_s),
+            "peak_rss_mib": "" if t.peak_rss_kib is None else f"{t.peak_rss_kib / 1024:.2f}",
             "outputs_agree": "" if agree is None else str(agree).lower(), "profile": m.profile or ""}
 
 
