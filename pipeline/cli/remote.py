@@ -101,6 +101,8 @@ def run_on_target(model: Path, target_text: str, profile: Optional[str], identit
     if isinstance(target, AdbTarget):
         from pipeline.devices.remote.adb import measure_over_adb
 
+        if identity is not None:
+            raise ConfigError("--identity is for ssh:// targets (adb finds the device by its serial)")
         result = measure_over_adb(model, target, settings, benchmark_model, profile=profile, progress=say)
     else:
         if benchmark_model is not None:
