@@ -8,11 +8,10 @@ import pytest
 
 from pipeline.devices.guest_result import DeviceFacts, Timing, parse_guest_result
 from pipeline.devices.remote import store
-from pipeline.devices.remote.measurement import Measurement, number_format
+from pipeline.devices.remote.measurement import Measurement
 from pipeline.devices.remote.ssh import connection_error
 from pipeline.devices.remote.target import AdbTarget, SshTarget, parse_cores, parse_target
 from pipeline.errors import ConfigError, DataError, DeviceOutputError
-from tests.helpers.tiny_tflite import int8_add_model, unknown_custom_op_model
 
 
 @pytest.mark.parametrize("text, target", [
@@ -120,14 +119,3 @@ def test_a_foreign_store_is_refused(tmp_path):
     with pytest.raises(DataError, match="columns"):
         store.append(measurement(), path)
     assert path.read_text() == "a,b\n1,2\n"
-
-
-def test_number_format_from_the_file(tmp_path):
-    assert number_format(_read(int8_add_model(tmp_path / "a.tflite"))) == "int8"
-    assert number_format(_read(unknown_custom_op_model(tmp_path / "b.tflite"))) == "float32"
-
-
-def _read(path):
-    from pipeline.tflite.reader import read_tflite
-
-    return read_tflite(path)

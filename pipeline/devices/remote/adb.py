@@ -20,10 +20,11 @@ from typing import List, Optional
 from pipeline.devices.guest_result import DeviceFacts
 from pipeline.devices.model_io import not_loadable
 from pipeline.devices.remote.benchmark_output import parse_benchmark_output, refusal
-from pipeline.devices.remote.measurement import Measurement, now_utc, number_format
+from pipeline.devices.remote.measurement import Measurement, now_utc
 from pipeline.devices.remote.target import ADB_DIR, AdbTarget, Settings, cache_dir
 from pipeline.errors import ConfigError, DeviceOutputError, DeviceUnavailableError, Log
 from pipeline.store.atomic import atomic_write_json, sha256_file
+from pipeline.tflite.host import numeric_format
 
 #: Seconds allowed for one adb call (a benchmark included).
 ADB_TIMEOUT_S = 900.0
@@ -152,7 +153,7 @@ def measure_over_adb(model_path: Path, target: AdbTarget, settings: Settings,
     settings = replace(settings, remote_python=None, runtime=f"{RUNTIME} {version}")
     remote_model = f"{ADB_DIR}/run-{os.getpid()}-{model_path.stem[:40]}.tflite"
     base = dict(target=target.url(), model=str(model_path), model_sha256=sha256_file(model_path),
-                number_format=number_format(model), runtime=RUNTIME, runtime_version=version,
+                number_format=numeric_format(model), runtime=RUNTIME, runtime_version=version,
                 settings=asdict(settings), remote_dir=ADB_DIR, profile=profile, measured_at=now_utc(),
                 device=facts)
     pin = "" if settings.cores is None else f"taskset {sum(1 << c for c in settings.cores):x} "

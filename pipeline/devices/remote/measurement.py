@@ -28,8 +28,8 @@ class Measurement:
 
     Attributes:
         target: ``ssh://user@host:port`` or ``adb://serial``.
-        model, model_sha256, number_format: the file (number format as in
-            :data:`pipeline.variants.NUMBER_FORMATS`, read from its tensors).
+        model, model_sha256, number_format: the file; what it computes in
+            (:func:`pipeline.tflite.host.numeric_format`: float32, hybrid or int8).
         runtime, runtime_version: what ran it on the device (``benchmark_model`` for adb).
         settings: threads, cores, runs, warm-up, runtime, remote python: enough to repeat it.
         loaded, verdict, load_error: "loads", or ``not loadable on <runtime> <version>: ...``.
@@ -75,22 +75,6 @@ class Measurement:
 
 def now_utc() -> str:
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def number_format(model) -> str:
-    """float32, float16, hybrid or int8 (:data:`pipeline.variants.NUMBER_FORMATS`), from the
-    tensors of a parsed model: integer activations make it int8, float16 constants float16,
-    int8 constants with float activations hybrid."""
-    constant = {t.index for t in model.tensors if 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer]}
-    activations = {t.dtype for t in model.tensors if t.index not in constant}
-    weights = {model.tensors[i].dtype for i in constant}
-    if activations & {"int8", "uint8", "int16"}:
-        return "int8"
-    if "float16" in weights:
-        return "float16"
-    if weights & {"int8", "uint8"}:
-        return "hybrid"
-    return "float32"
 
 
 def board_runtime(name: str, version: str) -> GuestRuntime:

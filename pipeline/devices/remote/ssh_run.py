@@ -24,12 +24,13 @@ from pipeline.devices.guest_result import GuestResult, parse_guest_result
 from pipeline.devices.guest_runner import MODULES
 from pipeline.devices.model_io import compare_all, not_loadable
 from pipeline.devices.remote.measurement import (Measurement, board_runtime, host_reference, now_utc,
-                                                 number_format, reference_outputs)
+                                                 reference_outputs)
 from pipeline.devices.remote.ssh import Ssh
 from pipeline.devices.remote.target import REMOTE_CACHE, Settings, SshTarget
 from pipeline.devices.runner import GUEST_RUNNER, load_arrays, save_arrays
 from pipeline.errors import DeviceOutputError, DeviceUnavailableError, Log
 from pipeline.store.atomic import sha256_file
+from pipeline.tflite.host import numeric_format
 
 #: Runtimes in the order they are preferred when a board has several.
 PREFERENCE = ("litert", "tflite-runtime")
@@ -118,7 +119,7 @@ def measure_over_ssh(model_path: Path, target: SshTarget, xs: Sequence[np.ndarra
     run_dir = found["run_dir"]
     say(f"{target.url()}: python {found['python']}, {name} {version}; files in {run_dir} (removed after the run)")
     base = dict(target=target.url(), model=str(model_path), model_sha256=sha256_file(model_path),
-                number_format=number_format(model), runtime=name, runtime_version=version,
+                number_format=numeric_format(model), runtime=name, runtime_version=version,
                 settings=asdict(settings), samples=len(xs[0]), remote_dir=run_dir, profile=profile,
                 measured_at=now_utc())
     single = len(model.inputs) == 1 and len(model.outputs) == 1
