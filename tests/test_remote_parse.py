@@ -102,15 +102,18 @@ def measurement(**kw) -> Measurement:
                   "runtime": "litert 2.3.0"}, measured_at="2026-01-01T00:00:00+00:00"), **kw})
 
 
-def test_store_appends_rows(tmp_path):
-    path = tmp_path / "measured.csv"
-    store.append(measurement(), path)
-    store.append(measurement(number_format="float32"), path)
+def test_store_appends_rows_and_keeps_a_copy_of_the_model(tmp_path):
+    path = tmp_path / "store" / "measured.csv"
+    model = tmp_path / "add.tflite"
+    model.write_bytes(b"model bytes")
+    store.append(measurement(model=str(model)), path)
+    store.append(measurement(model=str(model), number_format="float32"), path)
     rows = store.read_rows(path)
     assert [r["number_format"] for r in rows] == ["int8", "float32"]
     assert rows[0]["mean_ms"] == "4.0000" and rows[0]["cores"] == "0,1,2,3" and rows[0]["peak_rss_mib"] == "40.00"
     assert rows[0]["device_model"] == "Raspberry Pi 4" and rows[0]["threads"] == "4"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert store.model_copy("ab" * 32, path).read_bytes() == b"model bytes"
+    assert not [p for p in path.parent.rglob(".*")]  # no temporary file left
 
 
 def test_a_foreign_store_is_refused(tmp_path):

@@ -4,11 +4,14 @@
 (threads, cores, runs, warm-up, runtime and version), the model (sha256, number format),
 the device's facts and the timings in milliseconds. Appending takes a lock and rewrites
 the file atomically (temporary file + rename), so a killed writer never leaves half a row.
+A copy of each measured model is kept by its sha256 (``models/<sha256>.tflite``), so the
+points can be emulated again later (``calibrate --measured``) wherever the file went.
 """
 
 import csv
 import fcntl
 import io
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -16,7 +19,7 @@ from typing import Dict, Iterator, List, Optional
 from pipeline.devices.remote.measurement import Measurement
 from pipeline.devices.remote.target import cache_dir
 from pipeline.errors import DataError
-from pipeline.store.atomic import atomic_write_text
+from pipeline.store.atomic import atomic_path, atomic_write_text
 
 COLUMNS = ("measured_at", "target", "device_model", "device_cpu", "machine", "kernel", "governor",
            "runtime", "runtime_version", "threads", "cores", "runs", "warmup", "model", "model_sha256",
@@ -26,6 +29,11 @@ COLUMNS = ("measured_at", "target", "device_model", "device_cpu", "machine", "ke
 
 def store_path() -> Path:
     return cache_dir() / "measured.csv"
+
+
+def model_copy(sha256: str, path: Optional[Path] = None) -> Path:
+    """Where the store keeps the model of ``sha256`` (beside the store at ``path``)."""
+    return (path or store_path()).parent / "models" / f"{sha256}.tflite"
 
 
 def _ms(seconds: Optional[float]) -> str:
@@ -76,6 +84,10 @@ def append(m: Measurement, path: Optional[Path] = None) -> Path:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(path, out.getvalue())
+        keep = model_copy(m.model_sha256, path)
+        if not keep.exists():
+            with atomic_path(keep) as tmp:
+                shutil.copyfile(m.model, tmp)
     return path
 
 
