@@ -55,7 +55,7 @@ def test_measured_points_join_the_fit_and_every_held_out_split(monkeypatch):
 
 
 def test_calibrate_measured_with_nothing_usable_is_bad_input(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("MOBILE_MODEL_REMOTE_CACHE", str(tmp_path))
     r = CliRunner(mix_stderr=False).invoke(main, ["calibrate", "--measured", "--out", str(tmp_path / "cal"), "-q"])
     assert r.exit_code == EXIT_BAD_INPUT
     assert r.stderr.startswith("error: no measured point can join the fit (0 stored)") and "empty" in r.stderr

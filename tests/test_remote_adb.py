@@ -154,7 +154,7 @@ def phone(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tools}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_ADB_ROOT", str(root))
     monkeypatch.setenv("FAKE_ADB_LOG", str(log))
-    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOBILE_MODEL_REMOTE_CACHE", str(tmp_path / "cache"))
     return {"root": root, "bench": bench, "log": log, "tmp": tmp_path}
 
 

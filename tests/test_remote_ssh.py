@@ -88,7 +88,7 @@ def board(tmp_path_factory):
     models = {"int8": int8_add_model(root / "add_int8.tflite"),
               "custom": unknown_custom_op_model(root / "custom.tflite")}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MOBILE_MODEL_CACHE", str(root / "cache"))
+        mp.setenv("MOBILE_MODEL_REMOTE_CACHE", str(root / "cache"))
         yield {"sshd": sshd, "key": key, "models": models, "root": root}
     sshd.stop()
 
@@ -127,6 +127,21 @@ def test_measures_on_the_board_and_agrees_with_the_host(board):
     rows = json.loads(listed.stdout)
     assert rows[-1]["model_sha256"] == d["model_sha256"] and rows[-1]["number_format"] == "int8"
     assert float(rows[-1]["mean_ms"]) > 0 and rows[-1]["runtime"] == "litert"
+
+
+def test_a_board_with_tflite_runtime_is_compared_with_that_runtimes_host_build(board):
+    from pipeline.devices.host_twin import twin_spec
+    from pipeline.devices.targets import RUNTIMES
+    from pipeline.store.isolated_env import ensure
+
+    # The isolated environment of tflite-runtime 2.14 (make arm-runtime) stands in for
+    # an older board's python: its runtime is the only one it has.
+    legacy = ensure(twin_spec(RUNTIMES["tflite-runtime"])).python
+    r = run(board, board["models"]["int8"], "--json", "--device", "camera-a53", python=str(legacy))
+    assert r.exit_code == EXIT_OK, r.stderr
+    d = json.loads(r.stdout)
+    assert (d["runtime"], d["runtime_version"], d["profile"]) == ("tflite-runtime", "2.14.0", "camera-a53")
+    assert d["host_reference"].startswith("tflite-runtime 2.14.0 ") and d["outputs_agree"] is True
 
 
 def test_table_states_the_settings_and_pinned_cores(board):
@@ -181,7 +196,7 @@ def test_disconnect_mid_run(board):
 
 
 def test_host_key_changed(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MOBILE_MODEL_REMOTE_CACHE", str(tmp_path / "cache"))
     key = keygen(tmp_path / "client_key")
     sshd = Sshd(tmp_path / "sshd", Path(f"{key}.pub"), free_port())
     model = int8_add_model(tmp_path / "m.tflite")

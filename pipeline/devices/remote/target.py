@@ -118,7 +118,10 @@ class Settings:
 
 
 def cache_dir() -> Path:
-    """``$MOBILE_MODEL_CACHE/remote`` (default ``~/.cache/mobile-model/remote``): known hosts,
-    remembered tool paths and the measured points."""
+    """Known hosts, remembered tool paths and the measured points: ``$MOBILE_MODEL_REMOTE_CACHE``,
+    else ``$MOBILE_MODEL_CACHE/remote`` (default ``~/.cache/mobile-model/remote``)."""
+    own = os.environ.get("MOBILE_MODEL_REMOTE_CACHE")
+    if own:
+        return Path(own)
     base = os.environ.get("MOBILE_MODEL_CACHE")
     return (Path(base) if base else Path.home() / ".cache" / "mobile-model") / "remote"
