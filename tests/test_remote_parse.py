@@ -59,6 +59,33 @@ def test_ssh_failures_are_one_sentence(stderr, words):
         assert w in message
 
 
+PI4_CPUINFO = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x0
+CPU part\t: 0xd08
+CPU revision\t: 3
+
+processor\t: 1
+CPU part\t: 0xd08
+
+Revision\t: c03114
+Serial\t\t: 10000000a1b2c3d4
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def test_board_and_cpu_from_what_a_board_says():
+    from pipeline.devices.guest_runner import board_and_cpu
+
+    assert board_and_cpu(PI4_CPUINFO, None) == ("Raspberry Pi 4 Model B Rev 1.4", "implementer 0x41 part 0xd08")
+    assert board_and_cpu(PI4_CPUINFO, "Raspberry Pi 4 Model B Rev 1.5")[0] == "Raspberry Pi 4 Model B Rev 1.5"
+    assert board_and_cpu("model name\t: AMD EPYC\n", None) == (None, "AMD EPYC")
+    assert board_and_cpu(None, None) == (None, None)
+
+
 RESULT = {"format": "mm-guest-result 2", "runtime": "litert", "runtime_version": "2.3.0",
           "numpy_version": "2.2.6", "threads": 1, "loaded": True, "load_error": None,
           "device": {"model": "Raspberry Pi 4 Model B Rev 1.4", "cpu": None, "machine": "aarch64",

@@ -144,14 +144,14 @@ def test_a_board_with_tflite_runtime_is_compared_with_that_runtimes_host_build(b
     assert d["host_reference"].startswith("tflite-runtime 2.14.0 ") and d["outputs_agree"] is True
 
 
-def test_table_states_the_settings_and_pinned_cores(board):
-    x = np.random.default_rng(1).random((2, 1, 16), dtype=np.float32)[:, 0]
-    inputs = board["root"] / "inputs.npz"
-    np.savez(inputs, x=x)
-    r = run(board, board["models"]["int8"], "--inputs", str(inputs), "--cores", "0")
+def test_table_states_the_settings_pinned_cores_and_top1_of_labelled_data(board):
+    x = np.random.default_rng(1).random((2, 16), dtype=np.float32)
+    data = board["root"] / "xy.npz"
+    np.savez(data, x=x, y=x.argmax(axis=1))  # y = 2x keeps the arg-max: top-1 is 100%
+    r = run(board, board["models"]["int8"], "--data", str(data), "--cores", "0")
     assert r.exit_code == EXIT_OK, r.stderr
     assert "cores 0" in r.stdout and "--timed-runs 5 --warmup 2 --cores 0" in r.stdout
-    assert "2/2 bit-exact" in r.stdout and "(measured)" in r.stdout
+    assert "2/2 bit-exact" in r.stdout and "(measured)" in r.stdout and "top-1               100.00%" in r.stdout
 
 
 def test_a_model_the_runtime_refuses_is_a_verdict(board):

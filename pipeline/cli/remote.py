@@ -53,6 +53,8 @@ def format_measurement(m) -> str:
               f"max {_ms(t.max_s)} over {t.runs} runs (measured)",
               "  peak memory         " + ("not reported" if t.peak_rss_kib is None else
                                           f"{t.peak_rss_kib / 1024:.2f} MiB resident (the whole process)")]
+    if m.top1 is not None:
+        lines.append(f"  top-1               {m.top1:.2f}% on {m.samples} samples")
     if m.outputs:
         lines.append(f"  outputs vs host     ({m.host_reference}) {m.samples} sample(s)")
         width = max(len(o.name) for o in m.outputs)
@@ -113,7 +115,8 @@ def run_on_target(model: Path, target_text: str, profile: Optional[str], identit
         parsed = read_tflite(model)
         x, y = inputs(parsed)
         xs = checked_inputs(parsed, x, y, model.name)
-        result = measure_over_ssh(model, target, xs, settings, identity=identity, profile=profile, progress=say)
+        result = measure_over_ssh(model, target, xs, settings, identity=identity, profile=profile, progress=say,
+                                  y=y)
     if result.loaded:
         where = store.append(result)
         if say:

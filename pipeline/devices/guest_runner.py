@@ -136,17 +136,23 @@ def read_text(path):
         return None
 
 
+def board_and_cpu(cpuinfo, tree_model):
+    """``(model, cpu)`` of a board: the device tree's model, else cpuinfo's Model; the
+    CPU's model name or Hardware, else the ARM implementer and part of the first core."""
+    fields = {}
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or fields.get("Hardware")
+    if cpu is None and "CPU part" in fields:
+        cpu = f"implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return tree_model or fields.get("Model"), cpu
+
+
 def device_facts():
     """What the board says about itself, each None where unreadable."""
-    model = read_text("/proc/device-tree/model")
-    cpuinfo = read_text("/proc/cpuinfo") or ""
-    cpu = None
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("Model", "Hardware", "model name") and value.strip():
-            if key.strip() == "Model" and model is None:
-                model = value.strip()
-            cpu = cpu or value.strip()
+    model, cpu = board_and_cpu(read_text("/proc/cpuinfo"), read_text("/proc/device-tree/model"))
     return {"model": model, "cpu": cpu, "machine": platform.machine(), "kernel": platform.release(),
             "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
             "cpus": os.cpu_count()}

@@ -36,6 +36,7 @@ class Measurement:
         timing, device: the measured timings and what the device says about itself.
         outputs, host_reference, samples: every output against the host runtime of the
             same name and version (empty where the tool feeds its own inputs: adb).
+        top1: percent of samples whose arg-max is their label (labelled data, one output).
         remote_dir: the one directory the run used on the device.
         profile: the emulated profile named beside the target, if any.
         measured_at: UTC, ISO 8601.
@@ -56,6 +57,7 @@ class Measurement:
     outputs: Tuple[OutputAgreement, ...] = ()
     host_reference: Optional[str] = None
     samples: int = 0
+    top1: Optional[float] = None
     remote_dir: str = ""
     profile: Optional[str] = None
     measured_at: str = ""

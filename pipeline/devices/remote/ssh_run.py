@@ -92,9 +92,9 @@ def probe(ssh: Ssh, python: str, run_name: str) -> Dict:
 
 def measure_over_ssh(model_path: Path, target: SshTarget, xs: Sequence[np.ndarray], settings: Settings,
                      identity: Optional[Path] = None, profile: Optional[str] = None,
-                     progress: Optional[Log] = None) -> Measurement:
+                     progress: Optional[Log] = None, y: Optional[np.ndarray] = None) -> Measurement:
     """Measures ``model_path`` on the board at ``target``, on inputs ``xs`` (one array per model
-    input, checked against the model by the caller).
+    input, checked against the model by the caller) with labels ``y`` for top-1 (or None).
 
     Returns:
         A :class:`Measurement`; a model the board's runtime refuses, or crashes on, is a
@@ -137,13 +137,17 @@ def measure_over_ssh(model_path: Path, target: SshTarget, xs: Sequence[np.ndarra
         err = guest.load_error
         return Measurement(loaded=False, verdict=not_loadable(name, version, what_it_lacks(err)),
                            load_error=err.message, device=guest.device, **base)
-    if guest.timing is None or len(outputs) != len(guest.outputs) or any(len(o) != len(xs[0]) for o in outputs):
-        raise DeviceOutputError(f"{target.host}: the run returned no timing or outputs for other than "
-                                f"{len(xs[0])} inputs")
+    if guest.timing is None:
+        raise DeviceOutputError(f"{target.host}: the run returned no timing")
+    if len(outputs) != len(guest.outputs) or any(len(o) != len(xs[0]) for o in outputs):
+        raise DeviceOutputError(f"{target.host}: the run returned outputs for other than {len(xs[0])} inputs")
     runtime = board_runtime(name, version)
     say(f"{target.url()}: comparing {len(outputs)} output(s) with the host ({host_reference(runtime)})...")
     host = reference_outputs(model_path, xs, runtime)
-    return Measurement(loaded=True, verdict="loads", timing=guest.timing, device=guest.device,
+    top1 = None
+    if y is not None and len(outputs) == 1:
+        top1 = 100.0 * float(np.mean(outputs[0].reshape(len(y), -1).argmax(axis=1) == np.asarray(y).reshape(-1)))
+    return Measurement(loaded=True, verdict="loads", timing=guest.timing, device=guest.device, top1=top1,
                        outputs=compare_all([o.name for o in guest.outputs], outputs, host),
                        host_reference=host_reference(runtime), **base)
 
