@@ -202,3 +202,16 @@ def test_errors_are_one_line(phone):
     assert len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
     r = run(model, "--random", "2")
     assert r.exit_code == EXIT_BAD_INPUT and "own random inputs" in r.stderr
+    r = run(model, "--warmup", "0")
+    assert r.exit_code == EXIT_BAD_INPUT and "at least one warm-up" in r.stderr
+
+
+def test_a_refusal_is_read_from_the_words_where_adb_shell_exits_0(phone, monkeypatch):
+    # adb before Android 7 does not pass the command's exit code on.
+    adb = phone["tmp"] / "tools" / "adb"
+    adb.write_text(adb.read_text().replace("sys.exit(subprocess.run(", "subprocess.run(").replace(
+        ".returncode)", ".returncode") + "    sys.exit(0)\n")
+    model = unknown_custom_op_model(phone["tmp"] / "bad.tflite")
+    r = run(model, "--benchmark-model", str(phone["bench"]), "--json")
+    assert r.exit_code == EXIT_OK, r.stderr
+    assert json.loads(r.stdout)["verdict"].endswith(f": custom op {UNKNOWN_OP}")

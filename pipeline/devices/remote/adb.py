@@ -136,6 +136,8 @@ def measure_over_adb(model_path: Path, target: AdbTarget, settings: Settings,
     from pipeline.tflite.reader import read_tflite
 
     settings = settings.validate()
+    if settings.warmup < 1:
+        raise ConfigError("benchmark_model always runs at least one warm-up inference: give a warm-up of 1 or more")
     model_path = Path(model_path).resolve()
     model = read_tflite(model_path)
     tool = benchmark_tool(benchmark_model)
@@ -167,15 +169,16 @@ def measure_over_adb(model_path: Path, target: AdbTarget, settings: Settings,
     finally:
         adb.shell(f"rm -f {shlex.quote(remote_model)}", "removing the model", check=False)
     text = done.stdout + "\n" + done.stderr
-    if done.returncode:
-        refused = refusal(text)
-        if refused is None:
-            tail = (text.strip() or "no output").splitlines()[-1]
-            raise DeviceUnavailableError(f"{target.url()}: benchmark_model exited {done.returncode}: {tail}")
+    # Before Android 7, adb shell always exits 0: a refusal is known by its words.
+    refused = refusal(text) if done.returncode or "Inference timings in us" not in text else None
+    if refused is not None:
         from pipeline.devices.check import what_it_lacks
 
         return Measurement(loaded=False, verdict=not_loadable(RUNTIME, version, what_it_lacks(refused)),
                            load_error=refused.message, **base)
+    if done.returncode:
+        tail = (text.strip() or "no output").splitlines()[-1]
+        raise DeviceUnavailableError(f"{target.url()}: benchmark_model exited {done.returncode}: {tail}")
     parsed = parse_benchmark_output(text)
     if parsed.threads is not None and parsed.threads != settings.threads:
         raise DeviceOutputError(f"{target.url()}: benchmark_model ran {parsed.threads} threads, "
