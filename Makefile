@@ -70,11 +70,11 @@ $(STAMP):
 system-deps:
 	@if [ "$$(id -u)" = 0 ]; then \
 	  missing=""; \
-	  for p in qemu-user debootstrap dataset-fashion-mnist gcc libglib2.0-dev llvm-19; do \
+	  for p in qemu-user debootstrap dataset-fashion-mnist gcc libglib2.0-dev llvm-19 openssh-client openssh-server; do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
-	else echo "not root: skipping Debian packages (need qemu-user debootstrap dataset-fashion-mnist llvm-19)"; fi
+	else echo "not root: skipping Debian packages (need qemu-user debootstrap dataset-fashion-mnist llvm-19 openssh-server)"; fi
 
 arm-runtime: $(STAMP) system-deps
 	$(PY) -m pipeline.devices.runtime build

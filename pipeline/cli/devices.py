@@ -1,4 +1,5 @@
-"""Click commands for emulated devices: ``devices`` and ``device run``.
+"""Click commands for devices: ``devices``, ``device run`` (emulated, or measured on a real
+device with ``--target``) and ``device measured``.
 
 Added to the main CLI group with ``main.add_command(devices)`` and
 ``main.add_command(device)``. Heavy imports (numpy, the runner) happen inside the
@@ -11,6 +12,7 @@ from typing import List, Optional, Tuple
 import click
 
 from pipeline.cli.common import echo_json, fail
+from pipeline.cli.remote import measured
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError, DataError, MobileModelError
 from pipeline.summary import LatencyEstimate
@@ -34,7 +36,11 @@ def devices(as_json: bool) -> None:
 
 @click.group("device")
 def device() -> None:
-    """Run models on emulated ARM devices (qemu-aarch64 + the device's ARM runtime)."""
+    """Run models on emulated ARM devices (qemu-aarch64 + the device's ARM runtime), or
+    measure them on real ones (--target ssh://... or adb://...)."""
+
+
+device.add_command(measured)
 
 
 def load_npz_inputs(path: Path, samples: Optional[int]):
@@ -139,8 +145,22 @@ def model_inputs(model: Path, parsed, data_path, inputs_path, recipe_name, smoke
 
 
 @device.command("run")
-@click.option("--device", "device_name", required=True, type=click.Choice(DEVICES.names()),
-              help="Device profile to emulate.")
+@click.option("--device", "device_name", type=click.Choice(DEVICES.names()),
+              help="Device profile to emulate (with --target: named beside the measurement).")
+@click.option("--target", "target", metavar="URL",
+              help="Measure on a real device instead: ssh://[USER@]HOST[:PORT] or adb://SERIAL.")
+@click.option("--identity", type=click.Path(dir_okay=False, path_type=Path),
+              help="With an ssh target: the private key (ssh -i).")
+@click.option("--remote-python", default="python3", show_default=True,
+              help="With an ssh target: the board's python (it needs numpy and ai-edge-litert or "
+                   "tflite-runtime).")
+@click.option("--timed-runs", "timed_runs", type=click.IntRange(min=1), default=50, show_default=True,
+              help="With --target: timed inferences.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="With --target: untimed inferences before the timed ones (after the first).")
+@click.option("--cores", help="With --target: pin to these CPUs (taskset -c), e.g. 0-3.")
+@click.option("--benchmark-model", "benchmark_model", type=click.Path(dir_okay=False, path_type=Path),
+              help="With an adb target: TFLite's benchmark_model for the phone (remembered).")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help="An .npz with arrays x (float images in [0, 1]) and y (labels).")
@@ -157,24 +177,41 @@ def model_inputs(model: Path, parsed, data_path, inputs_path, recipe_name, smoke
 @click.option("--samples", type=click.IntRange(min=1), default=100, show_default=True,
               help="Use at most this many samples of --data or --inputs.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="Interpreter threads (default: the profile's; counts repeat exactly "
+              help="Interpreter threads (default: the profile's, or 1 with --target alone; counts repeat exactly "
                    "only with 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
-def device_run(device_name: str, model: Path, data_path: Optional[Path], inputs_path: Optional[Path],
+def device_run(device_name: Optional[str], model: Path, data_path: Optional[Path], inputs_path: Optional[Path],
                recipe_name: Optional[str], smoke: bool, random_n: Optional[int], value_range: Tuple[float, float],
-               samples: int, threads: Optional[int], as_json: bool, quiet: bool) -> None:
-    """Run MODEL.tflite on an emulated device and check it against the host.
+               samples: int, threads: Optional[int], as_json: bool, quiet: bool, target: Optional[str],
+               identity: Optional[Path], remote_python: str, timed_runs: int, warmup: int,
+               cores: Optional[str], benchmark_model: Optional[Path]) -> None:
+    """Run MODEL.tflite on an emulated device (--device) or measure it on a real one
+    (--target), and check it against the host.
 
     Any model: every input gets random values (--random) or the arrays of --inputs; every
     output is compared with the host's. A model that the device's runtime does not load
     is a result (printed, with the op it lacks, custom ops included; ``loaded: false`` in
     JSON), exit 0; a model the host cannot read, or inputs that do not fit it, are bad
-    input, exit 2.
+    input, exit 2. A real device that cannot be reached, or has no runtime, exits 3.
     """
     try:
-        if sum(v is not None for v in (data_path, inputs_path, recipe_name, random_n)) != 1:
+        if target is None and device_name is None:
+            raise ConfigError("give --device PROFILE (emulated) or --target URL (a real device), or both")
+        if target is not None and target.startswith("adb://"):
+            if any(v is not None for v in (data_path, inputs_path, recipe_name, random_n)):
+                raise ConfigError("an adb target runs benchmark_model on its own random inputs: leave out "
+                                  "--recipe, --data, --inputs and --random")
+        elif sum(v is not None for v in (data_path, inputs_path, recipe_name, random_n)) != 1:
             raise ConfigError("give exactly one of --recipe RECIPE, --data NPZ, --inputs NPZ or --random N")
+        if target is not None:
+            from pipeline.cli.remote import run_on_target
+
+            return run_on_target(model, target, device_name, identity, remote_python, threads, timed_runs,
+                                 warmup, cores, benchmark_model,
+                                 lambda parsed: model_inputs(model, parsed, data_path, inputs_path, recipe_name,
+                                                             smoke, random_n, samples, *value_range),
+                                 as_json, quiet)
         from pipeline.devices.check import run_device_check
         from pipeline.tflite.reader import read_tflite
 

@@ -38,10 +38,13 @@ def _families():
 @click.option("--matrix/--no-matrix", default=True, show_default=True,
               help="Also estimate every full-size family x variant on every profile "
                    "(order check, int8 speed-ups; ~20 more emulated runs the first time).")
+@click.option("--measured", is_flag=True,
+              help="Also fit on the points measured on real devices (device run --target with "
+                   "--device PROFILE; see device measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
 def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool, matrix: bool,
-              as_json: bool, quiet: bool) -> None:
+              measured: bool, as_json: bool, quiet: bool) -> None:
     """Fit the latency model on published real-device latencies.
 
     Builds the published architectures (width 1.0, 224x224, 1000 classes, random
@@ -52,7 +55,8 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
     by point, by device and by architecture, float32 and int8 apart. The
     installed package is never written to: the parameters go to --out (by default the
     user cache, which estimates then use; elsewhere, point $MOBILE_MODEL_LATENCY_PARAMS
-    at the written params.yaml).
+    at the written params.yaml). With --measured, the points measured on real boards that
+    name their emulated profile join the fit and every held-out split.
     """
     try:
         from pipeline.latency.calibrate import calibrate as run_calibration, write_calibration
@@ -61,7 +65,12 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
 
         log = logger(quiet or as_json)
         points = load_published(published)
-        cal = run_calibration(points, log=log, matrix=matrix)
+        extra = []
+        if measured:
+            from pipeline.latency.measured import stored_points
+
+            extra = stored_points(log)
+        cal = run_calibration(points, log=log, matrix=matrix, measured=extra)
         files = write_calibration(cal, out, params=write_params, log=log)
         data = report_data(cal)
         if as_json:

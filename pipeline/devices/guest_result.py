@@ -1,5 +1,6 @@
 """The guest's ``result.json`` (``guest_runner.py``, format "mm-guest-result 2", or 1 from
-a runner of one input and one output), and a
+a runner of one input and one output; a run on a real board in timing mode adds the
+optional ``timing`` and ``device`` objects), and a
 runtime's load error text, e.g. "Didn't find op for builtin opcode 'FULLY_CONNECTED'
 version '12'", parsed.
 
@@ -69,6 +70,42 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Seconds measured by the guest in timing mode (``--timed-runs``) on a real board.
+
+    ``init_s`` is load + allocate; ``first_inference_s`` the first invoke; the warm-up
+    mean is over ``warmup_runs`` further invokes (None when none); mean/std/min/max
+    over ``runs`` invokes of the first input. ``peak_rss_kib`` is the process's peak
+    resident memory (``ru_maxrss``; from another tool: its peak footprint, None where it
+    reports none); ``cpus_allowed`` the CPUs it could run on (None: not known).
+    """
+
+    init_s: float
+    first_inference_s: float
+    warmup_runs: int
+    warmup_mean_s: Optional[float]
+    runs: int
+    mean_s: float
+    std_s: float
+    min_s: float
+    max_s: float
+    peak_rss_kib: Optional[int]
+    cpus_allowed: Optional[Tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What a board says about itself; None where it could not be read."""
+
+    model: Optional[str]
+    cpu: Optional[str]
+    machine: str
+    kernel: str
+    governor: Optional[str]
+    cpus: Optional[int]
+
+
+@dataclass(frozen=True)
 class GuestResult:
     """The guest's ``result.json``. Fields after ``load_error`` are set iff loaded.
 
@@ -87,6 +124,8 @@ class GuestResult:
     tensors: Tuple[TensorInfo, ...] = ()
     samples: int = 0
     wall_s: Tuple[float, ...] = ()
+    timing: Optional[Timing] = None
+    device: Optional[DeviceFacts] = None
 
     @property
     def input(self) -> Optional[TensorSpec]:
@@ -140,6 +179,51 @@ _BASE_KEYS = ("format", "runtime", "runtime_version", "numpy_version", "threads"
               "load_error")
 _RUN_KEYS = ("inputs", "outputs", "tensors", "samples", "wall_s", "regions")
 _SINGLE_IO_KEYS = ("input", "output", "tensors", "samples", "wall_s", "regions")
+_TIMING_FLOATS = ("init_s", "first_inference_s", "mean_s", "std_s", "min_s", "max_s")
+_OPTIONAL_KEYS = ("timing", "device")
+
+
+def _number(obj: dict, key: str, where: str) -> float:
+    value = float(take(obj, key, (int, float), where))
+    if value < 0:
+        raise DeviceOutputError(f"{where}: {key} is negative ({value})")
+    return value
+
+
+def parse_timing(obj, where: str = "guest result timing") -> Timing:
+    """The ``timing`` object of a timed run (see :class:`Timing`).
+
+    Raises:
+        DeviceOutputError: a missing, unexpected, negative or wrongly typed value, or no timed run.
+    """
+    if not isinstance(obj, dict):
+        raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
+    no_extra(obj, _TIMING_FLOATS + ("warmup_runs", "warmup_mean_s", "runs", "peak_rss_kib",
+                                    "cpus_allowed"), where)
+    runs, warmup_runs = take(obj, "runs", int, where), take(obj, "warmup_runs", int, where)
+    if runs < 1 or warmup_runs < 0:
+        raise DeviceOutputError(f"{where}: runs {runs}, warm-up runs {warmup_runs}")
+    warmup_mean = None if warmup_runs == 0 else _number(obj, "warmup_mean_s", where)
+    cpus = take(obj, "cpus_allowed", (list, type(None)), where)
+    if cpus is not None and not all(isinstance(c, int) and not isinstance(c, bool) for c in cpus):
+        raise DeviceOutputError(f"{where}: cpus_allowed {cpus!r} is not a list of ints")
+    return Timing(**{k: _number(obj, k, where) for k in _TIMING_FLOATS}, warmup_runs=warmup_runs,
+                  warmup_mean_s=warmup_mean, runs=runs, peak_rss_kib=take(obj, "peak_rss_kib", int, where),
+                  cpus_allowed=None if cpus is None else tuple(cpus))
+
+
+def parse_device_facts(obj, where: str = "guest result device") -> DeviceFacts:
+    """The ``device`` object of a timed run (see :class:`DeviceFacts`)."""
+    if not isinstance(obj, dict):
+        raise DeviceOutputError(f"{where}: expected an object, got {obj!r}")
+    no_extra(obj, ("model", "cpu", "machine", "kernel", "governor", "cpus"), where)
+    optional = (str, type(None))
+    return DeviceFacts(model=take(obj, "model", optional, where), cpu=take(obj, "cpu", optional, where),
+                       machine=take(obj, "machine", str, where), kernel=take(obj, "kernel", str, where),
+                       governor=take(obj, "governor", optional, where),
+                       cpus=take(obj, "cpus", (int, type(None)), where))
+
+
 _REGION_ROLES = {"marker_overhead": MARKER_REGION, "warmup": WARMUP_REGION,
                  "first_inference": FIRST_INFERENCE_REGION}
 
@@ -164,11 +248,15 @@ def parse_guest_result(text: str) -> GuestResult:
                                 f"(or {SINGLE_IO_FORMAT!r})")
     loaded = take(obj, "loaded", bool, where)
     single = fmt == SINGLE_IO_FORMAT
-    no_extra(obj, _BASE_KEYS + ((_SINGLE_IO_KEYS if single else _RUN_KEYS) if loaded else ()), where)
+    no_extra(obj, _BASE_KEYS + _OPTIONAL_KEYS
+             + ((_SINGLE_IO_KEYS if single else _RUN_KEYS) if loaded else ()), where)
+    if "timing" in obj and not loaded:
+        raise DeviceOutputError(f"{where}: timing of a model that did not load")
     base = dict(runtime=take(obj, "runtime", str, where),
                 runtime_version=take(obj, "runtime_version", str, where),
                 numpy_version=take(obj, "numpy_version", str, where),
-                threads=take(obj, "threads", int, where), loaded=loaded)
+                threads=take(obj, "threads", int, where), loaded=loaded,
+                device=parse_device_facts(obj["device"]) if "device" in obj else None)
     if not loaded:
         message = take(obj, "load_error", str, where)
         return GuestResult(load_error=parse_load_error(message), **base)
@@ -194,4 +282,5 @@ def parse_guest_result(text: str) -> GuestResult:
     return GuestResult(
         load_error=None, inputs=inputs, outputs=outputs,
         tensors=tuple(_tensor(t, f"{where} tensor {i}") for i, t in enumerate(tensors)),
-        samples=samples, wall_s=tuple(float(v) for v in wall), **base)
+        samples=samples, wall_s=tuple(float(v) for v in wall),
+        timing=parse_timing(obj["timing"]) if "timing" in obj else None, **base)

@@ -21,11 +21,18 @@ lseek(-1, MAGIC, SEEK_SET), which fails harmlessly with EBADF:
     region 0               an empty region: the cost of the markers themselves
     region 1               a warm-up inference on the first input (not in outputs)
     region 2 .. 2+N-1      one per input, around ``invoke()`` only
+
+Timing mode (``--timed-runs N``, for a real device; the emulator never asks for it) adds
+a ``timing`` object to the result: load+allocate time, the first inference, the mean of
+``--warmup`` further invokes, then mean/std/min/max over N invokes of the first input,
+the peak resident memory (``ru_maxrss``), the CPUs the process may run on, and a
+``device`` object with what the board says about itself where readable.
 """
 
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 
@@ -121,7 +128,61 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def main(argv=None):
+def read_text(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().replace("\x00", "").strip() or None
+    except OSError:
+        return None
+
+
+def board_and_cpu(cpuinfo, tree_model):
+    """``(model, cpu)`` of a board: the device tree's model, else cpuinfo's Model; the
+    CPU's model name or Hardware, else the ARM implementer and part of the first core."""
+    fields = {}
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or fields.get("Hardware")
+    if cpu is None and "CPU part" in fields:
+        cpu = f"implementer {fields.get('CPU implementer', '?')} part {fields['CPU part']}"
+    return tree_model or fields.get("Model"), cpu
+
+
+def device_facts():
+    """What the board says about itself, each None where unreadable."""
+    model, cpu = board_and_cpu(read_text("/proc/cpuinfo"), read_text("/proc/device-tree/model"))
+    return {"model": model, "cpu": cpu, "machine": platform.machine(), "kernel": platform.release(),
+            "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            "cpus": os.cpu_count()}
+
+
+def timed_invokes(interp, runs):
+    """Seconds of each of ``runs`` invokes on the inputs already set."""
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timing_summary(init_s, first_s, warmup, timed):
+    import resource
+    import statistics
+
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"init_s": init_s, "first_inference_s": first_s, "warmup_runs": len(warmup),
+            "warmup_mean_s": statistics.fmean(warmup) if warmup else None, "runs": len(timed),
+            "mean_s": statistics.fmean(timed), "std_s": statistics.pstdev(timed),
+            "min_s": min(timed), "max_s": max(timed),
+            # Linux reports ru_maxrss in KiB.
+            "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "cpus_allowed": affinity}
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("--runtime", required=True, choices=sorted(MODULES))
     ap.add_argument("--model", required=True)
@@ -129,7 +190,13 @@ def main(argv=None):
     ap.add_argument("--outputs", required=True)
     ap.add_argument("--result", required=True)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    ap.add_argument("--timed-runs", type=int, default=0, help="timing mode: invokes to time")
+    ap.add_argument("--warmup", type=int, default=0, help="timing mode: untimed invokes first")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
 
     import importlib
     import importlib.metadata
@@ -147,9 +214,13 @@ def main(argv=None):
         "loaded": False,
         "load_error": None,
     }
+    if args.timed_runs:
+        result["device"] = device_facts()
     try:
+        t_init = time.perf_counter()
         interp = Interpreter(model_path=args.model, num_threads=args.threads)
         interp.allocate_tensors()
+        init_s = time.perf_counter() - t_init
     except (ValueError, RuntimeError) as e:
         # What an old runtime says about an op (version) it does not know.
         result["load_error"] = str(e).strip()
@@ -169,9 +240,12 @@ def main(argv=None):
     mark(MAGIC_BEGIN)
     mark(MAGIC_END)
     set_inputs(interp, inputs, xs, 0)
+    t_first = time.perf_counter()
     mark(MAGIC_BEGIN)
     interp.invoke()
     mark(MAGIC_END)
+    first_s = time.perf_counter() - t_first
+    warmup = timed_invokes(interp, args.warmup) if args.timed_runs else []
 
     ys, wall = [[] for _ in outputs], []
     for i in range(samples):
@@ -184,6 +258,9 @@ def main(argv=None):
         for k, out in enumerate(outputs):
             ys[k].append(interp.get_tensor(out["index"])[0].copy())
     save_arrays(args.outputs, "output", [np.stack(y) for y in ys], np)
+    if args.timed_runs:
+        set_inputs(interp, inputs, xs, 0)
+        result["timing"] = timing_summary(init_s, first_s, warmup, timed_invokes(interp, args.timed_runs))
 
     result.update({
         "loaded": True,

@@ -53,7 +53,9 @@ def write_calibration(cal: Calibration, out_dir: Optional[Path] = None, params: 
     md, js = write_report(cal, out)
     path = None
     if params:
-        path = write_params(out / PARAMS_NAME, cal.params, f"{len(cal.points)} published points "
+        measured = cal.params.info.get("measured_points", 0)
+        path = write_params(out / PARAMS_NAME, cal.params, f"{len(cal.points) - measured} published points"
+                            f"{f' and {measured} measured on real devices' if measured else ''} "
                             f"({cal.params.info['single_thread_points']} single-thread).")
         log(f"[calibrate] wrote the latency parameters to {path}")
     return CalibrationFiles(md, js, path)

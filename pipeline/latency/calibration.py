@@ -268,12 +268,14 @@ def estimate_matrix(params: LatencyParams, log: Log = noop, runtime=None) -> Lis
 
 
 def calibrate(published: Optional[Sequence[PublishedPoint]] = None, log: Log = noop,
-              matrix: bool = True, runtime=None) -> Calibration:
+              matrix: bool = True, runtime=None, measured: Sequence[Point] = ()) -> Calibration:
     """Measures, fits and cross-validates the latency model (writes nothing).
 
     Args:
         published: the published single-thread points (default :func:`load_published`);
             the multi-thread table is always the package's.
+        measured: points measured on real devices (:mod:`pipeline.latency.measured`),
+            fitted and held out together with the published ones.
         matrix: also estimate every full-size family x variant on every profile
             (the order check of the report).
 
@@ -286,11 +288,12 @@ def calibrate(published: Optional[Sequence[PublishedPoint]] = None, log: Log = n
         from pipeline.devices.runtime import ensure_runtime
 
         runtime = ensure_runtime(progress=log)
-    points = calibration_points(published, log=log, runtime=runtime)
+    points = calibration_points(published, log=log, runtime=runtime) + list(measured)
     numbers = fit_params(points)
     outs = {name: held_out(points, key) for name, key in SPLITS.items()}
     lodo = error_summary(outs["leave-one-device-out"])
     info = {"points": len(points), "single_thread_points": sum(p.threads == 1 for p in points),
+            "measured_points": len(measured),
             "lodo_median_abs_error_pct": round(100 * lodo["median_abs_error"], 2),
             "lodo_worst_abs_error_pct": round(100 * lodo["worst_abs_error"], 2)}
     params = LatencyParams(validated=validated_cores(points), info=info, **numbers)

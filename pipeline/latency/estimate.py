@@ -19,22 +19,8 @@ from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.model import Device, LatencyParams, predict, threads_used
 from pipeline.latency.traffic import GraphTraffic, graph_traffic
 from pipeline.summary import LATENCY_FIELDS
+from pipeline.tflite.host import numeric_format
 from pipeline.errors import Log
-
-
-def numeric_format(model) -> str:
-    """What a parsed .tflite computes in: "int8" (integer activations), "hybrid"
-    (integer weights used by float kernels: dynamic range) or "float32" (float16
-    weights are dequantized once and run float32 kernels)."""
-    from pipeline.tflite.host import is_quantized
-
-    if is_quantized(model):
-        return "int8"
-    consts = {t.index for t in model.tensors
-              if t.dtype in ("int8", "uint8") and 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer]}
-    if any(op.opcode != "DEQUANTIZE" and consts.intersection(op.inputs) for op in model.operators):
-        return "hybrid"
-    return "float32"
 
 
 def pipeline_model_name(profile: DeviceProfile) -> str:

@@ -91,6 +91,19 @@ def is_quantized(model) -> bool:
                for t in model.tensors)
 
 
+def numeric_format(model) -> str:
+    """What a parsed .tflite computes in: "int8" (integer activations), "hybrid"
+    (integer weights used by float kernels: dynamic range) or "float32" (float16
+    weights are dequantized once and run float32 kernels)."""
+    if is_quantized(model):
+        return "int8"
+    consts = {t.index for t in model.tensors
+              if t.dtype in ("int8", "uint8") and 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer]}
+    if any(op.opcode != "DEQUANTIZE" and consts.intersection(op.inputs) for op in model.operators):
+        return "hybrid"
+    return "float32"
+
+
 def host_outputs_for(model_path: Union[str, Path], x: np.ndarray) -> np.ndarray:
     """Raw outputs of the host's ai-edge-litert (its default XNNPACK delegate), one input
     per invoke as on the device (the model's first input and output)."""
