@@ -50,7 +50,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
-from pipeline.search.blockspace import (DEPTHS, EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON,
+from pipeline.search.blockspace import (EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON, SPACE,
                                         STEMS, WIDTH_MULTS, Frame, StageChoice, genotype_of, sample_distinct)
 from pipeline.search.cost import candidate_cost, genotype_cost
 from pipeline.search.proxy import proxy_accuracy
@@ -95,11 +95,11 @@ def genotype_arch(genotype, input_size: int) -> Arch:
 def suggest(trial, input_sizes) -> Tuple[Any, int]:
     """The genotype and input size of an Optuna trial's per-stage choices."""
     choices = []
-    for i in range(len(SKELETON)):
+    for i, slot in enumerate(SKELETON):
         choices.append(StageChoice(
             kernel=trial.suggest_categorical(f"s{i}_kernel", list(KERNELS)),
             expand=trial.suggest_categorical(f"s{i}_expand", list(EXPANSIONS)),
-            depth=trial.suggest_categorical(f"s{i}_depth", list(DEPTHS)),
+            depth=trial.suggest_categorical(f"s{i}_depth", list(SPACE.depths_of(slot))),
             width_mult=trial.suggest_categorical(f"s{i}_width", list(WIDTH_MULTS)),
             se=trial.suggest_categorical(f"s{i}_se", [False, True])))
     hswish = trial.suggest_categorical("hswish_from", list(HSWISH_FROM))
@@ -108,6 +108,16 @@ def suggest(trial, input_sizes) -> Tuple[Any, int]:
                   head_fc=trial.suggest_categorical("head_fc", list(HEAD_FCS)))
     size = trial.suggest_categorical("input_size", [int(n) for n in input_sizes])
     return genotype_of(choices, hswish, frame), int(size)
+
+
+def params_of(stages, hswish_from: int, frame: Frame, input_size: int) -> Dict[str, Any]:
+    """The sampler parameters :func:`suggest` turns into these choices (to enqueue a genotype)."""
+    params: Dict[str, Any] = {}
+    for i, c in enumerate(stages):
+        params.update({f"s{i}_kernel": c.kernel, f"s{i}_expand": c.expand, f"s{i}_depth": c.depth,
+                       f"s{i}_width": c.width_mult, f"s{i}_se": bool(c.se)})
+    return {**params, "hswish_from": hswish_from, "stem": frame.stem, "head": frame.head,
+            "head_fc": frame.head_fc, "input_size": int(input_size)}
 
 
 def excess(cost: Dict[str, Any], budget: Budget) -> float:
@@ -144,15 +154,22 @@ class TableScreen:
         """The table's prediction; None where the table does not apply, or where it lacks
         more than :data:`MEASURE_MISSING` of the genotype's parts (measuring them would
         cost more than one full emulation)."""
-        from pipeline.search.blocktable import calibrate, missing_parts, predict
+        from pipeline.search.blocktable import missing_parts
 
         if not self.applies:
             return None
-        geometry = self._geometry(input_size)
-        missing = missing_parts(genotype, geometry, self.device)
+        missing = missing_parts(genotype, self._geometry(input_size), self.device)
         if missing > MEASURE_MISSING:
             self.log(f"[search] the per-block table lacks {missing} parts of {genotype.key()}: emulating it whole")
             return None
+        return self.price(genotype, input_size)
+
+    def price(self, genotype, input_size: int) -> Dict[str, float]:
+        """The table's prediction, measuring whatever parts it lacks (the per-model
+        overhead calibrated first, once per input size)."""
+        from pipeline.search.blocktable import calibrate, predict
+
+        geometry = self._geometry(input_size)
         if input_size not in self._overhead:
             self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
                      f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")

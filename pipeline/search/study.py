@@ -36,7 +36,7 @@ from pipeline.latency.reference import noop
 from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
-from pipeline.search.blockstudy import BlockPhase, reference_rows
+from pipeline.search.blockstudy import BlockPhase, TableScreen, reference_rows
 from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
@@ -58,8 +58,13 @@ def study_key(recipe: Recipe, device: str, variant: str, budget: Budget) -> str:
     """A hash of what the stored trials depend on (not ``trials`` nor ``finalists``)."""
     d = recipe.to_dict()
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists", "time_budget_s")}
-    return json_hash({"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
-                      "cost_version": COST_VERSION}, 12)
+    key = {"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
+           "cost_version": COST_VERSION}
+    if recipe.search.space == "blocks":  # a changed block space starts its own study
+        from pipeline.search.blockspace import SPACE_VERSION
+
+        key["space_version"] = SPACE_VERSION
+    return json_hash(key, 12)
 
 
 @dataclass
@@ -335,9 +340,17 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
                 log: Log, t0: float):
     """The block space's trial phase, then the hand-designed reference; returns
     (study, rows, phase counts)."""
+    from pipeline.search.floor import below_floor, space_floor, warm_start
+
+    screen = TableScreen(recipe, device, variant, classes, budget, log)
+    floor = space_floor(recipe, device, variant, classes, screen, log)
+    error = below_floor(floor, budget, device, variant, root)
+    if error is not None:  # no proposal could pass gate 1: stop before anything is trained
+        raise error
     study = open_study(recipe, device, variant, budget, root, log)
-    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log)
-    counts = phase.run(t0)
+    warm_start(study, floor, budget, recipe.search.input_sizes, log)
+    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log, screen=screen)
+    counts = {**phase.run(t0), "floor": floor.to_dict()}
     counts["trial_phase_s"] = round(time.perf_counter() - t0, 1)
     stored = study.get_trials(deepcopy=False, states=_done_states())
     counts["rejected_by_table"] = len({t.user_attrs.get("candidate") for t in stored
