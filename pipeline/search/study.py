@@ -101,6 +101,23 @@ def _done_states():
     return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def make_sampler(recipe: Recipe):
+    """The study's sampler: TPE, seeded by the recipe.
+
+    On the grid its random start-up phase is replaced by distinct candidates in a seeded
+    random order (enqueued), so a small budget of trials never looks at one twice; when
+    the trials cover the space, every candidate is enqueued once (exhaustive). On the
+    block space a rejected proposal's constraint (``Trial.set_constraint``, how far over
+    budget) ranks it: TPE splits feasible trials by value, then infeasible ones by their
+    violation, so with few feasible trials the least infeasible ones are the "good"
+    group and proposals move toward cheaper genotypes (Optuna 5 reads the stored
+    constraints itself; its ``constraints_func`` argument is deprecated for this).
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+
+
 def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: Path, log: Log):
     """The study of this recipe, device, variant and budget (created or loaded)."""
     import optuna
@@ -109,10 +126,7 @@ def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(root / 'study.db').resolve()}"
     name = f"{recipe.build_name}-{device}-{variant}-{study_key(recipe, device, variant, budget)}"
-    # TPE, seeded. Its random start-up phase is replaced by distinct candidates in a seeded
-    # random order (enqueued), so a small budget of trials never looks at one twice; when
-    # the trials cover the space, every candidate is enqueued once (exhaustive).
-    sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+    sampler = make_sampler(recipe)
     pruner = None
     if recipe.search.space == "blocks":
         # The block space's rejected proposals carry a constraint (how far over budget),
