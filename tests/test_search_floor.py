@@ -141,9 +141,13 @@ def test_a_budget_near_the_floor_starts_at_the_floor(tmp_path, stand_in_table):
     assert proposed == g and size == 32
     # A generous budget, or a study that already has trials: no warm start.
     assert not fl.warm_start(study, floor, budget, [32], logs.append)
+    # A floor the device does not load neither stops the search nor starts it.
+    unloaded = fl.Floor(floor.candidate, floor.text, 32, float("inf"), "emulation (the device does not load it)")
+    assert fl.below_floor(unloaded, budget, "camera-a53", "int8-qat", tmp_path) is None
     generous = ss.Budget(3 * floor.latency_ms)
     empty = optuna.create_study(direction="maximize", sampler=se.make_sampler(recipe))
     assert not fl.warm_start(empty, floor, generous, [32], logs.append) and not empty.trials
+    assert not fl.warm_start(empty, unloaded, budget, [32], logs.append) and not empty.trials
 
 
 def test_rejected_proposals_move_the_sampler_toward_cheaper_genotypes(tmp_path, monkeypatch, stand_in_table):

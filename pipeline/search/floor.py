@@ -26,6 +26,7 @@ floor genotype is then the study's first proposal, and the constrained sampler s
 from a point within budget.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -90,7 +91,8 @@ def below_floor(floor: Floor, budget: Budget, device: str, variant: str,
     margin (nothing could pass gate 1), after writing ``search.json``; None otherwise."""
     from pipeline.store.atomic import atomic_write_json
 
-    if floor.latency_ms <= budget.latency_ms * (1 + SCREEN_MARGIN):
+    # A floor the device does not load says nothing of the other genotypes: the search goes on.
+    if not math.isfinite(floor.latency_ms) or floor.latency_ms <= budget.latency_ms * (1 + SCREEN_MARGIN):
         return None
     error = BudgetExceededError(
         f"the fastest genotype of this space is {floor.latency_ms:.3f} ms on {device} (latency budget "
@@ -106,7 +108,8 @@ def below_floor(floor: Floor, budget: Budget, device: str, variant: str,
 def warm_start(study, floor: Floor, budget: Budget, input_sizes, log: Log) -> bool:
     """Enqueues the floor genotype as a new study's first proposal when ``budget`` is
     under :data:`WARM_START_BELOW` x the floor; returns whether it did."""
-    if study.trials or budget.latency_ms >= WARM_START_BELOW * floor.latency_ms:
+    if study.trials or not math.isfinite(floor.latency_ms) or \
+            budget.latency_ms >= WARM_START_BELOW * floor.latency_ms:
         return False
     study.enqueue_trial(least_work_point(input_sizes)[2])
     log(f"[search] {budget.latency_ms:g} ms is under {WARM_START_BELOW:g} x the floor: the first proposal "
