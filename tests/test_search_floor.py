@@ -1,7 +1,7 @@
 """The block space's floor (pipeline.search.floor) and the constrained sampler, with a stand-in price.
 
-The emulated part costs are replaced by a multiply-accumulate count (what a part
-computes, in millions, as milliseconds), summed by the real per-block table
+The emulated costs are replaced by a multiply-accumulate count (what a part computes,
+in millions, as milliseconds), summed by the real per-block table
 (:func:`pipeline.search.blocktable.predict`) with a per-model overhead that falls
 with the number of parts, as the calibrated one does. So the floor, the stop before
 training and the sampler's response to rejections are checked in seconds.
@@ -101,11 +101,18 @@ def test_no_sampled_genotype_is_cheaper_than_the_floor(stand_in_table):
 
 
 def test_a_budget_under_the_floor_stops_before_training(tmp_path, monkeypatch, stand_in_table):
-    """The one line with the figure, exit code 1, no proposal, no training; --json prints
-    the outcome with the floor and the reason."""
+    """The one line with the figure, exit code 1, one emulation, no proposal, no training;
+    --json prints the outcome with the floor and the reason."""
     def never(*a, **k):
         raise AssertionError("nothing is emulated whole or trained under the floor")
 
+    emulated = []
+
+    def floor_cost(recipe, genotype, input_size, device, variant, classes, log):
+        emulated.append(variant)
+        return {"loaded": True, "latency_ms": _price(genotype, input_size), "memory_mb": 1.0, "size_kb": 10.0}
+
+    monkeypatch.setattr(fl, "genotype_cost", floor_cost)
     monkeypatch.setattr(bs, "genotype_cost", never)
     monkeypatch.setattr(bs, "proxy_accuracy", never)
     monkeypatch.setattr(se, "proxy_accuracy", never)
@@ -123,7 +130,8 @@ def test_a_budget_under_the_floor_stops_before_training(tmp_path, monkeypatch, s
     line = (f"the fastest genotype of this space is {floor:.3f} ms on camera-a53 (latency budget "
             f"{floor / 2:.4f} ms)")
     assert out["reason"].startswith(line) and out["chosen"] is None and out["rows"] == []
-    assert out["floor"]["latency_ms"] == pytest.approx(floor) and out["floor"]["priced_by"] == "per-block table"
+    assert out["floor"]["latency_ms"] == pytest.approx(floor) and emulated == ["int8-ptq"]  # one emulation
+    assert out["floor"]["priced_by"] == "emulation of its int8-ptq graph (a lower bound of the QAT graph's)"
     assert res.stderr.strip().splitlines() == [f"error: {out['reason']}"]
     assert not (tmp_path / "s" / "study.db").exists()  # no proposal was made
 
@@ -132,7 +140,7 @@ def test_a_budget_near_the_floor_starts_at_the_floor(tmp_path, stand_in_table):
     recipe = _recipe(tmp_path)
     logs = []
     g, _, _ = fl.least_work_point([32])
-    floor = fl.Floor(f"{g.key()}-32", g.text(), 32, _price(g), "per-block table")
+    floor = fl.Floor(f"{g.key()}-32", g.text(), 32, _price(g), "emulation of its int8-ptq graph")
     budget = ss.Budget(1.5 * floor.latency_ms)
     assert fl.below_floor(floor, budget, "camera-a53", "int8-qat", tmp_path) is None
     study = optuna.create_study(direction="maximize", sampler=se.make_sampler(recipe))

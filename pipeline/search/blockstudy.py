@@ -154,22 +154,15 @@ class TableScreen:
         """The table's prediction; None where the table does not apply, or where it lacks
         more than :data:`MEASURE_MISSING` of the genotype's parts (measuring them would
         cost more than one full emulation)."""
-        from pipeline.search.blocktable import missing_parts
+        from pipeline.search.blocktable import calibrate, missing_parts, predict
 
         if not self.applies:
             return None
-        missing = missing_parts(genotype, self._geometry(input_size), self.device)
+        geometry = self._geometry(input_size)
+        missing = missing_parts(genotype, geometry, self.device)
         if missing > MEASURE_MISSING:
             self.log(f"[search] the per-block table lacks {missing} parts of {genotype.key()}: emulating it whole")
             return None
-        return self.price(genotype, input_size)
-
-    def price(self, genotype, input_size: int) -> Dict[str, float]:
-        """The table's prediction, measuring whatever parts it lacks (the per-model
-        overhead calibrated first, once per input size)."""
-        from pipeline.search.blocktable import calibrate, predict
-
-        geometry = self._geometry(input_size)
         if input_size not in self._overhead:
             self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
                      f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")

@@ -1,29 +1,33 @@
 """The floor of the block space: the fastest genotype a device can run, known before any training.
 
 The genotype that computes least (:func:`pipeline.search.blockspace.least_work`) at the
-recipe's smallest input size is priced the way gate 1 prices every proposal
-(:mod:`pipeline.search.blockstudy`): by the per-block table, its missing parts measured
-now, where the table applies (one thread, a full-integer variant); by full emulation
-otherwise. Why no other genotype is cheaper:
+recipe's smallest input size is emulated once (:func:`pipeline.search.cost.genotype_cost`,
+cached), as gate 2 emulates a proposal (:mod:`pipeline.search.blockstudy`): its int8
+PTQ graph for ``int8-qat`` (the lower bound gate 2 checks first), the variant's own
+graph otherwise, at the recipe's threads. Why no other genotype is cheaper:
 
-* the table's prediction is additive: the sum of the parts' costs plus ``fixed +
-  per_part x parts`` (:func:`pipeline.search.blocktable.predict`); a part's cost
-  depends only on what it computes (its input shape and spec);
-* the choices are not independent stage by stage (a stage's width is the next
-  block's input channels; where hard-swish starts is one choice for all stages), but
-  every least option does a subset of the work of every other option of its choice,
-  in its own part and in the parts after it; a dropped stage removes a part, whose
-  cost is far above the per-part overhead the table subtracts for it.
+* every least option does a subset of the work of every other option of its choice,
+  in its own part and in the parts after it: a smaller kernel, expansion or width
+  (a stage's width is also the next block's input), no squeeze-excite, ReLU (fused
+  into the conv) instead of a separate hard-swish, a narrower stem and head, no
+  dense layer, a dropped stage, a smaller input;
+* the choices are not independent stage by stage, so "the cheapest option per
+  stage" needs this argument rather than a per-stage minimum; under an additive
+  price (the per-block table's sum of part costs plus ``fixed + per_part x parts``,
+  :func:`pipeline.search.blocktable.predict`) ``tests/test_search_floor.py`` checks it
+  against brute force and against sampled genotypes.
 
-So the floor is a lower bound of every proposal's gate-1 price (``tests/test_search_floor.py``
-checks it with a stand-in price against brute force and against sampled genotypes).
-A latency budget under it by more than gate 1's margin is met by no proposal: the
-search stops before anything is trained, with the figure.
+It is emulated rather than summed by the table: the figure is the one every budget is
+checked against, the table's calibration genotypes have 7-17 parts and the floor 6
+(an extrapolation of the per-part overhead), and on a device whose table is not
+calibrated yet one emulation takes seconds where calibrating takes minutes.
 
-A budget close to the floor (under :data:`WARM_START_BELOW` x the floor) leaves most
-of the space over budget, so uniform start-up proposals are mostly rejected: the
-floor genotype is then the study's first proposal, and the constrained sampler starts
-from a point within budget.
+A latency budget under the floor by more than the gates' margin is met by no proposal:
+the search stops before anything is trained, with the figure. A budget close to the
+floor (under :data:`WARM_START_BELOW` x the floor) leaves most of the space over
+budget, so uniform start-up proposals would mostly be rejected: the floor genotype
+is then the study's first proposal, and the constrained sampler starts from a point
+within budget.
 """
 
 import math
@@ -34,9 +38,10 @@ from typing import Any, Dict, Optional
 from pipeline.errors import BudgetExceededError, Log
 from pipeline.recipe.schema import Recipe
 from pipeline.search.blockspace import genotype_of, least_work
-from pipeline.search.blockstudy import SCREEN_MARGIN, TableScreen, genotype_arch, params_of
+from pipeline.search.blockstudy import SCREEN_MARGIN, genotype_arch, params_of
 from pipeline.search.cost import genotype_cost
 from pipeline.search.space import Budget
+from pipeline.variants import VARIANTS
 
 
 #: A budget under this many times the floor starts the study at the floor genotype.
@@ -51,7 +56,7 @@ class Floor:
     text: str           # the genotype in one line
     input_size: int
     latency_ms: float
-    priced_by: str      # "per-block table" or "emulation"
+    priced_by: str      # how: "emulation of its int8-ptq graph (...)"
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -64,31 +69,29 @@ def least_work_point(input_sizes):
     return genotype_of(stages, hswish, frame), size, params_of(stages, hswish, frame, size)
 
 
-def space_floor(recipe: Recipe, device: str, variant: str, classes: int, screen: TableScreen,
-                log: Log) -> Floor:
-    """The floor of the block space on ``device`` (priced as gate 1 prices a proposal).
+def space_floor(recipe: Recipe, device: str, variant: str, classes: int, log: Log) -> Floor:
+    """The floor of the block space on ``device`` for ``variant`` (one emulation, cached).
 
     Raises:
-        RuntimeIncompatibleError, DeviceUnavailableError: as the pricing does.
+        DeviceUnavailableError: the emulated run failed.
     """
     g, size, _ = least_work_point(recipe.search.input_sizes)
     name = genotype_arch(g, size).name
-    if screen.applies:
-        ms, how = float(screen.price(g, size)["latency_ms"]), "per-block table"
+    graph = "int8-ptq" if VARIANTS.get(variant).source == "qat" else variant
+    cost = genotype_cost(recipe, g, size, device, graph, classes, log)
+    how = f"emulation of its {graph} graph" + (" (a lower bound of the QAT graph's)" if graph != variant else "")
+    if not cost.get("loaded") or cost.get("latency_ms") is None:
+        ms, how = math.inf, f"{how}: the device does not load it"
     else:
-        cost = genotype_cost(recipe, g, size, device, variant, classes, log)
-        if not cost.get("loaded") or cost.get("latency_ms") is None:
-            ms, how = float("inf"), "emulation (the device does not load it)"
-        else:
-            ms, how = float(cost["latency_ms"]), "emulation"
-    log(f"[search] floor of the space on {device}: {name} ({g.text()}) {ms:.3f} ms ({how})")
+        ms = float(cost["latency_ms"])
+    log(f"[search] floor of the space on {device}: {name} ({g.text()}) {ms:.3f} ms, {how}")
     return Floor(name, g.text(), size, ms, how)
 
 
 def below_floor(floor: Floor, budget: Budget, device: str, variant: str,
                 root: Path) -> Optional[BudgetExceededError]:
-    """The error to raise when ``budget``'s latency is under the floor by more than gate 1's
-    margin (nothing could pass gate 1), after writing ``search.json``; None otherwise."""
+    """The error to raise when ``budget``'s latency is under the floor by more than the gates'
+    margin (no proposal could pass them), after writing ``search.json``; None otherwise."""
     from pipeline.store.atomic import atomic_write_json
 
     # A floor the device does not load says nothing of the other genotypes: the search goes on.
@@ -96,7 +99,7 @@ def below_floor(floor: Floor, budget: Budget, device: str, variant: str,
         return None
     error = BudgetExceededError(
         f"the fastest genotype of this space is {floor.latency_ms:.3f} ms on {device} (latency budget "
-        f"{budget.latency_ms:g} ms): {floor.candidate} ({floor.text}), priced by the {floor.priced_by}; "
+        f"{budget.latency_ms:g} ms): {floor.candidate} ({floor.text}), by {floor.priced_by}; "
         "no candidate was trained: loosen the budget")
     result = {"root": str(root), "device": device, "variant": variant, "budget": budget.to_dict(), "rows": [],
               "chosen": None, "floor": floor.to_dict(), "reason": str(error)}

@@ -36,7 +36,7 @@ from pipeline.latency.reference import noop
 from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
-from pipeline.search.blockstudy import BlockPhase, TableScreen, reference_rows
+from pipeline.search.blockstudy import BlockPhase, reference_rows
 from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
@@ -356,14 +356,13 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
     (study, rows, phase counts)."""
     from pipeline.search.floor import below_floor, space_floor, warm_start
 
-    screen = TableScreen(recipe, device, variant, classes, budget, log)
-    floor = space_floor(recipe, device, variant, classes, screen, log)
+    floor = space_floor(recipe, device, variant, classes, log)
     error = below_floor(floor, budget, device, variant, root)
     if error is not None:  # no proposal could pass gate 1: stop before anything is trained
         raise error
     study = open_study(recipe, device, variant, budget, root, log)
     warm_start(study, floor, budget, recipe.search.input_sizes, log)
-    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log, screen=screen)
+    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log)
     counts = {**phase.run(t0), "floor": floor.to_dict()}
     counts["trial_phase_s"] = round(time.perf_counter() - t0, 1)
     stored = study.get_trials(deepcopy=False, states=_done_states())
