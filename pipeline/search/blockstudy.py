@@ -27,9 +27,14 @@ at one of the recipe's input sizes. It passes three gates, cheapest first:
    the best ``1/reduction`` of its rung.
 
 The sampler is Optuna's TPE with constraints: a rejected proposal is stored as a
-pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget, so the sampler
-learns where the feasible region lies. ``search.trials`` counts trained candidates;
-proposals rejected at gate 1 or 2 are not counted.
+pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget.
+Optuna 5's TPE reads stored constraints itself: it ranks feasible trials first, then
+infeasible ones by their violation, so after rejections the least infeasible
+proposals are its "good" group and it proposes cheaper genotypes
+(:func:`pipeline.search.study.make_sampler`). Before any proposal the space's floor
+is priced (:mod:`pipeline.search.floor`): a budget under it stops the search, and a
+budget close to it starts the study at the floor genotype. ``search.trials`` counts
+trained candidates; proposals rejected at gate 1 or 2 are not counted.
 
 ``search.time_budget_s`` is the whole search's wall time, finalists and chosen build
 included: proposals are priced while time is left, but no candidate is trained

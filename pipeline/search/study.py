@@ -37,6 +37,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
 from pipeline.search.blockstudy import BlockPhase, reference_rows
+from pipeline.search.floor import below_floor, space_floor, warm_start
 from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
@@ -354,11 +355,9 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
                 log: Log, t0: float):
     """The block space's trial phase, then the hand-designed reference; returns
     (study, rows, phase counts)."""
-    from pipeline.search.floor import below_floor, space_floor, warm_start
-
     floor = space_floor(recipe, device, variant, classes, log)
     error = below_floor(floor, budget, device, variant, root)
-    if error is not None:  # no proposal could pass gate 1: stop before anything is trained
+    if error is not None:  # no proposal could pass the gates: stop before anything is trained
         raise error
     study = open_study(recipe, device, variant, budget, root, log)
     warm_start(study, floor, budget, recipe.search.input_sizes, log)
@@ -401,7 +400,8 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
     Raises:
         ConfigError: unknown device or variant, bad budget or trials.
         BudgetExceededError: no candidate looked at fits the budget (the message names
-            the cheapest one's cost).
+            the cheapest one's cost), or, for the block space, the latency budget is
+            under the space's floor (the message names it; nothing is trained).
         DeviceUnavailableError: an emulated run failed.
     """
     from pipeline.data import load_dataset
