@@ -126,10 +126,11 @@ class Genotype:
     stem_act: str = "hswish"
 
     def __post_init__(self):
-        for key in ("stem", "head"):
+        # A stem may be as narrow as 4 channels (a cheap first conv at full resolution).
+        for key, least in (("stem", 4), ("head", 8)):
             v = getattr(self, key)
-            if not _is_int(v) or not 8 <= v <= 4096:
-                raise ValueError(f"genotype: {key} must be an integer from 8 to 4096; got {v!r}")
+            if not _is_int(v) or not least <= v <= 4096:
+                raise ValueError(f"genotype: {key} must be an integer from {least} to 4096; got {v!r}")
         if not _is_int(self.head_fc) or not (self.head_fc == 0 or 8 <= self.head_fc <= 4096):
             raise ValueError(f"genotype: head_fc must be 0 or an integer from 8 to 4096; got {self.head_fc!r}")
         if self.stem_act not in ("relu", "relu6", "hswish"):

@@ -90,7 +90,9 @@ def test_block_space_choices():
         assert g.stem in blockspace.STEMS and g.head in blockspace.HEADS and g.head_fc in blockspace.HEAD_FCS
     frames = {(g.stem, g.head, g.head_fc) for g in blockspace.sample_distinct(0, 60)}
     assert len(frames) == 12  # every stem x head x dense choice is drawn
-    assert blockspace.space_size() == 144 ** 5 * 3 * 12
+    assert blockspace.space_size(blockspace.FIRST) == 144 ** 5 * 3 * 12
+    # The search's space: expansion 1, a 4-channel stem, and the stride-1 stage may be dropped.
+    assert blockspace.space_size() == 192 ** 4 * 256 * 3 * 18
     assert len({g.key() for g in blockspace.sample_distinct(1, 30)}) == 30
     assert [g.key() for g in blockspace.sample_distinct(1, 5)] == [g.key() for g in blockspace.sample_distinct(1, 5)]
     with pytest.raises(ValueError, match="stage 2 expand must be one of"):

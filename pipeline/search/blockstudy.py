@@ -27,9 +27,14 @@ at one of the recipe's input sizes. It passes three gates, cheapest first:
    the best ``1/reduction`` of its rung.
 
 The sampler is Optuna's TPE with constraints: a rejected proposal is stored as a
-pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget, so the sampler
-learns where the feasible region lies. ``search.trials`` counts trained candidates;
-proposals rejected at gate 1 or 2 are not counted.
+pruned trial whose constraint (``Trial.set_constraint``) is how far it is over budget.
+Optuna 5's TPE reads stored constraints itself: it ranks feasible trials first, then
+infeasible ones by their violation, so after rejections the least infeasible
+proposals are its "good" group and it proposes cheaper genotypes
+(:func:`pipeline.search.study.make_sampler`). Before any proposal the space's floor
+is priced (:mod:`pipeline.search.floor`): a budget under it stops the search, and a
+budget close to it starts the study at the floor genotype. ``search.trials`` counts
+trained candidates; proposals rejected at gate 1 or 2 are not counted.
 
 ``search.time_budget_s`` is the whole search's wall time, finalists and chosen build
 included: proposals are priced while time is left, but no candidate is trained
@@ -50,7 +55,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
-from pipeline.search.blockspace import (DEPTHS, EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON,
+from pipeline.search.blockspace import (EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON, SPACE,
                                         STEMS, WIDTH_MULTS, Frame, StageChoice, genotype_of, sample_distinct)
 from pipeline.search.cost import candidate_cost, genotype_cost
 from pipeline.search.proxy import proxy_accuracy
@@ -95,11 +100,11 @@ def genotype_arch(genotype, input_size: int) -> Arch:
 def suggest(trial, input_sizes) -> Tuple[Any, int]:
     """The genotype and input size of an Optuna trial's per-stage choices."""
     choices = []
-    for i in range(len(SKELETON)):
+    for i, slot in enumerate(SKELETON):
         choices.append(StageChoice(
             kernel=trial.suggest_categorical(f"s{i}_kernel", list(KERNELS)),
             expand=trial.suggest_categorical(f"s{i}_expand", list(EXPANSIONS)),
-            depth=trial.suggest_categorical(f"s{i}_depth", list(DEPTHS)),
+            depth=trial.suggest_categorical(f"s{i}_depth", list(SPACE.depths_of(slot))),
             width_mult=trial.suggest_categorical(f"s{i}_width", list(WIDTH_MULTS)),
             se=trial.suggest_categorical(f"s{i}_se", [False, True])))
     hswish = trial.suggest_categorical("hswish_from", list(HSWISH_FROM))
@@ -108,6 +113,16 @@ def suggest(trial, input_sizes) -> Tuple[Any, int]:
                   head_fc=trial.suggest_categorical("head_fc", list(HEAD_FCS)))
     size = trial.suggest_categorical("input_size", [int(n) for n in input_sizes])
     return genotype_of(choices, hswish, frame), int(size)
+
+
+def params_of(stages, hswish_from: int, frame: Frame, input_size: int) -> Dict[str, Any]:
+    """The sampler parameters :func:`suggest` turns into these choices (to enqueue a genotype)."""
+    params: Dict[str, Any] = {}
+    for i, c in enumerate(stages):
+        params.update({f"s{i}_kernel": c.kernel, f"s{i}_expand": c.expand, f"s{i}_depth": c.depth,
+                       f"s{i}_width": c.width_mult, f"s{i}_se": bool(c.se)})
+    return {**params, "hswish_from": hswish_from, "stem": frame.stem, "head": frame.head,
+            "head_fc": frame.head_fc, "input_size": int(input_size)}
 
 
 def excess(cost: Dict[str, Any], budget: Budget) -> float:

@@ -37,6 +37,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
 from pipeline.search.blockstudy import BlockPhase, reference_rows
+from pipeline.search.floor import below_floor, space_floor, warm_start
 from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
 from pipeline.search.recipes import chosen_recipe, recipe_yaml
 from pipeline.search.space import Budget, Candidate, check_variant, space
@@ -58,8 +59,13 @@ def study_key(recipe: Recipe, device: str, variant: str, budget: Budget) -> str:
     """A hash of what the stored trials depend on (not ``trials`` nor ``finalists``)."""
     d = recipe.to_dict()
     d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists", "time_budget_s")}
-    return json_hash({"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
-                      "cost_version": COST_VERSION}, 12)
+    key = {"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
+           "cost_version": COST_VERSION}
+    if recipe.search.space == "blocks":  # a changed block space starts its own study
+        from pipeline.search.blockspace import SPACE_VERSION
+
+        key["space_version"] = SPACE_VERSION
+    return json_hash(key, 12)
 
 
 @dataclass
@@ -96,6 +102,23 @@ def _done_states():
     return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
+def make_sampler(recipe: Recipe):
+    """The study's sampler: TPE, seeded by the recipe.
+
+    On the grid its random start-up phase is replaced by distinct candidates in a seeded
+    random order (enqueued), so a small budget of trials never looks at one twice; when
+    the trials cover the space, every candidate is enqueued once (exhaustive). On the
+    block space a rejected proposal's constraint (``Trial.set_constraint``, how far over
+    budget) ranks it: TPE splits feasible trials by value, then infeasible ones by their
+    violation, so with few feasible trials the least infeasible ones are the "good"
+    group and proposals move toward cheaper genotypes (Optuna 5 reads the stored
+    constraints itself; its ``constraints_func`` argument is deprecated for this).
+    """
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+
+
 def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: Path, log: Log):
     """The study of this recipe, device, variant and budget (created or loaded)."""
     import optuna
@@ -104,10 +127,7 @@ def open_study(recipe: Recipe, device: str, variant: str, budget: Budget, root: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(root / 'study.db').resolve()}"
     name = f"{recipe.build_name}-{device}-{variant}-{study_key(recipe, device, variant, budget)}"
-    # TPE, seeded. Its random start-up phase is replaced by distinct candidates in a seeded
-    # random order (enqueued), so a small budget of trials never looks at one twice; when
-    # the trials cover the space, every candidate is enqueued once (exhaustive).
-    sampler = optuna.samplers.TPESampler(seed=recipe.seed, n_startup_trials=TPE_STARTUP)
+    sampler = make_sampler(recipe)
     pruner = None
     if recipe.search.space == "blocks":
         # The block space's rejected proposals carry a constraint (how far over budget),
@@ -335,9 +355,14 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
                 log: Log, t0: float):
     """The block space's trial phase, then the hand-designed reference; returns
     (study, rows, phase counts)."""
+    floor = space_floor(recipe, device, variant, classes, log)
+    error = below_floor(floor, budget, device, variant, root)
+    if error is not None:  # no proposal could pass the gates: stop before anything is trained
+        raise error
     study = open_study(recipe, device, variant, budget, root, log)
+    warm_start(study, floor, budget, recipe.search.input_sizes, log)
     phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log)
-    counts = phase.run(t0)
+    counts = {**phase.run(t0), "floor": floor.to_dict()}
     counts["trial_phase_s"] = round(time.perf_counter() - t0, 1)
     stored = study.get_trials(deepcopy=False, states=_done_states())
     counts["rejected_by_table"] = len({t.user_attrs.get("candidate") for t in stored
@@ -375,7 +400,8 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
     Raises:
         ConfigError: unknown device or variant, bad budget or trials.
         BudgetExceededError: no candidate looked at fits the budget (the message names
-            the cheapest one's cost).
+            the cheapest one's cost), or, for the block space, the latency budget is
+            under the space's floor (the message names it; nothing is trained).
         DeviceUnavailableError: an emulated run failed.
     """
     from pipeline.data import load_dataset
