@@ -123,8 +123,17 @@ def test_the_build_records_the_measured_latency_beside_the_estimate(measured_bui
     assert f"{m.mean_ms:.2f} ± {m.std_ms:.2f}" in report and f"(measured on {m.target})" in report
     on_disk = json.loads((root / "summary.json").read_text())
     assert on_disk["devices"][entry]["float32"]["measured"]["mean_ms"] == m.mean_ms
+    card = (root / "bundle" / "MODEL_CARD.md").read_text()
+    assert "| est. latency ms | measured ms |" in card and f"{m.target}: 5 runs" in card
     stages = json.loads((root / "manifest.json").read_text())["stages"]
     assert f"measure/{entry}/float32" in stages and f"device/{PROFILE}/float32" in stages
+    # The manifest alone (an unfinished build) gives the same measured figures to compare.
+    from pipeline.gate.snapshot import load_snapshot
+
+    (from_manifest,), (from_summary,) = (load_snapshot(p).devices[entry].values()
+                                         for p in (root / "manifest.json", root))
+    assert from_manifest.measured_ms == from_summary.measured_ms == m.mean_ms
+    assert from_manifest.measured_target == from_summary.measured_target == m.target
 
 
 @pytest.mark.device
@@ -165,3 +174,51 @@ def test_a_board_that_drops_the_connection_fails_the_build_and_keeps_its_stages(
     assert {k: v["key"] for k, v in after.items()} == {k: v["key"] for k, v in before.items()}
     assert not (out / "summary.json").exists()  # no figures of a build that did not finish
     assert not [p for p in (out / "devices").rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+
+
+# -- compare: measured against measured where both sides have it ------------------------------
+
+def snapshot(latency_ms, measured_ms=None, std_ms=None, target="ssh://pi@camera-7"):
+    from pipeline.gate.snapshot import DeviceFigures, HostFigures, Snapshot
+
+    dev = DeviceFigures(loaded=True, latency_ms=latency_ms, measured_ms=measured_ms, measured_std_ms=std_ms,
+                        measured_runs=None if measured_ms is None else 50,
+                        measured_target=None if measured_ms is None else target)
+    return Snapshot("s", "build", "realbuild", {"float32": HostFigures(top1=50.0)},
+                    {f"rpi4@{target}": {"float32": dev}})
+
+
+def latency_check(base, cur):
+    from pipeline.gate.compare import compare_snapshots
+
+    (c,) = [c for c in compare_snapshots(base, cur).checks if c.metric == "latency_ms"]
+    return c
+
+
+@pytest.mark.parametrize("cur_ms, cur_std, status", [
+    (10.9, 0.1, "ok"),           # within 10% of 10 ms
+    (11.5, 0.1, "regression"),   # beyond 10% and 2 x std (0.14 ms)
+    (11.5, 0.8, "ok"),           # noisy runs: 2 x hypot(0.1, 0.8) = 1.6 ms allowed
+    (8.5, 0.1, "improved"),
+])
+def test_compare_uses_the_measured_latency_with_a_noise_allowance(cur_ms, cur_std, status):
+    # The estimates are equal: only the measured figure decides.
+    c = latency_check(snapshot(1.0, 10.0, 0.1), snapshot(1.0, cur_ms, cur_std))
+    assert c.status == status and c.label == "measured latency ms"
+    assert c.message.startswith("measured on ssh://pi@camera-7: ") and "x std" in c.message
+
+
+def test_compare_falls_back_to_the_estimates_and_says_so():
+    c = latency_check(snapshot(1.0, 10.0, 0.1), snapshot(1.5))  # measured in the baseline only
+    assert c.status == "regression" and c.label == "est. latency ms"
+    assert c.message.startswith("estimated: ") and c.message.endswith("(measured only in the baseline)")
+
+
+def test_a_baseline_keeps_the_measured_figures(tmp_path):
+    from pipeline.gate.baseline import baseline_dict
+    from pipeline.gate.snapshot import load_snapshot
+
+    path = tmp_path / "baseline.json"
+    path.write_text(json.dumps(baseline_dict(snapshot(1.0, 10.0, 0.1))))
+    (dev,) = load_snapshot(path).devices.values()
+    assert dev["float32"].measured_ms == 10.0 and dev["float32"].measured_std_ms == 0.1
