@@ -167,7 +167,7 @@ def device_figures(devices: Mapping[str, Mapping[str, DeviceSummary]], variant: 
             "bit_exact_fraction": rec.exact_fraction,
             "top1_agreement_with_host": rec.top1_agreement,
             # Timed on the real device the entry names (rpi4@ssh://...); None: emulated only.
-            "measured_latency": rec.measured.to_dict() if rec.measured is not None else None,
+            "measured": rec.measured.to_dict() if rec.measured is not None else None,
         }
     return out
 

@@ -189,7 +189,7 @@ def _runtimes(meta: Mapping[str, Any]) -> List[str]:
     if not devs:
         return lines + ["No emulated-device results in this build.", ""]
     estimates = {name: _estimate(d) for name, d in devs.items()}
-    measured = {name: d.get("measured_latency") for name, d in devs.items() if d.get("measured_latency")}
+    measured = {name: d.get("measured") for name, d in devs.items() if d.get("measured")}
     rows = []
     for name, d in devs.items():
         loads = "yes" if d["loads"] else f"no ({d['load_error_op']} v{d['load_error_op_version']})"
