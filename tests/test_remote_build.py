@@ -60,6 +60,8 @@ def test_remote_settings_are_strict_and_need_a_real_device():
         DevicesConfig(targets=("rpi4@ssh://pi@b",), remote=RemoteConfig(runs=0)).validate("recipe.devices")
     with pytest.raises(ConfigError, match="applies to real devices, and no targets entry names one"):
         DevicesConfig(targets=("rpi4",), remote=RemoteConfig(runs=3)).validate("recipe.devices")
+    with pytest.raises(ConfigError, match="recipe.devices.remote.warmup: an adb target's benchmark_model"):
+        DevicesConfig(targets=("pixel4@adb://R58",), remote=RemoteConfig(warmup=0)).validate("recipe.devices")
     with pytest.raises(ConfigError, match="duplicate entries"):
         DevicesConfig(targets=("rpi4", "rpi4")).validate("recipe.devices")
 

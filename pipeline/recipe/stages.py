@@ -275,6 +275,9 @@ class DevicesConfig:
         if self.remote != RemoteConfig() and not any(e.target for e in entries):
             raise ConfigError(f"{where}.remote: applies to real devices, and no targets entry names one "
                               f"(PROFILE@ssh://[USER@]HOST[:PORT] or PROFILE@adb://SERIAL)")
+        if self.remote.warmup < 1 and any(e.target and e.target.url().startswith("adb://") for e in entries):
+            raise ConfigError(f"{where}.remote.warmup: an adb target's benchmark_model always runs at least one "
+                              f"warm-up inference: expected 1 or more, got {self.remote.warmup}")
 
     @property
     def entries(self) -> Tuple[DeviceEntry, ...]:
