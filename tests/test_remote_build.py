@@ -210,6 +210,14 @@ def test_compare_uses_the_measured_latency_with_a_noise_allowance(cur_ms, cur_st
     assert c.message.startswith("measured on ssh://pi@camera-7: ") and "x std" in c.message
 
 
+def test_the_markdown_marks_a_measured_latency():
+    from pipeline.gate.compare import compare_snapshots
+    from pipeline.gate.junit import format_markdown
+
+    text = format_markdown(compare_snapshots(snapshot(1.0, 10.0, 0.1), snapshot(1.0, 11.5, 0.1)))
+    assert "| latency ms |" in text and "10.000 -> 11.500 (+15.00%) **REGRESSED** (measured) |" in text
+
+
 def test_compare_falls_back_to_the_estimates_and_says_so():
     c = latency_check(snapshot(1.0, 10.0, 0.1), snapshot(1.5))  # measured in the baseline only
     assert c.status == "regression" and c.label == "est. latency ms"

@@ -68,8 +68,10 @@ def format_markdown(comp: Comparison) -> str:
             for v in union(comp.baseline.devices.get(dev, {}), comp.current.devices.get(dev, {})):
                 rows.append([dev, v, _cell(index.get((dev, v, "loads")))]
                             + [_cell(index.get((dev, v, m.key))) for m in dev_m])
-        lines += [""] + Table(["device", "variant", "loads"] + [m.label for m in dev_m], rows,
-                              "lll" + "r" * len(dev_m)).markdown()
+        # A column that holds a measured latency is no longer only the estimate's.
+        measured = any(c.metric_def is MEASURED_LATENCY for c in comp.checks)
+        labels = ["latency ms" if measured and m.key == "latency_ms" else m.label for m in dev_m]
+        lines += [""] + Table(["device", "variant", "loads"] + labels, rows, "lll" + "r" * len(dev_m)).markdown()
     if regs:
         lines += ["", "**Regressions**", ""]
         lines += [f"- {c.where} / {c.variant}: {c.label}: {c.message}" for c in regs]
