@@ -284,11 +284,65 @@ def unvalidated_note(estimates: Iterable[LatencyEstimate]) -> Optional[str]:
 
 
 @dataclass(frozen=True)
+class MeasuredLatency(Record):
+    """The deploy variant timed on the real device of a ``PROFILE@ssh://...`` or
+    ``PROFILE@adb://...`` entry (:mod:`pipeline.devices.remote`), beside the profile's estimate.
+
+    Times are of single inferences in milliseconds: ``mean_ms`` over ``runs`` timed runs
+    after ``warmup`` untimed ones, ``std_ms`` their standard deviation. A model the
+    device's runtime refuses has ``loaded`` False, its ``verdict``, and no times.
+    """
+
+    target: str
+    loaded: bool
+    verdict: str
+    runtime: str
+    threads: int
+    runs: int
+    warmup: int
+    mean_ms: Optional[float] = None
+    std_ms: Optional[float] = None
+    min_ms: Optional[float] = None
+    max_ms: Optional[float] = None
+    device: Optional[str] = None
+    top1: Optional[float] = None
+    outputs_agree: Optional[bool] = None
+    measured_at: str = ""
+
+    @property
+    def basis(self) -> str:
+        """How a latency verdict names this figure: ``measured on <target>``."""
+        return f"measured on {self.target}"
+
+    def text(self) -> str:
+        """One line: mean, spread, runs and where (or why there is no time)."""
+        if not self.loaded or self.mean_ms is None:
+            return f"not measured on {self.target}: {self.verdict}"
+        return (f"{self.mean_ms:.2f} ms (std {_num(self.std_ms, '.2f')} ms, {self.runs} runs, {self.threads} "
+                f"thread{'s' if self.threads != 1 else ''}, {self.runtime}) {self.basis}")
+
+
+#: The column of a measured latency, beside :data:`LATENCY_HEADERS`' estimate.
+MEASURED_HEADER = "measured ms"
+
+
+def measured_cell(figures: Any) -> str:
+    """The measured-latency cell of a device result: ``mean ± std`` ms, ``not loadable``, or ``-``."""
+    m = figures.measured
+    if m is None:
+        return "-"
+    if m.mean_ms is None:
+        return "not loadable"
+    return f"{m.mean_ms:.2f} ± {_num(m.std_ms, '.2f')}"
+
+
+@dataclass(frozen=True)
 class DeviceSummary(Record):
     """What one variant did on one emulated device (see :mod:`pipeline.build.matrix`).
 
     The ``latency_*`` fields (:data:`LATENCY_FIELDS`) are estimated afresh each build
     from the recorded run; they are None in summaries written before they existed.
+    ``measured`` is the latency measured on the real device the entry names, if any.
     """
 
     loaded: bool
@@ -313,6 +367,7 @@ class DeviceSummary(Record):
     latency_model: Optional[str] = None
     latency_cycles: Optional[float] = None
     latency_ipc: Optional[float] = None
+    measured: Optional[MeasuredLatency] = None  # entries that name a real device; None in older summaries
 
     @property
     def latency(self) -> LatencyEstimate:
@@ -336,6 +391,7 @@ class BudgetResult(Record):
     unit: str
     ok: bool
     unvalidated: bool = False  # the measured value is an unvalidated latency estimate
+    basis: Optional[str] = None  # a latency's: "measured on <target>" or "estimated"; None for other budgets
 
     @property
     def direction(self) -> str:

@@ -191,7 +191,10 @@ def test_every_threshold_has_an_option():
     assert res.exit_code == 0
     for t in THRESHOLDS.values():
         assert t.option in res.output
-    used = {m.rel for m in METRICS} | {m.abs_ for m in METRICS}
+    from pipeline.gate.thresholds import MEASURED_LATENCY
+
+    metrics = (*METRICS, MEASURED_LATENCY)
+    used = {m.rel for m in metrics} | {m.abs_ for m in metrics} | {"measured_noise_sigmas"}
     assert set(THRESHOLDS) == used - {None}
 
 

@@ -4,6 +4,12 @@ Each (device, variant) pair is its own cached stage (``device/<device>/<variant>
 writing ``devices/<device>/<variant>.json``. Pairs that are not cached run in a
 process pool (the emulated runs are independent and single-threaded), then each
 is recorded in the manifest as it finishes.
+
+An entry that also names a real device (``rpi4@ssh://pi@camera-7``) has its profile's
+results, and the deploy variant is then measured on the device: one cached stage
+``measure/<entry>/<variant>`` writing ``devices/measured/<entry>/<variant>.json``
+(:mod:`pipeline.devices.remote.entry`). Emulated runs come first, so a device that
+cannot be reached costs none of them on the next build.
 """
 
 import concurrent.futures as cf
@@ -11,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -18,8 +25,8 @@ import numpy as np
 
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
-from pipeline.summary import (LATENCY_ALIGN, LATENCY_FIELDS, LATENCY_HEADERS, BuildSummary, DeviceSummary,
-                              VariantSummary)
+from pipeline.summary import (LATENCY_ALIGN, LATENCY_FIELDS, LATENCY_HEADERS, MEASURED_HEADER, BuildSummary,
+                              DeviceSummary, MeasuredLatency, VariantSummary, measured_cell)
 from pipeline.table import Table
 from pipeline.errors import Log
 
@@ -59,7 +66,7 @@ def device_metrics(result: Dict[str, Any]) -> DeviceSummary:
 
 # Latency and its provenance are not part of a device stage's record: they are estimated
 # afresh from the recorded run each build, so a new latency model re-runs no emulation.
-_NOT_RECORDED = LATENCY_FIELDS + ("threads",)
+_NOT_RECORDED = LATENCY_FIELDS + ("threads", "measured")
 
 
 def stage_record(summary: DeviceSummary) -> Dict[str, Any]:
@@ -77,26 +84,49 @@ def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) ->
 
 def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], splits,
                       stage, log: Log) -> Dict[str, Dict[str, DeviceSummary]]:
-    """Runs every variant on every target device; returns ``{device: {variant: result}}``.
+    """Runs every variant on every emulated profile of the recipe's targets, then measures
+    the deploy variant on each real device an entry names (``rpi4@ssh://pi@camera-7``).
 
     Args:
         variants: the build's evaluated variants (their ``.tflite`` paths are run).
         stage: the build's :class:`pipeline.build.StageRunner` (records and caches each pair).
+
+    Returns:
+        ``{entry: {variant: result}}``, an entry's results being its profile's, with the
+        measured latency (``measured``) on its deploy variant when it names a real device.
+
+    Raises:
+        DeviceUnavailableError: a real device cannot be reached or dropped the connection
+            (the emulated results are recorded in the manifest by then).
     """
+    d = recipe.devices
+    n = min(d.samples, len(splits.x_test))
+    x, y = splits.x_test[:n], splits.y_test[:n]
+    data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+    emulated = _run_emulated(recipe, root, variants, x, y, data_key, stage, log)
+    results = {e.text: dict(emulated[e.profile]) for e in d.entries}
+    measured = _measure_real(recipe, root, variants, x, y, data_key, stage, log)
+    for entry, m in measured.items():
+        results[entry][recipe.deploy_variant] = dataclasses.replace(results[entry][recipe.deploy_variant],
+                                                                    measured=m)
+    return results
+
+
+def _run_emulated(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], x: np.ndarray, y: np.ndarray,
+                  data_key: str, stage, log: Log) -> Dict[str, Dict[str, DeviceSummary]]:
+    """Every variant on every emulated profile: ``{profile: {variant: result}}``."""
     from pipeline.devices.profiles import get_device
     from pipeline.devices.check import host_reference
     from pipeline.devices.host_twin import ensure_twins
     from pipeline.devices.runtime import ensure_runtime, runtime_key
 
     d = recipe.devices
-    profiles = {name: get_device(name) for name in d.targets}  # unknown names fail before any work
+    profiles = {name: get_device(name) for name in d.profiles}  # unknown names fail before any work
     ensure_runtime(progress=log)
     ensure_twins(progress=log)
-    n = min(d.samples, len(splits.x_test))
-    x, y = splits.x_test[:n], splits.y_test[:n]
-    pairs: List[Tuple[str, str]] = [(dev, v) for dev in d.targets for v in variants]
+    n = len(x)
+    pairs: List[Tuple[str, str]] = [(dev, v) for dev in profiles for v in variants]
     rt_key = runtime_key()
-    data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
 
     def cfg(dev):
         # Profiles hold no latency model (pipeline.latency): a new model or calibration
@@ -115,7 +145,7 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
         pool = cf.ProcessPoolExecutor(max_workers=d.workers, mp_context=multiprocessing.get_context("spawn"))
         for dev, v in pending:
             futures[(dev, v)] = pool.submit(_run_one, variants[v].path, dev, x, y, str(out_of[(dev, v)]))
-    results: Dict[str, Dict[str, DeviceSummary]] = {dev: {} for dev in d.targets}
+    results: Dict[str, Dict[str, DeviceSummary]] = {dev: {} for dev in profiles}
     try:
         for dev, v in pairs:
             def work(dev=dev, v=v):
@@ -134,6 +164,38 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
         if futures:
             pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def measured_path(root: Path, entry: str, variant: str) -> Path:
+    """Where a build keeps the full measurement of ``variant`` on the real device of ``entry``."""
+    return root / "devices" / "measured" / re.sub(r"[^A-Za-z0-9._@-]", "_", entry) / f"{variant}.json"
+
+
+def _measure_real(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], x: np.ndarray, y: np.ndarray,
+                  data_key: str, stage, log: Log) -> Dict[str, MeasuredLatency]:
+    """The deploy variant timed on the real device of every entry that names one, each its
+    own cached stage ``measure/<entry>/<variant>``: ``{entry: figures}``."""
+    from pipeline.devices.remote import store
+    from pipeline.devices.remote.entry import entry_key, measure_entry, measured_latency
+
+    d, v = recipe.devices, recipe.deploy_variant
+    model = Path(variants[v].path)
+    out: Dict[str, MeasuredLatency] = {}
+    for e in (e for e in d.entries if e.target is not None):
+        name, path = f"measure/{e.text}/{v}", measured_path(root, e.text, v)
+
+        def work(e=e, name=name, path=path):
+            log(f"[{name}] {d.remote.warmup} warm-up and {d.remote.runs} timed runs on {e.target.url()}...")
+            m = measure_entry(model, e, d.remote, d.threads, x, y, progress=log)
+            if m.loaded:
+                store.append(m)  # the local store of measured points, as `device run --target` does
+            atomic_write_json(path, m.to_dict())
+            return measured_latency(m).to_dict()
+
+        key = {**entry_key(e, d.remote, d.threads), "samples": len(x), "data": data_key}
+        out[e.text] = MeasuredLatency.from_dict(stage(name, key, {"tflite": model}, {"result": path}, work), name)
+        log(f"[{name}] {out[e.text].text()}")
+    return out
 
 
 def with_latency(m: DeviceSummary, result: Dict[str, Any], device: str, threads: int) -> DeviceSummary:
@@ -174,10 +236,12 @@ def _integer_compute(variant: str, m: DeviceSummary) -> bool:
 
 def device_table(summary: BuildSummary) -> str:
     """Markdown table: one row per device x variant of ``summary``, with the latency's
-    provenance and, when a latency is unvalidated, the footnote of its mark."""
+    provenance and, when a latency is unvalidated, the footnote of its mark; a
+    ``measured ms`` column beside the estimate when an entry names a real device."""
     def f(val, fmt):
         return format(val, fmt) if val is not None else "-"
 
+    measured = any(m.measured is not None for per in summary.devices.values() for m in per.values())
     rows = []
     for dev, per_variant in summary.devices.items():
         for v, m in per_variant.items():
@@ -192,8 +256,12 @@ def device_table(summary: BuildSummary) -> str:
             # is bit-exact or not even when dequantized to float; a float model's is not
             # expected to be (other kernels round differently): its max |diff| says more.
             exact = f(m.exact_fraction, ".0%") if _integer_compute(v, m) else "n/a (float)"
-            rows.append([dev, v, "yes", f(m.top1, ".1f"), f(instr, ".3f"), *m.latency.cells(), exact,
+            cells = m.latency.cells()
+            rows.append([dev, v, "yes", f(m.top1, ".1f"), f(instr, ".3f"), cells[0],
+                         *([measured_cell(m)] if measured else []), *cells[1:], exact,
                          f(m.max_abs_diff, ".2g"), f(mem, ".2f")])
-    lines = Table(["device", "variant", "loads", "top-1 %", "M instr / inference", *LATENCY_HEADERS, "bit-exact",
-                   "max abs diff", "memory MiB"], rows, "lllrr" + LATENCY_ALIGN + "rrr").markdown()
+    head = [LATENCY_HEADERS[0], *([MEASURED_HEADER] if measured else []), *LATENCY_HEADERS[1:]]
+    align = LATENCY_ALIGN[0] + ("r" if measured else "") + LATENCY_ALIGN[1:]
+    lines = Table(["device", "variant", "loads", "top-1 %", "M instr / inference", *head, "bit-exact",
+                   "max abs diff", "memory MiB"], rows, "lllrr" + align + "rrr").markdown()
     return "\n".join(lines) + (f"\n\n{summary.latency_note}" if summary.latency_note else "")

@@ -32,6 +32,23 @@ def _size_ratio(s: BuildSummary, v: str) -> Optional[float]:
     return None if variant is None or base is None or not base.size_bytes else variant.size_bytes / base.size_bytes
 
 
+def _latency(s: BuildSummary, device: str) -> Optional[float]:
+    """The deploy variant's mean latency measured on the entry's real device where there is
+    one (a device that refused the model: not measured), else the estimate."""
+    result = s.device(device)
+    if result is None:
+        return None
+    if result.measured is not None:
+        return result.measured.mean_ms
+    return result.latency_ms
+
+
+def latency_basis(s: BuildSummary, device: str) -> str:
+    """What a latency budget on ``device`` was checked against: ``measured on <target>`` or ``estimated``."""
+    result = s.device(device)
+    return result.measured.basis if result is not None and result.measured is not None else "estimated"
+
+
 def _device_metric(key: str, scale: float = 1.0):
     def measure(s: BuildSummary, device: str) -> Optional[float]:
         result = s.device(device)  # the deploy variant's
@@ -49,7 +66,7 @@ MEASURES: Dict[str, Measure] = {
     "max_size_ratio": _size_ratio,
     "min_sparsity": _variant_metric("zeros_prunable"),
     "max_unique_values": _variant_metric("max_unique_per_kernel"),
-    "max_latency_ms": _device_metric("latency_ms"),
+    "max_latency_ms": _latency,
     "max_minstructions": _device_metric("instructions_per_inference", 1e-6),
     "max_memory_mb": _device_metric("peak_memory_bytes", 1 / (1024 * 1024)),
     "min_device_top1": _device_metric("top1"),
@@ -66,6 +83,7 @@ class BudgetCheck:
     measured: Optional[float]
     unit: str
     unvalidated: bool = False  # an estimated latency of a core/format the fit never saw
+    basis: Optional[str] = None  # latency only: "measured on <target>" or "estimated"
 
     @property
     def direction(self) -> str:
@@ -80,7 +98,7 @@ class BudgetCheck:
     def to_result(self) -> BudgetResult:
         """The verdict as the build summary records it."""
         return BudgetResult(self.budget, self.subject, self.limit, self.measured, self.unit, self.ok,
-                            self.unvalidated)
+                            self.unvalidated, self.basis)
 
     def to_dict(self) -> Dict[str, Any]:
         return self.to_result().to_dict()
@@ -89,6 +107,10 @@ class BudgetCheck:
 def check_budgets(budgets: Mapping[str, Any], summary: BuildSummary,
                   devices: Sequence[str] = ()) -> List[BudgetCheck]:
     """Measures every budget of the recipe against a build's figures.
+
+    A latency budget on an entry that names a real device (``rpi4@ssh://pi@camera-7``)
+    is checked against the mean latency measured there, else against the estimate; its
+    verdict says which (``basis``).
 
     Args:
         budgets: the recipe's ``budgets`` mapping (validated by :func:`validate_budgets`).
@@ -106,8 +128,11 @@ def check_budgets(budgets: Mapping[str, Any], summary: BuildSummary,
             else:
                 names = [subject]
             for name in names:
+                latency = key == "max_latency_ms"
+                basis = latency_basis(summary, name) if latency else None
                 checks.append(BudgetCheck(key, name, float(limit), MEASURES[key](summary, name), kind.unit,
-                                          key == "max_latency_ms" and _unvalidated(summary, name)))
+                                          latency and basis == "estimated" and _unvalidated(summary, name),
+                                          basis))
     return checks
 
 
@@ -124,6 +149,8 @@ def format_budget_table(checks: Sequence[Union[BudgetCheck, BudgetResult]]) -> s
         measured = "not measured" if c.measured is None else f"{c.measured:.4g} {c.unit}"
         if c.unvalidated and c.measured is not None:
             measured += f" {UNVALIDATED_MARK}"
+        if c.basis and c.measured is not None:
+            measured += f" ({c.basis})"
         rows.append([c.budget, c.subject, f"{op} {c.limit:g} {c.unit}", measured, "ok" if c.ok else "MISSED"])
     lines = Table(["budget", "subject", "limit", "measured", "result"], rows, "lllll").markdown()
     if any(c.unvalidated for c in checks):

@@ -6,7 +6,13 @@
 baseline``) and checks, for every variant on the host and every variant x device:
 
     host:    top-1, file size, gzip size
-    device:  loads, top-1, instructions per inference, estimated latency, peak memory
+    device:  loads, top-1, instructions per inference, latency, peak memory
+
+Latency is the one measured on a real device where both sides have it (an entry such
+as ``rpi4@ssh://pi@camera-7``): a noisy figure, allowed to rise by
+``max(max_measured_latency_increase * baseline, max_measured_latency_increase_ms,
+measured_noise_sigmas * hypot(std_baseline, std_current))``; else the estimates are
+compared. Each latency check's message starts with ``measured on <target>`` or ``estimated``.
 
 Each check allows a change of ``max(absolute, relative * |baseline|)`` in the bad
 direction (:data:`pipeline.gate.thresholds.THRESHOLDS`); a larger bad change is a
@@ -27,17 +33,19 @@ baseline files are written by :mod:`pipeline.gate.baseline`.
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
 from pipeline.gate.snapshot import DeviceFigures, Snapshot, load_snapshot
-from pipeline.gate.thresholds import (DEFAULT_THRESHOLDS, DEVICE_METRICS, HOST_METRICS, Metric, allowed_text,
-                                      delta_text, format_value, validate_thresholds)
+from pipeline.gate.thresholds import (DEFAULT_THRESHOLDS, DEVICE_METRICS, HOST_METRICS, MEASURED_LATENCY, Metric,
+                                      allowed_text, delta_text, format_value, validate_thresholds)
 from pipeline.summary import UNVALIDATED_REASON, LatencyEstimate
 
 
 OK, REGRESSION, IMPROVED, SKIPPED, MISSING, NEW = "ok", "regression", "improved", "skipped", "missing", "new"
+DEVICE_METRICS_BY_KEY = {m.key: m for m in DEVICE_METRICS}
 
 
 @dataclass
@@ -118,7 +126,7 @@ def _allowed(metric: Metric, base: float, th: Mapping[str, float]) -> float:
 
 
 def _judge(metric: Metric, where: str, variant: str, base: Optional[float], cur: Optional[float],
-           th: Mapping[str, float]) -> Check:
+           th: Mapping[str, float], std: Optional[float] = None) -> Check:
     def make(status, allowed, msg):
         return Check(where, variant, metric.key, metric.label, base, cur, allowed, status, msg, metric)
 
@@ -129,9 +137,11 @@ def _judge(metric: Metric, where: str, variant: str, base: Optional[float], cur:
     if cur is None:
         return make(SKIPPED, None, "not measured in the current build")
     allowed = _allowed(metric, base, th)
+    if std is not None:
+        allowed = max(allowed, th["measured_noise_sigmas"] * std)
     worse = (cur - base) if metric.lower_is_better else (base - cur)
     text = (f"{format_value(metric, base)} -> {format_value(metric, cur)} {metric.unit} "
-            f"({delta_text(metric, base, cur)}; allowed {allowed_text(metric, allowed, th)})")
+            f"({delta_text(metric, base, cur)}; allowed {allowed_text(metric, allowed, th, std)})")
     if worse > allowed:
         return make(REGRESSION, allowed, text)
     if -worse > allowed:
@@ -187,8 +197,26 @@ def compare_snapshots(baseline: Snapshot, current: Snapshot,
                 continue
             checks.append(_load_check(dev, v, b, c))
             if b.loaded and c.loaded:
-                checks.extend(_judge(m, dev, v, getattr(b, m.key), getattr(c, m.key), th) for m in DEVICE_METRICS)
+                checks.extend(_latency_check(dev, v, b, c, th) if m.key == "latency_ms" else
+                              _judge(m, dev, v, getattr(b, m.key), getattr(c, m.key), th) for m in DEVICE_METRICS)
     return Comparison(baseline, current, th, checks, _notes(baseline, current))
+
+
+def _latency_check(dev: str, v: str, b: DeviceFigures, c: DeviceFigures, th: Mapping[str, float]) -> Check:
+    """Measured against measured where both sides timed the pair on a real device (a noisy
+    figure: :data:`MEASURED_LATENCY`'s thresholds, or the runs' spread), else estimated
+    against estimated; the message says which."""
+    if b.measured_ms is not None and c.measured_ms is not None:
+        std = math.hypot(b.measured_std_ms or 0.0, c.measured_std_ms or 0.0)
+        check = _judge(MEASURED_LATENCY, dev, v, b.measured_ms, c.measured_ms, th, std)
+        where = (b.measured_target if b.measured_target == c.measured_target
+                 else f"{b.measured_target} (baseline) and {c.measured_target} (current)")
+        check.message = f"measured on {where}: {check.message}"
+        return check
+    check = _judge(DEVICE_METRICS_BY_KEY["latency_ms"], dev, v, b.latency_ms, c.latency_ms, th)
+    one = "baseline" if b.measured_ms is not None else "current" if c.measured_ms is not None else None
+    check.message = f"estimated: {check.message}" + (f" (measured only in the {one})" if one else "")
+    return check
 
 
 def _load_check(dev: str, v: str, b: DeviceFigures, c: DeviceFigures) -> Check:

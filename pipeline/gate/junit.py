@@ -5,7 +5,7 @@ from typing import Optional
 from xml.sax.saxutils import quoteattr
 
 from pipeline.gate.compare import IMPROVED, MISSING, NEW, OK, REGRESSION, SKIPPED, Check, Comparison, union
-from pipeline.gate.thresholds import DEVICE_METRICS, HOST_METRICS, THRESHOLDS, format_value
+from pipeline.gate.thresholds import DEVICE_METRICS, HOST_METRICS, MEASURED_LATENCY, THRESHOLDS, format_value
 from pipeline.store.atomic import atomic_write_text
 from pipeline.table import Table
 
@@ -30,10 +30,11 @@ def _cell(check: Optional[Check]) -> str:
             return "-"
         return f"{format_value(m, check.baseline)} -> {format_value(m, check.current)}"
     if check.delta == 0:
-        return f"{format_value(m, check.current)} (=)"
+        return f"{format_value(m, check.current)} (=)" + (" (measured)" if m is MEASURED_LATENCY else "")
     rel = f"{check.delta / abs(check.baseline):+.2%}" if check.baseline and m.rel is not None \
         else f"{check.delta:+.2f}"
-    return f"{format_value(m, check.baseline)} -> {format_value(m, check.current)} ({rel}){MARK[check.status]}"
+    return (f"{format_value(m, check.baseline)} -> {format_value(m, check.current)} ({rel}){MARK[check.status]}"
+            + (" (measured)" if m is MEASURED_LATENCY else ""))
 
 
 def format_markdown(comp: Comparison) -> str:
@@ -67,8 +68,10 @@ def format_markdown(comp: Comparison) -> str:
             for v in union(comp.baseline.devices.get(dev, {}), comp.current.devices.get(dev, {})):
                 rows.append([dev, v, _cell(index.get((dev, v, "loads")))]
                             + [_cell(index.get((dev, v, m.key))) for m in dev_m])
-        lines += [""] + Table(["device", "variant", "loads"] + [m.label for m in dev_m], rows,
-                              "lll" + "r" * len(dev_m)).markdown()
+        # A column that holds a measured latency is no longer only the estimate's.
+        measured = any(c.metric_def is MEASURED_LATENCY for c in comp.checks)
+        labels = ["latency ms" if measured and m.key == "latency_ms" else m.label for m in dev_m]
+        lines += [""] + Table(["device", "variant", "loads"] + labels, rows, "lll" + "r" * len(dev_m)).markdown()
     if regs:
         lines += ["", "**Regressions**", ""]
         lines += [f"- {c.where} / {c.variant}: {c.label}: {c.message}" for c in regs]

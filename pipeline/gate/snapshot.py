@@ -25,10 +25,12 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import yaml
 
-from pipeline.errors import DataError, UnusableInputError
+from pipeline.errors import ConfigError, DataError, UnusableInputError
 from pipeline.gate.thresholds import validate_thresholds
 from pipeline.store.atomic import sha256_file
-from pipeline.summary import SUMMARY_FILE, BuildSummary, DeviceSummary, Record, float_stage_name, load_summary
+from pipeline.recipe.targets import parse_entry
+from pipeline.summary import (SUMMARY_FILE, BuildSummary, DeviceSummary, MeasuredLatency, Record, float_stage_name,
+                              load_summary)
 
 BASELINE_FORMAT = "mobile-model-baseline"
 BASELINE_VERSION = 1
@@ -62,11 +64,22 @@ class DeviceFigures(Record):
     latency_model: Optional[str] = None
     latency_cycles: Optional[float] = None
     latency_ipc: Optional[float] = None
+    # The mean latency measured on the entry's real device, its spread and where (None:
+    # an emulated-only entry, or a baseline written before real devices were measured).
+    measured_ms: Optional[float] = None
+    measured_std_ms: Optional[float] = None
+    measured_runs: Optional[int] = None
+    measured_target: Optional[str] = None
 
     @classmethod
-    def of(cls, result: DeviceSummary) -> "DeviceFigures":
-        """The compared subset of a device result."""
-        return cls(**{f.name: getattr(result, f.name) for f in dataclasses.fields(cls)})
+    def of(cls, result: DeviceSummary, measured: Optional[MeasuredLatency] = None) -> "DeviceFigures":
+        """The compared subset of a device result (with ``measured``: those figures instead of its own)."""
+        m = measured or result.measured
+        own = {f.name: getattr(result, f.name) for f in dataclasses.fields(cls) if not f.name.startswith("measured")}
+        if m is None:
+            return cls(**own)
+        return cls(**own, measured_ms=m.mean_ms, measured_std_ms=m.std_ms, measured_runs=m.runs,
+                   measured_target=m.target)
 
 
 HOST_FIELDS = tuple(f.name for f in dataclasses.fields(HostFigures) if f.name != "sha256")
@@ -218,11 +231,13 @@ def _stage_versions(stages: Mapping[str, Any]) -> Dict[str, str]:
 
 
 def _from_manifest(data: Dict[str, Any], source: str, root: Path, role: str) -> Snapshot:
-    """The figures of the ``evaluate/<variant>`` and ``device/<device>/<variant>`` stage records."""
+    """The figures of the ``evaluate/<variant>``, ``device/<device>/<variant>`` and
+    ``measure/<entry>/<variant>`` stage records."""
     where = f"{role} {source}"
     stages = _mapping(data.get("stages"), f"{where}: stages")
     variants: Dict[str, HostFigures] = {}
-    devices: Dict[str, Dict[str, DeviceFigures]] = {}
+    devices: Dict[str, Dict[str, DeviceSummary]] = {}
+    measured: Dict[str, Dict[str, MeasuredLatency]] = {}
     hashes = _stage_hashes(stages)
     for name, rec in stages.items():
         metrics = _mapping(_mapping(rec, f"{where}: stages.{name}").get("metrics"), f"{where}: stages.{name}.metrics")
@@ -232,27 +247,48 @@ def _from_manifest(data: Dict[str, Any], source: str, root: Path, role: str) -> 
             variants[v] = HostFigures.from_dict({**host, "sha256": hashes.get(v)}, f"{source}: stages.{name}.metrics")
         elif name.startswith("device/") and name.count("/") == 2:
             _, dev, v = name.split("/")
-            result = DeviceSummary.from_dict(metrics, f"{source}: stages.{name}.metrics")
-            devices.setdefault(dev, {})[v] = DeviceFigures.of(result)
+            devices.setdefault(dev, {})[v] = DeviceSummary.from_dict(metrics, f"{source}: stages.{name}.metrics")
+        elif name.startswith("measure/"):
+            entry, _, v = name[len("measure/"):].rpartition("/")
+            measured.setdefault(entry, {})[v] = MeasuredLatency.from_dict(metrics, f"{source}: stages.{name}.metrics")
     if not variants:
         raise UnusableInputError(f"{where}: the manifest records no evaluated variant "
                                  "(an unfinished build, or not a mobile-model manifest)")
     recipe = data.get("recipe") if isinstance(data.get("recipe"), dict) else _recipe_from(root)
+    figures = _entries(devices, measured, recipe, where)
     # Keep only what the recipe builds: a manifest also holds records of variants or
     # devices an earlier recipe of the same directory had.
     if recipe:
         keep_v = set(_mapping(recipe.get("convert"), "recipe.convert").get("variants") or variants)
-        keep_d = set(_mapping(recipe.get("devices"), "recipe.devices").get("targets") or devices)
         variants = {v: r for v, r in variants.items() if v in keep_v}
-        devices = {d: {v: r for v, r in per.items() if v in keep_v} for d, per in devices.items() if d in keep_d}
+        figures = {d: {v: r for v, r in per.items() if v in keep_v} for d, per in figures.items()}
     float_stage = float_stage_name(stages)
     train = _mapping(stages.get(float_stage), f"{where}: stages.{float_stage}").get("metrics") or {}
     float_top1 = _number(train.get("test_top1"), f"{where}: stages.{float_stage}.metrics.test_top1")
     name = (recipe or {}).get("name") or "?"
     if (recipe or {}).get("smoke_form"):
         name += "-smoke"
-    return Snapshot(source, "manifest", name, variants, devices, recipe, (recipe or {}).get("deploy_variant"),
+    return Snapshot(source, "manifest", name, variants, figures, recipe, (recipe or {}).get("deploy_variant"),
                     float_top1, {}, _stage_versions(stages))
+
+
+def _entries(devices: Dict[str, Dict[str, DeviceSummary]], measured: Dict[str, Dict[str, MeasuredLatency]],
+             recipe: Optional[Dict[str, Any]], where: str) -> Dict[str, Dict[str, DeviceFigures]]:
+    """The figures of each ``devices.targets`` entry (every recorded profile when the recipe
+    is not known): its profile's emulated results, with what its real device measured."""
+    targets = _mapping((recipe or {}).get("devices"), "recipe.devices").get("targets") if recipe else None
+    if not targets:
+        return {d: {v: DeviceFigures.of(r) for v, r in per.items()} for d, per in devices.items()}
+    out = {}
+    for text in targets:
+        try:
+            entry = parse_entry(text, f"{where}: recipe.devices.targets")
+        except ConfigError as e:
+            raise UnusableInputError(str(e)) from None
+        per = devices.get(entry.profile, {})
+        if per:
+            out[text] = {v: DeviceFigures.of(r, measured.get(text, {}).get(v)) for v, r in per.items()}
+    return out
 
 
 # -- a committed baseline -----------------------------------------------------------

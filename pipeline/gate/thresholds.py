@@ -47,6 +47,17 @@ THRESHOLDS: Dict[str, Threshold] = {t.name: t for t in (
     Threshold("max_latency_increase", 0.001, "fraction",
               "Largest allowed relative increase of estimated latency (compared when both sides have one)."),
     Threshold("max_latency_increase_ms", 0.0, "ms", "Largest allowed absolute increase of estimated latency."),
+    # A measured latency moves between sessions on the same board (clock governor, heat,
+    # other load) by more than its runs' standard error: allow 10%, or the spread of the
+    # single inferences (docs/devices.md, "Gating on a real device").
+    Threshold("max_measured_latency_increase", 0.10, "fraction",
+              "Largest allowed relative increase of latency measured on a real device (compared when both "
+              "sides measured it; else the estimates are compared)."),
+    Threshold("max_measured_latency_increase_ms", 0.0, "ms",
+              "Largest allowed absolute increase of latency measured on a real device."),
+    Threshold("measured_noise_sigmas", 2.0, "x std",
+              "A measured latency may also rise by this many standard deviations of single inferences "
+              "(both sides' combined)."),
     Threshold("max_memory_increase", 0.01, "fraction", "Largest allowed relative peak-memory increase."),
     Threshold("max_memory_increase_bytes", 0.0, "bytes", "Largest allowed absolute peak-memory increase."),
 )}
@@ -118,6 +129,11 @@ METRICS: Tuple[Metric, ...] = (
            1 / 2 ** 20, ".3f", "MiB"),
 )
 
+#: The latency check where both sides measured it on a real device (in the latency column,
+#: with its own, looser thresholds; :func:`pipeline.gate.compare.compare_snapshots`).
+MEASURED_LATENCY = Metric("latency_ms", "measured latency ms", "device", True, "max_measured_latency_increase",
+                          "max_measured_latency_increase_ms", 1.0, ".3f", "ms")
+
 HOST_METRICS = tuple(m for m in METRICS if m.scope == "host")
 DEVICE_METRICS = tuple(m for m in METRICS if m.scope == "device")
 
@@ -142,10 +158,13 @@ def delta_text(metric: Metric, base: float, cur: float) -> str:
     return f"{d * metric.scale:+{metric.fmt}} {metric.unit}{rel}"
 
 
-def allowed_text(metric: Metric, allowed: float, th: Mapping[str, float]) -> str:
-    """The allowance of a check and where it comes from (max of relative and absolute)."""
+def allowed_text(metric: Metric, allowed: float, th: Mapping[str, float], std: Optional[float] = None) -> str:
+    """The allowance of a check and where it comes from (max of relative and absolute, and
+    for a measured latency the runs' combined standard deviation ``std`` times the sigmas)."""
     word = "drop" if not metric.lower_is_better else "increase"
     if metric.rel is None:
         return f"{word} <= {allowed:g} points"
+    noise = "" if std is None else f", {th['measured_noise_sigmas']:g} x std {std * metric.scale:{metric.fmt}} " \
+                                   f"{metric.unit}"
     return f"{word} <= {allowed * metric.scale:{metric.fmt}} {metric.unit} = max({th[metric.rel]:.2%}, " \
-           f"{th[metric.abs_]:g} {THRESHOLDS[metric.abs_].unit})"
+           f"{th[metric.abs_]:g} {THRESHOLDS[metric.abs_].unit}{noise})"

@@ -37,6 +37,7 @@ from pipeline.store.atomic import gzip_size
 from pipeline.publish.model_card import MODEL_FILE, PLAIN_MODEL_FILE, model_card
 from pipeline.publish.records import device_profile, in_recipe_order
 from pipeline.publish.tflite_metadata import LABELS_FILE, embed_metadata
+from pipeline.recipe.targets import profile_of
 from pipeline.publish.variant_table import variant_description
 from pipeline.store.atomic import atomic_write_bytes, sha256_bytes
 from pipeline.summary import BuildSummary, DeviceSummary, TensorIO
@@ -142,7 +143,7 @@ def device_figures(devices: Mapping[str, Mapping[str, DeviceSummary]], variant: 
         rec = per.get(variant)
         if rec is None:
             continue
-        prof = device_profile(dev)
+        prof = device_profile(profile_of(dev))  # an entry may name a real device beside its profile
         out[dev] = {
             "description": prof.description if prof else None,
             "emulated_cpu": prof.qemu_cpu if prof else None,
@@ -165,6 +166,8 @@ def device_figures(devices: Mapping[str, Mapping[str, DeviceSummary]], variant: 
             "fits_ram": rec.fits_ram,
             "bit_exact_fraction": rec.exact_fraction,
             "top1_agreement_with_host": rec.top1_agreement,
+            # Timed on the real device the entry names (rpi4@ssh://...); None: emulated only.
+            "measured": rec.measured.to_dict() if rec.measured is not None else None,
         }
     return out
 

@@ -7,7 +7,8 @@ and the recipe, so the card and the metadata never disagree.
 from typing import Any, List, Mapping, Optional
 
 from pipeline.recipe.training import as_list
-from pipeline.summary import LATENCY_ALIGN, LATENCY_HEADERS, FloatChoice, LatencyEstimate, unvalidated_note
+from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, MEASURED_HEADER, FloatChoice, LatencyEstimate,
+                              unvalidated_note)
 from pipeline.table import Table
 
 # The model's file names inside bundle/: with embedded TFLite metadata, and as built.
@@ -188,22 +189,39 @@ def _runtimes(meta: Mapping[str, Any]) -> List[str]:
     if not devs:
         return lines + ["No emulated-device results in this build.", ""]
     estimates = {name: _estimate(d) for name, d in devs.items()}
+    measured = {name: d.get("measured") for name, d in devs.items() if d.get("measured")}
     rows = []
     for name, d in devs.items():
         loads = "yes" if d["loads"] else f"no ({d['load_error_op']} v{d['load_error_op_version']})"
+        est, *provenance = estimates[name].cells()
         rows.append([f"{name}: {d['description'] or ''}", d["runtime"], loads, _fmt(d["top1"], ".1f"),
-                     _fmt(d["instructions_per_inference"], ".3f", 1e-6), *estimates[name].cells(),
+                     _fmt(d["instructions_per_inference"], ".3f", 1e-6), est,
+                     *([_measured(measured.get(name))] if measured else []), *provenance,
                      _fmt(d["peak_memory_bytes"], ".2f", 1 / 2 ** 20)])
-    lines += Table(["device", "runtime", "loads", "top-1 %", "M instr / inference", *LATENCY_HEADERS, "memory MiB"],
-                   rows, "lllrr" + LATENCY_ALIGN + "r").markdown()
+    head = [LATENCY_HEADERS[0], *([MEASURED_HEADER] if measured else []), *LATENCY_HEADERS[1:]]
+    lines += Table(["device", "runtime", "loads", "top-1 %", "M instr / inference", *head, "memory MiB"],
+                   rows, "lllrr" + LATENCY_ALIGN[0] + "r" * bool(measured) + LATENCY_ALIGN[1:] + "r").markdown()
     note = unvalidated_note(estimates.values())
     if note:
         lines += ["", note]
+    where = ("Latency is an estimate of the latency model named in its row, blank where the device has none; "
+             + ("the measured column is the mean ± standard deviation of single inferences timed on the real "
+                "device the entry names (" + ", ".join(f"{m['target']}: {m['runs']} runs, {m['runtime']}"
+                                                       for m in measured.values()) + ")."
+                if measured else "it was not measured on the device."))
     return lines + ["",
                     "Device figures come from the real ARM runtime under qemu-aarch64: top-1 on "
                     f"{next(iter(devs.values()))['samples']} test images, instructions counted per inference "
-                    "(deterministic). Latency is an estimate of the latency model named in its row, blank where "
-                    "the device has none; it was not measured on the device.", ""]
+                    f"(deterministic). {where}", ""]
+
+
+def _measured(m: Optional[Mapping[str, Any]]) -> str:
+    """The measured-latency cell of one ``metadata.json`` device entry."""
+    if not m:
+        return "-"
+    if m["mean_ms"] is None:
+        return "not loadable"
+    return f"{m['mean_ms']:.2f} ± {_fmt(m['std_ms'], '.2f')}"
 
 
 def _estimate(d: Mapping[str, Any]) -> LatencyEstimate:

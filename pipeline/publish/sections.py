@@ -15,8 +15,9 @@ from pipeline.publish.document import Cell, Doc, Plot, Table
 from pipeline.publish.variant_table import REPORT_COLUMNS, variant_table
 from pipeline.publish.records import (DEPTHWISE_NOTE, BuildRecord, ChannelFigures, Confusion, SparsityRow,
                                       StageTiming, device_profile, most_confused)
-from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, UNVALIDATED_MARK, UNVALIDATED_NOTE, BudgetResult,
-                              BuildSummary, DeviceSummary)
+from pipeline.recipe.targets import profile_of
+from pipeline.summary import (LATENCY_ALIGN, LATENCY_HEADERS, MEASURED_HEADER, UNVALIDATED_MARK, UNVALIDATED_NOTE,
+                              BudgetResult, BuildSummary, DeviceSummary, measured_cell)
 
 PLOT_ORDER = ("accuracy_vs_cost", "sizes", "sparsity", "confusion")
 
@@ -161,7 +162,8 @@ def _budgets(doc: Doc, s: BuildSummary) -> None:
     for b in s.budgets:
         op = "<=" if b.direction == "max" else ">="
         rows.append([b.budget, b.subject, f"{op} {b.limit:g} {b.unit}",
-                     "not measured" if b.measured is None else f"{b.measured:.4g} {b.unit}" + _mark(s, b),
+                     "not measured" if b.measured is None else
+                     f"{b.measured:.4g} {b.unit}" + _mark(s, b) + (f" ({b.basis})" if b.basis else ""),
                      ("ok", "ok") if b.ok else ("MISSED", "bad")])
     doc.table(Table(["budget", "subject", "limit", "measured", "result"], rows, "llrrl"))
     if any(_mark(s, b) for b in s.budgets):
@@ -170,7 +172,8 @@ def _budgets(doc: Doc, s: BuildSummary) -> None:
 
 def _mark(s: BuildSummary, b: BudgetResult) -> str:
     """The unvalidated mark of a latency budget measured on an unvalidated estimate."""
-    result = s.device(b.subject) if b.budget == "max_latency_ms" else None
+    measured = (b.basis or "").startswith("measured")  # a real device's figure carries no estimate's mark
+    result = s.device(b.subject) if b.budget == "max_latency_ms" and not measured else None
     return UNVALIDATED_MARK if result is not None and result.latency.unvalidated else ""
 
 
@@ -178,14 +181,17 @@ _DEVICE_HEADERS = ["device", "variant", "loads", "top-1 %", "M instr / inference
                    "bit-exact vs host", "max abs diff", "memory MiB", "fits RAM"]
 
 
-def _device_row(dev: str, v: str, m: DeviceSummary, deploy: str) -> List[Cell]:
+def _device_row(dev: str, v: str, m: DeviceSummary, deploy: str, measured: bool) -> List[Cell]:
+    width = len(_DEVICE_HEADERS) + measured
     if not m.loaded:
         op = f"{m.load_error_op} v{m.load_error_op_version}" if m.load_error_op else "error"
-        return [dev, v, (f"no: {op}", "bad")] + [""] * (len(_DEVICE_HEADERS) - 3)
+        return [dev, v, (f"no: {op}", "bad")] + [""] * (width - 3)
     fits = m.fits_ram
+    est, *provenance = m.latency.cells()
     return [dev, f"**{v}**" if v == deploy else v, ("yes", "ok"), _f(m.top1, ".1f"),
-            _f(m.instructions_per_inference, ",.3f", 1e-6), *m.latency.cells(), _f(m.exact_fraction, ".0%"),
-            _f(m.max_abs_diff, ".2g"), _f(m.peak_memory_bytes, ".2f", 1 / 2 ** 20),
+            _f(m.instructions_per_inference, ",.3f", 1e-6), est, *([measured_cell(m)] if measured else []),
+            *provenance, _f(m.exact_fraction, ".0%"), _f(m.max_abs_diff, ".2g"),
+            _f(m.peak_memory_bytes, ".2f", 1 / 2 ** 20),
             "-" if fits is None else ("yes", "ok") if fits else ("no", "bad")]
 
 
@@ -196,16 +202,23 @@ def _devices(doc: Doc, s: BuildSummary) -> None:
         return
     profs = []
     for dev in s.devices:
-        p = device_profile(dev)
+        p = device_profile(profile_of(dev))
         profs.append(f"**{dev}**: {p.description}; emulated core `{p.qemu_cpu}`, runtime "
                      f"{p.runtime} {p.runtime_version}" if p else f"**{dev}**: (profile no longer registered)")
     doc.ul(profs)
-    rows = [_device_row(dev, v, m, s.deploy_variant) for dev, per in s.devices.items() for v, m in per.items()]
+    real = [(dev, m.measured) for dev, per in s.devices.items() for m in per.values() if m.measured is not None]
+    rows = [_device_row(dev, v, m, s.deploy_variant, bool(real))
+            for dev, per in s.devices.items() for v, m in per.items()]
     failures = [f"{v} on {dev} ({m.runtime}): {((m.load_error or '').strip().splitlines() or [''])[0]}"
                 for dev, per in s.devices.items() for v, m in per.items() if not m.loaded]
-    doc.table(Table(_DEVICE_HEADERS, rows, "lllrr" + LATENCY_ALIGN + "rrrl"))
+    head = _DEVICE_HEADERS[:6] + [MEASURED_HEADER] * bool(real) + _DEVICE_HEADERS[6:]
+    doc.table(Table(head, rows, "lllrr" + LATENCY_ALIGN[0] + "r" * bool(real) + LATENCY_ALIGN[1:] + "rrrl"))
     if s.latency_note:
         doc.p(s.latency_note)
+    if real:
+        doc.p(f"{MEASURED_HEADER.capitalize()}: the deploy variant timed on the real device an entry names "
+              "(mean ± standard deviation of single inferences), beside the estimate of its emulated profile:")
+        doc.ul([f"**{dev}**: {m.text()}" + (f"; device {m.device}" if m.device else "") for dev, m in real])
     if failures:
         doc.p("Load failures (first line of the runtime's error):")
         doc.ul(failures)

@@ -1,13 +1,14 @@
 """Recipe sections of what is done to the trained model and where it runs: ``prune``,
 ``qat``, ``cluster``, ``search``, ``convert`` and ``devices``."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from pipeline import vocabulary
 from pipeline.errors import ConfigError
 from pipeline.recipe.checks import (AUTO, check_bool, check_choice, check_choices, check_epochs,
                                     check_non_negative_int, check_positive_int, check_positive_number)
+from pipeline.recipe.targets import DeviceEntry, parse_entry
 from pipeline.recipe.training import MODEL_FAMILIES
 from pipeline.variants import DEFAULT_VARIANTS
 from pipeline.variants import VARIANTS as VARIANT_REGISTRY
@@ -218,18 +219,72 @@ class ConvertConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    """How the real devices of ``devices.targets`` (``PROFILE@ssh://...``, ``PROFILE@adb://...``)
+    are measured: the deploy variant, ``runs`` timed inferences after ``warmup`` untimed ones,
+    at ``devices.threads`` threads.
+
+    Attributes:
+        identity: the private key for ssh targets (``ssh -i``; ``~`` expands); None: ssh's default keys.
+        remote_python: the board's python (it needs numpy and ai-edge-litert or tflite-runtime).
+        benchmark_model: TFLite's benchmark_model for adb targets; None: the one remembered
+            by ``device run --benchmark-model``.
+    """
+
+    identity: Optional[str] = None
+    remote_python: str = "python3"
+    benchmark_model: Optional[str] = None
+    runs: int = 50
+    warmup: int = 5
+
+    def validate(self, where: str) -> None:
+        for key in ("identity", "benchmark_model"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}.{key}: expected a file path, got {value!r}")
+        if not isinstance(self.remote_python, str) or not self.remote_python:
+            raise ConfigError(f"{where}.remote_python: expected the board's python (e.g. python3), "
+                              f"got {self.remote_python!r}")
+        check_positive_int(where, "runs", self.runs)
+        check_non_negative_int(where, "warmup", self.warmup, "")
+
+
+@dataclass(frozen=True)
 class DevicesConfig:
-    """Emulated target devices and how many test images each runs."""
+    """Target devices and how many test images each runs.
+
+    ``targets`` entries are emulated profiles (``rpi4``) or a profile and the real device
+    it stands for (``rpi4@ssh://pi@camera-7``, ``pixel4@adb://SERIAL``): such an entry runs
+    the emulated profile and measures the deploy variant on the device (``remote``).
+    """
 
     targets: Tuple[str, ...] = ()
     samples: int = 100
     threads: int = 1
     workers: int = 2
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def validate(self, where: str) -> None:
-        for t in self.targets:
-            if not isinstance(t, str):
-                raise ConfigError(f"{where}.targets: expected device names, got {t!r}")
+        entries = [parse_entry(t, f"{where}.targets") for t in self.targets]
+        if len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"{where}.targets: duplicate entries in {list(self.targets)}")
         check_positive_int(where, "samples", self.samples)
         check_positive_int(where, "threads", self.threads)
         check_positive_int(where, "workers", self.workers)
+        self.remote.validate(f"{where}.remote")
+        if self.remote != RemoteConfig() and not any(e.target for e in entries):
+            raise ConfigError(f"{where}.remote: applies to real devices, and no targets entry names one "
+                              f"(PROFILE@ssh://[USER@]HOST[:PORT] or PROFILE@adb://SERIAL)")
+        if self.remote.warmup < 1 and any(e.target and e.target.url().startswith("adb://") for e in entries):
+            raise ConfigError(f"{where}.remote.warmup: an adb target's benchmark_model always runs at least one "
+                              f"warm-up inference: expected 1 or more, got {self.remote.warmup}")
+
+    @property
+    def entries(self) -> Tuple[DeviceEntry, ...]:
+        """Every ``targets`` entry, parsed."""
+        return tuple(parse_entry(t) for t in self.targets)
+
+    @property
+    def profiles(self) -> Tuple[str, ...]:
+        """The emulated profiles the entries name, each once, in order."""
+        return tuple(dict.fromkeys(e.profile for e in self.entries))

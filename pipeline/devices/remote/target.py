@@ -1,6 +1,7 @@
 """Where a real measurement runs, and with which settings: pure data and parsing.
 
-``ssh://[USER@]HOST[:PORT]`` and ``adb://SERIAL`` (:func:`parse_target`), the exact
+``ssh://[USER@]HOST[:PORT]`` and ``adb://SERIAL`` (:func:`parse_target`, defined with the
+recipe's entries in :mod:`pipeline.recipe.targets`), the exact
 settings of a timed run (:class:`Settings`), and the user cache the remote targets keep
 their known-hosts file, remembered paths and measured points in.
 """
@@ -9,65 +10,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 from pipeline.errors import ConfigError
+from pipeline.recipe.targets import AdbTarget, SshTarget, Target, parse_target
+
+__all__ = ["ADB_DIR", "REMOTE_CACHE", "AdbTarget", "Settings", "SshTarget", "Target", "cache_dir", "parse_cores",
+           "parse_target"]
 
 #: The directory on a board that holds the files of a run (removed after it), and only that.
 REMOTE_CACHE = "~/.cache/mobile-model-remote"
 #: The directory on an Android device that holds benchmark_model and the models.
 ADB_DIR = "/data/local/tmp/mobile-model"
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    """A board reached with the system's ``ssh``; ``user`` None: ssh's default."""
-
-    host: str
-    port: int = 22
-    user: Optional[str] = None
-
-    @property
-    def destination(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-    def url(self) -> str:
-        return f"ssh://{self.destination}{'' if self.port == 22 else f':{self.port}'}"
-
-
-@dataclass(frozen=True)
-class AdbTarget:
-    """An Android device reached with ``adb -s SERIAL``."""
-
-    serial: str
-
-    def url(self) -> str:
-        return f"adb://{self.serial}"
-
-
-Target = Union[SshTarget, AdbTarget]
-
-_SSH = re.compile(r"ssh://(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])"
-                  r"(?::(?P<port>\d+))?/?")
-_ADB = re.compile(r"adb://(?P<serial>[A-Za-z0-9._:-]+)")
-
-
-def parse_target(text: str) -> Target:
-    """``ssh://[USER@]HOST[:PORT]`` or ``adb://SERIAL``.
-
-    Raises:
-        ConfigError: any other form, or a port outside 1-65535.
-    """
-    m = _SSH.fullmatch(text)
-    if m:
-        port = int(m.group("port") or 22)
-        if not 1 <= port <= 65535:
-            raise ConfigError(f"target {text!r}: port {port} is outside 1-65535")
-        return SshTarget(host=m.group("host").strip("[]"), port=port, user=m.group("user"))
-    m = _ADB.fullmatch(text)
-    if m:
-        return AdbTarget(serial=m.group("serial"))
-    raise ConfigError(f"target {text!r}: expected ssh://[USER@]HOST[:PORT] or adb://SERIAL")
 
 
 def parse_cores(text: str) -> Tuple[int, ...]:
