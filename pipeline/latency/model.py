@@ -21,7 +21,8 @@ The latency of one inference on ``T`` threads of a device is::
   of the thread pool, and each thread that joins adds its wake-up and barrier
   (``c * ops * T``; on one thread, the set-up alone). Fitted across devices, this
   form predicted left-out devices better than a fixed per-operator cost
-  (leave-one-device-out median 9.8% against 14.9%, see docs/latency.md).
+  (leave-one-device-out median 9.8% against 14.9% with version 3's memory
+  term, see docs/latency.md).
 - **Threads and memory.** DRAM bytes are what the graph's working sets force past
   the shared cache (:mod:`pipeline.latency.traffic`); they do not change with
   ``T`` (the threads split an operator's output, its working set stays whole and
