@@ -112,3 +112,13 @@ def test_memory_fields_are_validated_with_clear_messages(data, message):
     with pytest.raises(ConfigError) as e:
         DeviceProfile.from_dict(data, source="device profile x.yaml")
     assert str(e.value).startswith("device profile x.yaml: ") and message in str(e.value)
+
+
+def test_shipped_parameters_are_what_docs_latency_md_reports():
+    from pipeline.latency.params import DEFAULT_PARAMS, load_params
+
+    shipped = load_params(DEFAULT_PARAMS)
+    # No published point is memory-bound, so the fit leaves the memory time at the peak.
+    assert shipped.memory_scale == 1.0 and shipped.info["memory_bound_points"] == 0
+    assert (shipped.info["lodo_median_abs_error_pct"], shipped.info["lodo_worst_abs_error_pct"]) == (9.09, 22.95)
+    assert round(shipped.compute_scale, 3) == 1.241 and round(shipped.op_overhead_cycles) == 19644
