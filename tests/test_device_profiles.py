@@ -76,7 +76,7 @@ def base_profile(**over):
 
 VALID_KEYS = ("name, description, qemu_cpu, cpu_part, cores, clock_ghz, ram_mb, runtime, "
               "runtime_version, default_threads, core, sched_model, sched_model_reason, clock_1t_ghz, "
-              "cache_kb, dram_gbps, sources")
+              "cache_kb, dram_gbps, dram_bus_bits, dram_mts, sources")
 
 
 @pytest.mark.parametrize("data, message", [

@@ -58,7 +58,10 @@ def test_parts_add_up_and_each_has_its_unit():
     b = predict(2.8e6, 140, 30e6, PHONE, NUMBERS)
     assert b.overhead_ms == pytest.approx(20_000 * 140 / 2.8e6)
     assert b.memory_ms == pytest.approx(2.0 * 30e6 / 30e9 * 1e3)  # 2 x 1 ms at 30 GB/s
-    assert b.ms == pytest.approx(b.compute_ms + b.overhead_ms + b.memory_ms)
+    # Compute and memory overlap: the longer of the two counts, here the memory (2 ms > 1.3 ms).
+    assert b.memory_bound and b.ms == pytest.approx(b.overhead_ms + b.memory_ms)
+    small = predict(2.8e6, 140, 3e6, PHONE, NUMBERS)
+    assert not small.memory_bound and small.ms == pytest.approx(small.overhead_ms + small.compute_ms)
 
 
 def test_threads_divide_the_compute_and_multiply_the_per_operator_join_up_to_the_cores():
@@ -77,7 +80,7 @@ def test_a_weak_memory_system_scales_worse_with_threads():
     phone = Device(cores=4, clock_1t_ghz=1.5, clock_ghz=1.5, cache_kb=1024, dram_gbps=30.0)
 
     def speedup(dev):
-        return predict(3e8, 60, 40e6, dev, NUMBERS).ms / predict(3e8, 60, 40e6, dev, NUMBERS, threads=4).ms
+        return predict(3e8, 60, 200e6, dev, NUMBERS).ms / predict(3e8, 60, 200e6, dev, NUMBERS, threads=4).ms
     assert speedup(board) < speedup(phone) < 4
 
 
@@ -125,7 +128,8 @@ def test_params_round_trip_and_validation_per_core_and_format():
     ({"memory_scale": -0.1}, "memory_scale must be a finite number >= 0, got -0.1"),
     ({"compute_scale": 0}, "compute_scale must be > 0, got 0"),
     ({"compute_scale": True}, "compute_scale must be a finite number >= 0, got True"),
-    ({"model_version": 1}, "fitted for latency model version 1, this code reads version 3"),
+    ({"model_version": 1}, f"fitted for latency model version 1, this code reads version {MODEL_VERSION}"),
+    ({"memory_scale": 0.5}, "memory_scale must be >= 1 (no bus beats its datasheet peak), got 0.5"),
     ({"validated": {"kryo": ["float64"]}}, "validated.kryo must be a list of float32, int8"),
     ({"validated": ["kryo"]}, "validated must map core names to numeric formats"),
 ])
@@ -188,8 +192,16 @@ def _points(truth=NUMBERS):
     return [_point(i, f"dev{i % 3}", f"core{i % 3}", truth, threads=1 + 3 * (i >= 9)) for i in range(12)]
 
 
+def _memory_bound_points(truth=NUMBERS):
+    # Points whose DRAM bytes (0.5-1.5 GB at 10-30 GB/s) may outlast 4 threads' compute.
+    return _points(truth) + [_point(i, f"dev{i % 3}", f"core{i % 3}", truth, threads=4, dram=5e8)
+                             for i in (0, 1, 3, 4)]
+
+
 def test_fit_recovers_known_parameters_and_holds_out_exactly():
-    pts = _points()
+    pts = _memory_bound_points()
+    bound = cal.memory_bound_points(pts, NUMBERS)
+    assert {name.split()[1] for name in bound} == {"dev0", "dev1"}  # b stays visible with either left out
     fitted = cal.fit_params(pts)
     assert fitted == pytest.approx(NUMBERS, rel=1e-6)
     for name, key in cal.SPLITS.items():

@@ -62,7 +62,11 @@ class DeviceProfile:
         clock_1t_ghz: clock of the core a one-thread benchmark runs on (a phone's
             prime core); ``clock_ghz`` is the big cluster's, for multi-thread runs.
         cache_kb: the largest cache level the big cores share (L3, else L2).
-        dram_gbps: peak DRAM bandwidth (bus width x transfer rate).
+        dram_gbps: peak DRAM bandwidth, shared by every core; must equal
+            ``dram_bus_bits / 8 x dram_mts / 1000`` (within 1%).
+        dram_bus_bits: total DRAM bus width in bits (all channels together).
+        dram_mts: DRAM transfer rate in mega-transfers per second (twice the
+            "MHz" of an LPDDR4 product brief).
         sources: citations of the clock, cache and memory figures.
     """
 
@@ -82,6 +86,8 @@ class DeviceProfile:
     clock_1t_ghz: float
     cache_kb: int
     dram_gbps: float
+    dram_bus_bits: int
+    dram_mts: int
     sources: Tuple[str, ...]
 
     @classmethod
@@ -197,9 +203,23 @@ def _validate(data: Any, source: str) -> DeviceProfile:
         sched_model_reason=_str(data, "sched_model_reason", source),
         clock_1t_ghz=_number(data, "clock_1t_ghz", source, 10),
         cache_kb=_int(data, "cache_kb", source),
-        dram_gbps=_number(data, "dram_gbps", source, 10000),
+        dram_gbps=_dram_gbps(data, source),
+        dram_bus_bits=_int(data, "dram_bus_bits", source),
+        dram_mts=_int(data, "dram_mts", source),
         sources=tuple(sources),
     )
+
+
+def _dram_gbps(data, source) -> float:
+    # The bandwidth is the bus width times the transfer rate; a figure that disagrees
+    # with its own bus is a typo in one of the three (the latency model reads the first).
+    gbps = _number(data, "dram_gbps", source, 10000)
+    bits, mts = _int(data, "dram_bus_bits", source), _int(data, "dram_mts", source)
+    peak = bits / 8 * mts / 1000
+    if abs(gbps - peak) > 0.01 * peak:
+        raise _fail(source, f"dram_gbps {gbps:g} does not match dram_bus_bits {bits} x dram_mts {mts} "
+                            f"(= {peak:.3g} GB/s); expected the bus's peak within 1%")
+    return gbps
 
 
 def load_profile(path: Union[str, Path]) -> DeviceProfile:

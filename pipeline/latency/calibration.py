@@ -19,13 +19,15 @@ from pipeline.devices.profiles import DEVICES, DeviceProfile, get_device
 from pipeline.devices.targets import RUNTIMES
 from pipeline.errors import ConfigError, Log, RuntimeIncompatibleError
 from pipeline.latency import classcost
-from pipeline.latency.model import PARAM_KEYS, Device, LatencyParams, predict
+from pipeline.latency.model import MEMORY_SCALE_MAX, PARAM_KEYS, Device, LatencyParams, predict
 from pipeline.latency.published import (PUBLISHED_FORMATS, PUBLISHED_ORDER, PUBLISHED_RUNTIMES,
                                         PUBLISHED_VARIANTS, PublishedPoint, load_multi_thread, load_published)
 from pipeline.latency.reference import ModelSpec, measure, noop
 from pipeline.latency.traffic import GraphTraffic
 
 FULL_SIZE = dict(alpha=1.0, input_size=224, classes=1000)
+# Starting values of memory_scale, 1 to MEMORY_SCALE_MAX in steps of 2 ** (1/4).
+MEMORY_SCALE_GRID = tuple(2 ** (k / 4) for k in range(9))
 
 
 def runtime_profile(profile: DeviceProfile, runtime: str) -> DeviceProfile:
@@ -69,34 +71,62 @@ class Point:
     emulated: str = ""
 
     def features(self) -> Tuple[float, float, float]:
-        """Milliseconds per unit of each parameter (:data:`PARAM_KEYS` order)."""
+        """Milliseconds per unit of each parameter (:data:`PARAM_KEYS` order): compute,
+        overhead and memory, the estimate being ``c*overhead + max(a*compute, b*memory)``."""
         b = predict(self.cycles, self.ops, self.dram_bytes, self.device_figures,
                     {k: 1.0 for k in PARAM_KEYS}, self.threads)
         return b.compute_ms, b.overhead_ms, b.memory_ms
 
 
 def fit_params(points: Sequence[Point]) -> Dict[str, float]:
-    """The global parameters: non-negative least squares on relative error over ``points``.
+    """The global parameters: least squares on relative error over ``points``.
 
     Minimises ``sum(((predicted - measured) / measured) ** 2)``: a 12 ms model weighs
-    like an 88 ms one. The model is linear in its three parameters.
+    like an 88 ms one. ``a`` and ``c`` start from non-negative least squares on the
+    compute-bound form (linear in them); ``memory_scale`` is searched on a grid in
+    ``[1, MEMORY_SCALE_MAX]`` with the three refined together. Where no point is
+    memory-bound at any ``b`` the fit cannot see ``b``; it then stays 1 (the peak,
+    a bound): of equally good fits the smallest ``b`` is kept.
 
     Raises:
-        ConfigError: fewer points than parameters.
+        ConfigError: fewer points than parameters, or the compute term got no weight.
     """
     import numpy as np
-    from scipy.optimize import nnls
+    from scipy.optimize import least_squares, nnls
 
     if len(points) < len(PARAM_KEYS):
         raise ConfigError(f"{len(points)} point(s) cannot determine {len(PARAM_KEYS)} parameters")
-    x = np.array([p.features() for p in points]) / np.array([p.measured_ms for p in points])[:, None]
-    scale = x.max(axis=0)
+    f = np.array([p.features() for p in points]) / np.array([p.measured_ms for p in points])[:, None]
+    scale = f[:, :2].max(axis=0)
     scale[scale == 0] = 1.0
-    theta, _ = nnls(x / scale, np.ones(len(points)))
-    theta = theta / scale
-    if theta[0] <= 0:
+    ac, _ = nnls(f[:, :2] / scale, np.ones(len(points)))
+    ac = ac / scale
+    if ac[0] <= 0:
         raise ConfigError("the fit gave the compute term no weight; the points cannot calibrate it")
-    return {k: float(v) for k, v in zip(PARAM_KEYS, theta)}
+
+    def residuals(theta):
+        a, c, b = theta
+        return c * f[:, 1] + np.maximum(a * f[:, 0], b * f[:, 2]) - 1.0
+
+    best = None
+    for b0 in MEMORY_SCALE_GRID:
+        start = np.array([ac[0], ac[1], b0])
+        r = least_squares(residuals, start, bounds=([1e-12, 0.0, 1.0], [np.inf, np.inf, MEMORY_SCALE_MAX]),
+                          x_scale="jac", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+        cost = float(np.sum(residuals(r.x) ** 2))
+        # Ties (b invisible to every point) keep the smallest b: the grid runs upwards.
+        if best is None or cost < best[0] * (1 - 1e-9) - 1e-18:
+            best = (cost, r.x)
+    a, c, b = best[1]
+    if not np.any(b * f[:, 2] > a * f[:, 0]):
+        a, c, b = ac[0], ac[1], 1.0  # no point memory-bound: the linear fit, exactly, and b at the peak
+    return {k: float(v) for k, v in zip(PARAM_KEYS, (a, c, b))}
+
+
+def memory_bound_points(points: Sequence[Point], params: Mapping[str, float]) -> List[str]:
+    """The names of the points whose estimate the memory time sets."""
+    return [p.name for p in points
+            if predict(p.cycles, p.ops, p.dram_bytes, p.device_figures, params, p.threads).memory_bound]
 
 
 @dataclass(frozen=True)
@@ -295,7 +325,8 @@ def calibrate(published: Optional[Sequence[PublishedPoint]] = None, log: Log = n
     info = {"points": len(points), "single_thread_points": sum(p.threads == 1 for p in points),
             "measured_points": len(measured),
             "lodo_median_abs_error_pct": round(100 * lodo["median_abs_error"], 2),
-            "lodo_worst_abs_error_pct": round(100 * lodo["worst_abs_error"], 2)}
+            "lodo_worst_abs_error_pct": round(100 * lodo["worst_abs_error"], 2),
+            "memory_bound_points": len(memory_bound_points(points, numbers))}
     params = LatencyParams(validated=validated_cores(points), info=info, **numbers)
     comparison = {name: classcost_held_out(points, key) for name, key in SPLITS.items()}
     rows = estimate_matrix(params, log, runtime) if matrix else []

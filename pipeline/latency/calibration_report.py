@@ -40,8 +40,9 @@ def report_data(cal: Calibration) -> Dict[str, Any]:
     lodo = error_summary(cal.held_out[LODO])
     by_name = {name: {id(p.point): p for p in preds} for name, preds in cal.held_out.items()}
     return {
-        "model": "ms = (a * C / T + c * ops) / clock(T) + b * DRAM bytes / bandwidth; C: the core's "
-                 "pipeline model (llvm-mca per hot block); a, b, c fitted on all devices together",
+        "model": "ms = c * ops * T / clock(T) + max(a * C / T / clock(T), b * DRAM bytes / bandwidth); "
+                 "C: the core's pipeline model (llvm-mca per hot block); a, c fitted on all devices "
+                 "together, b >= 1 only where a point is memory-bound",
         "params": cal.params.to_mapping(),
         "acceptance": {"lodo_median_abs_error_max": LODO_MEDIAN_MAX, "lodo_worst_abs_error_max": LODO_WORST_MAX,
                        "lodo_median_abs_error": lodo["median_abs_error"],
@@ -97,6 +98,8 @@ def _summary(data: Mapping[str, Any]) -> List[str]:
     acc, p = data["acceptance"], data["params"]
     out = ["# Latency model calibration", "", f"Model: {data['model']}. See docs/latency.md.", "",
            "Fitted: " + ", ".join(f"{k} = {p[k]:.4g}" for k in PARAM_KEYS), "",
+           f"Memory-bound points in the fit: {p['info'].get('memory_bound_points', 0)} (memory_scale is "
+           "fitted only from such points; with none it stays 1, the datasheet peak).", "",
            f"Leave-one-device-out: median |error| {_apct(acc['lodo_median_abs_error'])} (limit "
            f"{_apct(acc['lodo_median_abs_error_max'])}), worst {_apct(acc['lodo_worst_abs_error'])} (limit "
            f"{_apct(acc['lodo_worst_abs_error_max'])}): **{'met' if acc['met'] else 'NOT met'}**", "",

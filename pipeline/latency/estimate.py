@@ -62,7 +62,7 @@ def estimate_run(block_profile: Mapping[str, Any], traffic: GraphTraffic, profil
         "numeric_format": variant, "cycles_single_thread": cc.cycles, "ipc": cc.ipc,
         "instructions": cc.instructions, "hot_blocks": cc.hot_blocks,
         "hot_fraction": cc.hot_fraction, "compute_ms": b.compute_ms, "overhead_ms": b.overhead_ms,
-        "memory_ms": b.memory_ms, "dram_bytes": dram, "ops": traffic.op_count,
+        "memory_ms": b.memory_ms, "memory_bound": b.memory_bound, "dram_bytes": dram, "ops": traffic.op_count,
         "threads": threads, "threads_effective": b.threads, "clock_ghz": b.clock_ghz, **source,
     }
 

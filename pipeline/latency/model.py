@@ -7,7 +7,10 @@ The latency of one inference on ``T`` threads of a device is::
     core cycles  C = sum over hot blocks of count x cycles per iteration (llvm-mca,
                      the profile's scheduling model) + calls x CALL_CYCLES
                      + cold instructions at the hot blocks' mean IPC
-    ms = (a * C / T  +  c * ops * T) / clock(T)  +  b * DRAM bytes / bandwidth
+    compute   = a * C / T / clock(T)
+    overhead  = c * ops * T / clock(T)
+    memory    = b * DRAM bytes / DRAM bandwidth
+    ms = overhead + max(compute, memory)
 
 - ``clock(1)`` is the core a one-thread benchmark runs on (``clock_1t_ghz``, e.g. a
   phone's prime core), ``clock(T > 1)`` the big cluster's (``clock_ghz``); ``T`` is
@@ -18,14 +21,26 @@ The latency of one inference on ``T`` threads of a device is::
   of the thread pool, and each thread that joins adds its wake-up and barrier
   (``c * ops * T``; on one thread, the set-up alone). Fitted across devices, this
   form predicted left-out devices better than a fixed per-operator cost
-  (leave-one-device-out median 9.8% against 14.9%, see docs/latency.md).
-- DRAM bytes come from the graph and the shared cache (:mod:`pipeline.latency.traffic`)
-  and cross the device's memory bus (``dram_gbps``), shared by every thread.
+  (leave-one-device-out median 9.8% against 14.9% with version 3's memory
+  term, see docs/latency.md).
+- **Threads and memory.** DRAM bytes are what the graph's working sets force past
+  the shared cache (:mod:`pipeline.latency.traffic`); they do not change with
+  ``T`` (the threads split an operator's output, its working set stays whole and
+  the cache stays shared). They cross one memory bus (``dram_gbps``, the
+  datasheet peak: bus width x transfer rate) that every thread shares: threads
+  divide the compute, never the memory time. Compute and memory overlap (the
+  cores stream while they compute, as a roofline), so an inference takes the
+  longer of the two: a working set inside the cache (no DRAM bytes) leaves the
+  estimate exactly compute + overhead, and more threads never take an inference
+  below ``b * DRAM bytes / bandwidth``. ``b >= 1`` is 1 / the fraction of the peak
+  the bus sustains.
 
-``a``, ``b`` and ``c`` are three numbers for all devices together, fitted by
-``mobile-model calibrate`` on published latencies (:mod:`pipeline.latency.calibration`);
-everything per device is a datasheet figure of its profile. The parameters are data
-(:mod:`pipeline.latency.params`). See docs/latency.md for the measured errors.
+``a`` and ``c`` are fitted by ``mobile-model calibrate`` on published latencies
+(:mod:`pipeline.latency.calibration`); ``b`` is fitted in ``[1, MEMORY_SCALE_MAX]``
+only where a point is memory-bound, else it stays 1 (the peak, a bound no device
+beats). Everything per device is a datasheet figure of its profile. The
+parameters are data (:mod:`pipeline.latency.params`). See docs/latency.md for the
+measured errors.
 
 This module is pure: pricing blocks lives in :mod:`pipeline.latency.cycles`.
 """
@@ -38,10 +53,13 @@ from pipeline.errors import ConfigError
 
 # Version of the formula and parameter names; parameters fitted for another version
 # are rejected rather than misread.
-MODEL_VERSION = 3
+# 4: compute and memory overlap (max) instead of adding up; memory_scale >= 1.
+MODEL_VERSION = 4
 # The fitted numbers, all devices together.
 PARAM_KEYS = ("compute_scale", "op_overhead_cycles", "memory_scale")
 VARIANTS = ("float32", "int8")
+# The largest memory_scale a fit may choose: a bus that sustains a quarter of its peak.
+MEMORY_SCALE_MAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +69,8 @@ class LatencyParams:
     Attributes:
         compute_scale: ``a``, multiplies the pipeline model's cycles.
         op_overhead_cycles: ``c``, cycles per graph operator and thread.
-        memory_scale: ``b``, multiplies the time to move the DRAM bytes at the
-            datasheet bandwidth (1 / the fraction of it achieved).
+        memory_scale: ``b`` (>= 1), multiplies the time to move the DRAM bytes at
+            the datasheet peak bandwidth (1 / the fraction of it the bus sustains).
         validated: core -> numeric formats with published points in the fit or its check.
         info: the fit's figures, for reports (errors, points).
     """
@@ -92,6 +110,9 @@ class LatencyParams:
             values[key] = float(v)
         if values["compute_scale"] <= 0:
             raise ConfigError(f"{source}: compute_scale must be > 0, got {values['compute_scale']:g}")
+        if values["memory_scale"] < 1:
+            raise ConfigError(f"{source}: memory_scale must be >= 1 (no bus beats its datasheet peak), "
+                              f"got {values['memory_scale']:g}")
         return cls(validated=_validated(data["validated"], source), info=dict(data.get("info") or {}),
                    **values)
 
@@ -161,7 +182,7 @@ class Device:
 
 @dataclass(frozen=True)
 class Breakdown:
-    """One estimate and its parts, in milliseconds."""
+    """One estimate and its parts, in milliseconds: ``ms = overhead + max(compute, memory)``."""
 
     ms: float
     compute_ms: float
@@ -169,6 +190,11 @@ class Breakdown:
     memory_ms: float
     threads: int
     clock_ghz: float
+
+    @property
+    def memory_bound(self) -> bool:
+        """Whether the DRAM bytes, not the cores, set the time."""
+        return self.memory_ms > self.compute_ms
 
 
 def threads_used(threads: int, cores: int) -> int:
@@ -189,7 +215,8 @@ def predict(core_cycles: float, ops: int, dram_bytes: float, device: Device,
     Args:
         core_cycles: the pipeline model's cycles of one single-threaded inference.
         ops: operators in the graph.
-        dram_bytes: bytes one inference moves to and from DRAM on this device.
+        dram_bytes: bytes one inference moves to and from DRAM on this device
+            (the same on any number of threads).
         device: the device's clocks, cores, cache and bandwidth.
         params: ``compute_scale``, ``op_overhead_cycles``, ``memory_scale``.
         threads: interpreter threads.
@@ -199,4 +226,4 @@ def predict(core_cycles: float, ops: int, dram_bytes: float, device: Device,
     compute = params["compute_scale"] * core_cycles / t / (clock * 1e6)
     overhead = params["op_overhead_cycles"] * ops * t / (clock * 1e6)
     memory = params["memory_scale"] * dram_bytes / (device.dram_gbps * 1e6)
-    return Breakdown(compute + overhead + memory, compute, overhead, memory, t, clock)
+    return Breakdown(overhead + max(compute, memory), compute, overhead, memory, t, clock)

@@ -3,10 +3,10 @@
 The parameters are data, one small file for all devices (every per-device figure is a
 datasheet figure in the device profile)::
 
-    model_version: 2              # the LatencyParams mapping (pipeline.latency.model)
+    model_version: 4              # the LatencyParams mapping (pipeline.latency.model)
     compute_scale: 1.2
     op_overhead_cycles: 25000
-    memory_scale: 2.0
+    memory_scale: 1.0             # >= 1: 1 / the fraction of the DRAM peak the bus sustains
     validated:                    # core -> numeric formats published points validate
       cortex-a73: [float32, int8]
     info: {...}                   # the fit's errors, for reports
