@@ -233,16 +233,16 @@ def test_pqat_int8_file_keeps_sparsity(chain):
 
 
 @pytest.mark.integration
-def test_prune_is_deterministic(splits, workdir, float_model):
+def test_prune_is_deterministic(splits, chain):
+    """The chain's pruning run again, after the rest of the chain ran in this process: the
+    same history and the same weights."""
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.prune import prune_model
 
-    recipe = make_recipe(GENOTYPE_FAMILY)  # the tiny genotype: determinism is no family's
-    d = workdir / GENOTYPE_FAMILY
-    first = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-1.h5", quiet)
-    again = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-2.h5", quiet)
-    assert again["history"] == first["history"]
-    weights = [load_keras(d / f"pruned-{i}.h5").get_weights() for i in (1, 2)]
+    again_h5 = chain.pruned.parent / "pruned-again.h5"
+    again = prune_model(chain.recipe, splits, chain.float, again_h5, quiet)
+    assert again["history"] == chain.prune["history"]
+    weights = [load_keras(p).get_weights() for p in (chain.pruned, again_h5)]
     assert len(weights[0]) == len(weights[1]) > 0
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)
