@@ -31,7 +31,8 @@ QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
 
 
 #: Test modules that take longest on two workers (measured, slowest first, from
-#: ``--durations`` of a fresh clone's ``make test``). They run first, each module on
+#: ``--durations`` of a fresh clone's ``make test``; test_optimize and test_channels
+#: placed by their module runs' share of it since their chains shrank). They run first, each module on
 #: one worker (``--dist loadfile --no-loadscope-reorder``), so that the other worker
 #: fills in with short modules at the end instead of waiting for a long one; the
 #: device matrix goes first because it makes the shared smoke build, which the later
@@ -39,12 +40,12 @@ QEMU_FIXTURES = {"smoke_build", "smoke_tflite", "device_build", "arm_runtime"}
 #: time, never a result.
 SLOWEST_FIRST = (
     "device_tests/test_device_matrix.py",
-    "tests/test_optimize.py",
     "device_tests/test_mediapipe_corpus.py",
-    "tests/test_channels.py",
+    "tests/test_optimize.py",
     "tests/test_genotype.py",
     "tests/test_robustness.py",
     "tests/test_search.py",
+    "tests/test_channels.py",
     "tests/test_train.py",
     "tests/test_transfer.py",
     "tests/test_models.py",

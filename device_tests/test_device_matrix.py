@@ -99,29 +99,38 @@ def test_cost_and_memory_within_budgets(device_build, expected_load, variant, de
         assert not missed, missed
 
 
-def test_instruction_count_repeats_exactly(device_build, device):
+@pytest.fixture(scope="module")
+def deploy_on_every_device(device_build):
+    """``{device: DeviceResult}``: the deploy variant run again on every registered device.
+    On the recipe's targets, the images the build's device matrix ran (the first
+    ``devices.samples`` test images, with their labels): these runs repeat the build's. On
+    the other devices (registry coverage), two random images: the time is per inference."""
+    from pipeline.data import load_dataset
     from pipeline.devices.check import run_device_check
 
-    variant = device_build["recipe"].deploy_variant
-    r = _result(device_build, device, variant)
     recipe = device_build["recipe"]
-    from pipeline.data import load_dataset
-
     splits = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed)
-    path = device_build["summary"].variants[variant].path
-    again = run_device_check(path, device, splits.x_test[: r.samples], splits.y_test[: r.samples])
+    n = min(recipe.devices.samples, len(splits.x_test))
+    path = device_build["summary"].variants[recipe.deploy_variant].path
+    x = np.random.default_rng(0).random((2, *recipe.model.input_shape), dtype=np.float32)
+    return {name: run_device_check(path, name, splits.x_test[:n], splits.y_test[:n])
+            if name in recipe.devices.targets else run_device_check(path, name, x)
+            for name in DEVICES.names()}
+
+
+def test_instruction_count_repeats_exactly(device_build, deploy_on_every_device, device):
+    """A second run of the deploy variant on the same images counts the same instructions."""
+    r = _result(device_build, device, device_build["recipe"].deploy_variant)
+    again = deploy_on_every_device[device]
+    assert again.loaded == r.loaded and (not r.loaded or again.samples == r.samples), (again, r)
     assert again.instructions_median == r.instructions_per_inference
 
 
-def test_every_registered_device_runs_the_deploy_variant(device_build, expected_load):
+def test_every_registered_device_runs_the_deploy_variant(device_build, expected_load, deploy_on_every_device):
     """Registry coverage: each profile, not only the recipe's targets, loads the deploy
     variant where its runtime supports every op, and then runs it."""
-    from pipeline.devices.check import run_device_check
-
     variant = device_build["recipe"].deploy_variant
-    path = device_build["summary"].variants[variant].path
-    x = np.random.default_rng(0).random((2, *device_build["recipe"].model.input_shape), dtype=np.float32)
-    for name in DEVICES.names():
-        r = run_device_check(path, name, x)
+    assert set(deploy_on_every_device) == set(DEVICES.names())
+    for name, r in deploy_on_every_device.items():
         assert r.loaded == expected_load(variant, name)[0], (name, r.load_error)
         assert not r.loaded or r.instructions_median > 0, name

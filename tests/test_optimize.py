@@ -1,12 +1,14 @@
 """Pruning and (prune-preserving) QAT stages on tiny models.
 
 The chain float -> prune (50%, 1 epoch) -> PQAT (1 epoch) -> full-int8 TFLite runs once
-per module for each family of ``CHAIN_FAMILIES`` (``chain``); the tests then check
-sparsity at every step: Keras kernels after pruning, the reloaded QAT ``.h5``, and the
-int8 flatbuffer. Those families hold every layer kind of every registered family
-(``test_the_chained_families_hold_every_layer_kind``), which is what pruning and
-quantization act on; the default recipe's MobileNetV2 runs the same chain in the
-session smoke build (``tests/test_build.py``).
+per module (``chain``) on ``EVERY_KIND_GENOTYPE``, a block genotype built from the
+families' own blocks; the tests then check sparsity at every step: Keras kernels after
+pruning, the reloaded QAT ``.h5``, and the int8 flatbuffer. It holds every layer kind of
+every registered family (``test_the_chained_genotype_holds_every_layer_kind``), which is
+what pruning and quantization act on (each layer is wrapped by its kind), in about 45
+layers: MobileNetV1 and V3-Small, which together hold the same kinds, trace 85 and 150.
+The default recipe's MobileNetV2 runs the same chain in the session smoke build
+(``tests/test_build.py``).
 """
 
 import json
@@ -22,13 +24,10 @@ import pytest
 
 from models import FAMILIES
 from pipeline.recipe.training import GENOTYPE_FAMILY
-from tests.helpers.stages import DATA, FAMILY_CASES, KEPT, TARGET, make_recipe, quiet
+from tests.helpers.stages import DATA, EVERY_KIND_GENOTYPE, FAMILY_CASES, KEPT, TARGET, make_recipe, quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# V1: the plain depthwise-separable stack (conv, depthwise, dense, ReLU6); V3-Small adds
-# residual adds, squeeze-excite (conv with ReLU, hard-sigmoid, multiply) and hard-swish.
-CHAIN_FAMILIES = ("mobilenet_v1", "mobilenet_v3_small")
 
 
 # -- shared artifacts ----------------------------------------------------------------
@@ -41,28 +40,30 @@ def splits(shapes_splits):
 
 @pytest.fixture(scope="module")
 def float_model(workdir, splits):
-    """``float_model(family)`` -> path of an (untrained) float model, built once per family."""
+    """``float_model(family, genotype=None)`` -> path of an (untrained) float model, built once
+    per model (``genotype``: that of family "mbconv", default the tiny one)."""
     from pipeline.train.keras_io import save_keras
     from pipeline.train.stage import build_float_model
     from pipeline.train.fit import setup_tensorflow
 
     cache = {}
 
-    def get(family):
-        if family not in cache:
-            recipe = make_recipe(family)
+    def get(family, genotype=None):
+        name = "every-kind" if genotype is EVERY_KIND_GENOTYPE else family
+        if name not in cache:
+            recipe = make_recipe(family, genotype=genotype)
             setup_tensorflow(recipe.seed)
-            path = workdir / family / "float.h5"
+            path = workdir / name / "float.h5"
             save_keras(build_float_model(recipe, splits.num_classes), path)
-            cache[family] = path
-        return cache[family]
+            cache[name] = path
+        return cache[name]
 
     return get
 
 
 @pytest.fixture(scope="module")
 def chain(workdir, splits, float_model):
-    """``chain(family)`` -> prune -> PQAT -> int8 artifacts and metrics, run once per family."""
+    """prune -> PQAT -> int8 of ``EVERY_KIND_GENOTYPE``: artifacts and metrics, run once."""
     from pipeline.export.convert import convert_keras
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.prune import prune_model
@@ -70,24 +71,15 @@ def chain(workdir, splits, float_model):
     from pipeline.tflite.reader import parse_tflite
     from pipeline.variants import VARIANTS
 
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            recipe = make_recipe(family)
-            d = workdir / family
-            src = float_model(family)
-            pruned, qat = d / "pruned.h5", d / "qat.h5"
-            prune_m = prune_model(recipe, splits, src, pruned, quiet)
-            qat_m = qat_model(recipe, splits, pruned, qat, quiet)
-            reloaded = load_keras(qat, quantized=True)
-            tflite = convert_keras(reloaded, VARIANTS.get("int8-qat"), splits.x_train[:32], int8_io=False)
-            cache[family] = SimpleNamespace(recipe=recipe, float=src, pruned=pruned, qat=qat,
-                                            prune=prune_m, qat_metrics=qat_m, qat_reloaded=reloaded,
-                                            tflite=parse_tflite(tflite, f"{family} int8"))
-        return cache[family]
-
-    return get
+    recipe = make_recipe(GENOTYPE_FAMILY, genotype=EVERY_KIND_GENOTYPE)
+    src = float_model(GENOTYPE_FAMILY, EVERY_KIND_GENOTYPE)
+    pruned, qat = src.parent / "pruned.h5", src.parent / "qat.h5"
+    prune_m = prune_model(recipe, splits, src, pruned, quiet)
+    qat_m = qat_model(recipe, splits, pruned, qat, quiet)
+    reloaded = load_keras(qat, quantized=True)
+    tflite = convert_keras(reloaded, VARIANTS.get("int8-qat"), splits.x_train[:32], int8_io=False)
+    return SimpleNamespace(recipe=recipe, float=src, pruned=pruned, qat=qat, prune=prune_m, qat_metrics=qat_m,
+                           qat_reloaded=reloaded, tflite=parse_tflite(tflite, "every-kind genotype int8"))
 
 
 def _kernels(model):
@@ -114,25 +106,29 @@ def test_every_family_has_a_case():
 
 
 def _layer_kinds(model):
-    """(layer class, activation) of every layer: what pruning and quantization act on."""
+    """(layer class, activation) of every layer: what pruning and quantization act on (a ReLU
+    layer's "activation" is its cap: ReLU6 and ReLU are quantized differently)."""
     kinds = set()
     for layer in model.layers:
-        activation = layer.get_config().get("activation")
+        config = layer.get_config()
+        activation = config.get("activation")
+        if type(layer).__name__ == "ReLU":
+            activation = f"max_value={config.get('max_value')}"
         kinds.add((type(layer).__name__, activation if isinstance(activation, str) else None))
     return kinds
 
 
-def test_the_chained_families_hold_every_layer_kind():
-    """The prune -> PQAT -> int8 tests run on ``CHAIN_FAMILIES`` only: every layer kind of
-    every registered family occurs in one of them, so no family has a layer they skip."""
-    from models import build_model
+def test_the_chained_genotype_holds_every_layer_kind():
+    """The prune -> PQAT -> int8 tests run on ``EVERY_KIND_GENOTYPE`` only: every layer kind
+    of every registered family occurs in it, so no family has a layer they skip."""
+    from models import build_model, genotype
 
     kinds = {f: _layer_kinds(build_model(f, FAMILY_CASES[f]["alpha"], (32, 32, 1), 10, first_stride=1))
              for f in FAMILIES}
-    chained = set().union(*(kinds[f] for f in CHAIN_FAMILIES))
+    chained = _layer_kinds(genotype.build(EVERY_KIND_GENOTYPE, (32, 32, 1), 10, first_stride=1))
     for family in FAMILIES:
         missing = kinds[family] - chained
-        assert not missing, f"{family} has layer kinds no chained family has: {sorted(missing)}"
+        assert not missing, f"{family} has layer kinds the chained genotype lacks: {sorted(missing)}"
     assert {("DepthwiseConv2D", "linear"), ("Dense", "linear"), ("HardSwish", None), ("Multiply", None),
             ("Add", None)} <= chained
 
@@ -182,15 +178,14 @@ def test_kernel_table_lists_depthwise_as_never_pruned():
     assert not any(r["pruned"] for r in kernel_table(model, pruned=False))
 
 
-# -- every family: prune -> PQAT -> int8 ---------------------------------------------------
+# -- every layer kind: prune -> PQAT -> int8 ---------------------------------------------------
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", CHAIN_FAMILIES)
-def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
+def test_prune_reaches_target_in_conv_and_dense_only(chain):
     from pipeline.train.keras_io import load_keras
 
-    result = chain(family)
+    result = chain
     kernels = _kernels(load_keras(result.pruned))
     rows = {r["layer"]: r for r in result.prune["layers"]}
     assert set(rows) == {name for name, _, _ in kernels}, "the metrics table must list every kernel"
@@ -211,11 +206,10 @@ def test_prune_reaches_target_in_conv_and_dense_only(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", CHAIN_FAMILIES)
-def test_pqat_keeps_sparsity_and_reloads(family, chain):
+def test_pqat_keeps_sparsity_and_reloads(chain):
     from pipeline.compress.kernels import kernel_table, prunable_sparsity
 
-    result = chain(family)
+    result = chain
     m = result.qat_metrics
     assert m["scheme"] == "pqat" and m["scheme_class"] == "Default8BitPrunePreserveQuantizeScheme"
     assert m["sparsity"] >= KEPT and m["sparsity_in"] >= KEPT
@@ -227,11 +221,10 @@ def test_pqat_keeps_sparsity_and_reloads(family, chain):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("family", CHAIN_FAMILIES)
-def test_pqat_int8_file_keeps_sparsity(family, chain):
+def test_pqat_int8_file_keeps_sparsity(chain):
     from pipeline.tflite.reader import PRUNABLE_OPS, float_compute_ops, weight_kernels, zero_fraction
 
-    model = chain(family).tflite
+    model = chain.tflite
     assert {op for op, _, _ in weight_kernels(model)} >= {"CONV_2D", "FULLY_CONNECTED"}
     assert all(a.dtype == np.int8 for op, _, a in weight_kernels(model) if op in PRUNABLE_OPS)
     assert zero_fraction(model) >= KEPT
@@ -240,16 +233,16 @@ def test_pqat_int8_file_keeps_sparsity(family, chain):
 
 
 @pytest.mark.integration
-def test_prune_is_deterministic(splits, workdir, float_model):
+def test_prune_is_deterministic(splits, chain):
+    """The chain's pruning run again, after the rest of the chain ran in this process: the
+    same history and the same weights."""
     from pipeline.train.keras_io import load_keras
     from pipeline.compress.prune import prune_model
 
-    recipe = make_recipe(GENOTYPE_FAMILY)  # the tiny genotype: determinism is no family's
-    d = workdir / GENOTYPE_FAMILY
-    first = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-1.h5", quiet)
-    again = prune_model(recipe, splits, float_model(GENOTYPE_FAMILY), d / "pruned-2.h5", quiet)
-    assert again["history"] == first["history"]
-    weights = [load_keras(d / f"pruned-{i}.h5").get_weights() for i in (1, 2)]
+    again_h5 = chain.pruned.parent / "pruned-again.h5"
+    again = prune_model(chain.recipe, splits, chain.float, again_h5, quiet)
+    assert again["history"] == chain.prune["history"]
+    weights = [load_keras(p).get_weights() for p in (chain.pruned, again_h5)]
     assert len(weights[0]) == len(weights[1]) > 0
     for a, b in zip(*weights):
         np.testing.assert_array_equal(a, b)

@@ -28,6 +28,17 @@ TINY_GENOTYPE = {
     "stages": [{"kernel": 3, "expand": 1, "depth": 1, "width": 16, "se": False, "act": "relu", "stride": 2},
                {"kernel": 3, "expand": 3, "depth": 1, "width": 24, "se": True, "act": "hswish", "stride": 2}],
 }
+#: A block genotype that holds every layer kind of every registered family (checked by
+#: ``tests/test_optimize.py::test_the_chained_genotype_holds_every_layer_kind``): a
+#: ReLU6 stem, a ReLU depthwise-separable stage, a hard-swish stage with squeeze-excite
+#: whose second block adds its residual, a ReLU6 head and dense layer after the pool. About 45
+#: layers against 85 (MobileNetV1) and 150 (V3-Small): pruning and QAT wrap each layer by
+#: its kind, so a chain through it acts on every kind at a fraction of the tracing.
+EVERY_KIND_GENOTYPE = {
+    "stem": 8, "head": 64, "head_fc": 16, "stem_act": "relu6",
+    "stages": [{"kernel": 3, "expand": 1, "depth": 1, "width": 16, "se": False, "act": "relu", "stride": 2},
+               {"kernel": 3, "expand": 3, "depth": 2, "width": 24, "se": True, "act": "hswish", "stride": 2}],
+}
 TARGET = 0.5
 # 50% per layer is exact up to rounding of tiny kernels; PQAT and the int8 file must keep it.
 KEPT = 0.45
@@ -35,9 +46,12 @@ KEPT = 0.45
 DATA = DataConfig(dataset="shapes", train_samples=128, val_samples=32, test_samples=32)
 
 
-def make_recipe(family, *, prune=True, m_by_n=None, strategy="default", logical_devices=0):
-    """The smallest recipe that exercises a stage: 32x32x1, batch 32, one epoch each."""
-    case = dict(alpha=1.0, genotype=TINY_GENOTYPE) if family == GENOTYPE_FAMILY else FAMILY_CASES.get(family)
+def make_recipe(family, *, prune=True, m_by_n=None, strategy="default", logical_devices=0, genotype=None):
+    """The smallest recipe that exercises a stage: 32x32x1, batch 32, one epoch each.
+
+    ``family`` "mbconv" builds ``genotype`` (default: :data:`TINY_GENOTYPE`)."""
+    case = dict(alpha=1.0, genotype=genotype or TINY_GENOTYPE) if family == GENOTYPE_FAMILY \
+        else FAMILY_CASES.get(family)
     if case is None:
         pytest.fail(f"model family {family!r} has no case in FAMILY_CASES of tests/helpers/stages.py")
     base = Recipe(name="optimize-test", seed=0)
