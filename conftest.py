@@ -52,6 +52,10 @@ SLOWEST_FIRST = (
     "tests/test_image_cache.py",
     "tests/test_cluster.py",
     "tests/test_device_emulated.py",
+    "tests/test_channel_schedule.py",
+    "tests/test_remote_build.py",
+    "tests/test_transfer_choice.py",
+    "tests/test_remote_ssh.py",
 )
 
 
