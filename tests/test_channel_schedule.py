@@ -11,29 +11,18 @@ import numpy as np
 import pytest
 
 from pipeline.compress.netadapt import GRANULARITY, ScheduleConfig, Target, bisect_width, run_schedule
-from tests.helpers.stages import TINY_GENOTYPE, make_recipe, quiet
+from tests.helpers.stages import TINY_GENOTYPE, ArraySplits, make_recipe, quiet
 
 # The head conv: 64 channels, each 8 of them about 2.4% of the model's MACs, so whole
 # multiples of 8 can land within 3% of a budget.
 HEAD = "head_conv"
 
 
-@dataclass
-class _Splits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray = None
-    y_test: np.ndarray = None
-    num_classes: int = 10
-
-
 def _splits():
     rng = np.random.default_rng(0)
     x = rng.random((96, 32, 32, 1), dtype=np.float32)
     y = (x[:, :16].mean(axis=(1, 2, 3)) > 0.5).astype(np.int64) + 2 * (x[:, :, :16].mean(axis=(1, 2, 3)) > .5)
-    return _Splits(x[:64], y[:64], x[64:], y[64:])
+    return ArraySplits(x[:64], y[:64], x[64:], y[64:])
 
 
 def _tiny(seed=0):
@@ -169,7 +158,7 @@ def test_auto_fine_tune_stops_on_patience_and_restores_the_best(tmp_path):
     save_keras(m, src)
     x = np.random.default_rng(1).random((96, 32, 32, 1), dtype=np.float32)
     y = np.zeros(96, np.int64)
-    splits = _Splits(x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:])
+    splits = ArraySplits(x[:64], y[:64], x[64:80], y[64:80], x[80:], y[80:])
 
     class WrongFromEpoch2(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

@@ -1,7 +1,6 @@
 """Channel pruning on tiny models: thinning is exact, residual and SE groups stay
 consistent, and the schedule stops at its budget and resumes without re-running."""
 
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from models import build_model
 from pipeline.compress.channels import find_groups, importance, keep_top, thin, thin_by_scores
 from pipeline.compress.netadapt import ScheduleConfig, Target, proposal_width, run_schedule
 from pipeline.errors import BudgetExceededError
-from tests.helpers.stages import TINY_GENOTYPE
+from tests.helpers.stages import TINY_GENOTYPE, ArraySplits
 
 FAMILIES = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large")
 
@@ -124,19 +123,11 @@ def test_proposal_width_rounds_to_packed_channels():
     assert proposal_width(8, 100.0, 1000.0) == 8     # never below the floor: cannot shrink
 
 
-@dataclass
-class _Splits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-
-
 def _splits():
     rng = np.random.default_rng(0)
     x = rng.random((96, 32, 32, 1), dtype=np.float32)
     y = (x[:, :16].mean(axis=(1, 2, 3)) > 0.5).astype(np.int64) + 2 * (x[:, :, :16].mean(axis=(1, 2, 3)) > .5)
-    return _Splits(x[:64], y[:64], x[64:], y[64:])
+    return ArraySplits(x[:64], y[:64], x[64:], y[64:])
 
 
 def test_macs_target_stops_at_budget_and_resumes(tmp_path):

@@ -54,6 +54,41 @@ def test_measured_points_join_the_fit_and_every_held_out_split(monkeypatch):
         assert [p.point for p in split][-2:] == measured
 
 
+def test_measured_points_validate_their_core_and_format_and_the_estimate_states_its_error(monkeypatch):
+    """Before: no point of the board's core, its estimates unvalidated. After calibrate
+    with its measured points: validated, with the held-out error on those points."""
+    import dataclasses
+
+    from pipeline.latency.estimate import estimate_run
+
+    published = [_point(i, f"dev{i % 3}") for i in range(9)]
+    measured = [dataclasses.replace(_point(20 + i, "rpi4"), core="cortex-a72") for i in range(3)]
+    monkeypatch.setattr(cal, "calibration_points", lambda *a, **k: list(published))
+    before = cal.calibrate([], matrix=False, runtime=object())
+    after = cal.calibrate([], matrix=False, runtime=object(), measured=measured)
+    assert not before.params.is_validated("cortex-a72", "float32")
+    assert "cortex-a72" not in before.params.info["validation_lodo"]
+    assert after.params.is_validated("cortex-a72", "float32")
+    assert not after.params.is_validated("cortex-a72", "int8")  # only float32 was measured
+    error = after.params.info["validation_lodo"]["cortex-a72"]["float32"]
+    held = [q for q in after.held_out["leave-one-device-out"] if q.point.core == "cortex-a72"]
+    assert error["points"] == 3 == len(held)
+    assert error["worst_abs_error_pct"] == round(100 * max(abs(q.error) for q in held), 1)
+
+    class Profile:  # what estimate_run reads of a profile, on the measured board's core
+        core, cores, sched_model, qemu_cpu, cache_kb = "cortex-a72", 4, "cortex-a57", "cortex-a72", 1024
+
+    monkeypatch.setattr("pipeline.latency.cycles.core_cycles",
+                        lambda *a, **k: type("C", (), {"cycles": 1e6, "ipc": 1.5, "instructions": 1500000,
+                                                       "hot_blocks": 1, "hot_fraction": 1.0})())
+    monkeypatch.setattr("pipeline.latency.estimate.Device.of", lambda profile: measured[0].device_figures)
+    monkeypatch.setattr("pipeline.latency.estimate.pipeline_model_name", lambda profile: "llvm-mca test")
+    traffic = type("T", (), {"op_count": 10, "dram_bytes": lambda self, cache: 1000})()
+    for params, expected in ((before.params, None), (after.params, error)):
+        est = estimate_run({}, traffic, Profile(), "float32", 1, params)
+        assert est["validated"] is (expected is not None) and est["validation_error"] == expected
+
+
 def test_calibrate_measured_with_nothing_usable_is_bad_input(tmp_path, monkeypatch):
     monkeypatch.setenv("MOBILE_MODEL_REMOTE_CACHE", str(tmp_path))
     r = CliRunner(mix_stderr=False).invoke(main, ["calibrate", "--measured", "--out", str(tmp_path / "cal"), "-q"])

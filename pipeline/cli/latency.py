@@ -50,9 +50,10 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
     Builds the published architectures (width 1.0, 224x224, 1000 classes, random
     weights; int8 by post-training quantization), runs each once on the emulated
     core of its device (cached), prices the executed blocks with the device's LLVM
-    pipeline model, fits the model's three global numbers on every published point
-    (one and several threads), and reports errors fitted on all points and held out
-    by point, by device and by architecture, float32 and int8 apart. The
+    pipeline model, fits the model's global numbers on every published point (one and
+    several threads), and reports errors fitted on all points and held out by point, by
+    device and by architecture, float32 and int8 apart. Each core and numeric format with
+    points is validated, and its estimates state the error held out by device on them. The
     installed package is never written to: the parameters go to --out (by default the
     user cache, which estimates then use; elsewhere, point $MOBILE_MODEL_LATENCY_PARAMS
     at the written params.yaml). With --measured, the points measured on real boards that
@@ -147,6 +148,14 @@ def estimate(family: Optional[str], model_file: Optional[Path], alpha: float, in
         fail(e)
 
 
+def _validation(error: Optional[Dict[str, Any]]) -> str:
+    """How far off the model was on the points that validate this core and format."""
+    if not error:
+        return ""
+    return (f": held out by device, {error['median_abs_error_pct']:g}% median and {error['worst_abs_error_pct']:g}% "
+            f"worst error on the {error['points']} point(s) of this core and format")
+
+
 def _format_estimate(r: Dict[str, Any], label: str) -> str:
     """The text form of an estimate: the latency (marked when unvalidated) and its provenance, then the run."""
     est = LatencyEstimate(r["latency_ms"], r["validated"], r["pipeline_model"], r["cycles_single_thread"], r["ipc"])
@@ -154,7 +163,7 @@ def _format_estimate(r: Dict[str, Any], label: str) -> str:
     return "\n".join([
         f"{r['device']} ({r['qemu_cpu']} at {r['clock_ghz']:g} GHz, {r['runtime']}, "
         f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}): {label}",
-        f"  latency_ms     {ms}  ({est.verdict})",
+        f"  latency_ms     {ms}  ({est.verdict}{_validation(r.get('validation_error'))})",
         f"  pipeline model {model}",
         f"  cycles         {est.cycles:,.0f} per inference on 1 thread, IPC {ipc}",
         f"  instructions   {r['instructions']:,} per inference",

@@ -225,6 +225,22 @@ def validated_cores(points: Sequence[Point]) -> Dict[str, Tuple[str, ...]]:
     return {core: tuple(v for v in PUBLISHED_FORMATS if v in got) for core, got in sorted(out.items())}
 
 
+def validation_errors(predictions: Sequence[Prediction]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Core -> numeric format -> the held-out error on that pair's points: what a validated
+    estimate of that core and format states (``points``, ``median_abs_error_pct``,
+    ``worst_abs_error_pct``). ``predictions`` are held out (by device, in :func:`calibrate`),
+    so a pair's figure says how far off the model was on those points without them."""
+    out: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for core in sorted({q.point.core for q in predictions}):
+        for variant in PUBLISHED_FORMATS:
+            s = error_summary([q for q in predictions if (q.point.core, q.point.variant) == (core, variant)])
+            if s["points"]:
+                out.setdefault(core, {})[variant] = {
+                    "points": s["points"], "median_abs_error_pct": round(100 * s["median_abs_error"], 1),
+                    "worst_abs_error_pct": round(100 * s["worst_abs_error"], 1)}
+    return out
+
+
 # -- the first model, as a comparison row ----------------------------------------------
 
 def classcost_held_out(points: Sequence[Point], group: Callable[[Point], str]) -> List[Prediction]:
@@ -326,7 +342,10 @@ def calibrate(published: Optional[Sequence[PublishedPoint]] = None, log: Log = n
             "measured_points": len(measured),
             "lodo_median_abs_error_pct": round(100 * lodo["median_abs_error"], 2),
             "lodo_worst_abs_error_pct": round(100 * lodo["worst_abs_error"], 2),
-            "memory_bound_points": len(memory_bound_points(points, numbers))}
+            "memory_bound_points": len(memory_bound_points(points, numbers)),
+            # What a validated estimate states: the error on its core and format's points,
+            # each held out with its device.
+            "validation_lodo": validation_errors(outs["leave-one-device-out"])}
     params = LatencyParams(validated=validated_cores(points), info=info, **numbers)
     comparison = {name: classcost_held_out(points, key) for name, key in SPLITS.items()}
     rows = estimate_matrix(params, log, runtime) if matrix else []

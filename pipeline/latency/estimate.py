@@ -56,8 +56,12 @@ def estimate_run(block_profile: Mapping[str, Any], traffic: GraphTraffic, profil
     cc = core_cycles(block_profile, profile.sched_model, profile.qemu_cpu, stats)
     dram = traffic.dram_bytes(profile.cache_kb * 1024)
     b = predict(cc.cycles, traffic.op_count, dram, Device.of(profile), _numbers(params), threads)
+    validated = params.is_validated(profile.core, variant)
+    # A validated estimate states the model's error on the points that validate it
+    # (held out by device; None where the parameters file predates the record).
+    errors = ((params.info or {}).get("validation_lodo") or {}).get(profile.core, {}).get(variant)
     return {
-        "latency_ms": b.ms, "validated": params.is_validated(profile.core, variant),
+        "latency_ms": b.ms, "validated": validated, "validation_error": errors if validated else None,
         "pipeline_model": pipeline_model_name(profile), "core": profile.core,
         "numeric_format": variant, "cycles_single_thread": cc.cycles, "ipc": cc.ipc,
         "instructions": cc.instructions, "hot_blocks": cc.hot_blocks,

@@ -4,6 +4,7 @@ Also imported by the subprocess of ``tests/test_optimize.py``'s distribution tes
 """
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,18 @@ def make_recipe(family, *, prune=True, m_by_n=None, strategy="default", logical_
 
 def quiet(line):
     """A stage's ``log`` that drops every line."""
+
+
+@dataclasses.dataclass
+class ArraySplits:
+    """In-memory splits of the arrays a schedule or fine-tune reads (train, validation,
+    optionally test), for tests that run a stage on a few images without a data set."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    x_test: Any = None
+    y_test: Any = None
+    num_classes: int = 10
+
