@@ -22,7 +22,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.recipe.stages import DevicesConfig, RemoteConfig
 from pipeline.recipe.targets import AdbTarget, SshTarget, parse_entry
 from tests.helpers.stages import make_recipe, quiet
-from tests.test_remote_ssh import BOARD_PYTHON, Sshd, free_port, keygen
+from tests.test_remote_ssh import BOARD_PYTHON, start_board
 
 PROFILE = "rpi4"
 
@@ -85,9 +85,7 @@ def measured_build(tmp_path_factory):
     from pipeline.build import build
 
     root = tmp_path_factory.mktemp("realbuild")
-    key = keygen(root / "client_key")
-    sshd = Sshd(root / "sshd", Path(f"{key}.pub"), free_port())
-    sshd.start(keygen(root / "host_key"))
+    sshd, key = start_board(root)
     entry = f"{PROFILE}@ssh://{os.environ.get('USER', 'root')}@127.0.0.1:{sshd.port}"
     try:
         with pytest.MonkeyPatch.context() as mp:

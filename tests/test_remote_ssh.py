@@ -85,13 +85,20 @@ class Sshd:
         self.proc = None
 
 
+def start_board(root: Path):
+    """``(sshd, client key)``: an sshd started under ``root`` on a free port, with fresh
+    host and client keys (the caller stops it)."""
+    key = keygen(root / "client_key")
+    sshd = Sshd(root / "sshd", Path(f"{key}.pub"), free_port())
+    sshd.start(keygen(root / "host_key"))
+    return sshd, key
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     """A running sshd, the client key, the models and a cache of the tool's own."""
     root = tmp_path_factory.mktemp("board")
-    key = keygen(root / "client_key")
-    sshd = Sshd(root / "sshd", Path(f"{key}.pub"), free_port())
-    sshd.start(keygen(root / "host_key"))
+    sshd, key = start_board(root)
     models = {"int8": int8_add_model(root / "add_int8.tflite"),
               "custom": unknown_custom_op_model(root / "custom.tflite")}
     with pytest.MonkeyPatch.context() as mp:

@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 from pipeline.errors import ConfigError
 from pipeline.recipe.targets import AdbTarget, SshTarget, Target, parse_target
+from pipeline.store.isolated_env import cache_root
 
 __all__ = ["ADB_DIR", "REMOTE_CACHE", "AdbTarget", "Settings", "SshTarget", "Target", "cache_dir", "parse_cores",
            "parse_target"]
@@ -75,7 +76,4 @@ def cache_dir() -> Path:
     """Known hosts, remembered tool paths and the measured points: ``$MOBILE_MODEL_REMOTE_CACHE``,
     else ``$MOBILE_MODEL_CACHE/remote`` (default ``~/.cache/mobile-model/remote``)."""
     own = os.environ.get("MOBILE_MODEL_REMOTE_CACHE")
-    if own:
-        return Path(own)
-    base = os.environ.get("MOBILE_MODEL_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "mobile-model") / "remote"
+    return Path(own) if own else cache_root() / "remote"
