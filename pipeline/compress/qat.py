@@ -21,7 +21,7 @@ from typing import Dict
 from pipeline.compress.kernels import kernel_table, prunable_sparsity
 from pipeline.compress.runner import Facts, Log, Technique, fine_tune
 from pipeline.recipe.schema import Recipe
-from pipeline.train.keras_io import load_keras
+from pipeline.train.keras_io import load_keras_shared
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class QuantizationAware(Technique):
         return f"scheme {self.scheme} ({facts['scheme_class']}), {steps} steps"
 
     def reload(self, src: Path, out: Path):
-        return load_keras(out, quantized=True)
+        return load_keras_shared(out, quantized=True)
 
     def reload_failure(self, src: Path, out: Path) -> str:
         return f"QAT model {out} does not reload faithfully"

@@ -89,13 +89,13 @@ def convert_variant(recipe: Recipe, variant_name: str, source_path: Path, splits
     Returns:
         metrics: validation figures and the converted size.
     """
-    from pipeline.train.keras_io import load_keras
+    from pipeline.train.keras_io import load_keras_shared
     from pipeline.train.fit import setup_tensorflow
 
     variant = VARIANTS.get(variant_name)
     setup_tensorflow(recipe.seed, recipe.train.logical_devices)
     if model is None:
-        model = load_keras(source_path, quantized=variant.source != "float")
+        model = load_keras_shared(source_path, quantized=variant.source != "float")
     c = recipe.convert
     calib = splits.x_train[: c.calibration_samples] if variant.full_integer else None
     log(f"[convert/{variant_name}] converting {source_path.name}")
