@@ -8,15 +8,14 @@ square gives a known detection.
 
 import numpy as np
 import pytest
-from flatbuffers import flexbuffers
 
 from pipeline.detection.evaluate import (Detections, detection_agreement, detections_from_outputs,
-                                         find_postprocess_op, run_tflite_detector)
+                                         find_postprocess_op, postprocess_options,
+                                         run_tflite_detector)
 from pipeline.detection.export import (PostprocessConfig, convert_detector, decode_boxes, export_detector,
                                        implements_signature, keras_detections, reference_postprocess)
 from pipeline.errors import ConfigError, ConversionMismatchError, ModelFileError
 from pipeline.tflite.reader import parse_tflite
-from pipeline.tflite.verify import schema
 from pipeline.variants import DEFAULT_VARIANTS, VARIANTS
 
 SIZE, CLASSES = 64, 3
@@ -124,14 +123,6 @@ def exported(detector, tmp_path_factory):
                                   int8_input=name == "int8-ptq", log=lambda _: None)
         result[name] = (path, metrics)
     return result
-
-
-def postprocess_options(data: bytes) -> dict:
-    """The custom options (a flexbuffer map) of the model's postprocess op."""
-    sg = schema().Model.GetRootAs(data, 0).Subgraphs(0)
-    model = parse_tflite(data)
-    index = model.operators.index(find_postprocess_op(model))
-    return flexbuffers.Loads(sg.Operators(index).CustomOptionsAsNumpy().tobytes())
 
 
 @pytest.mark.integration
@@ -253,6 +244,12 @@ def test_conversion_refuses_models_off_the_contract(detector):
         convert_detector(detector, ANCHORS, VARIANTS.get("int8-qat"), CALIBRATION)
     with pytest.raises(ConfigError, match="int8-ptq: full-integer conversion needs calibration images"):
         convert_detector(detector, ANCHORS, VARIANTS.get("int8-ptq"))
+    import tf_keras as keras
+
+    one_output = keras.Model(detector.input, detector.outputs[0], name="boxes_only")
+    with pytest.raises(ConfigError, match=r"'boxes_only': expected outputs box_encodings \[B, N, 4\] and "
+                                          r"class_logits \[B, N, C \+ 1\], got \[\[None, 20, 4\]\]"):
+        convert_detector(one_output, ANCHORS, VARIANTS.get("float32"))
 
 
 @pytest.mark.integration
@@ -263,6 +260,9 @@ def test_validation_rejects_a_detector_that_disagrees(detector, exported):
              for d in keras_detections(detector, ANCHORS, IMAGES, CONFIG)]
     with pytest.raises(ConversionMismatchError, match=r"float32 \(x\): TFLite detections agree with Keras on 0.0%"):
         validate_detector(exported["float32"][0].read_bytes(), wrong, IMAGES, VARIANTS.get("float32"), "float32 (x)")
+    options = {"max_detections": 9, "num_classes": 3}
+    with pytest.raises(ConversionMismatchError, match="the postprocess op has max_detections=8, expected 9"):
+        validate_detector(exported["float32"][0].read_bytes(), wrong, IMAGES, VARIANTS.get("float32"), "x", options)
     with pytest.raises(ModelFileError, match="not a detector: expected one TFLite_Detection_PostProcess op"):
         run_tflite_detector(_classifier_tflite(), IMAGES)
 

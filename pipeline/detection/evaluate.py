@@ -10,13 +10,14 @@ is the same without scores.
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from pipeline.errors import ConfigError, DataError, ModelFileError
 from pipeline.tflite.host import ModelSource, allocate, make_interpreter, quantize_input
 from pipeline.tflite.reader import Operator, TFLiteModel, parse_tflite, read_tflite
+from pipeline.tflite.verify import schema
 
 #: The custom op whose four outputs a detector's .tflite gives.
 POSTPROCESS_OPCODE = "CUSTOM:TFLite_Detection_PostProcess"
@@ -85,6 +86,28 @@ def find_postprocess_op(model: TFLiteModel, source: str = "model") -> Operator:
     return ops[0]
 
 
+def postprocess_options(tflite: bytes, source: str = "model") -> Dict[str, Any]:
+    """The settings (custom options, a flexbuffer map) of a detector's postprocess op.
+
+    Raises:
+        ModelFileError: not a detector, or options that are not a flexbuffer map.
+    """
+    from flatbuffers import flexbuffers
+
+    op = find_postprocess_op(parse_tflite(tflite, source), source)
+    subgraph = schema().Model.GetRootAs(tflite, 0).Subgraphs(0)
+    index = next(k for k in range(subgraph.OperatorsLength())
+                 if tuple(subgraph.Operators(k).OutputsAsNumpy().tolist()) == op.outputs)
+    raw = subgraph.Operators(index).CustomOptionsAsNumpy()
+    try:
+        options = flexbuffers.Loads(raw.tobytes()) if not isinstance(raw, int) else None
+    except (ValueError, IndexError, TypeError) as e:
+        raise ModelFileError(f"{source}: unreadable TFLite_Detection_PostProcess options ({e})") from None
+    if not isinstance(options, dict):
+        raise ModelFileError(f"{source}: TFLite_Detection_PostProcess has no options map")
+    return options
+
+
 def run_tflite_detector(model: ModelSource, images: np.ndarray,
                         score_threshold: float = 0.0) -> List[Detections]:
     """Runs a detector ``.tflite`` (a file or its bytes) on the host, one image per invoke.
@@ -130,10 +153,10 @@ def detections_from_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.n
         DataError: the shapes do not fit together, or a count outside [0, M].
     """
     boxes, classes, scores = np.asarray(boxes), np.asarray(classes), np.asarray(scores)
-    count = np.asarray(count).reshape(len(boxes), -1)[:, 0] if len(boxes) else np.zeros(0)
+    count = np.asarray(count, np.float64).reshape(-1)
     m = boxes.shape[1] if boxes.ndim == 3 else -1
     if boxes.ndim != 3 or boxes.shape[2] != 4 or classes.shape != boxes.shape[:2] or scores.shape != classes.shape \
-            or np.any(count < 0) or np.any(count > m):
+            or len(count) != len(boxes) or np.any(count < 0) or np.any(count > m):
         raise DataError(f"detector outputs do not fit together: boxes {list(boxes.shape)}, classes "
                         f"{list(classes.shape)}, scores {list(scores.shape)}, counts {count.tolist()[:4]}")
     results = []

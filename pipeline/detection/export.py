@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from pipeline.detection.evaluate import (Detections, detection_agreement, find_postprocess_op,
-                                         run_tflite_detector)
+                                         postprocess_options, run_tflite_detector)
 from pipeline.errors import ConfigError, ConversionMismatchError, Log
 from pipeline.native import captured_stderr
 from pipeline.plain import from_plain
@@ -104,25 +104,39 @@ def implements_signature(config: PostprocessConfig, num_classes: int) -> str:
 
 
 def check_detector(model, anchors: np.ndarray) -> int:
-    """Checks a detector's outputs against the contract and its anchors; returns C.
+    """Checks a detector's input and outputs against the contract and its anchors; returns C.
 
     Raises:
-        ConfigError: not two outputs ``[B, N, 4]`` and ``[B, N, C + 1]``, or anchors
-            that are not ``[N, 4]`` finite ``[yc, xc, h, w]`` with positive sizes.
+        ConfigError: not one input of a fixed size, not two outputs ``[B, N, 4]`` and
+            ``[B, N, C + 1]``, or anchors that are not ``[N, 4]`` finite
+            ``[yc, xc, h, w]`` with positive sizes.
     """
+    if len(model.inputs) != 1 or None in tuple(model.inputs[0].shape)[1:]:
+        raise ConfigError(f"detector {model.name!r}: expected one image input of a fixed size, got "
+                          f"{[list(t.shape) for t in model.inputs]}")
     shapes = [tuple(t.shape) for t in model.outputs]
-    if len(shapes) != 2 or len(shapes[0]) != 3 or len(shapes[1]) != 3 or shapes[0][2] != 4 \
-            or shapes[0][1] != shapes[1][1] or shapes[1][2] is None or shapes[1][2] < 2:
+    if len(shapes) != 2 or any(len(s) != 3 for s in shapes) or shapes[0][2] != 4 or shapes[0][1] is None \
+            or shapes[0][1] != shapes[1][1] or (shapes[1][2] or 0) < 2:
         raise ConfigError(f"detector {model.name!r}: expected outputs box_encodings [B, N, 4] and "
                           f"class_logits [B, N, C + 1], got {[list(s) for s in shapes]}")
     n = shapes[0][1]
     a = np.asarray(anchors)
     if a.shape != (n, 4):
-        raise ConfigError(f"detector {model.name!r} has {n} anchors' outputs; anchors have shape {list(a.shape)}, "
-                          f"expected [{n}, 4]")
+        raise ConfigError(f"detector {model.name!r} has outputs for {n} anchors; anchors have shape "
+                          f"{list(a.shape)}, expected [{n}, 4]")
     if not np.all(np.isfinite(a)) or np.any(a[:, 2:] <= 0):
         raise ConfigError(f"detector {model.name!r}: anchors must be finite [yc, xc, h, w] with h, w > 0")
     return int(shapes[1][2]) - 1
+
+
+def op_options(config: PostprocessConfig, num_classes: int) -> Dict[str, float]:
+    """The custom options the converted op should carry (the attributes the converter
+    passes on: all but ``detections_per_class``)."""
+    y, x, h, w = BOX_SCALES
+    return {"max_detections": config.max_detections, "max_classes_per_detection": MAX_CLASSES_PER_DETECTION,
+            "num_classes": num_classes, "nms_score_threshold": config.score_threshold,
+            "nms_iou_threshold": config.iou_threshold, "y_scale": y, "x_scale": x, "h_scale": h, "w_scale": w,
+            "use_regular_nms": int(config.use_regular_nms)}
 
 
 def detection_function(model, anchors: np.ndarray, config: PostprocessConfig):
@@ -288,9 +302,9 @@ def reference_postprocess(box_encodings: np.ndarray, class_logits: np.ndarray, a
     found = [(a, k, scores[a, k]) for k in range(scores.shape[1])
              for a in nms(boxes, scores[:, k], c.score_threshold, c.iou_threshold, DETECTIONS_PER_CLASS)]
     found.sort(key=lambda f: -f[2])  # stable: ties keep class, then score order
-    found = found[:c.max_detections]
-    anchors_, classes = [f[0] for f in found], [f[1] for f in found]
-    return Detections(boxes[anchors_].reshape(-1, 4), np.asarray(classes, np.int64),
+    found = found[:c.max_detections]  # the op's final sort is not stable: equal scores may come in another order
+    rows = [f[0] for f in found]
+    return Detections(boxes[rows].reshape(-1, 4), np.asarray([f[1] for f in found], np.int64),
                       np.asarray([f[2] for f in found], np.float32))
 
 
@@ -304,20 +318,28 @@ def keras_detections(model, anchors: np.ndarray, images: np.ndarray,
 # -- export: convert, validate, write ----------------------------------------------
 
 def validate_detector(tflite: bytes, expected: Sequence[Detections], images: np.ndarray, variant: Variant,
-                      name: str, score_threshold: float = 0.5) -> Dict:
+                      name: str, options: Optional[Dict[str, float]] = None, score_threshold: float = 0.5) -> Dict:
     """Compares the .tflite detections on ``images`` with the Keras reference's.
 
     Agreement is :func:`detection_agreement` both ways (same class, IoU of at least
     :data:`VALIDATION_IOU` of the variant's number format) over the detections
     scoring at least ``score_threshold``.
 
+    Args:
+        options: the postprocess op's expected settings (:func:`op_options`).
+
     Raises:
-        ConversionMismatchError: the postprocess op is missing, agreement is under
-            the variant's floor, or a full-integer model computes in float before the
-            postprocess op.
+        ConversionMismatchError: the postprocess op is missing or has other settings,
+            agreement is under the variant's floor, or a full-integer model computes
+            in float before the postprocess op.
     """
     model = parse_tflite(tflite, name)
     find_postprocess_op(model, name)
+    got_options = postprocess_options(tflite, name)
+    wrong = [k for k, v in (options or {}).items() if not np.isclose(got_options.get(k, np.nan), v, rtol=1e-6)]
+    if wrong:
+        raise ConversionMismatchError(f"{name}: the postprocess op has {wrong[0]}={got_options.get(wrong[0])}, "
+                                      f"expected {options[wrong[0]]}")
     got = run_tflite_detector(tflite, images)
     iou = VALIDATION_IOU[variant.number_format]
     agree = detection_agreement(expected, got, iou=iou, score_threshold=score_threshold)
@@ -359,7 +381,8 @@ def export_detector(model, anchors: np.ndarray, variant_name: str, out: Path, va
     log(f"[detection/{variant_name}] converting {model.name}")
     tflite = convert_detector(model, anchors, variant, calibration, config, int8_input)
     expected = keras_detections(model, anchors, validation_images, config)
-    metrics = validate_detector(tflite, expected, validation_images, variant, f"{variant_name} ({Path(out).name})")
+    metrics = validate_detector(tflite, expected, validation_images, variant, f"{variant_name} ({Path(out).name})",
+                                op_options(config, check_detector(model, anchors)))
     atomic_write_bytes(Path(out), tflite)
     metrics["size_bytes"] = len(tflite)
     log(f"[detection/{variant_name}] {len(tflite) / 1024:.1f} KiB, agreement {metrics['validation_agreement']:.1%} "
