@@ -94,11 +94,9 @@ def postprocess_options(tflite: bytes, source: str = "model") -> Dict[str, Any]:
     """
     from flatbuffers import flexbuffers
 
-    op = find_postprocess_op(parse_tflite(tflite, source), source)
-    subgraph = schema().Model.GetRootAs(tflite, 0).Subgraphs(0)
-    index = next(k for k in range(subgraph.OperatorsLength())
-                 if tuple(subgraph.Operators(k).OutputsAsNumpy().tolist()) == op.outputs)
-    raw = subgraph.Operators(index).CustomOptionsAsNumpy()
+    model = parse_tflite(tflite, source)  # checks every offset the generated reader below follows
+    index = model.operators.index(find_postprocess_op(model, source))
+    raw = schema().Model.GetRootAs(tflite, 0).Subgraphs(0).Operators(index).CustomOptionsAsNumpy()
     try:
         options = flexbuffers.Loads(raw.tobytes()) if not isinstance(raw, int) else None
     except (ValueError, IndexError, TypeError) as e:
