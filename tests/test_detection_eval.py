@@ -63,6 +63,8 @@ def test_images_may_each_have_their_size():
     truth = [gt([BOX], [0]), gt([[0.1, 0.1, 0.3, 0.3]], [1])]
     found = [det([BOX], [0], [0.9]), det([[0.1, 0.1, 0.3, 0.3]], [1], [0.8])]
     assert coco_map(truth, found, [(100, 100), (48, 64)]).map == pytest.approx(1.0)
+    shifted = [det([[0.2, 0.295, 0.6, 0.695]], [0], [0.9]), found[1]]
+    assert coco_map(truth, shifted).map == pytest.approx(coco_map(truth, shifted, [(30, 40), (480, 640)]).map)
     with pytest.raises(ConfigError, match=r"image_size must be one \(height, width\) or one per image \(2\)"):
         coco_map(truth, found, [(100, 100)])
 

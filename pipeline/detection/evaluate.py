@@ -237,14 +237,16 @@ def coco_datasets(ground_truth: Sequence[Any], detections: Sequence[Any], image_
     return dataset, results
 
 
-def coco_map(ground_truth: Sequence[Any], detections: Sequence[Any], image_size: ImageSize,
+def coco_map(ground_truth: Sequence[Any], detections: Sequence[Any], image_size: Optional[ImageSize] = None,
              source: str = "ground truth") -> CocoMetrics:
     """COCO mAP@[.5:.95], mAP@0.5 and mAP@0.75 of ``detections`` against ``ground_truth``.
 
     Args:
         ground_truth, detections: one entry per image (see the module's docstring).
         image_size: ``(height, width)`` in pixels of every image, or one per image:
-            the boxes are evaluated in pixels, where COCO's area ranges apply.
+            the boxes are evaluated in pixels, where COCO's area ranges apply. The
+            figures returned (over all areas) do not depend on it: IoU is the same at
+            any scale. None: the normalized boxes as they are (a 1 x 1 image).
         source: names the ground truth in messages (its file).
 
     Returns:
@@ -257,7 +259,7 @@ def coco_map(ground_truth: Sequence[Any], detections: Sequence[Any], image_size:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    dataset, results = coco_datasets(ground_truth, detections, image_size, source)
+    dataset, results = coco_datasets(ground_truth, detections, (1, 1) if image_size is None else image_size, source)
     counts = dict(images=len(dataset["images"]), boxes=len(dataset["annotations"]), detections=len(results))
     if not results:  # pycocotools cannot load an empty result list; every box is a miss
         return CocoMetrics(0.0, 0.0, 0.0, **counts)
