@@ -112,7 +112,23 @@ def compile_model(model, learning_rate: float, steps: int, warmup: int = 0,
             else keras.losses.SparseCategoricalCrossentropy())
     schedule = warmup_cosine(learning_rate, steps, warmup)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
+    _build_training_state(model, one_hot=bool(label_smoothing))
     return schedule
+
+
+def _build_training_state(model, one_hot: bool) -> None:
+    """Creates the optimizer's slots and the compiled loss and metrics now, as the
+    first train step would: tf.function traces a step that creates variables twice
+    (once creating them, once more without), and one trace of a pruning- or
+    QAT-wrapped model's step takes seconds. Same variables, same initial values (zeros,
+    no random draw), so training is unchanged."""
+    import tensorflow as tf
+
+    model.optimizer.build(model.trainable_variables)
+    y_pred = tf.zeros([1, *model.output_shape[1:]])
+    y_true = tf.zeros([1, model.output_shape[-1]]) if one_hot else tf.zeros([1], tf.int64)
+    model.compiled_loss.build(y_pred)
+    model.compiled_metrics.build(y_pred, y_true)
 
 
 def class_weights(y: np.ndarray, classes: int) -> Dict[int, float]:
