@@ -203,6 +203,7 @@ def recover_briefly(model, splits, batches: int, batch_size: int, learning_rate:
     """
     import tf_keras as keras
 
+    from pipeline.train.fit import build_training_state
     from pipeline.train.stream import train_dataset
 
     if batches <= 0:
@@ -211,6 +212,7 @@ def recover_briefly(model, splits, batches: int, batch_size: int, learning_rate:
     n = min(len(splits.x_train), batches * batch_size)
     idx = np.random.default_rng(seed).choice(len(splits.x_train), n, replace=False)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy")
+    build_training_state(model, one_hot=False)  # one trace of the step, not two
     model.fit(train_dataset(splits.x_train, splits.y_train, idx, batch_size), epochs=1, verbose=0)
 
 

@@ -112,11 +112,11 @@ def compile_model(model, learning_rate: float, steps: int, warmup: int = 0,
             else keras.losses.SparseCategoricalCrossentropy())
     schedule = warmup_cosine(learning_rate, steps, warmup)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
-    _build_training_state(model, one_hot=bool(label_smoothing))
+    build_training_state(model, one_hot=bool(label_smoothing))
     return schedule
 
 
-def _build_training_state(model, one_hot: bool) -> None:
+def build_training_state(model, one_hot: bool) -> None:
     """Creates the optimizer's slots and the compiled loss and metrics now, as the
     first train step would: tf.function traces a step that creates variables twice
     (once creating them, once more without), and one trace of a pruning- or
