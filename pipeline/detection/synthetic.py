@@ -80,7 +80,7 @@ def render_synthetic(n: int, input_shape: Tuple[int, int, int], rng: np.random.G
         rgb = _backgrounds(hi - lo, h, w, rng)
         for j in range(hi - lo):
             _draw_objects(rgb[j], layouts[lo + j], rng)
-        sigma = rng.uniform(0.01, 0.04, (hi - lo, 1, 1, 1)).astype(np.float32)
+        sigma = rng.uniform(0.01, 0.03, (hi - lo, 1, 1, 1)).astype(np.float32)
         rgb += rng.standard_normal(rgb.shape, dtype=np.float32) * sigma
         out = rgb if c == 3 else (rgb @ _LUMA.astype(np.float32))[..., None]
         images[lo:hi] = np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
@@ -96,13 +96,15 @@ def _layout(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.nd
     """Integer pixel boxes ``[k, 4]`` (y0, x0, y1, x1), largest first, and their classes."""
     want = int(rng.integers(1, MAX_OBJECTS + 1))
     s = min(h, w)
+    lo = int(np.ceil(SIDE_RANGE[0] * s))
+    hi_h, hi_w = int(SIDE_RANGE[1] * h), int(SIDE_RANGE[1] * w)
     placed: List[List[int]] = []
     for _ in range(want):
         for _ in range(_PLACE_TRIES):
             side = rng.uniform(*SIDE_RANGE) * s
             aspect = np.exp(rng.uniform(-0.25, 0.25))
-            bh = int(np.clip(round(side * aspect), SIDE_RANGE[0] * s, SIDE_RANGE[1] * h))
-            bw = int(np.clip(round(side / aspect), SIDE_RANGE[0] * s, SIDE_RANGE[1] * w))
+            bh = int(np.clip(round(side * aspect), lo, hi_h))
+            bw = int(np.clip(round(side / aspect), lo, hi_w))
             y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
             box = [y0, x0, y0 + bh, x0 + bw]
             if not placed or _fits(np.array(box, np.float64), np.array(placed, np.float64)):
@@ -190,25 +192,33 @@ def _draw_objects(img: np.ndarray, layout, rng: np.random.Generator) -> None:
         cy, cx = y0 + b, x0 + a
         t = rng.uniform(0.25, 0.38)
         down = bool(rng.random() < 0.5)
-        shade = rng.uniform(-0.12, 0.12, 2)
+        shade = rng.uniform(-0.08, 0.08, 2)
         yy = (np.arange(y0, y1, dtype=np.float32) + 0.5)[:, None]
         xx = (np.arange(x0, x1, dtype=np.float32) + 0.5)[None, :]
         sd = _SHAPES[name](yy - cy, xx - cx, b, a, t, down)
         alpha = np.clip(0.5 - sd, 0, 1)[..., None].astype(np.float32)
-        # A gentle linear shading across the object: a solid colour that is not flat.
-        light = 1 + shade[0] * (yy - cy) / b + shade[1] * (xx - cx) / a
-        fill = np.clip(colour[None, None, :] * light[..., None], 0, 1).astype(np.float32)
+        # A gentle linear shading across the object (a solid colour that is not flat), away
+        # from the background's luma so that it never lowers the object's contrast.
+        away = 1.0 if colour @ _LUMA > local @ _LUMA else -1.0
+        ramp = np.abs(shade[0]) * (0.5 + np.sign(shade[0]) * (yy - cy) / (2 * b)) \
+            + np.abs(shade[1]) * (0.5 + np.sign(shade[1]) * (xx - cx) / (2 * a))
+        fill = np.clip(colour[None, None, :] + away * ramp[..., None], 0, 1).astype(np.float32)
         patch = img[y0:y1, x0:x1]
         patch += (fill - patch) * alpha
 
 
 def _contrasting(background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random hue whose luma is 0.3-0.5 away from the background's (grey images keep it)."""
+    """A random hue whose luma is 0.35-0.5 away from the background's (grey images keep it)."""
     bl = float(background @ _LUMA)
-    step = rng.uniform(0.3, 0.5)
+    step = rng.uniform(0.35, 0.5)
     luma = bl + step if (bl < 0.5) else bl - step
     tint = rng.uniform(-0.35, 0.35, 3)
-    colour = np.clip(np.clip(luma, 0.03, 0.97) + tint - tint @ _LUMA, 0, 1)
+    tint -= tint @ _LUMA  # a hue change that keeps the luma
+    luma = np.clip(luma, 0.03, 0.97)
+    for scale in (1.0, 0.5, 0.0):  # less hue where clipping to [0, 1] would eat the contrast
+        colour = np.clip(luma + scale * tint, 0, 1)
+        if abs(colour @ _LUMA - bl) >= 0.3:
+            break
     return colour.astype(np.float32)
 
 
@@ -229,9 +239,11 @@ def _square(dy, dx, b, a, t, down):
 
 def _triangle(dy, dx, b, a, t, down):
     # Apex at the middle of the top edge (bottom edge when pointing down), base on the other.
+    # The apex is cut 2 pixels wide: a sharp one covers too little of its edge pixels to show.
     v = -dy if down else dy
-    norm = np.hypot(2 * b, a)
-    side = (2 * b * np.abs(dx) - a * (v + b)) / norm  # distance to a slanted edge
+    c = 1.0
+    norm = np.hypot(2 * b, a - c)
+    side = (2 * b * (np.abs(dx) - c) - (a - c) * (v + b)) / norm  # distance to a slanted edge
     return np.maximum(v - b, side)
 
 
