@@ -15,8 +15,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from pipeline.detection.boxes import check_box, empty_boxes, xyxy_to_boxes
-from pipeline.detection.boxes import boxes_to_coco
+from pipeline.data.resize import check_fit
+from pipeline.data.splits import check_input_shape
+from pipeline.detection.boxes import boxes_to_coco, check_box, empty_boxes, xyxy_to_boxes
 from pipeline.detection.sets import DetectionSet, decode_image, fit_image
 from pipeline.errors import DataError
 
@@ -40,6 +41,8 @@ def read_coco(images_dir, annotations_json, input_shape, fit: str = "resize") ->
             image, or an image file is missing, corrupt or not the size the JSON states.
             The message names the file (and the annotation and box).
     """
+    input_shape = check_input_shape(input_shape)
+    check_fit(fit)
     ann_path, root = Path(annotations_json), Path(images_dir)
     doc = _load_json(ann_path)
     categories = _categories(doc, ann_path)

@@ -17,6 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pipeline.data.resize import check_fit
+from pipeline.data.splits import check_input_shape
 from pipeline.detection.boxes import check_box, empty_boxes, xyxy_to_boxes
 from pipeline.detection.sets import DetectionSet, decode_image, fit_image
 from pipeline.errors import DataError
@@ -40,6 +42,8 @@ def read_voc(root, input_shape, fit: str = "resize", split: Optional[str] = None
             name is not among ``labels``, or an image is missing, corrupt or not the size
             its XML states. The message names the file (and the object and box).
     """
+    input_shape = check_input_shape(input_shape)
+    check_fit(fit)
     root = Path(root)
     ann_dir = root / "Annotations"
     if not ann_dir.is_dir():
