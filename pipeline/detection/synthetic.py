@@ -51,10 +51,7 @@ def load_synthetic(input_shape=(224, 224, 3), seed: int = 0,
     Raises:
         ConfigError: the input is smaller than 64x64, or a seed or count is invalid.
     """
-    h, w, c = check_input_shape(input_shape)
-    if min(h, w) < MIN_SIZE:
-        raise ConfigError(f"synthetic detection set: input height and width must be >= {MIN_SIZE}, "
-                          f"got {h}x{w}")
+    h, w, c = _check_size(input_shape)
     check_seed(seed)
     counts = {**SYNTHETIC_COUNTS, **(counts or {})}
     unknown = sorted(set(counts) - set(SPLITS))
@@ -71,8 +68,12 @@ def load_synthetic(input_shape=(224, 224, 3), seed: int = 0,
 
 def render_synthetic(n: int, input_shape: Tuple[int, int, int], rng: np.random.Generator,
                      prefix: str = "synthetic", source: str = "synthetic shapes") -> DetectionSet:
-    """Renders ``n`` images (names ``<prefix>-00000`` ...) from ``rng``."""
-    h, w, c = input_shape
+    """Renders ``n`` images (names ``<prefix>-00000`` ...) from ``rng``.
+
+    Raises:
+        ConfigError: the input is smaller than 64x64 or has neither 1 nor 3 channels.
+    """
+    h, w, c = _check_size(input_shape)
     layouts = [_layout(rng, h, w) for _ in range(n)]
     images = np.empty((n, h, w, c), np.uint8)
     for lo in range(0, n, _CHUNK):
@@ -90,6 +91,14 @@ def render_synthetic(n: int, input_shape: Tuple[int, int, int], rng: np.random.G
         classes.append(cls)
     names = tuple(f"{prefix}-{i:05d}" for i in range(n))
     return DetectionSet(images, tuple(boxes), tuple(classes), SYNTHETIC_LABELS, names, source)
+
+
+def _check_size(input_shape) -> Tuple[int, int, int]:
+    h, w, c = check_input_shape(input_shape)
+    if min(h, w) < MIN_SIZE:
+        raise ConfigError(f"synthetic detection set: input height and width must be >= {MIN_SIZE}, "
+                          f"got {h}x{w}")
+    return h, w, c
 
 
 def _layout(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
