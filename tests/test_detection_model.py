@@ -138,5 +138,7 @@ def test_bad_input_is_one_clear_error(detectors):
     short.boxes = short.boxes[:1]
     with pytest.raises(DataError, match="validation set: 2 images but 1 box arrays and 2 class arrays"):
         train_detector(model, anchors, toy_set(2, 0), short, epochs=1, batch_size=2, learning_rate=1e-3, seed=0)
+    with pytest.raises(ConfigError, match=f"the detector predicts {len(anchors)} boxes per image but 4 anchors"):
+        train_detector(model, anchors[:4], toy_set(2, 0), None, epochs=1, batch_size=2, learning_rate=1e-3, seed=0)
     with pytest.raises(ConfigError, match="unknown model family 'resnet'; valid: mobilenet_v1, "):
         build_detector("resnet", ALPHA, (SIZE, SIZE, 3), CLASSES)

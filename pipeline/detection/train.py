@@ -116,12 +116,16 @@ def _targets(data: DetectionSet, index: np.ndarray, anchors, augment: Optional[A
     return images.astype(np.float32) / 255.0, box_targets, class_targets
 
 
-def _steps(model, optimizer):
+def _steps(model, optimizer, anchors: int):
     import tensorflow as tf
 
     from pipeline.detection.loss import detection_loss
 
-    @tf.function(reduce_retracing=True)
+    # Any batch size: the last, smaller batch of an epoch needs no second trace.
+    signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32),
+                 tf.TensorSpec([None, anchors, 4], tf.float32), tf.TensorSpec([None, anchors], tf.int64)]
+
+    @tf.function(input_signature=signature)
     def train_step(x, box_targets, class_targets):
         with tf.GradientTape() as tape:
             box_encodings, class_logits = model(x, training=True)
@@ -131,7 +135,7 @@ def _steps(model, optimizer):
         optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
         return parts
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=signature)
     def eval_step(x, box_targets, class_targets):
         box_encodings, class_logits = model(x, training=False)
         return detection_loss(box_targets, class_targets, box_encodings, class_logits)
@@ -176,7 +180,8 @@ def train_detector(model, anchors: np.ndarray, train: DetectionSet, val: Optiona
         (model, :class:`History`); the model is trained in place.
 
     Raises:
-        ConfigError: epochs, batch size or learning rate out of range.
+        ConfigError: epochs, batch size or learning rate out of range, or anchors
+            that do not fit the model's outputs.
         DataError: a set whose images do not fit the model, or whose lists disagree.
     """
     import tf_keras as keras
@@ -187,6 +192,10 @@ def train_detector(model, anchors: np.ndarray, train: DetectionSet, val: Optiona
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
         raise ConfigError(f"detector training needs epochs >= 1, batch_size >= 1 and learning_rate > 0; "
                           f"got {epochs}, {batch_size}, {learning_rate}")
+    predicted = model.output_shape[0][1]
+    if predicted != len(anchors):
+        raise ConfigError(f"the detector predicts {predicted} boxes per image but {len(anchors)} anchors "
+                          "were given (generate them for its feature maps)")
     input_shape = tuple(model.input_shape[1:])
     for data, name in ((train, "training"), (val, "validation")):
         if data is not None:
@@ -196,7 +205,7 @@ def train_detector(model, anchors: np.ndarray, train: DetectionSet, val: Optiona
     steps = epochs * -(-n // batch_size)
     optimizer = keras.optimizers.Adam(warmup_cosine(learning_rate, steps, warmup_steps))
     model.compile(optimizer=optimizer)  # callbacks such as UpdatePruningStep read model.optimizer
-    train_step, eval_step = _steps(model, optimizer)
+    train_step, eval_step = _steps(model, optimizer, len(anchors))
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     hooks.on_train_begin()
     history = History()
