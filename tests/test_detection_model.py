@@ -2,6 +2,7 @@
 on every backbone family, every layer prunes and quantize-annotates, and a few
 training steps on toy images (one bright square each) lower the loss, the same on a rerun."""
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -142,3 +143,27 @@ def test_bad_input_is_one_clear_error(detectors):
         train_detector(model, anchors[:4], toy_set(2, 0), None, epochs=1, batch_size=2, learning_rate=1e-3, seed=0)
     with pytest.raises(ConfigError, match="unknown model family 'resnet'; valid: mobilenet_v1, "):
         build_detector("resnet", ALPHA, (SIZE, SIZE, 3), CLASSES)
+
+
+def test_losses_by_hand():
+    from pipeline.detection.loss import detection_loss
+
+    def focal(p, target):  # one sigmoid column, alpha 0.25, gamma 2
+        return -(0.25 * (1 - p) ** 2 * math.log(p) if target else 0.75 * p ** 2 * math.log(1 - p))
+
+    logits = np.zeros((1, 3, 3), np.float32)  # 3 anchors, background + 2 classes, all p = 0.5
+    logits[0, 1, 2] = math.log(0.9 / 0.1)     # anchor 1, class 1: p = 0.9
+    class_targets = np.array([[2, 0, -1]])    # anchor 0 is class 1, anchor 1 background, anchor 2 ignored
+    box_targets = np.zeros((1, 3, 4), np.float32)
+    box_encodings = np.zeros((1, 3, 4), np.float32)
+    box_encodings[0, 0] = [0.5, -2.0, 0.0, 0.0]   # Huber: 0.5 * 0.5^2 + (2 - 0.5)
+    box_encodings[0, 1] = [9.0, 9.0, 9.0, 9.0]    # not positive: no box loss
+    parts = detection_loss(box_targets, class_targets, box_encodings, logits)
+    expected_class = focal(0.5, 0) + focal(0.5, 1) + focal(0.5, 0) + focal(0.9, 0)  # / 1 positive
+    np.testing.assert_allclose(float(parts.classification), expected_class, rtol=1e-5)
+    np.testing.assert_allclose(float(parts.localization), 0.125 + 1.5, rtol=1e-6)
+    np.testing.assert_allclose(float(parts.total), expected_class + 1.625, rtol=1e-5)
+    # No positives: divided by 1, not 0.
+    none = detection_loss(box_targets, np.zeros((1, 3), np.int64), box_encodings, logits)
+    np.testing.assert_allclose(float(none.classification), 5 * focal(0.5, 0) + focal(0.9, 0), rtol=1e-5)
+    assert float(none.localization) == 0.0
