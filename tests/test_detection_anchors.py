@@ -88,10 +88,12 @@ def test_match_thresholds_forced_match_and_ignored_band():
     np.testing.assert_allclose(box_targets, expected, atol=1e-5)
 
 
-def test_match_shared_best_anchor_goes_to_the_later_box_and_empty_images_are_background():
+def test_match_shared_best_anchor_goes_to_the_later_box_and_empty_boxes_and_images_are_background():
     boxes = np.array([[0.0, 0.0, 0.3, 0.3], [0.0, 0.0, 0.2, 0.2]], np.float32)  # both best on anchor 0
     _, class_targets = match(boxes, [0, 1], ANCHORS)
     assert class_targets[0] == 2 and (class_targets[1:] == 0).all()
+    _, class_targets = match([[0.9, 0.9, 0.9, 0.9]], [0], ANCHORS)  # empty: overlaps no anchor
+    assert not class_targets.any()
     box_targets, class_targets = match(np.zeros((0, 4)), np.zeros(0), ANCHORS)
     assert not class_targets.any() and not box_targets.any()
     batch_boxes, batch_classes = match_batch([boxes, np.zeros((0, 4))], [[0, 1], []], ANCHORS)

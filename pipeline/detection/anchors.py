@@ -147,7 +147,8 @@ def match(gt_boxes: np.ndarray, gt_classes: np.ndarray, anchors: np.ndarray, pos
     An anchor whose best IoU with a box is >= ``pos_iou`` matches that box; below
     ``neg_iou`` it is background; in between it is ignored. Then every box is put on
     the anchor it overlaps most (even below ``neg_iou``), so that no box goes
-    unmatched; where two boxes share that anchor the later one has it.
+    unmatched; where two boxes share that anchor the later one has it. A box that
+    overlaps no anchor (an empty one) matches nothing.
 
     Args:
         gt_boxes: float ``[k, 4]`` boxes ``[ymin, xmin, ymax, xmax]`` (k may be 0).
@@ -175,8 +176,9 @@ def match(gt_boxes: np.ndarray, gt_classes: np.ndarray, anchors: np.ndarray, pos
     class_targets[best_iou >= pos_iou] = 1
     class_targets[(best_iou >= neg_iou) & (best_iou < pos_iou)] = -1
     forced = overlaps.argmax(axis=0)  # [k]: each box's best anchor
-    best_gt[forced] = np.arange(len(gt_boxes))  # a later box wins a shared anchor
-    class_targets[forced] = 1
+    boxes_on = np.flatnonzero(overlaps[forced, np.arange(len(gt_boxes))] > 0)  # not an empty box
+    best_gt[forced[boxes_on]] = boxes_on  # a later box wins a shared anchor
+    class_targets[forced[boxes_on]] = 1
     positive = class_targets == 1
     class_targets[positive] = gt_classes[best_gt[positive]] + 1
     box_targets[positive] = encode(gt_boxes[best_gt[positive]], anchors[positive])

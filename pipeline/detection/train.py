@@ -177,7 +177,8 @@ def train_detector(model, anchors: np.ndarray, train: DetectionSet, val: Optiona
         log: receives one progress line per epoch.
 
     Returns:
-        (model, :class:`History`); the model is trained in place.
+        (model, :class:`History`); the model is trained in place, and compiled with
+        its Adam optimizer (no loss) so that callbacks find ``model.optimizer``.
 
     Raises:
         ConfigError: epochs, batch size or learning rate out of range, or anchors
