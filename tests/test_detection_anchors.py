@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.detection.anchors import (AnchorSpec, decode, encode, generate_anchors, iou, match,
                                         match_batch, to_corners)
-from pipeline.detection.train import decode_predictions, nms
+from pipeline.detection.train import decode_predictions
 from pipeline.errors import ConfigError
 
 R2 = math.sqrt(2.0)
@@ -100,12 +100,6 @@ def test_match_shared_best_anchor_goes_to_the_later_box_and_empty_boxes_and_imag
     assert batch_boxes.shape == (2, 6, 4) and batch_classes.shape == (2, 6)
     with pytest.raises(ConfigError, match="neg_iou must be <= pos_iou"):
         match(boxes, [0, 1], ANCHORS, pos_iou=0.3, neg_iou=0.5)
-
-
-def test_nms_keeps_the_best_of_overlapping_boxes():
-    boxes = np.array([[0, 0, 1, 1], [0, 0, 0.9, 1], [0, 0, 0.2, 0.2]], np.float32)
-    np.testing.assert_array_equal(nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5, 10), [1, 2])
-    np.testing.assert_array_equal(nms(boxes, np.array([0.5, 0.9, 0.7]), 0.5, 1), [1])
 
 
 def test_decode_predictions_per_class_nms_and_thresholds():

@@ -17,6 +17,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from pipeline.detection.boxes import box_iou
 from pipeline.errors import ConfigError
 
 #: Box-encoding scales (y, x, h, w), as TFLite's detection post-processing op takes them.
@@ -103,17 +104,8 @@ def to_centres(boxes: np.ndarray) -> np.ndarray:
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The intersection over union of every box of ``a`` [n, 4] with every box of ``b``
-    [m, 4] (both ``[ymin, xmin, ymax, xmax]``): float32 ``[n, m]``, 0 where the union is empty."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0).astype(np.float32)
+    """:func:`pipeline.detection.boxes.box_iou` in float32 (what matching compares)."""
+    return box_iou(a, b).astype(np.float32)
 
 
 def encode(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:

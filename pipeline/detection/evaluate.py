@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from pipeline.detection.boxes import box_iou
 from pipeline.errors import ConfigError, DataError, ModelFileError
 from pipeline.tflite.host import ModelSource, allocate, make_interpreter, quantize_input
 from pipeline.tflite.reader import Operator, TFLiteModel, parse_tflite, read_tflite
@@ -296,19 +297,6 @@ class DetectionAgreement:
     device_count: int
     device_matched: int
     reverse_fraction: float
-
-
-def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU ``[len(a), len(b)]`` of normalized ``[ymin, xmin, ymax, xmax]`` boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    union = _area(a)[:, None] + _area(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def _matched(ref: Detections, other: Detections, iou: float, threshold: float) -> Tuple[int, int]:

@@ -20,7 +20,9 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 
 from pipeline.data.splits import stream_rng
-from pipeline.detection.anchors import AnchorSpec, decode, generate_anchors, iou, match_batch
+from pipeline.detection.anchors import AnchorSpec, decode, generate_anchors, match_batch
+from pipeline.detection.evaluate import Detections
+from pipeline.detection.export import nms
 from pipeline.errors import ConfigError, DataError, Log
 
 #: The label of training's progress lines and random streams.
@@ -40,16 +42,6 @@ class DetectionSet(Protocol):
 #: transformed (boxes moved with the pixels; a box may be dropped with its class).
 Augment = Callable[[np.ndarray, List[np.ndarray], List[np.ndarray], np.random.Generator],
                    Tuple[np.ndarray, List[np.ndarray], List[np.ndarray]]]
-
-
-@dataclass(frozen=True)
-class Detections:
-    """The detections of one image: ``boxes [m, 4]``, 0-based ``classes [m]``, ``scores [m]``,
-    highest score first."""
-
-    boxes: np.ndarray
-    classes: np.ndarray
-    scores: np.ndarray
 
 
 @dataclass
@@ -239,19 +231,6 @@ def _progress(r: EpochRecord, epochs: int) -> str:
     return f"{line}  ({r.seconds:.1f} s)"
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
-    """Greedy non-maximum suppression: indexes of the kept boxes, highest score first,
-    at most ``limit``; a box is dropped when its IoU with a kept one exceeds ``iou_threshold``."""
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size and len(keep) < limit:
-        best = order[0]
-        keep.append(best)
-        rest = order[1:]
-        order = rest[iou(boxes[best:best + 1], boxes[rest])[0] <= iou_threshold]
-    return np.array(keep, np.int64)
-
-
 def decode_predictions(box_encodings: np.ndarray, class_logits: np.ndarray, anchors: np.ndarray,
                        score_threshold: float = 0.05, iou_threshold: float = 0.5,
                        max_detections: int = 100) -> List[Detections]:
@@ -279,9 +258,8 @@ def decode_predictions(box_encodings: np.ndarray, class_logits: np.ndarray, anch
     for image_boxes, image_scores in zip(boxes, scores):
         found = []
         for c in range(image_scores.shape[1]):
-            candidates = np.flatnonzero(image_scores[:, c] > score_threshold)
-            kept = candidates[nms(image_boxes[candidates], image_scores[candidates, c],
-                                  iou_threshold, max_detections)]
+            kept = nms(image_boxes, image_scores[:, c].astype(np.float32), score_threshold, iou_threshold,
+                       max_detections)
             found += [(image_scores[i, c], c, i) for i in kept]
         found.sort(key=lambda f: -f[0])
         found = found[:max_detections]
