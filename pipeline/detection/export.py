@@ -29,6 +29,7 @@ from pipeline.errors import ConfigError, ConversionMismatchError, Log
 from pipeline.native import captured_stderr
 from pipeline.plain import from_plain
 from pipeline.store.atomic import atomic_write_bytes
+from pipeline.tflite.converter import apply_variant
 from pipeline.tflite.reader import float_compute_ops, parse_tflite
 from pipeline.tflite.verify import schema
 from pipeline.variants import VARIANTS, Variant
@@ -197,19 +198,7 @@ def convert_detector(model, anchors: np.ndarray, variant: Variant, calibration: 
     # The converter fuses an experimental_implements function only on the SavedModel
     # path (the default): freezing the function directly inlines it first.
     conv.allow_custom_ops = True
-    if variant.optimize:
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant.float16:
-        conv.target_spec.supported_types = [tf.float16]
-    if variant.full_integer:
-        def representative():
-            for i in range(len(calibration)):
-                yield [np.asarray(calibration[i:i + 1], np.float32)]
-
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_input:
-            conv.inference_input_type = tf.int8
+    apply_variant(conv, variant, calibration, int8_input=int8_input)
     with captured_stderr():  # the converter's C++ chatter
         tflite = conv.convert()
     return outputs_in_op_order(tflite)

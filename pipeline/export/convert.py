@@ -13,6 +13,7 @@ from pipeline.recipe.schema import Recipe
 from pipeline.errors import ConversionMismatchError, Log
 from pipeline.native import captured_stderr
 from pipeline.store.atomic import atomic_write_bytes
+from pipeline.tflite.converter import apply_variant
 from pipeline.tflite.reader import float_compute_ops, parse_tflite
 from pipeline.tflite.host import run_tflite
 from pipeline.variants import VARIANTS, Variant
@@ -28,24 +29,7 @@ def convert_keras(model, variant: Variant, calibration: Optional[np.ndarray], in
     # from_keras_model round-trips through a SavedModel: ~60-150 s per small QAT model
     # on 2 cores, against ~5 s for freezing the function directly (same op list).
     conv.experimental_lower_to_saved_model = False
-    if variant.optimize:
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant.float16:
-        conv.target_spec.supported_types = [tf.float16]
-    if variant.full_integer:
-        if calibration is None:
-            raise ValueError("full-integer conversion needs calibration data")
-
-        def representative():
-            for i in range(len(calibration)):
-                yield [calibration[i:i + 1].astype(np.float32)]
-
-        # TF 2.21 needs a representative set even for QAT models once INT8 builtins are required.
-        conv.representative_dataset = representative
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
+    apply_variant(conv, variant, calibration, int8_input=int8_io, int8_output=int8_io)
     return conv.convert()
 
 
