@@ -198,6 +198,8 @@ def train_detector(model, anchors: np.ndarray, train: DetectionSet, val: Optiona
     steps = epochs * -(-n // batch_size)
     optimizer = keras.optimizers.Adam(warmup_cosine(learning_rate, steps, warmup_steps))
     model.compile(optimizer=optimizer)  # callbacks such as UpdatePruningStep read model.optimizer
+    # Its slots now, not in the first step: a step that creates variables is traced twice.
+    optimizer.build(model.trainable_variables)
     train_step, eval_step = _steps(model, optimizer, len(anchors))
     hooks = keras.callbacks.CallbackList(list(callbacks), model=model)
     hooks.on_train_begin()
