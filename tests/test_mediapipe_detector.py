@@ -65,8 +65,8 @@ def test_metadata_reads_back_with_labels_normalization_and_output_roles(plain_de
     outputs = graph["output_tensor_metadata"]
     assert tuple(t["name"] for t in outputs) == OUTPUT_ROLES
     assert outputs[0]["content"]["content_properties"] == {"index": [1, 0, 3, 2], "type": "BOUNDARIES"}
-    assert outputs[1]["associated_files"][0] | {"description": ""} == {
-        "name": "labels.txt", "type": "TENSOR_VALUE_LABELS", "description": ""}
+    [labels] = outputs[1]["associated_files"]  # on the category tensor: class i is line i
+    assert (labels["name"], labels["type"]) == ("labels.txt", "TENSOR_VALUE_LABELS")
     assert shown["metadata"]["name"] == "tiny detector"
     # The packed labels carry a fixed time: the same model and labels give the same bytes.
     again = embed_detector_metadata(plain_detector, LABELS, "tiny detector", "three painted colours")
