@@ -15,77 +15,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from pipeline.detection.boxes import box_iou
+from pipeline.detection.types import Detections, as_detections, find_postprocess_op
 from pipeline.errors import ConfigError, DataError, ModelFileError
 from pipeline.tflite.host import ModelSource, allocate, make_interpreter, quantize_input
-from pipeline.tflite.reader import Operator, TFLiteModel, parse_tflite, read_tflite
+from pipeline.tflite.reader import parse_tflite, read_tflite
 from pipeline.tflite.verify import schema
 
-#: The custom op whose four outputs a detector's .tflite gives.
-POSTPROCESS_OPCODE = "CUSTOM:TFLite_Detection_PostProcess"
 #: Image sizes in pixels: one ``(height, width)`` for all images, or one per image.
 ImageSize = Union[Tuple[int, int], Sequence[Tuple[int, int]]]
 
 
-@dataclass(frozen=True)
-class Detections:
-    """The detections of one image.
-
-    Attributes:
-        boxes: float32 ``[m, 4]``, normalized ``[ymin, xmin, ymax, xmax]``.
-        classes: int64 ``[m]``, 0-based indexes into the labels.
-        scores: float32 ``[m]``.
-    """
-
-    boxes: np.ndarray
-    classes: np.ndarray
-    scores: np.ndarray
-
-    def above(self, threshold: float) -> "Detections":
-        """The detections scoring at least ``threshold``."""
-        keep = self.scores >= threshold
-        return Detections(self.boxes[keep], self.classes[keep], self.scores[keep])
-
-
-def _field(obj: Any, name: str) -> Any:
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
-
-
-def as_detections(obj: Any, where: str, scores: bool = True) -> Detections:
-    """A :class:`Detections` from a mapping or an object with ``boxes``, ``classes``
-    (and ``scores``, else all 1 when ``scores`` is False: ground truth).
-
-    Raises:
-        DataError: a field is missing or of the wrong shape, naming ``where``.
-    """
-    boxes, classes = _field(obj, "boxes"), _field(obj, "classes")
-    given = _field(obj, "scores") if scores else None
-    if boxes is None or classes is None or (scores and given is None):
-        raise DataError(f"{where}: needs fields boxes, classes{', scores' if scores else ''}")
-    boxes = np.asarray(boxes, np.float32).reshape(-1, 4) if np.size(boxes) == 0 else np.asarray(boxes, np.float32)
-    classes = np.asarray(classes).reshape(-1)
-    values = np.ones(len(classes), np.float32) if given is None else np.asarray(given, np.float32).reshape(-1)
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or not len(boxes) == len(classes) == len(values):
-        raise DataError(f"{where}: boxes {list(boxes.shape)} (expected [m, 4]), classes {len(classes)} "
-                        f"and scores {len(values)} do not match")
-    if len(classes) and (not np.all(np.mod(classes, 1) == 0) or classes.min() < 0):
-        raise DataError(f"{where}: classes must be 0-based integers, got {classes.tolist()[:5]}")
-    return Detections(boxes, classes.astype(np.int64), values)
-
-
 # -- running a .tflite detector ----------------------------------------------------
-
-def find_postprocess_op(model: TFLiteModel, source: str = "model") -> Operator:
-    """The model's detection postprocess op (its outputs: boxes, classes, scores, count).
-
-    Raises:
-        ModelFileError: the model has none, or more than one.
-    """
-    ops = [op for op in model.operators if op.opcode == POSTPROCESS_OPCODE]
-    if len(ops) != 1 or len(ops[0].outputs) != 4:
-        raise ModelFileError(f"{source}: not a detector: expected one TFLite_Detection_PostProcess op "
-                             f"with four outputs, found {len(ops)}")
-    return ops[0]
-
 
 def postprocess_options(tflite: bytes, source: str = "model") -> Dict[str, Any]:
     """The settings (custom options, a flexbuffer map) of a detector's postprocess op.

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.detection.types import POSTPROCESS_OP, POSTPROCESS_OPCODE
 from pipeline.detection.evaluate import (Detections, detection_agreement, find_postprocess_op,
                                          postprocess_options, run_tflite_detector)
 from pipeline.errors import ConfigError, ConversionMismatchError, Log
@@ -34,8 +35,6 @@ from pipeline.tflite.reader import float_compute_ops, parse_tflite
 from pipeline.tflite.verify import schema
 from pipeline.variants import VARIANTS, Variant
 
-#: The custom op's name, as the converter and the TFLite runtimes know it.
-POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 #: The SSD center-size box coder's scales (y, x, h, w): the pipeline's box encoding.
 BOX_SCALES = (10.0, 10.0, 5.0, 5.0)
 #: The op's ``detections_per_class`` (regular NMS only): the converter does not pass
@@ -338,7 +337,7 @@ def validate_detector(tflite: bytes, expected: Sequence[Detections], images: np.
         raise ConversionMismatchError(
             f"{name}: TFLite detections agree with Keras on {worst:.1%} (minimum {floor:.0%}; same class, "
             f"IoU >= {iou}, score >= {score_threshold}) over {len(images)} validation images")
-    float_ops = [op for op in float_compute_ops(model) if op not in (f"CUSTOM:{POSTPROCESS_OP}",)]
+    float_ops = [op for op in float_compute_ops(model) if op not in (POSTPROCESS_OPCODE,)]
     if variant.full_integer and float_ops:
         raise ConversionMismatchError(
             f"{name}: full-integer detector still computes in float before the postprocess op: "

@@ -30,10 +30,11 @@ What MediaPipe 0.10.21 does with such a file (checked by ``tests/test_mediapipe_
 import json
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.detection.types import Detections, find_postprocess_op
 from pipeline.errors import ConfigError, DeviceOutputError, ModelFileError
 from pipeline.publish.mediapipe_env import MediaPipeEnv, ensure_env
 from pipeline.publish.tflite_metadata import read_metadata
@@ -42,7 +43,6 @@ from pipeline.tflite.reader import TFLiteModel, parse_tflite
 #: MediaPipe's names for the postprocess op's four outputs, in the op's order.
 OUTPUT_ROLES = ("location", "category", "score", "number of detections")
 #: The op as the reader names it (a custom op).
-POSTPROCESS_OPCODE = "CUSTOM:TFLite_Detection_PostProcess"
 #: Input types MediaPipe Tasks' ObjectDetector accepts.
 INPUT_TYPES = ("float32", "uint8")
 
@@ -51,11 +51,7 @@ __all__ = ["OUTPUT_ROLES", "detect_with_mediapipe", "embed_detector_metadata", "
 
 def _check_detector(model: TFLiteModel, labels: Sequence[str], source: str) -> None:
     """Raises unless MediaPipe's writer and ObjectDetector can take ``model`` with ``labels``."""
-    ops = [op for op in model.operators if op.opcode == POSTPROCESS_OPCODE]
-    if len(ops) != 1 or len(ops[0].outputs) != 4:
-        raise ModelFileError(f"{source}: not a detector: expected one TFLite_Detection_PostProcess op "
-                             f"with four outputs, found {len(ops)}")
-    op = ops[0]
+    op = find_postprocess_op(model, source)
     if tuple(model.outputs) != tuple(op.outputs) or list(op.outputs) != sorted(op.outputs):
         raise ModelFileError(f"{source}: MediaPipe's metadata writer needs the model's outputs to be the "
                              f"postprocess op's four (boxes, classes, scores, count) with increasing tensor "
@@ -122,7 +118,7 @@ def embed_detector_metadata(model_bytes: bytes, labels: Sequence[str], name: str
 
 
 def detect_with_mediapipe(model_path: Path, images: np.ndarray,
-                          env: Optional[MediaPipeEnv] = None) -> List[Dict[str, np.ndarray]]:
+                          env: Optional[MediaPipeEnv] = None) -> List[Detections]:
     """The detections of MediaPipe Tasks' ObjectDetector on ``images``, in the pipeline's convention.
 
     Every detection the model returns is kept (no score threshold, ``max_results``
@@ -134,9 +130,8 @@ def detect_with_mediapipe(model_path: Path, images: np.ndarray,
         images: uint8 RGB images ``[N, H, W, 3]``.
 
     Returns:
-        Per image ``{"boxes": float32 [m, 4] normalized [ymin, xmin, ymax, xmax],
-        "classes": int64 [m] (0-based), "scores": float32 [m]}`` in MediaPipe's order
-        (what :func:`pipeline.detection.evaluate.as_detections` reads).
+        Per image a :class:`pipeline.detection.types.Detections` (normalized boxes,
+        0-based classes, scores) in MediaPipe's order.
 
     Raises:
         ConfigError: images that are not uint8 RGB ``[N, H, W, 3]``.
@@ -159,10 +154,10 @@ def detect_with_mediapipe(model_path: Path, images: np.ndarray,
     for detections in found:
         boxes = [[y, x, y + h, x + w] for x, y, w, h in (d["box"] for d in detections)]
         best = [d["categories"][0] for d in detections]  # one class per box (the op's max_classes_per_detection)
-        results.append({"boxes": (np.asarray(boxes, np.float64).reshape(-1, 4) / scale).astype(np.float32),
-                        "classes": np.asarray([_class_index(c, info.get("labels"), model_path) for c in best],
-                                              np.int64),
-                        "scores": np.asarray([c["score"] for c in best], np.float32)})
+        results.append(Detections(
+            boxes=(np.asarray(boxes, np.float64).reshape(-1, 4) / scale).astype(np.float32),
+            classes=np.asarray([_class_index(c, info.get("labels"), model_path) for c in best], np.int64),
+            scores=np.asarray([c["score"] for c in best], np.float32)))
     return results
 
 
