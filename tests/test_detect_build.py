@@ -67,7 +67,7 @@ def test_budgets_min_map_and_drop_of_the_int8_variants():
 
 def _result(failures=()):
     cfg = DetectConfig.from_dict({"input_size": 96, "devices": ["pixel4", "rpi4"], "device_samples": 2})
-    loads = DeviceFigures(True, "loads", 2, 1_234_567, 0.85, 1.0, 0.95, 0.6, 0.9)
+    loads = DeviceFigures(True, "loads", 2, 1_234_567, 0.85, 1.0, 0.95, 0.6, 0.9, 7)
     refused = DeviceFigures(False, "does not load: custom op TFLite_Detection_PostProcess", 2)
     variants = (_variant("float32", 0.9, {"pixel4": loads, "rpi4": refused}),
                 _variant("int8-qat", 0.89, {"pixel4": loads, "rpi4": loads}))
@@ -78,7 +78,7 @@ def _result(failures=()):
 def test_report_table_from_a_hand_made_result():
     lines = variant_table(_result()).markdown()
     assert lines[0].startswith("| variant | KiB | sparsity | mAP | mAP@0.5 | pixel4 loads | pixel4 M instr |")
-    assert lines[2] == ("| float32 | 293.0 | 50.0% | 0.540 | 0.900 | yes | 1.23 | 0.85 | 100.0% | 0.900 "
+    assert lines[2] == ("| float32 | 293.0 | 50.0% | 0.540 | 0.900 | yes | 1.23 | 0.85 | 100.0% of 7 | 0.900 "
                         "| **no** | - | - | - | - |")
     assert lines[3].startswith("| int8-qat | 117.2 | 50.0% | 0.534 | 0.890 | yes |")
     text = report_markdown(_result(), ("pictures/00_float32_vs_int8-qat.png",))
@@ -105,3 +105,23 @@ def test_demo_rejects_a_bad_option_in_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("error: detect: input_size must be >= 64") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_data_stage_splits_a_coco_folder_and_names_a_missing_file(tmp_path):
+    from pipeline.build.detect_stages import Work, data_stage
+    from pipeline.detection.coco import write_coco
+    from pipeline.detection.synthetic import load_synthetic
+
+    written = load_synthetic((64, 64, 3), counts={"train": 10, "val": 1, "test": 1}).train
+    annotations = write_coco(written, tmp_path / "coco")
+    cfg = DetectConfig.from_dict({"data": {"dataset": "coco", "path": str(annotations.parent / "images"),
+                                           "annotations": str(annotations)}, "input_size": 64})
+    work = Work(cfg, tmp_path / "out", log=lambda line: None)
+    data_stage(work)
+    assert work.items["counts"] == {"train": 7, "val": 1, "test": 2}
+    assert json.loads((tmp_path / "out" / "data.json").read_text())["labels"] == list(written.labels)
+    missing = DetectConfig.from_dict({"data": {"dataset": "coco", "path": str(tmp_path),
+                                               "annotations": str(tmp_path / "none.json")}, "input_size": 64})
+    with pytest.raises(DataError, match="none.json"):
+        data_stage(Work(missing, tmp_path / "out2", log=lambda line: None))
+    assert not (tmp_path / "out2").exists()

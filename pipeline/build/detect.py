@@ -171,8 +171,9 @@ class DetectConfig:
 class DeviceFigures:
     """One variant on one emulated device.
 
-    ``agreement``: the share of the host's detections (score >= 0.5) that the device has
-    too (same class, IoU >= :data:`AGREEMENT_IOU`); ``map``/``map_50`` on the device samples.
+    ``agreement``: the share of the host's ``host_detections`` (score >= 0.5) that the
+    device has too (same class, IoU >= :data:`AGREEMENT_IOU`; 1.0 when there are none);
+    ``map``/``map_50`` on the device samples.
     """
 
     loaded: bool
@@ -184,6 +185,7 @@ class DeviceFigures:
     reverse_agreement: Optional[float] = None
     map: Optional[float] = None
     map_50: Optional[float] = None
+    host_detections: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -270,8 +272,8 @@ def variant_table(result: DetectResult) -> Table:
                 row += [("no", "bad"), "-", "-", "-", "-"]
             else:
                 instr = None if m.instructions is None else m.instructions / 1e6
-                row += ["yes", _f(instr, ".2f"), _f(m.latency_ms, ".2f"), _f(m.agreement, ".1%"),
-                        _f(m.map_50, ".3f")]
+                agree = _f(m.agreement, ".1%") + ("" if m.host_detections is None else f" of {m.host_detections}")
+                row += ["yes", _f(instr, ".2f"), _f(m.latency_ms, ".2f"), agree, _f(m.map_50, ".3f")]
         rows.append(row)
     return Table(headers, rows)
 

@@ -263,7 +263,7 @@ def device_run(path: Path, device: str, test, host_dets, samples: int) -> Tuple[
     record["detection_agreement"] = asdict(agree)
     record["device_map"] = {"map": m.map, "map_50": m.map_50}
     return DeviceFigures(True, result.verdict, len(x), result.instructions_median, record.get("latency_ms"),
-                         agree.fraction, agree.reverse_fraction, m.map, m.map_50), record
+                         agree.fraction, agree.reverse_fraction, m.map, m.map_50, agree.host_count), record
 
 
 def devices_stage(w: Work) -> None:
@@ -277,7 +277,8 @@ def devices_stage(w: Work) -> None:
             atomic_write_json(w.out / "devices" / device / f"{name}.json", record)
             figures[name][device] = fig
             w.log(f"[detect] {name} on {device}: " + (
-                f"{fig.instructions / 1e6:.2f} M instr, agreement {fig.agreement:.1%}, mAP@0.5 {fig.map_50:.3f}"
+                f"{fig.instructions / 1e6:.2f} M instr, agreement {fig.agreement:.1%} of {fig.host_detections} "
+                f"host detections, mAP@0.5 {fig.map_50:.3f}"
                 if fig.loaded else f"does not load: {fig.verdict}"))
     w.items["devices"] = figures
 
