@@ -114,15 +114,18 @@ def _read(path: str) -> dict:
     return {"metadata": json.loads(shown.get_metadata_json()), "associated_files": files}
 
 
-def _classify(path: str, images_path: str, out_path: str) -> dict:
-    mp = import_module("mediapipe")
+def _task_inputs(images_path: str):
+    """MediaPipe's modules a vision task needs, and the uint8 RGB images [N, H, W, 3] it runs on."""
     np = import_module("numpy")
-    tasks = import_module("mediapipe.tasks.python")
-    vision = import_module("mediapipe.tasks.python.vision")
-
     images = np.load(images_path)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 RGB images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    return (import_module("mediapipe"), np, import_module("mediapipe.tasks.python"),
+            import_module("mediapipe.tasks.python.vision"), images)
+
+
+def _classify(path: str, images_path: str, out_path: str) -> dict:
+    mp, np, tasks, vision, images = _task_inputs(images_path)
     options = vision.ImageClassifierOptions(base_options=tasks.BaseOptions(model_asset_path=path),
                                             max_results=-1)
     scores = None
@@ -141,14 +144,7 @@ def _classify(path: str, images_path: str, out_path: str) -> dict:
 
 
 def _detect(path: str, images_path: str, out_path: str) -> dict:
-    mp = import_module("mediapipe")
-    np = import_module("numpy")
-    tasks = import_module("mediapipe.tasks.python")
-    vision = import_module("mediapipe.tasks.python.vision")
-
-    images = np.load(images_path)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 RGB images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    mp, np, tasks, vision, images = _task_inputs(images_path)
     # max_results -1: every detection; no score_threshold: with none set (and no
     # thresholding in the metadata) the task keeps every detection the model returns.
     options = vision.ObjectDetectorOptions(base_options=tasks.BaseOptions(model_asset_path=path), max_results=-1)
