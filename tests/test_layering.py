@@ -35,6 +35,12 @@ def module_name(path: Path, root: Path = REPO) -> str:
     return ".".join(parts)
 
 
+@functools.lru_cache(maxsize=None)
+def _import_froms(source: str) -> tuple:
+    # Each scanned file is read by both checks: parsed and walked once.
+    return tuple(node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom))
+
+
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -60,9 +66,7 @@ def private_imports(source: str, module: str, is_package: bool = False) -> List[
         is_package: ``source`` is a package's ``__init__``.
     """
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ImportFrom):
-            continue
+    for node in _import_froms(source):
         target = _imported_module(node, module, is_package)
         if target.split(".")[0] not in OUR_PACKAGES or target == module:
             continue
@@ -177,9 +181,7 @@ def missing_imports(source: str, module: str, is_package: bool = False) -> List[
     that module ``X`` neither defines nor has as a submodule. Imports inside functions
     count: nothing else finds them before the function runs."""
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.ImportFrom):
-            continue
+    for node in _import_froms(source):
         target = _imported_module(node, module, is_package)
         if target.split(".")[0] not in OUR_PACKAGES:
             continue
