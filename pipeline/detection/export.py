@@ -193,9 +193,14 @@ def convert_detector(model, anchors: np.ndarray, variant: Variant, calibration: 
     if variant.full_integer and (calibration is None or len(calibration) == 0):
         raise ConfigError(f"variant {variant.name}: full-integer conversion needs calibration images")
     fn = detection_function(model, anchors, config)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
     # The converter fuses an experimental_implements function only on the SavedModel
-    # path (the default): freezing the function directly inlines it first.
+    # path (the default): freezing the function directly inlines it first. It saves the
+    # object it is given; given the Keras model, that save traces every layer's call
+    # (minutes for a QAT-wrapped SSDLite). Given only the variables the function
+    # captures, it saves those: the same flatbuffer, 5-10x sooner.
+    captured = tf.Module()
+    captured.variables_of_the_model = list(model.variables)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([fn], captured)
     conv.allow_custom_ops = True
     apply_variant(conv, variant, calibration, int8_input=int8_input)
     with captured_stderr():  # the converter's C++ chatter
