@@ -98,6 +98,10 @@ class DeviceResult:
     (:class:`~pipeline.devices.model_io.OutputAgreement`). ``agreement`` and ``top1``
     are kept for a model of one output (``top1`` given labels).
 
+    ``raw_outputs`` are the device's own outputs, one array per model output (not in
+    :meth:`to_dict`): callers that read more than the comparison (a detector's boxes)
+    take them from here instead of emulating again.
+
     ``blocks`` is the block profile of the measured inferences, straight-line
     blocks re-joined (:func:`pipeline.devices.blocks.rejoin`); None unless the run
     loaded the model on one thread. :meth:`to_dict` stores only its hot part
@@ -133,11 +137,12 @@ class DeviceResult:
     verdict_source: str = "device"
     inputs: Tuple[Mapping[str, Any], ...] = field(default=(), hash=False)
     outputs: Tuple[OutputAgreement, ...] = ()
+    raw_outputs: Optional[Tuple[np.ndarray, ...]] = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready; ``blocks`` (thousands of blocks) is stored as its hot part only."""
-        d = asdict(replace(self, blocks=None))
-        del d["blocks"]
+        d = asdict(replace(self, blocks=None, raw_outputs=None))
+        del d["blocks"], d["raw_outputs"]
         d["inputs"] = [dict(i) for i in self.inputs]
         d["instructions_per_inference"] = list(self.instructions_per_inference)
         d["instructions_by_class"] = dict(self.instructions_by_class)
@@ -473,6 +478,7 @@ def _measured(run: DeviceRun, guest, model, profile: DeviceProfile, xs: Sequence
         wall_s_per_image=statistics.median(guest.wall_s),
         memory=estimate_memory(model, guest.tensors, profile.ram_mb),
         blocks=_block_profile(counts_file, guest.samples, guest.threads),
+        raw_outputs=tuple(outputs),
         **base)
 
 
