@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.build.detect import DATASETS
+    from pipeline.build.detect_config import DATASETS
     from pipeline.variants import DEFAULT_VARIANTS
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.detection_demo", description=__doc__.split("\n")[0])
@@ -52,16 +52,21 @@ def _config(args) -> dict:
         data.update(train=args.train, val=args.val, test=args.test)
     else:
         data.update({k: v for k, v in (("path", args.path), ("annotations", args.annotations)) if v})
-    return {"data": data, "input_size": args.size, "channels": args.channels, "family": args.family,
-            "alpha": args.alpha, "epochs": args.epochs, "batch_size": args.batch_size,
-            "learning_rate": args.learning_rate, "augment": not args.no_augment,
-            "prune_sparsity": args.sparsity, "prune_epochs": args.prune_epochs, "qat_epochs": args.qat_epochs,
-            "variants": args.variants, "devices": args.devices, "device_samples": args.samples,
-            "min_map": args.min_map, "max_map_drop": args.max_map_drop}
+    return {"name": "detect-demo", "data": data,
+            "model": {"family": args.family, "alpha": args.alpha, "input_size": args.size,
+                      "channels": args.channels},
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+                      "augment": not args.no_augment},
+            "prune": {"sparsity": args.sparsity, "epochs": args.prune_epochs},
+            "qat": {"epochs": args.qat_epochs},
+            "convert": {"variants": args.variants}, "devices": {"targets": args.devices, "samples": args.samples},
+            "budgets": {"min_map": args.min_map, "max_map_drop": args.max_map_drop},
+            "deploy_variant": "int8-qat" if "int8-qat" in args.variants else "float32"}
 
 
 def main(argv=None) -> int:
-    from pipeline.build.detect import DetectConfig, build_detector, stage_table, variant_table
+    from pipeline.build.detect import build_detector, stage_table, variant_table
+    from pipeline.build.detect_config import DetectConfig
     from pipeline.errors import BudgetExceededError, MobileModelError
 
     args = _parser().parse_args(argv)

@@ -30,8 +30,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.build.detect_config import DetectConfig, load_detect_recipe
 from pipeline.recipe.schema import Recipe
-from pipeline.recipe.load import load_recipe
+from pipeline.recipe.load import load_recipe, recipe_task
 from pipeline.errors import ConfigError, ModelFileError
 from pipeline.tflite.reader import float_compute_ops, parse_tflite, weight_kernels, zero_fraction
 
@@ -151,12 +152,17 @@ def mutate_text(text: str, mutations) -> str:
     return s
 
 
+def recipe_class(data):
+    """The schema a recipe's data is for: a detection recipe's or a classifier's."""
+    return DetectConfig if isinstance(data, dict) and data.get("task") == "detection" else Recipe
+
+
 def check_recipe_loads(path: Path) -> None:
     try:
-        r = load_recipe(path)
+        r = load_detect_recipe(path) if recipe_task(path) == "detection" else load_recipe(path)
     except ConfigError:
         return
-    assert Recipe.from_dict(r.to_dict()) == r
+    assert type(r).from_dict(r.to_dict()) == r
     try:
         r.smoke()
     except ConfigError:
@@ -214,20 +220,22 @@ def mutate_dict(base: dict, edits, data) -> dict:
 def test_fuzz_recipe_from_dict(name, edits, data):
     base = yaml.safe_load(RECIPE_TEXTS[name])
     d = mutate_dict(base, edits, data)
+    schema = recipe_class(base)
     try:
-        r = Recipe.from_dict(d)
+        r = schema.from_dict(d)
     except ConfigError:
         return
-    assert Recipe.from_dict(r.to_dict()) == r
+    assert schema.from_dict(r.to_dict()) == r
 
 
 @_settings(EXAMPLES)
 @given(value=JSON_VALUES)
 def test_fuzz_recipe_from_any_value(value):
-    try:
-        Recipe.from_dict(value)
-    except ConfigError:
-        pass
+    for schema in (Recipe, DetectConfig):
+        try:
+            schema.from_dict(value)
+        except ConfigError:
+            pass
 
 
 # -- regressions: every input that ever broke the property ------------------------------

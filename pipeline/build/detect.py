@@ -1,16 +1,16 @@
 """The detection build: an SSDLite detector trained, pruned, quantized, converted and checked.
 
-    cfg = DetectConfig.from_dict({"data": {"dataset": "synthetic", "train": 600},
-                                  "input_size": 96, "epochs": 10})
-    result = build_detector(cfg, Path("out/detect"), log=print)
+    cfg = load_detect_recipe("detect-shapes")     # or DetectConfig.from_dict({...})
+    result = build_detector(cfg, Path("build/detect-shapes"), log=print)
     result.check_budgets()          # BudgetExceededError when a budget was missed
 
 The stages (:data:`pipeline.build.detect_stages.STAGES`, in order): data -> float training
 -> magnitude pruning (prune -> strip) -> prune-preserving QAT -> export of every variant
 -> host evaluation (COCO mAP on the test split) -> device runs of every variant on every
-device -> budgets -> ``summary.json``, ``report.md`` and side-by-side pictures of the
-float and deploy variants' detections. Each stage is timed and writes its files
-atomically under ``out``.
+device -> the bundle (the deploy variant with MediaPipe object-detector metadata, run by
+MediaPipe Tasks' ObjectDetector) -> budgets -> ``summary.json``, ``report.md`` and
+side-by-side pictures of the float and deploy variants' detections. Each stage is timed
+and writes its files atomically under ``out``.
 
 Budgets are on the host's mAP@0.5 (a fraction in [0, 1]): ``min_map`` for every
 variant, ``max_map_drop`` for the int8 variants against ``float32``. The float variants
@@ -22,149 +22,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from pipeline.detection.export import PostprocessConfig
+from pipeline.build.detect_config import DetectConfig
 from pipeline.errors import BudgetExceededError, ConfigError, DataError, Log
 from pipeline.plain import from_plain, to_plain
 from pipeline.table import Table
-from pipeline.variants import DEFAULT_VARIANTS, VARIANTS
+from pipeline.variants import VARIANTS
 
 #: Version of ``summary.json``'s layout.
-SCHEMA_VERSION = 1
-#: Data sets the build reads.
-DATASETS = ("synthetic", "coco", "voc")
-#: The variant drawn beside float32 in the report's pictures (when built).
-DEPLOY_VARIANT = "int8-qat"
+SCHEMA_VERSION = 2
 #: Agreement of device and host detections: same class, IoU at least this (issue 33).
 AGREEMENT_IOU = 0.9
-
-
-def default_devices() -> Tuple[str, ...]:
-    """The device targets of the default recipe (``pipeline/recipe/presets/default.yaml``)."""
-    from pipeline.recipe.load import load_recipe
-
-    return tuple(load_recipe("default").devices.targets)
-
-
-@dataclass(frozen=True)
-class DetectData:
-    """Where the images come from.
-
-    Attributes:
-        dataset: ``synthetic`` (rendered, no files), ``coco`` (``path``: images folder,
-            ``annotations``: instances JSON) or ``voc`` (``path``: the VOC root).
-        train, val, test: images per split of the synthetic set.
-        val_fraction, test_fraction: shares of a coco or voc set held out (seeded).
-        fit: ``resize`` or ``pad`` (coco and voc).
-    """
-
-    dataset: str = "synthetic"
-    train: int = 600
-    val: int = 100
-    test: int = 200
-    path: Optional[str] = None
-    annotations: Optional[str] = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    fit: str = "resize"
-
-    def validate(self) -> None:
-        """Raises ConfigError naming the first bad field."""
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"detect.data.dataset: unknown data set {self.dataset!r}; valid: {', '.join(DATASETS)}")
-        if self.dataset == "synthetic":
-            for name in ("train", "val", "test"):
-                if getattr(self, name) < 1:
-                    raise ConfigError(f"detect.data.{name}: must be >= 1, got {getattr(self, name)}")
-            return
-        if not self.path:
-            raise ConfigError(f"detect.data.path: the {self.dataset} data set needs a path")
-        if self.dataset == "coco" and not self.annotations:
-            raise ConfigError("detect.data.annotations: the coco data set needs an annotations JSON file")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):
-            raise ConfigError("detect.data: val_fraction and test_fraction must be in (0, 1) with a sum "
-                              f"under 1; got {self.val_fraction} and {self.test_fraction}")
-        if self.fit not in ("resize", "pad"):
-            raise ConfigError(f"detect.data.fit: expected resize or pad, got {self.fit!r}")
-
-
-@dataclass(frozen=True)
-class DetectConfig:
-    """A detection build (round-trips through :meth:`from_dict` / :meth:`to_dict`).
-
-    ``devices`` left empty means the default recipe's targets (:func:`default_devices`);
-    ``min_map`` / ``max_map_drop`` None means no budget (see the module docstring).
-    """
-
-    data: DetectData = DetectData()
-    input_size: int = 224
-    channels: int = 3
-    family: str = "mobilenet_v2"
-    alpha: float = 0.35
-    epochs: int = 20
-    batch_size: int = 32
-    learning_rate: float = 0.003
-    augment: bool = True
-    prune_sparsity: float = 0.5
-    prune_epochs: int = 3
-    prune_learning_rate: float = 0.001
-    qat_epochs: int = 1
-    qat_learning_rate: float = 0.0002
-    variants: Tuple[str, ...] = DEFAULT_VARIANTS
-    devices: Tuple[str, ...] = ()
-    device_samples: int = 20
-    postprocess: PostprocessConfig = PostprocessConfig()
-    min_map: Optional[float] = None
-    max_map_drop: Optional[float] = 0.02
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "DetectConfig":
-        """From plain data; an unknown key, a wrong type or a bad value is one ConfigError."""
-        cfg = from_plain(cls, data if data is not None else {}, "detect", ConfigError)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> Dict[str, Any]:
-        return to_plain(self)
-
-    @property
-    def input_shape(self) -> Tuple[int, int, int]:
-        return (self.input_size, self.input_size, self.channels)
-
-    def target_devices(self) -> Tuple[str, ...]:
-        return self.devices or default_devices()
-
-    def validate(self) -> None:
-        """Raises ConfigError naming the first bad field and what it expects."""
-        from models import FAMILIES
-        from pipeline.devices.profiles import get_device
-
-        self.data.validate()
-        if self.input_size < 64 or self.channels not in (1, 3):
-            raise ConfigError(f"detect: input_size must be >= 64 and channels 1 or 3; "
-                              f"got {self.input_size} and {self.channels}")
-        if self.family not in FAMILIES:
-            raise ConfigError(f"detect.family: unknown family {self.family!r}; valid: {', '.join(FAMILIES)}")
-        for name in ("epochs", "batch_size", "prune_epochs", "qat_epochs", "device_samples"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"detect.{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("alpha", "learning_rate", "prune_learning_rate", "qat_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"detect.{name}: must be > 0, got {getattr(self, name)}")
-        if not 0 < self.prune_sparsity < 1:
-            raise ConfigError(f"detect.prune_sparsity: must be in (0, 1), got {self.prune_sparsity}")
-        for v in self.variants:
-            if v not in DEFAULT_VARIANTS:
-                raise ConfigError(f"detect.variants: unknown variant {v!r}; valid: {', '.join(DEFAULT_VARIANTS)}")
-        if "float32" not in self.variants:
-            raise ConfigError("detect.variants: float32 must be built (budgets and pictures compare with it)")
-        for d in self.devices:
-            get_device(d)  # ConfigError listing the valid devices
-        if self.min_map is not None and not 0 <= self.min_map <= 1:
-            raise ConfigError(f"detect.min_map: an mAP@0.5 in [0, 1], got {self.min_map}")
-        if self.max_map_drop is not None and not 0 <= self.max_map_drop <= 1:
-            raise ConfigError(f"detect.max_map_drop: a drop of mAP@0.5 in [0, 1], got {self.max_map_drop}")
 
 
 @dataclass(frozen=True)
@@ -201,6 +68,23 @@ class VariantFigures:
 
 
 @dataclass(frozen=True)
+class BundleFigures:
+    """The bundle: the deploy variant with object-detector metadata, and what MediaPipe
+    Tasks' ObjectDetector made of it on ``images`` test images: the share of our
+    detections (score >= 0.5) it has too, same class at IoU >= :data:`AGREEMENT_IOU`
+    (``agreement``), and the reverse."""
+
+    path: str
+    variant: str
+    size_bytes: int
+    sha256: str
+    images: int
+    detections: int
+    agreement: float
+    reverse_agreement: float
+
+
+@dataclass(frozen=True)
 class DetectResult:
     """What a detection build measured (``summary.json``)."""
 
@@ -212,6 +96,7 @@ class DetectResult:
     variants: Tuple[VariantFigures, ...]
     stage_seconds: Dict[str, float]
     budget_failures: Tuple[str, ...] = ()
+    bundle: Optional[BundleFigures] = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> Dict[str, Any]:
@@ -239,14 +124,15 @@ def budget_failures(cfg: DetectConfig, variants: Tuple[VariantFigures, ...]) -> 
     out = []
     base = next((v for v in variants if v.name == "float32"), None)
     for v in variants:
-        if cfg.min_map is not None and v.map_50 < cfg.min_map:
-            out.append(f"{v.name}: mAP@0.5 {v.map_50:.3f} < min_map {cfg.min_map:.3f}")
+        budgets = cfg.budgets
+        if budgets.min_map is not None and v.map_50 < budgets.min_map:
+            out.append(f"{v.name}: mAP@0.5 {v.map_50:.3f} < min_map {budgets.min_map:.3f}")
         int8 = VARIANTS.get(v.name).number_format == "int8"
-        if int8 and base is not None and cfg.max_map_drop is not None:
+        if int8 and base is not None and budgets.max_map_drop is not None:
             drop = base.map_50 - v.map_50
-            if drop > cfg.max_map_drop:
+            if drop > budgets.max_map_drop:
                 out.append(f"{v.name}: mAP@0.5 {v.map_50:.3f} is {drop:.3f} under float32's {base.map_50:.3f} "
-                           f"(max_map_drop {cfg.max_map_drop:.3f})")
+                           f"(max_map_drop {budgets.max_map_drop:.3f})")
     return tuple(out)
 
 
@@ -288,15 +174,22 @@ def report_markdown(result: DetectResult, pictures: Tuple[str, ...] = ()) -> str
     """``report.md``: the variant table, budgets, stage times and the pictures' links."""
     cfg = result.config
     counts = ", ".join(f"{k} {n}" for k, n in result.counts.items())
-    lines = [f"# Detection build: SSDLite {cfg.family} {cfg.alpha} at "
-             f"{cfg.input_size}x{cfg.input_size}x{cfg.channels}", "",
+    h, w, c = cfg.input_shape
+    lines = [f"# Detection build {cfg.build_name}: SSDLite {cfg.model.family} {cfg.model.alpha} at {h}x{w}x{c}", "",
              f"Data: {result.data_source} ({counts}); classes: {', '.join(result.labels)}.",
              f"Host mAP on the test split (COCO, pycocotools); device figures on the first "
-             f"{cfg.device_samples} test images; agreement: the host's detections scoring >= 0.5 "
+             f"{cfg.devices.samples} test images; agreement: the host's detections scoring >= 0.5 "
              f"that the device has too (same class, IoU >= {AGREEMENT_IOU}).",
              f"Dense float model (before pruning): mAP@0.5 {result.dense_map_50:.3f}.", "",
              *variant_table(result).markdown(), "", "## Budgets", ""]
     lines += [f"- missed: {f}" for f in result.budget_failures] or ["- all met"]
+    b = result.bundle
+    if b is not None:
+        lines += ["", "## Bundle", "",
+                  f"`{b.path}`: {b.variant} with MediaPipe object-detector metadata, {b.size_bytes / 1024:.1f} KiB, "
+                  f"sha256 `{b.sha256[:16]}`. MediaPipe Tasks' ObjectDetector on {b.images} test images has "
+                  f"{b.agreement:.1%} of our {b.detections} detections (and we have {b.reverse_agreement:.1%} "
+                  f"of its)."]
     lines += ["", "## Stage times", "", *stage_table(result).markdown()]
     if pictures:
         lines += ["", "## Detections: float32 (left) and the deploy variant (right)", ""]
@@ -304,8 +197,10 @@ def report_markdown(result: DetectResult, pictures: Tuple[str, ...] = ()) -> str
     return "\n".join(lines) + "\n"
 
 
-def build_detector(cfg: DetectConfig, out: Path, log: Log = print) -> DetectResult:
+def build_detector(cfg: DetectConfig, out: Path, log: Log = print, run_devices: bool = True) -> DetectResult:
     """Runs every stage of the detection build into ``out`` (see the module docstring).
+
+    ``run_devices`` False leaves out the device runs (the figures have no devices).
 
     Returns:
         The result, also written as ``out/summary.json`` with ``out/report.md``. Missed
@@ -316,10 +211,26 @@ def build_detector(cfg: DetectConfig, out: Path, log: Log = print) -> DetectResu
         ConversionMismatchError: an exported variant disagrees with its Keras model.
         DeviceUnavailableError: the emulated devices cannot be run.
     """
+    import os
+
+    import yaml
+
     from pipeline.build.detect_stages import STAGES, Work
+    from pipeline.store.atomic import atomic_write_text
+    from pipeline.store.lock import build_lock
 
     cfg.validate()
-    work = Work(cfg=cfg, out=Path(out), log=log)
-    for name, run in STAGES:
-        work.timed(name, run)
+    out = Path(out)
+    with build_lock(out):
+        if (out / "summary.json").exists():  # the last build's figures are kept beside
+            os.replace(out / "summary.json", out / "summary.previous.json")
+        atomic_write_text(out / "recipe.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        work = Work(cfg=cfg, out=out, log=log)
+        for name, run in STAGES:
+            if name != "devices" or run_devices:
+                work.timed(name, run)
     return replace(work.result, stage_seconds=dict(work.seconds))
+
+
+def default_detect_dir(cfg: DetectConfig) -> Path:
+    return Path("build") / cfg.build_name

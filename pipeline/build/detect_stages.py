@@ -8,6 +8,7 @@ left there, adds its own products and writes its files atomically under ``out``:
     variants/<variant>.tflite      every variant, validated against its Keras model
     evaluation/<variant>.json      host mAP and the host's detections on the test split
     devices/<device>/<variant>.json  the device run, its agreement and device mAP
+    bundle/model.tflite, labels.txt  the deploy variant with object-detector metadata
     pictures/*.png, summary.json, report.md
 """
 
@@ -18,8 +19,9 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-from pipeline.build.detect import (AGREEMENT_IOU, DEPLOY_VARIANT, DetectConfig, DetectResult, DeviceFigures,
-                                   VariantFigures, budget_failures, report_markdown)
+from pipeline.build.detect import (AGREEMENT_IOU, DetectResult, DeviceFigures, VariantFigures, budget_failures,
+                                   report_markdown)
+from pipeline.build.detect_config import DetectConfig
 from pipeline.errors import Log
 from pipeline.store.atomic import atomic_path, atomic_write_json, atomic_write_text
 
@@ -29,6 +31,8 @@ CALIBRATION_IMAGES = 100
 VALIDATION_IMAGES = 16
 #: Test images drawn in the report.
 PICTURES = 4
+#: Test images MediaPipe Tasks' ObjectDetector runs the bundle on.
+MEDIAPIPE_IMAGES = 8
 
 
 @dataclass
@@ -72,6 +76,18 @@ def _held_out(data, cfg: DetectConfig):
                            data.subset(order[n_val:n_val + n_test]))
 
 
+def _split_files(train, val, test):
+    """The splits of a coco set given as three annotation files (same categories in each)."""
+    from pipeline.detection.sets import DetectionSplits
+    from pipeline.errors import DataError
+
+    for other in (val, test):
+        if other.labels != train.labels:
+            raise DataError(f"{other.source}: its categories {list(other.labels)} differ from the training "
+                            f"split's {list(train.labels)} ({train.source})")
+    return DetectionSplits(train, val, test)
+
+
 def data_stage(w: Work) -> None:
     """Reads (or renders) the data set and splits it."""
     cfg, d = w.cfg, w.cfg.data
@@ -82,7 +98,11 @@ def data_stage(w: Work) -> None:
     elif d.dataset == "coco":
         from pipeline.detection.coco import read_coco
 
-        splits = _held_out(read_coco(d.path, d.annotations, cfg.input_shape, d.fit), cfg)
+        def read(annotations):
+            return read_coco(d.path, annotations, cfg.input_shape, d.fit)
+
+        splits = _split_files(*map(read, (d.annotations, d.val_annotations, d.test_annotations))) \
+            if d.split_files else _held_out(read(d.annotations), cfg)
     else:
         from pipeline.detection.voc import read_voc
 
@@ -110,8 +130,8 @@ def _train(w: Work, model, name: str, epochs: int, learning_rate: float, callbac
 
     splits, cfg = w.items["splits"], w.cfg
     model, history = train_detector(model, w.items["anchors"], splits.train, splits.val, epochs=epochs,
-                                    batch_size=cfg.batch_size, learning_rate=learning_rate, seed=cfg.seed,
-                                    augment=augment_detection if cfg.augment else None, callbacks=callbacks,
+                                    batch_size=cfg.train.batch_size, learning_rate=learning_rate, seed=cfg.seed,
+                                    augment=augment_detection if cfg.train.augment else None, callbacks=callbacks,
                                     log=w.log)
     atomic_write_json(w.out / "keras" / f"{name}_history.json", history.to_dict())
     return model
@@ -123,11 +143,11 @@ def train_stage(w: Work) -> None:
     from pipeline.detection.train import build_detector
 
     cfg, splits = w.cfg, w.items["splits"]
-    model, anchors = build_detector(cfg.family, cfg.alpha, cfg.input_shape, splits.num_classes)
+    model, anchors = build_detector(cfg.model.family, cfg.model.alpha, cfg.input_shape, splits.num_classes)
     w.items["anchors"] = anchors
-    model = _train(w, model, "float", cfg.epochs, cfg.learning_rate)
+    model = _train(w, model, "float", cfg.train.epochs, cfg.train.learning_rate)
     _save_model(model, w.out / "keras" / "float.h5")
-    dets = keras_detections(model, anchors, _as_float(splits.test.images), cfg.postprocess)
+    dets = keras_detections(model, anchors, _as_float(splits.test.images), cfg.convert.postprocess)
     w.items["dense_map_50"] = _map(splits.test, dets).map_50
     w.items["float"] = model
     w.log(f"[detect] dense float: mAP@0.5 {w.items['dense_map_50']:.3f} (Keras, test split)")
@@ -155,9 +175,9 @@ def prune_stage(w: Work) -> None:
     from pipeline.compress.prune import pruning_steps
 
     cfg, sparsity = w.cfg, tfmot.sparsity.keras
-    steps = cfg.prune_epochs * -(-len(w.items["splits"].train.images) // cfg.batch_size)
+    steps = cfg.prune.epochs * -(-len(w.items["splits"].train.images) // cfg.train.batch_size)
     end_step, frequency = pruning_steps(steps)
-    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=cfg.prune_sparsity,
+    schedule = sparsity.PolynomialDecay(initial_sparsity=0.0, final_sparsity=cfg.prune.sparsity,
                                         begin_step=0, end_step=end_step, frequency=frequency)
 
     def wrap(layer):  # Conv2D only: depthwise kernels are a sliver of the weights
@@ -168,7 +188,7 @@ def prune_stage(w: Work) -> None:
     # The unwrapped layers are the float model's own (tfmot's clone idiom): pruning goes on
     # from the trained weights, and the float model is not used after this stage.
     wrapped = keras.models.clone_model(w.items["float"], clone_function=wrap)
-    wrapped = _train(w, wrapped, "pruned", cfg.prune_epochs, cfg.prune_learning_rate,
+    wrapped = _train(w, wrapped, "pruned", cfg.prune.epochs, cfg.prune.learning_rate,
                      callbacks=[sparsity.UpdatePruningStep()])
     pruned = sparsity.strip_pruning(wrapped)
     _save_model(pruned, w.out / "keras" / "pruned.h5")
@@ -181,7 +201,7 @@ def qat_stage(w: Work) -> None:
     from models.quantize import quantize_model
 
     qat = quantize_model(w.items["pruned"], "pqat")
-    qat = _train(w, qat, "qat", w.cfg.qat_epochs, w.cfg.qat_learning_rate)
+    qat = _train(w, qat, "qat", w.cfg.qat.epochs, w.cfg.qat.learning_rate)
     _save_model(qat, w.out / "keras" / "qat.h5", qat=True)
     w.items["qat"] = qat
     w.log(f"[detect] PQAT: {_sparsity(qat):.1%} of the Conv2D kernels are zero")
@@ -196,11 +216,11 @@ def export_stage(w: Work) -> None:
     calibration = _as_float(splits.train.images[:CALIBRATION_IMAGES])
     validation = _as_float(splits.test.images[:VALIDATION_IMAGES])
     exports = {}
-    for name in cfg.variants:
+    for name in cfg.convert.variants:
         source = w.items["qat" if VARIANTS.get(name).source == "qat" else "pruned"]
         path = w.out / "variants" / f"{name}.tflite"
         metrics = export_detector(source, w.items["anchors"], name, path, validation, calibration,
-                                  cfg.postprocess, log=w.log)
+                                  cfg.convert.postprocess, log=w.log)
         exports[name] = {"path": path, "size_bytes": metrics["size_bytes"], "sparsity": _sparsity(source)}
     w.items["exports"] = exports
 
@@ -228,18 +248,14 @@ def evaluate_stage(w: Work) -> None:
     w.items["host"] = host
 
 
-def _device_detections(path: Path, device: str, x: np.ndarray):
-    """The detections the emulated device computes on ``x`` (its four raw outputs)."""
+def _device_detections(result, n: int):
+    """The detections in a device run's four raw outputs (boxes, classes, scores, count)."""
     from pipeline.detection.evaluate import detections_from_outputs
-    from pipeline.devices.profiles import get_device
-    from pipeline.devices.runner import run_on_device
     from pipeline.errors import DeviceOutputError
 
-    run = run_on_device(path, get_device(device), x, threads=1, count=False)
-    if run.returncode != 0 or run.outputs is None or len(run.outputs) != 4:
-        raise DeviceOutputError(f"{device}: {path.name} returned no detections (exit {run.returncode})")
-    boxes, classes, scores, count = (np.asarray(o) for o in run.outputs)
-    n = len(x)
+    if result.raw_outputs is None or len(result.raw_outputs) != 4:
+        raise DeviceOutputError(f"{result.device}: {Path(result.model).name} returned no detections")
+    boxes, classes, scores, count = (np.asarray(o) for o in result.raw_outputs)
     return detections_from_outputs(boxes.reshape(n, -1, 4), classes.reshape(n, -1), scores.reshape(n, -1),
                                    count.reshape(n))
 
@@ -257,7 +273,7 @@ def device_run(path: Path, device: str, test, host_dets, samples: int) -> Tuple[
     if not result.loaded:
         return DeviceFigures(False, result.verdict, len(x)), record
     attach_latency(record, device, 1)
-    dets = _device_detections(path, device, x)
+    dets = _device_detections(result, len(x))
     agree = detection_agreement(host_dets[:len(x)], dets, iou=AGREEMENT_IOU)
     m = _map(subset, dets)
     record["detection_agreement"] = asdict(agree)
@@ -273,7 +289,7 @@ def devices_stage(w: Work) -> None:
     for name, e in w.items["exports"].items():
         figures[name] = {}
         for device in cfg.target_devices():
-            fig, record = device_run(e["path"], device, test, w.items["host"][name], cfg.device_samples)
+            fig, record = device_run(e["path"], device, test, w.items["host"][name], cfg.devices.samples)
             atomic_write_json(w.out / "devices" / device / f"{name}.json", record)
             figures[name][device] = fig
             w.log(f"[detect] {name} on {device}: " + (
@@ -281,6 +297,37 @@ def devices_stage(w: Work) -> None:
                 f"host detections, mAP@0.5 {fig.map_50:.3f}"
                 if fig.loaded else f"does not load: {fig.verdict}"))
     w.items["devices"] = figures
+
+
+def bundle_stage(w: Work) -> None:
+    """``bundle/model.tflite``: the deploy variant with MediaPipe object-detector metadata,
+    then run by MediaPipe Tasks' ObjectDetector on test images and compared with ours."""
+    from pipeline.build.detect import BundleFigures
+    from pipeline.detection.evaluate import detection_agreement, run_tflite_detector
+    from pipeline.publish.detector_metadata import detect_with_mediapipe, embed_detector_metadata
+    from pipeline.store.atomic import atomic_write_bytes, sha256_bytes
+
+    cfg, splits = w.cfg, w.items["splits"]
+    if cfg.model.channels != 3:
+        w.log("[detect] bundle: none (MediaPipe's ObjectDetector takes RGB images only)")
+        return
+    deploy = w.items["exports"][cfg.deploy_variant]["path"]
+    h, wd, c = cfg.input_shape
+    data = embed_detector_metadata(
+        deploy.read_bytes(), splits.labels, f"{cfg.name} object detector",
+        f"SSDLite {cfg.model.family} {cfg.model.alpha} at {h}x{wd}x{c}, {cfg.deploy_variant}; "
+        f"classes: {', '.join(splits.labels)}", source=deploy.name)
+    path = w.out / "bundle" / "model.tflite"
+    atomic_write_bytes(path, data)
+    atomic_write_text(w.out / "bundle" / "labels.txt", "".join(f"{label}\n" for label in splits.labels))
+    pixels = splits.test.images[:MEDIAPIPE_IMAGES]
+    theirs = detect_with_mediapipe(path, pixels)
+    ours = run_tflite_detector(path, _as_float(pixels))
+    agree = detection_agreement(ours, theirs, iou=AGREEMENT_IOU)
+    w.items["bundle"] = BundleFigures("bundle/model.tflite", cfg.deploy_variant, len(data), sha256_bytes(data),
+                                      len(pixels), agree.host_count, agree.fraction, agree.reverse_fraction)
+    w.log(f"[detect] bundle: {path} ({len(data) / 1024:.1f} KiB); MediaPipe's ObjectDetector has "
+          f"{agree.fraction:.1%} of our {agree.host_count} detections on {len(pixels)} test images")
 
 
 def _picture(w: Work, index: int, deploy: str) -> str:
@@ -305,12 +352,13 @@ def report_stage(w: Work) -> None:
     """Budgets, ``summary.json``, ``report.md`` and the pictures."""
     cfg, splits = w.cfg, w.items["splits"]
     variants = tuple(VariantFigures(name, e["size_bytes"], e["sparsity"], e["map"], e["map_50"],
-                                    w.items["devices"].get(name, {}))
+                                    w.items.get("devices", {}).get(name, {}))
                      for name, e in w.items["exports"].items())
-    deploy = DEPLOY_VARIANT if DEPLOY_VARIANT in cfg.variants else cfg.variants[-1]
+    deploy = cfg.deploy_variant
     pictures = tuple(_picture(w, i, deploy) for i in range(min(PICTURES, len(splits.test.images))))
     result = DetectResult(cfg, tuple(splits.labels), splits.train.source, w.items["counts"],
-                          w.items["dense_map_50"], variants, dict(w.seconds), budget_failures(cfg, variants))
+                          w.items["dense_map_50"], variants, dict(w.seconds), budget_failures(cfg, variants),
+                          bundle=w.items.get("bundle"))
     # The report stage's own time is not in the files it writes; build_detector adds it to the result.
     atomic_write_json(w.out / "summary.json", result.to_dict())
     atomic_write_text(w.out / "report.md", report_markdown(result, pictures))
@@ -327,5 +375,6 @@ STAGES: Tuple[Tuple[str, Callable[[Work], None]], ...] = (
     ("export", export_stage),
     ("evaluate", evaluate_stage),
     ("devices", devices_stage),
+    ("bundle", bundle_stage),
     ("report", report_stage),
 )

@@ -27,14 +27,20 @@ from pipeline.errors import EXIT_GATE_FAILED
 def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
 
+    A recipe with 'task: detection' (such as 'detect-shapes') builds an object detector
+    (docs/detection.md).
+
     Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
     still written); 2 bad recipe, data or model; 3 device runtime unavailable;
     4 internal error (traceback in the log file named).
     """
     from pipeline.build import build as run_build
     from pipeline.cli.tables import budget_summary, summary_table
-    from pipeline.recipe.load import load_recipe
+    from pipeline.recipe.load import load_recipe, recipe_task
 
+    if recipe_task(recipe) == "detection":
+        _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json)
+        return
     r = load_recipe(recipe, smoke=smoke, data_path=data_path)
     result = run_build(r, out=out, log=logger(quiet or as_json), run_devices=not no_devices)
     summary = result.summary
@@ -53,4 +59,31 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     if not summary.budgets_ok:
         missed = [f"{b.budget}[{b.subject}]" for b in summary.budgets if not b.ok]
         click.echo(f"error: budget missed: {', '.join(missed)} (artifacts kept in {result.root})", err=True)
+        sys.exit(EXIT_GATE_FAILED)
+
+
+def _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json):
+    """``build`` of a detection recipe: every stage, then the variant and stage tables."""
+    from pipeline.build.detect import build_detector, default_detect_dir, stage_table, variant_table
+    from pipeline.build.detect_config import load_detect_recipe
+    from pipeline.errors import ConfigError
+
+    if data_path is not None:
+        raise ConfigError("--data takes a folder of class sub-folders (classifiers); a detection recipe names "
+                          "its images and annotations in data.path and data.annotations")
+    cfg = load_detect_recipe(recipe, smoke=smoke)
+    root = Path(out) if out else default_detect_dir(cfg)
+    result = build_detector(cfg, root, log=logger(quiet or as_json), run_devices=not no_devices)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"\n## {cfg.build_name}: {root}  ({sum(result.stage_seconds.values()):.1f} s)\n")
+        click.echo("\n".join([*variant_table(result).markdown(), "", *stage_table(result).markdown()]))
+        click.echo("\n### budgets\n")
+        click.echo("\n".join(f"- missed: {f}" for f in result.budget_failures) or "- all met")
+        if result.bundle is not None:
+            click.echo(f"\nbundle: {root / result.bundle.path} (MediaPipe ObjectDetector agreement "
+                       f"{result.bundle.agreement:.1%} of {result.bundle.detections})")
+    if result.budget_failures:
+        click.echo(f"error: budget missed: {'; '.join(result.budget_failures)} (artifacts kept in {root})", err=True)
         sys.exit(EXIT_GATE_FAILED)

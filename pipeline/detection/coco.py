@@ -160,12 +160,16 @@ def _annotations(doc: dict, path: Path, images, categories) -> Dict[int, List[Tu
     return out
 
 
-def write_coco(detection_set: DetectionSet, folder) -> Path:
-    """Writes a set as COCO: ``folder/images/*.png`` (lossless) and ``folder/annotations.json``.
+def write_coco(detection_set: DetectionSet, folder, annotations_file: str = ANNOTATIONS_FILE) -> Path:
+    """Writes a set as COCO: ``folder/images/*.png`` (lossless) and ``folder/<annotations_file>``.
 
     Boxes are written in pixels as floats and categories get ids 1..K in label order,
     so :func:`read_coco` at the same input size gives back the same images, classes and
-    boxes (within float32 precision).
+    boxes (within float32 precision). Several sets (the splits of one data set) may share
+    a folder under different ``annotations_file`` names when their image names differ.
+
+    Raises:
+        DataError: an image of that name is already in ``folder/images``.
 
     Returns:
         The annotation file's path (its images folder is next to it).
@@ -176,6 +180,9 @@ def write_coco(detection_set: DetectionSet, folder) -> Path:
     images, annotations, used = [], [], set()
     for i, name in enumerate(detection_set.names):
         file_name = _png_name(name, i, used)
+        if (folder / IMAGES_FOLDER / file_name).exists():
+            raise DataError(f"{folder / IMAGES_FOLDER / file_name}: already there; write each set's images "
+                            f"to its own folder or give them distinct names")
         pixels = detection_set.images[i]
         Image.fromarray(pixels[..., 0] if c == 1 else pixels, "L" if c == 1 else "RGB").save(
             folder / IMAGES_FOLDER / file_name)
@@ -185,7 +192,7 @@ def write_coco(detection_set: DetectionSet, folder) -> Path:
                                 "bbox": [float(v) for v in box], "area": float(box[2] * box[3]),
                                 "iscrowd": 0})
     categories = [{"id": k + 1, "name": lab} for k, lab in enumerate(detection_set.labels)]
-    out = folder / ANNOTATIONS_FILE
+    out = folder / annotations_file
     out.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return out
 
