@@ -148,7 +148,7 @@ def train_stage(w: Work) -> None:
     model = _train(w, model, "float", cfg.train.epochs, cfg.train.learning_rate)
     _save_model(model, w.out / "keras" / "float.h5")
     dets = keras_detections(model, anchors, _as_float(splits.test.images), cfg.convert.postprocess)
-    w.items["dense_map_50"] = _map(splits.test, dets).map_50
+    w.items["dense_map_50"] = float(_map(splits.test, dets).map_50)
     w.items["float"] = model
     w.log(f"[detect] dense float: mAP@0.5 {w.items['dense_map_50']:.3f} (Keras, test split)")
 
@@ -221,7 +221,8 @@ def export_stage(w: Work) -> None:
         path = w.out / "variants" / f"{name}.tflite"
         metrics = export_detector(source, w.items["anchors"], name, path, validation, calibration,
                                   cfg.convert.postprocess, log=w.log)
-        exports[name] = {"path": path, "size_bytes": metrics["size_bytes"], "sparsity": _sparsity(source)}
+        exports[name] = {"path": path, "size_bytes": int(metrics["size_bytes"]),
+                         "sparsity": float(_sparsity(source))}
     w.items["exports"] = exports
 
 
@@ -240,7 +241,7 @@ def evaluate_stage(w: Work) -> None:
         dets = run_tflite_detector(e["path"], x)
         m = _map(test, dets)
         host[name] = dets
-        e.update(map=m.map, map_50=m.map_50)
+        e.update(map=float(m.map), map_50=float(m.map_50))
         atomic_write_json(w.out / "evaluation" / f"{name}.json",
                           {"map": m.map, "map_50": m.map_50, "map_75": m.map_75, "images": m.images,
                            "detections": _detections_json(dets)})
@@ -278,8 +279,10 @@ def device_run(path: Path, device: str, test, host_dets, samples: int) -> Tuple[
     m = _map(subset, dets)
     record["detection_agreement"] = asdict(agree)
     record["device_map"] = {"map": m.map, "map_50": m.map_50}
-    return DeviceFigures(True, result.verdict, len(x), result.instructions_median, record.get("latency_ms"),
-                         agree.fraction, agree.reverse_fraction, m.map, m.map_50, agree.host_count), record
+    latency = record.get("latency_ms")
+    return DeviceFigures(True, result.verdict, len(x), int(result.instructions_median),
+                         None if latency is None else float(latency), float(agree.fraction),
+                         float(agree.reverse_fraction), float(m.map), float(m.map_50), int(agree.host_count)), record
 
 
 def devices_stage(w: Work) -> None:
