@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.build.detect import (BundleFigures, DetectResult, DeviceFigures, VariantFigures, budget_failures,
-                                   report_markdown, variant_table)
+                                   deploy_table, report_markdown, variant_table)
 from pipeline.build.detect_config import DetectConfig, load_detect_recipe
 from pipeline.errors import BudgetExceededError, ConfigError, DataError
 
@@ -49,6 +49,8 @@ def test_config_round_trips_through_json():
     ({"convert": {"variants": ["int8-qat"]}}, "recipe.convert.variants: float32 must be built"),
     ({"convert": {"variants": ["float32"]}}, "recipe.deploy_variant: 'int8-qat' is not built"),
     ({"devices": {"targets": ["toaster"]}}, "toaster"),
+    ({"devices": {"targets": ["pixel4"], "deploy_targets": ["pixel4", "rpi4"]}},
+     "recipe.devices.deploy_targets: pixel4 already in targets"),
     ({"budgets": {"min_map": 85}}, "recipe.budgets.min_map: an mAP@0.5 in [0, 1], got 85"),
     ({"convert": {"postprocess": {"nms": 1}}}, "postprocess: unknown key 'nms'"),
 ])
@@ -94,6 +96,8 @@ def test_report_table_from_a_hand_made_result():
     assert lines[2] == ("| float32 | 293.0 | 50.0% | 0.540 | 0.900 | yes | 1.23 | 0.85 | 100.0% of 7 | 0.900 "
                         "| **no** | - | - | - | - |")
     assert lines[3].startswith("| int8-qat | 117.2 | 50.0% | 0.534 | 0.890 | yes |")
+    assert deploy_table(_result()).markdown()[2:] == ["| pixel4 | yes | 1.23 | 0.85 | 100.0% of 7 | 0.900 |",
+                                                     "| rpi4 | yes | 1.23 | 0.85 | 100.0% of 7 | 0.900 |"]
     text = report_markdown(_result(), ("pictures/00_float32_vs_int8-qat.png",))
     assert "| total | 10.5 |" in text and "- all met" in text
     assert "![pictures/00_float32_vs_int8-qat.png](pictures/00_float32_vs_int8-qat.png)" in text
@@ -151,6 +155,9 @@ def test_the_preset_is_a_224_detection_recipe_that_only_build_takes(tmp_path):
                                                                                     "int8-qat")
     assert (cfg.budgets.min_map, cfg.budgets.max_map_drop, cfg.prune.sparsity) == (0.85, 0.02, 0.5)
     assert cfg.target_devices() == ("pixel4", "rpi4", "camera-a53")
+    from pipeline.devices.profiles import DEVICES
+
+    assert sorted(cfg.deploy_devices()) == sorted(DEVICES.names())  # the deploy variant on every profile
     smoke = load_detect_recipe("detect-shapes", smoke=True)
     assert (smoke.input_shape, smoke.train.epochs, smoke.budgets.min_map, smoke.build_name) == (
         (64, 64, 3), 1, None, "detect-shapes-smoke")

@@ -140,28 +140,34 @@ def _f(value: Optional[float], fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _device_cells(m: Optional[DeviceFigures]) -> list:
+    """loads / M instructions / estimated ms / agreement / device mAP@0.5 of one run."""
+    if m is None:
+        return ["-"] * 5
+    if not m.loaded:
+        return [("no", "bad"), "-", "-", "-", "-"]
+    instr = None if m.instructions is None else m.instructions / 1e6
+    agree = _f(m.agreement, ".1%") + ("" if m.host_detections is None else f" of {m.host_detections}")
+    return ["yes", _f(instr, ".2f"), _f(m.latency_ms, ".2f"), agree, _f(m.map_50, ".3f")]
+
+
 def variant_table(result: DetectResult) -> Table:
-    """Variant, size, sparsity, host mAP and, per device, loads / instructions / latency /
-    agreement / device mAP@0.5."""
-    devices = list(dict.fromkeys(d for v in result.variants for d in v.devices))
+    """Variant, size, sparsity, host mAP and, per target device (every variant runs there),
+    loads / instructions / latency / agreement / device mAP@0.5."""
+    devices = [d for d in result.config.target_devices() if any(d in v.devices for v in result.variants)]
     headers = ["variant", "KiB", "sparsity", "mAP", "mAP@0.5"]
     for d in devices:
         headers += [f"{d} loads", f"{d} M instr", f"{d} est. ms", f"{d} agree", f"{d} mAP@0.5"]
-    rows = []
-    for v in result.variants:
-        row = [v.name, f"{v.size_bytes / 1024:.1f}", f"{v.sparsity:.1%}", f"{v.map:.3f}", f"{v.map_50:.3f}"]
-        for d in devices:
-            m = v.devices.get(d)
-            if m is None:
-                row += ["-"] * 5
-            elif not m.loaded:
-                row += [("no", "bad"), "-", "-", "-", "-"]
-            else:
-                instr = None if m.instructions is None else m.instructions / 1e6
-                agree = _f(m.agreement, ".1%") + ("" if m.host_detections is None else f" of {m.host_detections}")
-                row += ["yes", _f(instr, ".2f"), _f(m.latency_ms, ".2f"), agree, _f(m.map_50, ".3f")]
-        rows.append(row)
+    rows = [[v.name, f"{v.size_bytes / 1024:.1f}", f"{v.sparsity:.1%}", f"{v.map:.3f}", f"{v.map_50:.3f}",
+             *(c for d in devices for c in _device_cells(v.devices.get(d)))] for v in result.variants]
     return Table(headers, rows)
+
+
+def deploy_table(result: DetectResult) -> Table:
+    """The deploy variant on every device it ran on, one row each."""
+    deploy = result.variant(result.config.deploy_variant)
+    return Table(["device", "loads", "M instr", "est. ms", "agreement", "device mAP@0.5"],
+                 [[d, *_device_cells(m)] for d, m in deploy.devices.items()])
 
 
 def stage_table(result: DetectResult) -> Table:
@@ -181,7 +187,11 @@ def report_markdown(result: DetectResult, pictures: Tuple[str, ...] = ()) -> str
              f"{cfg.devices.samples} test images; agreement: the host's detections scoring >= 0.5 "
              f"that the device has too (same class, IoU >= {AGREEMENT_IOU}).",
              f"Dense float model (before pruning): mAP@0.5 {result.dense_map_50:.3f}.", "",
-             *variant_table(result).markdown(), "", "## Budgets", ""]
+             *variant_table(result).markdown(), ""]
+    if result.variant(cfg.deploy_variant).devices:
+        lines += [f"## The deploy variant ({cfg.deploy_variant}) on every device", "",
+                  *deploy_table(result).markdown(), ""]
+    lines += ["## Budgets", ""]
     lines += [f"- missed: {f}" for f in result.budget_failures] or ["- all met"]
     b = result.bundle
     if b is not None:

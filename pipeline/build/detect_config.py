@@ -12,7 +12,7 @@ A detection recipe is YAML with the same top-level layout as a classifier's
     prune:    {sparsity, epochs, learning_rate}               magnitude pruning, always on
     qat:      {epochs, learning_rate}                         prune-preserving QAT
     convert:  {variants, postprocess}
-    devices:  {targets, samples}                              targets [] = the default recipe's
+    devices:  {targets, deploy_targets, samples}              targets [] = the default recipe's
     budgets:  {min_map, max_map_drop}                         on the host's mAP@0.5
     deploy_variant: int8-qat
 
@@ -189,16 +189,22 @@ class DetectConvert:
 
 @dataclass(frozen=True)
 class DetectDevices:
-    """Emulated devices every variant runs on, and the test images each run takes."""
+    """Emulated devices every variant runs on (``targets``), devices only the deploy
+    variant runs on besides (``deploy_targets``), and the test images each run takes."""
 
     targets: Tuple[str, ...] = ()
+    deploy_targets: Tuple[str, ...] = ()
     samples: int = 20
 
     def validate(self, where: str = "recipe.devices") -> None:
         from pipeline.devices.profiles import get_device
 
-        for d in self.targets:
+        for d in (*self.targets, *self.deploy_targets):
             get_device(d)  # ConfigError listing the valid devices
+        both = sorted(set(self.targets) & set(self.deploy_targets))
+        if both:
+            raise ConfigError(f"{where}.deploy_targets: {', '.join(both)} already in targets (every variant "
+                              f"runs there)")
         _at_least(where, self, ("samples",), 1)
 
 
@@ -257,7 +263,13 @@ class DetectConfig:
         return f"{self.name}-smoke" if self.smoke_form else self.name
 
     def target_devices(self) -> Tuple[str, ...]:
+        """The devices every variant runs on."""
         return self.devices.targets or default_devices()
+
+    def deploy_devices(self) -> Tuple[str, ...]:
+        """Every device the deploy variant runs on: the targets, then ``deploy_targets``."""
+        targets = self.target_devices()
+        return targets + tuple(d for d in self.devices.deploy_targets if d not in targets)
 
     def validate(self) -> "DetectConfig":
         """Raises ConfigError naming the first bad field and what it expects; returns self."""

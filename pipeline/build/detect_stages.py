@@ -286,12 +286,12 @@ def device_run(path: Path, device: str, test, host_dets, samples: int) -> Tuple[
 
 
 def devices_stage(w: Work) -> None:
-    """Every variant on every device."""
+    """Every variant on every target device; the deploy variant on the deploy targets too."""
     cfg, test = w.cfg, w.items["splits"].test
     figures: Dict[str, Dict[str, DeviceFigures]] = {}
     for name, e in w.items["exports"].items():
         figures[name] = {}
-        for device in cfg.target_devices():
+        for device in cfg.deploy_devices() if name == cfg.deploy_variant else cfg.target_devices():
             fig, record = device_run(e["path"], device, test, w.items["host"][name], cfg.devices.samples)
             atomic_write_json(w.out / "devices" / device / f"{name}.json", record)
             figures[name][device] = fig

@@ -64,7 +64,7 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
 
 def _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     """``build`` of a detection recipe: every stage, then the variant and stage tables."""
-    from pipeline.build.detect import build_detector, default_detect_dir, stage_table, variant_table
+    from pipeline.build.detect import build_detector, default_detect_dir, deploy_table, stage_table, variant_table
     from pipeline.build.detect_config import load_detect_recipe
     from pipeline.errors import ConfigError
 
@@ -78,7 +78,11 @@ def _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json):
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(f"\n## {cfg.build_name}: {root}  ({sum(result.stage_seconds.values()):.1f} s)\n")
-        click.echo("\n".join([*variant_table(result).markdown(), "", *stage_table(result).markdown()]))
+        click.echo("\n".join(variant_table(result).markdown()))
+        if result.variant(cfg.deploy_variant).devices:
+            click.echo(f"\n### {cfg.deploy_variant} on every device\n")
+            click.echo("\n".join(deploy_table(result).markdown()))
+        click.echo("\n" + "\n".join(stage_table(result).markdown()))
         click.echo("\n### budgets\n")
         click.echo("\n".join(f"- missed: {f}" for f in result.budget_failures) or "- all met")
         if result.bundle is not None:
