@@ -273,12 +273,11 @@ class DetectConfig:
 
     def validate(self) -> "DetectConfig":
         """Raises ConfigError naming the first bad field and what it expects; returns self."""
-        if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {self.name!r}")
+        from pipeline.recipe.checks import check_name_and_seed
+
+        check_name_and_seed(self.name, self.seed)
         if self.task != TASK:
             raise ConfigError(f"recipe.task: expected {TASK!r} here, got {self.task!r}")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {self.seed!r}")
         for name in _SECTIONS:
             getattr(self, name).validate(f"recipe.{name}")
         if self.deploy_variant not in self.convert.variants:

@@ -49,3 +49,14 @@ def check_positive_number(where: str, key: str, value: Any) -> None:
 def check_bool(where: str, key: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+
+
+def check_name_and_seed(name: Any, seed: Any) -> None:
+    """``recipe.name`` (letters, digits, '-' or '_') and ``recipe.seed`` (an integer that
+    numpy and TensorFlow seeding accept), for every kind of recipe."""
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {name!r}")
+    if not isinstance(seed, int):
+        raise ConfigError(f"recipe.seed: expected an integer, got {seed!r}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {seed!r}")

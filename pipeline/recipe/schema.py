@@ -20,7 +20,7 @@ from typing import Any, Dict
 
 from pipeline.errors import ConfigError
 from pipeline.plain import from_plain, to_plain
-from pipeline.recipe.checks import AUTO, check_choice
+from pipeline.recipe.checks import AUTO, check_choice, check_name_and_seed
 from pipeline.recipe.stages import (CHANNEL_CRITERIA, CHANNEL_KEYS, CLUSTER_INITS, PRUNE_STRUCTURES, SEARCH_SPACES,
                                     VARIANTS, ClusterConfig, ConvertConfig, DevicesConfig, PruneConfig, QatConfig,
                                     SearchConfig)
@@ -65,12 +65,7 @@ class Recipe:
 
     def validate(self) -> "Recipe":
         """Checks every field; returns self. Raises ConfigError naming the bad key."""
-        if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"recipe.name: expected letters, digits, '-' or '_', got {self.name!r}")
-        if not isinstance(self.seed, int):
-            raise ConfigError(f"recipe.seed: expected an integer, got {self.seed!r}")
-        if not 0 <= self.seed < 2**32:  # what numpy and TensorFlow seeding accept
-            raise ConfigError(f"recipe.seed: expected an integer from 0 to {2**32 - 1}, got {self.seed!r}")
+        check_name_and_seed(self.name, self.seed)
         for f in ("data", "model", "train", "transfer", "prune", "qat", "cluster", "convert", "devices", "search"):
             getattr(self, f).validate(f"recipe.{f}")
         check_choice("recipe", "deploy_variant", self.deploy_variant, self.convert.variants)
