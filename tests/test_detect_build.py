@@ -205,3 +205,26 @@ def test_coco_split_files_give_the_embedded_set_back_exactly(tmp_path):
     with pytest.raises(DataError, match=r"test.json.*categories .* differ from the training split's"):
         data_stage(Work(DetectConfig.from_dict({"data": data, "model": {"input_size": 64}}), tmp_path / "x",
                         log=print))
+
+
+def test_the_build_seeds_tensorflow_before_it_builds_the_detector(tmp_path, monkeypatch):
+    import pipeline.build.detect_stages as stages
+    from pipeline.native import import_tensorflow
+
+    tf = import_tensorflow()
+    initial = []
+
+    def first_weights(w, model, *args, **kwargs):  # stands in for training: the weights it starts from
+        initial.append([v.numpy().copy() for v in model.weights[:4]])
+        raise StopIteration
+
+    monkeypatch.setattr(stages, "_train", first_weights)
+    cfg = DetectConfig.from_dict({"data": {"dataset": "synthetic", "train": 2, "val": 1, "test": 1},
+                                  "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 64}})
+    for run in range(2):
+        tf.random.uniform((7,))  # the global generator moves on between builds
+        work = stages.Work(cfg, tmp_path / str(run), log=lambda line: None)
+        stages.data_stage(work)
+        with pytest.raises(StopIteration):
+            stages.train_stage(work)
+    assert all(np.array_equal(a, b) for a, b in zip(*initial))

@@ -142,7 +142,10 @@ def train_stage(w: Work) -> None:
     from pipeline.detection.export import keras_detections
     from pipeline.detection.train import build_detector
 
+    from pipeline.train.fit import setup_tensorflow
+
     cfg, splits = w.cfg, w.items["splits"]
+    setup_tensorflow(cfg.seed)  # before the model is built: its initial weights are the seed's
     model, anchors = build_detector(cfg.model.family, cfg.model.alpha, cfg.input_shape, splits.num_classes)
     w.items["anchors"] = anchors
     model = _train(w, model, "float", cfg.train.epochs, cfg.train.learning_rate)
