@@ -12,9 +12,10 @@ environment is the real one; nothing is skipped.
 import numpy as np
 import pytest
 
+from pipeline.detection.types import Detections
 from pipeline.errors import ConfigError, ModelFileError
 from pipeline.publish.detector_metadata import (OUTPUT_ROLES, detect_with_mediapipe, embed_detector_metadata,
-                                                read_metadata)
+                                                matches_mediapipe, read_metadata)
 from tests.helpers.detection import detection_model
 from tests.helpers.detector import ANCHORS, BOX_BIAS, SIZE, build_detector, painted
 
@@ -99,6 +100,12 @@ def test_mediapipe_object_detector_agrees_with_our_evaluation(with_metadata):
         assert np.all(got[~inside][:, :2].min(axis=1) == 0)
         over_the_edge += int(np.sum(~inside))
     assert over_the_edge > 0  # the clamping rule was exercised
+    # The build's check of its bundle says the same: every detection, and nothing else.
+    total = sum(len(d.scores) for d in ours)
+    assert matches_mediapipe(ours, theirs, SIZE, SIZE) == total == sum(len(d.scores) for d in theirs)
+    moved = [Detections(t.boxes + np.float32(2.5 / SIZE), t.classes, t.scores) for t in theirs]
+    relabelled = [Detections(t.boxes, (t.classes + 1) % len(LABELS), t.scores) for t in theirs]
+    assert matches_mediapipe(ours, moved, SIZE, SIZE) == matches_mediapipe(ours, relabelled, SIZE, SIZE) == 0
 
 
 class _NoMediaPipe:

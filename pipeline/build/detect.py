@@ -71,8 +71,10 @@ class VariantFigures:
 class BundleFigures:
     """The bundle: the deploy variant with object-detector metadata, and what MediaPipe
     Tasks' ObjectDetector made of it on ``images`` test images: the share of our
-    detections (score >= 0.5) it has too, same class at IoU >= :data:`AGREEMENT_IOU`
-    (``agreement``), and the reverse."""
+    ``detections`` (every one the postprocess op returns) that it reports too, with the
+    same class, score and box to within a pixel (``agreement``,
+    :func:`pipeline.publish.detector_metadata.matches_mediapipe`), and the share of its
+    detections that are ours (``reverse_agreement``)."""
 
     path: str
     variant: str
@@ -197,9 +199,9 @@ def report_markdown(result: DetectResult, pictures: Tuple[str, ...] = ()) -> str
     if b is not None:
         lines += ["", "## Bundle", "",
                   f"`{b.path}`: {b.variant} with MediaPipe object-detector metadata, {b.size_bytes / 1024:.1f} KiB, "
-                  f"sha256 `{b.sha256[:16]}`. MediaPipe Tasks' ObjectDetector on {b.images} test images has "
-                  f"{b.agreement:.1%} of our {b.detections} detections (and we have {b.reverse_agreement:.1%} "
-                  f"of its)."]
+                  f"sha256 `{b.sha256[:16]}`. MediaPipe Tasks' ObjectDetector on {b.images} test images reports "
+                  f"{b.agreement:.1%} of our {b.detections} detections with the same class, score and box (to a "
+                  f"pixel), and {b.reverse_agreement:.1%} of its detections are ours."]
     lines += ["", "## Stage times", "", *stage_table(result).markdown()]
     if pictures:
         lines += ["", "## Detections: float32 (left) and the deploy variant (right)", ""]

@@ -86,8 +86,8 @@ def _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json):
         click.echo("\n### budgets\n")
         click.echo("\n".join(f"- missed: {f}" for f in result.budget_failures) or "- all met")
         if result.bundle is not None:
-            click.echo(f"\nbundle: {root / result.bundle.path} (MediaPipe ObjectDetector agreement "
-                       f"{result.bundle.agreement:.1%} of {result.bundle.detections})")
+            click.echo(f"\nbundle: {root / result.bundle.path} (MediaPipe's ObjectDetector reports "
+                       f"{result.bundle.agreement:.1%} of our {result.bundle.detections} detections)")
     if result.budget_failures:
         click.echo(f"error: budget missed: {'; '.join(result.budget_failures)} (artifacts kept in {root})", err=True)
         sys.exit(EXIT_GATE_FAILED)

@@ -169,3 +169,35 @@ def _class_index(category: dict, labels: Optional[List[str]], model_path: Path) 
         raise DeviceOutputError(f"MediaPipe's ObjectDetector on {model_path} reported category "
                                 f"{category.get('name')!r}, which is not one of the model's labels")
     return labels.index(category["name"])
+
+
+def mediapipe_pixel_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Normalized ``[ymin, xmin, ymax, xmax]`` boxes as MediaPipe's ObjectDetector reports
+    them: whole-pixel ``[x, y, width, height]``, each truncated and clamped to [0, side]."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32([height, width, height, width])
+    xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], axis=1)
+    return np.clip(np.trunc(xywh), 0, np.float32([width, height, width, height]))
+
+
+def matches_mediapipe(ours: Sequence[Detections], theirs: Sequence[Detections], height: int, width: int,
+                      score_tolerance: float = 1e-5, pixel_tolerance: float = 1.0) -> int:
+    """How many of ``ours`` (the pipeline's detections of a file) MediaPipe's ObjectDetector
+    reports too (:func:`detect_with_mediapipe`, same images): the same class, the same score
+    within ``score_tolerance``, and the box MediaPipe makes of ours (:func:`mediapipe_pixel_boxes`)
+    within ``pixel_tolerance`` pixels. Each of theirs matches one of ours at most."""
+    matched = 0
+    for mine, found in zip(ours, theirs):
+        their_pixels = np.round(np.asarray(found.boxes, np.float64).reshape(-1, 4)
+                                * np.float64([height, width, height, width]))
+        their_xywh = np.stack([their_pixels[:, 1], their_pixels[:, 0], their_pixels[:, 3] - their_pixels[:, 1],
+                               their_pixels[:, 2] - their_pixels[:, 0]], axis=1)
+        my_xywh = mediapipe_pixel_boxes(mine.boxes, height, width)
+        free = np.ones(len(found.scores), bool)
+        for i in np.argsort(-np.asarray(mine.scores), kind="stable"):
+            same = (free & (np.asarray(found.classes) == mine.classes[i])
+                    & (np.abs(np.asarray(found.scores) - mine.scores[i]) <= score_tolerance)
+                    & (np.abs(their_xywh - my_xywh[i]).max(axis=1, initial=0) <= pixel_tolerance))
+            if same.any():
+                free[np.argmax(same)] = False
+                matched += 1
+    return matched
