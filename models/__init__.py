@@ -11,6 +11,15 @@ values and what was received; the pipeline turns those into its own error types.
 
 import importlib
 
+#: The smallest input height and width of every family: each builds, trains, converts
+#: to int8 (QAT) and runs on the host interpreter at it. The families reduce
+#: resolution 32x (16x with stem stride 1) with "same" padding, which rounds up: at 24
+#: with stem stride 2 the maps are 12, 6, 3, 2 and 1 pixels, so every stride-2 layer
+#: still has a 2x2 map or more to reduce and the global pool and squeeze-excite see a
+#: single pixel. At 16 the last stride-2 layers would get 1x1 maps (nothing left to
+#: reduce; a genotype doing so is refused). 24 is also the smallest multiple of 8 past 16.
+MIN_INPUT_SIZE = 24
+
 
 class _LazyBuilder:
     """Calls ``models.<module>.<function>``, importing the module on first use."""
@@ -42,7 +51,7 @@ def build_model(family, alpha, input_shape, classes, **kwargs):
     Args:
         family: a name in ``FAMILIES`` (e.g. "mobilenet_v2").
         alpha: width multiplier (> 0).
-        input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
+        input_shape: (height, width, channels); height, width >= ``MIN_INPUT_SIZE``, channels 1 or 3.
         classes: number of classes (>= 2).
         **kwargs: passed to the family's build: ``first_stride``, ``dropout``,
             ``bn_momentum``.

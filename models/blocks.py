@@ -11,6 +11,7 @@ right only), which converts to a single TFLite op with no separate PAD.
 import tensorflow as tf
 import tf_keras as keras
 
+from models import MIN_INPUT_SIZE
 from models.rounding import make_divisible  # noqa: F401  (re-exported: the families import it from here)
 
 
@@ -210,12 +211,12 @@ def validate_build_args(alpha, input_shape, classes, first_stride, dropout,
         shape is None
         or len(shape) != 3
         or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or min(shape[:2]) < 32
+        or min(shape[:2]) < MIN_INPUT_SIZE
         or shape[2] not in (1, 3)
     ):
         raise ValueError(
             "input_shape must be (height, width, channels) with height and width "
-            f">= 32 and channels 1 or 3; got {input_shape!r}"
+            f">= {MIN_INPUT_SIZE} and channels 1 or 3; got {input_shape!r}"
         )
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 2:
         raise ValueError(f"classes must be an integer >= 2; got {classes!r}")

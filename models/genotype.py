@@ -210,7 +210,7 @@ def build(genotype, input_shape=(224, 224, 3), classes=1000, *, first_stride=2, 
 
     Args:
         genotype: the architecture.
-        input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
+        input_shape: (height, width, channels); height, width >= ``models.MIN_INPUT_SIZE``, channels 1 or 3.
         classes: number of classes (>= 2).
         first_stride: stride of the stem conv.
         dropout: dropout rate before the classifier (0 for none).
@@ -229,10 +229,15 @@ def build(genotype, input_shape=(224, 224, 3), classes=1000, *, first_stride=2, 
     g = Genotype.from_dict(genotype)
     momentum = BN_MOMENTUM if bn_momentum is None else bn_momentum
     validate_build_args(1.0, input_shape, classes, first_stride, dropout, momentum)
-    size = min(input_shape[:2]) // first_stride // g.downsampling
-    if size < 1:
-        raise ValueError(f"genotype {g.key()}: input {input_shape[0]}x{input_shape[1]} with stem stride "
-                         f"{first_stride} and stage strides {g.downsampling} leaves no feature map")
+    # "Same" padding rounds each map up (24 -> 12 -> 6 -> 3 -> 2 -> 1), so a map never
+    # vanishes; a network is refused when a strided stage would get a 1x1 map.
+    size = _out_size(min(input_shape[:2]), first_stride)
+    for stage in g.stages:
+        if stage.stride > 1 and size < 2:
+            raise ValueError(f"genotype {g.key()}: input {input_shape[0]}x{input_shape[1]} with stem stride "
+                             f"{first_stride} and stage strides {g.downsampling} leaves no feature map to "
+                             f"downsample (a stride-{stage.stride} stage on a 1x1 map)")
+        size = _out_size(size, stage.stride)
     inputs = keras.Input(shape=tuple(input_shape), name="input")
     x = inputs
     for part in parts(g, input_shape, classes, first_stride):

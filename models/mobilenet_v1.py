@@ -40,7 +40,7 @@ def build(alpha=1.0, input_shape=(224, 224, 3), classes=1000, *, first_stride=2,
     Args:
         alpha: width multiplier; every layer's channels are ``alpha`` times the
             paper's, rounded by ``make_divisible``.
-        input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
+        input_shape: (height, width, channels); height, width >= ``models.MIN_INPUT_SIZE``, channels 1 or 3.
             Inputs are floats in [0, 1]; the model does no rescaling.
         classes: number of classes (>= 2).
         first_stride: stride of the stem conv; 1 keeps a 2x2 final map at 32x32.

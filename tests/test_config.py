@@ -43,7 +43,8 @@ def _write(tmp_path, text):
     ("model: {famly: mobilenet_v2}\n", "recipe.model: unknown key 'famly'; valid keys: family, alpha"),
     ("model: {family: resnet50}\n", "recipe.model.family: expected one of mobilenet_v1, mobilenet_v2, "
                                     "mobilenet_v3_small, mobilenet_v3_large, mbconv; got 'resnet50'"),
-    ("model: {input_size: 16}\n", "recipe.model.input_size: expected an integer >= 32, got 16"),
+    ("model: {input_size: 23}\n", "recipe.model.input_size: expected an integer >= 24 (the smallest input every "
+                                   "model family takes), got 23"),
     ("model: {channels: 2}\n", "recipe.model.channels: expected one of 1, 3; got 2"),
     ("train: {epochs: 0}\n", "recipe.train.epochs: expected a positive integer or 'auto', got 0"),
     ("train: {epochs: three}\n", "recipe.train.epochs: expected a positive integer or 'auto', got 'three'"),
@@ -66,6 +67,15 @@ def test_bad_recipes_name_the_problem(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_recipe(_write(tmp_path, text))
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("size", [24, 28])
+def test_input_sizes_down_to_the_models_minimum_are_accepted(tmp_path, size):
+    from models import MIN_INPUT_SIZE
+
+    assert MIN_INPUT_SIZE == 24
+    r = load_recipe(_write(tmp_path, f"model: {{input_size: {size}}}\nsearch: {{input_sizes: [{size}, 32]}}\n"))
+    assert r.model.input_shape == (size, size, 1) and r.search.input_sizes == (size, 32)
 
 
 def test_missing_recipe_lists_embedded(tmp_path):

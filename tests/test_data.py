@@ -198,8 +198,22 @@ def test_shapes_other_sizes():
     s = load_dataset(DataConfig(train_samples=20, val_samples=10, test_samples=10), (48, 64, 3), 0)
     assert s.x_train.shape == (20, 48, 64, 3)
     with pytest.raises(ConfigError) as err:
-        load_dataset(DataConfig(), (31, 31, 1), 0)
-    assert str(err.value) == "shapes: input height and width must be >= 32, got 31x31"
+        load_dataset(DataConfig(), (23, 23, 1), 0)
+    assert str(err.value) == "shapes: input height and width must be >= 24, got 23x23"
+
+
+@pytest.mark.parametrize("size", [24, 28])
+def test_shapes_under_32_are_rendered_at_32_and_fitted_down(size):
+    from pipeline.data.resize import resize_images
+
+    cfg = DataConfig(train_samples=20, val_samples=10, test_samples=10)
+    small = load_dataset(cfg, (size, size, 1), 0)
+    full = load_dataset(cfg, (32, 32, 1), 0)
+    assert small.x_train.shape == (20, size, size, 1)
+    assert small.report["fit"] == "rendered at 32x32, then resize"
+    assert np.array_equal(small.y_train, full.y_train)
+    # the same images, fitted down (both stored as 8-bit: one level apart at most)
+    np.testing.assert_allclose(small.x_test[:], resize_images(full.x_test[:], size, size), atol=1.01 / 255)
 
 
 # -- digits ------------------------------------------------------------------------
@@ -274,6 +288,18 @@ def test_fashion_resize_fills_the_input(tmp_path):
     assert np.allclose(s.x_train, s.x_train[:, :1, :1, :1], atol=1e-6)
     assert np.array_equal((np.round(s.x_train[:, 0, 0, 0] * 255) - 1) // 20, s.y_train)
     assert s.report["available"] == {"train": 110, "val": 10, "test": 40}
+
+
+@pytest.mark.parametrize("fit", ["resize", "pad"])
+@pytest.mark.parametrize("size", [24, 28])
+def test_fashion_fits_down_to_a_smaller_input(tmp_path, fit, size):
+    # 28x28 sources onto a 24x24 input shrink (both fits fill it: the images are
+    # square); onto 28x28 they pass through unchanged.
+    make_fashion_dir(tmp_path)
+    s = load_dataset(DataConfig(dataset="fashion-mnist", path=str(tmp_path), fit=fit, **SMALL), (size, size, 1), 0)
+    assert s.x_train.shape == (len(s.y_train), size, size, 1)
+    assert np.allclose(s.x_train, s.x_train[:, :1, :1, :1], atol=1e-6)  # flat images stay flat, no border
+    assert np.array_equal((np.round(s.x_train[:, 0, 0, 0] * 255) - 1) // 20, s.y_train)
 
 
 def test_fashion_missing_default_dir_says_how_to_install(tmp_path, monkeypatch):

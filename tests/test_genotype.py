@@ -109,6 +109,17 @@ def test_a_genotype_without_a_feature_map_is_rejected():
         build(g, (32, 32, 1), 10, first_stride=2)
 
 
+
+def test_the_space_at_the_smallest_input_ends_at_1x1_with_stem_stride_2():
+    # "Same" padding: 24 -> 12 -> 6 -> 3 -> 2 -> 1, so four stride-2 stages still fit.
+    from models import MIN_INPUT_SIZE
+
+    stages, hswish, frame = blockspace.least_work()
+    model = build(blockspace.genotype_of(stages, hswish, frame), (MIN_INPUT_SIZE, MIN_INPUT_SIZE, 1), 10,
+                  first_stride=2)
+    assert model.get_layer("pool").input_shape[1:3] == (1, 1)
+
+
 @pytest.mark.integration
 @pytest.mark.device
 def test_sampled_genotypes_qat_convert_to_int8_and_load_on_a_device(tmp_path):
@@ -249,19 +260,20 @@ def test_the_overhead_is_fitted_to_the_number_of_parts(monkeypatch):
 
 @pytest.mark.integration
 @pytest.mark.device
-def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch):
+@pytest.mark.parametrize("size", [32, 28, 24])
+def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch, size):
     """One calibration genotype fixes the overhead; a held-out one's predicted cycles
     and instructions on pixel4 are within 5% of its full emulation, and a second
-    prediction measures no part again."""
+    prediction measures no part again: at 32 and at the input sizes under it."""
     from pipeline.latency import reference
     from pipeline.search import blocktable as bt
 
     monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "latency")
     calibration, held = blockspace.sample_distinct(5, 2)  # 7 and 9 blocks: few parts to emulate
-    result = bt.validate([calibration], [held], bt.Geometry(32, 1, 1, 10), "pixel4")
+    result = bt.validate([calibration], [held], bt.Geometry(size, 1, 1, 10), "pixel4")
     [row] = result["rows"]
     assert abs(row["latency_cycles"]["error_pct"]) < 5 and abs(row["instructions"]["error_pct"]) < 5, row
-    again = bt.predict(held, bt.Geometry(32, 1, 1, 10), "pixel4", result["overhead"])
+    again = bt.predict(held, bt.Geometry(size, 1, 1, 10), "pixel4", result["overhead"])
     assert again["parts_measured"] == 0
     assert again["latency_cycles"] == pytest.approx(row["latency_cycles"]["predicted"])
     assert "| " + held.key() + " |" in bt.markdown(result)

@@ -350,7 +350,7 @@ def test_load_params_rejects_bad_files(tmp_path, text, message):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(family="resnet"), "unknown model family 'resnet'"),
     (dict(family="mobilenet_v2", alpha=0), "alpha must be a number in (0, 4], got 0"),
-    (dict(family="mobilenet_v2", input_size=16), "input size must be an integer in [32, 1024], got 16"),
+    (dict(family="mobilenet_v2", input_size=23), "input size must be an integer in [24, 1024], got 23"),
     (dict(family="mobilenet_v2", classes=1), "classes must be an integer >= 2, got 1"),
     (dict(family="mobilenet_v2", variant="float16"), "variant 'float16' is unknown; valid: float32, int8"),
 ])

@@ -68,10 +68,14 @@ def test_make_divisible(v, kwargs, expected):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("channels", [1, 3])
-def test_tiny_build(family, channels):
-    model = build_model(family, TINY_ALPHA, (32, 32, channels), TINY_CLASSES,
-                        first_stride=1, dropout=0.1)
-    x = np.random.default_rng(0).random((2, 32, 32, channels), dtype=np.float32)
+# The families reduce resolution 16x with stem stride 1 and 32x with stride 2,
+# "same" padding rounding up: 32 and 28 end at 2x2, the smallest input, 24, at 1x1
+# with stride 2 (global pool and squeeze-excite on a single pixel).
+@pytest.mark.parametrize("size, first_stride, final_map", [(32, 1, 2), (28, 1, 2), (24, 2, 1)])
+def test_tiny_build(family, channels, size, first_stride, final_map):
+    model = build_model(family, TINY_ALPHA, (size, size, channels), TINY_CLASSES,
+                        first_stride=first_stride, dropout=0.1)
+    x = np.random.default_rng(0).random((2, size, size, channels), dtype=np.float32)
     probs = model(x, training=False).numpy()
     assert probs.shape == (2, TINY_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -82,22 +86,21 @@ def test_tiny_build(family, channels):
     assert [n for n in names if not NAME.fullmatch(n)] == []
     blocks = sorted({int(m.group(1)) for n in names if (m := re.match(r"block(\d+)_", n))})
     assert blocks == list(range(1, len(blocks) + 1))
-    # first_stride=1 at 32x32 keeps a 2x2 final map.
-    assert model.get_layer("pool").input_shape[1:3] == (2, 2)
+    assert model.get_layer("pool").input_shape[1:3] == (final_map, final_map)
     assert names[-2:] == ["logits", "probs"]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("kwargs, message", [
     ({"alpha": 0}, "alpha must be a number > 0; got 0"),
-    ({"input_shape": (16, 16, 3)},
-     "input_shape must be (height, width, channels) with height and width >= 32 and "
-     "channels 1 or 3; got (16, 16, 3)"),
+    ({"input_shape": (23, 24, 3)},
+     "input_shape must be (height, width, channels) with height and width >= 24 and "
+     "channels 1 or 3; got (23, 24, 3)"),
     ({"input_shape": (32, 32, 4)},
-     "input_shape must be (height, width, channels) with height and width >= 32 and "
+     "input_shape must be (height, width, channels) with height and width >= 24 and "
      "channels 1 or 3; got (32, 32, 4)"),
     ({"input_shape": (32, 32)},
-     "input_shape must be (height, width, channels) with height and width >= 32 and "
+     "input_shape must be (height, width, channels) with height and width >= 24 and "
      "channels 1 or 3; got (32, 32)"),
     ({"classes": 1}, "classes must be an integer >= 2; got 1"),
     ({"first_stride": 3}, "first_stride must be 1 or 2; got 3"),
@@ -272,6 +275,31 @@ def test_qat_converts_to_all_int8(family, qat_build):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX"} <= names
     if family.startswith("mobilenet_v3"):
         assert "HARD_SWISH" in names  # hard-swish fused, not ADD/MUL arithmetic
+
+
+@pytest.mark.integration
+def test_qat_at_the_smallest_input_converts_to_all_int8_and_runs():
+    # At the smallest input and stem stride 2 the last maps are 1x1: the pool, the
+    # squeeze-excite blocks and HARD_SWISH still convert to int8 and run on the host.
+    from ai_edge_litert.interpreter import Interpreter
+
+    from models import MIN_INPUT_SIZE
+    from models.quantize import quantize_model
+
+    shape = (MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3)
+    model = build_model("mobilenet_v3_small", TINY_ALPHA, shape, TINY_CLASSES, first_stride=2)
+    assert model.get_layer("pool").input_shape[1:3] == (1, 1)
+    qat = quantize_model(model, "default")
+    _train_one_step(qat, shape)
+    tflite = _convert_int8(qat, shape)
+    assert _float_ops(_ops(tflite)) == []
+    interpreter = Interpreter(model_content=tflite)
+    interpreter.allocate_tensors()
+    x = np.random.default_rng(1).random((1, *shape), dtype=np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    probs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert probs.shape == (1, TINY_CLASSES) and abs(float(probs.sum()) - 1) < 0.05
 
 
 @pytest.mark.integration

@@ -196,7 +196,8 @@ def test_proxy_recipe_is_short_float_only():
     ({"proxy_train_samples": -1}, "recipe.search.proxy_train_samples: expected an integer >= 0"),
     ({"alphas": [0.5, 0.5]}, "recipe.search.alphas: duplicate entries in [0.5, 0.5]"),
     ({"families": ["resnet"]}, "recipe.search.families: expected one of"),
-    ({"input_sizes": [16]}, "recipe.search.input_sizes: expected integers >= 32, got 16"),
+    ({"input_sizes": [24, 23]}, "recipe.search.input_sizes: expected integers >= 24 (the smallest input every "
+                                "model family takes), got 23"),
     ({"budget": 3}, "recipe.search: unknown key 'budget'; valid keys: families, alphas"),
 ])
 def test_search_config_validation(tmp_path, change, message):

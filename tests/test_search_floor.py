@@ -191,3 +191,24 @@ def _choices(params):
     stages = [bsp.StageChoice(params[f"s{i}_kernel"], params[f"s{i}_expand"], params[f"s{i}_depth"],
                               params[f"s{i}_width"], params[f"s{i}_se"]) for i in range(len(bsp.SKELETON))]
     return stages, params["hswish_from"], bsp.Frame(params["stem"], params["head"], params["head_fc"])
+
+
+def test_the_floor_is_at_the_smallest_input_size_and_cheaper_there(stand_in_table):
+    g, size, params = fl.least_work_point([32, 28, 24])
+    assert size == params["input_size"] == 24
+    assert _price(g, 24) < _price(g, 28) < _price(g, 32)
+
+
+#: The floor of the space at 32x32x1, stem stride 1, 10 classes on camera-a53, emulated
+#: (docs/search.md, "The floor"; the search-blocks preset's comment).
+FLOOR_AT_32_MS = 1.325
+
+
+@pytest.mark.device
+def test_the_emulated_floor_at_the_smallest_input_is_cheaper_than_at_32(tmp_path):
+    from models import MIN_INPUT_SIZE
+
+    recipe = _recipe(tmp_path, input_sizes=[32, MIN_INPUT_SIZE])
+    floor = fl.space_floor(recipe, "camera-a53", "int8-qat", 10, lambda m: None)  # one emulation (cached)
+    assert floor.input_size == MIN_INPUT_SIZE and floor.candidate.endswith(f"-{MIN_INPUT_SIZE}")
+    assert floor.latency_ms < FLOOR_AT_32_MS

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional
 
 import click
 
+from models import MIN_INPUT_SIZE
 from pipeline.cli.common import fail, logger
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError, MobileModelError, RuntimeIncompatibleError
@@ -98,7 +99,7 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
 @click.option("--model-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Any .tflite file instead of a family (run once on the device, random inputs).")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Width multiplier.")
-@click.option("--input-size", type=click.IntRange(32, 1024), default=224, show_default=True,
+@click.option("--input-size", type=click.IntRange(MIN_INPUT_SIZE, 1024), default=224, show_default=True,
               help="Square input side (3 channels).")
 @click.option("--classes", type=click.IntRange(min=2), default=1000, show_default=True)
 @click.option("--variant", type=click.Choice(PUBLISHED_FORMATS), default="float32",

@@ -1,14 +1,16 @@
 """The ``shapes`` data set: procedurally rendered shapes, 10 classes (no files needed).
 
 Each split is rendered from its own random stream (seed, split), directly at the
-model's input shape.
+model's input shape, or, below :data:`RENDER_MIN` pixels, at that size and then fitted
+down like any other data set's images.
 """
 
 from typing import Tuple
 
 import numpy as np
 
-from pipeline.data.resize import resize_matrix
+from models import MIN_INPUT_SIZE
+from pipeline.data.resize import fit_images, resize_matrix
 from pipeline.data.splits import SPLITS, Splits, assemble, check_count, check_input_shape, check_seed, stream_rng
 from pipeline.errors import ConfigError
 from pipeline.recipe.schema import DataConfig
@@ -19,19 +21,26 @@ SHAPES_LABELS = ("disc", "ring", "square", "frame", "triangle",
 
 #: Images rendered per split when the recipe leaves a count unset (``null``).
 SHAPES_COUNTS = {"train": 3000, "val": 500, "test": 1000}
+#: The smallest height and width the renderer draws at: the style below was tuned
+#: at 32x32, and thin strokes and stripes alias when drawn at fewer pixels, so a
+#: smaller input is rendered at this size and fitted down (``data.fit``).
+RENDER_MIN = 32
 
 
 def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
                log=None) -> Splits:
     """Generated shapes, 10 classes, with noise, clutter and occlusion (no files needed).
 
-    Rendered directly at ``input_shape`` (height and width >= 32; 1 or 3 channels,
-    colour carries no label information). ``None`` sample counts mean
-    :data:`SHAPES_COUNTS`, since the supply is unlimited. Balanced classes.
+    Rendered directly at ``input_shape`` (height and width >= ``models.MIN_INPUT_SIZE``;
+    1 or 3 channels, colour carries no label information); a side under
+    :data:`RENDER_MIN` is rendered at :data:`RENDER_MIN` and the images fitted to the
+    input by ``cfg.fit``. ``None`` sample counts mean :data:`SHAPES_COUNTS`, since the
+    supply is unlimited. Balanced classes.
     """
     h, w, c = check_input_shape(input_shape)
-    if min(h, w) < 32:
-        raise ConfigError(f"shapes: input height and width must be >= 32, got {h}x{w}")
+    if min(h, w) < MIN_INPUT_SIZE:
+        raise ConfigError(f"shapes: input height and width must be >= {MIN_INPUT_SIZE}, got {h}x{w}")
+    rh, rw = max(h, RENDER_MIN), max(w, RENDER_MIN)
     check_seed(seed)
     parts = {}
     for i, name in enumerate(SPLITS):
@@ -41,12 +50,14 @@ def load_shapes(cfg: DataConfig, input_shape: Tuple[int, int, int], seed: int,
         # One stream per split: the test set does not change when train_samples does.
         rng = stream_rng(seed, "shapes", name)
         y = rng.permutation(np.arange(n) % len(SHAPES_LABELS)).astype(np.int64)
-        parts[name] = (render_shapes(y, (h, w, c), rng), y)
+        x = render_shapes(y, (rh, rw, c), rng)
+        parts[name] = (x if (rh, rw) == (h, w) else fit_images(x, input_shape, cfg.fit), y)
     report = {
         "source": "generated",
         "requested": {k: len(v[1]) for k, v in parts.items()},
         "available": {k: len(v[1]) for k, v in parts.items()},
-        "fit": "rendered at the input size",
+        "fit": ("rendered at the input size" if (rh, rw) == (h, w)
+                else f"rendered at {rh}x{rw}, then {cfg.fit}"),
     }
     return assemble("shapes", parts, SHAPES_LABELS, input_shape, report)
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from models import MIN_INPUT_SIZE
 from pipeline.devices.profiles import DeviceProfile
 from pipeline.errors import ConfigError, Log
 from pipeline.devices.insn_counts import CLASSES
@@ -94,7 +95,7 @@ class ModelSpec:
     Attributes:
         family: a name in ``models.FAMILIES``.
         alpha: width multiplier (> 0).
-        input_size: square input side (>= 32).
+        input_size: square input side (``models.MIN_INPUT_SIZE`` to 1024).
         classes: output classes (>= 2).
         variant: "float32", "int8" (full integer, post-training quantization,
             float input and output like the build's ``int8-ptq`` variant) or
@@ -145,8 +146,8 @@ class ModelSpec:
             raise ConfigError(f"alpha must be a number in (0, 4], got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) \
-                or not 32 <= self.input_size <= 1024:
-            raise ConfigError(f"input size must be an integer in [32, 1024], got {self.input_size!r}")
+                or not MIN_INPUT_SIZE <= self.input_size <= 1024:
+            raise ConfigError(f"input size must be an integer in [{MIN_INPUT_SIZE}, 1024], got {self.input_size!r}")
         if isinstance(self.classes, bool) or not isinstance(self.classes, int) or self.classes < 2:
             raise ConfigError(f"classes must be an integer >= 2, got {self.classes!r}")
         if self.variant not in SPEC_VARIANTS:

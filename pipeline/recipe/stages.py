@@ -4,6 +4,7 @@
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from models import MIN_INPUT_SIZE
 from pipeline import vocabulary
 from pipeline.errors import ConfigError
 from pipeline.recipe.checks import (AUTO, check_bool, check_choice, check_choices, check_epochs,
@@ -190,8 +191,9 @@ class SearchConfig:
         if not self.input_sizes:
             raise ConfigError(f"{where}.input_sizes: expected at least one input size")
         for size in self.input_sizes:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 32:
-                raise ConfigError(f"{where}.input_sizes: expected integers >= 32, got {size!r}")
+            if isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZE:
+                raise ConfigError(f"{where}.input_sizes: expected integers >= {MIN_INPUT_SIZE} "
+                                  f"(the smallest input every model family takes), got {size!r}")
         check_positive_int(where, "trials", self.trials)
         check_positive_int(where, "proxy_epochs", self.proxy_epochs)
         check_non_negative_int(where, "proxy_train_samples", self.proxy_train_samples, " (0: the recipe's)")

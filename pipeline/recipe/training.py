@@ -100,8 +100,9 @@ class ModelConfig:
         elif self.genotype is not None:
             raise ConfigError(f"{where}.genotype: only family {GENOTYPE_FAMILY} takes a genotype "
                               f"(family is {self.family})")
-        if not isinstance(self.input_size, int) or self.input_size < 32:
-            raise ConfigError(f"{where}.input_size: expected an integer >= 32, got {self.input_size!r}")
+        if not isinstance(self.input_size, int) or self.input_size < models.MIN_INPUT_SIZE:
+            raise ConfigError(f"{where}.input_size: expected an integer >= {models.MIN_INPUT_SIZE} "
+                              f"(the smallest input every model family takes), got {self.input_size!r}")
         check_choice(where, "channels", self.channels, (1, 3))
         check_choice(where, "first_stride", self.first_stride, (1, 2))
         if not 0.0 <= self.dropout < 1.0:
