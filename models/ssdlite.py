@@ -92,7 +92,7 @@ def build_ssdlite(family, alpha=1.0, input_shape=(320, 320, 3), num_classes=1, *
     Args:
         family: a name in ``models.FAMILIES``.
         alpha: width multiplier of the backbone and the extra layers.
-        input_shape: (height, width, channels); height, width >= 32, channels 1 or 3.
+        input_shape: (height, width, channels); height, width >= models.MIN_INPUT_SIZE (24), channels 1 or 3.
             Inputs are floats in [0, 1].
         num_classes: object classes (>= 1), not counting the background.
         anchors_per_cell: boxes predicted per feature-map cell (what the anchor

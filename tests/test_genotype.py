@@ -109,7 +109,6 @@ def test_a_genotype_without_a_feature_map_is_rejected():
         build(g, (32, 32, 1), 10, first_stride=2)
 
 
-
 def test_the_space_at_the_smallest_input_ends_at_1x1_with_stem_stride_2():
     # "Same" padding: 24 -> 12 -> 6 -> 3 -> 2 -> 1, so four stride-2 stages still fit.
     from models import MIN_INPUT_SIZE
@@ -260,7 +259,7 @@ def test_the_overhead_is_fitted_to_the_number_of_parts(monkeypatch):
 
 @pytest.mark.integration
 @pytest.mark.device
-@pytest.mark.parametrize("size", [32, 28, 24])
+@pytest.mark.parametrize("size", [32, 24])  # the usual input and the smallest
 def test_the_block_table_predicts_a_held_out_genotype(tmp_path, monkeypatch, size):
     """One calibration genotype fixes the overhead; a held-out one's predicted cycles
     and instructions on pixel4 are within 5% of its full emulation, and a second
