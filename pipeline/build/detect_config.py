@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 from pipeline.detection.export import PostprocessConfig
 from pipeline.errors import ConfigError
 from pipeline.plain import from_plain, to_plain
+from pipeline.recipe.checks import check_choice, check_choices
 from pipeline.variants import DEFAULT_VARIANTS
 
 #: The recipe's ``task``.
@@ -49,12 +50,14 @@ def default_devices() -> Tuple[str, ...]:
     return tuple(load_recipe("default").devices.targets)
 
 
-def _at_least(where: str, section: Any, names, low) -> None:
-    for name in names:
-        value = getattr(section, name)
-        if not value >= low if isinstance(low, int) else not value > low:
-            raise ConfigError(f"{where}.{name}: must be {'>=' if isinstance(low, int) else '>'} {low}, "
-                              f"got {value}")
+def _positive(where: str, section: Any, ints=(), numbers=()) -> None:
+    """The recipe's own checks of positive integers and positive numbers, by field name."""
+    from pipeline.recipe.checks import check_positive_int, check_positive_number
+
+    for name in ints:
+        check_positive_int(where, name, getattr(section, name))
+    for name in numbers:
+        check_positive_number(where, name, getattr(section, name))
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,9 @@ class DetectData:
         return bool(self.val_annotations or self.test_annotations)
 
     def validate(self, where: str = "recipe.data") -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"{where}.dataset: unknown data set {self.dataset!r}; valid: {', '.join(DATASETS)}")
+        check_choice(where, "dataset", self.dataset, DATASETS)
         if self.dataset == "synthetic":
-            _at_least(where, self, ("train", "val", "test"), 1)
+            _positive(where, self, ints=("train", "val", "test"))
             return
         if not self.path:
             raise ConfigError(f"{where}.path: the {self.dataset} data set needs a path")
@@ -105,8 +107,7 @@ class DetectData:
                 and self.val_fraction + self.test_fraction < 1):
             raise ConfigError(f"{where}: val_fraction and test_fraction must be in (0, 1) with a sum "
                               f"under 1; got {self.val_fraction} and {self.test_fraction}")
-        if self.fit not in FITS:
-            raise ConfigError(f"{where}.fit: expected resize or pad, got {self.fit!r}")
+        check_choice(where, "fit", self.fit, FITS)
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class DetectModel:
         if self.input_size < 64 or self.channels not in (1, 3):
             raise ConfigError(f"{where}: input_size must be >= 64 and channels 1 or 3; "
                               f"got {self.input_size} and {self.channels}")
-        _at_least(where, self, ("alpha",), 0.0)
+        _positive(where, self, numbers=("alpha",))
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,7 @@ class DetectTrain:
     augment: bool = True
 
     def validate(self, where: str = "recipe.train") -> None:
-        _at_least(where, self, ("epochs", "batch_size"), 1)
-        _at_least(where, self, ("learning_rate",), 0.0)
+        _positive(where, self, ints=("epochs", "batch_size"), numbers=("learning_rate",))
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,7 @@ class DetectPrune:
     def validate(self, where: str = "recipe.prune") -> None:
         if not 0 < self.sparsity < 1:
             raise ConfigError(f"{where}.sparsity: must be in (0, 1), got {self.sparsity}")
-        _at_least(where, self, ("epochs",), 1)
-        _at_least(where, self, ("learning_rate",), 0.0)
+        _positive(where, self, ints=("epochs",), numbers=("learning_rate",))
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,7 @@ class DetectQat:
     learning_rate: float = 0.0002
 
     def validate(self, where: str = "recipe.qat") -> None:
-        _at_least(where, self, ("epochs",), 1)
-        _at_least(where, self, ("learning_rate",), 0.0)
+        _positive(where, self, ints=("epochs",), numbers=("learning_rate",))
 
 
 @dataclass(frozen=True)
@@ -178,13 +176,9 @@ class DetectConvert:
     postprocess: PostprocessConfig = PostprocessConfig()
 
     def validate(self, where: str = "recipe.convert") -> None:
-        for v in self.variants:
-            if v not in DEFAULT_VARIANTS:
-                raise ConfigError(f"{where}.variants: unknown variant {v!r}; valid: {', '.join(DEFAULT_VARIANTS)}")
+        check_choices(where, "variants", self.variants, DEFAULT_VARIANTS)
         if "float32" not in self.variants:
             raise ConfigError(f"{where}.variants: float32 must be built (budgets and pictures compare with it)")
-        if len(set(self.variants)) != len(self.variants):
-            raise ConfigError(f"{where}.variants: duplicate entries in {list(self.variants)}")
 
 
 @dataclass(frozen=True)
@@ -205,7 +199,7 @@ class DetectDevices:
         if both:
             raise ConfigError(f"{where}.deploy_targets: {', '.join(both)} already in targets (every variant "
                               f"runs there)")
-        _at_least(where, self, ("samples",), 1)
+        _positive(where, self, ints=("samples",))
 
 
 @dataclass(frozen=True)
