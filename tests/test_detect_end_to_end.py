@@ -48,12 +48,17 @@ def test_the_build_runs_every_stage_and_writes_its_files(built):
     for v in summary["variants"]:
         device = v["devices"]["pixel4"]
         assert device["loaded"] and device["samples"] == 2 and device["instructions"] > 0
-        assert 0 <= device["agreement"] <= 1 and (out / "devices" / "pixel4" / f"{v['name']}.json").exists()
+        # (A one-epoch 64x64 detector scores nothing >= 0.5, so this agreement is over no host
+        # detections; the 224x224 preset's build is where it counts. The bundle check below
+        # compares every detection.)
+        assert device["agreement"] == 1.0 and (out / "devices" / "pixel4" / f"{v['name']}.json").exists()
         assert (out / "variants" / f"{v['name']}.tflite").stat().st_size == v["size_bytes"]
     assert summary["variants"][1]["sparsity"] >= 0.49  # the int8 deploy variant keeps the pruning
     bundle = summary["bundle"]
     assert bundle["variant"] == "int8-qat" and (out / bundle["path"]).stat().st_size == bundle["size_bytes"]
     assert (out / "bundle" / "labels.txt").read_text().splitlines() == summary["labels"]
+    # MediaPipe's ObjectDetector reports every detection of ours, low scores included, and no other.
+    assert bundle["detections"] > 0 and bundle["agreement"] == bundle["reverse_agreement"] == 1.0
     report = (out / "report.md").read_text()
     assert "## Bundle" in report and report.count("](pictures/") == 4
     assert all((out / "pictures" / f"{i:02d}_float32_vs_int8-qat.png").exists() for i in range(4))

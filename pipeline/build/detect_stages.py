@@ -218,14 +218,14 @@ def export_stage(w: Work) -> None:
     cfg, splits = w.cfg, w.items["splits"]
     calibration = _as_float(splits.train.images[:CALIBRATION_IMAGES])
     validation = _as_float(splits.test.images[:VALIDATION_IMAGES])
+    sparsity = {key: float(_sparsity(w.items[key])) for key in ("pruned", "qat")}  # the two sources
     exports = {}
     for name in cfg.convert.variants:
-        source = w.items["qat" if VARIANTS.get(name).source == "qat" else "pruned"]
+        key = "qat" if VARIANTS.get(name).source == "qat" else "pruned"
         path = w.out / "variants" / f"{name}.tflite"
-        metrics = export_detector(source, w.items["anchors"], name, path, validation, calibration,
+        metrics = export_detector(w.items[key], w.items["anchors"], name, path, validation, calibration,
                                   cfg.convert.postprocess, log=w.log)
-        exports[name] = {"path": path, "size_bytes": int(metrics["size_bytes"]),
-                         "sparsity": float(_sparsity(source))}
+        exports[name] = {"path": path, "size_bytes": int(metrics["size_bytes"]), "sparsity": sparsity[key]}
     w.items["exports"] = exports
 
 
