@@ -272,3 +272,33 @@ def test_table_sends_a_genotype_it_mostly_lacks_to_full_emulation(tmp_path, monk
     threaded = dataclasses.replace(recipe, devices=dataclasses.replace(recipe.devices, threads=2))
     assert not bs.TableScreen(threaded, "camera-a53", "int8-qat", 10, ss.Budget(0.85), logs.append).applies
     assert not bs.TableScreen(recipe, "camera-a53", "float32", 10, ss.Budget(0.85), logs.append).applies
+
+
+def test_the_reference_grid_stays_within_the_time_budget(tmp_path, monkeypatch):
+    """Past the deadline, uncached reference costs are left out and a fitting reference
+    is not trained; cached costs are still listed. Before it, everything is priced and
+    the fitting ones are trained."""
+    import time
+
+    from pipeline.search import cost as search_cost
+
+    recipe = _recipe(tmp_path)
+    names = [c.name for c in ss.space(recipe)]
+    cached = set(names[::2])
+    priced, trained = [], []
+    monkeypatch.setattr(search_cost, "candidate_cost_cached", lambda r, cand, *a: cand.name in cached)
+    monkeypatch.setattr(bs, "candidate_cost", lambda r, cand, *a: priced.append(cand.name) or
+                        {"loaded": True, "latency_ms": 0.5, "memory_mb": 1.0, "size_kb": 10.0})
+    monkeypatch.setattr(bs, "proxy_accuracy", lambda r, arch, root, log: trained.append(arch.name) or
+                        {"proxy_val_top1": 90.0, "proxy_test_top1": 90.0})
+    logs = []
+    rows = bs.reference_rows(recipe, "pixel4", "int8-qat", ss.Budget(1.0), 10, tmp_path, logs.append,
+                             deadline=time.perf_counter() - 1)
+    assert [r["candidate"] for r in rows] == sorted(cached, key=names.index) == priced
+    assert not trained and all("proxy" not in r for r in rows)
+    skipped = [n for n in names if n not in cached]
+    assert any(f"{len(skipped)} hand-designed reference(s) not priced" in m and skipped[0] in m for m in logs)
+    priced.clear()
+    rows = bs.reference_rows(recipe, "pixel4", "int8-qat", ss.Budget(1.0), 10, tmp_path, logs.append,
+                             deadline=time.perf_counter() + 600)
+    assert priced == names and len(trained) == len(names) and all(r["proxy"] for r in rows)

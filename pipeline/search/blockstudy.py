@@ -47,8 +47,9 @@ trained.
 The hand-designed candidates of the recipe's grid (family x width x input size) are
 reference points: priced by full emulation and, when they fit, trained with the
 same rung-0 proxy schedule, so the Pareto plot compares the searched front with the
-hand-designed one at equal latency. They are not finalists and their training does
-not count against the time budget.
+hand-designed one at equal latency. They are not finalists. They count in the time
+budget: once the budget less the finalists' reserve is spent, a reference whose cost
+is not cached is left out and a fitting one is not trained (:func:`reference_rows`).
 """
 
 import time
@@ -389,18 +390,36 @@ def full_recipe_epochs(recipe: Recipe) -> float:
 
 
 def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root,
-                   log: Log) -> List[Dict[str, Any]]:
+                   log: Log, deadline: Optional[float] = None) -> List[Dict[str, Any]]:
     """The hand-designed candidates of the recipe's grid, priced and (when they fit)
     trained with the rung-0 proxy schedule: the reference the searched genotypes are
-    compared with (cached: each cost once per core, each proxy build once)."""
-    rows = []
+    compared with (cached: each cost once per core, each proxy build once).
+
+    ``deadline`` (a ``time.perf_counter()`` value: the time budget less the finalists'
+    and chosen build's reserve) keeps the search within its time budget: once it has
+    passed, a candidate whose cost is not cached is left out (named in the log), and a
+    fitting one is listed untrained. Cached costs are always listed."""
+    from pipeline.search.cost import candidate_cost_cached
+
+    rows, skipped = [], []
     for cand in space(recipe):
+        late = deadline is not None and time.perf_counter() > deadline
+        if late and not candidate_cost_cached(recipe, cand, device, variant, classes):
+            skipped.append(cand.name)
+            continue
         cost = candidate_cost(recipe, cand, device, variant, classes, log)
         misses = budget.misses(cost)
         row = {"candidate": cand.name, "model": cand.model, "kind": "hand-designed",
                "cost": _cost_attrs(cost), "misses": misses}
         if not misses:
-            log(f"[search] hand-designed {cand.name}: {cost['latency_ms']:.3f} ms -> fits, proxy training")
-            row["proxy"] = proxy_accuracy(recipe, Arch.of(cand), root, log)
+            if deadline is not None and time.perf_counter() > deadline:
+                log(f"[search] hand-designed {cand.name}: {cost['latency_ms']:.3f} ms -> fits; not trained "
+                    "(time budget)")
+            else:
+                log(f"[search] hand-designed {cand.name}: {cost['latency_ms']:.3f} ms -> fits, proxy training")
+                row["proxy"] = proxy_accuracy(recipe, Arch.of(cand), root, log)
         rows.append(row)
+    if skipped:
+        log(f"[search] time budget: {len(skipped)} hand-designed reference(s) not priced (not in the cost "
+            f"cache): {', '.join(skipped)}")
     return rows

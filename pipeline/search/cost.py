@@ -14,7 +14,7 @@ from typing import Any, Dict
 
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.device_cost import COST_VERSION, price, run_cost
-from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, noop, run_key, run_reference
+from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, has_entry, noop, run_key, run_reference
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
 from pipeline.errors import Log
@@ -63,6 +63,13 @@ def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, c
                      recipe.devices.threads, log)
 
 
+def candidate_cost_cached(recipe: Recipe, cand: Candidate, device: str, variant: str, classes: int) -> bool:
+    """Whether :func:`candidate_cost` of ``cand`` would come from the cache (nothing is run)."""
+    check_variant(variant)
+    spec, profile = candidate_spec(recipe, cand, classes, variant), get_device(device)
+    return has_entry("search", spec, profile, _cost_key(spec, profile))
+
+
 def genotype_cost(recipe: Recipe, genotype, input_size: int, device: str, variant: str, classes: int,
                   log: Log = noop) -> Dict[str, Any]:
     """:func:`candidate_cost` of a block-level genotype (:class:`models.genotype.Genotype`
@@ -84,12 +91,16 @@ def genotype_spec(genotype, input_size: int, classes: int, numeric: str, channel
                      first_stride=first_stride, genotype=Genotype.from_dict(genotype).json())
 
 
+def _cost_key(spec: ModelSpec, profile: DeviceProfile) -> Dict[str, Any]:
+    return {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+
+
 def spec_cost(spec: ModelSpec, name: str, device: str, variant: str, threads: int,
               log: Log = noop) -> Dict[str, Any]:
     """The cost of reference model ``spec`` on ``device`` at ``threads``, labelled ``name``
     (one emulated run, cached)."""
     profile = get_device(device)
-    key = {"run": run_key(spec, profile), "cost_version": COST_VERSION}
+    key = _cost_key(spec, profile)
     # measure_cost is looked up at call time, so tests can stand in for the emulator.
     raw, cached = cached_entry("search", spec, profile, key, "cost", lambda: measure_cost(spec, profile, log))
     cost = {"candidate": name, "device": profile.name, "variant": variant, **raw,

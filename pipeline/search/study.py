@@ -373,8 +373,11 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
         f"stored: {counts['rejected_by_table']} rejected by the table, {counts['rejected_by_emulation']} "
         f"by emulation ({counts['trial_phase_s']:.0f} s)")
     t1 = time.perf_counter()
+    # The reference is priced within the time budget too, before the finalists' reserve.
+    budget_s = recipe.search.time_budget_s
+    deadline = t0 + budget_s - phase.reserve_s() if budget_s else None
     refs = [table_row(r["candidate"], r["model"], r["kind"], r["cost"], r["misses"], r.get("proxy"))
-            for r in reference_rows(recipe, device, variant, budget, classes, root, log)]
+            for r in reference_rows(recipe, device, variant, budget, classes, root, log, deadline)]
     counts["reference_s"] = round(time.perf_counter() - t1, 1)
     return study, sort_rows(rows_of(study) + refs), counts
 
