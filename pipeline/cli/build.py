@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import logger
+from pipeline.cli.common import join_cluster, logger, ray_option
 from pipeline.errors import EXIT_GATE_FAILED
 
 
@@ -24,7 +24,9 @@ from pipeline.errors import EXIT_GATE_FAILED
 @click.option("--no-devices", is_flag=True, help="Skip the emulated-device checks.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
+@ray_option("the device matrix (every emulated run, and each real device's measurement on the node "
+            "that advertises it)")
+def build(recipe, smoke, out, data_path, no_devices, quiet, as_json, ray_address):
     """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
 
     A recipe with 'task: detection' (such as 'detect-shapes') builds an object detector
@@ -39,10 +41,17 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
     from pipeline.recipe.load import load_recipe, recipe_task
 
     if recipe_task(recipe) == "detection":
+        if ray_address:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError("--ray runs a classifier build's device matrix on a cluster; a detection build "
+                              "runs its devices on this machine")
         _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json)
         return
     r = load_recipe(recipe, smoke=smoke, data_path=data_path)
-    result = run_build(r, out=out, log=logger(quiet or as_json), run_devices=not no_devices)
+    log = logger(quiet or as_json)
+    join_cluster(ray_address, log)
+    result = run_build(r, out=out, log=log, run_devices=not no_devices)
     summary = result.summary
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
