@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import socket
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
@@ -241,8 +242,11 @@ def _named(inner: cf.Future, name: str) -> cf.Future:
         error = f.exception()
         if error is None:
             outer.set_result(f.result())
-        else:
-            outer.set_exception(job_error(name, error))
+            return
+        try:
+            error = job_error(name, error)
+        finally:  # whatever happens here, the caller is not left waiting
+            outer.set_exception(error)
 
     inner.add_done_callback(done)
     return outer
@@ -264,7 +268,7 @@ def job_error(name: str, error: BaseException) -> BaseException:
         except TypeError:  # an error type of ours with another constructor: the message alone
             named = ClusterError(f"job {name}: {error}")
         return named.with_traceback(error.__traceback__)
-    if isinstance(error, cf.process.BrokenProcessPool):
+    if isinstance(error, BrokenProcessPool):
         return ClusterError(f"job {name}: its worker process died ({error})")
     if ray_exceptions is not None and isinstance(error, ray_exceptions.RayError):
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

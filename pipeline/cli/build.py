@@ -33,8 +33,9 @@ def build(recipe, smoke, out, data_path, no_devices, quiet, as_json, ray_address
     (docs/detection.md).
 
     Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
-    still written); 2 bad recipe, data or model; 3 device runtime unavailable;
-    4 internal error (traceback in the log file named).
+    still written); 2 bad recipe, data or model; 3 device runtime unavailable, or the
+    Ray cluster (--ray) unreachable or without a node for a real device; 4 internal error
+    (traceback in the log file named).
     """
     from pipeline.build import build as run_build
     from pipeline.cli.tables import budget_summary, summary_table
