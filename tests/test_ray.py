@@ -26,7 +26,7 @@ from tests.helpers.stages import make_recipe, quiet
 
 pytestmark = pytest.mark.integration
 
-DEVICES = ("pixel4", "camera-a53")
+DEVICES = ("pixel4",)
 VARIANTS = ("float32", "int8-ptq")
 
 
@@ -48,7 +48,7 @@ def tiny_recipe():
     return dataclasses.replace(
         r, name="raybuild", deploy_variant="int8-ptq", qat=dataclasses.replace(r.qat, enabled=False),
         convert=dataclasses.replace(r.convert, variants=VARIANTS, validation_samples=8),
-        devices=DevicesConfig(targets=DEVICES, samples=4, workers=2), budgets={}).validate()
+        devices=DevicesConfig(targets=DEVICES, samples=2, workers=2), budgets={}).validate()
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +106,14 @@ def test_block_table_parts_measured_on_the_cluster_match_the_local_ones(cluster,
 
 @pytest.fixture(scope="module")
 def local_parts(cluster):
-    """Two parts of a block-table genotype (input 24, the smallest) measured on this machine."""
+    """A part of a block-table genotype (its stem at input 24, the smallest) measured on this machine."""
     from models.genotype import parts
     from pipeline.devices.profiles import get_device
     from pipeline.search.blockspace import sample_distinct
     from pipeline.search.blocktable import Geometry, measure_part
 
     g = Geometry(24)
-    chosen = parts(sample_distinct(0, 1)[0], g.input_shape, g.classes, g.first_stride)[:2]
+    chosen = parts(sample_distinct(0, 1)[0], g.input_shape, g.classes, g.first_stride)[:1]
     address = connected()
     disconnect()
     try:

@@ -62,7 +62,7 @@ class LocalCluster:
             self._ray_start("--address", self.address, *extra)
         return self
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in self._groups:
