@@ -73,3 +73,47 @@ def test_the_block_table_joins_the_cluster_before_measuring(capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: cannot reach the Ray head at {address}: Connection refused"]
     assert main(["--device", "pixel4", "--ray", "nowhere"]) == EXIT_BAD_INPUT
+
+
+class _CannedPool:
+    """A pool whose jobs return canned results (what a worker would), recording each submission."""
+
+    def __init__(self, results):
+        self.results, self.submitted = results, []
+
+    def submit(self, fn, *args, name, needs=Needs()):
+        import concurrent.futures as cf
+
+        self.submitted.append((fn.__name__, name, args[2] is not None))
+        f = cf.Future()
+        f.set_result(self.results[name])
+        return f
+
+
+def test_reference_runs_of_jobs_are_kept_as_measure_keeps_them(monkeypatch, tmp_path):
+    """What a reference job returns lands in the cache where :func:`measure` reads it; a model
+    the runtime refused is not run again; a converted file is kept; cached runs are not sent."""
+    from pipeline.devices.profiles import get_device
+    from pipeline.errors import RuntimeIncompatibleError
+    from pipeline.latency import reference
+
+    monkeypatch.setattr(reference, "cache_root", lambda: tmp_path / "latency")
+    monkeypatch.setattr(reference, "_REFUSED", {})
+    loads = reference.ModelSpec("mobilenet_v1", alpha=0.25, input_size=32, classes=2, variant="int8")
+    refused = reference.ModelSpec("mobilenet_v1", alpha=0.5, input_size=32, classes=2, variant="int8")
+    p4 = get_device("pixel4")
+    m = {"spec": {}, "qemu_cpu": p4.qemu_cpu, "runtime": "litert", "runtime_version": "2.3.0", "runtime_key": "k",
+         "model_sha256": "ab", "instructions": 7, "instructions_by_class": {c: 1 for c in reference.CLASSES},
+         "block_profile": {}, "traffic": {}, "process_wall_s": 1.0}
+    name = "reference/{}/" + f"{p4.qemu_cpu}/{p4.runtime}"
+    pool = _CannedPool({name.format(loads.label): {"measurement": m, "tflite": b"converted"},
+                        name.format(refused.label): {"refused": "pixel4 does not load it", "tflite": None}})
+    assert reference.measure_all([(loads, p4), (refused, p4), (loads, p4)], pool) == 2
+    assert [s[:2] for s in pool.submitted] == [("reference_job", name.format(loads.label)),
+                                               ("reference_job", name.format(refused.label))]
+    got = reference.measure(loads, p4)
+    assert got.cached and got.instructions == 7
+    assert reference.build_tflite(loads).read_bytes() == b"converted"
+    with pytest.raises(RuntimeIncompatibleError, match="^pixel4 does not load it$"):
+        reference.measure(refused, p4)
+    assert reference.measure_all([(loads, p4), (refused, p4)], pool) == 0  # nothing sent again
