@@ -75,6 +75,12 @@ class DeviceOutputError(DeviceUnavailableError):
     """A device run's output is missing, truncated or malformed."""
 
 
+class ClusterError(DeviceUnavailableError):
+    """The jobs' workers cannot run a job: the Ray cluster cannot be reached, no node has
+    a resource a job needs (a real device), or a job was lost with its worker or node more
+    often than it may be retried."""
+
+
 class RuntimeIncompatibleError(MobileModelError):
     """A model cannot be loaded by a device's runtime (missing op or op version).
 

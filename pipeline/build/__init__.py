@@ -2,7 +2,7 @@
 
     run.py      :func:`build`: data, stages, budgets, summary, report and bundle
     stages.py   the stages as a table: float, compression rows, convert and evaluate
-    matrix.py   every variant on every target device, in worker processes
+    matrix.py   every variant on every target device, as jobs of a pool (worker processes or a Ray cluster)
 
 Artifact tree under ``build/<recipe>/``::
 

@@ -1,9 +1,10 @@
-"""The device matrix of a build: every variant x every target device, in worker processes.
+"""The device matrix of a build: every variant x every target device, as jobs of one pool.
 
 Each (device, variant) pair is its own cached stage (``device/<device>/<variant>``)
-writing ``devices/<device>/<variant>.json``. Pairs that are not cached run in a
-process pool (the emulated runs are independent and single-threaded), then each
-is recorded in the manifest as it finishes.
+writing ``devices/<device>/<variant>.json``. Pairs that are not cached run as jobs of a
+:mod:`pipeline.pool` (worker processes here, or a Ray cluster; the emulated runs are
+independent and single-threaded): each job gets the model's bytes and the inputs and
+returns its result, which is written here and recorded in the manifest as it finishes.
 
 An entry that also names a real device (``rpi4@ssh://pi@camera-7``) has its profile's
 results, and the deploy variant is then measured on the device: one cached stage
@@ -12,17 +13,17 @@ results, and the deploy variant is then measured on the device: one cached stage
 cannot be reached costs none of them on the next build.
 """
 
-import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from pipeline.pool import Needs, Pool, connected, device_resource, open_pool
 from pipeline.recipe.schema import Recipe
 from pipeline.store.atomic import atomic_write_json
 from pipeline.summary import (LATENCY_ALIGN, LATENCY_FIELDS, LATENCY_HEADERS, MEASURED_HEADER, BuildSummary,
@@ -74,18 +75,37 @@ def stage_record(summary: DeviceSummary) -> Dict[str, Any]:
     return {k: v for k, v in summary.to_dict().items() if k not in _NOT_RECORDED}
 
 
-def _run_one(model: str, device: str, x: np.ndarray, y: np.ndarray, out: str) -> None:
-    """Worker: one model on one device, one interpreter thread (counts repeat exactly only
-    then); writes the full result JSON atomically."""
+#: What a device job declares: one core (an emulated run is single-threaded) and the peak
+#: of qemu with the ARM runtime beside the host reference run (~1 GiB measured on the
+#: smoke models, doubled for the full-size ones).
+EMULATED_NEEDS = Needs(cpus=1, memory_mb=2048)
+#: A real-device job mostly waits on the device; it holds the model, inputs and ssh/adb.
+REAL_NEEDS_MB = 1024
+
+
+def emulate(model: bytes, filename: str, device: str, x: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
+    """Job: one model (its bytes) on one emulated device, one interpreter thread (counts
+    repeat exactly only then): the full :class:`pipeline.devices.check.DeviceResult` as a dict.
+
+    The model is written to a temporary file of the worker under ``filename``; the result's
+    ``model`` names that file, which the caller replaces with its own path.
+    """
     from pipeline.devices.check import run_device_check
 
-    atomic_write_json(Path(out), run_device_check(model, device, x, y, threads=1).to_dict())
+    with tempfile.TemporaryDirectory(prefix="mm-job-") as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(model)
+        return run_device_check(path, device, x, y, threads=1).to_dict()
 
 
 def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], splits,
                       stage, log: Log) -> Dict[str, Dict[str, DeviceSummary]]:
     """Runs every variant on every emulated profile of the recipe's targets, then measures
     the deploy variant on each real device an entry names (``rpi4@ssh://pi@camera-7``).
+
+    Every run is a job of one pool (:func:`pipeline.pool.open_pool`): worker processes of
+    this machine (``devices.workers``), or the Ray cluster this process joined, where a real
+    device's job runs only on a node that advertises the device (:func:`real_needs`).
 
     Args:
         variants: the build's evaluated variants (their ``.tflite`` paths are run).
@@ -96,6 +116,8 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
         measured latency (``measured``) on its deploy variant when it names a real device.
 
     Raises:
+        ClusterError: no node of the cluster advertises a real device an entry names (before
+            any run), or a job was lost with its node.
         DeviceUnavailableError: a real device cannot be reached or dropped the connection
             (the emulated results are recorded in the manifest by then).
     """
@@ -103,9 +125,11 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
     n = min(d.samples, len(splits.x_test))
     x, y = splits.x_test[:n], splits.y_test[:n]
     data_key = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
-    emulated = _run_emulated(recipe, root, variants, x, y, data_key, stage, log)
-    results = {e.text: dict(emulated[e.profile]) for e in d.entries}
-    measured = _measure_real(recipe, root, variants, x, y, data_key, stage, log)
+    with open_pool(d.workers) as pool:
+        pool.require([real_needs(e) for e in d.entries if e.target is not None])
+        emulated = _run_emulated(recipe, root, variants, x, y, data_key, stage, log, pool)
+        results = {e.text: dict(emulated[e.profile]) for e in d.entries}
+        measured = _measure_real(recipe, root, variants, x, y, data_key, stage, log, pool)
     for entry, m in measured.items():
         results[entry][recipe.deploy_variant] = dataclasses.replace(results[entry][recipe.deploy_variant],
                                                                     measured=m)
@@ -113,7 +137,7 @@ def run_device_matrix(recipe: Recipe, root: Path, variants: Dict[str, VariantSum
 
 
 def _run_emulated(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], x: np.ndarray, y: np.ndarray,
-                  data_key: str, stage, log: Log) -> Dict[str, Dict[str, DeviceSummary]]:
+                  data_key: str, stage, log: Log, pool: Pool) -> Dict[str, Dict[str, DeviceSummary]]:
     """Every variant on every emulated profile: ``{profile: {variant: result}}``."""
     from pipeline.devices.profiles import get_device
     from pipeline.devices.check import host_reference
@@ -140,29 +164,28 @@ def _run_emulated(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary
                if not stage.is_cached(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]})]
     futures = {}
     if pending:
-        log(f"[devices] {len(pending)} run(s) on emulated ARM ({d.workers} worker(s)), "
-            f"{n} images each")
-        pool = cf.ProcessPoolExecutor(max_workers=d.workers, mp_context=multiprocessing.get_context("spawn"))
+        where = f"the Ray cluster at {connected()}" if connected() else f"{d.workers} worker(s)"
+        log(f"[devices] {len(pending)} run(s) on emulated ARM ({where}), {n} images each")
+        model_bytes = {v: Path(variants[v].path).read_bytes() for v in {v for _, v in pending}}
         for dev, v in pending:
-            futures[(dev, v)] = pool.submit(_run_one, variants[v].path, dev, x, y, str(out_of[(dev, v)]))
+            futures[(dev, v)] = pool.submit(emulate, model_bytes[v], Path(variants[v].path).name, dev, x, y,
+                                            name=f"device/{dev}/{v}", needs=EMULATED_NEEDS)
     results: Dict[str, Dict[str, DeviceSummary]] = {dev: {} for dev in profiles}
-    try:
-        for dev, v in pairs:
-            def work(dev=dev, v=v):
-                futures[(dev, v)].result()
-                return stage_record(device_metrics(json.loads(out_of[(dev, v)].read_text())))
+    for dev, v in pairs:
+        def work(dev=dev, v=v):
+            result = futures[(dev, v)].result()
+            result["model"] = str(Path(variants[v].path).resolve())  # the file here, not the worker's copy
+            atomic_write_json(out_of[(dev, v)], result)
+            return stage_record(device_metrics(result))
 
-            m = stage(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]}, work)
-            # Latency is estimated by the current latency model at the recipe's thread count
-            # (emulation itself always runs one thread) from the full result the run wrote,
-            # which is still there when the stage is cached.
-            results[dev][v] = with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"),
-                                            json.loads(out_of[(dev, v)].read_text()), dev, d.threads)
-            if (dev, v) in futures:
-                log(f"[device/{dev}/{v}] " + _line(v, results[dev][v]))
-    finally:
-        if futures:
-            pool.shutdown(wait=True, cancel_futures=True)
+        m = stage(f"device/{dev}/{v}", cfg(dev), inputs_of[v], {"result": out_of[(dev, v)]}, work)
+        # Latency is estimated by the current latency model at the recipe's thread count
+        # (emulation itself always runs one thread) from the full result the run wrote,
+        # which is still there when the stage is cached.
+        results[dev][v] = with_latency(DeviceSummary.from_dict(m, f"device/{dev}/{v}"),
+                                        json.loads(out_of[(dev, v)].read_text()), dev, d.threads)
+        if (dev, v) in futures:
+            log(f"[device/{dev}/{v}] " + _line(v, results[dev][v]))
     return results
 
 
@@ -171,12 +194,35 @@ def measured_path(root: Path, entry: str, variant: str) -> Path:
     return root / "devices" / "measured" / re.sub(r"[^A-Za-z0-9._@-]", "_", entry) / f"{variant}.json"
 
 
+def real_needs(entry) -> Needs:
+    """What the measurement job of ``entry`` (one naming a real device) needs: a node that
+    advertises the device (``mm-device:<host>`` of an ssh entry, ``mm-device:<serial>`` of adb)."""
+    host = getattr(entry.target, "host", None) or entry.target.serial
+    return Needs(cpus=1, memory_mb=REAL_NEEDS_MB, custom={device_resource(host): 1})
+
+
+def measure_real(model: bytes, filename: str, entry, remote, threads: int, x: np.ndarray, y: np.ndarray):
+    """Job: the model (its bytes) timed on the real device of ``entry``.
+
+    Returns:
+        (the :class:`pipeline.devices.remote.measurement.Measurement`, whose ``model`` names
+        the worker's temporary copy; the progress lines of the run).
+    """
+    from pipeline.devices.remote.entry import measure_entry
+
+    lines: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="mm-job-") as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(model)
+        return measure_entry(path, entry, remote, threads, x, y, progress=lines.append), lines
+
+
 def _measure_real(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary], x: np.ndarray, y: np.ndarray,
-                  data_key: str, stage, log: Log) -> Dict[str, MeasuredLatency]:
+                  data_key: str, stage, log: Log, pool: Pool) -> Dict[str, MeasuredLatency]:
     """The deploy variant timed on the real device of every entry that names one, each its
     own cached stage ``measure/<entry>/<variant>``: ``{entry: figures}``."""
     from pipeline.devices.remote import store
-    from pipeline.devices.remote.entry import entry_key, measure_entry, measured_latency
+    from pipeline.devices.remote.entry import entry_key, measured_latency
 
     d, v = recipe.devices, recipe.deploy_variant
     model = Path(variants[v].path)
@@ -186,7 +232,11 @@ def _measure_real(recipe: Recipe, root: Path, variants: Dict[str, VariantSummary
 
         def work(e=e, name=name, path=path):
             log(f"[{name}] {d.remote.warmup} warm-up and {d.remote.runs} timed runs on {e.target.url()}...")
-            m = measure_entry(model, e, d.remote, d.threads, x, y, progress=log)
+            m, lines = pool.submit(measure_real, model.read_bytes(), model.name, e, d.remote, d.threads, x, y,
+                                   name=name, needs=real_needs(e)).result()
+            for line in lines:
+                log(line)
+            m = dataclasses.replace(m, model=str(model))  # the file here, not the worker's copy
             if m.loaded:
                 store.append(m)  # the local store of measured points, as `device run --target` does
             atomic_write_json(path, m.to_dict())

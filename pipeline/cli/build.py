@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import logger
+from pipeline.cli.common import join_cluster, logger, ray_option
 from pipeline.errors import EXIT_GATE_FAILED
 
 
@@ -24,25 +24,35 @@ from pipeline.errors import EXIT_GATE_FAILED
 @click.option("--no-devices", is_flag=True, help="Skip the emulated-device checks.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build summary as JSON on stdout.")
-def build(recipe, smoke, out, data_path, no_devices, quiet, as_json):
+@ray_option("the device matrix (every emulated run, and each real device's measurement on the node "
+            "that advertises it)")
+def build(recipe, smoke, out, data_path, no_devices, quiet, as_json, ray_address):
     """Build RECIPE (a YAML file, or the name of an embedded recipe such as 'default').
 
     A recipe with 'task: detection' (such as 'detect-shapes') builds an object detector
     (docs/detection.md).
 
     Exit codes: 0 built and every budget met; 1 a budget was missed (artifacts are
-    still written); 2 bad recipe, data or model; 3 device runtime unavailable;
-    4 internal error (traceback in the log file named).
+    still written); 2 bad recipe, data or model; 3 device runtime unavailable, or the
+    Ray cluster (--ray) unreachable or without a node for a real device; 4 internal error
+    (traceback in the log file named).
     """
     from pipeline.build import build as run_build
     from pipeline.cli.tables import budget_summary, summary_table
     from pipeline.recipe.load import load_recipe, recipe_task
 
     if recipe_task(recipe) == "detection":
+        if ray_address:
+            from pipeline.errors import ConfigError
+
+            raise ConfigError("--ray runs a classifier build's device matrix on a cluster; a detection build "
+                              "runs its devices on this machine")
         _build_detector(recipe, smoke, out, data_path, no_devices, quiet, as_json)
         return
     r = load_recipe(recipe, smoke=smoke, data_path=data_path)
-    result = run_build(r, out=out, log=logger(quiet or as_json), run_devices=not no_devices)
+    log = logger(quiet or as_json)
+    join_cluster(ray_address, log)
+    result = run_build(r, out=out, log=log, run_devices=not no_devices)
     summary = result.summary
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))

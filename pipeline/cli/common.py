@@ -86,3 +86,28 @@ def logger(quiet: bool) -> Log:
 def echo_json(obj: Any, default: Callable[[Any], Any] = None) -> None:
     """Prints ``obj`` as indented JSON on stdout (``default`` as for :func:`json.dumps`)."""
     click.echo(json.dumps(obj, indent=2, default=default))
+
+
+#: Help of ``--ray``: what runs on the cluster is the command's own (``what``).
+RAY_HELP = ("Run {what} as jobs on the Ray cluster whose head is at ADDRESS (HOST:PORT; default "
+            "$RAY_ADDRESS; without either, in worker processes of this machine). Everything else runs "
+            "here. See docs/ray.md.")
+
+
+def ray_option(what: str):
+    """The ``--ray ADDRESS`` option of a command whose ``what`` can run on a Ray cluster."""
+    return click.option("--ray", "ray_address", metavar="ADDRESS", help=RAY_HELP.format(what=what))
+
+
+def join_cluster(address, log: Log) -> None:
+    """Joins the Ray cluster at ``address`` (or ``$RAY_ADDRESS``) when one is named.
+
+    Raises:
+        ClusterError: it cannot be reached.
+    """
+    from pipeline.pool import connect
+
+    joined = connect(address)
+    if joined:
+        log(f"[ray] joined the cluster at {joined}")
+

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import click
 
 from models import MIN_INPUT_SIZE
-from pipeline.cli.common import fail, logger
+from pipeline.cli.common import fail, join_cluster, logger, ray_option
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import ConfigError, MobileModelError, RuntimeIncompatibleError
 from pipeline.latency.published import PUBLISHED_FORMATS
@@ -44,8 +44,9 @@ def _families():
                    "--device PROFILE; see device measured).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages.")
+@ray_option("the reference runs the cache lacks (conversion and emulation of each published architecture)")
 def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool, matrix: bool,
-              measured: bool, as_json: bool, quiet: bool) -> None:
+              measured: bool, as_json: bool, quiet: bool, ray_address: Optional[str]) -> None:
     """Fit the latency model on published real-device latencies.
 
     Builds the published architectures (width 1.0, 224x224, 1000 classes, random
@@ -66,6 +67,7 @@ def calibrate(out: Optional[Path], published: Optional[Path], write_params: bool
         from pipeline.latency.published import load_published
 
         log = logger(quiet or as_json)
+        join_cluster(ray_address, log)
         points = load_published(published)
         extra = []
         if measured:

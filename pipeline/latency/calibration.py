@@ -22,7 +22,8 @@ from pipeline.latency import classcost
 from pipeline.latency.model import MEMORY_SCALE_MAX, PARAM_KEYS, Device, LatencyParams, predict
 from pipeline.latency.published import (PUBLISHED_FORMATS, PUBLISHED_ORDER, PUBLISHED_RUNTIMES,
                                         PUBLISHED_VARIANTS, PublishedPoint, load_multi_thread, load_published)
-from pipeline.latency.reference import ModelSpec, measure, noop
+from pipeline.latency.reference import ModelSpec, measure, measure_all, noop
+from pipeline.pool import open_pool
 from pipeline.latency.traffic import GraphTraffic
 
 FULL_SIZE = dict(alpha=1.0, input_size=224, classes=1000)
@@ -197,24 +198,36 @@ def _point(pub_name: str, pub_model: str, device: str, spec: ModelSpec, profile:
                  Device.of(profile), dict(m.instructions_by_class), profile.qemu_cpu)
 
 
-def calibration_points(published: Sequence[PublishedPoint],
-                       multi: Optional[Mapping[Tuple[str, str], float]] = None,
-                       log: Log = noop, runtime=None) -> List[Point]:
-    """Every published point, single-thread then multi-thread, with its emulated run priced."""
-    points = []
+def _published_runs(published: Sequence[PublishedPoint], multi: Mapping[Tuple[str, str], float]) -> List[tuple]:
+    """(name, model, device, spec, profile, threads, ms) of every published point, single-thread
+    then multi-thread."""
+    runs = []
     for pub in published:
         profile = runtime_profile(get_device(pub.device), PUBLISHED_RUNTIMES[pub.runtime])
         spec = ModelSpec(pub.model, variant=PUBLISHED_VARIANTS[pub.variant], **FULL_SIZE)
-        points.append(_point(f"{pub.name} 1t", pub.model, pub.device, spec, profile, 1, pub.latency_ms,
-                             log, runtime, spec.variant))
-    multi = load_multi_thread() if multi is None else multi
+        runs.append((f"{pub.name} 1t", pub.model, pub.device, spec, profile, 1, pub.latency_ms))
     for (model, device), ms in multi.items():
         profile = runtime_profile(get_device(device), PUBLISHED_RUNTIMES["xnnpack-2020"])
-        spec = ModelSpec(model, variant="float32", **FULL_SIZE)
         t = profile.cores
-        points.append(_point(f"{model} float32 {device} {t}t", model, device, spec, profile, t, ms,
-                             log, runtime, "float32"))
-    return points
+        runs.append((f"{model} float32 {device} {t}t", model, device, ModelSpec(model, variant="float32", **FULL_SIZE),
+                     profile, t, ms))
+    return runs
+
+
+def calibration_points(published: Sequence[PublishedPoint],
+                       multi: Optional[Mapping[Tuple[str, str], float]] = None,
+                       log: Log = noop, runtime=None, workers: int = 1) -> List[Point]:
+    """Every published point, single-thread then multi-thread, with its emulated run priced.
+
+    The runs the cache lacks are measured first, as jobs of a pool
+    (:func:`pipeline.pool.open_pool`: ``workers`` processes here, or the Ray cluster this
+    process joined); they are priced here.
+    """
+    runs = _published_runs(published, load_multi_thread() if multi is None else multi)
+    with open_pool(workers) as pool:
+        measure_all([(r[3], r[4]) for r in runs], pool, log)
+    return [_point(name, model, device, spec, profile, threads, ms, log, runtime, spec.variant)
+            for name, model, device, spec, profile, threads, ms in runs]
 
 
 def validated_cores(points: Sequence[Point]) -> Dict[str, Tuple[str, ...]]:
@@ -287,29 +300,29 @@ class Calibration:
     published: List[PublishedPoint]
 
 
-def estimate_matrix(params: LatencyParams, log: Log = noop, runtime=None) -> List[Dict[str, Any]]:
-    """One-thread estimates of the full-size families, float32 and int8, on every profile."""
+def estimate_matrix(params: LatencyParams, log: Log = noop, runtime=None, workers: int = 1) -> List[Dict[str, Any]]:
+    """One-thread estimates of the full-size families, float32 and int8, on every profile (the
+    runs the cache lacks measured first as jobs of a pool, as in :func:`calibration_points`)."""
     from pipeline.latency.estimate import estimate_run
 
+    cells = [(name, get_device(name), family, variant, ModelSpec(family, variant=variant, **FULL_SIZE))
+             for name in DEVICES.names() for family in PUBLISHED_ORDER for variant in PUBLISHED_FORMATS]
+    with open_pool(workers) as pool:
+        measure_all([(spec, profile) for _, profile, _, _, spec in cells], pool, log)
     rows = []
-    for name in DEVICES.names():
-        profile = get_device(name)
-        for family in PUBLISHED_ORDER:
-            for variant in PUBLISHED_FORMATS:
-                spec = ModelSpec(family, variant=variant, **FULL_SIZE)
-                row = {"device": name, "family": family, "variant": variant,
-                       "runtime": f"{profile.runtime} {profile.runtime_version}",
-                       "validated": params.is_validated(profile.core, variant)}
-                try:
-                    m = measure(spec, profile, log, runtime)
-                except RuntimeIncompatibleError as e:  # a result for the report, not a failure
-                    rows.append(dict(row, loaded=False, error=str(e)))
-                    continue
-                est = estimate_run(m.block_profile, GraphTraffic.from_dict(m.traffic), profile, variant,
-                                   1, params)
-                rows.append(dict(row, loaded=True, instructions=m.instructions,
-                                 latency_ms=est["latency_ms"], cycles=est["cycles_single_thread"],
-                                 ipc=est["ipc"], pipeline_model=est["pipeline_model"]))
+    for name, profile, family, variant, spec in cells:
+        row = {"device": name, "family": family, "variant": variant,
+               "runtime": f"{profile.runtime} {profile.runtime_version}",
+               "validated": params.is_validated(profile.core, variant)}
+        try:
+            m = measure(spec, profile, log, runtime)
+        except RuntimeIncompatibleError as e:  # a result for the report, not a failure
+            rows.append(dict(row, loaded=False, error=str(e)))
+            continue
+        est = estimate_run(m.block_profile, GraphTraffic.from_dict(m.traffic), profile, variant, 1, params)
+        rows.append(dict(row, loaded=True, instructions=m.instructions,
+                         latency_ms=est["latency_ms"], cycles=est["cycles_single_thread"],
+                         ipc=est["ipc"], pipeline_model=est["pipeline_model"]))
     return rows
 
 

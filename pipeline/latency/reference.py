@@ -17,16 +17,18 @@ calibration (:func:`measure`, instruction counts) and the search's cost tier
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from models import MIN_INPUT_SIZE
 from pipeline.devices.profiles import DeviceProfile
-from pipeline.errors import ConfigError, Log
+from pipeline.errors import ConfigError, Log, RuntimeIncompatibleError
 from pipeline.devices.insn_counts import CLASSES
 from pipeline.latency.published import PUBLISHED_FORMATS
+from pipeline.pool import Needs, Pool
 from pipeline.store.atomic import atomic_write_bytes, atomic_write_json, json_hash, short_hash
 from pipeline.variants import VARIANTS, reference_name
 
@@ -228,6 +230,10 @@ def _convert(spec: ModelSpec) -> bytes:
     return tflite
 
 
+def _model_path(spec: ModelSpec) -> Path:
+    return cache_root() / "models" / f"{spec.label}-{key_hash(spec.key())}.tflite"
+
+
 def build_tflite(spec: ModelSpec, log: Log = noop) -> Path:
     """The converted .tflite of ``spec`` (random weights, seed ``SEED``), cached.
 
@@ -235,7 +241,7 @@ def build_tflite(spec: ModelSpec, log: Log = noop) -> Path:
         ConfigError: an invalid spec (see :class:`ModelSpec`).
         ConversionMismatchError: the float32 file disagrees with Keras.
     """
-    path = cache_root() / "models" / f"{spec.label}-{key_hash(spec.key())}.tflite"
+    path = _model_path(spec)
     if path.is_file():
         return path
     log(f"[latency] building and converting {spec.label}")
@@ -288,8 +294,14 @@ def cached_entry(kind: str, spec: ModelSpec, profile: DeviceProfile, key: Dict[s
     if data is not None:
         return data[field], True
     entry = compute()
-    atomic_write_json(_entry_path(kind, spec, profile, key), {"key": key, field: entry})
+    keep_entry(kind, spec, profile, key, field, entry)
     return entry, False
+
+
+def keep_entry(kind: str, spec, profile: DeviceProfile, key: Dict[str, Any], field: str,
+               entry: Dict[str, Any]) -> None:
+    """Writes ``entry`` (computed elsewhere, e.g. by a job of a pool) as :func:`cached_entry` keeps it."""
+    atomic_write_json(_entry_path(kind, spec, profile, key), {"key": key, field: entry})
 
 
 def run_reference(spec: ModelSpec, profile: DeviceProfile, log: Log = noop, runtime=None):
@@ -357,28 +369,111 @@ def measure(spec: ModelSpec, profile: DeviceProfile, log: Log = noop,
         RuntimeIncompatibleError: the profile's runtime cannot load the model.
         DeviceUnavailableError: no ARM runtime, a crash or a timeout.
     """
-    from pipeline.latency.traffic import graph_traffic
 
     key = run_key(spec, profile)
+    if key_hash(key) in _REFUSED:  # a job of measure_all found it does not load
+        raise RuntimeIncompatibleError(_REFUSED[key_hash(key)])
 
     def run() -> Dict[str, Any]:
-        build_tflite(spec, log)  # before the message: converting is its own step
+        path = build_tflite(spec, log)  # before the message: converting is its own step
         log(f"[latency] running {spec.label} on {profile.qemu_cpu} ({profile.runtime} "
             f"{profile.runtime_version}) under qemu")
-        result, path = run_reference(spec, profile, log, runtime)
-        result = result.require_loaded()
-        if not result.counts_exact:
-            raise ConfigError(f"{spec.label}: counts of a multi-threaded run are not repeatable")
-        m = Measurement(spec=asdict(spec), qemu_cpu=profile.qemu_cpu, runtime=result.runtime,
-                        runtime_version=result.runtime_version, runtime_key=key["runtime_key"],
-                        model_sha256=result.model_sha256, instructions=int(result.instructions_median),
-                        instructions_by_class={c: int(result.instructions_by_class[c]) for c in CLASSES},
-                        block_profile=result.to_dict()["block_profile"],
-                        traffic=graph_traffic(path).to_dict(), process_wall_s=result.process_wall_s)
-        log(f"[latency] {spec.label} on {profile.qemu_cpu}: {m.instructions / 1e6:.1f} M instructions "
-            f"({result.process_wall_s:.0f} s emulated)")
-        return m.to_dict()
+        m = _measured_run(spec, profile, path, runtime)
+        _log_measured(spec, profile, m, log)
+        return m
 
     data, cached = cached_entry("runs", spec, profile, key, "measurement", run)
     data = dict(data, instructions_by_class={c: data["instructions_by_class"][c] for c in CLASSES})
     return Measurement(**data, cached=cached)
+
+
+def _measured_run(spec: ModelSpec, profile: DeviceProfile, path: Path, runtime=None) -> Dict[str, Any]:
+    """One inference of the file of ``spec`` at ``path`` on ``profile``'s core: a
+    :class:`Measurement` as its dict (what the ``runs`` cache keeps)."""
+    import numpy as np
+
+    from pipeline.devices.check import run_device_check
+    from pipeline.devices.runtime import ensure_runtime, runtime_key
+    from pipeline.latency.traffic import graph_traffic
+
+    x = np.random.default_rng(SEED).random((1, *spec.input_shape), dtype=np.float32)
+    result = run_device_check(path, replace(profile, default_threads=1), x, threads=1,
+                              runtime=runtime or ensure_runtime()).require_loaded()
+    if not result.counts_exact:
+        raise ConfigError(f"{spec.label}: counts of a multi-threaded run are not repeatable")
+    return Measurement(spec=asdict(spec), qemu_cpu=profile.qemu_cpu, runtime=result.runtime,
+                       runtime_version=result.runtime_version, runtime_key=runtime_key(),
+                       model_sha256=result.model_sha256, instructions=int(result.instructions_median),
+                       instructions_by_class={c: int(result.instructions_by_class[c]) for c in CLASSES},
+                       block_profile=result.to_dict()["block_profile"],
+                       traffic=graph_traffic(path).to_dict(), process_wall_s=result.process_wall_s).to_dict()
+
+
+def _log_measured(spec: ModelSpec, profile: DeviceProfile, m: Dict[str, Any], log: Log) -> None:
+    log(f"[latency] {spec.label} on {profile.qemu_cpu}: {m['instructions'] / 1e6:.1f} M instructions "
+        f"({m['process_wall_s']:.0f} s emulated)")
+
+
+#: What a reference job declares: one core, and TensorFlow converting a full-size model
+#: (224x224, 1000 classes) beside its emulated run.
+REFERENCE_NEEDS = Needs(cpus=1, memory_mb=4096)
+#: Runs that a job of :func:`measure_all` found the runtime does not load, by run key hash:
+#: :func:`measure` raises their error instead of running them again (not loading is not cached).
+_REFUSED: Dict[str, str] = {}
+
+
+def reference_job(spec: ModelSpec, profile: DeviceProfile, tflite: Optional[bytes]) -> Dict[str, Any]:
+    """Job: one inference of ``spec``'s random-weight file on ``profile``'s core.
+
+    Args:
+        tflite: the converted file, or None to convert it here.
+
+    Returns:
+        ``measurement`` (a :class:`Measurement` dict) or ``refused`` (why the runtime does
+        not load the model), and ``tflite``: the bytes converted here (None when given).
+    """
+    from pipeline.native import tf_environment
+
+    tf_environment()
+    converted = None if tflite is not None else _convert(spec)
+    with tempfile.TemporaryDirectory(prefix="mm-job-") as tmp:
+        path = Path(tmp) / f"{spec.label}.tflite"
+        path.write_bytes(tflite if tflite is not None else converted)
+        try:
+            return {"measurement": _measured_run(spec, profile, path), "tflite": converted}
+        except RuntimeIncompatibleError as e:
+            return {"refused": str(e), "tflite": converted}
+
+
+def measure_all(runs: Sequence[Tuple[ModelSpec, DeviceProfile]], pool: Pool, log: Log = noop) -> int:
+    """Runs every (spec, profile) of ``runs`` that the cache lacks, each a job of ``pool``, and
+    keeps what comes back as :func:`measure` would (the converted file, the run's entry), so
+    that :func:`measure` then finds it.
+
+    Returns:
+        How many runs were measured.
+    """
+    todo: Dict[str, Tuple[ModelSpec, DeviceProfile, Dict[str, Any]]] = {}
+    for spec, profile in runs:
+        key = run_key(spec, profile)
+        if key_hash(key) not in todo and key_hash(key) not in _REFUSED and not has_entry("runs", spec, profile, key):
+            todo[key_hash(key)] = (spec, profile, key)
+    futures = {}
+    for h, (spec, profile, key) in todo.items():
+        model = _model_path(spec)
+        log(f"[latency] {'running' if model.is_file() else 'converting and running'} {spec.label} on "
+            f"{profile.qemu_cpu} ({profile.runtime} {profile.runtime_version}) under qemu")
+        futures[h] = pool.submit(reference_job, spec, profile, model.read_bytes() if model.is_file() else None,
+                                 name=f"reference/{spec.label}/{profile.qemu_cpu}/{profile.runtime}",
+                                 needs=REFERENCE_NEEDS)
+    for h, future in futures.items():
+        spec, profile, key = todo[h]
+        out = future.result()
+        if out["tflite"] is not None and not _model_path(spec).is_file():
+            atomic_write_bytes(_model_path(spec), out["tflite"])
+        if "refused" in out:
+            _REFUSED[h] = out["refused"]
+            continue
+        keep_entry("runs", spec, profile, key, "measurement", out["measurement"])
+        _log_measured(spec, profile, out["measurement"], log)
+    return len(todo)

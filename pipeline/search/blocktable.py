@@ -20,7 +20,8 @@ parts) over calibration genotypes at the same input geometry (:func:`calibrate`)
 ``python -m pipeline.search.blocktable --device D`` measures the overhead on
 calibration genotypes, then predicts held-out genotypes and compares each with its
 full emulation: instructions, single-thread cycles and latency, with the median and
-worst error.
+worst error. The parts it lacks are measured as jobs of a pool (:mod:`pipeline.pool`):
+``--workers`` processes here, or, with ``--ray ADDRESS``, a Ray cluster.
 """
 
 import statistics
@@ -30,6 +31,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 from pipeline.errors import Log
+from pipeline.pool import Needs, Pool, open_pool
 from pipeline.table import Table
 
 
@@ -58,6 +60,49 @@ class PartSpec:
         # prediction then needs no TensorFlow at all.
         return {"part": self.part_key, "table_version": TABLE_VERSION, "seed": SEED, "sources": sources_hash(),
                 "tensorflow": metadata.version("tensorflow")}
+
+
+#: What a part job declares: one core, and TensorFlow with one small conversion beside the
+#: emulated run (a fresh worker that imports TensorFlow peaks near 1.5 GiB).
+PART_NEEDS = Needs(cpus=1, memory_mb=3072)
+
+
+def measure_part(part, profile) -> Dict[str, Any]:
+    """Job: ``part`` built, converted and run once on ``profile``'s core (not cached):
+    :func:`pipeline.latency.device_cost.run_cost` of the run."""
+    from pipeline.native import tf_environment
+
+    tf_environment()
+    return _measure_part(part, profile, lambda m: None)
+
+
+def measure_parts(genotypes: Sequence, geometry: "Geometry", device: str, pool: Pool,
+                  log: Log = lambda m: None) -> int:
+    """Measures every part of ``genotypes`` that the table lacks on ``device``, each a job of
+    ``pool``, and keeps each entry in the table as it comes back.
+
+    Returns:
+        How many parts were measured.
+    """
+    from models.genotype import parts
+    from pipeline.latency.reference import has_entry, keep_entry
+
+    todo = {}
+    for g in genotypes:
+        for p in parts(g, geometry.input_shape, geometry.classes, geometry.first_stride):
+            if p.key() not in todo and (p.key(), device) not in _PRICED:
+                profile, spec, key = _part_key(p, device)
+                if not has_entry("blocks", spec, profile, key):
+                    todo[p.key()] = (p, profile, spec, key)
+    if todo:
+        log(f"[blocks] measuring {len(todo)} part(s) on {device}")
+    futures = {k: pool.submit(measure_part, p, profile, name=f"part/{device}/{k}", needs=PART_NEEDS)
+               for k, (p, profile, _, _) in todo.items()}
+    for i, (k, future) in enumerate(futures.items(), 1):
+        _, profile, spec, key = todo[k]
+        keep_entry("blocks", spec, profile, key, "cost", future.result())
+        log(f"[blocks] {i}/{len(todo)} part {k} measured")
+    return len(todo)
 
 
 def _measure_part(part, profile, log: Log) -> Dict[str, Any]:
@@ -205,13 +250,22 @@ def predict(genotype, geometry: Geometry, device: str, overhead: Dict[str, Dict[
 
 
 def validate(calibration: Sequence, held_out: Sequence, geometry: Geometry, device: str,
-             log: Log = lambda m: None) -> Dict[str, Any]:
+             log: Log = lambda m: None, workers: int = 1) -> Dict[str, Any]:
     """Predicts each held-out genotype and compares it with its full emulation.
+
+    The parts the table lacks are measured first, as jobs of a pool
+    (:func:`pipeline.pool.open_pool`: ``workers`` processes here, or the Ray cluster this
+    process joined); the full emulations run here.
 
     Returns:
         ``overhead``, ``rows`` (per genotype: predicted, emulated, error % per figure)
         and ``summary`` (per figure: median and worst absolute error %).
     """
+    from pipeline.devices.profiles import get_device
+
+    get_device(device)  # an unknown device fails before any job
+    with open_pool(workers) as pool:
+        measure_parts(list(calibration) + list(held_out), geometry, device, pool, log)
     overhead = calibrate(calibration, geometry, device, log)
     rows = []
     for i, g in enumerate(held_out, 1):
@@ -272,15 +326,24 @@ def main(argv=None) -> int:
     ap.add_argument("--held-out", type=int, default=20, help="held-out genotypes compared with full emulation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the result as JSON here")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes measuring parts on this machine")
+    ap.add_argument("--ray", metavar="ADDRESS",
+                    help="measure the parts as jobs on the Ray cluster whose head is at ADDRESS (HOST:PORT; "
+                         "default $RAY_ADDRESS); the full emulations run here (docs/ray.md)")
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error(f"--workers must be at least 1, got {args.workers}")
     geometry = Geometry(args.input_size, args.channels, args.first_stride, args.classes)
     calibration = sample_distinct(args.seed + 1000, args.calibrate)
     held = [g for g in sample_distinct(args.seed, args.held_out + args.calibrate)
             if g.key() not in {c.key() for c in calibration}][:args.held_out]
     try:
+        from pipeline.pool import connect
+
+        connect(args.ray)
         result = validate(calibration, held, geometry, args.device,
-                          log=lambda m: print(m, file=sys.stderr, flush=True))
-    except MobileModelError as e:  # unknown device: 2; no ARM runtime: 3 (the CLI's exit codes)
+                          log=lambda m: print(m, file=sys.stderr, flush=True), workers=args.workers)
+    except MobileModelError as e:  # unknown device: 2; no ARM runtime, no cluster: 3 (the CLI's exit codes)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     print(markdown(result), end="")

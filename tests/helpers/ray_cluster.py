@@ -1,0 +1,90 @@
+"""A real two-node Ray cluster on 127.0.0.1 for the tests of :mod:`pipeline.pool`.
+
+``ray start --head`` and one more ``ray start --address`` node, one CPU each, every port
+chosen free and every file under the test's own temporary directory (``--temp-dir``).
+Each ``ray start`` runs in a session of its own, so the processes it leaves (GCS, raylet,
+workers) share its process group: :meth:`LocalCluster.stop` ends those groups, and only
+those (``ray stop`` would end every Ray process of the machine, other users' too).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """A head and ``extra_nodes`` more nodes of one CPU each (see the module docstring)."""
+
+    def __init__(self, temp_dir: Path, env: Optional[Dict[str, str]] = None, extra_nodes: int = 1,
+                 resources: Optional[Dict[str, float]] = None):
+        self.temp_dir = Path(temp_dir)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = dict(os.environ, PYTHONPATH=path, RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+        self.env.pop("RAY_ADDRESS", None)
+        self._groups: List[int] = []
+        self._extra_nodes = extra_nodes
+        self._resources = resources
+
+    def _ray_start(self, *args: str) -> None:
+        ray = str(Path(sys.executable).parent / "ray")
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(self.temp_dir),
+                  "--object-store-memory", str(200 * 2 ** 20), "--disable-usage-stats",
+                  "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
+                  "--runtime-env-agent-port", str(free_port())]
+        p = subprocess.Popen([ray, "start", *args, *common], env=self.env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._groups.append(p.pid)  # its session: every process it starts
+        out, _ = p.communicate(timeout=180)
+        if p.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed ({p.returncode}):\n{out[-3000:]}")
+
+    def start(self) -> "LocalCluster":
+        self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
+                        "--ray-client-server-port", str(free_port()))
+        for _ in range(self._extra_nodes):
+            extra = ["--resources", _json(self._resources)] if self._resources else []
+            self._ray_start("--address", self.address, *extra)
+        return self
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for group in self._groups:
+                try:
+                    os.killpg(group, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and any(_alive(g) for g in self._groups):
+                time.sleep(0.2)
+        self._groups = []
+
+
+def _alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _json(resources: Dict[str, float]) -> str:
+    import json
+
+    return json.dumps(resources)

@@ -1,0 +1,158 @@
+"""Jobs on a real two-node Ray cluster (127.0.0.1): the same figures as on this machine.
+
+The cluster is a head and one more node of one CPU each, started for this module with
+its own temporary directory and ports, and stopped (its own processes only) at the end.
+A tiny build's device matrix on the cluster gives the same files and instruction counts
+as on this machine; so do block-table parts; a real device that no node advertises fails
+at once, naming the resource; a job that raises or whose worker dies names the job.
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ClusterError, ConfigError
+from pipeline.pool import JobError, Needs, connect, connected, disconnect, open_pool
+from pipeline.recipe.stages import DevicesConfig
+from tests.helpers import pool_jobs
+from tests.helpers.ray_cluster import LocalCluster
+from tests.helpers.stages import make_recipe, quiet
+
+pytestmark = pytest.mark.integration
+
+DEVICES = ("pixel4",)
+VARIANTS = ("float32", "int8-ptq")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The two-node cluster, joined by this process for the module's tests."""
+    c = LocalCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start()
+        connect(c.address)
+        yield c
+    finally:
+        disconnect()
+        c.stop()
+
+
+def tiny_recipe():
+    r = make_recipe("mbconv", prune=False)
+    return dataclasses.replace(
+        r, name="raybuild", deploy_variant="int8-ptq", qat=dataclasses.replace(r.qat, enabled=False),
+        convert=dataclasses.replace(r.convert, variants=VARIANTS, validation_samples=8),
+        devices=DevicesConfig(targets=DEVICES, samples=2, workers=2), budgets={}).validate()
+
+
+@pytest.fixture(scope="module")
+def builds(cluster, tmp_path_factory):
+    """The tiny recipe built here, then its device matrix again on the cluster (a copy of
+    the build without its device results: every other stage is cached)."""
+    from pipeline.build import build
+
+    root = tmp_path_factory.mktemp("raybuild")
+    address = connected()
+    disconnect()
+    try:
+        here = build(tiny_recipe(), out=root / "here", log=quiet)
+    finally:
+        connect(address)
+    shutil.copytree(root / "here", root / "cluster")
+    shutil.rmtree(root / "cluster" / "devices")
+    there = build(tiny_recipe(), out=root / "cluster", log=quiet)
+    return here, there
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.device
+def test_the_device_matrix_on_the_cluster_gives_the_local_figures(builds):
+    here, there = builds
+    assert sorted(s for s in there.summary.stages_run if s.startswith("device/")) == \
+        sorted(f"device/{d}/{v}" for d in DEVICES for v in VARIANTS)
+    for d in DEVICES:
+        for v in VARIANTS:
+            a, b = (json.loads((r.root / "devices" / d / f"{v}.json").read_text()) for r in (here, there))
+            assert b["model_sha256"] == a["model_sha256"] == _sha256(there.summary.variants[v].path)
+            assert b["model"] == str(Path(there.summary.variants[v].path).resolve())  # not the worker's copy
+            assert b["instructions_median"] == a["instructions_median"] and a["instructions_median"] > 0
+            assert b["instructions_by_class"] == a["instructions_by_class"]
+            assert here.summary.devices[d][v].latency_ms == there.summary.devices[d][v].latency_ms
+
+
+@pytest.mark.device
+def test_block_table_parts_measured_on_the_cluster_match_the_local_ones(cluster, local_parts):
+    from pipeline.devices.profiles import get_device
+    from pipeline.search.blocktable import measure_part
+
+    parts, here = local_parts
+    with open_pool(workers=1) as pool:
+        there = [pool.submit(measure_part, p, get_device("pixel4"), name=f"part/pixel4/{p.key()}").result()
+                 for p in parts]
+    for a, b in zip(here, there):
+        assert a["loaded"] and b["loaded"]
+        assert (b["instructions"], b["instructions_by_class"], b["model_sha256"]) == \
+            (a["instructions"], a["instructions_by_class"], a["model_sha256"])
+
+
+@pytest.fixture(scope="module")
+def local_parts(cluster):
+    """A part of a block-table genotype (its stem at input 24, the smallest) measured on this machine."""
+    from models.genotype import parts
+    from pipeline.devices.profiles import get_device
+    from pipeline.search.blockspace import sample_distinct
+    from pipeline.search.blocktable import Geometry, measure_part
+
+    g = Geometry(24)
+    chosen = parts(sample_distinct(0, 1)[0], g.input_shape, g.classes, g.first_stride)[:1]
+    address = connected()
+    disconnect()
+    try:
+        with open_pool(workers=1) as pool:
+            futures = [pool.submit(measure_part, p, get_device("pixel4"), name=f"part/pixel4/{p.key()}")
+                       for p in chosen]
+            return chosen, [f.result() for f in futures]
+    finally:
+        connect(address)
+
+
+def test_a_real_device_no_node_advertises_fails_at_once_naming_its_resource(cluster):
+    from pipeline.build.matrix import run_device_matrix
+
+    recipe = dataclasses.replace(tiny_recipe(), devices=DevicesConfig(targets=("rpi4@ssh://pi@camera-7",),
+                                                                      samples=2))
+
+    def stage(*args, **kwargs):
+        raise AssertionError("no stage may run before the cluster is checked")
+
+    splits = SimpleNamespace(x_test=np.zeros((2, 32, 32, 1), np.float32), y_test=np.zeros(2, np.int64))
+    with pytest.raises(ClusterError) as e:
+        run_device_matrix(recipe, Path("unused"), {}, splits, stage, quiet)
+    assert len(str(e.value).splitlines()) == 1
+    assert str(e.value).startswith(f"no node of the Ray cluster at {cluster.address} advertises "
+                                   f"mm-device:camera-7: start one where the device can be reached with "
+                                   f"ray start --address {cluster.address} --resources")
+
+
+def test_a_failed_job_on_the_cluster_names_itself(cluster):
+    with open_pool(workers=1) as pool:
+        assert pool.submit(pool_jobs.square, 7, name="square/7", needs=Needs(memory_mb=64)).result() == 49
+        ours = pool.submit(pool_jobs.refuse, "rpi9", name="device/rpi9/int8-qat", needs=Needs(memory_mb=64))
+        bug = pool.submit(pool_jobs.crash_by_bug, "counting", name="part/pixel4/stem", needs=Needs(memory_mb=64))
+        dies = pool.submit(pool_jobs.die, name="device/pixel4/int8-qat", needs=Needs(memory_mb=64))
+        with pytest.raises(ConfigError, match=r"^job device/rpi9/int8-qat: rpi9 is not a valid thing$"):
+            ours.result(timeout=120)
+        with pytest.raises(JobError, match=r"^job part/pixel4/stem failed: ValueError: counting went wrong$"):
+            bug.result(timeout=120)
+        with pytest.raises(ClusterError, match=r"^job device/pixel4/int8-qat was lost on the Ray cluster "
+                                               r"\(2 retries\): WorkerCrashedError"):
+            dies.result(timeout=120)
