@@ -35,11 +35,11 @@ from pipeline.recipe.schema import Recipe
 #: little on these small models and leave fewer trials running side by side. A cluster
 #: whose largest node has fewer gets that node's count (else the job would never start).
 TRAIN_CPUS = 2
-#: Memory of a proxy build (float training of a small model, one conversion; a full
-#: MobileNetV2 build measured 4 GB at its peak, a proxy stays below it).
-PROXY_MEMORY_MB = 4096
-#: Memory of a finalist's full recipe (pruning, QAT and several conversions).
-FULL_MEMORY_MB = 6144
+#: Memory of a proxy build: float training and one conversion, below a full build.
+PROXY_MEMORY_MB = 3072
+#: Memory of a finalist's full recipe: DESIGN.md measured a MobileNetV2-0.35 build at
+#: 96x96 (train, prune, QAT, int8, evaluation) at 4 GB at its peak.
+FULL_MEMORY_MB = 4096
 #: Files of a build folder that stay on the node that made them (the build lock).
 _LOCAL_ONLY = (".lock",)
 

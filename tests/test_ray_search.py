@@ -1,0 +1,190 @@
+"""A search whose trainings run on a real two-node Ray cluster (127.0.0.1).
+
+The recipe is a grid of two MobileNetV1 widths at 32x32 (64 training images, one float
+epoch, no compression): the proxy trainings and the finalist's full recipe are real
+builds, run as jobs on the cluster and unpacked into the search folder; the device cost
+of each candidate (an emulated run, on this machine either way) is a stand-in. With
+``search.concurrency: 1`` the cluster's search chooses as the local one; with two, a
+worker node killed after the first trial is stored loses no stored trial and the search
+completes. The concurrency key's validation is a unit test.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.pool import connect, connected, disconnect
+from pipeline.recipe.load import load_recipe
+from pipeline.search import space as ss
+from pipeline.search import study as se
+from tests.helpers.ray_cluster import LocalCluster
+from tests.helpers.stages import quiet
+
+RECIPE = {
+    "name": "raysearch",
+    "data": {"dataset": "shapes", "train_samples": 64, "val_samples": 32, "test_samples": 32},
+    "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 32, "channels": 1, "first_stride": 1},
+    "train": {"epochs": 1, "batch_size": 32},
+    "prune": {"enabled": False},
+    "qat": {"enabled": False},
+    "convert": {"variants": ["float32"], "validation_samples": 8},
+    "deploy_variant": "float32",
+    "devices": {"samples": 2},
+    "search": {"families": ["mobilenet_v1"], "alphas": [0.25, 0.5], "input_sizes": [32], "trials": 2,
+               "proxy_epochs": 1, "finalists": 1},
+}
+LATENCY_MS = {"mobilenet_v1-0.25-32": 0.4, "mobilenet_v1-0.5-32": 0.8}
+
+
+def _recipe(tmp_path, **search):
+    p = tmp_path / "raysearch.yaml"
+    p.write_text(yaml.safe_dump({**RECIPE, "search": {**RECIPE["search"], **search}}))
+    return load_recipe(p)
+
+
+# -- the concurrency key ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, message", [
+    (0, "recipe.search.concurrency: expected a positive integer, got 0"),
+    (-2, "recipe.search.concurrency: expected a positive integer, got -2"),
+    (1.5, "recipe.search.concurrency: expected an integer, got 1.5"),
+    (True, "recipe.search.concurrency: expected an integer, got True"),
+    ("4", "recipe.search.concurrency: expected an integer, got '4'"),
+    (None, "recipe.search.concurrency: expected an integer, got None"),
+])
+def test_bad_concurrency_is_named(tmp_path, value, message):
+    with pytest.raises(ConfigError) as e:
+        _recipe(tmp_path, concurrency=value)
+    assert str(e.value) == message
+
+
+def test_concurrency_defaults_to_one_and_does_not_change_the_study(tmp_path):
+    one = _recipe(tmp_path)
+    four = _recipe(tmp_path, concurrency=4)
+    assert one.search.concurrency == 1 and four.search.concurrency == 4
+    budget = ss.Budget(1.0)
+    # Stored trials stay valid whatever the concurrency: an interrupted search resumes with another.
+    assert se.study_key(one, "pixel4", "float32", budget) == se.study_key(four, "pixel4", "float32", budget)
+
+
+# -- on the cluster ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head and one more node of one CPU each, joined by this process."""
+    c = LocalCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        c.start()
+        connect(c.address)
+        yield c
+    finally:
+        disconnect()
+        c.stop()
+
+
+@pytest.fixture
+def stand_in_cost(monkeypatch):
+    """The emulated cost of a candidate (tier 1) replaced; both candidates fit 1 ms."""
+    def cost(recipe, cand, device, variant, classes, log):
+        return {"candidate": cand.name, "loaded": True, "latency_ms": LATENCY_MS[cand.name], "memory_mb": 1.0,
+                "size_kb": 50.0, "cached": True}
+
+    monkeypatch.setattr(se, "candidate_cost", cost)
+
+
+def _top1(result):
+    return {r["candidate"]: r["proxy_val_top1"] for r in result.rows}
+
+
+@pytest.mark.integration
+def test_the_cluster_search_chooses_as_the_local_one(cluster, stand_in_cost, tmp_path):
+    recipe = _recipe(tmp_path)
+    address = connected()
+    disconnect()
+    try:
+        here = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "here", log=quiet,
+                         final_build=False)
+    finally:
+        connect(address)
+    logs = []
+    there = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "there",
+                      log=logs.append, final_build=False)
+    assert there.chosen["candidate"] == here.chosen["candidate"]
+    assert _top1(there) == _top1(here)
+    assert [f["val_top1"] for f in there.finalists] == [f["val_top1"] for f in here.finalists]
+    # Built on the nodes, kept where a local search keeps them, paths included.
+    for name in LATENCY_MS:
+        assert (tmp_path / "there" / "proxy" / name / "keras" / "float.h5").is_file()
+    chosen = tmp_path / "there" / "finalists" / there.chosen["candidate"]
+    summary = json.loads((chosen / "summary.json").read_text())
+    assert summary["variants"]["float32"]["path"].startswith(str(chosen.resolve()))
+    assert not (chosen / ".lock").exists()  # the node's lock stays there
+    # Resumed on the cluster: every trial stored, the finalist's build cached (sent back and forth).
+    logs.clear()
+    again = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "there",
+                      log=logs.append, final_build=False)
+    assert again.trials_run == 0 and again.chosen["candidate"] == there.chosen["candidate"]
+    assert not any("[train] epoch" in m for m in logs)
+
+
+@pytest.mark.integration
+def test_a_lost_worker_node_loses_no_stored_trial(cluster, stand_in_cost, tmp_path):
+    """Two trials at once; the worker node is killed (its process group, SIGKILL) once the
+    first trial is stored: its jobs are run again on the head, and the search completes."""
+    from optuna.trial import TrialState
+
+    recipe = _recipe(tmp_path, concurrency=2)
+    out = tmp_path / "search"
+    result, errors = {}, []
+
+    def run():
+        try:
+            result["search"] = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=out, log=quiet,
+                                         final_build=False)
+        except BaseException as e:  # reported by the test below
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    stored = _wait_for_a_stored_trial(out, thread)
+    os.killpg(cluster._groups[1], signal.SIGKILL)  # the second `ray start`: the worker node
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the search did not end after the worker node was lost"
+    assert not errors, errors
+    res = result["search"]
+    after = {t.number: t for t in _study(out).trials}
+    for number, (candidate, value) in stored.items():
+        assert after[number].state == TrialState.COMPLETE
+        assert (after[number].user_attrs["candidate"], after[number].value) == (candidate, value)
+    assert set(_top1(res)) == set(LATENCY_MS) and res.chosen["candidate"] in LATENCY_MS
+
+
+def _study(out):
+    import optuna
+
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _wait_for_a_stored_trial(out, thread, timeout_s: float = 240.0):
+    """{number: (candidate, value)} of the complete trials, once there is one."""
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and thread.is_alive():
+        if (out / "study.db").exists():
+            try:
+                done = [t for t in _study(out).trials if t.state == TrialState.COMPLETE]
+            except ValueError:  # the study is not created yet
+                done = []
+            if done:
+                return {t.number: (t.user_attrs["candidate"], t.value) for t in done}
+        time.sleep(0.5)
+    raise AssertionError("no trial was stored in time")
