@@ -14,6 +14,8 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -25,10 +27,11 @@ from pipeline.search import space as ss
 from pipeline.search import study as se
 from tests.helpers.ray_cluster import LocalCluster
 from tests.helpers.stages import quiet
+from tests.test_blockstudy import stand_ins  # noqa: F401 (a fixture)
 
 RECIPE = {
     "name": "raysearch",
-    "data": {"dataset": "shapes", "train_samples": 64, "val_samples": 32, "test_samples": 32},
+    "data": {"dataset": "shapes", "train_samples": 64, "val_samples": 16, "test_samples": 16},
     "model": {"family": "mobilenet_v1", "alpha": 0.25, "input_size": 32, "channels": 1, "first_stride": 1},
     "train": {"epochs": 1, "batch_size": 32},
     "prune": {"enabled": False},
@@ -71,6 +74,69 @@ def test_concurrency_defaults_to_one_and_does_not_change_the_study(tmp_path):
     budget = ss.Budget(1.0)
     # Stored trials stay valid whatever the concurrency: an interrupted search resumes with another.
     assert se.study_key(one, "pixel4", "float32", budget) == se.study_key(four, "pixel4", "float32", budget)
+
+
+# -- several trials at once, with stand-ins ----------------------------------------------------
+
+class Concurrent:
+    """Stand-in proxy trainings in threads: each takes a moment; the most at once is kept."""
+
+    def __init__(self, top1):
+        self.top1, self.running, self.most, self.trained = top1, 0, 0, []
+        self.lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(4)
+
+    def start(self, builds, recipe, arch, root, log, epochs=None):
+        def train():
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            time.sleep(0.5)  # longer than asking and pricing the next trial
+            with self.lock:
+                self.running -= 1
+                self.trained.append((arch.name, epochs))
+            top1 = self.top1(arch.name, epochs)
+            return {"proxy_val_top1": top1, "proxy_test_top1": top1, "proxy_wall_s": 0.2}
+
+        return self.pool.submit(train)
+
+
+def test_grid_trials_run_two_at_once_and_are_all_stored(tmp_path, stand_in_cost, monkeypatch):
+    from optuna.trial import TrialState
+
+    recipe = _recipe(tmp_path, concurrency=2)
+    jobs = Concurrent(lambda name, epochs: {"mobilenet_v1-0.25-32": 60.0, "mobilenet_v1-0.5-32": 70.0}[name])
+    monkeypatch.setattr(se, "start_proxy", jobs.start)
+    study, ran = se.run_trials(recipe, "pixel4", "float32", ss.Budget(1.0), 4, tmp_path,
+                               lambda m: None, SimpleNamespace(inline=False, concurrency=2))
+    assert ran == 2 and jobs.most == 2 and sorted(n for n, _ in jobs.trained) == sorted(LATENCY_MS)
+    told = {t.user_attrs["candidate"]: (t.state, t.value) for t in study.trials}
+    assert told == {"mobilenet_v1-0.25-32": (TrialState.COMPLETE, 60.0),
+                    "mobilenet_v1-0.5-32": (TrialState.COMPLETE, 70.0)}
+
+
+def test_block_trials_run_two_at_once_through_their_rungs(tmp_path, stand_ins, monkeypatch):  # noqa: F811
+    from optuna.trial import TrialState
+    from pipeline.search import blockstudy as bs
+    from tests.test_blockstudy import StandInTable, _recipe as blocks_recipe
+
+    recipe = blocks_recipe(tmp_path, concurrency=2, trials=3)
+    jobs = Concurrent(lambda name, epochs: 50.0 + 2 * int(name[1:3], 16) % 40 + epochs)
+    monkeypatch.setattr(bs, "start_proxy", jobs.start)
+    budget = ss.Budget(2.0)  # every genotype fits (at most 1.5 ms by the stand-in): each proposal is trained
+    study = se.open_study(recipe, "camera-a53", "int8-qat", budget, tmp_path, lambda m: None)
+    screen = StandInTable(recipe, "camera-a53", "int8-qat", 10, budget, lambda m: None)
+    phase = bs.BlockPhase(study, recipe, "camera-a53", "int8-qat", budget, 10, tmp_path, lambda m: None,
+                          screen=screen, builds=SimpleNamespace(inline=False, concurrency=2))
+    counts = phase.run(0.0)
+    assert counts["trained"] == 3 and jobs.most == 2 and not stand_ins["trained"]
+    trained = {t.user_attrs["candidate"]: t for t in study.trials if t.user_attrs.get("rungs")}
+    assert len(trained) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trained.values())
+    for name, t in trained.items():  # every rung a job; a promoted trial trained 1 then 3 epochs
+        epochs = [e for n, e in jobs.trained if n == name]
+        assert epochs in ([1], [1, 3]) and set(t.user_attrs["rungs"]) == {str(e) for e in epochs}
+        assert (t.state == TrialState.COMPLETE) == (epochs == [1, 3])
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
 # -- on the cluster ----------------------------------------------------------------------------
@@ -125,12 +191,6 @@ def test_the_cluster_search_chooses_as_the_local_one(cluster, stand_in_cost, tmp
     summary = json.loads((chosen / "summary.json").read_text())
     assert summary["variants"]["float32"]["path"].startswith(str(chosen.resolve()))
     assert not (chosen / ".lock").exists()  # the node's lock stays there
-    # Resumed on the cluster: every trial stored, the finalist's build cached (sent back and forth).
-    logs.clear()
-    again = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "there",
-                      log=logs.append, final_build=False)
-    assert again.trials_run == 0 and again.chosen["candidate"] == there.chosen["candidate"]
-    assert not any("[train] epoch" in m for m in logs)
 
 
 @pytest.mark.integration
@@ -163,6 +223,12 @@ def test_a_lost_worker_node_loses_no_stored_trial(cluster, stand_in_cost, tmp_pa
         assert after[number].state == TrialState.COMPLETE
         assert (after[number].user_attrs["candidate"], after[number].value) == (candidate, value)
     assert set(_top1(res)) == set(LATENCY_MS) and res.chosen["candidate"] in LATENCY_MS
+    # Resumed: every trial stored; the finalist's build, sent to a node and back, is cached.
+    logs = []
+    again = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=out, log=logs.append,
+                      final_build=False)
+    assert again.trials_run == 0 and again.chosen["candidate"] == res.chosen["candidate"]
+    assert any("resuming" in m for m in logs) and not any("[train] epoch" in m for m in logs)
 
 
 def _study(out):
