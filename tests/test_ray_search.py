@@ -3,10 +3,12 @@
 The recipe is a grid of two MobileNetV1 widths at 32x32 (64 training images, one float
 epoch, no compression): the proxy trainings and the finalist's full recipe are real
 builds, run as jobs on the cluster and unpacked into the search folder; the device cost
-of each candidate (an emulated run, on this machine either way) is a stand-in. With
-``search.concurrency: 1`` the cluster's search chooses as the local one; with two, a
-worker node killed after the first trial is stored loses no stored trial and the search
-completes. The concurrency key's validation is a unit test.
+of each candidate (an emulated run, on this machine either way) is a stand-in. The
+search runs here, then on the cluster with ``search.concurrency: 1``, where the worker
+node is killed once the first trial is stored: it chooses as the local one, with the
+same figures, keeps every stored trial, completes and resumes without training.
+Without a cluster: the concurrency key's validation, an unreachable ``--ray``, and
+grid and block trials two at once with stand-in trainings.
 """
 
 import json
@@ -74,6 +76,21 @@ def test_concurrency_defaults_to_one_and_does_not_change_the_study(tmp_path):
     budget = ss.Budget(1.0)
     # Stored trials stay valid whatever the concurrency: an interrupted search resumes with another.
     assert se.study_key(one, "pixel4", "float32", budget) == se.study_key(four, "pixel4", "float32", budget)
+
+
+def test_search_at_an_address_where_nothing_answers_fails_at_once(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    assert "--ray ADDRESS" in CliRunner().invoke(main, ["search", "--help"]).output
+    res = CliRunner().invoke(main, ["search", str(tmp_path / "r.yaml"), "--device", "pixel4", "--latency-ms", "1",
+                                    "--variant", "float32", "--out", str(tmp_path / "s"), "--ray", "127.0.0.1:1"])
+    assert res.exit_code == 3, res.output
+    assert res.output.startswith("error: cannot reach the Ray head at 127.0.0.1:1: ")
+    assert not (tmp_path / "s").exists()
 
 
 # -- several trials at once, with stand-ins ----------------------------------------------------
@@ -154,80 +171,96 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
+def _stand_in_cost(recipe, cand, device, variant, classes, log):
+    return {"candidate": cand.name, "loaded": True, "latency_ms": LATENCY_MS[cand.name], "memory_mb": 1.0,
+            "size_kb": 50.0, "cached": True}
+
+
 @pytest.fixture
 def stand_in_cost(monkeypatch):
     """The emulated cost of a candidate (tier 1) replaced; both candidates fit 1 ms."""
-    def cost(recipe, cand, device, variant, classes, log):
-        return {"candidate": cand.name, "loaded": True, "latency_ms": LATENCY_MS[cand.name], "memory_mb": 1.0,
-                "size_kb": 50.0, "cached": True}
-
-    monkeypatch.setattr(se, "candidate_cost", cost)
+    monkeypatch.setattr(se, "candidate_cost", _stand_in_cost)
 
 
 def _top1(result):
     return {r["candidate"]: r["proxy_val_top1"] for r in result.rows}
 
 
-@pytest.mark.integration
-def test_the_cluster_search_chooses_as_the_local_one(cluster, stand_in_cost, tmp_path):
-    recipe = _recipe(tmp_path)
-    address = connected()
-    disconnect()
+@pytest.fixture(scope="module")
+def searches(cluster, tmp_path_factory):
+    """The search here, then on the cluster, where the worker node is killed (SIGKILL to
+    its process group, the second ``ray start``) once the first trial is stored.
+
+    Returns:
+        (the recipe, the local result, the cluster's, its folder, {number: (candidate,
+        value)} of the trials stored before the kill).
+    """
+    mp = pytest.MonkeyPatch()
+    mp.setattr(se, "candidate_cost", _stand_in_cost)
+    root = tmp_path_factory.mktemp("searches")
+    recipe = _recipe(root)
     try:
-        here = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "here", log=quiet,
-                         final_build=False)
+        address = connected()
+        disconnect()
+        try:
+            here = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=root / "here", log=quiet,
+                             final_build=False)
+        finally:
+            connect(address)
+        out, result, errors = root / "there", {}, []
+
+        def run():
+            try:
+                result["search"] = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=out,
+                                             log=quiet, final_build=False)
+            except BaseException as e:  # reported by the tests
+                errors.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        stored = _wait_for_a_stored_trial(out, thread)
+        os.killpg(cluster._groups[1], signal.SIGKILL)
+        thread.join(timeout=300)
+        assert not thread.is_alive(), "the search did not end after the worker node was lost"
+        assert not errors, errors
+        yield recipe, here, result["search"], out, stored
     finally:
-        connect(address)
-    logs = []
-    there = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=tmp_path / "there",
-                      log=logs.append, final_build=False)
+        mp.undo()
+
+
+@pytest.mark.integration
+def test_the_cluster_search_chooses_as_the_local_one(searches):
+    _, here, there, out, _ = searches
     assert there.chosen["candidate"] == here.chosen["candidate"]
     assert _top1(there) == _top1(here)
     assert [f["val_top1"] for f in there.finalists] == [f["val_top1"] for f in here.finalists]
     # Built on the nodes, kept where a local search keeps them, paths included.
     for name in LATENCY_MS:
-        assert (tmp_path / "there" / "proxy" / name / "keras" / "float.h5").is_file()
-    chosen = tmp_path / "there" / "finalists" / there.chosen["candidate"]
+        assert (out / "proxy" / name / "keras" / "float.h5").is_file()
+    chosen = out / "finalists" / there.chosen["candidate"]
     summary = json.loads((chosen / "summary.json").read_text())
     assert summary["variants"]["float32"]["path"].startswith(str(chosen.resolve()))
     assert not (chosen / ".lock").exists()  # the node's lock stays there
 
 
 @pytest.mark.integration
-def test_a_lost_worker_node_loses_no_stored_trial(cluster, stand_in_cost, tmp_path):
-    """Two trials at once; the worker node is killed (its process group, SIGKILL) once the
-    first trial is stored: its jobs are run again on the head, and the search completes."""
+def test_a_lost_worker_node_loses_no_stored_trial(searches):
+    """The worker node was killed once the first trial was stored: its job (if it ran
+    one) was run again on the head; every stored trial is kept and the search completed."""
     from optuna.trial import TrialState
 
-    recipe = _recipe(tmp_path, concurrency=2)
-    out = tmp_path / "search"
-    result, errors = {}, []
-
-    def run():
-        try:
-            result["search"] = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=out, log=quiet,
-                                         final_build=False)
-        except BaseException as e:  # reported by the test below
-            errors.append(e)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    stored = _wait_for_a_stored_trial(out, thread)
-    os.killpg(cluster._groups[1], signal.SIGKILL)  # the second `ray start`: the worker node
-    thread.join(timeout=300)
-    assert not thread.is_alive(), "the search did not end after the worker node was lost"
-    assert not errors, errors
-    res = result["search"]
+    recipe, _, there, out, stored = searches
     after = {t.number: t for t in _study(out).trials}
     for number, (candidate, value) in stored.items():
         assert after[number].state == TrialState.COMPLETE
         assert (after[number].user_attrs["candidate"], after[number].value) == (candidate, value)
-    assert set(_top1(res)) == set(LATENCY_MS) and res.chosen["candidate"] in LATENCY_MS
-    # Resumed: every trial stored; the finalist's build, sent to a node and back, is cached.
+    assert set(_top1(there)) == set(LATENCY_MS) and there.chosen["candidate"] in LATENCY_MS
+    # Resumed on the head alone: every trial stored; the finalist's build, sent to the node
+    # and back, is cached.
     logs = []
     again = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=out, log=logs.append,
                       final_build=False)
-    assert again.trials_run == 0 and again.chosen["candidate"] == res.chosen["candidate"]
+    assert again.trials_run == 0 and again.chosen["candidate"] == there.chosen["candidate"]
     assert any("resuming" in m for m in logs) and not any("[train] epoch" in m for m in logs)
 
 

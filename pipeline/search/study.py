@@ -12,7 +12,9 @@ multiplier x input size, :mod:`pipeline.search.space`) in two tiers:
    checks included.
 
 Trials live in an Optuna study (SQLite in the search directory): an interrupted
-search continues from its stored trials. The study's name holds a hash of
+search continues from its stored trials. The trainings run where
+:class:`pipeline.search.jobs.Builds` puts them (here, or as jobs on a Ray cluster),
+``search.concurrency`` trials at once (ask and tell; with 1, one after the other). The study's name holds a hash of
 everything that makes a result valid (the recipe without ``trials``/``finalists``,
 device, variant, budgets, threads), so a changed budget or space starts its own
 study instead of reusing incompatible results.
