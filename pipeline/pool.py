@@ -45,7 +45,7 @@ RETRIES = 2
 CONNECT_TIMEOUT_S = 5.0
 
 __all__ = ["ADDRESS_ENV", "RETRIES", "JobError", "Needs", "Pool", "cluster_address", "connect", "connected",
-           "device_resource", "disconnect", "open_pool"]
+           "device_resource", "disconnect", "largest_node_cpus", "open_pool"]
 
 
 class JobError(RuntimeError):
@@ -119,6 +119,16 @@ def disconnect() -> None:
 
         ray.shutdown()
         _joined["address"] = None
+
+
+def largest_node_cpus() -> Optional[float]:
+    """The CPUs of the largest live node of the cluster this process joined (None on this
+    machine): a job that asks for more would wait for a node that never comes."""
+    if connected() is None:
+        return None
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
 
 
 def _probe(address: str) -> None:

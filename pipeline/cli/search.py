@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.common import logger
+from pipeline.cli.common import join_cluster, logger, ray_option
 from pipeline.devices.profiles import DEVICES
 from pipeline.errors import EXIT_GATE_FAILED
 from pipeline.recipe.schema import SEARCH_SPACES
@@ -34,8 +34,10 @@ from pipeline.search.space import SEARCH_VARIANTS
 @click.option("--no-final-build", is_flag=True, help="Write chosen.yaml but do not build it.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the final tables.")
 @click.option("--json", "as_json", is_flag=True, help="Print the search result as JSON on stdout.")
+@ray_option("the proxy trainings and the finalists' full recipes (search.concurrency at once), and the "
+            "chosen build's device matrix")
 def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, space, time_budget_s, smoke, out,
-           no_final_build, quiet, as_json):
+           no_final_build, quiet, as_json, ray_address):
     """Find the most accurate model of RECIPE's search space that meets the budgets on DEVICE.
 
     Each candidate (family, width, input size) first gets its cost on the device from
@@ -49,8 +51,8 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, spac
     continues the stored study.
 
     Exit codes: 0 found and its build meets the budgets; 1 no candidate fits, or the
-    chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable;
-    4 internal error.
+    chosen build missed a budget; 2 bad recipe or option; 3 device runtime unavailable,
+    or the Ray cluster (--ray) unreachable or a job lost on it; 4 internal error.
     """
     from pipeline.errors import BudgetExceededError, ConfigError
     from pipeline.recipe.load import load_recipe
@@ -74,6 +76,7 @@ def search(recipe, device, latency_ms, memory_mb, size_kb, variant, trials, spac
         raise ConfigError(f"--variant {variant!r} is not a variant recipe {r.name} builds; valid: "
                           f"{', '.join(v for v in r.convert.variants if v in SEARCH_VARIANTS)}")
     log = logger(quiet or as_json)
+    join_cluster(ray_address, log)
     try:
         res = run_search(r, device, budget, variant=variant, trials=trials, out=out, log=log,
                          final_build=not no_final_build)

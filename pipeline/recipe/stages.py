@@ -156,6 +156,9 @@ class SearchConfig:
         rungs, reduction: successive halving of the ``blocks`` space: rung ``r``
             trains ``proxy_epochs x reduction**r`` epochs, and a candidate goes on to
             the next rung only when it is in the best ``1/reduction`` of its rung.
+        concurrency: trials the search keeps running at once (each a job of a pool:
+            worker processes here, or Ray tasks on a cluster). 1: one trial at a time,
+            asked and told in order, so the search chooses as on this machine.
     """
 
     families: Tuple[str, ...] = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small")
@@ -169,6 +172,7 @@ class SearchConfig:
     time_budget_s: float = 0.0
     rungs: int = 2
     reduction: int = 3
+    concurrency: int = 1
 
     def validate(self, where: str) -> None:
         check_choices(where, "families", self.families, MODEL_FAMILIES)
@@ -198,6 +202,7 @@ class SearchConfig:
         check_positive_int(where, "proxy_epochs", self.proxy_epochs)
         check_non_negative_int(where, "proxy_train_samples", self.proxy_train_samples, " (0: the recipe's)")
         check_positive_int(where, "finalists", self.finalists)
+        check_positive_int(where, "concurrency", self.concurrency)
         for key in ("alphas", "input_sizes"):
             values = getattr(self, key)
             if len(set(values)) != len(values):

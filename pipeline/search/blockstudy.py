@@ -52,6 +52,7 @@ budget: once the budget less the finalists' reserve is spent, a reference whose 
 is not cached is left out and a fitting one is not trained (:func:`reference_rows`).
 """
 
+import concurrent.futures as cf
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -59,7 +60,8 @@ from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.blockspace import (EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM, KERNELS, SKELETON, SPACE,
                                         STEMS, WIDTH_MULTS, Frame, StageChoice, genotype_of, sample_distinct)
 from pipeline.search.cost import candidate_cost, genotype_cost
-from pipeline.search.proxy import proxy_accuracy
+from pipeline.search.jobs import Builds, done_future
+from pipeline.search.proxy import proxy_accuracy, start_proxy
 from pipeline.search.space import Arch, Budget, space
 from pipeline.variants import VARIANTS
 from pipeline.errors import Log
@@ -185,11 +187,23 @@ def _cost_attrs(cost: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in cost.items() if k != "instructions_by_class"}
 
 
+class _Training:
+    """A trial in training: its candidate, the rung running (its future) and the rungs' top-1 so far."""
+
+    def __init__(self, trial, arch: Arch):
+        self.trial, self.arch, self.rung = trial, arch, 0
+        self.rungs: Dict[str, float] = {}
+        self.future: Optional[cf.Future] = None
+
+
 class BlockPhase:
-    """The trial phase over genotypes: proposals, gates, rungs; results in the study."""
+    """The trial phase over genotypes: proposals, gates, rungs; results in the study.
+
+    ``builds`` runs the proxy trainings (:class:`pipeline.search.jobs.Builds`; default:
+    here, or the cluster this process joined, ``search.concurrency`` at once)."""
 
     def __init__(self, study, recipe: Recipe, device: str, variant: str, budget: Budget, classes: int,
-                 root, log: Log, screen: Optional[TableScreen] = None):
+                 root, log: Log, screen: Optional[TableScreen] = None, builds: Optional[Builds] = None):
         self.study, self.recipe, self.device, self.variant = study, recipe, device, variant
         self.budget, self.classes, self.root, self.log = budget, classes, root, log
         self.screen = screen or TableScreen(recipe, device, variant, classes, budget, log)
@@ -197,6 +211,9 @@ class BlockPhase:
         self.epochs = [s.proxy_epochs * s.reduction ** r for r in range(s.rungs)]
         self._walls: List[float] = []  # rung-0 proxy walls of this run
         self.out_of_time = False
+        self.builds = builds or Builds(s.concurrency)
+        self._jobs: Dict[cf.Future, _Training] = {}  # trials in training, by their running rung
+        self._wait = False  # a proposal was in training: no new one until a rung ends
 
     def stored(self) -> Dict[str, Any]:
         """Done trials by candidate name (the first of each)."""
@@ -239,32 +256,50 @@ class BlockPhase:
         return not s.time_budget_s or \
             time.perf_counter() - t0 + needed_s + self.reserve_s(extra) < s.time_budget_s
 
-    def _train(self, trial, arch: Arch, t0: float = 0.0) -> None:
-        """Gate 3: the rungs of successive halving."""
+    def _proxy(self, arch: Arch, epochs: int) -> cf.Future:
+        """Starts a rung's proxy build: here and now, or as a job (:mod:`pipeline.search.jobs`)."""
+        if self.builds.inline:
+            return done_future(lambda: proxy_accuracy(self.recipe, arch, self.root, self.log, epochs))
+        return start_proxy(self.builds, self.recipe, arch, self.root, self.log, epochs)
+
+    def _start_rung(self, job: "_Training", t0: float) -> bool:
+        """Gate 3: starts the job's next rung of successive halving; False when the time
+        budget stops it (the trial is then stored)."""
         from optuna.trial import TrialState
 
-        rungs: Dict[str, float] = {}
-        for r, epochs in enumerate(self.epochs):
-            if r and not self.time_left(t0, epochs * self.epoch_s(), extra=1):
-                self.log(f"[search] trial {trial.number}: promoted, but rung {r} would not leave the "
-                         f"finalists their time: stopped at rung {r - 1}")
-                self.study.tell(trial, state=TrialState.PRUNED)
-                return
-            acc = proxy_accuracy(self.recipe, arch, self.root, self.log, epochs)
-            rungs[str(epochs)] = acc["proxy_val_top1"]
-            if r == 0:
-                trial.set_user_attr("proxy", acc)
-                self._walls.append(float(acc.get("proxy_wall_s", 0.0)))
-            trial.set_user_attr("rungs", rungs)
-            trial.report(acc["proxy_val_top1"], epochs)
-            self.log(f"[search] trial {trial.number}: {arch.name}: rung {r} ({epochs} epochs) "
-                     f"val top-1 {acc['proxy_val_top1']:.1f}%")
-            if r + 1 < len(self.epochs) and trial.should_prune():
-                self.log(f"[search] trial {trial.number}: not in the best 1/{self.recipe.search.reduction} "
-                         f"of rung {r}: stopped")
-                self.study.tell(trial, state=TrialState.PRUNED)
-                return
-        self.study.tell(trial, acc["proxy_val_top1"])
+        r, epochs = job.rung, self.epochs[job.rung]
+        if r and not self.time_left(t0, epochs * self.epoch_s(), extra=1 + len(self._jobs)):
+            self.log(f"[search] trial {job.trial.number}: promoted, but rung {r} would not leave the "
+                     f"finalists their time: stopped at rung {r - 1}")
+            self.study.tell(job.trial, state=TrialState.PRUNED)
+            return False
+        job.future = self._proxy(job.arch, epochs)
+        return True
+
+    def _rung_done(self, job: "_Training", acc: Dict[str, Any], t0: float) -> bool:
+        """Stores a finished rung; starts the next one when the trial is promoted (True),
+        else stores the trial (False)."""
+        from optuna.trial import TrialState
+
+        trial, r, epochs = job.trial, job.rung, self.epochs[job.rung]
+        job.rungs[str(epochs)] = acc["proxy_val_top1"]
+        if r == 0:
+            trial.set_user_attr("proxy", acc)
+            self._walls.append(float(acc.get("proxy_wall_s", 0.0)))
+        trial.set_user_attr("rungs", job.rungs)
+        trial.report(acc["proxy_val_top1"], epochs)
+        self.log(f"[search] trial {trial.number}: {job.arch.name}: rung {r} ({epochs} epochs) "
+                 f"val top-1 {acc['proxy_val_top1']:.1f}%")
+        if r + 1 < len(self.epochs) and trial.should_prune():
+            self.log(f"[search] trial {trial.number}: not in the best 1/{self.recipe.search.reduction} "
+                     f"of rung {r}: stopped")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return False
+        if r + 1 == len(self.epochs):
+            self.study.tell(trial, acc["proxy_val_top1"])
+            return False
+        job.rung += 1
+        return self._start_rung(job, t0)
 
     def _ptq_rejects(self, trial, genotype, size: int, name: str) -> bool:
         """For int8-qat: whether the proposal's int8 PTQ graph, a lower bound of its QAT
@@ -285,14 +320,19 @@ class BlockPhase:
                  "over budget, QAT graph not converted")
         return True
 
-    def propose(self, trial, t0: float = 0.0) -> bool:
-        """One proposal through the gates; True when it was trained."""
+    def propose(self, trial, t0: float = 0.0) -> Optional["_Training"]:
+        """One proposal through gates 1 and 2; its training when it passed them (rung 0 started)."""
         from optuna.trial import TrialState
 
         g, size = suggest(trial, self.recipe.search.input_sizes)
         arch = genotype_arch(g, size)
         trial.set_user_attr("candidate", arch.name)
         trial.set_user_attr("model", arch.model)
+        if arch.name in {j.arch.name for j in self._jobs.values()}:
+            # In training: the sampler is asked again once a running trial ends.
+            self.study.tell(trial, state=TrialState.FAIL)
+            self._wait = True
+            return None
         prior = self.stored().get(arch.name)
         if prior is not None:  # proposed again: its figures are known, nothing is counted
             for k, v in prior.user_attrs.items():
@@ -304,7 +344,7 @@ class BlockPhase:
                 self.study.tell(trial, prior.value)
             else:
                 self.study.tell(trial, state=TrialState.PRUNED)
-            return False
+            return None
         pred = self.screen.predict(g, size)
         if pred is not None:
             trial.set_user_attr("predicted", {k: pred[k] for k in ("latency_ms", "latency_cycles", "parts")})
@@ -314,11 +354,11 @@ class BlockPhase:
                                      f"{self.budget.latency_ms:g} ms (per-block table)"], over, "table")
                 self.log(f"[search] proposal {trial.number}: {arch.name}: table predicts "
                          f"{pred['latency_ms']:.3f} ms -> over budget, not emulated")
-                return False
+                return None
         # The table already priced the PTQ graph (to within its 0.25%): emulating it too
         # would decide the same.
         if pred is None and self._ptq_rejects(trial, g, size, arch.name):
-            return False
+            return None
         cost = genotype_cost(self.recipe, g, size, self.device, self.variant, self.classes, self.log)
         trial.set_user_attr("cost", _cost_attrs(cost))
         misses = self.budget.misses(cost)
@@ -326,28 +366,37 @@ class BlockPhase:
             self._reject(trial, misses, excess(cost, self.budget), "emulation")
             self.log(f"[search] proposal {trial.number}: {arch.name}: emulated -> over budget: "
                      f"{'; '.join(misses)}")
-            return False
+            return None
         over = excess(cost, self.budget)
         trial.set_user_attr("misses", [])
         trial.set_user_attr("excess", over)
         trial.set_constraint("budget", min(over, 0.0))
         what = (f"{arch.name} ({g.text()}): {cost['latency_ms']:.3f} ms, {cost['memory_mb']:.2f} MiB, "
                 f"{cost['size_kb']:.1f} KiB -> fits")
-        if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s(), extra=1):
+        if not self.time_left(t0, self.recipe.search.proxy_epochs * self.epoch_s(), extra=1 + len(self._jobs)):
             # Training it would leave one more finalist than the time budget can build.
             trial.set_user_attr("untrained", "time budget")
             self.study.tell(trial, state=TrialState.PRUNED)
             self.out_of_time = True
             self.log(f"[search] proposal {trial.number}: {what}, but training it would not leave the "
                      "finalists their time: not trained")
-            return False
+            return None
         self.log(f"[search] trial {trial.number}: {what}, proxy training")
-        self._train(trial, arch, t0)
-        return True
+        job = _Training(trial, arch)
+        self._start_rung(job, t0)
+        return job
 
     def run(self, t0: float) -> Dict[str, Any]:
         """Proposes until ``search.trials`` candidates are trained, the time budget is spent
-        or too many proposals in a row miss. Returns counts of what happened."""
+        or too many proposals in a row miss, keeping up to ``search.concurrency`` trials
+        in training (with 1, each is trained before the next proposal). Returns counts of
+        what happened.
+
+        Raises:
+            the first failed training's error, once the other running trials are stored.
+        """
+        from optuna.trial import TrialState
+
         s = self.recipe.search
         target = s.trials
         done = self.trained()
@@ -355,21 +404,42 @@ class BlockPhase:
             self.log(f"[search] resuming {self.study.study_name}: {done} candidate(s) trained, "
                      f"{max(target - done, 0)} to go")
         proposals = trained = 0
-        self.out_of_time = False
-        while done + trained < target and not self.out_of_time:
-            # Pricing a proposal is cheap; training one is checked in propose.
-            if not self.time_left(t0):
-                self.out_of_time = True
-                self.log(f"[search] time budget of {s.time_budget_s:g} s: {time.perf_counter() - t0:.0f} s "
-                         f"spent, {self.reserve_s():.0f} s kept for the finalists and the chosen build: "
-                         "no new trial")
+        self.out_of_time, self._jobs, self._wait = False, {}, False
+        error, stop = None, False
+        while True:
+            while error is None and not (stop or self._wait or self.out_of_time) and \
+                    len(self._jobs) < s.concurrency and done + trained < target:
+                # Pricing a proposal is cheap; training one is checked in propose.
+                if not self.time_left(t0):
+                    self.out_of_time = True
+                    self.log(f"[search] time budget of {s.time_budget_s:g} s: {time.perf_counter() - t0:.0f} s "
+                             f"spent, {self.reserve_s():.0f} s kept for the finalists and the chosen build: "
+                             "no new trial")
+                    break
+                if proposals >= PROPOSALS_PER_TRIAL * (trained + 1):
+                    self.log(f"[search] {proposals} proposals, {trained} within the budget: giving up")
+                    stop = True
+                    break
+                trial = self.study.ask()
+                proposals += 1
+                job = self.propose(trial, t0)
+                if job is not None:
+                    trained += 1
+                    self._jobs[job.future] = job
+            if not self._jobs:
                 break
-            if proposals >= PROPOSALS_PER_TRIAL * (trained + 1):
-                self.log(f"[search] {proposals} proposals, {trained} within the budget: giving up")
-                break
-            trial = self.study.ask()
-            proposals += 1
-            trained += self.propose(trial, t0)
+            finished, _ = cf.wait(list(self._jobs), return_when=cf.FIRST_COMPLETED)
+            self._wait = False
+            for future in sorted(finished, key=lambda f: self._jobs[f].trial.number):
+                job = self._jobs.pop(future)
+                try:
+                    if self._rung_done(job, future.result(), t0):
+                        self._jobs[job.future] = job
+                except BaseException as e:  # the other running trials are stored first
+                    self.study.tell(job.trial, state=TrialState.FAIL)
+                    error = error or e
+        if error is not None:
+            raise error
         return {"proposals": proposals, "trained": trained, "out_of_time": self.out_of_time}
 
 
@@ -390,7 +460,7 @@ def full_recipe_epochs(recipe: Recipe) -> float:
 
 
 def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root,
-                   log: Log, deadline: Optional[float] = None) -> List[Dict[str, Any]]:
+                   log: Log, deadline: Optional[float] = None, builds: Optional[Builds] = None) -> List[Dict[str, Any]]:
     """The hand-designed candidates of the recipe's grid, priced and (when they fit)
     trained with the rung-0 proxy schedule: the reference the searched genotypes are
     compared with (cached: each cost once per core, each proxy build once).
@@ -417,7 +487,8 @@ def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, cl
                     "(time budget)")
             else:
                 log(f"[search] hand-designed {cand.name}: {cost['latency_ms']:.3f} ms -> fits, proxy training")
-                row["proxy"] = proxy_accuracy(recipe, Arch.of(cand), root, log)
+                on = {} if builds is None or builds.inline else {"builds": builds}  # a job where builds run
+                row["proxy"] = proxy_accuracy(recipe, Arch.of(cand), root, log, **on)
         rows.append(row)
     if skipped:
         log(f"[search] time budget: {len(skipped)} hand-designed reference(s) not priced (not in the cost "

@@ -1,11 +1,13 @@
 """The recipes a search builds: a candidate's short proxy recipe and its full chosen recipe."""
 
 import dataclasses
+from pathlib import Path
 from typing import Optional, Union
 
 import yaml
 
 from pipeline.recipe.schema import Recipe
+from pipeline.store.atomic import atomic_write_text
 from pipeline.search.space import Arch, Budget, Candidate, check_variant
 
 
@@ -47,3 +49,37 @@ def recipe_yaml(recipe: Recipe, header: str = "") -> str:
     """A recipe as YAML, loadable with ``load_recipe``; ``header`` becomes leading comments."""
     lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return lines + yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def search_command(recipe: Recipe, device: str, budget: Budget, variant: str) -> str:
+    """The ``mobile-model search`` command line that repeats this search (for chosen.yaml)."""
+    flags = f"--latency-ms {budget.latency_ms:g}"
+    if budget.memory_mb is not None:
+        flags += f" --memory-mb {budget.memory_mb:g}"
+    if budget.size_kb is not None:
+        flags += f" --size-kb {budget.size_kb:g}"
+    if recipe.search.space != "grid":
+        flags += f" --space {recipe.search.space}"
+    if recipe.search.time_budget_s:
+        flags += f" --time-budget-s {recipe.search.time_budget_s:g}"
+    return f"mobile-model search {recipe.name} --device {device} {flags} --variant {variant}"
+
+
+def write_chosen(recipe: Recipe, device: str, variant: str, budget: Budget, row, best, root: Path):
+    """Writes ``root/chosen.yaml``, the full recipe of the search table row ``row`` whose
+    finalist build ``best`` was chosen; returns (recipe, path)."""
+    arch = Arch(row["candidate"], dict(row["model"]))
+    chosen = chosen_recipe(recipe, arch, device, variant, budget)
+    path = root / "chosen.yaml"
+    what = arch.name
+    if arch.model.get("genotype"):
+        from models.genotype import Genotype
+
+        what += f" ({Genotype.from_dict(arch.model['genotype']).text()})"
+    atomic_write_text(path, recipe_yaml(chosen, (
+        f"mobile-model build {path}\n\n"
+        f"Chosen by `{search_command(recipe, device, budget, variant)}`:\n"
+        f"{what}, estimated {row['latency_ms']:.3f} ms, "
+        f"{row['memory_mb']:.2f} MiB, {row['size_kb']:.1f} KiB on {device} (random-weight run);\n"
+        f"{variant} top-1 {best['test_top1']:.2f}% (test) after the full recipe.")))
+    return chosen, path

@@ -12,7 +12,9 @@ multiplier x input size, :mod:`pipeline.search.space`) in two tiers:
    checks included.
 
 Trials live in an Optuna study (SQLite in the search directory): an interrupted
-search continues from its stored trials. The study's name holds a hash of
+search continues from its stored trials. The trainings run where
+:class:`pipeline.search.jobs.Builds` puts them (here, or as jobs on a Ray cluster),
+``search.concurrency`` trials at once (ask and tell; with 1, one after the other). The study's name holds a hash of
 everything that makes a result valid (the recipe without ``trials``/``finalists``,
 device, variant, budgets, threads), so a changed budget or space starts its own
 study instead of reusing incompatible results.
@@ -24,12 +26,13 @@ Layout of a search directory (default ``build/search/<recipe>-<device>/``)::
     finalists/<candidate>/ full builds; the chosen one also has devices/, report, bundle/
 """
 
+import concurrent.futures as cf
 import dataclasses
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from pipeline.errors import BudgetExceededError, Log
 from pipeline.latency.reference import noop
@@ -38,10 +41,11 @@ from pipeline.search.cost import COST_VERSION, candidate_cost
 from pipeline.search.pareto import pareto_front, write_outputs
 from pipeline.search.blockstudy import BlockPhase, reference_rows
 from pipeline.search.floor import below_floor, space_floor, warm_start
-from pipeline.search.proxy import arch_of, final_build as build_final, finalists, proxy_accuracy
-from pipeline.search.recipes import chosen_recipe, recipe_yaml
+from pipeline.search.jobs import Builds, done_future, remove_staging
+from pipeline.search.proxy import final_build as build_final, finalists, proxy_accuracy, start_proxy
+from pipeline.search.recipes import search_command, write_chosen  # noqa: F401 (search_command: the API)
 from pipeline.search.space import Budget, Candidate, check_variant, space
-from pipeline.store.atomic import atomic_write_text, json_hash
+from pipeline.store.atomic import json_hash
 from pipeline.store.lock import build_lock
 
 
@@ -56,9 +60,10 @@ def default_search_dir(recipe: Recipe, device: str) -> Path:
 
 
 def study_key(recipe: Recipe, device: str, variant: str, budget: Budget) -> str:
-    """A hash of what the stored trials depend on (not ``trials`` nor ``finalists``)."""
+    """A hash of what the stored trials depend on (not ``trials``, ``finalists`` nor ``concurrency``)."""
     d = recipe.to_dict()
-    d["search"] = {k: v for k, v in d["search"].items() if k not in ("trials", "finalists", "time_budget_s")}
+    d["search"] = {k: v for k, v in d["search"].items()
+                   if k not in ("trials", "finalists", "time_budget_s", "concurrency")}
     key = {"recipe": d, "device": device, "variant": variant, "budget": budget.to_dict(),
            "cost_version": COST_VERSION}
     if recipe.search.space == "blocks":  # a changed block space starts its own study
@@ -172,71 +177,123 @@ def _enqueue(study, recipe: Recipe, log: Log) -> Tuple[int, int]:
     return target, remaining
 
 
-def _objective(study, recipe: Recipe, device: str, variant: str, budget: Budget, classes: int,
-               root: Path, log: Log) -> Callable[[Any], float]:
-    """One trial: a known candidate's stored figures, else its cost, then (if it fits) its proxy."""
+def _propose(study, trial, recipe: Recipe, device: str, variant: str, budget: Budget, classes: int,
+             root: Path, log: Log, builds: Builds, busy) -> Optional[cf.Future]:
+    """One trial up to its training: a known candidate's stored figures, else its cost (on
+    this machine); a candidate within budget gets its proxy started (the future returned).
+    None: the candidate is in training (``busy``). Raises ``TrialPruned`` over budget."""
     import optuna
     from optuna.trial import TrialState
 
     s = recipe.search
-
-    def objective(trial):
-        cand = Candidate(trial.suggest_categorical("family", list(s.families)),
-                         float(trial.suggest_categorical("alpha", list(s.alphas))),
-                         int(trial.suggest_categorical("input_size", list(s.input_sizes))))
-        prior = [t for t in study.get_trials(deepcopy=False, states=_done_states())
-                 if t.user_attrs.get("candidate") == cand.name]
-        trial.set_user_attr("candidate", cand.name)
-        if prior:  # the same architecture again: its figures are known
-            p = prior[0]
-            for k, v in p.user_attrs.items():
-                if k != "candidate":
-                    trial.set_user_attr(k, v)
-            trial.set_user_attr("duplicate_of", p.number)
-            log(f"[search] trial {trial.number}: {cand.name} again (trial {p.number}): stored figures")
-            if p.state == TrialState.PRUNED:
-                raise optuna.TrialPruned()
-            return p.value
-        cost = candidate_cost(recipe, cand, device, variant, classes, log)
-        trial.set_user_attr("cost", {k: v for k, v in cost.items() if k != "instructions_by_class"})
-        misses = budget.misses(cost)
-        trial.set_user_attr("misses", misses)
-        lat = "-" if cost["latency_ms"] is None else f"{cost['latency_ms']:.3f} ms"
-        mem = "-" if cost["memory_mb"] is None else f"{cost['memory_mb']:.2f} MiB"
-        log(f"[search] trial {trial.number}: {cand.name}: {lat}, {mem}, {cost['size_kb']:.1f} KiB"
-            + (" (cached)" if cost["cached"] else "")
-            + (f" -> over budget: {'; '.join(misses)}" if misses else " -> fits, proxy training"))
-        if misses:
+    cand = Candidate(trial.suggest_categorical("family", list(s.families)),
+                     float(trial.suggest_categorical("alpha", list(s.alphas))),
+                     int(trial.suggest_categorical("input_size", list(s.input_sizes))))
+    prior = [t for t in study.get_trials(deepcopy=False, states=_done_states())
+             if t.user_attrs.get("candidate") == cand.name]
+    trial.set_user_attr("candidate", cand.name)
+    if cand.name in busy:
+        return None
+    if prior:  # the same architecture again: its figures are known
+        p = prior[0]
+        for k, v in p.user_attrs.items():
+            if k != "candidate":
+                trial.set_user_attr(k, v)
+        trial.set_user_attr("duplicate_of", p.number)
+        log(f"[search] trial {trial.number}: {cand.name} again (trial {p.number}): stored figures")
+        if p.state == TrialState.PRUNED:
             raise optuna.TrialPruned()
-        acc = proxy_accuracy(recipe, cand, root, log)
-        trial.set_user_attr("proxy", acc)
-        log(f"[search] trial {trial.number}: {cand.name}: proxy val top-1 {acc['proxy_val_top1']:.1f}%")
-        return acc["proxy_val_top1"]
+        return done_future(lambda: {"proxy_val_top1": p.value})
+    cost = candidate_cost(recipe, cand, device, variant, classes, log)
+    trial.set_user_attr("cost", {k: v for k, v in cost.items() if k != "instructions_by_class"})
+    misses = budget.misses(cost)
+    trial.set_user_attr("misses", misses)
+    lat = "-" if cost["latency_ms"] is None else f"{cost['latency_ms']:.3f} ms"
+    mem = "-" if cost["memory_mb"] is None else f"{cost['memory_mb']:.2f} MiB"
+    log(f"[search] trial {trial.number}: {cand.name}: {lat}, {mem}, {cost['size_kb']:.1f} KiB"
+        + (" (cached)" if cost["cached"] else "")
+        + (f" -> over budget: {'; '.join(misses)}" if misses else " -> fits, proxy training"))
+    if misses:
+        raise optuna.TrialPruned()
+    if builds.inline:  # here and now, as a search always trained
+        return done_future(lambda: proxy_accuracy(recipe, cand, root, log))
+    return start_proxy(builds, recipe, cand, root, log)
 
-    return objective
+
+def _tell_trained(study, trial, acc: Dict[str, Any], log: Log) -> None:
+    if "duplicate_of" in trial.user_attrs:
+        study.tell(trial, acc["proxy_val_top1"])
+        return
+    trial.set_user_attr("proxy", acc)
+    log(f"[search] trial {trial.number}: {trial.user_attrs['candidate']}: proxy val top-1 "
+        f"{acc['proxy_val_top1']:.1f}%")
+    study.tell(trial, acc["proxy_val_top1"])
 
 
 def run_trials(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int,
-               root: Path, log: Log) -> Tuple[Any, int]:
-    """Runs trials until ``recipe.search.trials`` distinct candidates are stored.
+               root: Path, log: Log, builds: Optional[Builds] = None) -> Tuple[Any, int]:
+    """Runs trials until ``recipe.search.trials`` distinct candidates are stored, up to
+    ``search.concurrency`` at once (ask and tell on the study; with 1, one after the other).
 
     Returns:
         (the Optuna study, the number of trials this call ran).
+
+    Raises:
+        the first failed trial's error, once the other running trials are stored.
     """
+    import optuna
+    from optuna.trial import TrialState
+
+    if builds is None:
+        with Builds(recipe.search.concurrency) as here:
+            return run_trials(recipe, device, variant, budget, classes, root, log, here)
     study = open_study(recipe, device, variant, budget, root, log)
     target, remaining = _enqueue(study, recipe, log)
-    objective = _objective(study, recipe, device, variant, budget, classes, root, log)
+    running: Dict[cf.Future, Any] = {}
+    error: Optional[BaseException] = None
+
+    def busy() -> set:
+        return {t.user_attrs.get("candidate") for t in running.values()}
 
     def distinct() -> int:
-        return len({t.user_attrs.get("candidate")
-                    for t in study.get_trials(deepcopy=False, states=_done_states())})
+        return len(busy() | {t.user_attrs.get("candidate")
+                             for t in study.get_trials(deepcopy=False, states=_done_states())})
 
-    ran = 0
+    ran, waiting = 0, False
     # TPE may keep proposing seen candidates in a small, mostly explored space: give up
     # after a few proposals per missing candidate rather than loop.
-    while distinct() < target and ran < 4 * max(remaining, 0):
-        study.optimize(objective, n_trials=1, catch=())
-        ran += 1
+    while True:
+        while error is None and not waiting and len(running) < recipe.search.concurrency and \
+                distinct() < target and ran < 4 * max(remaining, 0):
+            trial = study.ask()
+            ran += 1
+            try:
+                future = _propose(study, trial, recipe, device, variant, budget, classes, root, log, builds,
+                                  busy())
+            except optuna.TrialPruned:
+                study.tell(trial, state=TrialState.PRUNED)
+                continue
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            if future is None:  # proposed while in training: the sampler is asked again once one ends
+                study.tell(trial, state=TrialState.FAIL)
+                waiting = True
+                continue
+            running[future] = trial
+        if not running:
+            break
+        done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+        waiting = False
+        for future in sorted(done, key=lambda f: running[f].number):
+            trial = running.pop(future)
+            try:
+                _tell_trained(study, trial, future.result(), log)
+            except BaseException as e:  # the other running trials are stored first
+                study.tell(trial, state=TrialState.FAIL)
+                error = error or e
+    if error is not None:
+        raise error
     return study, ran
 
 
@@ -276,20 +333,6 @@ def sort_rows(rows) -> List[Dict[str, Any]]:
 
 
 # -- the search ---------------------------------------------------------------------
-
-def search_command(recipe: Recipe, device: str, budget: Budget, variant: str) -> str:
-    """The ``mobile-model search`` command line that repeats this search (for chosen.yaml)."""
-    flags = f"--latency-ms {budget.latency_ms:g}"
-    if budget.memory_mb is not None:
-        flags += f" --memory-mb {budget.memory_mb:g}"
-    if budget.size_kb is not None:
-        flags += f" --size-kb {budget.size_kb:g}"
-    if recipe.search.space != "grid":
-        flags += f" --space {recipe.search.space}"
-    if recipe.search.time_budget_s:
-        flags += f" --time-budget-s {recipe.search.time_budget_s:g}"
-    return f"mobile-model search {recipe.name} --device {device} {flags} --variant {variant}"
-
 
 def _nothing_fits(recipe: Recipe, device: str, variant: str, budget: Budget, rows, root: Path):
     """Writes the outputs of a search where no candidate fits; returns the error to raise."""
@@ -332,27 +375,8 @@ def _mark_front(rows) -> List[str]:
     return front
 
 
-def _write_chosen(recipe: Recipe, device: str, variant: str, budget: Budget, row, best, root: Path):
-    """Writes ``chosen.yaml`` (the full recipe of the choice); returns (recipe, path)."""
-    arch = arch_of(row)
-    chosen = chosen_recipe(recipe, arch, device, variant, budget)
-    path = root / "chosen.yaml"
-    what = arch.name
-    if arch.model.get("genotype"):
-        from models.genotype import Genotype
-
-        what += f" ({Genotype.from_dict(arch.model['genotype']).text()})"
-    atomic_write_text(path, recipe_yaml(chosen, (
-        f"mobile-model build {path}\n\n"
-        f"Chosen by `{search_command(recipe, device, budget, variant)}`:\n"
-        f"{what}, estimated {row['latency_ms']:.3f} ms, "
-        f"{row['memory_mb']:.2f} MiB, {row['size_kb']:.1f} KiB on {device} (random-weight run);\n"
-        f"{variant} top-1 {best['test_top1']:.2f}% (test) after the full recipe.")))
-    return chosen, path
-
-
 def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root: Path,
-                log: Log, t0: float):
+                log: Log, t0: float, builds: Builds):
     """The block space's trial phase, then the hand-designed reference; returns
     (study, rows, phase counts)."""
     floor = space_floor(recipe, device, variant, classes, log)
@@ -361,7 +385,7 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
         raise error
     study = open_study(recipe, device, variant, budget, root, log)
     warm_start(study, floor, budget, recipe.search.input_sizes, log)
-    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log)
+    phase = BlockPhase(study, recipe, device, variant, budget, classes, root, log, builds=builds)
     counts = {**phase.run(t0), "floor": floor.to_dict()}
     counts["trial_phase_s"] = round(time.perf_counter() - t0, 1)
     stored = study.get_trials(deepcopy=False, states=_done_states())
@@ -377,7 +401,7 @@ def _block_rows(recipe: Recipe, device: str, variant: str, budget: Budget, class
     budget_s = recipe.search.time_budget_s
     deadline = t0 + budget_s - phase.reserve_s() if budget_s else None
     refs = [table_row(r["candidate"], r["model"], r["kind"], r["cost"], r["misses"], r.get("proxy"))
-            for r in reference_rows(recipe, device, variant, budget, classes, root, log, deadline)]
+            for r in reference_rows(recipe, device, variant, budget, classes, root, log, deadline, builds)]
     counts["reference_s"] = round(time.perf_counter() - t1, 1)
     return study, sort_rows(rows_of(study) + refs), counts
 
@@ -417,7 +441,8 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
         recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, trials=trials)).validate()
     root = Path(out) if out else default_search_dir(recipe, device)
     blocks = recipe.search.space == "blocks"
-    with build_lock(root):
+    with build_lock(root), Builds(recipe.search.concurrency) as builds:
+        remove_staging(root)
         classes = load_dataset(recipe.data, recipe.model.input_shape, recipe.seed).num_classes
         if blocks:
             from pipeline.search.blockspace import space_size
@@ -426,25 +451,25 @@ def search(recipe: Recipe, device: str, budget: Budget, variant: str = "int8-qat
                 f"size, {len(recipe.search.input_sizes)} size(s)), {recipe.search.trials} trained trial(s)"
                 + (f" or {recipe.search.time_budget_s:g} s" if recipe.search.time_budget_s else "")
                 + f", {variant} within {budget.text()}")
-            study, rows, counts = _block_rows(recipe, device, variant, budget, classes, root, log, t0)
+            study, rows, counts = _block_rows(recipe, device, variant, budget, classes, root, log, t0, builds)
             ran = counts["proposals"]
         else:
             log(f"[search] {recipe.build_name} on {device}: {len(space(recipe))} candidates, "
                 f"{recipe.search.trials} trial(s), {variant} within {budget.text()}")
-            study, ran = run_trials(recipe, device, variant, budget, classes, root, log)
+            study, ran = run_trials(recipe, device, variant, budget, classes, root, log, builds)
             rows, counts = rows_of(study), {"trial_phase_s": round(time.perf_counter() - t0, 1)}
         front = _mark_front(rows)
         choosable = [r for r in rows if r["kind"] != "hand-designed"]
         if not any(r["fits"] and r.get("proxy_val_top1") is not None for r in choosable):
             raise _nothing_fits(recipe, device, variant, budget, rows, root)
         t1 = time.perf_counter()
-        finals = finalists(recipe, choosable, device, variant, budget, root, log)
+        finals = finalists(recipe, choosable, device, variant, budget, root, log, builds)
         best = max(finals, key=lambda f: (f["val_top1"], -f["latency_ms"]))
         by_name = {r["candidate"]: r for r in rows}
         for f in finals:
             by_name[f["candidate"]]["finalist"] = f
         row = by_name[best["candidate"]]
-        chosen, chosen_path = _write_chosen(recipe, device, variant, budget, row, best, root)
+        chosen, chosen_path = write_chosen(recipe, device, variant, budget, row, best, root)
         counts["finalists_s"] = round(time.perf_counter() - t1, 1)
         log(f"[search] chosen: {row['candidate']} -> {chosen_path}")
         t2 = time.perf_counter()
