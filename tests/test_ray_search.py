@@ -1,12 +1,14 @@
-"""A search whose trainings run on a real two-node Ray cluster (127.0.0.1).
+"""A search whose trainings run on a real Ray cluster (127.0.0.1): a head that runs no job
+and two worker nodes of one CPU each.
 
 The recipe is a grid of two MobileNetV1 widths at 32x32 (64 training images, one float
 epoch, no compression): the proxy trainings and the finalist's full recipe are real
 builds, run as jobs on the cluster and unpacked into the search folder; the device cost
 of each candidate (an emulated run, on this machine either way) is a stand-in. The
-search runs here, then on the cluster with ``search.concurrency: 1``, where the worker
-node is killed once the first trial is stored: it chooses as the local one, with the
-same figures, keeps every stored trial, completes and resumes without training.
+search runs here, then on the cluster with ``search.concurrency: 1``, where, once the
+first trial is stored, the worker node running a job is killed mid-job: the job runs
+again on the other node, and the search chooses as the local one, with the same
+figures, keeps every stored trial, completes and resumes without training.
 Without a cluster: the concurrency key's validation, an unreachable ``--ray``, and
 grid and block trials two at once with stand-in trainings.
 """
@@ -96,19 +98,26 @@ def test_search_at_an_address_where_nothing_answers_fails_at_once(tmp_path, monk
 # -- several trials at once, with stand-ins ----------------------------------------------------
 
 class Concurrent:
-    """Stand-in proxy trainings in threads: each takes a moment; the most at once is kept."""
+    """Stand-in proxy trainings in threads; the most at once is kept. The first two wait for
+    each other (a barrier, not a sleep, so that a loaded machine cannot make them miss each
+    other): with one training at a time the barrier breaks after ``timeout_s`` and the
+    trial fails."""
 
-    def __init__(self, top1):
-        self.top1, self.running, self.most, self.trained = top1, 0, 0, []
+    def __init__(self, top1, timeout_s: float = 120.0):
+        self.top1, self.running, self.most, self.trained, self.started = top1, 0, 0, [], 0
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(4)
+        self.first_two = threading.Barrier(2, timeout=timeout_s)
 
     def start(self, builds, recipe, arch, root, log, epochs=None):
         def train():
             with self.lock:
                 self.running += 1
                 self.most = max(self.most, self.running)
-            time.sleep(0.5)  # longer than asking and pricing the next trial
+                self.started += 1
+                first_two = self.started <= 2
+            if first_two:
+                self.first_two.wait()
             with self.lock:
                 self.running -= 1
                 self.trained.append((arch.name, epochs))
@@ -160,8 +169,9 @@ def test_block_trials_run_two_at_once_through_their_rungs(tmp_path, stand_ins, m
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head and one more node of one CPU each, joined by this process."""
-    c = LocalCluster(tmp_path_factory.mktemp("ray"))
+    """A head that runs no job and two nodes of one CPU each, joined by this process: every
+    job runs on a node that can be killed while the other takes its jobs over."""
+    c = LocalCluster(tmp_path_factory.mktemp("ray"), extra_nodes=2, head_cpus=0)
     try:
         c.start()
         connect(c.address)
@@ -188,12 +198,13 @@ def _top1(result):
 
 @pytest.fixture(scope="module")
 def searches(cluster, tmp_path_factory):
-    """The search here, then on the cluster, where the worker node is killed (SIGKILL to
-    its process group, the second ``ray start``) once the first trial is stored.
+    """The search here, then on the cluster, where the node running a job is killed
+    (SIGKILL to its process group, its ``ray start``) while it runs it, once the first
+    trial is stored.
 
     Returns:
         (the recipe, the local result, the cluster's, its folder, {number: (candidate,
-        value)} of the trials stored before the kill).
+        value)} of the trials stored before the kill, the killed worker's process title).
     """
     mp = pytest.MonkeyPatch()
     mp.setattr(se, "candidate_cost", _stand_in_cost)
@@ -219,18 +230,19 @@ def searches(cluster, tmp_path_factory):
         thread = threading.Thread(target=run)
         thread.start()
         stored = _wait_for_a_stored_trial(out, thread)
-        os.killpg(cluster._groups[1], signal.SIGKILL)
+        busy = _wait_for_a_running_job(cluster, thread)
+        os.killpg(busy[0], signal.SIGKILL)
         thread.join(timeout=300)
         assert not thread.is_alive(), "the search did not end after the worker node was lost"
         assert not errors, errors
-        yield recipe, here, result["search"], out, stored
+        yield recipe, here, result["search"], out, stored, busy[1]
     finally:
         mp.undo()
 
 
 @pytest.mark.integration
 def test_the_cluster_search_chooses_as_the_local_one(searches):
-    _, here, there, out, _ = searches
+    _, here, there, out, _, _ = searches
     assert there.chosen["candidate"] == here.chosen["candidate"]
     assert _top1(there) == _top1(here)
     assert [f["val_top1"] for f in there.finalists] == [f["val_top1"] for f in here.finalists]
@@ -245,11 +257,12 @@ def test_the_cluster_search_chooses_as_the_local_one(searches):
 
 @pytest.mark.integration
 def test_a_lost_worker_node_loses_no_stored_trial(searches):
-    """The worker node was killed once the first trial was stored: its job (if it ran
-    one) was run again on the head; every stored trial is kept and the search completed."""
+    """A worker node was killed while it ran a job, once the first trial was stored: the
+    job ran again on the other node; every stored trial is kept and the search completed."""
     from optuna.trial import TrialState
 
-    recipe, _, there, out, stored = searches
+    recipe, _, there, out, stored, killed = searches
+    assert killed.startswith("ray::") and "IDLE" not in killed
     after = {t.number: t for t in _study(out).trials}
     for number, (candidate, value) in stored.items():
         assert after[number].state == TrialState.COMPLETE
@@ -270,6 +283,17 @@ def _study(out):
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def _wait_for_a_running_job(cluster, thread, timeout_s: float = 240.0):
+    """``(process group, title)`` of a node's worker that runs a job, once there is one."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and thread.is_alive():
+        busy = cluster.running_job()
+        if busy is not None:
+            return busy
+        time.sleep(0.2)
+    raise AssertionError("no job ran on a worker node after the first stored trial")
 
 
 def _wait_for_a_stored_trial(out, thread, timeout_s: float = 240.0):

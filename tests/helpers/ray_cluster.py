@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    """A head and ``extra_nodes`` more nodes of one CPU each (see the module docstring)."""
+    """A head of ``head_cpus`` CPUs (0: it runs no job) and ``extra_nodes`` more nodes of one
+    CPU each (see the module docstring)."""
 
     def __init__(self, temp_dir: Path, env: Optional[Dict[str, str]] = None, extra_nodes: int = 1,
-                 resources: Optional[Dict[str, float]] = None):
+                 resources: Optional[Dict[str, float]] = None, head_cpus: int = 1):
         self.temp_dir = Path(temp_dir)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -40,10 +41,11 @@ class LocalCluster:
         self._groups: List[int] = []
         self._extra_nodes = extra_nodes
         self._resources = resources
+        self._head_cpus = head_cpus
 
-    def _ray_start(self, *args: str) -> None:
+    def _ray_start(self, *args: str, cpus: int = 1) -> None:
         ray = str(Path(sys.executable).parent / "ray")
-        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", str(self.temp_dir),
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--temp-dir", str(self.temp_dir),
                   "--object-store-memory", str(200 * 2 ** 20), "--disable-usage-stats",
                   "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port()),
                   "--runtime-env-agent-port", str(free_port())]
@@ -56,11 +58,25 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         self._ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
-                        "--ray-client-server-port", str(free_port()))
+                        "--ray-client-server-port", str(free_port()), cpus=self._head_cpus)
         for _ in range(self._extra_nodes):
             extra = ["--resources", _json(self._resources)] if self._resources else []
             self._ray_start("--address", self.address, *extra)
         return self
+
+    def running_job(self) -> Optional[Tuple[int, str]]:
+        """``(process group, process title)`` of a worker of a node other than the head that
+        runs a task now (Ray titles a busy worker ``ray::<function>``, an idle one
+        ``ray::IDLE``), or None."""
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                group = os.getpgid(int(pid))
+            except OSError:  # gone meanwhile
+                continue
+            if group in self._groups[1:] and title.startswith("ray::") and not title.startswith("ray::IDLE"):
+                return group, title
+        return None
 
     def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``."""
