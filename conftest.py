@@ -50,6 +50,8 @@ SLOWEST_FIRST = (
     "tests/test_transfer.py",
     "tests/test_models.py",
     "tests/test_detect_end_to_end.py",
+    "tests/test_ray_search.py",
+    "tests/test_ray.py",
     "tests/test_image_cache.py",
     "tests/test_cluster.py",
     "tests/test_device_emulated.py",

@@ -31,9 +31,9 @@ VARIANTS = ("float32", "int8-ptq")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """The two-node cluster, joined by this process for the module's tests."""
-    c = LocalCluster(tmp_path_factory.mktemp("ray"))
+    c = LocalCluster()
     try:
         c.start()
         connect(c.address)

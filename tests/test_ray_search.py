@@ -168,10 +168,10 @@ def test_block_trials_run_two_at_once_through_their_rungs(tmp_path, stand_ins, m
 # -- on the cluster ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """A head that runs no job and two nodes of one CPU each, joined by this process: every
     job runs on a node that can be killed while the other takes its jobs over."""
-    c = LocalCluster(tmp_path_factory.mktemp("ray"), extra_nodes=2, head_cpus=0)
+    c = LocalCluster(extra_nodes=2, head_cpus=0)
     try:
         c.start()
         connect(c.address)

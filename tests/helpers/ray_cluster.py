@@ -1,17 +1,21 @@
 """A real two-node Ray cluster on 127.0.0.1 for the tests of :mod:`pipeline.pool`.
 
 ``ray start --head`` and one more ``ray start --address`` node, one CPU each, every port
-chosen free and every file under the test's own temporary directory (``--temp-dir``).
+chosen free and every file under a temporary directory of its own (``--temp-dir``), a
+short one under /tmp: Ray's sockets live there, and a Unix socket's path may not exceed
+107 bytes (a pytest-xdist worker's tmp path already takes most of them).
 Each ``ray start`` runs in a session of its own, so the processes it leaves (GCS, raylet,
 workers) share its process group: :meth:`LocalCluster.stop` ends those groups, and only
 those (``ray stop`` would end every Ray process of the machine, other users' too).
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -30,9 +34,9 @@ class LocalCluster:
     """A head of ``head_cpus`` CPUs (0: it runs no job) and ``extra_nodes`` more nodes of one
     CPU each (see the module docstring)."""
 
-    def __init__(self, temp_dir: Path, env: Optional[Dict[str, str]] = None, extra_nodes: int = 1,
+    def __init__(self, env: Optional[Dict[str, str]] = None, extra_nodes: int = 1,
                  resources: Optional[Dict[str, float]] = None, head_cpus: int = 1):
-        self.temp_dir = Path(temp_dir)
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="mmray-", dir="/tmp"))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
@@ -90,6 +94,7 @@ class LocalCluster:
             while time.monotonic() < deadline and any(_alive(g) for g in self._groups):
                 time.sleep(0.2)
         self._groups = []
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def _alive(group: int) -> bool:
