@@ -21,7 +21,7 @@ from pipeline.errors import ClusterError, ConfigError
 from pipeline.pool import JobError, Needs, connect, connected, disconnect, open_pool
 from pipeline.recipe.stages import DevicesConfig
 from tests.helpers import pool_jobs
-from tests.helpers.ray_cluster import LocalCluster
+from tests.helpers.ray_cluster import joined_cluster
 from tests.helpers.stages import make_recipe, quiet
 
 pytestmark = pytest.mark.integration
@@ -33,14 +33,8 @@ VARIANTS = ("float32", "int8-ptq")
 @pytest.fixture(scope="module")
 def cluster():
     """The two-node cluster, joined by this process for the module's tests."""
-    c = LocalCluster()
-    try:
-        c.start()
-        connect(c.address)
+    with joined_cluster() as c:
         yield c
-    finally:
-        disconnect()
-        c.stop()
 
 
 def tiny_recipe():

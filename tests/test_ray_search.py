@@ -29,7 +29,7 @@ from pipeline.pool import connect, connected, disconnect
 from pipeline.recipe.load import load_recipe
 from pipeline.search import space as ss
 from pipeline.search import study as se
-from tests.helpers.ray_cluster import LocalCluster
+from tests.helpers.ray_cluster import joined_cluster
 from tests.helpers.stages import quiet
 from tests.test_blockstudy import stand_ins  # noqa: F401 (a fixture)
 
@@ -171,14 +171,8 @@ def test_block_trials_run_two_at_once_through_their_rungs(tmp_path, stand_ins, m
 def cluster():
     """A head that runs no job and two nodes of one CPU each, joined by this process: every
     job runs on a node that can be killed while the other takes its jobs over."""
-    c = LocalCluster(extra_nodes=2, head_cpus=0)
-    try:
-        c.start()
-        connect(c.address)
+    with joined_cluster(extra_nodes=2, head_cpus=0) as c:
         yield c
-    finally:
-        disconnect()
-        c.stop()
 
 
 def _stand_in_cost(recipe, cand, device, variant, classes, log):

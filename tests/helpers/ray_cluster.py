@@ -9,6 +9,7 @@ workers) share its process group: :meth:`LocalCluster.stop` ends those groups, a
 those (``ray stop`` would end every Ray process of the machine, other users' too).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,3 +110,19 @@ def _json(resources: Dict[str, float]) -> str:
     import json
 
     return json.dumps(resources)
+
+
+@contextlib.contextmanager
+def joined_cluster(**kwargs) -> Iterator[LocalCluster]:
+    """A started :class:`LocalCluster` (``kwargs`` as its constructor's) that this process
+    has joined (:func:`pipeline.pool.connect`); left and stopped on exit."""
+    from pipeline.pool import connect, disconnect
+
+    c = LocalCluster(**kwargs)
+    try:
+        c.start()
+        connect(c.address)
+        yield c
+    finally:
+        disconnect()
+        c.stop()
