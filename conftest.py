@@ -62,6 +62,21 @@ SLOWEST_FIRST = (
 )
 
 
+_network = {"line": None}
+
+
+def pytest_configure(config):
+    # Once, in the process that starts the others (an xdist worker has ``workerinput``).
+    if not hasattr(config, "workerinput") and _network["line"] is None:
+        from tests.helpers import loopback
+
+        _network["line"] = loopback.enter()
+
+
+def pytest_report_header(config):
+    return _network["line"]
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if QEMU_FIXTURES & set(getattr(item, "fixturenames", ())):

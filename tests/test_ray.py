@@ -150,3 +150,33 @@ def test_a_failed_job_on_the_cluster_names_itself(cluster):
         with pytest.raises(ClusterError, match=r"^job device/pixel4/int8-qat was lost on the Ray cluster "
                                                r"\(2 retries\): WorkerCrashedError"):
             dies.result(timeout=120)
+
+
+def _listening_addresses():
+    """The local addresses of every listening TCP socket of this network namespace."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A":  # LISTEN
+                found.add(local.split(":")[0].rjust(size, "0"))
+    return found
+
+
+#: 127.0.0.1 as /proc/net/tcp writes it (little-endian hex), and as tcp6 writes ::1 and
+#: the IPv4-mapped ::ffff:127.0.0.1.
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def test_the_cluster_is_reachable_on_loopback_only(cluster):
+    """Every node says 127.0.0.1, and every socket listening now (the cluster's among them)
+    is on a loopback address: the session runs in a network namespace of its own
+    (tests/helpers/loopback.py), since Ray itself would listen on every interface."""
+    import ray
+
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    listening = _listening_addresses()
+    assert listening, "no listening socket found: the cluster is not running"
+    assert listening <= LOOPBACK, (
+        f"sockets listen beyond loopback ({sorted(listening - LOOPBACK)} in /proc/net/tcp's hex): the test session "
+        "is not in a network namespace of its own (run the suite as root; see tests/helpers/loopback.py)")
