@@ -30,9 +30,11 @@ import multiprocessing
 import os
 import socket
 import sys
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from pipeline.errors import ClusterError, ConfigError, MobileModelError
 
@@ -43,9 +45,15 @@ RETRIES = 2
 #: Seconds to wait for the head's port before saying it cannot be reached (``ray.init``
 #: itself retries for minutes).
 CONNECT_TIMEOUT_S = 5.0
+#: While jobs are out, the head's port is probed every HEAD_PROBE_S seconds; when it has
+#: not answered for HEAD_GONE_S, every unfinished job fails with one line. (Ray's own
+#: driver ends the whole process 60 s after it loses the head, with a log line and none
+#: of the command's clean-up: this comes first.)
+HEAD_PROBE_S = 2.0
+HEAD_GONE_S = 10.0
 
 __all__ = ["ADDRESS_ENV", "RETRIES", "JobError", "Needs", "Pool", "cluster_address", "connect", "connected",
-           "device_resource", "disconnect", "largest_node_cpus", "open_pool"]
+           "device_resource", "disconnect", "head_lost", "largest_node_cpus", "open_pool"]
 
 
 class JobError(RuntimeError):
@@ -78,7 +86,7 @@ def cluster_address(address: Optional[str]) -> Optional[str]:
     return address or os.environ.get(ADDRESS_ENV) or None
 
 
-_joined: Dict[str, Optional[str]] = {"address": None}
+_joined: Dict[str, Any] = {"address": None, "lost": False}
 
 
 def connected() -> Optional[str]:
@@ -108,8 +116,15 @@ def connect(address: Optional[str]) -> Optional[str]:
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClusterError(f"cannot join the Ray cluster at {address}: {first}") from None
-    _joined["address"] = address
+    _joined["address"], _joined["lost"] = address, False
     return address
+
+
+def head_lost() -> bool:
+    """Whether the head of the cluster this process joined stopped answering while jobs
+    were out (see :data:`HEAD_GONE_S`). Ray cannot be left cleanly then: the caller ends
+    the process with ``os._exit`` once it has said so (:func:`pipeline.cli.common.fail`)."""
+    return bool(_joined["lost"])
 
 
 def disconnect() -> None:
@@ -117,7 +132,8 @@ def disconnect() -> None:
     if connected() is not None:
         import ray
 
-        ray.shutdown()
+        if not head_lost():  # a shutdown would wait on the head that is gone
+            ray.shutdown()
         _joined["address"] = None
 
 
@@ -131,18 +147,34 @@ def largest_node_cpus() -> Optional[float]:
     return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=None)
 
 
-def _probe(address: str) -> None:
-    """Fails at once when nothing listens at ``HOST:PORT`` (``ray.init`` would retry for minutes)."""
+def _host_port(address: str) -> Optional[Tuple[str, int]]:
+    """``(host, port)`` of a ``HOST:PORT`` address; None for ``auto`` and ``ray://...``."""
     if address == "auto" or "://" in address:
-        return
+        return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"Ray address {address!r}: expected HOST:PORT of the head node (its GCS port, "
                           f"6379 unless `ray start --head --port` said otherwise), 'auto' or ray://HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _probe(address: str) -> None:
+    """Fails at once when nothing listens at ``HOST:PORT`` (``ray.init`` would retry for minutes)."""
+    where = _host_port(address)
+    if where is None:
+        return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection(where, timeout=CONNECT_TIMEOUT_S).close()
     except OSError as e:
         raise ClusterError(f"cannot reach the Ray head at {address}: {e.strerror or e}") from None
+
+
+def _answers(where: Tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(where, timeout=HEAD_PROBE_S).close()
+    except OSError:
+        return False
+    return True
 
 
 class Pool:
@@ -200,17 +232,71 @@ class _RayPool(Pool):
         self._address = address
         self._remote: Dict[Callable, Any] = {}
         self._refs: List[Any] = []
+        self._pending: Dict[cf.Future, str] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._watchdog: Optional[threading.Thread] = None
 
     def submit(self, fn, *args, name: str, needs: Needs = Needs()) -> cf.Future:
         import ray
 
+        if head_lost():
+            raise self._gone_error()
         if fn not in self._remote:
             self._remote[fn] = ray.remote(fn)
         task = self._remote[fn].options(num_cpus=needs.cpus, memory=int(needs.memory_mb) * 2 ** 20,
                                         resources=dict(needs.custom), max_retries=RETRIES, name=name)
         ref = task.remote(*args)
         self._refs.append(ref)
-        return _named(ref.future(), name)
+        outer = _named(ref.future(), name)
+        with self._lock:
+            self._pending[outer] = name
+        outer.add_done_callback(self._finished)
+        self._watch()
+        return outer
+
+    def _finished(self, f: cf.Future) -> None:
+        with self._lock:
+            self._pending.pop(f, None)
+
+    def _watch(self) -> None:
+        where = _host_port(self._address)
+        if where is None or self._watchdog is not None:
+            return
+        self._watchdog = threading.Thread(target=self._watch_head, args=(where,), name="ray-head-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def _watch_head(self, where: Tuple[str, int]) -> None:
+        """Fails every unfinished job once the head has not answered for :data:`HEAD_GONE_S`."""
+        silent_since: Optional[float] = None
+        while not self._closed.wait(HEAD_PROBE_S):
+            with self._lock:
+                waiting = bool(self._pending)
+            if not waiting or _answers(where):
+                silent_since = None
+                continue
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since < HEAD_GONE_S:
+                continue
+            _joined["lost"] = True
+            with self._lock:
+                pending = list(self._pending.items())
+                self._pending.clear()
+            for f, name in pending:
+                try:
+                    f.set_exception(self._gone_error(name, len(pending)))
+                except cf.InvalidStateError:  # it finished meanwhile
+                    pass
+            return
+
+    def _gone_error(self, name: Optional[str] = None, unfinished: int = 0) -> ClusterError:
+        jobs = f"job {name} and {unfinished - 1} more unfinished" if name and unfinished > 1 else (
+            f"job {name} unfinished" if name else "no job can be sent")
+        return ClusterError(f"the Ray head at {self._address} went away ({jobs}): results finished before "
+                            "are kept; run the command again when the cluster is back, or without --ray, "
+                            "to go on from them")
 
     def require(self, needs: Iterable[Needs]) -> None:
         import ray
@@ -226,6 +312,10 @@ class _RayPool(Pool):
     def close(self) -> None:
         import ray
 
+        self._closed.set()
+        if head_lost():  # nothing to cancel them with
+            self._refs = []
+            return
         if self._refs:  # a caller that stops early (an error) leaves jobs behind: they are cancelled
             _, not_ready = ray.wait(self._refs, num_returns=len(self._refs), timeout=0)
             for ref in not_ready:
@@ -245,6 +335,8 @@ def _named(inner: cf.Future, name: str) -> cf.Future:
     outer: cf.Future = cf.Future()
 
     def done(f: cf.Future) -> None:
+        if outer.done():  # failed already: the head went away (_RayPool)
+            return
         if f.cancelled():
             outer.cancel()
             outer.set_running_or_notify_cancel()

@@ -152,6 +152,82 @@ def test_a_failed_job_on_the_cluster_names_itself(cluster):
             dies.result(timeout=120)
 
 
+HEADLESS_DEVICES = ("pixel4", "rpi4", "camera-a53", "pixel3")
+
+
+@pytest.mark.device
+def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_rerun_resumes(builds, tmp_path):
+    """A cluster of its own (a head that runs no job, one node of one CPU) runs the device
+    matrix of the tiny build (8 jobs); once the first result is written, the head is
+    killed. Within seconds (before Ray's own 60 s exit) the build fails with one line naming
+    the head and an unfinished job; the finished results stay, and a rerun on this machine
+    runs only the others."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    from pipeline.build import build
+    from pipeline.pool import HEAD_GONE_S, head_lost
+    from tests.helpers.ray_cluster import LocalCluster
+
+    here, _ = builds
+    recipe = dataclasses.replace(tiny_recipe(), devices=DevicesConfig(targets=HEADLESS_DEVICES, samples=2,
+                                                                       workers=1)).validate()
+    root = tmp_path / "headless"
+    shutil.copytree(here.root, root)
+    shutil.rmtree(root / "devices")
+    address = connected()
+    disconnect()
+    c = LocalCluster(head_cpus=0)
+    killed = {}
+
+    def kill_head_after_first_result():
+        while not killed and time.monotonic() < deadline:
+            if list((root / "devices").glob("*/*.json")):
+                killed["at"] = time.monotonic()
+                os.killpg(c.head_group, signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    try:
+        c.start()
+        connect(c.address)
+        deadline = time.monotonic() + 300
+        watcher = threading.Thread(target=kill_head_after_first_result, daemon=True)
+        watcher.start()
+        with pytest.raises(ClusterError) as e:
+            build(recipe, out=root, log=quiet)
+        failed_at = time.monotonic()
+        watcher.join(1)
+        assert killed, "the head was never killed: no device result appeared"
+        assert head_lost()
+    finally:
+        disconnect()
+        c.stop()
+        ray.shutdown()  # the head is gone: nothing is left to wait on
+        connect(address)
+    assert HEAD_GONE_S <= failed_at - killed["at"] < 45
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"the Ray head at {c.address} went away (job device/" in message and "run the command again" in message
+    finished = sorted(p.parent.name + "/" + p.stem for p in (root / "devices").glob("*/*.json"))
+    assert 1 <= len(finished) < len(HEADLESS_DEVICES) * len(VARIANTS)
+    for p in (root / "devices").glob("*/*.json"):
+        json.loads(p.read_text())  # complete files only
+    address = connected()
+    disconnect()
+    try:
+        again = build(recipe, out=root, log=quiet)
+    finally:
+        connect(address)
+    ran = sorted(s[len("device/"):] for s in again.summary.stages_run if s.startswith("device/"))
+    everything = sorted(f"{d}/{v}" for d in HEADLESS_DEVICES for v in VARIANTS)
+    assert ran == sorted(set(everything) - set(finished))
+
+
 def _listening_addresses():
     """The local addresses of every listening TCP socket of this network namespace."""
     found = set()

@@ -29,6 +29,12 @@ def fail(error: MobileModelError) -> NoReturn:
         error: any of our exceptions; its ``exit_code`` becomes the process's.
     """
     click.echo(f"error: {error}", err=True)
+    from pipeline.pool import head_lost
+
+    if head_lost():  # Ray's exit handlers would wait on the head, then end the process with a log dump
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(error.exit_code)
     sys.exit(error.exit_code)
 
 

@@ -78,9 +78,12 @@ SCREEN_MARGIN = 0.02
 MEASURE_MISSING = 2
 #: What a QAT epoch costs in float epochs (pipeline.train.schedule measured ~3).
 QAT_EPOCH_COST = 3
-#: Seconds kept for the chosen build's device checks, report and bundle (its
-#: training is the finalist's, cached).
-FINAL_BUILD_S = 30.0
+#: Seconds kept for the chosen build (its training is the finalist's, cached): its report
+#: and bundle, plus each variant's device run per 100 images (:func:`final_build_s`).
+#: Measured on search-blocks' chosen builds (3 variants, 100 images): 38 s on pixel4 and
+#: 57 s on camera-a53, float32's emulated run the longest (29 s).
+FINAL_BUILD_S = 25.0
+DEVICE_RUN_S = 12.0
 #: Random proposals before TPE models the results (Optuna's default).
 TPE_STARTUP = 10
 #: Calibration genotypes of the table's per-model overhead (drawn from seed + 1000,
@@ -245,9 +248,9 @@ class BlockPhase:
         """The time the finalists' full recipes and the chosen build are estimated to
         need: one full recipe (:func:`full_recipe_epochs` at the proxy's seconds per
         epoch) per finalist there will be, the stored trained candidates plus ``extra``
-        up to ``search.finalists``, plus :data:`FINAL_BUILD_S`."""
+        up to ``search.finalists``, plus the chosen build (:func:`final_build_s`)."""
         finalists = min(self.recipe.search.finalists, self.trained() + extra)
-        return finalists * full_recipe_epochs(self.recipe) * self.epoch_s() + FINAL_BUILD_S
+        return finalists * full_recipe_epochs(self.recipe) * self.epoch_s() + final_build_s(self.recipe)
 
     def time_left(self, t0: float, needed_s: float = 0.0, extra: int = 0) -> bool:
         """Whether ``needed_s`` more seconds and the reserve (``extra`` more finalists)
@@ -441,6 +444,12 @@ class BlockPhase:
         if error is not None:
             raise error
         return {"proposals": proposals, "trained": trained, "out_of_time": self.out_of_time}
+
+
+def final_build_s(recipe: Recipe) -> float:
+    """Seconds kept for the chosen build: :data:`FINAL_BUILD_S` plus :data:`DEVICE_RUN_S`
+    per variant and 100 images of ``devices.samples``."""
+    return FINAL_BUILD_S + DEVICE_RUN_S * len(recipe.convert.variants) * recipe.devices.samples / 100
 
 
 def full_recipe_epochs(recipe: Recipe) -> float:

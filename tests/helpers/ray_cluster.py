@@ -69,6 +69,11 @@ class LocalCluster:
             self._ray_start("--address", self.address, *extra)
         return self
 
+    @property
+    def head_group(self) -> int:
+        """The process group of the head node (its GCS, raylet and workers)."""
+        return self._groups[0]
+
     def running_job(self) -> Optional[Tuple[int, str]]:
         """``(process group, process title)`` of a worker of a node other than the head that
         runs a task now (Ray titles a busy worker ``ray::<function>``, an idle one
