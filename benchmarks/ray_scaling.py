@@ -230,7 +230,16 @@ def table(results: Dict[str, List[Dict[str, Any]]]) -> str:
             cells.append(f"({model.wall_s(n):.0f})")
         cells.append(f"{one['wall_s'] / model.wall_s(MODELLED_NODES[-1]):.1f}x")
         rows.append(cells)
-    return "\n".join(Table(headers, rows).markdown())
+    checks = []
+    for workload, runs in results.items():
+        one = min(runs, key=lambda r: r["nodes"])
+        for run in runs:
+            if run is not one:
+                n = run["nodes"]
+                checks.append(f"- {workload} on {n} nodes: measured {run['wall_s']:.0f} s; modelled "
+                              f"{Model.from_run(one).wall_s(n):.0f} s from the one-node run, "
+                              f"{Model.from_run(run).wall_s(n):.0f} s from this run's own job times")
+    return "\n".join(Table(headers, rows).markdown() + ["", "Model checks:"] + checks)
 
 
 def main(argv=None) -> int:
