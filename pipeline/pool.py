@@ -53,7 +53,7 @@ HEAD_PROBE_S = 2.0
 HEAD_GONE_S = 10.0
 
 __all__ = ["ADDRESS_ENV", "RETRIES", "JobError", "Needs", "Pool", "cluster_address", "connect", "connected",
-           "device_resource", "disconnect", "head_lost", "largest_node_cpus", "open_pool"]
+           "device_resource", "disconnect", "head_lost", "largest_node_cpus", "open_pool", "run_job"]
 
 
 class JobError(RuntimeError):
@@ -321,6 +321,14 @@ class _RayPool(Pool):
             for ref in not_ready:
                 ray.cancel(ref)
         self._refs = []
+
+
+def run_job(fn: Callable[..., Any], *args: Any, name: str, needs: Needs = Needs()) -> Any:
+    """``fn(*args)`` as one job of the cluster this process joined, waited for (see
+    :meth:`Pool.submit`; call it only when :func:`connected`): the result, or the error
+    that names the job."""
+    with open_pool(1) as pool:
+        return pool.submit(fn, *args, name=name, needs=needs).result()
 
 
 def open_pool(workers: int) -> Pool:

@@ -152,6 +152,46 @@ def test_a_failed_job_on_the_cluster_names_itself(cluster):
             dies.result(timeout=120)
 
 
+@pytest.mark.device
+def test_a_search_prices_its_proposals_on_the_cluster(cluster, tmp_path, monkeypatch):
+    """With nothing in this machine's latency cache, a block genotype's emulated cost (gate 2
+    of a search) and one of its table parts are measured by jobs of the cluster, with the
+    figures of the same runs made here."""
+    from models.genotype import parts
+    from pipeline.devices.profiles import get_device
+    from pipeline.search import blocktable as bt
+    from pipeline.search import cost as sc
+    from pipeline.search.blockspace import sample_distinct
+
+    g = sample_distinct(0, 1)[0]
+    spec = sc.genotype_spec(g.to_dict(), 24, 10, "int8", 1, 1)
+    geometry = bt.Geometry(24)
+    part = parts(g, geometry.input_shape, geometry.classes, geometry.first_stride)[0]
+    address = connected()
+    disconnect()
+    try:
+        here_cost = sc.measure_cost(spec, get_device("pixel4"))
+        here_part = bt.measure_part(part, get_device("pixel4"))
+    finally:
+        connect(address)
+    monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path / "empty-cache"))  # this machine's only
+    monkeypatch.setattr(bt, "_PRICED", {})
+    logs = []
+    there_cost = sc.spec_cost(spec, "g", "pixel4", "int8-ptq", 1, logs.append)
+    there_part = bt.part_cost(part, "pixel4", logs.append)
+    assert any("emulating" in m and "on the Ray cluster" in m for m in logs), logs
+    assert any(f"measuring part {part.key()} on pixel4 on the Ray cluster" in m for m in logs), logs
+    assert not there_cost["cached"] and not there_part["cached"]
+    for here, there in ((here_cost, there_cost), (here_part, there_part)):
+        assert here["loaded"] and there["loaded"] and here["instructions"] > 0
+        assert (there["instructions"], there["instructions_by_class"], there["model_sha256"]) == \
+            (here["instructions"], here["instructions_by_class"], here["model_sha256"])
+    assert there_cost["latency_ms"] > 0 and there_part["latency_ms"] > 0
+    # Kept in this machine's cache: the next search prices them without a job.
+    logs.clear()
+    assert sc.spec_cost(spec, "g", "pixel4", "int8-ptq", 1, logs.append)["cached"] and not logs
+
+
 HEADLESS_DEVICES = ("pixel4", "rpi4", "camera-a53", "pixel3")
 
 

@@ -31,7 +31,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 from pipeline.errors import Log
-from pipeline.pool import Needs, Pool, open_pool
+from pipeline.pool import Needs, Pool, connected, open_pool, run_job
 from pipeline.table import Table
 
 
@@ -167,7 +167,13 @@ def _part_cost(part, device: str, log: Log) -> Dict[str, Any]:
     from pipeline.latency.device_cost import price
 
     profile, spec, key = _part_key(part, device)
-    raw, cached = cached_entry("blocks", spec, profile, key, "cost", lambda: _measure_part(part, profile, log))
+
+    def measure():
+        if connected() is None:
+            return _measure_part(part, profile, log)
+        log(f"[blocks] measuring part {part.key()} on {device} on the Ray cluster")
+        return run_job(measure_part, part, profile, name=f"part/{device}/{part.key()}", needs=PART_NEEDS)
+    raw, cached = cached_entry("blocks", spec, profile, key, "cost", measure)
     if not raw["loaded"]:
         raise RuntimeIncompatibleError(f"{device} does not load part {part.key()}: {raw['load_error']}")
     return price(dict(raw, cached=cached), profile, "int8", 1)

@@ -15,6 +15,7 @@ from typing import Any, Dict
 from pipeline.devices.profiles import DeviceProfile, get_device
 from pipeline.latency.device_cost import COST_VERSION, price, run_cost
 from pipeline.latency.reference import ModelSpec, build_tflite, cached_entry, has_entry, noop, run_key, run_reference
+from pipeline.pool import Needs, connected, run_job
 from pipeline.recipe.schema import GENOTYPE_FAMILY, Recipe
 from pipeline.search.space import SEARCH_VARIANTS, Candidate, check_variant
 from pipeline.errors import Log
@@ -28,11 +29,32 @@ def candidate_spec(recipe: Recipe, cand: Candidate, classes: int, variant: str) 
                      channels=recipe.model.channels, first_stride=recipe.model.first_stride)
 
 
+#: What a cost emulation declares as a job on a Ray cluster: one core, and TensorFlow
+#: converting the random-weight model beside the emulated run.
+COST_NEEDS = Needs(cpus=1, memory_mb=3072)
+
+
 def measure_cost(spec: ModelSpec, profile: DeviceProfile, log: Log = noop) -> Dict[str, Any]:
-    """One emulated run of ``spec``'s random-weight file: counts, memory, size (not cached)."""
+    """One emulated run of ``spec``'s random-weight file: counts, memory, size (not cached).
+
+    On a Ray cluster this process joined (``--ray``), the conversion and the run are a job
+    of the cluster (:func:`cost_job`); the result is the same data either way."""
+    if connected() is not None:
+        log(f"[search] emulating {spec.label} on {profile.qemu_cpu} ({profile.runtime}) on the Ray cluster")
+        return run_job(cost_job, spec, profile, name=f"cost/{profile.name}/{spec.label}", needs=COST_NEEDS)
     build_tflite(spec, log)  # before the message: converting is its own step
     log(f"[search] emulating {spec.label} on {profile.qemu_cpu} ({profile.runtime})")
     res, path = run_reference(spec, profile, log)
+    return run_cost(res, path)
+
+
+def cost_job(spec: ModelSpec, profile: DeviceProfile) -> Dict[str, Any]:
+    """Job: :func:`measure_cost` on the node that runs it (its own caches of converted files)."""
+    from pipeline.native import tf_environment
+
+    tf_environment()
+    build_tflite(spec, noop)
+    res, path = run_reference(spec, profile, noop)
     return run_cost(res, path)
 
 
