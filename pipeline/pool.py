@@ -45,10 +45,10 @@ RETRIES = 2
 #: Seconds to wait for the head's port before saying it cannot be reached (``ray.init``
 #: itself retries for minutes).
 CONNECT_TIMEOUT_S = 5.0
-#: While jobs are out, the head's port is probed every HEAD_PROBE_S seconds; when it has
-#: not answered for HEAD_GONE_S, every unfinished job fails with one line. (Ray's own
-#: driver ends the whole process 60 s after it loses the head, with a log line and none
-#: of the command's clean-up: this comes first.)
+#: While this process is joined, the head's port is probed every HEAD_PROBE_S seconds;
+#: when it has not answered for HEAD_GONE_S, every unfinished job fails with one line and
+#: the process leaves Ray. (Ray's own driver ends the whole process 60 s after it loses
+#: the head, with a log line and none of the command's clean-up: this comes first.)
 HEAD_PROBE_S = 2.0
 HEAD_GONE_S = 10.0
 
@@ -111,19 +111,28 @@ def connect(address: Optional[str]) -> Optional[str]:
     _probe(address)
     import ray
 
+    if head_lost():  # the watchdog left a cluster that went away (from its thread): finish here
+        ray.shutdown()
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClusterError(f"cannot join the Ray cluster at {address}: {first}") from None
     _joined["address"], _joined["lost"] = address, False
+    where = _host_port(address)
+    if where is not None:
+        stop = threading.Event()
+        threading.Thread(target=_watch_head, args=(address, where, stop), name="ray-head-watchdog",
+                         daemon=True).start()
+        _joined["watchdog"] = stop
     return address
 
 
 def head_lost() -> bool:
-    """Whether the head of the cluster this process joined stopped answering while jobs
-    were out (see :data:`HEAD_GONE_S`). Ray cannot be left cleanly then: the caller ends
-    the process with ``os._exit`` once it has said so (:func:`pipeline.cli.common.fail`)."""
+    """Whether the head of the cluster this process joined stopped answering (see
+    :data:`HEAD_GONE_S`): jobs can no longer be sent. Ray's exit handlers would wait on it,
+    so the CLI ends the process with ``os._exit`` once it has said so
+    (:func:`pipeline.cli.common.fail`)."""
     return bool(_joined["lost"])
 
 
@@ -132,7 +141,10 @@ def disconnect() -> None:
     if connected() is not None:
         import ray
 
-        if not head_lost():  # a shutdown would wait on the head that is gone
+        stop = _joined.pop("watchdog", None)
+        if stop is not None:
+            stop.set()
+        if not head_lost():  # else the watchdog left already
             ray.shutdown()
         _joined["address"] = None
 
@@ -232,16 +244,12 @@ class _RayPool(Pool):
         self._address = address
         self._remote: Dict[Callable, Any] = {}
         self._refs: List[Any] = []
-        self._pending: Dict[cf.Future, str] = {}
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._watchdog: Optional[threading.Thread] = None
 
     def submit(self, fn, *args, name: str, needs: Needs = Needs()) -> cf.Future:
         import ray
 
         if head_lost():
-            raise self._gone_error()
+            raise _gone_error(self._address)
         if fn not in self._remote:
             self._remote[fn] = ray.remote(fn)
         task = self._remote[fn].options(num_cpus=needs.cpus, memory=int(needs.memory_mb) * 2 ** 20,
@@ -249,54 +257,10 @@ class _RayPool(Pool):
         ref = task.remote(*args)
         self._refs.append(ref)
         outer = _named(ref.future(), name)
-        with self._lock:
-            self._pending[outer] = name
-        outer.add_done_callback(self._finished)
-        self._watch()
+        with _out_lock:
+            _out[outer] = name
+        outer.add_done_callback(_returned)
         return outer
-
-    def _finished(self, f: cf.Future) -> None:
-        with self._lock:
-            self._pending.pop(f, None)
-
-    def _watch(self) -> None:
-        where = _host_port(self._address)
-        if where is None or self._watchdog is not None:
-            return
-        self._watchdog = threading.Thread(target=self._watch_head, args=(where,), name="ray-head-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
-
-    def _watch_head(self, where: Tuple[str, int]) -> None:
-        """Fails every unfinished job once the head has not answered for :data:`HEAD_GONE_S`."""
-        silent_since: Optional[float] = None
-        while not self._closed.wait(HEAD_PROBE_S):
-            with self._lock:
-                waiting = bool(self._pending)
-            if not waiting or _answers(where):
-                silent_since = None
-                continue
-            now = time.monotonic()
-            silent_since = silent_since or now
-            if now - silent_since < HEAD_GONE_S:
-                continue
-            _joined["lost"] = True
-            with self._lock:
-                pending = list(self._pending.items())
-                self._pending.clear()
-            for f, name in pending:
-                try:
-                    f.set_exception(self._gone_error(name, len(pending)))
-                except cf.InvalidStateError:  # it finished meanwhile
-                    pass
-            return
-
-    def _gone_error(self, name: Optional[str] = None, unfinished: int = 0) -> ClusterError:
-        jobs = f"job {name} and {unfinished - 1} more unfinished" if name and unfinished > 1 else (
-            f"job {name} unfinished" if name else "no job can be sent")
-        return ClusterError(f"the Ray head at {self._address} went away ({jobs}): results finished before "
-                            "are kept; run the command again when the cluster is back, or without --ray, "
-                            "to go on from them")
 
     def require(self, needs: Iterable[Needs]) -> None:
         import ray
@@ -312,7 +276,6 @@ class _RayPool(Pool):
     def close(self) -> None:
         import ray
 
-        self._closed.set()
         if head_lost():  # nothing to cancel them with
             self._refs = []
             return
@@ -321,6 +284,56 @@ class _RayPool(Pool):
             for ref in not_ready:
                 ray.cancel(ref)
         self._refs = []
+
+
+#: The jobs out on the cluster (their futures, with their names), for the head's watchdog.
+_out: Dict[cf.Future, str] = {}
+_out_lock = threading.Lock()
+
+
+def _returned(f: cf.Future) -> None:
+    with _out_lock:
+        _out.pop(f, None)
+
+
+def _watch_head(address: str, where: Tuple[str, int], stop: threading.Event) -> None:
+    """While this process is joined: once the head has not answered for :data:`HEAD_GONE_S`,
+    fails every job out with one line, and leaves Ray, whose driver would otherwise end the
+    process 60 s after losing the head (also while this process works on its own, e.g.
+    trains, between jobs)."""
+    silent_since: Optional[float] = None
+    while not stop.wait(HEAD_PROBE_S):
+        if _answers(where):
+            silent_since = None
+            continue
+        now = time.monotonic()
+        silent_since = silent_since or now
+        if now - silent_since < HEAD_GONE_S:
+            continue
+        _joined["lost"] = True
+        with _out_lock:
+            out = list(_out.items())
+            _out.clear()
+        for f, name in out:
+            try:
+                f.set_exception(_gone_error(address, name, len(out)))
+            except cf.InvalidStateError:  # it finished meanwhile
+                pass
+        try:
+            import ray
+
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - leaving a cluster that is gone: nothing more to do
+            pass
+        return
+
+
+def _gone_error(address: str, name: Optional[str] = None, unfinished: int = 0) -> ClusterError:
+    jobs = f"job {name} and {unfinished - 1} more unfinished" if name and unfinished > 1 else (
+        f"job {name} unfinished" if name else "no job can be sent")
+    return ClusterError(f"the Ray head at {address} went away ({jobs}): results finished before "
+                        "are kept; run the command again when the cluster is back, or without --ray, "
+                        "to go on from them")
 
 
 def run_job(fn: Callable[..., Any], *args: Any, name: str, needs: Needs = Needs()) -> Any:

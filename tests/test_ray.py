@@ -268,6 +268,43 @@ def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_re
     assert ran == sorted(set(everything) - set(finished))
 
 
+def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process(cluster):
+    """No job is out (the command works on its own, e.g. trains): once the head is gone
+    the process leaves Ray (whose driver would end the process 60 s after losing the head)
+    and the next job fails at once with one line naming the head."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    from pipeline.pool import HEAD_GONE_S, head_lost
+    from tests.helpers.ray_cluster import LocalCluster
+
+    address = connected()
+    disconnect()
+    c = LocalCluster(head_cpus=0)
+    try:
+        c.start()
+        connect(c.address)
+        os.killpg(c.head_group, signal.SIGKILL)
+        killed = time.monotonic()
+        while not head_lost() and time.monotonic() - killed < 40:
+            time.sleep(0.2)
+        assert head_lost() and HEAD_GONE_S <= time.monotonic() - killed < 40
+        deadline = time.monotonic() + 10
+        while ray.is_initialized() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not ray.is_initialized()
+        with open_pool(1) as pool, pytest.raises(ClusterError) as e:
+            pool.submit(pool_jobs.square, 3, name="after")
+        assert str(e.value).startswith(f"the Ray head at {c.address} went away (no job can be sent)")
+    finally:
+        disconnect()
+        c.stop()
+        connect(address)
+
+
 def _listening_addresses():
     """The local addresses of every listening TCP socket of this network namespace."""
     found = set()
