@@ -317,19 +317,28 @@ def _listening_addresses():
 
 
 #: 127.0.0.1 as /proc/net/tcp writes it (little-endian hex), and as tcp6 writes ::1 and
-#: the IPv4-mapped ::ffff:127.0.0.1.
+#: the IPv4-mapped ::ffff:127.0.0.1; and the wildcard addresses 0.0.0.0 and ::.
 LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+WILDCARD = {"00000000", "00000000000000000000000000000000"}
+
+
+def _interfaces():
+    """The network interfaces of this process's namespace (/proc/self/net/dev; /sys/class/net
+    shows the namespace sysfs was mounted in)."""
+    return {line.split(":")[0].strip() for line in Path("/proc/self/net/dev").read_text().splitlines()[2:]}
 
 
 def test_the_cluster_is_reachable_on_loopback_only(cluster):
-    """Every node says 127.0.0.1, and every socket listening now (the cluster's among them)
-    is on a loopback address: the session runs in a network namespace of its own
+    """Every node says 127.0.0.1, this namespace has no interface but loopback, and every
+    socket listening now (the cluster's among them) is on loopback or the wildcard, which
+    here is loopback too: the session runs in a network namespace of its own
     (tests/helpers/loopback.py), since Ray itself would listen on every interface."""
     import ray
 
     assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} == {"127.0.0.1"}
+    assert _interfaces() == {"lo"}, (
+        f"interfaces {sorted(_interfaces())}: the test session is not in a network namespace of its own "
+        "(run the suite as root; see tests/helpers/loopback.py)")
     listening = _listening_addresses()
-    assert listening, "no listening socket found: the cluster is not running"
-    assert listening <= LOOPBACK, (
-        f"sockets listen beyond loopback ({sorted(listening - LOOPBACK)} in /proc/net/tcp's hex): the test session "
-        "is not in a network namespace of its own (run the suite as root; see tests/helpers/loopback.py)")
+    assert listening & LOOPBACK, "no socket listens on loopback: the cluster is not running"
+    assert listening <= LOOPBACK | WILDCARD, f"sockets on other addresses: {sorted(listening - LOOPBACK - WILDCARD)}"
