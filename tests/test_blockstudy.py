@@ -200,9 +200,11 @@ def test_time_budget_keeps_time_for_the_finalists(tmp_path, monkeypatch, stand_i
     # 10 s per proxy epoch: one finalist's full recipe is kept
     # full_recipe_epochs x 10 s, plus the chosen build's report and bundle and its
     # variants' device runs.
-    final = bs.FINAL_BUILD_S + bs.DEVICE_RUN_S * len(recipe.convert.variants) * recipe.devices.samples / 100
-    assert bs.final_build_s(recipe) == pytest.approx(final) and final > bs.FINAL_BUILD_S
-    reserve = bs.full_recipe_epochs(recipe) * 10.0 + final
+    from pipeline.search import reserve as sr
+
+    final = sr.FINAL_BUILD_S + sr.DEVICE_RUN_S * len(recipe.convert.variants) * recipe.devices.samples / 100
+    assert sr.final_build_s(recipe) == pytest.approx(final) and final > sr.FINAL_BUILD_S
+    reserve = sr.full_recipe_epochs(recipe) * 10.0 + final
     assert phase.reserve_s() == pytest.approx(reserve) and reserve > 70
     # So after the first trained candidate, neither its rung 1 (30 s) nor another
     # trial (10 s) fits in 100 s.

@@ -62,6 +62,7 @@ from pipeline.search.blockspace import (EXPANSIONS, HEAD_FCS, HEADS, HSWISH_FROM
 from pipeline.search.cost import candidate_cost, genotype_cost
 from pipeline.search.jobs import Builds, done_future
 from pipeline.search.proxy import proxy_accuracy, start_proxy
+from pipeline.search.reserve import final_build_s, full_recipe_epochs
 from pipeline.search.space import Arch, Budget, space
 from pipeline.variants import VARIANTS
 from pipeline.errors import Log
@@ -76,14 +77,6 @@ SCREEN_MARGIN = 0.02
 #: missing, one full emulation of the genotype (3-13 s in docs/search.md's runs) is
 #: cheaper, so the proposal goes straight to gate 2.
 MEASURE_MISSING = 2
-#: What a QAT epoch costs in float epochs (pipeline.train.schedule measured ~3).
-QAT_EPOCH_COST = 3
-#: Seconds kept for the chosen build (its training is the finalist's, cached): its report
-#: and bundle, plus each variant's device run per 100 images (:func:`final_build_s`).
-#: Measured on search-blocks' chosen builds (3 variants, 100 images): 38 s on pixel4 and
-#: 57 s on camera-a53, float32's emulated run the longest (29 s).
-FINAL_BUILD_S = 25.0
-DEVICE_RUN_S = 12.0
 #: Random proposals before TPE models the results (Optuna's default).
 TPE_STARTUP = 10
 #: Calibration genotypes of the table's per-model overhead (drawn from seed + 1000,
@@ -444,28 +437,6 @@ class BlockPhase:
         if error is not None:
             raise error
         return {"proposals": proposals, "trained": trained, "out_of_time": self.out_of_time}
-
-
-def final_build_s(recipe: Recipe) -> float:
-    """Seconds kept for the chosen build: :data:`FINAL_BUILD_S` plus :data:`DEVICE_RUN_S`
-    per variant and 100 images of ``devices.samples``."""
-    return FINAL_BUILD_S + DEVICE_RUN_S * len(recipe.convert.variants) * recipe.devices.samples / 100
-
-
-def full_recipe_epochs(recipe: Recipe) -> float:
-    """A full build's training in float-epoch equivalents: the float epochs (the cap
-    under ``auto``), pruning's, QAT's at :data:`QAT_EPOCH_COST` each, clustering's."""
-    from pipeline.train.schedule import finetune_epochs, float_plan
-
-    epochs = float_plan(recipe).epochs
-    total = float(epochs)
-    if recipe.prune.enabled:
-        total += finetune_epochs(recipe.prune.epochs, epochs, "prune")
-    if recipe.qat.enabled:
-        total += QAT_EPOCH_COST * finetune_epochs(recipe.qat.epochs, epochs, "qat")
-    if recipe.cluster.enabled:
-        total += recipe.cluster.epochs
-    return total
 
 
 def reference_rows(recipe: Recipe, device: str, variant: str, budget: Budget, classes: int, root,

@@ -53,9 +53,7 @@ def cost_job(spec: ModelSpec, profile: DeviceProfile) -> Dict[str, Any]:
     from pipeline.native import tf_environment
 
     tf_environment()
-    build_tflite(spec, noop)
-    res, path = run_reference(spec, profile, noop)
-    return run_cost(res, path)
+    return measure_cost(spec, profile)  # a worker joins no cluster: it measures where it runs
 
 
 def candidate_cost(recipe: Recipe, cand: Candidate, device: str, variant: str, classes: int,
