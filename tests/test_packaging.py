@@ -162,3 +162,20 @@ def test_this_interpreter_is_a_supported_version():
     lo, hi = _python_range()
     assert lo <= sys.version_info[:2] < hi, (f"Python {sys.version.split()[0]} is outside python_requires "
                                              f"{_setup_cfg()['options']['python_requires']}")
+
+
+def test_bootstrap_refuses_a_new_venv_on_a_full_disk(tmp_path):
+    """With less free space than a venv takes, make says so in one line and creates nothing
+    (instead of pip's OSError after a half-installed venv). The threshold is raised above
+    the disk's free space to stand in for a full disk."""
+    for name in ("Makefile", "setup.cfg", "pyproject.toml"):
+        (tmp_path / name).write_bytes((REPO / name).read_bytes())
+    stamp = subprocess.run(["make", "-np"], cwd=tmp_path, capture_output=True, text=True).stdout
+    target = re.search(r"^(\.venv/\.deps-[0-9a-f]+):", stamp, re.M)
+    assert target, "the Makefile has no .venv/.deps-<hash> target"
+    run = subprocess.run(["make", "VENV_NEEDS_KB=10000000000000", target.group(1)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "MiB free on the file system of" in errors[0] and "about 3 GiB" in errors[0], run.stderr
+    assert not (tmp_path / ".venv").exists()
