@@ -199,9 +199,11 @@ HEADLESS_DEVICES = ("pixel4", "rpi4", "camera-a53", "pixel3")
 def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_rerun_resumes(builds, tmp_path):
     """A cluster of its own (a head that runs no job, one node of one CPU) runs the device
     matrix of the tiny build (8 jobs); once the first result is written, the head is
-    killed. Within seconds (before Ray's own 60 s exit) the build fails with one line naming
-    the head and an unfinished job; the finished results stay, and a rerun on this machine
-    runs only the others."""
+    killed, and the worker node paused at the same moment, so that jobs are still out
+    however fast the machine runs the rest (on a fast one the last results came back in
+    the seconds before the head was missed). Within seconds (before Ray's own 60 s exit)
+    the build fails with one line naming the head and an unfinished job; the finished
+    results stay, and a rerun on this machine runs only the others."""
     import os
     import signal
     import threading
@@ -228,6 +230,8 @@ def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_re
         while not killed and time.monotonic() < deadline:
             if list((root / "devices").glob("*/*.json")):
                 killed["at"] = time.monotonic()
+                for group in c.node_groups:
+                    os.killpg(group, signal.SIGSTOP)
                 os.killpg(c.head_group, signal.SIGKILL)
                 return
             time.sleep(0.1)

@@ -119,10 +119,12 @@ STAND_IN_BENCHMARK = """\
         for _ in range(n):
             t = time.perf_counter()
             interp.invoke()
-            us.append((time.perf_counter() - t) * 1e6)
+            # Whole microseconds, as the tool records them (int64): then min <= avg <= max
+            # holds for what it prints even when a run takes under a microsecond.
+            us.append(round((time.perf_counter() - t) * 1e6))
         avg = sum(us) / n
         std = (sum((u - avg) ** 2 for u in us) / n) ** 0.5
-        print(f"INFO: count={n} first={us[0]:.0f} curr={us[-1]:.0f} min={min(us):.0f} max={max(us):.0f} "
+        print(f"INFO: count={n} first={us[0]} curr={us[-1]} min={min(us)} max={max(us)} "
               f"avg={avg:g} std={std:.0f}")
         return us[0], avg
     first, warm = loop(max(warmup, 1))

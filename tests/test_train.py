@@ -332,3 +332,34 @@ def test_a_build_on_real_handwritten_digits_beats_chance_by_a_wide_margin(tmp_pa
     assert summary.float_top1 >= 80.0, summary.float_top1
     for name in ("float32", "int8-qat"):
         assert summary.variants[name].top1 >= 80.0, (name, summary.variants[name].top1)
+
+
+@pytest.mark.parametrize("n, replicas, expected", [
+    (32, 1, 256),    # one replica: the usual batch
+    (32, 2, 62),     # 256 would give replica 1 nothing (filled 128 at a time); 62: 31 and 1
+    (300, 2, 199),   # 300 % 256 = 44 <= 128 would leave replica 1 empty; 300 % 199 = 101 > 99
+    (512, 2, 256),   # divides
+    (385, 2, 256),   # last batch 129 > 128: both replicas get images
+])
+def test_evaluation_batches_leave_no_replica_empty(n, replicas, expected):
+    """A MirroredStrategy fills replicas in turn, batch // replicas images each; an empty
+    replica batch fails in oneDNN's depthwise convolution (seen on an AVX-512 CPU), so the
+    validation batch is the largest whose last batch reaches every replica."""
+    from pipeline.train.stream import eval_batch_size, fills_every_replica
+
+    b = eval_batch_size(n, replicas)
+    assert b == expected
+    assert fills_every_replica(n % b, b, replicas)
+    assert all(not fills_every_replica(n % larger, larger, replicas) for larger in range(b + 1, 257))
+
+
+def test_an_epoch_under_two_replicas_leaves_out_a_last_batch_one_replica_would_miss():
+    from pipeline.train.stream import epoch_dataset
+
+    x = np.zeros((70, 4, 4, 1), np.float32)
+    y = np.arange(70) % 10
+    sizes = lambda ds: [int(b[0].shape[0]) for b in ds]  # noqa: E731
+    assert sizes(epoch_dataset(x, y, 32, 0, "t", 0)) == [32, 32, 6]
+    assert sizes(epoch_dataset(x, y, 32, 0, "t", 0, replicas=2)) == [32, 32]   # 6 <= 16: left out
+    x, y = x[:50], y[:50]
+    assert sizes(epoch_dataset(x, y, 32, 0, "t", 0, replicas=2)) == [32, 18]   # 18 > 16: kept

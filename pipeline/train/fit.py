@@ -172,13 +172,14 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         ``plan.epochs`` unless a budget brought it forward).
     """
     from pipeline.train.callbacks import EpochRecord, PatienceStopping, TimeBudget
-    from pipeline.train.stream import epoch_dataset, eval_dataset
+    from pipeline.train.stream import epoch_dataset, eval_batch_size, eval_dataset
 
     import tf_keras as keras
 
     y_train = keras.utils.to_categorical(splits.y_train, splits.num_classes) if one_hot else splits.y_train
     y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes) if one_hot else splits.y_val
-    val_data = eval_dataset(splits.x_val, y_val, batch_size=256)
+    replicas = model.distribute_strategy.num_replicas_in_sync
+    val_data = eval_dataset(splits.x_val, y_val, batch_size=eval_batch_size(len(y_val), replicas))
     patience = PatienceStopping(plan) if plan.auto else None
     budget = (TimeBudget(plan.time_budget_s, plan.epochs, lr_schedule, steps_per_epoch(splits, batch_size))
               if plan.time_budget_s is not None else None)
@@ -188,7 +189,7 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
     ours.on_train_begin()
     for epoch in range(plan.epochs):
         ours.on_epoch_begin(epoch)
-        epoch_data = epoch_dataset(splits.x_train, y_train, batch_size, seed, label, epoch, augment)
+        epoch_data = epoch_dataset(splits.x_train, y_train, batch_size, seed, label, epoch, augment, replicas)
         logs = model.fit(epoch_data, validation_data=val_data, initial_epoch=epoch, epochs=epoch + 1,
                          verbose=0, class_weight=class_weight, callbacks=list(callbacks)).history
         ours.on_epoch_end(epoch, {k: float(v[-1]) for k, v in logs.items()})

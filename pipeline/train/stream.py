@@ -94,14 +94,40 @@ def _draw_at(draw: AugmentDraw, pos: np.ndarray) -> AugmentDraw:
 
 
 def epoch_dataset(images: ImageSet, y: np.ndarray, batch_size: int, seed: int, label: str, epoch: int,
-                  augment: Optional[AugmentConfig] = None):
+                  augment: Optional[AugmentConfig] = None, replicas: int = 1):
     """Epoch ``epoch`` of stage ``label``: a shuffle of the split and, with ``augment``
     enabled, the transforms of its images, both drawn from (seed, label, epoch)
-    (:func:`pipeline.data.augment.epoch_rng`); this worker's share under multi-worker."""
+    (:func:`pipeline.data.augment.epoch_rng`); this worker's share under multi-worker.
+
+    With ``replicas`` > 1 in this process (a MirroredStrategy), a last batch that would
+    leave a replica empty is left out of the epoch (its images are the shuffle's last, so
+    other epochs train on them): see :func:`fills_every_replica`. Multi-worker shares
+    are equal already (:func:`train_dataset`)."""
     rng = epoch_rng(seed, label, epoch)
     order = rng.permutation(len(images))
     draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
-    return train_dataset(images, y, order, batch_size, draw, worker_share())
+    share = worker_share()
+    left = len(order) % batch_size
+    if share[1] == 1 and not fills_every_replica(left, batch_size, replicas):
+        order = order[:len(order) - left]
+    return train_dataset(images, y, order, batch_size, draw, share)
+
+
+def fills_every_replica(last: int, batch_size: int, replicas: int) -> bool:
+    """Whether a last batch of ``last`` images (0: none) gives each of ``replicas`` at least one.
+
+    A MirroredStrategy fills its replicas in turn with ``batch_size // replicas`` images
+    each (the first ``batch_size % replicas`` one more) when the batch size is known, and
+    evenly when it is not; an empty replica batch fails in TensorFlow's oneDNN depthwise
+    convolution ("input depth must be evenly divisible by filter depth: 1 vs 8", seen on
+    an AVX-512 CPU). The condition here holds for both ways of filling."""
+    return replicas <= 1 or last == 0 or last > batch_size - batch_size // replicas
+
+
+def eval_batch_size(n: int, replicas: int = 1, largest: int = 256) -> int:
+    """The largest batch, at most ``largest``, whose last batch of ``n`` images fills every
+    one of ``replicas`` (:func:`fills_every_replica`); ``largest`` with one replica."""
+    return next(b for b in range(largest, 0, -1) if fills_every_replica(n % b, b, replicas))
 
 
 def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: int = 256):

@@ -74,6 +74,11 @@ class LocalCluster:
         """The process group of the head node (its GCS, raylet and workers)."""
         return self._groups[0]
 
+    @property
+    def node_groups(self) -> List[int]:
+        """The process groups of the nodes other than the head (one each)."""
+        return list(self._groups[1:])
+
     def running_job(self) -> Optional[Tuple[int, str]]:
         """``(process group, process title)`` of a worker of a node other than the head that
         runs a task now (Ray titles a busy worker ``ray::<function>``, an idle one
@@ -89,13 +94,15 @@ class LocalCluster:
         return None
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``."""
+        """SIGTERM to this cluster's process groups (SIGCONT after it, for a group a test
+        paused), SIGKILL to what is left after ``grace_s``."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in self._groups:
-                try:
-                    os.killpg(group, sig)
-                except ProcessLookupError:
-                    pass
+                for each in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+                    try:
+                        os.killpg(group, each)
+                    except ProcessLookupError:
+                        pass
             deadline = time.monotonic() + grace_s
             while time.monotonic() < deadline and any(_alive(g) for g in self._groups):
                 time.sleep(0.2)
