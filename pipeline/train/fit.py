@@ -172,13 +172,14 @@ def fit(model, splits, *, plan: Plan, batch_size: int, label: str, seed: int = 0
         ``plan.epochs`` unless a budget brought it forward).
     """
     from pipeline.train.callbacks import EpochRecord, PatienceStopping, TimeBudget
-    from pipeline.train.stream import epoch_dataset, eval_batch_size, eval_dataset
+    from pipeline.train.stream import epoch_dataset, eval_batch_size, eval_dataset, worker_share
 
     import tf_keras as keras
 
     y_train = keras.utils.to_categorical(splits.y_train, splits.num_classes) if one_hot else splits.y_train
     y_val = keras.utils.to_categorical(splits.y_val, splits.num_classes) if one_hot else splits.y_val
-    replicas = model.distribute_strategy.num_replicas_in_sync
+    # This process's replicas (a worker of a multi-worker strategy batches for its own).
+    replicas = max(1, model.distribute_strategy.num_replicas_in_sync // worker_share()[1])
     val_data = eval_dataset(splits.x_val, y_val, batch_size=eval_batch_size(len(y_val), replicas))
     patience = PatienceStopping(plan) if plan.auto else None
     budget = (TimeBudget(plan.time_budget_s, plan.epochs, lr_schedule, steps_per_epoch(splits, batch_size))

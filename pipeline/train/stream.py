@@ -108,7 +108,7 @@ def epoch_dataset(images: ImageSet, y: np.ndarray, batch_size: int, seed: int, l
     draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
     share = worker_share()
     left = len(order) % batch_size
-    if share[1] == 1 and not fills_every_replica(left, batch_size, replicas):
+    if share[1] == 1 and not fills_every_replica(left, batch_size, replicas):  # one worker, several replicas
         order = order[:len(order) - left]
     return train_dataset(images, y, order, batch_size, draw, share)
 
