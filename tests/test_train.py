@@ -340,6 +340,8 @@ def test_a_build_on_real_handwritten_digits_beats_chance_by_a_wide_margin(tmp_pa
     (300, 2, 199),   # 300 % 256 = 44 <= 128 would leave replica 1 empty; 300 % 199 = 101 > 99
     (512, 2, 256),   # divides
     (385, 2, 256),   # last batch 129 > 128: both replicas get images
+    (3, 4, 256),     # fewer images than replicas: no batch can do it
+    (4, 4, 4),       # one full batch, one image each
 ])
 def test_evaluation_batches_leave_no_replica_empty(n, replicas, expected):
     """A MirroredStrategy fills replicas in turn, batch // replicas images each; an empty
@@ -349,8 +351,9 @@ def test_evaluation_batches_leave_no_replica_empty(n, replicas, expected):
 
     b = eval_batch_size(n, replicas)
     assert b == expected
-    assert fills_every_replica(n % b, b, replicas)
-    assert all(not fills_every_replica(n % larger, larger, replicas) for larger in range(b + 1, 257))
+    if n >= replicas:
+        assert b >= replicas and fills_every_replica(n % b, b, replicas)
+        assert all(not fills_every_replica(n % larger, larger, replicas) for larger in range(b + 1, 257))
 
 
 def test_an_epoch_under_two_replicas_leaves_out_a_last_batch_one_replica_would_miss():

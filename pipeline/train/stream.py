@@ -125,9 +125,12 @@ def fills_every_replica(last: int, batch_size: int, replicas: int) -> bool:
 
 
 def eval_batch_size(n: int, replicas: int = 1, largest: int = 256) -> int:
-    """The largest batch, at most ``largest``, whose last batch of ``n`` images fills every
-    one of ``replicas`` (:func:`fills_every_replica`); ``largest`` with one replica."""
-    return next(b for b in range(largest, 0, -1) if fills_every_replica(n % b, b, replicas))
+    """The largest batch, at most ``largest`` and at least ``replicas`` (a full batch gives
+    each replica an image), whose last batch of ``n`` images fills every one of
+    ``replicas`` (:func:`fills_every_replica`); ``largest`` with one replica, or when no
+    batch does (fewer images than replicas)."""
+    return next((b for b in range(largest, replicas - 1, -1) if fills_every_replica(n % b, b, replicas)),
+                largest)
 
 
 def eval_dataset(images: ImageSet, y: Optional[np.ndarray] = None, batch_size: int = 256):
