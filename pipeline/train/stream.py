@@ -99,18 +99,17 @@ def epoch_dataset(images: ImageSet, y: np.ndarray, batch_size: int, seed: int, l
     enabled, the transforms of its images, both drawn from (seed, label, epoch)
     (:func:`pipeline.data.augment.epoch_rng`); this worker's share under multi-worker.
 
-    With ``replicas`` > 1 in this process (a MirroredStrategy), a last batch that would
+    With ``replicas`` > 1 (this process's: a MirroredStrategy's), a last batch that would
     leave a replica empty is left out of the epoch (its images are the shuffle's last, so
-    other epochs train on them): see :func:`fills_every_replica`. Multi-worker shares
-    are equal already (:func:`train_dataset`)."""
+    other epochs train on them): see :func:`fills_every_replica`. A multi-worker worker
+    has one replica, and the workers' shares are equal (:func:`train_dataset`)."""
     rng = epoch_rng(seed, label, epoch)
     order = rng.permutation(len(images))
     draw = draw_augment(len(order), augment, rng) if augment is not None and augment.enabled else None
-    share = worker_share()
     left = len(order) % batch_size
-    if share[1] == 1 and not fills_every_replica(left, batch_size, replicas):  # one worker, several replicas
+    if not fills_every_replica(left, batch_size, replicas):
         order = order[:len(order) - left]
-    return train_dataset(images, y, order, batch_size, draw, share)
+    return train_dataset(images, y, order, batch_size, draw, worker_share())
 
 
 def fills_every_replica(last: int, batch_size: int, replicas: int) -> bool:

@@ -89,16 +89,16 @@ class LocalCluster:
                 group = os.getpgid(int(pid))
             except OSError:  # gone meanwhile
                 continue
-            if group in self._groups[1:] and title.startswith("ray::") and not title.startswith("ray::IDLE"):
+            if group in self.node_groups and title.startswith("ray::") and not title.startswith("ray::IDLE"):
                 return group, title
         return None
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """SIGTERM to this cluster's process groups (SIGCONT after it, for a group a test
-        paused), SIGKILL to what is left after ``grace_s``."""
+        """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``
+        (each followed by SIGCONT, for a group a test paused)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for group in self._groups:
-                for each in (sig, signal.SIGCONT) if sig == signal.SIGTERM else (sig,):
+                for each in (sig, signal.SIGCONT):
                     try:
                         os.killpg(group, each)
                     except ProcessLookupError:
