@@ -9,6 +9,9 @@ and contract coverage.
   else checks before the function runs.
 * The contracts of ``.importlinter`` name every top-level module of ``pipeline``,
   so a new package is covered from its first commit.
+* No module of ``pipeline`` or ``models`` is over :data:`MAX_MODULE_LINES` lines and no
+  function or method over :data:`MAX_FUNCTION_LINES`, from its ``def`` line to its last
+  (docstring included; a click command's option decorators are not counted).
 
 Pure ``ast`` and ``configparser``: nothing of ``pipeline`` is imported, so this runs
 in a fraction of a second (``make lint`` runs it before the suite).
@@ -222,3 +225,42 @@ def test_missing_import_checker():
     assert "LAZY" in top_level_names("def __getattr__(name):\n    if name == 'LAZY':\n        return 1")
     assert top_level_names("try:\n    import a.b as c\nexcept ImportError:\n    d = 1\nif X:\n    def e(): pass") \
         == {"c", "d", "e"}
+
+
+#: Size limits of the packages' code: a longer module is split by concern, a longer
+#: function into named steps.
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(source: str, name: str) -> List[str]:
+    """``"name: N lines"`` for the module ``source`` and each function in it over the limits."""
+    found = []
+    lines = len(source.splitlines())
+    if lines > MAX_MODULE_LINES:
+        found.append(f"{name}: {lines} lines (module, at most {MAX_MODULE_LINES})")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                found.append(f"{name}:{node.lineno} {node.name}: {length} lines (function, at most "
+                             f"{MAX_FUNCTION_LINES})")
+    return found
+
+
+def test_no_module_over_500_lines_and_no_function_over_80():
+    violations = [v for package in OUR_PACKAGES for path in sorted((REPO / package).rglob("*.py"))
+                  for v in oversized(path.read_text(), str(path.relative_to(REPO)))]
+    assert not violations, "over the size limits:\n" + "\n".join(violations)
+
+
+def test_size_checker():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1))
+    assert oversized(f"def f():\n{body}\n", "m") == []
+    assert oversized(f"@deco\ndef f():\n{body}\n    y = 0\n", "m") == [
+        f"m:2 f: {MAX_FUNCTION_LINES + 1} lines (function, at most {MAX_FUNCTION_LINES})"]
+    method = "\n".join("    " + line for line in f"def g(self):\n{body}\n    y = 0".splitlines())
+    assert oversized(f"class C:\n{method}\n", "m") == [
+        f"m:2 g: {MAX_FUNCTION_LINES + 1} lines (function, at most {MAX_FUNCTION_LINES})"]
+    assert oversized("x = 1\n" * (MAX_MODULE_LINES + 1), "m") == [
+        f"m: {MAX_MODULE_LINES + 1} lines (module, at most {MAX_MODULE_LINES})"]
