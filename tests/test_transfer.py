@@ -2,7 +2,8 @@
 
 Keras-applications files are made here: each model is built with ``weights=None``
 and saved under its official file name (what ``weights="imagenet"`` downloads),
-so the loader is tested against the real layout without a download.
+so the loader is tested against the real layout without a download. Each file is
+made once per module (the ``application`` fixture) and only read by the tests.
 """
 
 import dataclasses
@@ -71,14 +72,40 @@ def load(model, path, labels=LABELS):
     return load_init(model, read_source(str(path)), labels)
 
 
+@pytest.fixture(scope="module")
+def application(tmp_path_factory):
+    """``application(family, alpha, top=False, randomize_bn=False)``: :func:`save_application`'s
+    (path, Keras model), made once per module; the tests read the file and the model, none
+    changes them."""
+    root = tmp_path_factory.mktemp("applications")
+    made = {}
+
+    def get(family, alpha, top=False, randomize_bn=False):
+        key = (family, alpha, top, randomize_bn)
+        if key not in made:
+            folder = root / str(len(made))
+            folder.mkdir()
+            made[key] = save_application(folder, family, alpha, top, randomize_bn)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def v2_narrow():
+    """Our MobileNetV2 at width 0.35, for the tests that only read its layers or are refused
+    before any weight is set."""
+    return ours("mobilenet_v2", 0.35)
+
+
 def test_every_family_is_classified_shared_or_not():
     listed = {f for f, _ in SHARED + NOT_SHARED}
     assert listed == set(models.FAMILIES), f"families without a transfer test: {set(models.FAMILIES) - listed}"
 
 
 @pytest.mark.parametrize("family,alpha", SHARED)
-def test_keras_application_backbone_maps_completely(tmp_path, family, alpha):
-    path, k = save_application(tmp_path, family, alpha)
+def test_keras_application_backbone_maps_completely(application, family, alpha):
+    path, k = application(family, alpha)
     model = ours(family, alpha)
     report = load(model, path)
     assert report.backbone_loaded == 1.0
@@ -94,8 +121,8 @@ def test_keras_application_backbone_maps_completely(tmp_path, family, alpha):
 
 
 @pytest.mark.parametrize("family", ["mobilenet_v2", "mobilenet_v3_small"])
-def test_file_with_top_loads_the_layer_after_the_pool_but_never_the_imagenet_classifier(tmp_path, family):
-    path, k = save_application(tmp_path, family, 1.0, top=True)
+def test_file_with_top_loads_the_layer_after_the_pool_but_never_the_imagenet_classifier(application, family):
+    path, k = application(family, 1.0, top=True)
     model = ours(family, 1.0, classes=1000)
     report = load(model, path, tuple(str(i) for i in range(1000)))
     assert report.new == ("logits",)
@@ -105,25 +132,25 @@ def test_file_with_top_loads_the_layer_after_the_pool_but_never_the_imagenet_cla
 
 
 @pytest.mark.parametrize("family,alpha", NOT_SHARED)
-def test_keras_v3_below_width_one_is_refused_naming_the_layer(tmp_path, family, alpha):
-    path, _ = save_application(tmp_path, family, alpha)
+def test_keras_v3_below_width_one_is_refused_naming_the_layer(application, family, alpha):
+    path, _ = application(family, alpha)
     with pytest.raises(ConfigError, match=r"layer 'block2_expand_conv' \(from 'expanded_conv_1/expand'.*"
                                           r"only width-1.0 V3 files map"):
         load(ours(family, alpha), path)
 
 
-def test_wrong_width_is_refused_naming_the_layer(tmp_path):
-    path, _ = save_application(tmp_path, "mobilenet_v2", 1.0)
+def test_wrong_width_is_refused_naming_the_layer(application, v2_narrow):
+    path, _ = application("mobilenet_v2", 1.0)
     with pytest.raises(ConfigError, match=r"layer 'stem_conv' \(from 'Conv1'.*shape \[\(3, 3, 1, 32\)\].*"
                                           r"\[\(3, 3, 1, 16\)\].*another width.*file name says width 1"):
-        load(ours("mobilenet_v2", 0.35), path)
+        load(v2_narrow, path)
 
 
-def test_wrong_family_is_refused_naming_a_layer(tmp_path):
-    path, _ = save_application(tmp_path, "mobilenet_v1", 0.25)
+def test_wrong_family_is_refused_naming_a_layer(application, v2_narrow):
+    path, _ = application("mobilenet_v1", 0.25)
     with pytest.raises(ConfigError, match=r"holds mobilenet_v1 weights \(e\.g\. layer 'conv1'\), but "
                                           r"recipe\.model\.family is mobilenet_v2"):
-        load(ours("mobilenet_v2", 0.35), path)
+        load(v2_narrow, path)
 
 
 def test_minimalistic_v3_is_refused(tmp_path):
@@ -134,7 +161,7 @@ def test_minimalistic_v3_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_stem_computes_what_the_keras_model_computes_on_its_own_input_range(tmp_path, channels):
+def test_stem_computes_what_the_keras_model_computes_on_its_own_input_range(application, channels):
     """Grey from an RGB file (kernel summed over colour) and [0, 1] input against Keras' [-1, 1]:
     the stem's batch-norm output is the file model's, away from the padded border."""
     from pipeline.native import tf_environment
@@ -142,7 +169,7 @@ def test_stem_computes_what_the_keras_model_computes_on_its_own_input_range(tmp_
     tf_environment()
     import tf_keras as keras
 
-    path, k = save_application(tmp_path, "mobilenet_v1", 0.25, randomize_bn=True)
+    path, k = application("mobilenet_v1", 0.25, randomize_bn=True)
     model = ours("mobilenet_v1", 0.25, channels=channels, first_stride=2)
     report = load(model, path)
     assert any("[-1, 1]" in note for note in report.adapted)
@@ -164,11 +191,18 @@ def _fake_build(tmp_path, model, labels):
     return root
 
 
-@pytest.mark.parametrize("labels,kept", [(LABELS, True), (tuple("abcdefghij"), False)])
-def test_previous_build_loads_layer_by_layer_and_keeps_the_classifier_only_for_its_labels(tmp_path, labels,
-                                                                                          kept):
+@pytest.fixture(scope="module")
+def rgb_build(tmp_path_factory):
+    """A previous build of our MobileNetV3-Small at width 0.5 on RGB input, for labels
+    ``LABELS``: (its directory, the model it saved)."""
     source = ours("mobilenet_v3_small", 0.5, channels=3)
-    root = _fake_build(tmp_path, source, LABELS)
+    return _fake_build(tmp_path_factory.mktemp("rgb-build"), source, LABELS), source
+
+
+@pytest.mark.parametrize("labels,kept", [(LABELS, True), (tuple("abcdefghij"), False)])
+def test_previous_build_loads_layer_by_layer_and_keeps_the_classifier_only_for_its_labels(rgb_build, labels,
+                                                                                          kept):
+    root, source = rgb_build
     model = ours("mobilenet_v3_small", 0.5, channels=1)
     report = load(model, root, labels)
     assert report.source["kind"] == "build" and report.backbone_loaded == 1.0
@@ -199,10 +233,10 @@ def test_init_path_errors(tmp_path):
         resolve_init(str(tmp_path / "weights.keras"))
 
 
-def test_finetune_layers_top_blocks():
+def test_finetune_layers_top_blocks(v2_narrow):
     from pipeline.train.transfer import finetune_layers
 
-    model = ours("mobilenet_v2", 0.35)
+    model = v2_narrow
     names = finetune_layers(model, 2)
     assert "block16_expand_conv" in names and "block17_project_bn" in names
     assert "head_conv" in names and "logits" in names
