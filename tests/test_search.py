@@ -2,7 +2,7 @@
 
 Unit tests (Pareto front, budgets, study keys, recipes, CLI errors) need neither
 TensorFlow training nor qemu. The integration test runs a real search on a tiny
-space (MobileNetV2 at two widths, 32x32x1, 128 training images) on pixel4: emulated
+space (MobileNetV1 at two widths, 32x32x1, 128 training images) on pixel4: emulated
 cost runs, proxy training, one finalist built with devices, then a resumed run.
 """
 
