@@ -2,14 +2,20 @@
 
 The cluster is a head and one more node of one CPU each, started for this module with
 its own temporary directory and ports, and stopped (its own processes only) at the end.
+This machine's figures are made once (:func:`here`), while the cluster starts and before
+it is joined when the module runs in order, so that it joins once: every join is a Ray
+job of its own, whose first task on a node starts a new worker (and imports TensorFlow
+there again).
 A tiny build's device matrix on the cluster gives the same files and instruction counts
 as on this machine; so do block-table parts; a real device that no node advertises fails
 at once, naming the resource; a job that raises or whose worker dies names the job.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +27,7 @@ from pipeline.errors import ClusterError, ConfigError
 from pipeline.pool import JobError, Needs, connect, connected, disconnect, open_pool
 from pipeline.recipe.stages import DevicesConfig
 from tests.helpers import pool_jobs
-from tests.helpers.ray_cluster import joined_cluster
+from tests.helpers.ray_cluster import starting_cluster
 from tests.helpers.stages import make_recipe, quiet
 
 pytestmark = pytest.mark.integration
@@ -31,10 +37,52 @@ VARIANTS = ("float32", "int8-ptq")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """The two-node cluster, joined by this process for the module's tests."""
-    with joined_cluster() as c:
+def here(tmp_path_factory):
+    """This machine's figures, made off the cluster: the tiny recipe built (device matrix
+    included), and a block genotype's first table part (its stem at input 24, the
+    smallest) and its emulated cost (gate 2 of a search), each measured once."""
+    from models.genotype import parts
+    from pipeline.build import build
+    from pipeline.devices.profiles import get_device
+    from pipeline.search import blocktable as bt
+    from pipeline.search import cost as sc
+    from pipeline.search.blockspace import sample_distinct
+
+    g = sample_distinct(0, 1)[0]
+    geometry = bt.Geometry(24)
+    part = parts(g, geometry.input_shape, geometry.classes, geometry.first_stride)[0]
+    spec = sc.genotype_spec(g.to_dict(), 24, 10, "int8", 1, 1)
+    with on_this_machine():
+        return SimpleNamespace(
+            build=build(tiny_recipe(), out=tmp_path_factory.mktemp("raybuild") / "here", log=quiet),
+            part=part, part_figures=bt.measure_part(part, get_device("pixel4")),
+            spec=spec, cost=sc.measure_cost(spec, get_device("pixel4")))
+
+
+@pytest.fixture(scope="module")
+def starting():
+    """The module's two-node cluster, starting in the background (see
+    :func:`tests.helpers.ray_cluster.starting_cluster`), so that :func:`here` works meanwhile."""
+    with starting_cluster() as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def cluster(starting):
+    """The two-node cluster, joined by this process for the module's tests."""
+    connect(starting.started.result().address)
+    return starting
+
+
+@contextlib.contextmanager
+def on_this_machine():
+    """Leaves the cluster this process joined, if any, for the block; joins it again after."""
+    address = connected()
+    disconnect()
+    try:
+        yield
+    finally:
+        connect(address)
 
 
 def tiny_recipe():
@@ -46,22 +94,16 @@ def tiny_recipe():
 
 
 @pytest.fixture(scope="module")
-def builds(cluster, tmp_path_factory):
+def builds(starting, here, cluster):
     """The tiny recipe built here, then its device matrix again on the cluster (a copy of
     the build without its device results: every other stage is cached)."""
     from pipeline.build import build
 
-    root = tmp_path_factory.mktemp("raybuild")
-    address = connected()
-    disconnect()
-    try:
-        here = build(tiny_recipe(), out=root / "here", log=quiet)
-    finally:
-        connect(address)
+    root = here.build.root.parent
     shutil.copytree(root / "here", root / "cluster")
     shutil.rmtree(root / "cluster" / "devices")
     there = build(tiny_recipe(), out=root / "cluster", log=quiet)
-    return here, there
+    return here.build, there
 
 
 def _sha256(path) -> str:
@@ -84,39 +126,17 @@ def test_the_device_matrix_on_the_cluster_gives_the_local_figures(builds):
 
 
 @pytest.mark.device
-def test_block_table_parts_measured_on_the_cluster_match_the_local_ones(cluster, local_parts):
+def test_block_table_parts_measured_on_the_cluster_match_the_local_ones(here, cluster):
     from pipeline.devices.profiles import get_device
     from pipeline.search.blocktable import measure_part
 
-    parts, here = local_parts
+    p = here.part
     with open_pool(workers=1) as pool:
-        there = [pool.submit(measure_part, p, get_device("pixel4"), name=f"part/pixel4/{p.key()}").result()
-                 for p in parts]
-    for a, b in zip(here, there):
-        assert a["loaded"] and b["loaded"]
-        assert (b["instructions"], b["instructions_by_class"], b["model_sha256"]) == \
-            (a["instructions"], a["instructions_by_class"], a["model_sha256"])
-
-
-@pytest.fixture(scope="module")
-def local_parts(cluster):
-    """A part of a block-table genotype (its stem at input 24, the smallest) measured on this machine."""
-    from models.genotype import parts
-    from pipeline.devices.profiles import get_device
-    from pipeline.search.blockspace import sample_distinct
-    from pipeline.search.blocktable import Geometry, measure_part
-
-    g = Geometry(24)
-    chosen = parts(sample_distinct(0, 1)[0], g.input_shape, g.classes, g.first_stride)[:1]
-    address = connected()
-    disconnect()
-    try:
-        with open_pool(workers=1) as pool:
-            futures = [pool.submit(measure_part, p, get_device("pixel4"), name=f"part/pixel4/{p.key()}")
-                       for p in chosen]
-            return chosen, [f.result() for f in futures]
-    finally:
-        connect(address)
+        there = pool.submit(measure_part, p, get_device("pixel4"), name=f"part/pixel4/{p.key()}").result()
+    a, b = here.part_figures, there
+    assert a["loaded"] and b["loaded"]
+    assert (b["instructions"], b["instructions_by_class"], b["model_sha256"]) == \
+        (a["instructions"], a["instructions_by_class"], a["model_sha256"])
 
 
 def test_a_real_device_no_node_advertises_fails_at_once_naming_its_resource(cluster):
@@ -137,43 +157,15 @@ def test_a_real_device_no_node_advertises_fails_at_once_naming_its_resource(clus
                                    f"ray start --address {cluster.address} --resources")
 
 
-def test_a_failed_job_on_the_cluster_names_itself(cluster):
-    with open_pool(workers=1) as pool:
-        assert pool.submit(pool_jobs.square, 7, name="square/7", needs=Needs(memory_mb=64)).result() == 49
-        ours = pool.submit(pool_jobs.refuse, "rpi9", name="device/rpi9/int8-qat", needs=Needs(memory_mb=64))
-        bug = pool.submit(pool_jobs.crash_by_bug, "counting", name="part/pixel4/stem", needs=Needs(memory_mb=64))
-        dies = pool.submit(pool_jobs.die, name="device/pixel4/int8-qat", needs=Needs(memory_mb=64))
-        with pytest.raises(ConfigError, match=r"^job device/rpi9/int8-qat: rpi9 is not a valid thing$"):
-            ours.result(timeout=120)
-        with pytest.raises(JobError, match=r"^job part/pixel4/stem failed: ValueError: counting went wrong$"):
-            bug.result(timeout=120)
-        with pytest.raises(ClusterError, match=r"^job device/pixel4/int8-qat was lost on the Ray cluster "
-                                               r"\(2 retries\): WorkerCrashedError"):
-            dies.result(timeout=120)
-
-
 @pytest.mark.device
-def test_a_search_prices_its_proposals_on_the_cluster(cluster, tmp_path, monkeypatch):
+def test_a_search_prices_its_proposals_on_the_cluster(here, cluster, tmp_path, monkeypatch):
     """With nothing in this machine's latency cache, a block genotype's emulated cost (gate 2
     of a search) and one of its table parts are measured by jobs of the cluster, with the
     figures of the same runs made here."""
-    from models.genotype import parts
-    from pipeline.devices.profiles import get_device
     from pipeline.search import blocktable as bt
     from pipeline.search import cost as sc
-    from pipeline.search.blockspace import sample_distinct
 
-    g = sample_distinct(0, 1)[0]
-    spec = sc.genotype_spec(g.to_dict(), 24, 10, "int8", 1, 1)
-    geometry = bt.Geometry(24)
-    part = parts(g, geometry.input_shape, geometry.classes, geometry.first_stride)[0]
-    address = connected()
-    disconnect()
-    try:
-        here_cost = sc.measure_cost(spec, get_device("pixel4"))
-        here_part = bt.measure_part(part, get_device("pixel4"))
-    finally:
-        connect(address)
+    spec, part, here_cost, here_part = here.spec, here.part, here.cost, here.part_figures
     monkeypatch.setenv("MOBILE_MODEL_CACHE", str(tmp_path / "empty-cache"))  # this machine's only
     monkeypatch.setattr(bt, "_PRICED", {})
     logs = []
@@ -192,19 +184,30 @@ def test_a_search_prices_its_proposals_on_the_cluster(cluster, tmp_path, monkeyp
     assert sc.spec_cost(spec, "g", "pixel4", "int8-ptq", 1, logs.append)["cached"] and not logs
 
 
-HEADLESS_DEVICES = ("pixel4", "rpi4", "camera-a53", "pixel3")
+def test_a_failed_job_on_the_cluster_names_itself(cluster):
+    with open_pool(workers=1) as pool:
+        assert pool.submit(pool_jobs.square, 7, name="square/7", needs=Needs(memory_mb=64)).result() == 49
+        ours = pool.submit(pool_jobs.refuse, "rpi9", name="device/rpi9/int8-qat", needs=Needs(memory_mb=64))
+        bug = pool.submit(pool_jobs.crash_by_bug, "counting", name="part/pixel4/stem", needs=Needs(memory_mb=64))
+        dies = pool.submit(pool_jobs.die, name="device/pixel4/int8-qat", needs=Needs(memory_mb=64))
+        with pytest.raises(ConfigError, match=r"^job device/rpi9/int8-qat: rpi9 is not a valid thing$"):
+            ours.result(timeout=120)
+        with pytest.raises(JobError, match=r"^job part/pixel4/stem failed: ValueError: counting went wrong$"):
+            bug.result(timeout=120)
+        with pytest.raises(ClusterError, match=r"^job device/pixel4/int8-qat was lost on the Ray cluster "
+                                               r"\(2 retries\): WorkerCrashedError"):
+            dies.result(timeout=120)
 
 
 @pytest.mark.device
-def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_rerun_resumes(builds, tmp_path):
+def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_rerun_resumes(here, tmp_path):
     """A cluster of its own (a head that runs no job, one node of one CPU) runs the device
-    matrix of the tiny build (8 jobs); once the first result is written, the head is
-    killed, and the worker node paused at the same moment, so that jobs are still out
-    however fast the machine runs the rest (on a fast one the last results came back in
-    the seconds before the head was missed). Within seconds (before Ray's own 60 s exit)
-    the build fails with one line naming the head and an unfinished job; the finished
-    results stay, and a rerun on this machine runs only the others."""
-    import os
+    matrix of the tiny build (2 jobs, one at a time, each seconds of qemu); once the first
+    result is written, the head is killed, and the worker node (its raylet and its
+    workers) paused at the same moment, so that the other job is still out however fast
+    the machine runs it. Within seconds (before Ray's own 60 s exit) the build fails with
+    one line naming the head and the unfinished job; the finished result stays, and a
+    rerun on this machine runs only the other."""
     import signal
     import threading
     import time
@@ -215,14 +218,9 @@ def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_re
     from pipeline.pool import HEAD_GONE_S, head_lost
     from tests.helpers.ray_cluster import LocalCluster
 
-    here, _ = builds
-    recipe = dataclasses.replace(tiny_recipe(), devices=DevicesConfig(targets=HEADLESS_DEVICES, samples=2,
-                                                                       workers=1)).validate()
     root = tmp_path / "headless"
-    shutil.copytree(here.root, root)
+    shutil.copytree(here.build.root, root)
     shutil.rmtree(root / "devices")
-    address = connected()
-    disconnect()
     c = LocalCluster(head_cpus=0)
     killed = {}
 
@@ -230,53 +228,47 @@ def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_re
         while not killed and time.monotonic() < deadline:
             if list((root / "devices").glob("*/*.json")):
                 killed["at"] = time.monotonic()
-                for group in c.node_groups:
-                    os.killpg(group, signal.SIGSTOP)
+                c.pause_nodes()
                 os.killpg(c.head_group, signal.SIGKILL)
                 return
-            time.sleep(0.1)
+            time.sleep(0.02)
 
-    try:
-        c.start()
-        connect(c.address)
-        deadline = time.monotonic() + 300
-        watcher = threading.Thread(target=kill_head_after_first_result, daemon=True)
-        watcher.start()
-        with pytest.raises(ClusterError) as e:
-            build(recipe, out=root, log=quiet)
-        failed_at = time.monotonic()
-        watcher.join(1)
-        assert killed, "the head was never killed: no device result appeared"
-        assert head_lost()
-    finally:
-        disconnect()
-        c.stop()
-        ray.shutdown()  # the head is gone: nothing is left to wait on
-        connect(address)
-    assert HEAD_GONE_S <= failed_at - killed["at"] < 45
-    message = str(e.value)
-    assert "\n" not in message
-    assert f"the Ray head at {c.address} went away (job device/" in message and "run the command again" in message
-    finished = sorted(p.parent.name + "/" + p.stem for p in (root / "devices").glob("*/*.json"))
-    assert 1 <= len(finished) < len(HEADLESS_DEVICES) * len(VARIANTS)
-    for p in (root / "devices").glob("*/*.json"):
-        json.loads(p.read_text())  # complete files only
-    address = connected()
-    disconnect()
-    try:
-        again = build(recipe, out=root, log=quiet)
-    finally:
-        connect(address)
+    with on_this_machine():
+        try:
+            c.start()
+            connect(c.address)
+            deadline = time.monotonic() + 300
+            watcher = threading.Thread(target=kill_head_after_first_result, daemon=True)
+            watcher.start()
+            with pytest.raises(ClusterError) as e:
+                build(tiny_recipe(), out=root, log=quiet)
+            failed_at = time.monotonic()
+            watcher.join(1)
+            assert killed, "the head was never killed: no device result appeared"
+            assert head_lost()
+        finally:
+            disconnect()
+            c.stop()
+            ray.shutdown()  # the head is gone: nothing is left to wait on
+        assert HEAD_GONE_S <= failed_at - killed["at"] < 45
+        message = str(e.value)
+        assert "\n" not in message
+        assert f"the Ray head at {c.address} went away (job device/" in message and "run the command again" in message
+        finished = sorted(p.parent.name + "/" + p.stem for p in (root / "devices").glob("*/*.json"))
+        assert 1 <= len(finished) < len(DEVICES) * len(VARIANTS)
+        for p in (root / "devices").glob("*/*.json"):
+            json.loads(p.read_text())  # complete files only
+        again = build(tiny_recipe(), out=root, log=quiet)
     ran = sorted(s[len("device/"):] for s in again.summary.stages_run if s.startswith("device/"))
-    everything = sorted(f"{d}/{v}" for d in HEADLESS_DEVICES for v in VARIANTS)
+    everything = sorted(f"{d}/{v}" for d in DEVICES for v in VARIANTS)
     assert ran == sorted(set(everything) - set(finished))
 
 
-def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process(cluster):
+def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process():
     """No job is out (the command works on its own, e.g. trains): once the head is gone
     the process leaves Ray (whose driver would end the process 60 s after losing the head)
-    and the next job fails at once with one line naming the head."""
-    import os
+    and the next job fails at once with one line naming the head. (A cluster of its own:
+    a head alone, since no job runs.)"""
     import signal
     import time
 
@@ -285,28 +277,26 @@ def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process(
     from pipeline.pool import HEAD_GONE_S, head_lost
     from tests.helpers.ray_cluster import LocalCluster
 
-    address = connected()
-    disconnect()
-    c = LocalCluster(head_cpus=0)
-    try:
-        c.start()
-        connect(c.address)
-        os.killpg(c.head_group, signal.SIGKILL)
-        killed = time.monotonic()
-        while not head_lost() and time.monotonic() - killed < 40:
-            time.sleep(0.2)
-        assert head_lost() and HEAD_GONE_S <= time.monotonic() - killed < 40
-        deadline = time.monotonic() + 10
-        while ray.is_initialized() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not ray.is_initialized()
-        with open_pool(1) as pool, pytest.raises(ClusterError) as e:
-            pool.submit(pool_jobs.square, 3, name="after")
-        assert str(e.value).startswith(f"the Ray head at {c.address} went away (no job can be sent)")
-    finally:
-        disconnect()
-        c.stop()
-        connect(address)
+    c = LocalCluster(head_cpus=0, extra_nodes=0)
+    with on_this_machine():
+        try:
+            c.start()
+            connect(c.address)
+            os.killpg(c.head_group, signal.SIGKILL)
+            killed = time.monotonic()
+            while not head_lost() and time.monotonic() - killed < 40:
+                time.sleep(0.2)
+            assert head_lost() and HEAD_GONE_S <= time.monotonic() - killed < 40
+            deadline = time.monotonic() + 10
+            while ray.is_initialized() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not ray.is_initialized()
+            with open_pool(1) as pool, pytest.raises(ClusterError) as e:
+                pool.submit(pool_jobs.square, 3, name="after")
+            assert str(e.value).startswith(f"the Ray head at {c.address} went away (no job can be sent)")
+        finally:
+            disconnect()
+            c.stop()
 
 
 def _listening_addresses():

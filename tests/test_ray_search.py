@@ -14,8 +14,6 @@ grid and block trials two at once with stand-in trainings.
 """
 
 import json
-import os
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +23,11 @@ import pytest
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.pool import connect, connected, disconnect
+from pipeline.pool import connect
 from pipeline.recipe.load import load_recipe
 from pipeline.search import space as ss
 from pipeline.search import study as se
-from tests.helpers.ray_cluster import joined_cluster
+from tests.helpers.ray_cluster import starting_cluster
 from tests.helpers.stages import quiet
 from tests.test_blockstudy import stand_ins  # noqa: F401 (a fixture)
 
@@ -169,9 +167,11 @@ def test_block_trials_run_two_at_once_through_their_rungs(tmp_path, stand_ins, m
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head that runs no job and two nodes of one CPU each, joined by this process: every
-    job runs on a node that can be killed while the other takes its jobs over."""
-    with joined_cluster(extra_nodes=2, head_cpus=0) as c:
+    """A head that runs no job and two nodes of one CPU each: every job runs on a node that
+    can be killed while the other takes its jobs over. It starts in the background
+    (``started``, a future) while :func:`searches` searches here, then joins it; it is left
+    and stopped at the end."""
+    with starting_cluster(extra_nodes=2, head_cpus=0) as c:
         yield c
 
 
@@ -192,9 +192,9 @@ def _top1(result):
 
 @pytest.fixture(scope="module")
 def searches(cluster, tmp_path_factory):
-    """The search here, then on the cluster, where the node running a job is killed
-    (SIGKILL to its process group, its ``ray start``) while it runs it, once the first
-    trial is stored.
+    """The search here (while the cluster starts), then on the cluster, where the node running a job is killed
+    (SIGKILL to its process group, its ``ray start``, and to its workers) while it runs
+    it, once the first trial is stored.
 
     Returns:
         (the recipe, the local result, the cluster's, its folder, {number: (candidate,
@@ -205,13 +205,9 @@ def searches(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("searches")
     recipe = _recipe(root)
     try:
-        address = connected()
-        disconnect()
-        try:
-            here = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=root / "here", log=quiet,
-                             final_build=False)
-        finally:
-            connect(address)
+        here = se.search(recipe, "pixel4", ss.Budget(1.0), variant="float32", out=root / "here", log=quiet,
+                         final_build=False)
+        connect(cluster.started.result().address)
         out, result, errors = root / "there", {}, []
 
         def run():
@@ -225,7 +221,7 @@ def searches(cluster, tmp_path_factory):
         thread.start()
         stored = _wait_for_a_stored_trial(out, thread)
         busy = _wait_for_a_running_job(cluster, thread)
-        os.killpg(busy[0], signal.SIGKILL)
+        cluster.kill_node(busy[0])
         thread.join(timeout=300)
         assert not thread.is_alive(), "the search did not end after the worker node was lost"
         assert not errors, errors

@@ -5,8 +5,10 @@ chosen free and every file under a temporary directory of its own (``--temp-dir`
 short one under /tmp: Ray's sockets live there, and a Unix socket's path may not exceed
 107 bytes (a pytest-xdist worker's tmp path already takes most of them).
 Each ``ray start`` runs in a session of its own, so the processes it leaves (GCS, raylet,
-workers) share its process group: :meth:`LocalCluster.stop` ends those groups, and only
-those (``ray stop`` would end every Ray process of the machine, other users' too).
+agents) share its process group; a raylet starts each of its workers in a process group
+of its own (a job's children, e.g. qemu, join it). :meth:`LocalCluster.stop` ends those
+groups, and only those (``ray stop`` would end every Ray process of the machine, other
+users' too).
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -80,42 +83,78 @@ class LocalCluster:
         return list(self._groups[1:])
 
     def running_job(self) -> Optional[Tuple[int, str]]:
-        """``(process group, process title)`` of a worker of a node other than the head that
-        runs a task now (Ray titles a busy worker ``ray::<function>``, an idle one
-        ``ray::IDLE``), or None."""
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                group = os.getpgid(int(pid))
-            except OSError:  # gone meanwhile
-                continue
-            if group in self.node_groups and title.startswith("ray::") and not title.startswith("ray::IDLE"):
-                return group, title
+        """``(process group, process title)`` of a node other than the head and of its worker
+        that runs a task now (Ray titles a busy worker ``ray::<function>``, an idle one
+        ``ray::IDLE``; the node's agents, also ``ray::...``, share the node's group), or None."""
+        procs = _processes()
+        for pid, (group, parent, title) in procs.items():
+            node = procs.get(parent, (None,))[0]
+            if (node in self.node_groups and group == pid and title.startswith("ray::")
+                    and not title.startswith("ray::IDLE")):
+                return node, title
         return None
 
-    def stop(self, grace_s: float = 3.0) -> None:
-        """SIGTERM to this cluster's process groups, SIGKILL to what is left after ``grace_s``
-        (each followed by SIGCONT, for a group a test paused)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for group in self._groups:
-                for each in (sig, signal.SIGCONT):
-                    try:
-                        os.killpg(group, each)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline and any(_alive(g) for g in self._groups):
-                time.sleep(0.2)
+    def pause_nodes(self) -> None:
+        """SIGSTOP to every node other than the head: its group and its workers' (a job that
+        runs there stops where it is)."""
+        groups = self.node_groups
+        for group in groups + _worker_groups(groups):
+            _signal(group, signal.SIGSTOP)
+
+    def kill_node(self, group: int) -> None:
+        """SIGKILL to the node of process group ``group`` and to its workers (each in a group
+        of its own, which would otherwise run on until they miss their raylet)."""
+        for g in [group] + _worker_groups([group]):
+            _signal(g, signal.SIGKILL)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGKILL to this cluster's process groups and its workers' (each followed by SIGCONT,
+        for a group a test paused), then waits until none of their processes runs (a zombie
+        only waits for its reaper). A throwaway cluster keeps nothing that a graceful exit
+        would save, and Ray's GCS and raylets take seconds to leave on SIGTERM."""
+        groups = self._groups + _worker_groups(self._groups)
+        for group in groups:
+            for each in (signal.SIGKILL, signal.SIGCONT):
+                _signal(group, each)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _running(groups):
+            time.sleep(0.05)
         self._groups = []
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def _alive(group: int) -> bool:
+def _processes() -> Dict[int, Tuple[int, int, str]]:
+    """``{pid: (process group, parent, title)}`` of the processes of this machine now."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        if fields[0] != "Z":
+            found[int(pid)] = (int(fields[2]), int(fields[1]), title)
+    return found
+
+
+def _worker_groups(groups: List[int]) -> List[int]:
+    """The process groups of the workers that the raylets of ``groups`` started."""
+    procs = _processes()
+    return sorted({g for pid, (g, parent, _) in procs.items()
+                   if g == pid and g not in groups and procs.get(parent, (None,))[0] in groups})
+
+
+def _running(groups: List[int]) -> bool:
+    """Whether a process of ``groups`` runs (is not a zombie)."""
+    return any(g in groups for g, _, _ in _processes().values())
+
+
+def _signal(group: int, sig: int) -> None:
     try:
-        os.killpg(group, 0)
+        os.killpg(group, sig)
     except ProcessLookupError:
-        return False
-    return True
+        pass
 
 
 def _json(resources: Dict[str, float]) -> str:
@@ -125,16 +164,19 @@ def _json(resources: Dict[str, float]) -> str:
 
 
 @contextlib.contextmanager
-def joined_cluster(**kwargs) -> Iterator[LocalCluster]:
-    """A started :class:`LocalCluster` (``kwargs`` as its constructor's) that this process
-    has joined (:func:`pipeline.pool.connect`); left and stopped on exit."""
-    from pipeline.pool import connect, disconnect
+def starting_cluster(**kwargs) -> Iterator[LocalCluster]:
+    """A :class:`LocalCluster` (``kwargs`` as its constructor's) that starts in the background
+    while the block runs (other work meanwhile: its ``ray start`` commands mostly wait):
+    ``started.result()`` waits for it and gives it (or raises what its start raised).
+    Left (:func:`pipeline.pool.disconnect`) and stopped on exit."""
+    from pipeline.pool import disconnect
 
     c = LocalCluster(**kwargs)
+    starter = ThreadPoolExecutor(1)
+    c.started = starter.submit(c.start)
     try:
-        c.start()
-        connect(c.address)
         yield c
     finally:
+        starter.shutdown(wait=True)
         disconnect()
         c.stop()
