@@ -267,8 +267,7 @@ def test_a_head_that_goes_away_mid_matrix_stops_the_build_with_one_line_and_a_re
 def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process():
     """No job is out (the command works on its own, e.g. trains): once the head is gone
     the process leaves Ray (whose driver would end the process 60 s after losing the head)
-    and the next job fails at once with one line naming the head. (A cluster of its own:
-    a head alone, since no job runs.)"""
+    and the next job fails at once with one line naming the head."""
     import signal
     import time
 
@@ -277,7 +276,7 @@ def test_a_head_that_goes_away_between_jobs_is_left_before_ray_ends_the_process(
     from pipeline.pool import HEAD_GONE_S, head_lost
     from tests.helpers.ray_cluster import LocalCluster
 
-    c = LocalCluster(head_cpus=0, extra_nodes=0)
+    c = LocalCluster(head_cpus=0)
     with on_this_machine():
         try:
             c.start()
