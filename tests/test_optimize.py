@@ -248,6 +248,24 @@ def test_prune_is_deterministic(splits, chain):
         np.testing.assert_array_equal(a, b)
 
 
+
+@pytest.mark.integration
+def test_a_stage_names_its_layers_as_in_a_fresh_process(float_model):
+    """Keras numbers the layers it names itself per process (``quantize_layer``,
+    ``quantize_layer_1``, ...), and those names reach ``qat.h5`` and the int8 file: a
+    second build in one process (a search's) wrote other bytes than the first.
+    ``setup_tensorflow``, which every stage calls first, restarts the numbering."""
+    from pipeline.train.fit import setup_tensorflow
+    from pipeline.train.keras_io import load_keras
+    from pipeline.train.zoo import quantize_model
+
+    names = []
+    for _ in range(2):
+        setup_tensorflow(0)
+        names.append([layer.name for layer in quantize_model(load_keras(float_model(GENOTYPE_FAMILY))).layers])
+    assert "quantize_layer" in names[0] and names[1] == names[0]
+
+
 # -- the tiny genotype: 2:4, plain QAT --------------------------------------------------------
 
 

@@ -27,9 +27,14 @@ OP_DETERMINISM = True
 
 
 def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
-    """Seeds every RNG, turns on op determinism, and optionally splits the CPU.
+    """Seeds every RNG, restarts Keras's automatic names, turns on op determinism, and
+    optionally splits the CPU.
 
-    Must run before TensorFlow creates its devices; repeated calls only reseed.
+    Must run before TensorFlow creates its devices; repeated calls only reseed and
+    restart the names. Keras numbers the layers it names itself (``quantize_layer``,
+    ``quantize_layer_1``, ...) per process, and those names reach the saved models and
+    the ``.tflite`` files: restarting them makes a stage write the same bytes whether or
+    not the process ran another stage or build before (a search builds many).
 
     Args:
         seed: the recipe seed.
@@ -51,6 +56,7 @@ def setup_tensorflow(seed: int, logical_devices: int = 0) -> None:
             tf.config.experimental.enable_op_determinism()
         tf.get_logger().setLevel("ERROR")
         _configured = True
+    keras.backend.reset_uids()
     keras.utils.set_random_seed(seed)
 
 
