@@ -307,3 +307,27 @@ def test_the_reference_grid_stays_within_the_time_budget(tmp_path, monkeypatch):
     rows = bs.reference_rows(recipe, "pixel4", "int8-qat", ss.Budget(1.0), 10, tmp_path, logs.append,
                              deadline=time.perf_counter() + 600)
     assert priced == names and len(trained) == len(names) and all(r["proxy"] for r in rows)
+
+
+def test_table_sends_a_genotype_with_a_part_the_device_does_not_load_to_full_emulation(tmp_path, monkeypatch):
+    """A part alone can fail where its network loads: LiteRT 2.3's XNNPACK does not prepare
+    ``tests/data/xnnpack_unprepared_part.tflite`` (a stride-2 squeeze-excite block of
+    ``sample_distinct(12063, 2, SPACE)``), yet loads the whole genotype. The screen then
+    emulates the genotype whole instead of ending the search."""
+    from pipeline.errors import RuntimeIncompatibleError
+    from pipeline.search import blocktable
+    from pipeline.search.blockspace import sample_distinct
+
+    def refuse(*a, **k):
+        raise RuntimeIncompatibleError("pixel4 does not load part p: failed to prepare")
+
+    logs = []
+    monkeypatch.setattr(blocktable, "missing_parts", lambda g, geometry, device: 0)
+    monkeypatch.setattr(blocktable, "predict", refuse)
+    screen = bs.TableScreen(_recipe(tmp_path), "pixel4", "int8-qat", 10, ss.Budget(0.85), logs.append)
+    screen._overhead[32] = {}  # calibrated
+    g = sample_distinct(0, 1)[0]
+    assert screen.predict(g, 32) is None
+    assert any(f"cannot price {g.key()}" in m and "emulating it whole" in m for m in logs), logs
+    monkeypatch.setattr(blocktable, "calibrate", refuse)  # a calibration genotype's part, likewise
+    assert screen.predict(g, 24) is None and 24 not in screen._overhead

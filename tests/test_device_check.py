@@ -280,3 +280,15 @@ def test_a_runtime_that_crashes_on_the_model_is_a_result_not_an_outage(monkeypat
     monkeypatch.setattr(check, "run_on_device", lambda *a, **k: _fake_run(1, "Traceback ...\nOSError: boom\n"))
     with pytest.raises(DeviceOutputError, match=r"camera-a53: the emulated run of seed_int8.tflite exited 1"):
         check.run_device_check(SEED_MODEL, "camera-a53", x, runtime=object())
+
+
+def test_a_delegate_that_cannot_prepare_the_model_is_the_host_references_verdict():
+    """LiteRT 2.3's XNNPACK fails to prepare this int8 block (a stride-2 squeeze-excite part
+    of the block search space) on the host and, the same message, on the emulated pixel4:
+    pixel4's host reference (that runtime and version) says so, and nothing is emulated."""
+    from pipeline.devices.check import run_device_check
+
+    path = Path(__file__).parent / "data" / "xnnpack_unprepared_part.tflite"
+    r = run_device_check(path, "pixel4", np.zeros((1, 8, 8, 24), np.float32))
+    assert not r.loaded and "(TfLiteXNNPackDelegate) failed to prepare" in r.load_error, r
+    assert r.verdict.startswith("not loadable on litert 2.3.0") and r.verdict_source.startswith("host reference")

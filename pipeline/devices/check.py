@@ -229,8 +229,9 @@ def reference_run(model_path: Union[str, Path], xs: Sequence[np.ndarray], profil
                   untrusted: bool = False) -> Tuple[Optional[str], Tuple[np.ndarray, ...]]:
     """``(None, outputs)`` of the host reference (one array per output), or ``(its load
     error, ())`` when it does not load the model: any load error of a device runtime's
-    host build; for the pipeline's own interpreter only a custom op that neither its
-    kernels nor its delegate have (other errors raise)."""
+    host build; for the pipeline's own interpreter a custom op that neither its kernels
+    nor its delegate have, or its XNNPACK delegate failing to prepare a node (the
+    device's own build of that runtime fails alike; other errors raise)."""
     runtime = RUNTIMES[profile.runtime]
     if needs_twin(runtime):
         return twin_run(Path(model_path), xs, runtime)
@@ -243,7 +244,7 @@ def reference_run(model_path: Union[str, Path], xs: Sequence[np.ndarray], profil
     except RuntimeIncompatibleError as e:
         return str(e), ()
     except (RuntimeError, ValueError) as e:
-        if "unresolved custom op" not in str(e):
+        if not any(m in str(e) for m in ("unresolved custom op", "(TfLiteXNNPackDelegate) failed to prepare")):
             raise
         return str(e).strip(), ()
 

@@ -65,7 +65,7 @@ from pipeline.search.proxy import proxy_accuracy, start_proxy
 from pipeline.search.reserve import final_build_s, full_recipe_epochs
 from pipeline.search.space import Arch, Budget, space
 from pipeline.variants import VARIANTS
-from pipeline.errors import Log
+from pipeline.errors import Log, RuntimeIncompatibleError
 
 
 #: A proposal is rejected by the table only when predicted this much over the latency
@@ -155,9 +155,11 @@ class TableScreen:
         return Geometry(input_size, m.channels, m.first_stride, self.classes)
 
     def predict(self, genotype, input_size: int) -> Optional[Dict[str, float]]:
-        """The table's prediction; None where the table does not apply, or where it lacks
+        """The table's prediction; None where the table does not apply, where it lacks
         more than :data:`MEASURE_MISSING` of the genotype's parts (measuring them would
-        cost more than one full emulation)."""
+        cost more than one full emulation), or where the device's runtime does not load
+        one of its parts (or a calibration genotype's) on its own: the genotype is then
+        emulated whole."""
         from pipeline.search.blocktable import calibrate, missing_parts, predict
 
         if not self.applies:
@@ -167,12 +169,16 @@ class TableScreen:
         if missing > MEASURE_MISSING:
             self.log(f"[search] the per-block table lacks {missing} parts of {genotype.key()}: emulating it whole")
             return None
-        if input_size not in self._overhead:
-            self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
-                     f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")
-            self._overhead[input_size] = calibrate(sample_distinct(self.recipe.seed + 1000, CALIBRATION),
-                                                   geometry, self.device, self.log)
-        return predict(genotype, geometry, self.device, self._overhead[input_size], self.log)
+        try:
+            if input_size not in self._overhead:
+                self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
+                         f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")
+                self._overhead[input_size] = calibrate(sample_distinct(self.recipe.seed + 1000, CALIBRATION),
+                                                       geometry, self.device, self.log)
+            return predict(genotype, geometry, self.device, self._overhead[input_size], self.log)
+        except RuntimeIncompatibleError as e:  # a part alone does not load; in its network it may
+            self.log(f"[search] the per-block table cannot price {genotype.key()} ({e}): emulating it whole")
+            return None
 
     def rejects(self, prediction: Optional[Dict[str, float]]) -> bool:
         return prediction is not None and \
