@@ -329,5 +329,9 @@ def test_table_sends_a_genotype_with_a_part_the_device_does_not_load_to_full_emu
     g = sample_distinct(0, 1)[0]
     assert screen.predict(g, 32) is None
     assert any(f"cannot price {g.key()}" in m and "emulating it whole" in m for m in logs), logs
-    monkeypatch.setattr(blocktable, "calibrate", refuse)  # a calibration genotype's part, likewise
-    assert screen.predict(g, 24) is None and 24 not in screen._overhead
+    calibrations = []
+    monkeypatch.setattr(blocktable, "calibrate",  # a calibration genotype's part, likewise
+                        lambda *a, **k: calibrations.append(a) or refuse())
+    assert screen.predict(g, 24) is None and screen._overhead[24] is None
+    assert any("cannot be calibrated at input 24" in m and "emulated whole" in m for m in logs), logs
+    assert screen.predict(g, 24) is None and len(calibrations) == 1  # asked once per size

@@ -94,7 +94,7 @@ def tiny_recipe():
 
 
 @pytest.fixture(scope="module")
-def builds(starting, here, cluster):
+def builds(here, cluster):
     """The tiny recipe built here, then its device matrix again on the cluster (a copy of
     the build without its device results: every other stage is cached)."""
     from pipeline.build import build

@@ -146,7 +146,7 @@ class TableScreen:
         # hard-sigmoid's ADD), so the table is a lower bound for int8-qat: a
         # rejection stays right, and emulation prices what passes.
         self.applies = recipe.devices.threads == 1 and VARIANTS.get(variant).full_integer
-        self._overhead: Dict[int, Dict[str, Dict[str, float]]] = {}
+        self._overhead: Dict[int, Optional[Dict[str, Dict[str, float]]]] = {}  # None: not calibrated
 
     def _geometry(self, input_size: int):
         from pipeline.search.blocktable import Geometry
@@ -160,7 +160,7 @@ class TableScreen:
         cost more than one full emulation), or where the device's runtime does not load
         one of its parts (or a calibration genotype's) on its own: the genotype is then
         emulated whole."""
-        from pipeline.search.blocktable import calibrate, missing_parts, predict
+        from pipeline.search.blocktable import missing_parts, predict
 
         if not self.applies:
             return None
@@ -169,15 +169,28 @@ class TableScreen:
         if missing > MEASURE_MISSING:
             self.log(f"[search] the per-block table lacks {missing} parts of {genotype.key()}: emulating it whole")
             return None
+        if input_size not in self._overhead:
+            self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
+                     f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")
+            self._overhead[input_size] = self._calibrated(geometry)
+        if self._overhead[input_size] is None:
+            return None
         try:
-            if input_size not in self._overhead:
-                self.log(f"[search] per-block table on {self.device}, input {input_size}: calibrating the "
-                         f"per-model overhead on {CALIBRATION} genotypes (cached after the first search)")
-                self._overhead[input_size] = calibrate(sample_distinct(self.recipe.seed + 1000, CALIBRATION),
-                                                       geometry, self.device, self.log)
             return predict(genotype, geometry, self.device, self._overhead[input_size], self.log)
         except RuntimeIncompatibleError as e:  # a part alone does not load; in its network it may
             self.log(f"[search] the per-block table cannot price {genotype.key()} ({e}): emulating it whole")
+            return None
+
+    def _calibrated(self, geometry) -> Optional[Dict[str, Dict[str, float]]]:
+        """The table's per-model overhead at ``geometry``; None (asked once per size) when a
+        calibration genotype has a part the device's runtime does not load on its own."""
+        from pipeline.search.blocktable import calibrate
+
+        try:
+            return calibrate(sample_distinct(self.recipe.seed + 1000, CALIBRATION), geometry, self.device, self.log)
+        except RuntimeIncompatibleError as e:
+            self.log(f"[search] the per-block table cannot be calibrated at input {geometry.input_size} ({e}): "
+                     f"every proposal of that size is emulated whole")
             return None
 
     def rejects(self, prediction: Optional[Dict[str, float]]) -> bool:
